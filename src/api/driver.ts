@@ -1,0 +1,118 @@
+// The Driver interface: one method per entry point, with plain serialisable
+// arguments so the same interface is implemented by the local QEMU driver and
+// by the remote driver that talks to virtbackd. Argument and flag checks that
+// libvirt makes in its public wrapper (src/libvirt-*.c) live in api/public.ts,
+// not here; a driver checks only what it alone knows (domain state, disks...).
+//
+// Domains are addressed by UUID (stable across renames and redefinitions, like
+// libvirt's virDomainPtr); checkpoints by (domain UUID, checkpoint name).
+
+export interface DomainRef {
+  name: string;
+  uuid: string;
+}
+
+export interface DomainSummary extends DomainRef {
+  /** QEMU process id while running, -1 when shut off (libvirt's domain id). */
+  id: number;
+  /** flags.DomainState */
+  state: number;
+  /** flags.ShutoffReason when shut off, else 0 */
+  reason: number;
+  persistent: boolean;
+  checkpoints: number;
+  hasBackupJob: boolean;
+}
+
+/** virDomainGetJobStats typed parameters (libvirt key names) plus our job id. */
+export interface JobStats {
+  /** flags.JobType */
+  type: number;
+  operation?: number;
+  /** Our addition: the backup job id (not a libvirt key). */
+  id?: number;
+  time_elapsed?: number;
+  disk_total?: number;
+  disk_processed?: number;
+  disk_remaining?: number;
+  disk_temp_used?: number;
+  disk_temp_total?: number;
+  success?: boolean;
+  errmsg?: string;
+}
+
+export interface JobCompletedEvent {
+  type: 'job-completed';
+  domain: DomainRef;
+  jobId: number;
+  stats: JobStats;
+}
+
+export interface BlockJobEvent {
+  type: 'block-job';
+  domain: DomainRef;
+  jobId: number;
+  /** disk target, e.g. 'sda' */
+  disk: string;
+  /** the disk's source path (libvirt's BLOCK_JOB event carries the path) */
+  path: string;
+  /** flags.BlockJobType */
+  blockJobType: number;
+  /** flags.BlockJobStatus */
+  status: number;
+}
+
+export interface LifecycleEvent {
+  type: 'lifecycle';
+  domain: DomainRef;
+  /** 'started' | 'stopped' | 'defined' | 'undefined' */
+  event: string;
+  /** e.g. 'destroyed', 'crashed', 'shutdown', 'booted' */
+  detail: string;
+}
+
+export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent;
+
+export type EventListener = (event: DriverEvent) => void;
+
+export interface Driver {
+  /** The URI this driver answers for, e.g. 'qemu:///embed' or 'virtback:///system'. */
+  readonly uri: string;
+  close(): Promise<void>;
+
+  // domains
+  domainDefineXML(xml: string, flags: number): Promise<DomainRef>;
+  domainUndefine(uuid: string, flags: number): Promise<void>;
+  domainCreate(uuid: string, flags: number): Promise<void>;
+  domainDestroy(uuid: string, flags: number): Promise<void>;
+  domainLookupByName(name: string): Promise<DomainRef>;
+  domainLookupByUUID(uuid: string): Promise<DomainRef>;
+  listAllDomains(flags: number): Promise<DomainSummary[]>;
+  domainGetInfo(uuid: string): Promise<DomainSummary>;
+  domainGetXMLDesc(uuid: string, flags: number): Promise<string>;
+  /** Raw QMP JSON in/out, or HMP text with MonitorCommandFlags.HMP. */
+  qemuMonitorCommand(uuid: string, command: string, flags: number): Promise<string>;
+  /** Guest-agent fs freeze/thaw (virDomainFSFreeze/FSThaw); return the number of file systems. */
+  domainFSFreeze(uuid: string, mountpoints: string[], flags: number): Promise<number>;
+  domainFSThaw(uuid: string, mountpoints: string[], flags: number): Promise<number>;
+
+  // checkpoints
+  checkpointCreateXML(uuid: string, xml: string, flags: number): Promise<string>;
+  checkpointGetXMLDesc(uuid: string, name: string, flags: number): Promise<string>;
+  listAllCheckpoints(uuid: string, flags: number): Promise<string[]>;
+  checkpointListAllChildren(uuid: string, name: string, flags: number): Promise<string[]>;
+  checkpointLookupByName(uuid: string, name: string, flags: number): Promise<string>;
+  checkpointGetParent(uuid: string, name: string, flags: number): Promise<string>;
+  checkpointDelete(uuid: string, name: string, flags: number): Promise<void>;
+
+  // backup jobs
+  backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number>;
+  backupGetXMLDesc(uuid: string, id: number, flags: number): Promise<string>;
+  backupEnd(uuid: string, id: number, flags: number): Promise<number>;
+  listJobIds(uuid: string): Promise<number[]>;
+  getJobStats(uuid: string, flags: number): Promise<JobStats>;
+  abortJob(uuid: string, flags: number): Promise<void>;
+
+  // events
+  subscribe(listener: EventListener): () => void;
+}
