@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what virtback needs on Debian 12: the system packages (only when
+# missing) and the npm dependencies (only when package-lock.json changed).
+# Sourced by scripts/test.sh and scripts/demo.sh.
+set -euo pipefail
+
+VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils)
+
+virtback_missing_packages() {
+  local pkg missing=()
+  for pkg in "${VIRTBACK_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  echo "${missing[@]:-}"
+}
+
+virtback_ensure_system_packages() {
+  local missing
+  missing=$(virtback_missing_packages)
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "virtback needs these Debian packages, which are not installed: $missing" >&2
+    echo "Install them as root, then run this command again:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y $missing" >&2
+    exit 1
+  fi
+  echo "Installing Debian packages: $missing" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+}
+
+virtback_ensure_node_modules() {
+  local stamp=node_modules/.virtback-lock-stamp
+  if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+    echo "Installing npm dependencies" >&2
+    npm ci --no-audit --no-fund --loglevel=error >&2
+    cp package-lock.json "$stamp"
+  fi
+}
+
+virtback_ensure_build() {
+  npx tsc -p tsconfig.build.json
+}
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+virtback_ensure_system_packages
+virtback_ensure_node_modules
