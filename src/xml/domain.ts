@@ -2,6 +2,10 @@
 // Parse and format live side by side here (like libvirt's domain_conf.c).
 // Elements we do not interpret are kept as raw XML nodes and written back.
 
+import { randomUUID } from 'node:crypto';
+import { virErr } from '../errors.js';
+import { parseAndValidate } from './schema.js';
+import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
 
 export type DiskBus = 'scsi' | 'sata' | 'virtio';
@@ -20,6 +24,17 @@ export interface DiskDef {
   readonly: boolean;
   /** children of <disk> we do not interpret, in document order */
   extra: XmlElement[];
+  /** attributes we do not interpret, kept and written back (e.g. driver cache='none') */
+  extraAttrs?: DiskExtraAttrs;
+  /** children of <source> (e.g. <seclabel>), kept and written back */
+  sourceChildren?: XmlElement[];
+}
+
+export interface DiskExtraAttrs {
+  disk?: [string, string][];
+  driver?: [string, string][];
+  source?: [string, string][];
+  target?: [string, string][];
 }
 
 /** A guest-agent channel: <channel type='unix'><source mode='bind' path=.../><target type='virtio' name='org.qemu.guest_agent.0'/></channel> */
@@ -33,6 +48,10 @@ export interface OsDef {
   kernel: string | null;
   initrd: string | null;
   cmdline: string | null;
+  /** other children of <os> (<type>, <boot>, ...), kept and written back */
+  extra?: XmlElement[];
+  /** attributes of <os> (e.g. firmware='efi'), kept and written back */
+  attrs?: [string, string][];
 }
 
 export interface DomainDef {
@@ -47,4 +66,406 @@ export interface DomainDef {
   agent: AgentChannelDef | null;
   /** top-level children of <domain> we do not interpret, in document order */
   extra: XmlElement[];
+  /** children of <devices> other than disks and the agent channel, in document order */
+  devicesExtra?: XmlElement[];
+  /** attributes of <vcpu> (placement, cpuset, current), kept and written back */
+  vcpuAttrs?: [string, string][];
+  /** attributes of <domain> other than type/id (e.g. xmlns:qemu), kept and written back */
+  extraAttrs?: [string, string][];
+}
+
+export const AGENT_CHANNEL_NAME = 'org.qemu.guest_agent.0';
+
+// libvirt's element order when it formats a domain (virDomainDefFormatInternal);
+// our own and unknown elements are placed by this table, so the output looks like libvirt's.
+const DOMAIN_ORDER = [
+  'name', 'uuid', 'genid', 'title', 'description', 'metadata', 'maxMemory', 'memory', 'currentMemory',
+  'blkiotune', 'memtune', 'memoryBacking', 'vcpu', 'vcpus', 'iothreads', 'iothreadids', 'defaultiothread',
+  'cputune', 'numatune', 'resource', 'sysinfo', 'bootloader', 'bootloader_args', 'os', 'idmap', 'features',
+  'cpu', 'clock', 'on_poweroff', 'on_reboot', 'on_crash', 'on_lockfailure', 'pm', 'perf', 'devices',
+  'seclabel', 'keywrap', 'launchSecurity',
+] as const;
+
+const OS_ORDER = [
+  'type', 'firmware', 'loader', 'nvram', 'varstore', 'kernel', 'initrd', 'cmdline', 'shim', 'dtb', 'acpi',
+  'init', 'initarg', 'initenv', 'initdir', 'inituser', 'initgroup', 'boot', 'bootmenu', 'smbios', 'bios',
+] as const;
+
+const DEVICES_ORDER = [
+  'emulator', 'disk', 'controller', 'lease', 'filesystem', 'interface', 'smartcard', 'serial', 'parallel',
+  'console', 'channel', 'input', 'tpm', 'graphics', 'sound', 'audio', 'video', 'hostdev', 'redirdev',
+  'redirfilter', 'hub', 'watchdog', 'memballoon', 'rng', 'panic', 'shmem', 'memory', 'iommu', 'vsock',
+  'crypto', 'pstore',
+] as const;
+
+const DISK_ORDER = [
+  'driver', 'auth', 'source', 'backingStore', 'backenddomain', 'geometry', 'blockio', 'mirror', 'target',
+  'iotune', 'readonly', 'shareable', 'transient', 'serial', 'wwn', 'vendor', 'product', 'encryption', 'boot',
+  'alias', 'address',
+] as const;
+
+// ---------------------------------------------------------------- parse
+
+export interface ParseDomainOptions {
+  /** UUID generator for a domain without <uuid>; tests pass a fixed one. */
+  generateUUID?: () => string;
+}
+
+/** Parse <domain> XML: well-formedness, our domain.rng, then libvirt's semantic checks (VirError codes). */
+export function parseDomainXML(xml: string, opts: ParseDomainOptions = {}): DomainDef {
+  const root = parseAndValidate(xml, 'domain', 'domain');
+  return parseDomainElement(root, opts);
+}
+
+/** The semantic part of parseDomainXML, for a <domain> element that already passed the schema. */
+export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = {}): DomainDef {
+  const type = attr(root, 'type');
+  if (type !== 'qemu' && type !== 'kvm') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unexpected domain type ${type ?? '(none)'}, expecting one of these: qemu, kvm`);
+  }
+  const name = childText(root, 'name');
+  if (name === null || name.trim() === '') {
+    throw virErr('XML_ERROR', 'DOMAIN', 'missing domain name');
+  }
+  if (name.includes('/')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '/'`);
+  }
+  if (name.includes('\n')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '\\n'`);
+  }
+
+  const uuidText = childText(root, 'uuid');
+  const uuid = uuidText === null ? (opts.generateUUID ?? randomUUID)() : normaliseUUID(uuidText);
+
+  const memEl = firstChild(root, 'memory');
+  const memoryKiB = memEl === null ? 0 : parseMemoryKiB(memEl);
+  if (memoryKiB === 0) {
+    throw virErr('XML_ERROR', 'DOMAIN', 'Memory size must be specified via <memory> or in the <numa> configuration');
+  }
+
+  const vcpuEl = firstChild(root, 'vcpu');
+  let vcpu = 1;
+  if (vcpuEl !== null) {
+    const t = textContent(vcpuEl).trim();
+    if (!/^[0-9]+$/.test(t) || Number(t) > 0xffffffff) {
+      throw virErr('XML_ERROR', 'DOMAIN', `maximum vcpus count must be an integer, not '${t}'`);
+    }
+    vcpu = Number(t);
+    if (vcpu === 0) throw virErr('XML_ERROR', 'DOMAIN', 'at least one vCPU is required (<vcpu> is 0)');
+  }
+
+  const osEl = firstChild(root, 'os');
+  const osExtra: XmlElement[] = [];
+  const os: OsDef = { kernel: null, initrd: null, cmdline: null, extra: osExtra, attrs: [] };
+  if (osEl !== null) {
+    os.attrs = osEl.attrs.map(([k, v]) => [k, v]);
+    for (const c of childElements(osEl)) {
+      if (c.name === 'kernel') os.kernel = textContent(c);
+      else if (c.name === 'initrd') os.initrd = textContent(c);
+      else if (c.name === 'cmdline') os.cmdline = textContent(c);
+      else osExtra.push(c);
+    }
+  }
+
+  const disks: DiskDef[] = [];
+  const devicesExtra: XmlElement[] = [];
+  let agent: AgentChannelDef | null = null;
+  const devicesEl = firstChild(root, 'devices');
+  if (devicesEl !== null) {
+    for (const c of childElements(devicesEl)) {
+      if (c.name === 'disk') {
+        disks.push(parseDisk(c));
+      } else if (c.name === 'channel' && isAgentChannel(c)) {
+        if (agent !== null) {
+          throw virErr('XML_ERROR', 'DOMAIN', `more than one guest agent channel named '${AGENT_CHANNEL_NAME}'`);
+        }
+        agent = parseAgentChannel(c);
+      } else {
+        devicesExtra.push(c);
+      }
+    }
+  }
+  checkDuplicateTargets(disks);
+
+  const interpreted = new Set(['name', 'uuid', 'memory', 'vcpu', 'os', 'devices']);
+  const extra = childElements(root).filter((c) => !interpreted.has(c.name));
+  const extraAttrs = root.attrs.filter(([k]) => k !== 'type' && k !== 'id');
+
+  return {
+    type,
+    name,
+    uuid,
+    memoryKiB,
+    vcpu,
+    os,
+    disks,
+    agent,
+    extra,
+    devicesExtra,
+    vcpuAttrs: vcpuEl === null ? [] : vcpuEl.attrs.map(([k, v]) => [k, v]),
+    extraAttrs,
+  };
+}
+
+function normaliseUUID(s: string): string {
+  const hex = s.trim().replace(/-/g, '').toLowerCase();
+  if (!/^[0-9a-f]{32}$/.test(hex)) {
+    throw virErr('XML_ERROR', 'DOMAIN', `malformed uuid element '${s}'`);
+  }
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// libvirt's virScaleInteger suffixes: powers of 1024 (k, KiB, ...) and of 1000 (KB, MB, ...).
+const UNIT_EXPONENT: Record<string, number> = { k: 1, m: 2, g: 3, t: 4, p: 5, e: 6 };
+
+function unitBytes(unit: string): bigint {
+  const u = unit.toLowerCase();
+  if (u === 'b' || u === 'byte' || u === 'bytes') return 1n;
+  const exp = UNIT_EXPONENT[u[0] ?? ''];
+  if (exp === undefined || u.length > 3 || (u.length === 2 && u[1] !== 'b') || (u.length === 3 && u.slice(1) !== 'ib')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `unknown suffix '${unit}' in <memory unit=...>`);
+  }
+  const base = u.length === 2 ? 1000n : 1024n; // 'KB' is decimal; 'k' and 'KiB' are binary
+  return base ** BigInt(exp);
+}
+
+function parseMemoryKiB(el: XmlElement): number {
+  const text = textContent(el).trim();
+  if (!/^[0-9]+$/.test(text)) {
+    throw virErr('XML_ERROR', 'DOMAIN', `invalid value '${text}' for element 'memory'`);
+  }
+  const unit = attr(el, 'unit') ?? 'KiB';
+  const bytes = BigInt(text) * unitBytes(unit);
+  const kib = (bytes + 1023n) / 1024n; // libvirt rounds up to whole KiB
+  if (kib > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw virErr('XML_ERROR', 'DOMAIN', `memory size '${text}' ${unit} is too large`);
+  }
+  return Number(kib);
+}
+
+function isAgentChannel(el: XmlElement): boolean {
+  const target = firstChild(el, 'target');
+  return target !== null && attr(target, 'type') === 'virtio' && attr(target, 'name') === AGENT_CHANNEL_NAME;
+}
+
+function parseAgentChannel(el: XmlElement): AgentChannelDef {
+  if (attr(el, 'type') !== 'unix') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `guest agent channel must be of type 'unix', not '${attr(el, 'type') ?? ''}'`);
+  }
+  const source = firstChild(el, 'source');
+  const mode = source === null ? null : attr(source, 'mode');
+  if (mode !== null && mode !== 'bind') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `guest agent channel source mode must be 'bind', not '${mode}'`);
+  }
+  const path = source === null ? null : attr(source, 'path');
+  if (path !== null && !path.startsWith('/')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `guest agent channel path '${path}' must be absolute`);
+  }
+  return { path };
+}
+
+// libvirt picks the bus from the target name when <target bus> is absent.
+function defaultBus(target: string): DiskBus | null {
+  if (target.startsWith('vd')) return 'virtio';
+  if (target.startsWith('sd')) return 'scsi';
+  return null;
+}
+
+function parseDisk(el: XmlElement): DiskDef {
+  const targetEl = firstChild(el, 'target');
+  const target = targetEl === null ? null : attr(targetEl, 'dev');
+  if (targetEl === null || target === null) {
+    throw virErr('XML_ERROR', 'DOMAIN', 'missing target information for device');
+  }
+
+  const type = attr(el, 'type') ?? 'file';
+  if (type !== 'file' && type !== 'block') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk type '${type}' for disk '${target}'`);
+  }
+  const device = attr(el, 'device') ?? 'disk';
+  if (device !== 'disk' && device !== 'cdrom') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk device '${device}' for disk '${target}'`);
+  }
+
+  const driverEl = firstChild(el, 'driver');
+  let format: DiskFormat = 'raw';
+  if (driverEl !== null) {
+    const driverName = attr(driverEl, 'name');
+    if (driverName !== null && driverName !== 'qemu') {
+      throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported driver name '${driverName}' for disk '${target}'`);
+    }
+    const f = attr(driverEl, 'type');
+    if (f !== null) {
+      if (f !== 'qcow2' && f !== 'raw') {
+        throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk format '${f}' for disk '${target}'`);
+      }
+      format = f;
+    }
+  }
+
+  const sourceEl = firstChild(el, 'source');
+  const sourceAttr = type === 'file' ? 'file' : 'dev';
+  const source = sourceEl === null ? null : attr(sourceEl, sourceAttr);
+  if (source === null && device === 'disk') {
+    throw virErr('XML_ERROR', 'DOMAIN', `missing source for disk '${target}' (<source ${sourceAttr}=.../>)`);
+  }
+  if (source !== null && !source.startsWith('/')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `disk source '${source}' of disk '${target}' must be an absolute path`);
+  }
+
+  const busAttr = attr(targetEl, 'bus');
+  const bus = busAttr ?? defaultBus(target);
+  if (bus !== 'scsi' && bus !== 'sata' && bus !== 'virtio') {
+    throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk bus '${bus ?? '(none)'}' for disk '${target}'`);
+  }
+
+  const readonly = device === 'cdrom' || firstChild(el, 'readonly') !== null;
+  const interpreted = new Set(['driver', 'source', 'target', 'readonly']);
+  return {
+    type,
+    device,
+    format,
+    source,
+    target,
+    bus,
+    readonly,
+    extra: childElements(el).filter((c) => !interpreted.has(c.name)),
+    extraAttrs: {
+      disk: el.attrs.filter(([k]) => k !== 'type' && k !== 'device'),
+      driver: driverEl === null ? [] : driverEl.attrs.filter(([k]) => k !== 'name' && k !== 'type'),
+      source: sourceEl === null ? [] : sourceEl.attrs.filter(([k]) => k !== sourceAttr),
+      target: targetEl.attrs.filter(([k]) => k !== 'dev' && k !== 'bus'),
+    },
+    sourceChildren: sourceEl === null ? [] : childElements(sourceEl),
+  };
+}
+
+function checkDuplicateTargets(disks: readonly DiskDef[]): void {
+  const seen = new Map<string, DiskDef>();
+  for (const d of disks) {
+    const prev = seen.get(d.target);
+    if (prev) {
+      throw virErr('XML_ERROR', 'DOMAIN', `target '${d.target}' duplicated for disk sources '${prev.source ?? '<null>'}' and '${d.source ?? '<null>'}'`);
+    }
+    seen.set(d.target, d);
+  }
+}
+
+// ---------------------------------------------------------------- format
+
+export interface FormatDomainOptions {
+  /** include security-sensitive data (graphics passwords), like VIR_DOMAIN_XML_SECURE */
+  secure?: boolean;
+}
+
+export function formatDomainXML(def: DomainDef, opts: FormatDomainOptions = {}): string {
+  return formatXml(domainToElement(def, opts));
+}
+
+/** The <domain> element as a tree (what a checkpoint embeds). */
+export function domainToElement(def: DomainDef, opts: FormatDomainOptions = {}): XmlElement {
+  const top: XmlElement[] = [
+    element('name', [], [def.name]),
+    element('uuid', [], [def.uuid]),
+    element('memory', [['unit', 'KiB']], [String(def.memoryKiB)]),
+    element('vcpu', def.vcpuAttrs ?? [], [String(def.vcpu)]),
+    osToElement(def.os),
+    devicesToElement(def),
+    ...def.extra.map(cloneElement),
+  ];
+  const root = element('domain', [['type', def.type], ...(def.extraAttrs ?? [])], sortByRank(top, DOMAIN_ORDER));
+  if (!opts.secure) stripDomainSecrets(root);
+  return root;
+}
+
+function osToElement(os: OsDef): XmlElement {
+  const children: XmlElement[] = (os.extra ?? []).map(cloneElement);
+  if (os.kernel !== null) children.push(element('kernel', [], [os.kernel]));
+  if (os.initrd !== null) children.push(element('initrd', [], [os.initrd]));
+  if (os.cmdline !== null) children.push(element('cmdline', [], [os.cmdline]));
+  return element('os', os.attrs ?? [], sortByRank(children, OS_ORDER));
+}
+
+function devicesToElement(def: DomainDef): XmlElement {
+  const children: XmlElement[] = [];
+  const extras = (def.devicesExtra ?? []).map(cloneElement);
+  children.push(...extras.filter((e) => e.name === 'emulator'));
+  children.push(...def.disks.map(diskToElement));
+  children.push(...extras.filter((e) => e.name !== 'emulator'));
+  if (def.agent !== null) children.push(agentToElement(def.agent));
+  return element('devices', [], sortByRank(children, DEVICES_ORDER));
+}
+
+function diskToElement(d: DiskDef): XmlElement {
+  const ea = d.extraAttrs ?? {};
+  const sourceAttr = d.type === 'file' ? 'file' : 'dev';
+  const children: XmlElement[] = [element('driver', [['name', 'qemu'], ['type', d.format], ...(ea.driver ?? [])])];
+  const sourceChildren = (d.sourceChildren ?? []).map(cloneElement);
+  if (d.source !== null || (ea.source ?? []).length > 0 || sourceChildren.length > 0) {
+    children.push(element('source', [[sourceAttr, d.source], ...(ea.source ?? [])], sourceChildren));
+  }
+  children.push(element('target', [['dev', d.target], ['bus', d.bus], ...(ea.target ?? [])]));
+  if (d.readonly) children.push(element('readonly'));
+  children.push(...d.extra.map(cloneElement));
+  return element('disk', [['type', d.type], ['device', d.device], ...(ea.disk ?? [])], sortByRank(children, DISK_ORDER));
+}
+
+function agentToElement(a: AgentChannelDef): XmlElement {
+  return element('channel', [['type', 'unix']], [
+    element('source', [['mode', 'bind'], ['path', a.path]]),
+    element('target', [['type', 'virtio'], ['name', AGENT_CHANNEL_NAME]]),
+  ]);
+}
+
+/** Remove what only VIR_DOMAIN_XML_SECURE may show: graphics passwords (libvirt's rule). */
+export function stripDomainSecrets(root: XmlElement): void {
+  const walk = (el: XmlElement): void => {
+    if (el.name === 'graphics') el.attrs = el.attrs.filter(([k]) => k !== 'passwd');
+    for (const c of el.children) if (typeof c !== 'string') walk(c);
+  };
+  walk(root);
+}
+
+// ---------------------------------------------------------------- disks of any domain XML
+
+/** What checkpoint/backup alignment needs to know about a domain disk. */
+export interface DomainDiskRef {
+  target: string;
+  /** source path; null when the drive is empty */
+  source: string | null;
+  readonly: boolean;
+  /** 'file' when the source is a plain file (only those get generated backup file names) */
+  type: string;
+}
+
+/**
+ * Disks of a <domain> element read leniently: used for the domain embedded in
+ * a redefined checkpoint, which may come from a libvirt host and use buses or
+ * formats virtback does not run (ide, network disks, ...).
+ */
+export function domainDiskRefs(domain: XmlElement): DomainDiskRef[] {
+  const devices = firstChild(domain, 'devices');
+  if (devices === null) return [];
+  const refs: DomainDiskRef[] = [];
+  for (const d of childElements(devices, 'disk')) {
+    const target = firstChild(d, 'target');
+    const dev = target === null ? null : attr(target, 'dev');
+    if (dev === null) continue;
+    const type = attr(d, 'type') ?? 'file';
+    const src = firstChild(d, 'source');
+    const source = src === null ? null : attr(src, type === 'block' ? 'dev' : type === 'dir' ? 'dir' : type === 'volume' ? 'volume' : 'file') ?? attr(src, 'name');
+    refs.push({ target: dev, source, readonly: attr(d, 'device') === 'cdrom' || firstChild(d, 'readonly') !== null, type });
+  }
+  return refs;
+}
+
+/** The <uuid> of a <domain> element, normalised; null when absent or malformed. */
+export function domainElementUUID(domain: XmlElement): string | null {
+  const t = childText(domain, 'uuid');
+  if (t === null) return null;
+  try {
+    return normaliseUUID(t);
+  } catch {
+    return null;
+  }
 }

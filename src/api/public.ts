@@ -1,0 +1,371 @@
+// The public, typed SDK: Connect, Domain and DomainCheckpoint, shaped like
+// libvirt's virConnect/virDomain/virDomainCheckpoint handles. Each method
+// turns named options into numeric flags (api/options.ts) and makes one call
+// through CheckedDriver, which runs libvirt's argument checks first. The
+// same classes sit on the local driver and on the remote driver.
+
+import type {
+  BlockJobEvent,
+  DomainRef,
+  DomainSummary,
+  Driver,
+  DriverEvent,
+  JobCompletedEvent,
+  JobStats,
+  LifecycleEvent,
+} from './driver.js';
+import { CheckedDriver } from './checked-driver.js';
+import {
+  BackupBeginOptionFlags,
+  BackupEndOptionFlags,
+  CheckpointCreateOptionFlags,
+  CheckpointDeleteOptionFlags,
+  CheckpointXMLOptionFlags,
+  DomainXMLOptionFlags,
+  JobStatsOptionFlags,
+  ListChildrenOptionFlags,
+  ListCheckpointsOptionFlags,
+  ListDomainsOptionFlags,
+  MonitorCommandOptionFlags,
+  NoFlags,
+  UndefineOptionFlags,
+  toFlags,
+  type BackupBeginOptions,
+  type BackupEndOptions,
+  type CheckpointCreateOptions,
+  type CheckpointDeleteOptions,
+  type CheckpointXMLOptions,
+  type DomainXMLOptions,
+  type JobStatsOptions,
+  type ListChildrenOptions,
+  type ListCheckpointsOptions,
+  type ListDomainsOptions,
+  type MonitorCommandOptions,
+  type NoOptions,
+  type UndefineOptions,
+} from './options.js';
+import { virErr } from '../errors.js';
+
+export interface EventMap {
+  'job-completed': JobCompletedEvent;
+  'block-job': BlockJobEvent;
+  lifecycle: LifecycleEvent;
+}
+export type EventName = keyof EventMap;
+export type EventCallback<K extends EventName> = (event: EventMap[K], domain: Domain) => void;
+
+export class Connect {
+  private readonly driver: CheckedDriver;
+  private closed = false;
+  private unsubscribeDriver: (() => void) | null = null;
+  private readonly listeners = new Set<(event: DriverEvent) => void>();
+
+  /** Use connect() or connectLocal(); this wraps an already opened driver. */
+  constructor(driver: Driver, readOnly: boolean) {
+    this.driver = driver instanceof CheckedDriver && driver.readOnly === readOnly ? driver : new CheckedDriver(driver, readOnly);
+  }
+
+  /** The underlying (checked) driver, for callers that want the flat interface. */
+  get rawDriver(): Driver {
+    return this.driver;
+  }
+
+  getURI(): string {
+    return this.driver.uri;
+  }
+
+  isReadOnly(): boolean {
+    return this.driver.readOnly;
+  }
+
+  isAlive(): boolean {
+    return !this.closed;
+  }
+
+  /** Closes the connection (and, for connectLocal, the driver). Domains and jobs are not touched. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.unsubscribeDriver?.();
+    this.unsubscribeDriver = null;
+    this.listeners.clear();
+    await this.driver.close();
+  }
+
+  /** A handle for a domain reference, e.g. one carried by an event. */
+  domain(ref: DomainRef): Domain {
+    return new Domain(this, this.driver, ref);
+  }
+
+  async defineXML(xml: string, flags?: NoOptions): Promise<Domain> {
+    return this.domain(await this.driver.domainDefineXML(xml, toFlags(NoFlags, flags, 'virDomainDefineXMLFlags')));
+  }
+
+  async lookupByName(name: string): Promise<Domain> {
+    return this.domain(await this.driver.domainLookupByName(name));
+  }
+
+  async lookupByUUID(uuid: string): Promise<Domain> {
+    return this.domain(await this.driver.domainLookupByUUID(uuid));
+  }
+
+  async listAllDomains(flags?: ListDomainsOptions): Promise<Domain[]> {
+    return (await this.listAllDomainSummaries(flags)).map((s) => this.domain({ name: s.name, uuid: s.uuid }));
+  }
+
+  /** listAllDomains with each domain's state, id and counts in one call (what `virtback list` prints). */
+  async listAllDomainSummaries(flags?: ListDomainsOptions): Promise<DomainSummary[]> {
+    return this.driver.listAllDomains(toFlags(ListDomainsOptionFlags, flags, 'virConnectListAllDomains'));
+  }
+
+  /** Calls `cb` for every event of this kind until the returned function is called. */
+  on<K extends EventName>(type: K, cb: EventCallback<K>): () => void {
+    const listener = (event: DriverEvent): void => {
+      if (event.type === type) cb(event as EventMap[K], this.domain(event.domain));
+    };
+    return this.addListener(listener);
+  }
+
+  /**
+   * Events as an async iterator, optionally only some kinds:
+   * `for await (const ev of conn.events(['job-completed'])) …`. Breaking out
+   * of the loop unsubscribes. Events are queued while the consumer is busy.
+   */
+  events(types?: EventName[]): AsyncIterableIterator<DriverEvent> {
+    const queue: DriverEvent[] = [];
+    let wake: ((r: IteratorResult<DriverEvent>) => void) | null = null;
+    let done = false;
+    const off = this.addListener((event) => {
+      if (types !== undefined && !types.includes(event.type)) return;
+      if (wake) {
+        const w = wake;
+        wake = null;
+        w({ value: event, done: false });
+      } else queue.push(event);
+    });
+    const finish = (): IteratorResult<DriverEvent> => {
+      done = true;
+      off();
+      queue.length = 0;
+      if (wake) {
+        const w = wake;
+        wake = null;
+        w({ value: undefined, done: true });
+      }
+      return { value: undefined, done: true };
+    };
+    const iterator: AsyncIterableIterator<DriverEvent> = {
+      next: () => {
+        const ev = queue.shift();
+        if (ev !== undefined) return Promise.resolve({ value: ev, done: false });
+        if (done || this.closed) return Promise.resolve(finish());
+        return new Promise((resolve) => {
+          wake = resolve;
+        });
+      },
+      return: () => Promise.resolve(finish()),
+      [Symbol.asyncIterator]() {
+        return iterator;
+      },
+    };
+    return iterator;
+  }
+
+  private addListener(listener: (event: DriverEvent) => void): () => void {
+    if (this.closed) throw virErr('NO_CONNECT', 'NONE', 'connection is closed');
+    this.listeners.add(listener);
+    if (this.unsubscribeDriver === null) {
+      this.unsubscribeDriver = this.driver.subscribe((event) => {
+        for (const l of [...this.listeners]) {
+          try {
+            l(event);
+          } catch {
+            // A throwing listener must not starve the others.
+          }
+        }
+      });
+    }
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0 && this.unsubscribeDriver !== null) {
+        this.unsubscribeDriver();
+        this.unsubscribeDriver = null;
+      }
+    };
+  }
+}
+
+export class Domain {
+  readonly name: string;
+  readonly uuid: string;
+
+  constructor(
+    private readonly conn: Connect,
+    private readonly driver: Driver,
+    ref: DomainRef,
+  ) {
+    this.name = ref.name;
+    this.uuid = ref.uuid;
+  }
+
+  getName(): string {
+    return this.name;
+  }
+
+  getUUIDString(): string {
+    return this.uuid;
+  }
+
+  getConnect(): Connect {
+    return this.conn;
+  }
+
+  async create(flags?: NoOptions): Promise<void> {
+    return this.driver.domainCreate(this.uuid, toFlags(NoFlags, flags, 'virDomainCreateWithFlags'));
+  }
+
+  async destroy(flags?: NoOptions): Promise<void> {
+    return this.driver.domainDestroy(this.uuid, toFlags(NoFlags, flags, 'virDomainDestroyFlags'));
+  }
+
+  async undefine(flags?: UndefineOptions): Promise<void> {
+    return this.driver.domainUndefine(this.uuid, toFlags(UndefineOptionFlags, flags, 'virDomainUndefineFlags'));
+  }
+
+  async getXMLDesc(flags?: DomainXMLOptions): Promise<string> {
+    return this.driver.domainGetXMLDesc(this.uuid, toFlags(DomainXMLOptionFlags, flags, 'virDomainGetXMLDesc'));
+  }
+
+  async getInfo(): Promise<DomainSummary> {
+    return this.driver.domainGetInfo(this.uuid);
+  }
+
+  async qemuMonitorCommand(command: string, flags?: MonitorCommandOptions): Promise<string> {
+    return this.driver.qemuMonitorCommand(
+      this.uuid,
+      command,
+      toFlags(MonitorCommandOptionFlags, flags, 'virDomainQemuMonitorCommand'),
+    );
+  }
+
+  async fsFreeze(mountpoints: string[] = [], flags?: NoOptions): Promise<number> {
+    return this.driver.domainFSFreeze(this.uuid, mountpoints, toFlags(NoFlags, flags, 'virDomainFSFreeze'));
+  }
+
+  async fsThaw(mountpoints: string[] = [], flags?: NoOptions): Promise<number> {
+    return this.driver.domainFSThaw(this.uuid, mountpoints, toFlags(NoFlags, flags, 'virDomainFSThaw'));
+  }
+
+  async checkpointCreateXML(xml: string, flags?: CheckpointCreateOptions): Promise<DomainCheckpoint> {
+    const name = await this.driver.checkpointCreateXML(
+      this.uuid,
+      xml,
+      toFlags(CheckpointCreateOptionFlags, flags, 'virDomainCheckpointCreateXML'),
+    );
+    return new DomainCheckpoint(this, this.driver, name);
+  }
+
+  async listAllCheckpoints(flags?: ListCheckpointsOptions): Promise<DomainCheckpoint[]> {
+    const names = await this.driver.listAllCheckpoints(
+      this.uuid,
+      toFlags(ListCheckpointsOptionFlags, flags, 'virDomainListAllCheckpoints'),
+    );
+    return names.map((n) => new DomainCheckpoint(this, this.driver, n));
+  }
+
+  async checkpointLookupByName(name: string, flags?: NoOptions): Promise<DomainCheckpoint> {
+    const found = await this.driver.checkpointLookupByName(
+      this.uuid,
+      name,
+      toFlags(NoFlags, flags, 'virDomainCheckpointLookupByName'),
+    );
+    return new DomainCheckpoint(this, this.driver, found);
+  }
+
+  /** Starts a backup job; resolves to its positive job id. backupXml omitted: push, full, every disk. */
+  async backupBegin(backupXml?: string | null, checkpointXml?: string | null, flags?: BackupBeginOptions): Promise<number> {
+    return this.driver.backupBegin(
+      this.uuid,
+      backupXml ?? null,
+      checkpointXml ?? null,
+      toFlags(BackupBeginOptionFlags, flags, 'virDomainBackupBegin'),
+    );
+  }
+
+  /** The job's <domainbackup> with every default filled in; id 0 = the current job. */
+  async backupGetXMLDesc(id = 0, flags?: NoOptions): Promise<string> {
+    return this.driver.backupGetXMLDesc(this.uuid, id, toFlags(NoFlags, flags, 'virDomainBackupGetXMLDesc'));
+  }
+
+  /** Ends a job: 1 when the backup is complete and consistent, 0 when aborted. id 0 = the current job. */
+  async backupEnd(id = 0, flags?: BackupEndOptions): Promise<number> {
+    return this.driver.backupEnd(this.uuid, id, toFlags(BackupEndOptionFlags, flags, 'virDomainBackupEnd'));
+  }
+
+  async listJobIds(): Promise<number[]> {
+    return this.driver.listJobIds(this.uuid);
+  }
+
+  async getJobStats(flags?: JobStatsOptions): Promise<JobStats> {
+    return this.driver.getJobStats(this.uuid, toFlags(JobStatsOptionFlags, flags, 'virDomainGetJobStats'));
+  }
+
+  async abortJob(flags?: NoOptions): Promise<void> {
+    return this.driver.abortJob(this.uuid, toFlags(NoFlags, flags, 'virDomainAbortJobFlags'));
+  }
+}
+
+export class DomainCheckpoint {
+  constructor(
+    private readonly dom: Domain,
+    private readonly driver: Driver,
+    readonly name: string,
+  ) {}
+
+  getName(): string {
+    return this.name;
+  }
+
+  getDomain(): Domain {
+    return this.dom;
+  }
+
+  getConnect(): Connect {
+    return this.dom.getConnect();
+  }
+
+  async getXMLDesc(flags?: CheckpointXMLOptions): Promise<string> {
+    return this.driver.checkpointGetXMLDesc(
+      this.dom.uuid,
+      this.name,
+      toFlags(CheckpointXMLOptionFlags, flags, 'virDomainCheckpointGetXMLDesc'),
+    );
+  }
+
+  /** The parent checkpoint; a root gives NO_DOMAIN_CHECKPOINT "checkpoint '…' does not have a parent". */
+  async getParent(flags?: NoOptions): Promise<DomainCheckpoint> {
+    const parent = await this.driver.checkpointGetParent(
+      this.dom.uuid,
+      this.name,
+      toFlags(NoFlags, flags, 'virDomainCheckpointGetParent'),
+    );
+    return new DomainCheckpoint(this.dom, this.driver, parent);
+  }
+
+  async listAllChildren(flags?: ListChildrenOptions): Promise<DomainCheckpoint[]> {
+    const names = await this.driver.checkpointListAllChildren(
+      this.dom.uuid,
+      this.name,
+      toFlags(ListChildrenOptionFlags, flags, 'virDomainCheckpointListAllChildren'),
+    );
+    return names.map((n) => new DomainCheckpoint(this.dom, this.driver, n));
+  }
+
+  async delete(flags?: CheckpointDeleteOptions): Promise<void> {
+    return this.driver.checkpointDelete(
+      this.dom.uuid,
+      this.name,
+      toFlags(CheckpointDeleteOptionFlags, flags, 'virDomainCheckpointDelete'),
+    );
+  }
+}

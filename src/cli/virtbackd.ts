@@ -1,0 +1,186 @@
+#!/usr/bin/env node
+// virtbackd: serves the QEMU driver on <run-dir>/virtbackd.sock (0600) and
+// <run-dir>/virtbackd-ro.sock (0666). `--daemon` detaches once the sockets
+// listen: the parent starts the real daemon as a child with a readiness pipe
+// on fd 3 and exits 0 when the child writes "ready", 1 with its error otherwise.
+
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, Option } from 'commander';
+import type { Driver } from '../api/driver.js';
+import { TestDriver } from '../api/test-driver.js';
+import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
+import { Logger, LOG_LEVELS, isLogLevel } from '../daemon/logger.js';
+import { daemonDirs } from '../daemon/paths.js';
+import { virErr } from '../errors.js';
+
+interface Options {
+  daemon?: boolean;
+  stateDir?: string;
+  runDir?: string;
+  logLevel: string;
+  logFile?: string;
+  listenTcp?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  driver: string;
+  readyFd?: string;
+}
+
+async function openDriver(name: string, dirs: { stateDir: string; runDir: string }): Promise<Driver> {
+  if (name === 'test') return TestDriver.open({ uri: 'test:///default' });
+  if (name !== 'qemu') throw virErr('INVALID_ARG', 'NONE', `unknown driver '${name}' (known: qemu, test)`);
+  // Loaded lazily: `--driver test` must not depend on the QEMU driver's module graph.
+  const { QemuDriver } = await import('../qemu/driver.js');
+  return QemuDriver.open(dirs);
+}
+
+function parseTls(o: Options): DaemonTlsOptions | undefined {
+  if (o.listenTcp === undefined) {
+    if (o.tlsCert || o.tlsKey || o.tlsCa) throw virErr('INVALID_ARG', 'NONE', '--tls-cert/--tls-key/--tls-ca need --listen-tcp');
+    return undefined;
+  }
+  const m = /^(.*):(\d+)$/.exec(o.listenTcp);
+  if (!m || Number(m[2]) > 65535) throw virErr('INVALID_ARG', 'NONE', `--listen-tcp wants HOST:PORT, not '${o.listenTcp}'`);
+  if (!o.tlsCert || !o.tlsKey || !o.tlsCa) {
+    throw virErr('INVALID_ARG', 'NONE', '--listen-tcp needs --tls-cert, --tls-key and --tls-ca: plain TCP is not offered');
+  }
+  return { host: m[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]), certFile: o.tlsCert, keyFile: o.tlsKey, caFile: o.tlsCa };
+}
+
+/** Parent side of --daemon: start the child, wait for its readiness line. */
+async function detach(argv: string[], o: Options, dirs: { stateDir: string; runDir: string }): Promise<number> {
+  const args = argv.filter((a) => a !== '--daemon');
+  args.push('--state-dir', dirs.stateDir, '--run-dir', dirs.runDir, '--ready-fd', '3');
+  if (o.logFile === undefined) args.push('--log-file', path.join(dirs.runDir, 'virtbackd.log'));
+  fs.mkdirSync(dirs.runDir, { recursive: true, mode: 0o755 });
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let text = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (d: string) => (text += d));
+  const code = await new Promise<number | null>((resolve) => {
+    pipe.on('end', () => resolve(null));
+    child.on('exit', (c) => resolve(c ?? 1));
+  });
+  if (text.startsWith('ready')) {
+    child.unref();
+    return 0;
+  }
+  const msg = text.replace(/^error: /, '').trim() || `daemon exited with status ${code ?? 'unknown'} before it was ready`;
+  process.stderr.write(`virtbackd: ${msg}\n`);
+  return 1;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = new Command('virtbackd')
+    .description('virtback daemon: checkpoints and incremental backups for QEMU VMs')
+    .option('--daemon', 'detach once the sockets are listening')
+    .option('--state-dir <dir>', 'state directory (env VIRTBACK_STATE_DIR)')
+    .option('--run-dir <dir>', 'directory of the sockets and pid file (env VIRTBACK_RUN_DIR)')
+    .addOption(new Option('--log-level <level>', 'log level').choices([...LOG_LEVELS]).default('info'))
+    .option('--log-file <file>', 'log to this file instead of stderr')
+    .option('--listen-tcp <host:port>', 'also listen on TCP with TLS (needs the three --tls options)')
+    .option('--tls-cert <file>', 'server certificate (PEM)')
+    .option('--tls-key <file>', 'server private key (PEM)')
+    .option('--tls-ca <file>', 'CA certificate that signs accepted client certificates (PEM)')
+    .addOption(new Option('--driver <name>', 'driver to serve').choices(['qemu', 'test']).default(process.env.VIRTBACK_DRIVER ?? 'qemu').hideHelp())
+    .addOption(new Option('--ready-fd <fd>').hideHelp())
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  try {
+    program.parse(argv, { from: 'user' });
+  } catch (e) {
+    const code = (e as { exitCode?: number }).exitCode;
+    return code === 0 ? 0 : 2;
+  }
+  const o = program.opts<Options>();
+  const readyFd = o.readyFd === undefined ? null : Number(o.readyFd);
+  const tell = (line: string): void => {
+    if (readyFd === null) return;
+    try {
+      fs.writeSync(readyFd, `${line}\n`);
+      fs.closeSync(readyFd);
+    } catch {
+      // parent gone: nothing to tell
+    }
+  };
+
+  let tlsOpts: DaemonTlsOptions | undefined;
+  try {
+    tlsOpts = parseTls(o);
+  } catch (e) {
+    process.stderr.write(`virtbackd: ${(e as Error).message}\n`);
+    return 2;
+  }
+  const dirs = daemonDirs({ stateDir: o.stateDir, runDir: o.runDir });
+  if (o.daemon) return detach(argv, o, dirs);
+
+  if (!isLogLevel(o.logLevel)) return 2;
+  let logger: Logger;
+  try {
+    if (o.logFile) fs.mkdirSync(path.dirname(path.resolve(o.logFile)), { recursive: true });
+    logger = new Logger(o.logLevel, o.logFile ?? null);
+  } catch (e) {
+    const msg = `cannot open log file: ${(e as Error).message}`;
+    tell(`error: ${msg}`);
+    process.stderr.write(`virtbackd: ${msg}\n`);
+    return 1;
+  }
+
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start({
+      ...dirs,
+      logger,
+      openDriver: (d) => openDriver(o.driver, d),
+      tls: tlsOpts,
+    });
+  } catch (e) {
+    const msg = (e as Error).message;
+    logger.error(`cannot start: ${msg}`);
+    tell(`error: ${msg}`);
+    if (o.logFile) process.stderr.write(`virtbackd: ${msg}\n`);
+    return 1;
+  }
+  tell('ready');
+
+  return new Promise<number>((resolve) => {
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      if (signalled) {
+        logger.warn(`${sig} again: exiting without waiting`);
+        resolve(1);
+        return;
+      }
+      signalled = true;
+      logger.info(`${sig} received`);
+      daemon.stop().then(
+        () => resolve(0),
+        (e: unknown) => {
+          logger.error(`shutdown: ${(e as Error).message}`);
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+    process.on('SIGHUP', () => logger.info('SIGHUP ignored'));
+  }).then((code) => {
+    logger.close();
+    return code;
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`virtbackd: ${(e as Error).stack ?? String(e)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,106 @@
+// An exclusive lock file holding "<pid> <start time>", so that a second
+// virtbackd on the same state directory refuses to start. The file is
+// created atomically with its content (write a temporary file, then link it
+// into place: link fails if the name exists). A lock left by a dead daemon is
+// recognised because its pid is gone, or is now another process with a
+// different start time (pids are reused), and is then taken over.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { virErr } from '../errors.js';
+
+export interface LockOwner {
+  pid: number;
+  /** Start time in clock ticks since boot (/proc/<pid>/stat field 22), or null where /proc is missing. */
+  start: string | null;
+}
+
+/** The start time of a process, or null if it does not exist or cannot be read. */
+export function processStartTime(pid: number): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[19] ?? null; // field 22 overall = index 19 after pid and comm
+  } catch {
+    return null;
+  }
+}
+
+function alive(owner: LockOwner): boolean {
+  if (!Number.isInteger(owner.pid) || owner.pid <= 0) return false;
+  try {
+    process.kill(owner.pid, 0);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  if (owner.start === null) return true;
+  const now = processStartTime(owner.pid);
+  return now === null || now === owner.start;
+}
+
+function parse(content: string): LockOwner | null {
+  const m = /^(\d+)(?: (\S+))?\s*$/.exec(content);
+  if (!m) return null;
+  return { pid: Number(m[1]), start: m[2] ?? null };
+}
+
+function readOrNull(file: string): string | null {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+export class PidLock {
+  private constructor(
+    readonly file: string,
+    private readonly content: string,
+  ) {}
+
+  /**
+   * Takes the lock or throws OPERATION_INVALID naming the running owner.
+   * `what` names the protected thing in the message, e.g. "state directory /var/lib/virtback".
+   */
+  static acquire(file: string, what: string): PidLock {
+    const start = processStartTime(process.pid);
+    const content = `${process.pid}${start === null ? '' : ` ${start}`}\n`;
+    const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+    fs.writeFileSync(tmp, content, { mode: 0o644 });
+    try {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        try {
+          fs.linkSync(tmp, file);
+          return new PidLock(file, content);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        }
+        const held = readOrNull(file);
+        if (held === null) continue; // released meanwhile
+        const owner = parse(held);
+        if (owner !== null && alive(owner)) {
+          throw virErr('OPERATION_INVALID', 'NONE', `virtbackd is already running on ${what} (pid ${owner.pid})`);
+        }
+        // Stale: remove it unless someone replaced it meanwhile, then try again.
+        if (readOrNull(file) === held) fs.rmSync(file, { force: true });
+      }
+      throw virErr('OPERATION_INVALID', 'NONE', `could not take the lock ${file} for ${what}`);
+    } finally {
+      fs.rmSync(tmp, { force: true });
+    }
+  }
+
+  /** The owner recorded in a lock file, if it names a live process. */
+  static liveOwner(file: string): LockOwner | null {
+    const held = readOrNull(file);
+    const owner = held === null ? null : parse(held);
+    return owner !== null && alive(owner) ? owner : null;
+  }
+
+  /** Removes the file if it is still ours. */
+  release(): void {
+    if (readOrNull(this.file) === this.content) fs.rmSync(this.file, { force: true });
+  }
+}

@@ -1,0 +1,23 @@
+// The package entry: `import { connect } from 'virtback'`.
+
+export { connect, connectLocal, defaultURI, resolveURI } from './api/connect.js';
+export type { ConnectOptions, ResolvedURI } from './api/connect.js';
+export { Connect, Domain, DomainCheckpoint } from './api/public.js';
+export type { EventCallback, EventMap, EventName } from './api/public.js';
+export type * from './api/options.js';
+export type {
+  BlockJobEvent,
+  DomainRef,
+  DomainSummary,
+  Driver,
+  DriverEvent,
+  EventListener,
+  JobCompletedEvent,
+  JobStats,
+  LifecycleEvent,
+} from './api/driver.js';
+export { TestDriver } from './api/test-driver.js';
+export { RemoteDriver } from './remote/client.js';
+export { ErrorCode, ErrorDomain, VirError, isVirError, virErr } from './errors.js';
+export type { ErrorCodeName, ErrorDomainName } from './errors.js';
+export * from './flags.js';

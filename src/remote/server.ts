@@ -1,0 +1,335 @@
+// Serves a Driver over stream sockets (unix, or TLS with client
+// certificates) using the protocol in remote/protocol.ts. Each client has its
+// own decoder, a bound on calls in flight (reading pauses beyond it) and a
+// bound on bytes queued for it (overflow drops that client), so a slow or
+// hostile client costs only itself. Every call goes through CheckedDriver,
+// read-only for the read-only socket.
+
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import type { Driver, DriverEvent } from '../api/driver.js';
+import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
+import { VirError, toVirError, virErr } from '../errors.js';
+import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
+import {
+  CallMessageSchema,
+  HelloArgsSchema,
+  LIMITS,
+  PROTOCOL_VERSION,
+  isProcName,
+  procedures,
+  type CallMessage,
+  type DriverProcName,
+  type ServerMessage,
+} from './protocol.js';
+
+export interface ServerLogger {
+  debug(msg: string): void;
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
+
+const silentLogger: ServerLogger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export interface ServerOptions {
+  /** Largest frame accepted or sent. */
+  maxFrame?: number;
+  /** Bytes queued for one client beyond which that client is dropped (default 64 MiB). */
+  maxQueuedBytes?: number;
+  /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
+  maxInflight?: number;
+  logger?: ServerLogger;
+}
+
+export interface TlsListenOptions {
+  host: string;
+  port: number;
+  cert: string | Buffer;
+  key: string | Buffer;
+  /** CA that signs the client certificates we accept. */
+  ca: string | Buffer;
+}
+
+/** Formats a zod issue list as "args[0]: Too big: …; …". */
+function describeIssues(issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>; message: string }>, prefix: string): string {
+  return issues
+    .slice(0, 5)
+    .map((i) => `${prefix}${i.path.map((p) => `[${String(p)}]`).join('')}: ${i.message}`)
+    .join('; ');
+}
+
+class ClientConnection {
+  private readonly decoder: FrameDecoder;
+  private inflight = 0;
+  private paused = false;
+  closed = false;
+  subscribed = false;
+
+  constructor(
+    private readonly server: RemoteServer,
+    readonly socket: net.Socket,
+    readonly readOnly: boolean,
+    readonly id: number,
+    private readonly driver: CheckedDriver,
+  ) {
+    this.decoder = new FrameDecoder(server.maxFrame);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (e) => this.server.log.debug(`client ${id}: socket error: ${e.message}`));
+    socket.on('close', () => this.onClose());
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    let frames: Buffer[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      // The stream has lost its framing: nothing after this can be trusted.
+      this.drop(toVirError(e).message);
+      return;
+    }
+    for (const frame of frames) {
+      if (this.closed) return;
+      this.onFrame(frame);
+    }
+  }
+
+  private onFrame(frame: Buffer): void {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(frame.toString('utf8'));
+    } catch {
+      this.sendError(0, virErr('RPC', 'RPC', 'malformed message: not JSON'));
+      return;
+    }
+    const parsed = CallMessageSchema.safeParse(raw);
+    if (!parsed.success) {
+      const serial = typeof (raw as { serial?: unknown })?.serial === 'number' ? (raw as { serial: number }).serial : 0;
+      const s = Number.isInteger(serial) && serial >= 0 && serial <= 0x7fffffff ? serial : 0;
+      this.sendError(s, virErr('RPC', 'RPC', `malformed call message: ${describeIssues(parsed.error.issues, 'message')}`));
+      return;
+    }
+    this.startCall(parsed.data);
+  }
+
+  private startCall(msg: CallMessage): void {
+    this.inflight++;
+    if (this.inflight >= this.server.maxInflight && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    this.runCall(msg)
+      .then(
+        (result) => this.send({ type: 'reply', serial: msg.serial, result }),
+        (e: unknown) => this.sendError(msg.serial, e),
+      )
+      .finally(() => {
+        this.inflight--;
+        if (this.paused && this.inflight < this.server.maxInflight && !this.closed) {
+          this.paused = false;
+          this.socket.resume();
+        }
+      });
+  }
+
+  private async runCall(msg: CallMessage): Promise<unknown> {
+    if (!isProcName(msg.proc)) throw virErr('RPC', 'RPC', `unknown procedure '${msg.proc}'`);
+    const proc = procedures[msg.proc];
+    // Refused before the arguments are even looked at: a read-only client learns nothing more.
+    if (this.readOnly && proc.mutating) throw virErr('OPERATION_DENIED', 'RPC', READ_ONLY_MESSAGE);
+    const args = proc.args.safeParse(msg.args);
+    if (!args.success) {
+      throw virErr('INVALID_ARG', 'RPC', `invalid arguments for procedure '${msg.proc}': ${describeIssues(args.error.issues, 'args')}`);
+    }
+    if (this.readOnly && proc.deniedReadOnly) {
+      const denial = (proc.deniedReadOnly as (a: unknown) => string | null)(args.data);
+      if (denial !== null) throw virErr('OPERATION_DENIED', 'RPC', denial);
+    }
+    switch (msg.proc) {
+      case 'hello': {
+        const hello = HelloArgsSchema.parse(args.data[0]);
+        if (hello.version !== PROTOCOL_VERSION) {
+          throw virErr('RPC', 'RPC', `protocol version ${hello.version} not supported (daemon speaks ${PROTOCOL_VERSION})`);
+        }
+        this.server.log.debug(`client ${this.id}: hello from ${hello.client ?? 'unnamed client'}`);
+        return { version: PROTOCOL_VERSION, uri: this.driver.uri, readOnly: this.readOnly };
+      }
+      case 'subscribe':
+        this.subscribed = true;
+        return undefined;
+      case 'unsubscribe':
+        this.subscribed = false;
+        return undefined;
+    }
+    const name = msg.proc as DriverProcName;
+    const method = this.driver[name] as (...a: unknown[]) => Promise<unknown>;
+    const result = await method.apply(this.driver, args.data as unknown[]);
+    const checked = procedures[name].result.safeParse(result);
+    if (!checked.success) {
+      this.server.log.error(`procedure ${name} returned a result outside the protocol: ${describeIssues(checked.error.issues, 'result')}`);
+      throw virErr('INTERNAL_ERROR', 'RPC', `procedure '${name}' produced a result the protocol cannot carry`);
+    }
+    return result;
+  }
+
+  sendError(serial: number, e: unknown): void {
+    const err = toVirError(e, 'RPC');
+    if (!(e instanceof VirError)) this.server.log.warn(`client ${this.id}: non-VirError from driver: ${err.message}`);
+    const message = err.message.length > LIMITS.messageChars ? `${err.message.slice(0, LIMITS.messageChars - 3)}...` : err.message;
+    this.send({ type: 'error', serial, error: { code: err.code, domain: err.domain, message } });
+  }
+
+  sendEvent(event: DriverEvent): void {
+    if (this.subscribed) this.send({ type: 'event', event });
+  }
+
+  send(msg: ServerMessage): void {
+    if (this.closed) return;
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(Buffer.from(JSON.stringify(msg), 'utf8'), this.server.maxFrame);
+    } catch (e) {
+      if (msg.type === 'event') return;
+      // A reply too large for a frame becomes an error reply, which always fits.
+      if (msg.type === 'reply') this.sendError(msg.serial, e);
+      return;
+    }
+    this.socket.write(frame);
+    if (this.socket.writableLength > this.server.maxQueuedBytes) {
+      this.drop(`outgoing queue over ${this.server.maxQueuedBytes} bytes (client not reading)`);
+    }
+  }
+
+  drop(reason: string): void {
+    if (this.closed) return;
+    this.server.log.warn(`client ${this.id}: dropped: ${reason}`);
+    this.closed = true;
+    this.socket.destroy();
+    this.server.forget(this);
+  }
+
+  private onClose(): void {
+    if (!this.closed) this.server.log.debug(`client ${this.id}: disconnected`);
+    this.closed = true;
+    this.server.forget(this);
+  }
+}
+
+export class RemoteServer {
+  readonly maxFrame: number;
+  readonly maxQueuedBytes: number;
+  readonly maxInflight: number;
+  readonly log: ServerLogger;
+  private readonly rw: CheckedDriver;
+  private readonly ro: CheckedDriver;
+  private readonly clients = new Set<ClientConnection>();
+  private readonly listeners: net.Server[] = [];
+  private readonly socketPaths: string[] = [];
+  private unsubscribe: (() => void) | null = null;
+  private nextClientId = 1;
+
+  constructor(driver: Driver, opts: ServerOptions = {}) {
+    this.maxFrame = opts.maxFrame ?? MAX_FRAME_BYTES;
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
+    this.maxInflight = opts.maxInflight ?? 32;
+    this.log = opts.logger ?? silentLogger;
+    this.rw = new CheckedDriver(driver, false);
+    this.ro = new CheckedDriver(driver, true);
+    this.unsubscribe = driver.subscribe((event) => {
+      for (const c of [...this.clients]) c.sendEvent(event);
+    });
+  }
+
+  get clientCount(): number {
+    return this.clients.size;
+  }
+
+  /**
+   * Listens on a unix socket with exactly `mode`. The socket is created under
+   * a restrictive umask so it is never reachable with looser permissions,
+   * then chmod'ed. An existing file at `path` is removed first (the caller
+   * holds the daemon lock, so it is a leftover of a dead daemon).
+   */
+  async listenUnix(path: string, opts: { readOnly: boolean; mode: number }): Promise<void> {
+    try {
+      fs.unlinkSync(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    const server = net.createServer((socket) => this.accept(socket, opts.readOnly));
+    const oldMask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    fs.chmodSync(path, opts.mode);
+    server.on('error', (e) => this.log.error(`listener ${path}: ${e.message}`));
+    this.listeners.push(server);
+    this.socketPaths.push(path);
+    this.log.info(`listening on ${path}${opts.readOnly ? ' (read-only)' : ''}`);
+  }
+
+  /** TCP with TLS; only clients presenting a certificate signed by `ca` get through. */
+  async listenTls(opts: TlsListenOptions): Promise<net.AddressInfo> {
+    const server = tls.createServer(
+      { cert: opts.cert, key: opts.key, ca: opts.ca, requestCert: true, rejectUnauthorized: true },
+      (socket) => this.accept(socket, false),
+    );
+    server.on('tlsClientError', (e) => this.log.warn(`TLS client refused: ${e.message}`));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port, opts.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (e) => this.log.error(`TLS listener: ${e.message}`));
+    this.listeners.push(server);
+    const addr = server.address() as net.AddressInfo;
+    this.log.info(`listening on TLS ${addr.address}:${addr.port}`);
+    return addr;
+  }
+
+  private accept(socket: net.Socket, readOnly: boolean): void {
+    const id = this.nextClientId++;
+    const client = new ClientConnection(this, socket, readOnly, id, readOnly ? this.ro : this.rw);
+    this.clients.add(client);
+    this.log.debug(`client ${id}: connected${readOnly ? ' (read-only)' : ''}`);
+  }
+
+  /** @internal */
+  forget(client: ClientConnection): void {
+    this.clients.delete(client);
+  }
+
+  /** Stops listening, removes the socket files and disconnects every client. The driver stays open. */
+  async close(): Promise<void> {
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    const closing = this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+    for (const c of [...this.clients]) {
+      c.closed = true;
+      c.socket.destroy();
+    }
+    this.clients.clear();
+    await Promise.all(closing);
+    this.listeners.length = 0;
+    for (const p of this.socketPaths) {
+      try {
+        fs.unlinkSync(p);
+      } catch {
+        // already gone
+      }
+    }
+    this.socketPaths.length = 0;
+  }
+}

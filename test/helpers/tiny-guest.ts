@@ -1,0 +1,47 @@
+// The tiny real Linux guest from ../shared/guest (kernel + initramfs with qemu-ga),
+// built once per machine into a cache folder and reused by every test that
+// needs a real guest: QUIESCE, fsFreeze/fsThaw, data written by a file system.
+
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const run = promisify(execFile);
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const buildScript = path.resolve(repoRoot, '..', 'shared', 'guest', 'build-tiny-guest.sh');
+const cacheDir = process.env.VIRTBACK_TINY_GUEST_DIR ?? '/var/tmp/virtback-tiny-guest';
+
+export interface TinyGuest {
+  kernel: string;
+  initrd: string;
+}
+
+let building: Promise<TinyGuest> | undefined;
+
+/** Builds the guest if the cache does not hold it yet (about 15 s, needs root and Debian's archive). */
+export function tinyGuest(): Promise<TinyGuest> {
+  building ??= (async () => {
+    const kernel = path.join(cacheDir, 'vmlinuz');
+    const initrd = path.join(cacheDir, 'initramfs.img');
+    if (!existsSync(kernel) || !existsSync(initrd)) {
+      mkdirSync(path.dirname(cacheDir), { recursive: true });
+      const tmp = `${cacheDir}.tmp-${process.pid}`;
+      await rm(tmp, { recursive: true, force: true });
+      await run('bash', [buildScript, tmp], { maxBuffer: 16 << 20 });
+      await rm(cacheDir, { recursive: true, force: true });
+      await rename(tmp, cacheDir);
+    }
+    return { kernel, initrd };
+  })();
+  return building;
+}
+
+/** `<os>` for a domain that boots the tiny guest; `extraArgs` go on the kernel command line (tg.* options). */
+export function tinyGuestOsXml(g: TinyGuest, extraArgs = ''): string {
+  return `<os><type arch='x86_64' machine='q35'>hvm</type><kernel>${g.kernel}</kernel><initrd>${g.initrd}</initrd>` +
+    `<cmdline>console=ttyS0 quiet panic=-1 ${extraArgs}</cmdline></os>`;
+}

@@ -1,0 +1,166 @@
+// <domain>: parse into DomainDef, format back in libvirt's order, semantic errors.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ErrorCode, VirError } from '../../src/errors.js';
+import { formatDomainXML, parseDomainXML } from '../../src/xml/domain.js';
+import { readFixture } from './xml-helpers.js';
+
+const TINY = `<domain type='kvm'>
+  <name>tiny</name>
+  <uuid>C7A5FDBDEDAF9455926AD65C16DB1809</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <kernel>/guest/vmlinuz</kernel>
+    <initrd>/guest/initrd</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/images/a.qcow2'/>
+      <target dev='sda' bus='scsi'/>
+    </disk>
+    <disk type='block' device='cdrom'>
+      <target dev='sdb' bus='sata'/>
+    </disk>
+    <disk type='file'>
+      <source file='/images/b.raw'/>
+      <target dev='vdb'/>
+      <readonly/>
+      <serial>XYZ</serial>
+    </disk>
+    <channel type='unix'>
+      <source mode='bind' path='/run/tiny/agent.sock'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <graphics type='vnc' port='-1' passwd='secret'/>
+  </devices>
+  <on_crash>destroy</on_crash>
+</domain>
+`;
+
+function code(fn: () => unknown, expected: number, re: RegExp): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof VirError, `not a VirError: ${String(e)}`);
+    assert.equal(e.code, expected, e.message);
+    assert.match(e.message, re);
+    return true;
+  });
+}
+
+test('parse: the fields virtback interprets', () => {
+  const d = parseDomainXML(TINY);
+  assert.equal(d.type, 'kvm');
+  assert.equal(d.name, 'tiny');
+  assert.equal(d.uuid, 'c7a5fdbd-edaf-9455-926a-d65c16db1809');
+  assert.equal(d.memoryKiB, 65536);
+  assert.equal(d.vcpu, 2);
+  assert.deepEqual([d.os.kernel, d.os.initrd, d.os.cmdline], ['/guest/vmlinuz', '/guest/initrd', 'console=ttyS0 quiet']);
+  assert.deepEqual(
+    d.disks.map((x) => [x.type, x.device, x.format, x.source, x.target, x.bus, x.readonly]),
+    [
+      ['file', 'disk', 'qcow2', '/images/a.qcow2', 'sda', 'scsi', false],
+      ['block', 'cdrom', 'raw', null, 'sdb', 'sata', true],
+      ['file', 'disk', 'raw', '/images/b.raw', 'vdb', 'virtio', true],
+    ],
+  );
+  assert.deepEqual(d.disks[2]?.extra.map((e) => e.name), ['serial']);
+  assert.deepEqual(d.agent, { path: '/run/tiny/agent.sock' });
+  assert.deepEqual(d.extra.map((e) => e.name), ['on_crash']);
+});
+
+test('format: libvirt order and defaults; secrets only with secure; round trip is a fixed point', () => {
+  const d = parseDomainXML(TINY);
+  const out = formatDomainXML(d);
+  assert.equal(
+    out,
+    `<domain type='kvm'>
+  <name>tiny</name>
+  <uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid>
+  <memory unit='KiB'>65536</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <kernel>/guest/vmlinuz</kernel>
+    <initrd>/guest/initrd</initrd>
+    <cmdline>console=ttyS0 quiet</cmdline>
+  </os>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/images/a.qcow2'/>
+      <target dev='sda' bus='scsi'/>
+    </disk>
+    <disk type='block' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <target dev='sdb' bus='sata'/>
+      <readonly/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/images/b.raw'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+      <serial>XYZ</serial>
+    </disk>
+    <channel type='unix'>
+      <source mode='bind' path='/run/tiny/agent.sock'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <graphics type='vnc' port='-1'/>
+  </devices>
+</domain>
+`,
+  );
+  assert.match(formatDomainXML(d, { secure: true }), /passwd='secret'/);
+  assert.equal(formatDomainXML(parseDomainXML(out)), out);
+});
+
+test('the domain embedded in redefine.xml keeps every element in libvirt order', () => {
+  const fixture = readFixture('checkpoint-xml/out/redefine.xml');
+  const domainXml = fixture.slice(fixture.indexOf('  <domain '), fixture.indexOf('</domain>') + '</domain>\n'.length).replace(/^ {2}/gm, '');
+  // ide disks are not something virtback runs
+  code(() => parseDomainXML(domainXml), ErrorCode.CONFIG_UNSUPPORTED, /bus 'ide' for disk 'hda'/);
+  const virtio = domainXml.replace(/bus='ide'/g, "bus='sata'");
+  assert.equal(formatDomainXML(parseDomainXML(virtio)), virtio);
+});
+
+test('uuid is generated when missing', () => {
+  const xml = TINY.replace(/ {2}<uuid>.*<\/uuid>\n/, '');
+  const a = parseDomainXML(xml);
+  const b = parseDomainXML(xml);
+  assert.match(a.uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+  assert.notEqual(a.uuid, b.uuid);
+  assert.equal(parseDomainXML(xml, { generateUUID: () => 'fixed' }).uuid, 'fixed');
+});
+
+test('memory units are libvirt scaled integers, rounded up to KiB', () => {
+  const mem = (m: string) => parseDomainXML(TINY.replace("<memory unit='MiB'>64</memory>", m)).memoryKiB;
+  assert.equal(mem('<memory>1000</memory>'), 1000);
+  assert.equal(mem("<memory unit='b'>1025</memory>"), 2);
+  assert.equal(mem("<memory unit='KB'>1000</memory>"), 977);
+  assert.equal(mem("<memory unit='G'>1</memory>"), 1048576);
+  assert.equal(mem("<memory unit='GB'>1</memory>"), 976563);
+  code(() => mem("<memory unit='E'>99999</memory>"), ErrorCode.XML_ERROR, /too large/);
+  code(() => mem('<memory>0</memory>'), ErrorCode.XML_ERROR, /Memory size must be specified/);
+  code(() => mem(''), ErrorCode.XML_ERROR, /Memory size must be specified/);
+});
+
+test('semantic errors carry libvirt codes and name the thing', () => {
+  code(() => parseDomainXML(TINY.replace("type='kvm'", "type='xen'")), ErrorCode.CONFIG_UNSUPPORTED, /unexpected domain type xen/);
+  code(() => parseDomainXML(TINY.replace('<name>tiny</name>', '<name>a/b</name>')), ErrorCode.XML_ERROR, /name 'a\/b' cannot contain '\/'/);
+  code(() => parseDomainXML(TINY.replace("dev='vdb'", "dev='sda'")), ErrorCode.XML_ERROR, /target 'sda' duplicated for disk sources '\/images\/a.qcow2' and '\/images\/b.raw'/);
+  code(() => parseDomainXML(TINY.replace("type='qcow2'", "type='vmdk'")), ErrorCode.CONFIG_UNSUPPORTED, /format 'vmdk' for disk 'sda'/);
+  code(() => parseDomainXML(TINY.replace("bus='scsi'", "bus='usb'")), ErrorCode.CONFIG_UNSUPPORTED, /bus 'usb' for disk 'sda'/);
+  code(() => parseDomainXML(TINY.replace("<disk type='block' device='cdrom'>", "<disk type='network' device='cdrom'>")), ErrorCode.CONFIG_UNSUPPORTED, /disk type 'network' for disk 'sdb'/);
+  code(() => parseDomainXML(TINY.replace("<source file='/images/a.qcow2'/>", '')), ErrorCode.XML_ERROR, /missing source for disk 'sda'/);
+  code(() => parseDomainXML(TINY.replace('<vcpu>2</vcpu>', '<vcpu>0</vcpu>')), ErrorCode.XML_ERROR, /vCPU/);
+  code(() => parseDomainXML(TINY.replace("mode='bind'", "mode='connect'")), ErrorCode.CONFIG_UNSUPPORTED, /mode must be 'bind'/);
+  // schema first: no <name>, bad uuid, bad target names
+  code(() => parseDomainXML(TINY.replace('<name>tiny</name>', '')), ErrorCode.XML_INVALID_SCHEMA, /domain\.rng/);
+  code(() => parseDomainXML(TINY.replace('C7A5', 'ZZZZ')), ErrorCode.XML_INVALID_SCHEMA, /uuid/);
+  code(() => parseDomainXML(TINY.replace("dev='sda'", "dev='xyz'")), ErrorCode.XML_INVALID_SCHEMA, /element devices/);
+  code(() => parseDomainXML('<domaincheckpoint/>'), ErrorCode.XML_ERROR, /expecting root element of 'domain', not 'domaincheckpoint'/);
+});
