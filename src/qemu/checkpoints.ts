@@ -90,12 +90,7 @@ export class CheckpointStore {
         process.emitWarning(`virtback: cannot load checkpoint metadata '${this.file(name)}': ${(e as Error).message}`);
       }
     }
-    let current: string | null = null;
-    try {
-      current = (await readFile(this.currentFile, 'utf8')).trim() || null;
-    } catch {
-      current = null;
-    }
+    const current = await readFile(this.currentFile, 'utf8').then((t) => t.trim() || null, () => null);
     this.tree = new CheckpointTree(
       [...this.defs.values()].map((d) => ({ name: d.name, parent: d.parent, creationTime: d.creationTime })),
       current,

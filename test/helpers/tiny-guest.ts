@@ -45,3 +45,21 @@ export function tinyGuestOsXml(g: TinyGuest, extraArgs = ''): string {
   return `<os><type arch='x86_64' machine='q35'>hvm</type><kernel>${g.kernel}</kernel><initrd>${g.initrd}</initrd>` +
     `<cmdline>console=ttyS0 quiet panic=-1 ${extraArgs}</cmdline></os>`;
 }
+
+/** Poll guest-ping until the agent answers (the guest starts it after mounting its disks). */
+export async function waitForAgent(
+  driver: { withAgent<T>(uuid: string, fn: (a: { ping(): Promise<void> }) => Promise<T>): Promise<T> },
+  uuid: string,
+  timeoutMs = 120_000,
+): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await driver.withAgent(uuid, (a) => a.ping());
+      return;
+    } catch (e) {
+      if (Date.now() > end) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}

@@ -4,23 +4,8 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { DomainState, ShutoffReason } from '../../src/flags.js';
-import { makeTestDomain, makeTestEnv, sleep, waitFor } from '../helpers/qemu-env.js';
-import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
-import type { QemuDriver } from '../../src/qemu/driver.js';
-
-/** Poll guest-ping until the agent answers (the guest starts it after mounting its disks). */
-async function waitForAgent(driver: QemuDriver, uuid: string, timeoutMs = 120_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await driver.withAgent(uuid, (a) => a.ping());
-      return;
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await sleep(250);
-    }
-  }
-}
+import { makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
 
 test('fsfreeze and fsthaw through the guest agent', { timeout: 300_000 }, async (t) => {
   const guest = await tinyGuest();
