@@ -1,0 +1,580 @@
+// NBD client for pull-mode reading: fixed newstyle handshake with structured
+// replies and metadata contexts, then pipelined READ and BLOCK_STATUS requests
+// keyed by cookie. Wire details live in codec.ts; this file is the socket edge.
+
+import * as net from 'node:net';
+import { virErr } from '../errors.js';
+import {
+  NbdDecoder,
+  chunkTypeName,
+  encodeClientFlags,
+  encodeInfoRequest,
+  encodeMetaContextRequest,
+  encodeOption,
+  encodeRequest,
+  parseInfoReply,
+  parseMetaContextReply,
+  type Chunk,
+  type Extent32,
+  type NbdMessage,
+} from './codec.js';
+import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
+import * as P from './protocol.js';
+
+export type NbdTarget = { socketPath: string } | { host: string; port: number };
+
+/**
+ * Reserved for NBD_OPT_STARTTLS (x509 like QEMU's tls-creds-x509 or PSK).
+ * Not implemented yet: passing it makes connect() fail with CONFIG_UNSUPPORTED
+ * rather than silently talking in clear text.
+ */
+export interface NbdTlsOptions {
+  /** PEM CA bundle used to verify the server. */
+  ca?: string | Buffer;
+  /** PEM client certificate and key, for servers that verify clients. */
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** Name to verify in the server certificate (default: host). */
+  servername?: string;
+  /** TLS-PSK identity and key, as nbdkit/qemu-nbd --tls-creds-psk use. */
+  psk?: { identity: string; key: Buffer };
+}
+
+export interface NbdConnectOptions {
+  exportName: string;
+  /** Exact context names to negotiate, e.g. 'base:allocation', 'qemu:dirty-bitmap:b1'. */
+  metaContexts?: string[];
+  tls?: NbdTlsOptions;
+  /** Requests in flight at once (default 16). */
+  maxInFlight?: number;
+  /** Give up on connect + handshake after this long (default 30 s). */
+  handshakeTimeoutMs?: number;
+}
+
+export interface BlockSizes {
+  minimum: number;
+  preferred: number;
+  maximum: number;
+  /** False when the server did not send NBD_INFO_BLOCK_SIZE and these are the spec's defaults. */
+  advertised: boolean;
+}
+
+export interface Extent {
+  offset: number;
+  length: number;
+  flags: number;
+}
+
+interface Pending {
+  command: number;
+  offset: number;
+  length: number;
+  onChunk(msg: { done: boolean; chunk: Chunk }): void;
+  onSimple(error: number, data: Buffer | undefined): void;
+  reject(e: NbdError): void;
+}
+
+const MAX_U32 = 0xffffffff;
+
+export function describeTarget(target: NbdTarget, exportName: string): string {
+  const name = encodeURIComponent(exportName);
+  return 'socketPath' in target ? `nbd+unix:///${name}?socket=${target.socketPath}` : `nbd://${target.host}:${target.port}/${name}`;
+}
+
+function errorReplyText(msg: { reply: number; data: Buffer }): string {
+  const name = P.REPLY_NAMES[msg.reply] ?? `reply type 0x${msg.reply.toString(16)}`;
+  const text = msg.data.toString('utf8');
+  return text ? `${name}: ${text}` : name;
+}
+
+export class NbdClient {
+  readonly uri: string;
+  readonly exportName: string;
+  /** Export size in bytes. */
+  size = 0;
+  /** Transmission flags (NBD_FLAG_*). */
+  flags = 0;
+  /** Negotiated metadata contexts: name -> server-chosen id. */
+  readonly metaContexts = new Map<string, number>();
+  blockSizes: BlockSizes = { minimum: 1, preferred: 4096, maximum: P.DEFAULT_MAX_PAYLOAD, advertised: false };
+  structuredReplies = false;
+
+  private readonly socket: net.Socket;
+  private readonly decoder = new NbdDecoder();
+  private readonly maxInFlight: number;
+  private readonly pending = new Map<bigint, Pending>();
+  private readonly slotWaiters: Array<() => void> = [];
+  private inFlight = 0;
+  /** Requests accepted by submit() and not yet settled, including those waiting for a slot. */
+  private outstanding = 0;
+  private nextCookie = 1n;
+  private transmission = false;
+  private closing = false;
+  private dead: NbdError | undefined;
+  private wakeHandshake: (() => void) | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private readonly closed: Promise<void>;
+
+  private constructor(socket: net.Socket, uri: string, exportName: string, maxInFlight: number) {
+    this.socket = socket;
+    this.uri = uri;
+    this.exportName = exportName;
+    this.maxInFlight = maxInFlight;
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    socket.on('data', (b: Buffer) => this.onData(b));
+    socket.on('error', (e) => this.fail(this.lost(`failed (${e.message})`, e)));
+    socket.on('close', () => this.fail(this.closing && this.outstanding === 0 ? connectionError(`NBD connection to ${this.uri} is closed`) : this.lost('closed unexpectedly')));
+  }
+
+  private lost(how: string, cause?: unknown): NbdError {
+    const n = this.pending.size;
+    return connectionError(`NBD connection to ${this.uri} ${how}${n ? ` with ${n} request${n === 1 ? '' : 's'} in flight` : ''}`, cause);
+  }
+
+  /** Connect, negotiate, and enter transmission phase. */
+  static async connect(target: NbdTarget, opts: NbdConnectOptions): Promise<NbdClient> {
+    const uri = describeTarget(target, opts.exportName);
+    if (opts.tls) {
+      throw virErr('CONFIG_UNSUPPORTED', 'NBD', `TLS for NBD connection to ${uri} is not supported yet`);
+    }
+    const maxInFlight = opts.maxInFlight ?? 16;
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
+      throw virErr('INVALID_ARG', 'NBD', `maxInFlight must be a positive integer, got ${maxInFlight}`);
+    }
+    for (const c of opts.metaContexts ?? []) {
+      if (c.length === 0 || c.endsWith(':')) {
+        throw virErr('INVALID_ARG', 'NBD', `metadata context '${c}' must be a full context name, not a namespace query`);
+      }
+    }
+    const socket = 'socketPath' in target ? net.createConnection({ path: target.socketPath }) : net.createConnection({ host: target.host, port: target.port });
+    const client = new NbdClient(socket, uri, opts.exportName, maxInFlight);
+    const timeoutMs = opts.handshakeTimeoutMs ?? 30_000;
+    const timer = setTimeout(() => {
+      client.fail(connectionError(`NBD handshake with ${uri} timed out after ${timeoutMs} ms`));
+      socket.destroy();
+    }, timeoutMs);
+    try {
+      await client.waitConnected();
+      if (!('socketPath' in target)) socket.setNoDelay(true);
+      await client.handshake(opts.metaContexts ?? []);
+      return client;
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  get readOnly(): boolean {
+    return (this.flags & P.NBD_FLAG_READ_ONLY) !== 0;
+  }
+
+  /** False once the connection failed or was closed. */
+  get usable(): boolean {
+    return this.dead === undefined && !this.closing;
+  }
+
+  /** Largest length one READ request may ask for (also a multiple of the minimum block size). */
+  get maxRead(): number {
+    const m = Math.min(this.blockSizes.maximum, P.DEFAULT_MAX_PAYLOAD);
+    return m - (m % this.blockSizes.minimum);
+  }
+
+  // ------------------------------------------------------------ handshake
+
+  private waitConnected(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onErr = (e: Error) => reject(connectionError(`cannot connect to NBD server ${this.uri}: ${e.message}`, e));
+      // Destroyed without an error (handshake timeout): reject with the reason fail() recorded.
+      const onClose = () => reject(this.dead ?? connectionError(`cannot connect to NBD server ${this.uri}: connection closed`));
+      this.socket.once('connect', () => {
+        this.socket.off('error', onErr);
+        this.socket.off('close', onClose);
+        resolve();
+      });
+      this.socket.once('error', onErr);
+      this.socket.once('close', onClose);
+    });
+  }
+
+  private async nextMessage(): Promise<NbdMessage> {
+    for (;;) {
+      if (this.dead) throw this.dead;
+      let m: NbdMessage | undefined;
+      try {
+        m = this.decoder.next();
+      } catch (e) {
+        throw this.fail(e as NbdError);
+      }
+      if (m) return m;
+      await new Promise<void>((resolve) => (this.wakeHandshake = resolve));
+    }
+  }
+
+  private async optionReply(option: number): Promise<NbdMessage & { kind: 'optionReply' }> {
+    const m = await this.nextMessage();
+    if (m.kind !== 'optionReply') throw this.fail(protocolError(`expected a reply to ${P.OPTION_NAMES[option]}, got ${m.kind}`));
+    if (m.option !== option) {
+      throw this.fail(protocolError(`reply to ${P.OPTION_NAMES[m.option] ?? `option ${m.option}`} received while waiting for ${P.OPTION_NAMES[option]}`));
+    }
+    return m;
+  }
+
+  private async handshake(contexts: string[]): Promise<void> {
+    const greeting = await this.nextMessage();
+    if (greeting.kind !== 'greeting') throw this.fail(protocolError('handshake did not start with a greeting'));
+    if (!(greeting.handshakeFlags & P.NBD_FLAG_FIXED_NEWSTYLE)) {
+      throw this.fail(protocolError(`server ${this.uri} does not support the fixed newstyle handshake`));
+    }
+    let clientFlags = P.NBD_FLAG_C_FIXED_NEWSTYLE;
+    if (greeting.handshakeFlags & P.NBD_FLAG_NO_ZEROES) clientFlags |= P.NBD_FLAG_C_NO_ZEROES;
+    this.socket.write(encodeClientFlags(clientFlags));
+
+    // Structured replies: needed for sparse reads and for block status.
+    this.socket.write(encodeOption(P.NBD_OPT_STRUCTURED_REPLY));
+    const sr = await this.optionReply(P.NBD_OPT_STRUCTURED_REPLY);
+    if (sr.reply === P.NBD_REP_ACK) this.structuredReplies = true;
+    else if (!P.isRepError(sr.reply)) throw this.fail(protocolError(`unexpected ${errorReplyText(sr)} to NBD_OPT_STRUCTURED_REPLY`));
+    else if (contexts.length > 0) {
+      throw this.fail(connectionError(`NBD server ${this.uri} refused structured replies (${errorReplyText(sr)}), so metadata contexts cannot be used`));
+    }
+
+    if (contexts.length > 0) {
+      this.socket.write(encodeMetaContextRequest(P.NBD_OPT_SET_META_CONTEXT, this.exportName, contexts));
+      for (;;) {
+        const r = await this.optionReply(P.NBD_OPT_SET_META_CONTEXT);
+        if (r.reply === P.NBD_REP_ACK) break;
+        if (r.reply === P.NBD_REP_META_CONTEXT) {
+          const { id, name } = parseMetaContextReply(r.data);
+          if (!contexts.includes(name)) throw this.fail(protocolError(`server selected metadata context '${name}' that was not asked for`));
+          this.metaContexts.set(name, id);
+          continue;
+        }
+        if (P.isRepError(r.reply)) {
+          throw this.fail(connectionError(`NBD server ${this.uri} refused NBD_OPT_SET_META_CONTEXT for ${contexts.map((c) => `'${c}'`).join(', ')}: ${errorReplyText(r)}`));
+        }
+        throw this.fail(protocolError(`unexpected ${errorReplyText(r)} to NBD_OPT_SET_META_CONTEXT`));
+      }
+      const missing = contexts.filter((c) => !this.metaContexts.has(c));
+      if (missing.length > 0) {
+        throw this.fail(
+          connectionError(`NBD export '${this.exportName}' at ${this.uri} does not offer metadata context ${missing.map((c) => `'${c}'`).join(', ')}`),
+        );
+      }
+    }
+
+    this.socket.write(encodeInfoRequest(P.NBD_OPT_GO, this.exportName, [P.NBD_INFO_EXPORT, P.NBD_INFO_BLOCK_SIZE]));
+    let haveExport = false;
+    for (;;) {
+      const r = await this.optionReply(P.NBD_OPT_GO);
+      if (r.reply === P.NBD_REP_ACK) break;
+      if (r.reply === P.NBD_REP_INFO) {
+        const info = parseInfoReply(r.data);
+        if (info.info === 'export') {
+          this.size = info.size;
+          this.flags = info.flags;
+          haveExport = true;
+        } else if (info.info === 'blockSize') {
+          this.blockSizes = { minimum: info.minimum, preferred: info.preferred, maximum: info.maximum, advertised: true };
+        }
+        continue;
+      }
+      if (P.isRepError(r.reply)) {
+        const hint = r.reply === P.NBD_REP_ERR_UNKNOWN ? `export '${this.exportName}' not found` : r.reply === P.NBD_REP_ERR_TLS_REQD ? 'server requires TLS' : 'refused';
+        throw this.fail(connectionError(`NBD server ${this.uri}: ${hint} (${errorReplyText(r)} to NBD_OPT_GO)`));
+      }
+      throw this.fail(protocolError(`unexpected ${errorReplyText(r)} to NBD_OPT_GO`));
+    }
+    if (!haveExport) throw this.fail(protocolError('NBD_OPT_GO succeeded without NBD_INFO_EXPORT'));
+
+    this.decoder.startTransmission({
+      structuredReplies: this.structuredReplies,
+      simpleReplyLength: (cookie) => {
+        const p = this.pending.get(cookie);
+        if (!p) return undefined;
+        return p.command === P.NBD_CMD_READ && !this.structuredReplies ? p.length : 0;
+      },
+    });
+    this.transmission = true;
+    this.drain();
+  }
+
+  // ------------------------------------------------------------ transmission
+
+  private onData(b: Buffer): void {
+    if (this.dead) return;
+    this.decoder.feed(b);
+    if (!this.transmission) {
+      const w = this.wakeHandshake;
+      this.wakeHandshake = undefined;
+      w?.();
+      return;
+    }
+    this.drain();
+  }
+
+  private drain(): void {
+    try {
+      for (;;) {
+        if (this.dead) return;
+        const m = this.decoder.next();
+        if (!m) return;
+        this.dispatch(m);
+      }
+    } catch (e) {
+      this.fail(e instanceof NbdError ? e : protocolError(String(e), e));
+    }
+  }
+
+  private dispatch(m: NbdMessage): void {
+    if (m.kind !== 'simpleReply' && m.kind !== 'chunk') throw protocolError(`${m.kind} received during transmission`);
+    const p = this.pending.get(m.cookie);
+    if (!p) throw protocolError(`reply for cookie ${m.cookie}, which is not in flight`);
+    const last = m.kind === 'simpleReply' || m.done;
+    if (last) this.finish(m.cookie);
+    try {
+      if (m.kind === 'simpleReply') p.onSimple(m.error, m.data);
+      else p.onChunk(m);
+    } catch (e) {
+      // A violation in this reply: its own request fails too, even if already finished.
+      p.reject(e as NbdError);
+      throw e;
+    }
+  }
+
+  private finish(cookie: bigint): void {
+    this.pending.delete(cookie);
+    this.inFlight--;
+    this.slotWaiters.shift()?.();
+  }
+
+  /** Kill the connection: every pending and waiting request gets `e`. Returns the error that stuck. */
+  private fail(e: NbdError): NbdError {
+    if (this.dead) return this.dead;
+    this.dead = e;
+    const pend = [...this.pending.values()];
+    this.pending.clear();
+    this.inFlight = 0;
+    for (const p of pend) p.reject(e);
+    for (const w of this.slotWaiters.splice(0)) w();
+    for (const w of this.idleWaiters.splice(0)) w();
+    const h = this.wakeHandshake;
+    this.wakeHandshake = undefined;
+    h?.();
+    if (!this.socket.destroyed) this.socket.destroy();
+    return e;
+  }
+
+  private async acquireSlot(): Promise<void> {
+    while (!this.dead && this.inFlight >= this.maxInFlight) {
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    }
+    if (this.dead) throw this.dead;
+    this.inFlight++;
+  }
+
+  private async submit<T>(command: number, flags: number, offset: number, length: number, make: (resolve: (v: T) => void, reject: (e: NbdError) => void) => Omit<Pending, 'command' | 'offset' | 'length' | 'reject'>): Promise<T> {
+    if (this.dead) throw this.dead;
+    if (this.closing) throw connectionError(`NBD connection to ${this.uri} is being closed`);
+    this.outstanding++;
+    try {
+      await this.acquireSlot();
+      const cookie = this.nextCookie++;
+      return await new Promise<T>((resolve, reject) => {
+        const handlers = make(resolve, reject);
+        this.pending.set(cookie, { command, offset, length, reject, ...handlers });
+        this.socket.write(encodeRequest({ flags, type: command, cookie, offset, length }));
+      });
+    } finally {
+      if (--this.outstanding === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private checkRange(what: string, offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw argError(`${what}: offset ${offset} and length ${length} must be non-negative integers`);
+    }
+    if (offset + length > this.size) {
+      throw argError(`${what}: range ${offset}+${length} is beyond the end of export '${this.exportName}' (${this.size} bytes)`);
+    }
+    const min = this.blockSizes.minimum;
+    if (offset % min !== 0 || (length % min !== 0 && offset + length !== this.size)) {
+      throw argError(`${what}: range ${offset}+${length} is not aligned to the export's minimum block size ${min}`);
+    }
+  }
+
+  /** Read `length` bytes at `offset`; long reads are split into pipelined requests of at most `maxRead`. */
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange('read', offset, length);
+    if (length === 0) return Buffer.alloc(0);
+    const max = this.maxRead;
+    if (length <= max) return this.readOne(offset, length);
+    const out = Buffer.allocUnsafe(length);
+    const parts: Promise<void>[] = [];
+    for (let o = 0; o < length; o += max) {
+      const n = Math.min(max, length - o);
+      parts.push(this.readOne(offset + o, n).then((b) => void b.copy(out, o)));
+    }
+    await Promise.all(parts);
+    return out;
+  }
+
+  private readOne(offset: number, length: number): Promise<Buffer> {
+    const what = `read of ${length} bytes at offset ${offset} from ${this.uri}`;
+    return this.submit<Buffer>(P.NBD_CMD_READ, 0, offset, length, (resolve, reject) => {
+      let buf: Buffer | undefined;
+      const pieces: Array<[number, number]> = [];
+      let failure: NbdError | undefined;
+      const within = (start: number, n: number, kind: string) => {
+        if (start < offset || start + n > offset + length) {
+          throw protocolError(`${kind} chunk ${start}+${n} lies outside the ${what}`);
+        }
+        pieces.push([start, n]);
+      };
+      return {
+        onSimple: (error, data) => {
+          if (error !== 0) return reject(this.replyError(what, error, ''));
+          if (this.structuredReplies) throw protocolError(`simple reply with data to the ${what} although structured replies were negotiated`);
+          resolve(data!);
+        },
+        onChunk: ({ done, chunk }) => {
+          switch (chunk.type) {
+            case 'offsetData':
+              within(chunk.offset, chunk.data.length, 'data');
+              if (chunk.offset === offset && chunk.data.length === length && !buf) buf = chunk.data;
+              else {
+                buf ??= Buffer.alloc(length);
+                chunk.data.copy(buf, chunk.offset - offset);
+              }
+              break;
+            case 'offsetHole':
+              within(chunk.offset, chunk.length, 'hole');
+              buf ??= Buffer.alloc(length); // holes read as zeroes
+              break;
+            case 'none':
+              break;
+            case 'error':
+            case 'errorOffset':
+              failure ??= this.replyError(what, chunk.error, chunk.message);
+              break;
+            default:
+              throw protocolError(`${chunkTypeName(P.NBD_REPLY_TYPE_BLOCK_STATUS)} chunk in reply to the ${what}`);
+          }
+          if (!done) return;
+          if (failure) return reject(failure);
+          pieces.sort((a, b) => a[0] - b[0]);
+          let at = offset;
+          for (const [s, n] of pieces) {
+            if (s !== at) throw protocolError(`reply to the ${what} ${s < at ? 'overlaps itself' : 'leaves a gap'} at offset ${Math.min(s, at)}`);
+            at = s + n;
+          }
+          if (at !== offset + length) throw protocolError(`reply to the ${what} ends at offset ${at}`);
+          resolve(buf!);
+        },
+      };
+    });
+  }
+
+  /**
+   * Extents of `context` starting at `offset`. The server may describe less than
+   * `length` (callers loop from the end of the last extent); the result is clipped
+   * to [offset, offset + length) and never empty on success.
+   */
+  async blockStatus(offset: number, length: number, context: string): Promise<Extent[]> {
+    const id = this.metaContexts.get(context);
+    if (id === undefined) {
+      const have = [...this.metaContexts.keys()].map((c) => `'${c}'`).join(', ') || 'none';
+      throw argError(`metadata context '${context}' was not negotiated on ${this.uri} (negotiated: ${have})`);
+    }
+    this.checkRange('block status', offset, length);
+    if (length === 0) return [];
+    const min = this.blockSizes.minimum;
+    const ask = Math.min(length, MAX_U32 - (MAX_U32 % min));
+    const all = await this.blockStatusAll(offset, ask);
+    const descriptors = all.get(id);
+    if (!descriptors) throw this.fail(protocolError(`block status reply for offset ${offset} has no chunk for context '${context}'`));
+    const end = offset + ask;
+    const out: Extent[] = [];
+    let at = offset;
+    for (const d of descriptors) {
+      if (at >= end) throw this.fail(protocolError(`block status reply for context '${context}' has extents beyond the requested ${offset}+${ask}`));
+      const n = Math.min(d.length, end - at);
+      out.push({ offset: at, length: n, flags: d.flags });
+      at += n;
+    }
+    return out;
+  }
+
+  /** One BLOCK_STATUS request; descriptors per negotiated context id, as sent. */
+  private blockStatusAll(offset: number, length: number): Promise<Map<number, Extent32[]>> {
+    const what = `block status of ${length} bytes at offset ${offset} from ${this.uri}`;
+    const ids = new Set(this.metaContexts.values());
+    return this.submit<Map<number, Extent32[]>>(P.NBD_CMD_BLOCK_STATUS, 0, offset, length, (resolve, reject) => {
+      const got = new Map<number, Extent32[]>();
+      let failure: NbdError | undefined;
+      return {
+        onSimple: (error) => {
+          if (error !== 0) return reject(this.replyError(what, error, ''));
+          throw protocolError(`simple reply without error to the ${what}`);
+        },
+        onChunk: ({ done, chunk }) => {
+          if (chunk.type === 'blockStatus') {
+            if (!ids.has(chunk.contextId)) throw protocolError(`block status chunk for unknown context id ${chunk.contextId}`);
+            if (got.has(chunk.contextId)) throw protocolError(`two block status chunks for context id ${chunk.contextId}`);
+            got.set(chunk.contextId, chunk.descriptors);
+          } else if (chunk.type === 'error' || chunk.type === 'errorOffset') {
+            failure ??= this.replyError(what, chunk.error, chunk.message);
+          } else if (chunk.type !== 'none') {
+            throw protocolError(`${chunk.type} chunk in reply to the ${what}`);
+          }
+          if (!done) return;
+          if (failure) return reject(failure);
+          resolve(got);
+        },
+      };
+    });
+  }
+
+  /** The error for a request the server failed; NBD_ESHUTDOWN also ends the connection. */
+  private replyError(what: string, error: number, message: string): NbdError {
+    const text = `NBD server failed the ${what}: ${P.nbdErrorName(error)}${message ? `: ${message}` : ''}`;
+    if (error !== P.NBD_ESHUTDOWN) return serverError(text);
+    this.onServerShutdown();
+    return connectionError(`${text}; the server is shutting down`);
+  }
+
+  /** Spec: on NBD_ESHUTDOWN the client must initiate a soft disconnect. */
+  private onServerShutdown(): void {
+    if (this.closing) return;
+    void this.disconnect().catch(() => undefined);
+  }
+
+  /**
+   * Soft disconnect: stop taking requests, let in-flight ones finish, send
+   * NBD_CMD_DISC and wait for the server to close (hard close after `timeoutMs`).
+   */
+  async disconnect(timeoutMs = 5000): Promise<void> {
+    if (this.dead) {
+      if (!this.socket.destroyed) this.socket.destroy();
+      await this.closed;
+      return;
+    }
+    if (this.closing) return this.closed; // a disconnect is already under way
+    this.closing = true;
+    if (this.outstanding > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (!this.dead) {
+      this.socket.write(encodeRequest({ flags: 0, type: P.NBD_CMD_DISC, cookie: this.nextCookie++, offset: 0, length: 0 }));
+      this.socket.end();
+    }
+    const timer = setTimeout(() => this.socket.destroy(), timeoutMs);
+    await this.closed;
+    clearTimeout(timer);
+  }
+
+  /** Hard disconnect now; pending requests fail. */
+  destroy(): void {
+    this.closing = true;
+    this.fail(connectionError(`NBD connection to ${this.uri} was closed by the client`));
+  }
+}
