@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure-deps.sh"
 virtback_ensure_build
-exec node dist/demo/demo.js "$@"
+exec node dist/src/demo.js "$@"
