@@ -43,6 +43,7 @@ import {
 import { QmpClient, QmpCommandError, qmpErrorToVirError } from './qmp/client.js';
 import { GuestAgentClient } from './qmp/agent.js';
 import { QemuCheckpoints } from './checkpoints.js';
+import { QemuBackups } from './backup.js';
 import {
   listIds,
   readStatus,
@@ -168,7 +169,7 @@ export class QemuDriver implements Driver {
     // with `?? new QemuCheckpoints(d)` / `?? new QemuBackups(d)`; their constructors
     // call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
     d.checkpointsImpl = (opts.checkpoints ?? ((x) => new QemuCheckpoints(x)))(d);
-    d.backupsImpl = opts.backups?.(d) ?? null;
+    d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x)))(d);
     await d.paths.ensure();
     await d.loadDefinitions();
     await d.reconnectAll();

@@ -1,0 +1,247 @@
+// Backup jobs: the per-domain job table, the job record (what each step
+// created, per-disk state and progress), statistics, and the small per-domain
+// store of job ids, finished push targets and the last completed job's stats.
+//
+// The running job's record lives in the domain's status file
+// (status.extra.backupJob, written atomically by the driver) so a restarted
+// driver can reconcile it with QEMU; the store lives in
+// <stateDir>/backups/<uuid>/meta.json so ids are never reused.
+
+import { existsSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { JobStats } from '../api/driver.js';
+import { JobOperation, JobType } from '../flags.js';
+import type { BackupDiskState } from '../xml/backup.js';
+import type { BackupJobTableLike } from './domain-object.js';
+import type { JobInfo } from './qmp/commands.js';
+import { writeFileAtomic } from './state.js';
+
+/** Something a backup step created, undone in reverse order. */
+export type BackupResource =
+  | { kind: 'file'; path: string }
+  | { kind: 'node'; name: string }
+  | { kind: 'bitmap'; node: string; name: string }
+  | { kind: 'nbd-server'; socket: string | null }
+  | { kind: 'export'; id: string }
+  | { kind: 'job'; id: string };
+
+export interface BackupJobDisk {
+  target: string;
+  /** the disk's source path (block-job events carry it) */
+  source: string;
+  diskNode: string;
+  jobId: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  formatNode: string;
+  storageNode: string;
+  incremental: string | null;
+  backingFile: string | null;
+  virtualSize: number;
+  /** we created the file (not REUSE_EXTERNAL): we may delete it */
+  createdFile: boolean;
+  state: BackupDiskState;
+  current: number;
+  total: number;
+  error: string | null;
+}
+
+export type JobPhase = 'starting' | 'running' | 'done';
+/** How the job ended: libvirt's COMPLETED / FAILED / CANCELED. */
+export type JobEnd = 'completed' | 'failed' | 'cancelled';
+
+export interface BackupJobRecord {
+  id: number;
+  mode: 'push' | 'pull';
+  phase: JobPhase;
+  /** ms since the epoch */
+  startedAt: number;
+  endedAt: number | null;
+  /** the job's <domainbackup> with every default and the id (formatBackupXML) */
+  xml: string;
+  /** checkpoint created together with this backup (null: none) */
+  checkpoint: string | null;
+  disks: BackupJobDisk[];
+  /** what begin created, in order; entries leave when they are undone or handed over */
+  created: BackupResource[];
+  /** 'abort' (push aborted: targets unusable) or 'end' (pull ended by its user) once requested */
+  stopping: 'abort' | 'end' | null;
+  end: JobEnd | null;
+  errmsg: string | null;
+}
+
+/** A finished push target, to find "the previous backup of the same chain". */
+export interface FinishedTarget {
+  disk: string;
+  path: string;
+  format: string;
+  /** checkpoint created with this backup */
+  checkpoint: string | null;
+  /** checkpoint this backup was incremental from (null: full) */
+  incremental: string | null;
+  jobId: number;
+  /** ms since the epoch (the backup's instant) */
+  time: number;
+}
+
+export interface BackupMeta {
+  lastJobId: number;
+  finished: FinishedTarget[];
+  lastCompleted: JobStats | null;
+}
+
+/** How many finished targets per disk are remembered. */
+const KEEP_FINISHED = 64;
+
+export class BackupMetaStore {
+  meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null };
+
+  constructor(readonly dir: string) {}
+
+  get file(): string {
+    return path.join(this.dir, 'meta.json');
+  }
+
+  async load(): Promise<void> {
+    if (!existsSync(this.file)) return;
+    try {
+      const v = JSON.parse(await readFile(this.file, 'utf8')) as Partial<BackupMeta>;
+      this.meta = {
+        lastJobId: typeof v.lastJobId === 'number' ? v.lastJobId : 0,
+        finished: Array.isArray(v.finished) ? v.finished : [],
+        lastCompleted: v.lastCompleted ?? null,
+      };
+    } catch (e) {
+      process.emitWarning(`virtback: cannot read '${this.file}': ${(e as Error).message}`);
+    }
+  }
+
+  async save(): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(this.file, JSON.stringify(this.meta, null, 2) + '\n');
+  }
+
+  /** The next job id, persisted before it is handed out. */
+  async nextJobId(): Promise<number> {
+    this.meta.lastJobId += 1;
+    await this.save();
+    return this.meta.lastJobId;
+  }
+
+  addFinished(items: FinishedTarget[]): void {
+    this.meta.finished.push(...items);
+    for (const disk of new Set(items.map((i) => i.disk))) {
+      const mine = this.meta.finished.filter((f) => f.disk === disk);
+      if (mine.length > KEEP_FINISHED) {
+        const drop = new Set(mine.slice(0, mine.length - KEEP_FINISHED));
+        this.meta.finished = this.meta.finished.filter((f) => !drop.has(f));
+      }
+    }
+  }
+}
+
+/**
+ * The previous backup of the chain an incremental since `base` continues: the
+ * most recent finished target of `disk` taken at the base checkpoint's instant
+ * (created together with it), whose file still exists.
+ */
+export function previousBackup(
+  finished: readonly FinishedTarget[], disk: string, base: string, fileExists: (p: string) => boolean,
+): FinishedTarget | null {
+  for (let i = finished.length - 1; i >= 0; i--) {
+    const f = finished[i]!;
+    if (f.disk === disk && f.checkpoint === base && fileExists(f.path)) return f;
+  }
+  return null;
+}
+
+/** A backup job in memory. */
+export class BackupJob {
+  /** resolves when the job is done (completion processed, event published) */
+  readonly finished: Promise<void>;
+  private resolveFinished!: () => void;
+  /** the stats published when it ended */
+  finalStats: JobStats | null = null;
+
+  constructor(public record: BackupJobRecord) {
+    this.finished = new Promise((r) => (this.resolveFinished = r));
+    if (record.phase === 'done') this.resolveFinished();
+  }
+
+  get id(): number {
+    return this.record.id;
+  }
+
+  get active(): boolean {
+    return this.record.phase !== 'done';
+  }
+
+  markFinished(): void {
+    this.resolveFinished();
+  }
+}
+
+/** Per-domain table: at most one job (the current one, or the last one not yet ended by backupEnd). */
+export class BackupJobTable implements BackupJobTableLike {
+  current: BackupJob | null = null;
+
+  constructor(readonly store: BackupMetaStore) {}
+
+  hasActiveJob(): boolean {
+    return this.current?.active ?? false;
+  }
+}
+
+/** libvirt's qemuBackupJobTerminate decision from the disks' states. */
+export function decideEnd(rec: BackupJobRecord): JobEnd {
+  const states = rec.disks.map((d) => d.state);
+  if (states.includes('failed')) return 'failed';
+  // a cancelled pull counts as success (libvirt)
+  if (rec.mode === 'push' && states.includes('cancelled')) return 'cancelled';
+  return 'completed';
+}
+
+/** First error message of the disks. */
+export function firstError(rec: BackupJobRecord): string | null {
+  return rec.disks.find((d) => d.error !== null)?.error ?? null;
+}
+
+/**
+ * virDomainGetJobStats of a backup (qemuBackupGetJobInfoStats): finished disks
+ * count with their final progress, running ones with `live` (query-jobs).
+ */
+export function jobStats(rec: BackupJobRecord, now: number, live: readonly JobInfo[] = []): JobStats {
+  let cur = 0;
+  let total = 0;
+  for (const d of rec.disks) {
+    const q = d.state === 'running' || d.state === 'cancelling' ? live.find((j) => j.id === d.jobId) : undefined;
+    cur += q ? q['current-progress'] : d.current;
+    total += q ? q['total-progress'] : d.total;
+  }
+  const type =
+    rec.phase !== 'done' ? JobType.UNBOUNDED
+      : rec.end === 'completed' ? JobType.COMPLETED
+        : rec.end === 'failed' ? JobType.FAILED : JobType.CANCELLED;
+  const stats: JobStats = {
+    type,
+    operation: JobOperation.BACKUP,
+    id: rec.id,
+    time_elapsed: Math.max(0, (rec.endedAt ?? now) - rec.startedAt),
+  };
+  if (rec.mode === 'push') {
+    if (total > 0 || cur > 0) {
+      stats.disk_total = total;
+      stats.disk_processed = cur;
+      stats.disk_remaining = Math.max(0, total - cur);
+    }
+  } else if (total > 0 || cur > 0) {
+    stats.disk_temp_used = cur;
+    stats.disk_temp_total = total;
+  }
+  if (rec.phase === 'done') {
+    stats.success = rec.end === 'completed';
+    if (rec.errmsg !== null) stats.errmsg = rec.errmsg;
+  }
+  return stats;
+}

@@ -1,0 +1,246 @@
+// Backup planning (pure): an aligned <domainbackup> plus what QEMU and the
+// checkpoint module told us about the disks -> the ordered QMP steps of
+// backupBegin. No I/O here; backup.ts executes the steps and records what each
+// one created, so a failure can undo exactly that.
+//
+// Sequence (libvirt's qemuBackupBegin, QEMU-NOTES "The QMP that libvirt sends"):
+//   per disk: [create file] -> blockdev-add file node -> [blockdev-create qcow2]
+//             -> blockdev-add format node (backing null | disk node)
+//   pull:     nbd-server-start
+//   ONE transaction: checkpoint bitmap-adds, then per disk
+//             [temp bitmap add (disabled, non-persistent) + merge from the
+//             checkpoint bitmap] + blockdev-backup
+//   pull:     block-export-add per disk
+
+import path from 'node:path';
+import { virErr } from '../errors.js';
+import type { BackupDef, BackupServerDef } from '../xml/backup.js';
+import type {
+  BackupPerf,
+  BlockdevCreateOptionsQcow2,
+  BlockdevOptions,
+  BlockExportOptionsNbd,
+  SocketAddressLegacy,
+  TransactionAction,
+} from './qmp/commands.js';
+
+/** libvirt creates qcow2 targets and scratch files with 64 KiB clusters. */
+export const TARGET_CLUSTER_SIZE = 65536;
+
+/**
+ * blockdev-backup performance options. copy_file_range between the images
+ * made a full push ~4x faster in QEMU-NOTES and in bench/backup.ts; the
+ * output is byte-identical (verified by the backup tests).
+ */
+export const BACKUP_PERF: BackupPerf = { 'use-copy-range': true };
+
+/** What the planner needs to know of one disk taking part in the backup. */
+export interface PlanDiskInput {
+  target: string;
+  /** the disk's top (format) node, where checkpoint bitmaps live */
+  diskNode: string;
+  /** the disk's image path and format (backing file of incremental targets and of scratch files) */
+  diskPath: string;
+  diskFormat: string;
+  /** virtual size of the disk in bytes */
+  virtualSize: number;
+  /** N for the new libvirt-N-storage / libvirt-N-format nodes */
+  nodeIndex: number;
+  /** for incremental disks: the checkpoint's bitmap on diskNode and its granularity */
+  base: { bitmap: string; granularity: number } | null;
+  /**
+   * Incremental push into qcow2: the previous backup of the same chain when it
+   * is known and still exists; null = name the live disk (as libvirt does).
+   */
+  previous: { path: string; format: string } | null;
+}
+
+export interface PlanInput {
+  def: BackupDef;
+  disks: PlanDiskInput[];
+  /** bitmap-add actions of the checkpoint created with the backup (they go first) */
+  checkpointActions: TransactionAction[];
+  /** the caller made the files (REUSE_EXTERNAL): no create, no format step */
+  reuseExternal: boolean;
+  /** resolved TCP port for a pull over tcp (the caller picked a free one when none was given) */
+  port: number | null;
+  perf?: BackupPerf | null;
+  /** initial rate limit of each disk job in bytes/s (block-job-set-speed changes it later); 0/undefined = none */
+  speed?: number;
+}
+
+export interface PlannedDisk {
+  target: string;
+  diskNode: string;
+  /** QEMU job id: backup-<target>-<disk node> */
+  jobId: string;
+  /** target (push) or scratch (pull) file */
+  path: string;
+  format: 'qcow2' | 'raw';
+  virtualSize: number;
+  storageNode: string;
+  formatNode: string;
+  /** create the (empty) file ourselves, mode 0600; for raw also size it */
+  createFile: boolean;
+  addStorage: BlockdevOptions;
+  /** blockdev-create job (qcow2 only, not with REUSE_EXTERNAL) */
+  create: { jobId: string; options: BlockdevCreateOptionsQcow2 } | null;
+  addFormat: BlockdevOptions;
+  /** the temporary bitmap: on the disk node (push) or the scratch node (pull) */
+  tempBitmap: { node: string; name: string } | null;
+  /** backing file written into the qcow2 header (incremental push, scratch) */
+  backingFile: string | null;
+  incremental: string | null;
+  export: BlockExportOptionsNbd | null;
+}
+
+export interface BackupPlan {
+  mode: 'push' | 'pull';
+  disks: PlannedDisk[];
+  nbdServer: { addr: SocketAddressLegacy } | null;
+  transaction: TransactionAction[];
+}
+
+function tcpAddr(server: BackupServerDef, port: number | null): SocketAddressLegacy {
+  const p = server.port ?? port;
+  if (p === null || p === 0) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
+  return { type: 'inet', data: { host: server.name ?? 'localhost', port: String(p) } };
+}
+
+/** The backing-file string for a new image at `file`: relative when both live in one folder. */
+export function backingFileName(file: string, backing: string): string {
+  return path.dirname(path.resolve(file)) === path.dirname(path.resolve(backing)) ? path.basename(backing) : backing;
+}
+
+/** Plan one backup. Throws CONFIG_UNSUPPORTED/OPERATION_UNSUPPORTED for what QEMU cannot do. */
+export function planBackup(input: PlanInput): BackupPlan {
+  const { def } = input;
+  const pull = def.mode === 'pull';
+  const disks: PlannedDisk[] = [];
+  const perDiskActions: TransactionAction[] = [];
+
+  for (const bd of def.disks) {
+    if (!bd.backup) continue;
+    const d = input.disks.find((x) => x.target === bd.name);
+    if (!d) throw virErr('INTERNAL_ERROR', 'QEMU', `no block node for disk '${bd.name}'`);
+    if (bd.path === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no ${pull ? 'scratch' : 'target'} file for disk '${bd.name}'`);
+    if (bd.type === 'block') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
+    }
+    const format = bd.format ?? 'qcow2';
+    if (pull && format !== 'qcow2') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
+    }
+    if (format !== 'qcow2' && format !== 'raw') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `unsupported backup target format '${format}' of disk '${bd.name}'`);
+    }
+    const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
+    if (incremental !== null && d.base === null) {
+      throw virErr('INTERNAL_ERROR', 'QEMU', `no bitmap for the incremental backup of disk '${bd.name}'`);
+    }
+    const storageNode = `libvirt-${d.nodeIndex}-storage`;
+    const formatNode = `libvirt-${d.nodeIndex}-format`;
+    // Backing: pull scratch -> the live disk; incremental qcow2 push -> the disk at run time,
+    // and in the header the previous backup of the chain (or the live disk); full -> none.
+    const backed = format === 'qcow2' && (pull || incremental !== null);
+    let backingFile: string | null = null;
+    let backingFmt: string | null = null;
+    if (backed) {
+      const prev = !pull && d.previous ? d.previous : { path: d.diskPath, format: d.diskFormat };
+      backingFile = backingFileName(bd.path, prev.path);
+      backingFmt = prev.format;
+    }
+    const create: PlannedDisk['create'] =
+      format === 'qcow2' && !input.reuseExternal
+        ? {
+            jobId: `create-${formatNode}`,
+            options: {
+              driver: 'qcow2',
+              file: storageNode,
+              size: d.virtualSize,
+              'cluster-size': TARGET_CLUSTER_SIZE,
+              ...(backingFile !== null ? { 'backing-file': backingFile, 'backing-fmt': backingFmt ?? 'qcow2' } : {}),
+            },
+          }
+        : null;
+    const addFormat: BlockdevOptions =
+      format === 'qcow2'
+        ? { driver: 'qcow2', 'node-name': formatNode, 'read-only': false, file: storageNode, backing: backed ? d.diskNode : null }
+        : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode };
+    const bitmapName = pull ? (bd.exportbitmap ?? `backup-${bd.name}`) : `backup-${bd.name}`;
+    const tempBitmap = incremental !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
+    const jobId = `backup-${bd.name}-${d.diskNode}`;
+
+    if (tempBitmap !== null && d.base !== null) {
+      perDiskActions.push(
+        {
+          type: 'block-dirty-bitmap-add',
+          data: { node: tempBitmap.node, name: tempBitmap.name, persistent: false, disabled: true, granularity: d.base.granularity },
+        },
+        {
+          type: 'block-dirty-bitmap-merge',
+          data: { node: tempBitmap.node, target: tempBitmap.name, bitmaps: [{ node: d.diskNode, name: d.base.bitmap }] },
+        },
+      );
+    }
+    const perf = input.perf === undefined ? BACKUP_PERF : input.perf;
+    perDiskActions.push({
+      type: 'blockdev-backup',
+      data: {
+        device: d.diskNode,
+        'job-id': jobId,
+        target: formatNode,
+        // never sync against the checkpoint bitmap itself: that would clear it on success
+        sync: pull ? 'none' : tempBitmap !== null ? 'incremental' : 'full',
+        ...(!pull && tempBitmap !== null ? { bitmap: tempBitmap.name } : {}),
+        'auto-finalize': true,
+        'auto-dismiss': false,
+        ...(!pull && perf ? { 'x-perf': perf } : {}),
+        ...(input.speed ? { speed: input.speed } : {}),
+      },
+    });
+
+    disks.push({
+      target: bd.name,
+      diskNode: d.diskNode,
+      jobId,
+      path: bd.path,
+      format,
+      virtualSize: d.virtualSize,
+      storageNode,
+      formatNode,
+      createFile: !input.reuseExternal,
+      addStorage: { driver: 'file', filename: bd.path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
+      create,
+      addFormat,
+      tempBitmap,
+      backingFile,
+      incremental,
+      export: pull
+        ? {
+            type: 'nbd',
+            id: `virtback-nbd-${formatNode}`,
+            'node-name': formatNode,
+            writable: false,
+            name: bd.exportname ?? bd.name,
+            ...(tempBitmap !== null ? { bitmaps: [tempBitmap.name] } : {}),
+          }
+        : null,
+    });
+  }
+  if (disks.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
+
+  let nbdServer: BackupPlan['nbdServer'] = null;
+  if (pull) {
+    const server = def.server;
+    if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
+    if (server.transport === 'unix' && server.socket !== null) {
+      nbdServer = { addr: { type: 'unix', data: { path: server.socket } } };
+    } else if (server.transport === 'tcp') {
+      nbdServer = { addr: tcpAddr(server, input.port) };
+    } else {
+      throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
+    }
+  }
+  return { mode: def.mode, disks, nbdServer, transaction: [...input.checkpointActions, ...perDiskActions] };
+}

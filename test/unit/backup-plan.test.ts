@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import test from 'node:test';
+import { backingFileName, BACKUP_PERF, planBackup, type PlanDiskInput } from '../../src/qemu/backup-plan.js';
+import { previousBackup, jobStats, decideEnd, type BackupJobRecord, type FinishedTarget } from '../../src/qemu/backup-job.js';
+import { alignBackupDisks, parseBackupXML } from '../../src/xml/backup.js';
+import type { TransactionAction } from '../../src/qemu/qmp/commands.js';
+
+const domain = {
+  disks: [
+    { target: 'sda', source: '/v/a.qcow2', readonly: false, type: 'file' },
+    { target: 'sdb', source: '/v/b.qcow2', readonly: false, type: 'file' },
+  ],
+};
+
+function disk(target: string, nodeIndex: number, extra: Partial<PlanDiskInput> = {}): PlanDiskInput {
+  return {
+    target,
+    diskNode: target === 'sda' ? 'libvirt-2-format' : 'libvirt-1-format',
+    diskPath: `/v/${target === 'sda' ? 'a' : 'b'}.qcow2`,
+    diskFormat: 'qcow2',
+    virtualSize: 64 << 20,
+    nodeIndex,
+    base: null,
+    previous: null,
+    ...extra,
+  };
+}
+
+function aligned(xml: string, suffix = 'c2') {
+  const def = parseBackupXML(xml);
+  alignBackupDisks(def, domain, suffix);
+  return def;
+}
+
+const cpAdd: TransactionAction[] = [
+  { type: 'block-dirty-bitmap-add', data: { node: 'libvirt-2-format', name: 'c2', persistent: true, disabled: false } },
+];
+
+test('push full: nodes, create job, backing null, one transaction with the checkpoint first', () => {
+  const plan = planBackup({ def: aligned('<domainbackup/>'), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: cpAdd, reuseExternal: false, port: null });
+  assert.equal(plan.nbdServer, null);
+  const a = plan.disks[0]!;
+  assert.equal(a.path, '/v/a.qcow2.c2');
+  assert.equal(a.jobId, 'backup-sda-libvirt-2-format');
+  assert.deepEqual(a.addStorage, { driver: 'file', filename: '/v/a.qcow2.c2', 'node-name': 'libvirt-3-storage', 'auto-read-only': true, discard: 'unmap' });
+  assert.deepEqual(a.create, { jobId: 'create-libvirt-3-format', options: { driver: 'qcow2', file: 'libvirt-3-storage', size: 64 << 20, 'cluster-size': 65536 } });
+  assert.deepEqual(a.addFormat, { driver: 'qcow2', 'node-name': 'libvirt-3-format', 'read-only': false, file: 'libvirt-3-storage', backing: null });
+  assert.equal(a.tempBitmap, null);
+  assert.deepEqual(plan.transaction.map((x) => x.type), ['block-dirty-bitmap-add', 'blockdev-backup', 'blockdev-backup']);
+  assert.deepEqual(plan.transaction[1]!.data, {
+    device: 'libvirt-2-format', 'job-id': 'backup-sda-libvirt-2-format', target: 'libvirt-3-format', sync: 'full',
+    'auto-finalize': true, 'auto-dismiss': false, 'x-perf': BACKUP_PERF,
+  });
+});
+
+test('push incremental: disabled temp bitmap merged from the checkpoint, sync against the temp bitmap, backing = previous backup', () => {
+  const plan = planBackup({
+    def: aligned("<domainbackup><incremental>c1</incremental><disks><disk name='sda'/></disks></domainbackup>"),
+    disks: [disk('sda', 5, { base: { bitmap: 'c1', granularity: 65536 }, previous: { path: '/v/a.qcow2.c1', format: 'qcow2' } })],
+    checkpointActions: [], reuseExternal: false, port: null, perf: null,
+  });
+  const a = plan.disks[0]!;
+  assert.equal(a.backingFile, 'a.qcow2.c1', 'relative: same folder');
+  assert.equal(a.create!.options['backing-file'], 'a.qcow2.c1');
+  assert.equal((a.addFormat as { backing: string }).backing, 'libvirt-2-format');
+  assert.deepEqual(plan.transaction, [
+    { type: 'block-dirty-bitmap-add', data: { node: 'libvirt-2-format', name: 'backup-sda', persistent: false, disabled: true, granularity: 65536 } },
+    { type: 'block-dirty-bitmap-merge', data: { node: 'libvirt-2-format', target: 'backup-sda', bitmaps: [{ node: 'libvirt-2-format', name: 'c1' }] } },
+    { type: 'blockdev-backup', data: { device: 'libvirt-2-format', 'job-id': 'backup-sda-libvirt-2-format', target: 'libvirt-5-format', sync: 'incremental', bitmap: 'backup-sda', 'auto-finalize': true, 'auto-dismiss': false } },
+  ]);
+  // no previous backup known: the live disk, as libvirt
+  const p2 = planBackup({
+    def: aligned("<domainbackup><incremental>c1</incremental><disks><disk name='sda' type='file'><target file='/w/x.qcow2'/></disk></disks></domainbackup>"),
+    disks: [disk('sda', 5, { base: { bitmap: 'c1', granularity: 65536 } })], checkpointActions: [], reuseExternal: false, port: null,
+  });
+  assert.equal(p2.disks[0]!.backingFile, '/v/a.qcow2');
+});
+
+test('push raw and REUSE_EXTERNAL: no format step', () => {
+  const raw = planBackup({
+    def: aligned("<domainbackup><disks><disk name='sda' type='file'><driver type='raw'/><target file='/w/a.raw'/></disk></disks></domainbackup>"),
+    disks: [disk('sda', 3)], checkpointActions: [], reuseExternal: false, port: null,
+  });
+  assert.equal(raw.disks[0]!.create, null);
+  assert.equal(raw.disks[0]!.createFile, true);
+  assert.deepEqual(raw.disks[0]!.addFormat, { driver: 'raw', 'node-name': 'libvirt-3-format', 'read-only': false, file: 'libvirt-3-storage' });
+  const reuse = planBackup({ def: aligned('<domainbackup/>'), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: [], reuseExternal: true, port: null });
+  assert.deepEqual(reuse.disks.map((d) => [d.createFile, d.create]), [[false, null], [false, null]]);
+});
+
+test('pull incremental: scratch backed by the disk, bitmap on the scratch node (cross-node merge), export with the bitmap', () => {
+  const def = aligned("<domainbackup mode='pull'><incremental>c1</incremental><server name='localhost'/><disks><disk name='sda' exportname='e' exportbitmap='bm'/></disks></domainbackup>");
+  const plan = planBackup({ def, disks: [disk('sda', 7, { base: { bitmap: 'c1', granularity: 131072 } })], checkpointActions: cpAdd, reuseExternal: false, port: 10900 });
+  assert.deepEqual(plan.nbdServer, { addr: { type: 'inet', data: { host: 'localhost', port: '10900' } } });
+  const a = plan.disks[0]!;
+  assert.equal(a.create!.options['backing-file'], 'a.qcow2', 'scratch next to the disk: relative');
+  assert.equal((a.addFormat as { backing: string }).backing, 'libvirt-2-format');
+  assert.deepEqual(a.export, { type: 'nbd', id: 'virtback-nbd-libvirt-7-format', 'node-name': 'libvirt-7-format', writable: false, name: 'e', bitmaps: ['bm'] });
+  assert.deepEqual(plan.transaction.slice(1), [
+    { type: 'block-dirty-bitmap-add', data: { node: 'libvirt-7-format', name: 'bm', persistent: false, disabled: true, granularity: 131072 } },
+    { type: 'block-dirty-bitmap-merge', data: { node: 'libvirt-7-format', target: 'bm', bitmaps: [{ node: 'libvirt-2-format', name: 'c1' }] } },
+    { type: 'blockdev-backup', data: { device: 'libvirt-2-format', 'job-id': 'backup-sda-libvirt-2-format', target: 'libvirt-7-format', sync: 'none', 'auto-finalize': true, 'auto-dismiss': false } },
+  ]);
+  assert.equal(plan.transaction[0], cpAdd[0]);
+});
+
+test('pull over unix; tcp without a port; no disks', () => {
+  const unix = planBackup({ def: aligned("<domainbackup mode='pull'><server transport='unix' socket='/r/s'/></domainbackup>"), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: [], reuseExternal: false, port: null });
+  assert.deepEqual(unix.nbdServer, { addr: { type: 'unix', data: { path: '/r/s' } } });
+  assert.deepEqual(unix.disks.map((d) => d.export!.name), ['sda', 'sdb']);
+  assert.throws(() => planBackup({ def: aligned("<domainbackup mode='pull'><server name='localhost'/></domainbackup>"), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: [], reuseExternal: false, port: null }),
+    { code: 84, message: '<domainbackup> must specify TCP port for now' });
+  assert.throws(() => planBackup({ def: aligned("<domainbackup><disks><disk name='sda' backup='no'/><disk name='sdb' backup='no'/></disks></domainbackup>"), disks: [], checkpointActions: [], reuseExternal: false, port: null }),
+    { code: 67, message: 'no disks selected for backup' });
+});
+
+test('backing file names, previous backup lookup, end decision, stats', () => {
+  assert.equal(backingFileName('/a/t.qcow2', '/a/p.qcow2'), 'p.qcow2');
+  assert.equal(backingFileName('/a/t.qcow2', '/b/p.qcow2'), '/b/p.qcow2');
+  const f = (path: string, checkpoint: string | null, disk = 'sda'): FinishedTarget => ({ disk, path, format: 'qcow2', checkpoint, incremental: null, jobId: 1, time: 0 });
+  const finished = [f('/f1', 'c1'), f('/i1', 'c2'), f('/f1b', 'c1'), f('/x', 'c1', 'sdb')];
+  assert.equal(previousBackup(finished, 'sda', 'c1', () => true)?.path, '/f1b');
+  assert.equal(previousBackup(finished, 'sda', 'c1', (p) => p !== '/f1b')?.path, '/f1');
+  assert.equal(previousBackup(finished, 'sda', 'c3', () => true), null);
+
+  const rec = (mode: 'push' | 'pull', states: ('complete' | 'cancelled' | 'failed' | 'running')[]): BackupJobRecord => ({
+    id: 3, mode, phase: 'running', startedAt: 1000, endedAt: null, xml: '', checkpoint: null, created: [], stopping: null, end: null, errmsg: null,
+    disks: states.map((state, i) => ({
+      target: `sd${i}`, source: '', diskNode: 'n', jobId: `j${i}`, path: '', format: 'qcow2', formatNode: '', storageNode: '', incremental: null,
+      backingFile: null, virtualSize: 100, createdFile: true, state, current: 40, total: 100, error: state === 'failed' ? 'EIO' : null,
+    })),
+  });
+  assert.equal(decideEnd(rec('push', ['complete', 'complete'])), 'completed');
+  assert.equal(decideEnd(rec('push', ['complete', 'cancelled'])), 'cancelled');
+  assert.equal(decideEnd(rec('pull', ['cancelled', 'cancelled'])), 'completed', 'a cancelled pull is a success');
+  assert.equal(decideEnd(rec('push', ['cancelled', 'failed'])), 'failed');
+  const live = jobStats(rec('push', ['running', 'complete']), 1500, [{ id: 'j0', type: 'backup', status: 'running', 'current-progress': 70, 'total-progress': 100 }]);
+  assert.deepEqual(live, { type: 2, operation: 9, id: 3, time_elapsed: 500, disk_total: 200, disk_processed: 110, disk_remaining: 90 });
+  const pull = jobStats(rec('pull', ['running']), 1200);
+  assert.deepEqual(pull, { type: 2, operation: 9, id: 3, time_elapsed: 200, disk_temp_used: 40, disk_temp_total: 100 });
+  const done = { ...rec('push', ['failed']), phase: 'done' as const, end: 'failed' as const, errmsg: 'EIO', endedAt: 3000 };
+  assert.deepEqual(jobStats(done, 9999), { type: 4, operation: 9, id: 3, time_elapsed: 2000, disk_total: 100, disk_processed: 40, disk_remaining: 60, success: false, errmsg: 'EIO' });
+});
