@@ -5,13 +5,28 @@
 // exits 1; bad usage (unknown command/option, missing or invalid argument)
 // exits 2.
 
+import fs from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { toVirError } from '../errors.js';
+import { register as registerBackup } from './commands/backup.js';
+import { register as registerCheckpoint } from './commands/checkpoint.js';
+import { register as registerDomain } from './commands/domain.js';
+import { register as registerEvent } from './commands/event.js';
+import { register as registerJob } from './commands/job.js';
 import { register as registerXml } from './commands/xml.js';
+import { addGlobalOptions } from './connection.js';
 
-/** Command groups, in help order. */
-const COMMAND_GROUPS: ((program: Command) => void)[] = [registerXml];
+/** Command groups, in help order (the global -c/--connect and -r/--readonly options first). */
+const COMMAND_GROUPS: ((program: Command) => void)[] = [
+  addGlobalOptions,
+  registerDomain,
+  registerCheckpoint,
+  registerBackup,
+  registerJob,
+  registerEvent,
+  registerXml,
+];
 
 export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
@@ -48,8 +63,18 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Whether this module is the program being run (also through an npm bin symlink). */
+function isMain(): boolean {
+  if (process.argv[1] === undefined) return false;
+  try {
+    return import.meta.url === pathToFileURL(fs.realpathSync(process.argv[1])).href;
+  } catch {
+    return false;
+  }
+}
+
 // Run only when executed, not when imported.
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+if (isMain()) {
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;

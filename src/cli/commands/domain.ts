@@ -1,0 +1,327 @@
+// Domain commands as in virsh: define, undefine, start, destroy, list,
+// dominfo, domstate, dumpxml, domblklist, qemu-monitor-command,
+// domfsfreeze, domfsthaw.
+
+import type { Command } from 'commander';
+import type { DomainSummary } from '../../api/driver.js';
+import { attr, childElements, childText, firstChild, parseXml, textContent, type XmlElement } from '../../xml/tree.js';
+import { lookupDomain, readFileArg, withConnection } from '../connection.js';
+import {
+  domainReasonString,
+  domainStateString,
+  exclusive,
+  formatInfo,
+  formatTable,
+  json,
+  out,
+} from '../output.js';
+
+interface JsonOpt {
+  json?: boolean;
+}
+
+/** virshDomainSorter: running domains by id first, then the others by name. */
+export function sortDomains(list: DomainSummary[]): DomainSummary[] {
+  return [...list].sort((a, b) => {
+    const aa = a.id > 0;
+    const ba = b.id > 0;
+    if (aa && ba) return a.id - b.id;
+    if (aa !== ba) return aa ? -1 : 1;
+    return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  });
+}
+
+/** The JSON shape of a domain summary: numbers plus virsh's state words. */
+export function summaryJson(s: DomainSummary): Record<string, unknown> {
+  return {
+    id: s.id > 0 ? s.id : null,
+    name: s.name,
+    uuid: s.uuid,
+    state: domainStateString(s.state),
+    reason: domainReasonString(s.state, s.reason),
+    persistent: s.persistent,
+    checkpoints: s.checkpoints,
+    hasBackupJob: s.hasBackupJob,
+  };
+}
+
+/** virsh list's table: " Id   Name   State", '-' as the id of an inactive domain. */
+export function formatDomainList(list: DomainSummary[]): string {
+  return formatTable(
+    ['Id', 'Name', 'State'],
+    sortDomains(list).map((s) => [s.id > 0 ? String(s.id) : '-', s.name, domainStateString(s.state)]),
+  );
+}
+
+/** <memory>/<currentMemory> in KiB, whatever unit the element uses. */
+export function memoryKiB(el: XmlElement | null): number | null {
+  if (el === null) return null;
+  const v = Number(textContent(el).trim());
+  if (!Number.isFinite(v)) return null;
+  const unit = (attr(el, 'unit') ?? 'KiB').toLowerCase();
+  const scale: Record<string, number> = {
+    b: 1 / 1024, bytes: 1 / 1024, k: 1, kib: 1, kb: 1000 / 1024, m: 1024, mib: 1024, mb: 1e6 / 1024, g: 1024 ** 2, gib: 1024 ** 2,
+    gb: 1e9 / 1024, t: 1024 ** 3, tib: 1024 ** 3, tb: 1e12 / 1024,
+  };
+  return Math.floor(v * (scale[unit] ?? 1));
+}
+
+export interface DiskRow {
+  type: string;
+  device: string;
+  target: string;
+  source: string;
+}
+
+/** The disks of a domain XML in document order, as domblklist lists them. */
+export function domainDisks(xml: string): DiskRow[] {
+  const root = parseXml(xml);
+  const devices = firstChild(root, 'devices');
+  if (devices === null) return [];
+  const rows: DiskRow[] = [];
+  for (const d of childElements(devices, 'disk')) {
+    const target = firstChild(d, 'target');
+    const dev = target === null ? null : attr(target, 'dev');
+    if (dev === null) continue;
+    const type = attr(d, 'type') ?? 'file';
+    const src = firstChild(d, 'source');
+    const source =
+      src === null ? null : (attr(src, 'file') ?? attr(src, 'dev') ?? attr(src, 'dir') ?? attr(src, 'name') ?? attr(src, 'volume'));
+    rows.push({ type, device: attr(d, 'device') ?? 'disk', target: dev, source: source ?? '-' });
+  }
+  return rows;
+}
+
+export function formatDiskList(rows: DiskRow[], details: boolean): string {
+  return details
+    ? formatTable(['Type', 'Device', 'Target', 'Source'], rows.map((r) => [r.type, r.device, r.target, r.source]))
+    : formatTable(['Target', 'Source'], rows.map((r) => [r.target, r.source]));
+}
+
+export function register(program: Command): void {
+  program
+    .command('define')
+    .description('define (but do not start) a domain from an XML file')
+    .argument('<file>', 'file containing an XML domain description')
+    .action(async (file: string, _o: object, cmd: Command) => {
+      const xml = readFileArg(file);
+      await withConnection(cmd, async (conn) => {
+        const dom = await conn.defineXML(xml);
+        out(`Domain '${dom.name}' defined from ${file}\n`);
+      });
+    });
+
+  program
+    .command('undefine')
+    .description('undefine a domain')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--checkpoints-metadata', 'remove all domain checkpoint metadata (vm must be inactive)')
+    .action(async (ref: string, o: { checkpointsMetadata?: boolean }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        await dom.undefine({ checkpointsMetadata: o.checkpointsMetadata === true });
+        out(`Domain '${dom.name}' has been undefined\n`);
+      });
+    });
+
+  program
+    .command('start')
+    .description('start a (previously defined) inactive domain')
+    .argument('<domain>', 'name of the inactive domain')
+    .action(async (ref: string, _o: object, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        await dom.create();
+        out(`Domain '${dom.name}' started\n`);
+      });
+    });
+
+  program
+    .command('destroy')
+    .description('destroy (stop) a domain')
+    .argument('<domain>', 'domain name, id or uuid')
+    .action(async (ref: string, _o: object, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        await dom.destroy();
+        out(`Domain '${dom.name}' destroyed\n`);
+      });
+    });
+
+  program
+    .command('list')
+    .description('list domains')
+    .option('--all', 'list inactive & active domains')
+    .option('--inactive', 'list inactive domains')
+    .option('--with-checkpoint', 'list domains with existing checkpoint')
+    .option('--without-checkpoint', 'list domains without a checkpoint')
+    .option('--with-backup', 'list domains with a backup job (virtback)')
+    .option('--without-backup', 'list domains without a backup job (virtback)')
+    .option('--name', 'list domain names only')
+    .option('--uuid', 'list uuid\'s only')
+    .option('--json', 'print the list as JSON')
+    .action(
+      async (
+        o: JsonOpt & {
+          all?: boolean;
+          inactive?: boolean;
+          withCheckpoint?: boolean;
+          withoutCheckpoint?: boolean;
+          withBackup?: boolean;
+          withoutBackup?: boolean;
+          name?: boolean;
+          uuid?: boolean;
+        },
+        cmd: Command,
+      ) => {
+        exclusive(cmd, ['json', o.json], ['name', o.name]);
+        exclusive(cmd, ['json', o.json], ['uuid', o.uuid]);
+        await withConnection(cmd, async (conn) => {
+          const list = sortDomains(
+            await conn.listAllDomainSummaries({
+              active: !o.inactive || o.all === true,
+              inactive: o.inactive === true || o.all === true,
+              hasCheckpoint: o.withCheckpoint === true,
+              noCheckpoint: o.withoutCheckpoint === true,
+              hasBackupJob: o.withBackup === true,
+              noBackupJob: o.withoutBackup === true,
+            }),
+          );
+          if (o.json) json(list.map(summaryJson));
+          else if (o.name && o.uuid) out(list.map((s) => `${s.uuid.padEnd(36)} ${s.name}\n`).join(''));
+          else if (o.name) out(list.map((s) => `${s.name}\n`).join(''));
+          else if (o.uuid) out(list.map((s) => `${s.uuid}\n`).join(''));
+          else out(formatDomainList(list));
+        });
+      },
+    );
+
+  program
+    .command('dominfo')
+    .description('domain information')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--json', 'print the information as JSON')
+    .action(async (ref: string, o: JsonOpt, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        const s = await dom.getInfo();
+        const root = parseXml(await dom.getXMLDesc());
+        const os = firstChild(root, 'os');
+        const osType = (os === null ? null : childText(os, 'type')) ?? 'hvm';
+        const vcpu = Number(childText(root, 'vcpu') ?? '1');
+        const maxMem = memoryKiB(firstChild(root, 'memory')) ?? 0;
+        const curMem = memoryKiB(firstChild(root, 'currentMemory')) ?? maxMem;
+        if (o.json) {
+          json({ ...summaryJson(s), osType, cpus: vcpu, maxMemoryKiB: maxMem, usedMemoryKiB: curMem });
+          return;
+        }
+        out(
+          formatInfo([
+            ['Id:', s.id > 0 ? String(s.id) : '-'],
+            ['Name:', s.name],
+            ['UUID:', s.uuid],
+            ['OS Type:', osType],
+            ['State:', domainStateString(s.state)],
+            ['CPU(s):', vcpu],
+            ['Max memory:', `${maxMem} KiB`],
+            ['Used memory:', `${curMem} KiB`],
+            ['Persistent:', s.persistent ? 'yes' : 'no'],
+            ['Autostart:', 'disable'],
+            ['Managed save:', 'no'],
+            ['Security model:', 'none'],
+            ['Security DOI:', '0'],
+            ['Checkpoints:', s.checkpoints],
+            ['Backup job:', s.hasBackupJob ? 'yes' : 'no'],
+          ]),
+        );
+      });
+    });
+
+  program
+    .command('domstate')
+    .description('domain state')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--reason', 'also print reason for the state')
+    .option('--json', 'print the state as JSON')
+    .action(async (ref: string, o: JsonOpt & { reason?: boolean }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const s = await (await lookupDomain(conn, ref)).getInfo();
+        const state = domainStateString(s.state);
+        const reason = domainReasonString(s.state, s.reason);
+        if (o.json) json({ state, reason });
+        else out(o.reason ? `${state} (${reason})\n` : `${state}\n`);
+      });
+    });
+
+  program
+    .command('dumpxml')
+    .description('domain information in XML')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--inactive', 'show inactive defined XML')
+    .option('--security-info', 'include security sensitive information in XML dump')
+    .action(async (ref: string, o: { inactive?: boolean; securityInfo?: boolean }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const xml = await (await lookupDomain(conn, ref)).getXMLDesc({ inactive: o.inactive === true, secure: o.securityInfo === true });
+        out(xml.endsWith('\n') ? xml : `${xml}\n`);
+      });
+    });
+
+  program
+    .command('domblklist')
+    .description('list all domain blocks')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--inactive', 'get inactive rather than running configuration')
+    .option('--details', 'additionally display the type and device value')
+    .option('--json', 'print the list as JSON')
+    .action(async (ref: string, o: JsonOpt & { inactive?: boolean; details?: boolean }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const rows = domainDisks(await (await lookupDomain(conn, ref)).getXMLDesc({ inactive: o.inactive === true }));
+        if (o.json) json(rows.map((r) => ({ ...r, source: r.source === '-' ? null : r.source })));
+        else out(formatDiskList(rows, o.details === true));
+      });
+    });
+
+  program
+    .command('qemu-monitor-command')
+    .description('QEMU Monitor Command')
+    .argument('<domain>', 'domain name, id or uuid')
+    .argument('<cmd...>', 'command')
+    .option('--hmp', 'command is in human monitor protocol')
+    .option('--pretty', 'pretty-print any qemu monitor protocol output')
+    .action(async (ref: string, words: string[], o: { hmp?: boolean; pretty?: boolean }, cmd: Command) => {
+      exclusive(cmd, ['hmp', o.hmp], ['pretty', o.pretty]);
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        let result = await dom.qemuMonitorCommand(words.join(' '), { hmp: o.hmp === true });
+        if (o.pretty) result = JSON.stringify(JSON.parse(result), null, 2);
+        out(result.endsWith('\n') ? result : `${result}\n`);
+      });
+    });
+
+  const collect = (v: string, acc: string[]): string[] => [...acc, v];
+
+  program
+    .command('domfsfreeze')
+    .description('Freeze domain\'s mounted filesystems.')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--mountpoint <mountpoint>', 'mountpoint path to be frozen (repeatable)', collect, [] as string[])
+    .action(async (ref: string, o: { mountpoint: string[] }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const n = await (await lookupDomain(conn, ref)).fsFreeze(o.mountpoint);
+        out(`Froze ${n} filesystem(s)\n`);
+      });
+    });
+
+  program
+    .command('domfsthaw')
+    .description('Thaw domain\'s mounted filesystems.')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--mountpoint <mountpoint>', 'mountpoint path to be thawed (repeatable)', collect, [] as string[])
+    .action(async (ref: string, o: { mountpoint: string[] }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const n = await (await lookupDomain(conn, ref)).fsThaw(o.mountpoint);
+        out(`Thawed ${n} filesystem(s)\n`);
+      });
+    });
+}
+

@@ -1,0 +1,220 @@
+// `backup-begin --wait`: follow a backup job until it ends. On a terminal a
+// cli-progress bar per disk; otherwise plain lines, one whenever a disk's
+// whole percentage or state changes. Progress comes from getJobStats polls;
+// completion from the job-completed event, or from the stats of the
+// completed job when the event was missed.
+//
+// The Driver reports one aggregate disk_processed/disk_total per job, so a
+// disk's bar follows the job's aggregate until that disk's block-job event
+// says it is done. A driver that also returns per-disk figures as
+// `stats.disks` (see DiskStats) gets exact per-disk bars.
+
+import cliProgress from 'cli-progress';
+import type { DriverEvent, JobStats } from '../api/driver.js';
+import type { Domain } from '../api/public.js';
+import { BlockJobStatus, JobStatsFlags, JobType } from '../flags.js';
+import { attr, childElements, firstChild, parseXml } from '../xml/tree.js';
+
+/** Per-disk figures a driver may add to JobStats (not part of the Driver interface today). */
+export interface DiskStats {
+  name: string;
+  processed: number;
+  total: number;
+}
+
+export type DiskState = 'running' | 'completed' | 'failed' | 'cancelled';
+
+export interface DiskProgress {
+  disk: string;
+  processed: number;
+  total: number;
+  state: DiskState;
+}
+
+/** Whole percent done, as virsh rounds job progress (100 when nothing remains). */
+export function percent(processed: number, total: number): number {
+  if (total <= 0) return 0;
+  const remaining = Math.max(0, total - processed);
+  return remaining === 0 ? 100 : Math.floor(100 - (remaining * 100) / total);
+}
+
+/** The disks a backup job copies, from its <domainbackup> (backup='no' disks left out). */
+export function backupDisks(xml: string): string[] {
+  const root = parseXml(xml);
+  const disks = firstChild(root, 'disks');
+  if (disks === null) return [];
+  return childElements(disks, 'disk')
+    .filter((d) => attr(d, 'backup') !== 'no')
+    .map((d) => attr(d, 'name') ?? '')
+    .filter((n) => n !== '');
+}
+
+/** A display of per-disk progress. */
+export interface ProgressView {
+  update(disks: DiskProgress[]): void;
+  stop(): void;
+}
+
+const MiB = 1024 * 1024;
+
+/** Plain lines for a pipe or file: "vda: 42% (27.0/64.0 MiB)", then "vda: completed". */
+export class LineProgress implements ProgressView {
+  private readonly last = new Map<string, string>();
+  constructor(private readonly write: (s: string) => void) {}
+
+  update(disks: DiskProgress[]): void {
+    for (const d of disks) {
+      const line =
+        d.state === 'running'
+          ? `${d.disk}: ${percent(d.processed, d.total)}% (${(d.processed / MiB).toFixed(1)}/${(d.total / MiB).toFixed(1)} MiB)`
+          : `${d.disk}: ${d.state}`;
+      if (this.last.get(d.disk) === line) continue;
+      this.last.set(d.disk, line);
+      this.write(`${line}\n`);
+    }
+  }
+
+  stop(): void {}
+}
+
+/** cli-progress bars, one per disk, on the terminal. */
+export class BarProgress implements ProgressView {
+  private readonly multi: cliProgress.MultiBar;
+  private readonly bars = new Map<string, cliProgress.SingleBar>();
+
+  constructor(stream: NodeJS.WriteStream) {
+    this.multi = new cliProgress.MultiBar(
+      {
+        stream,
+        format: '{disk} [{bar}] {percentage}% | {done}/{size} MiB | {state}',
+        hideCursor: true,
+        clearOnComplete: false,
+        barsize: 30,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+  }
+
+  update(disks: DiskProgress[]): void {
+    const width = Math.max(...disks.map((d) => d.disk.length));
+    for (const d of disks) {
+      const total = Math.max(d.total, 1);
+      const value = d.state === 'completed' ? total : Math.min(d.processed, total);
+      const payload = {
+        disk: d.disk.padEnd(width),
+        done: (value / MiB).toFixed(1),
+        size: (d.total / MiB).toFixed(1),
+        state: d.state,
+      };
+      const bar = this.bars.get(d.disk);
+      if (bar === undefined) this.bars.set(d.disk, this.multi.create(total, value, payload));
+      else {
+        bar.setTotal(total);
+        bar.update(value, payload);
+      }
+    }
+  }
+
+  stop(): void {
+    this.multi.stop();
+  }
+}
+
+export interface WaitOptions {
+  view: ProgressView;
+  /** how often to poll getJobStats (ms) */
+  intervalMs?: number;
+}
+
+function stateOf(status: number): DiskState {
+  return status === BlockJobStatus.COMPLETED ? 'completed' : status === BlockJobStatus.FAILED ? 'failed' : 'cancelled';
+}
+
+function outcomeState(type: number): DiskState {
+  return type === JobType.COMPLETED ? 'completed' : type === JobType.FAILED ? 'failed' : 'cancelled';
+}
+
+/**
+ * Follow job `jobId` of `dom` until it is no longer running; resolves to the
+ * completed job's statistics (type COMPLETED, FAILED or CANCELLED).
+ */
+export async function waitForBackup(dom: Domain, jobId: number, opts: WaitOptions): Promise<JobStats> {
+  const conn = dom.getConnect();
+  const intervalMs = opts.intervalMs ?? 250;
+  const diskState = new Map<string, DiskState>();
+  let names: string[] = [];
+  try {
+    names = backupDisks(await dom.backupGetXMLDesc(jobId));
+  } catch {
+    // the job may already be over; the stats below tell
+  }
+  for (const n of names) diskState.set(n, 'running');
+
+  let finished: JobStats | null = null;
+  let wake: (() => void) | null = null;
+  const mine = (ev: DriverEvent): boolean => ev.type !== 'lifecycle' && ev.domain.uuid === dom.uuid && ev.jobId === jobId;
+  const offs = [
+    conn.on('job-completed', (ev) => {
+      if (!mine(ev)) return;
+      finished = ev.stats;
+      wake?.();
+    }),
+    conn.on('block-job', (ev) => {
+      if (!mine(ev)) return;
+      diskState.set(ev.disk, stateOf(ev.status));
+      if (!names.includes(ev.disk)) names.push(ev.disk);
+    }),
+  ];
+
+  const show = (s: JobStats, over: boolean): void => {
+    const processed = s.disk_processed ?? 0;
+    const total = s.disk_total ?? 0;
+    const perDisk = (s as JobStats & { disks?: DiskStats[] }).disks;
+    const list = names.length > 0 ? names : ['total'];
+    opts.view.update(
+      list.map((disk) => {
+        const own = perDisk?.find((d) => d.name === disk);
+        const state = diskState.get(disk) ?? (over ? outcomeState(s.type) : 'running');
+        return { disk, processed: own?.processed ?? processed, total: own?.total ?? total, state };
+      }),
+    );
+  };
+
+  try {
+    for (;;) {
+      if (finished !== null) break;
+      const s = await dom.getJobStats();
+      const running = s.type === JobType.UNBOUNDED || s.type === JobType.BOUNDED;
+      if (running && (s.id === undefined || s.id === jobId)) {
+        show(s, false);
+      } else {
+        // Not running any more (or another job runs): the completed job's stats tell the outcome.
+        const done = await dom.getJobStats({ completed: true, keepCompleted: true });
+        if (finished === null && done.type !== JobType.NONE && (done.id === undefined || done.id === jobId)) finished = done;
+        if (finished === null) {
+          // the job-completed event is on its way
+          await new Promise<void>((r) => setTimeout(r, intervalMs));
+          if (finished === null) finished = { type: JobType.NONE };
+        }
+        break;
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, intervalMs);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      wake = null;
+    }
+    const final: JobStats = finished;
+    show(final, true);
+    return final;
+  } finally {
+    for (const off of offs) off();
+    opts.view.stop();
+  }
+}
+
+/** The flags value of getJobStats({ completed, keepCompleted }) (exported for tests). */
+export const COMPLETED_KEEP = JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED;
