@@ -595,7 +595,8 @@ export class QemuDriver implements Driver {
       uuid: dom.uuid,
       id: dom.run ? dom.run.pid : -1,
       state: dom.state,
-      reason: dom.state === DomainState.SHUTOFF ? dom.reason : 0,
+      // libvirt's reason codes: running 1 = booted, paused 1 = user, shut off: why it stopped
+      reason: dom.state === DomainState.SHUTOFF ? dom.reason : 1,
       persistent: dom.persistent,
       checkpoints: dom.checkpoints?.count() ?? 0,
       hasBackupJob: dom.backupJobs?.hasActiveJob() ?? false,

@@ -37,7 +37,7 @@ test('define, start, write through HMP qemu-io, destroy: the bytes are in the im
   await driver.domainCreate(dom.uuid, 0);
   info = await driver.domainGetInfo(dom.uuid);
   assert.equal(info.state, DomainState.RUNNING);
-  assert.equal(info.reason, 0);
+  assert.equal(info.reason, 1, 'running (booted)');
   const procs = await qemuProcessesFor(env.dir);
   assert.deepEqual(procs.map((p) => p.pid), [info.id], 'one QEMU, whose pid is the domain id');
   assert.ok(procs[0]!.argv.includes(dom.uuid));
