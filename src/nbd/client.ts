@@ -1,6 +1,6 @@
 // NBD client for pull-mode reading: fixed newstyle handshake with structured
 // replies and metadata contexts, then pipelined READ and BLOCK_STATUS requests
-// keyed by cookie. Wire details live in codec.ts; this file is the socket edge.
+// keyed by cookie (and WRITE / WRITE_ZEROES / FLUSH, to fill new images). Wire details live in codec.ts; this file is the socket edge.
 
 import * as net from 'node:net';
 import { virErr } from '../errors.js';
@@ -374,7 +374,14 @@ export class NbdClient {
     this.inFlight++;
   }
 
-  private async submit<T>(command: number, flags: number, offset: number, length: number, make: (resolve: (v: T) => void, reject: (e: NbdError) => void) => Omit<Pending, 'command' | 'offset' | 'length' | 'reject'>): Promise<T> {
+  private async submit<T>(
+    command: number,
+    flags: number,
+    offset: number,
+    length: number,
+    make: (resolve: (v: T) => void, reject: (e: NbdError) => void) => Omit<Pending, 'command' | 'offset' | 'length' | 'reject'>,
+    payload?: Buffer,
+  ): Promise<T> {
     if (this.dead) throw this.dead;
     if (this.closing) throw connectionError(`NBD connection to ${this.uri} is being closed`);
     this.outstanding++;
@@ -385,6 +392,7 @@ export class NbdClient {
         const handlers = make(resolve, reject);
         this.pending.set(cookie, { command, offset, length, reject, ...handlers });
         this.socket.write(encodeRequest({ flags, type: command, cookie, offset, length }));
+        if (payload) this.socket.write(payload);
       });
     } finally {
       if (--this.outstanding === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -534,6 +542,82 @@ export class NbdClient {
         },
       };
     });
+  }
+
+  // ------------------------------------------------------------ writes
+
+  /** Largest payload one WRITE request may carry (also a multiple of the minimum block size). */
+  get maxWrite(): number {
+    return this.maxRead;
+  }
+
+  private checkWritable(what: string, flag?: number, flagName?: string): void {
+    if (this.readOnly) throw argError(`${what}: export '${this.exportName}' at ${this.uri} is read-only`);
+    if (flag !== undefined && !(this.flags & flag)) throw argError(`${what}: export '${this.exportName}' at ${this.uri} does not advertise ${flagName}`);
+  }
+
+  /** Write `data` at `offset`; long writes are split into pipelined requests of at most `maxWrite`. */
+  async write(offset: number, data: Buffer, opts: { fua?: boolean } = {}): Promise<void> {
+    this.checkWritable('write');
+    this.checkRange('write', offset, data.length);
+    if (opts.fua && !(this.flags & P.NBD_FLAG_SEND_FUA)) throw argError(`write: export '${this.exportName}' at ${this.uri} does not advertise NBD_FLAG_SEND_FUA`);
+    const flags = opts.fua ? P.NBD_CMD_FLAG_FUA : 0;
+    const max = this.maxWrite;
+    const parts: Promise<void>[] = [];
+    for (let o = 0; o < data.length; o += max) {
+      const piece = data.subarray(o, Math.min(data.length, o + max));
+      parts.push(this.noDataCommand(P.NBD_CMD_WRITE, flags, offset + o, piece.length, `write of ${piece.length} bytes at offset ${offset + o}`, piece));
+    }
+    await Promise.all(parts);
+  }
+
+  /**
+   * Make [offset, offset + length) read as zeroes. With noHole the server must
+   * allocate (NBD_CMD_FLAG_NO_HOLE); otherwise it may punch holes or set zero flags.
+   */
+  async writeZeroes(offset: number, length: number, opts: { noHole?: boolean; fua?: boolean } = {}): Promise<void> {
+    this.checkWritable('write zeroes', P.NBD_FLAG_SEND_WRITE_ZEROES, 'NBD_FLAG_SEND_WRITE_ZEROES');
+    this.checkRange('write zeroes', offset, length);
+    const flags = (opts.noHole ? P.NBD_CMD_FLAG_NO_HOLE : 0) | (opts.fua ? P.NBD_CMD_FLAG_FUA : 0);
+    const min = this.blockSizes.minimum;
+    const max = MAX_U32 - (MAX_U32 % min);
+    const parts: Promise<void>[] = [];
+    for (let o = 0; o < length; o += max) {
+      const n = Math.min(max, length - o);
+      parts.push(this.noDataCommand(P.NBD_CMD_WRITE_ZEROES, flags, offset + o, n, `write zeroes of ${n} bytes at offset ${offset + o}`));
+    }
+    await Promise.all(parts);
+  }
+
+  /** Ask the server to make all completed writes persistent. */
+  async flush(): Promise<void> {
+    this.checkWritable('flush', P.NBD_FLAG_SEND_FLUSH, 'NBD_FLAG_SEND_FLUSH');
+    await this.noDataCommand(P.NBD_CMD_FLUSH, 0, 0, 0, 'flush');
+  }
+
+  /** A command whose successful reply carries no data: simple reply or a single NONE chunk. */
+  private noDataCommand(command: number, flags: number, offset: number, length: number, what: string, payload?: Buffer): Promise<void> {
+    const desc = `${what} to ${this.uri}`;
+    return this.submit<void>(
+      command,
+      flags,
+      offset,
+      length,
+      (resolve, reject) => {
+        let failure: NbdError | undefined;
+        return {
+          onSimple: (error) => (error !== 0 ? reject(this.replyError(desc, error, '')) : resolve()),
+          onChunk: ({ done, chunk }) => {
+            if (chunk.type === 'error' || chunk.type === 'errorOffset') failure ??= this.replyError(desc, chunk.error, chunk.message);
+            else if (chunk.type !== 'none') throw protocolError(`${chunk.type} chunk in reply to the ${desc}`);
+            if (!done) return;
+            if (failure) return reject(failure);
+            resolve();
+          },
+        };
+      },
+      payload,
+    );
   }
 
   /** The error for a request the server failed; NBD_ESHUTDOWN also ends the connection. */

@@ -79,7 +79,7 @@ export interface Request {
   length: number;
 }
 
-/** A 28-byte transmission request (no write payload: this client only reads). */
+/** A 28-byte transmission request header; a WRITE's payload follows it on the wire. */
 export function encodeRequest(r: Request): Buffer {
   const b = Buffer.alloc(P.REQUEST_SIZE);
   b.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0);

@@ -1,0 +1,120 @@
+// Running qemu-img and qemu-nbd for the repository: failures become VirErrors
+// that carry the tool's own message, and every qemu-nbd we start is ended by us.
+
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { virErr } from '../errors.js';
+
+/** Run a tool to completion; a non-zero exit becomes OPERATION_FAILED with its stderr. */
+export function runTool(cmd: string, args: string[], what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (!err) return resolve(stdout);
+      const text = (stderr || err.message).trim().split('\n').pop() ?? '';
+      reject(virErr('OPERATION_FAILED', 'STORAGE', `${what} failed: ${text}`, err));
+    });
+  });
+}
+
+/** The fields of `qemu-img info --output=json` this module uses. */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  'virtual-size': number;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+}
+
+/** Info about one image alone (never opens its backing file, so a broken chain still answers). */
+export async function imageInfo(file: string, format?: string): Promise<ImageInfo> {
+  // -U: we only read metadata, and the image may be a live disk that QEMU holds locked.
+  const args = ['info', '--output=json', '-U', ...(format ? ['-f', format] : []), file];
+  return JSON.parse(await runTool('qemu-img', args, `qemu-img info of '${file}'`)) as ImageInfo;
+}
+
+export interface NbdExport {
+  socketPath: string;
+  exportName: string;
+  /**
+   * End qemu-nbd (SIGTERM: it flushes and closes the image cleanly; SIGKILL after 10 s)
+   * and remove its socket folder. Rejects when qemu-nbd did not exit with status 0.
+   * Safe to call twice.
+   */
+  close(): Promise<void>;
+}
+
+export interface ExportOptions {
+  image: string;
+  format: string;
+  readOnly: boolean;
+  /** Expose qemu:allocation-depth (which layer of the chain holds each range). */
+  allocationDepth?: boolean;
+}
+
+/** Serve `image` (with its backing chain) on a private unix socket with qemu-nbd. */
+export async function startExport(opts: ExportOptions): Promise<NbdExport> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-nbd-'));
+  const socketPath = path.join(dir, 'nbd.sock');
+  const args = [
+    '--persistent', // our readiness probe must not count as the one client
+    '--shared=4',
+    `--format=${opts.format}`,
+    `--socket=${socketPath}`,
+    '--export-name=',
+    ...(opts.readOnly ? ['--read-only'] : ['--discard=unmap']),
+    ...(opts.allocationDepth ? ['--allocation-depth'] : []),
+    opts.image,
+  ];
+  const proc: ChildProcess = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => {
+    proc.once('exit', (code) => resolve(code));
+    proc.once('error', (e) => {
+      stderr += e.message;
+      resolve(-1);
+    });
+  });
+  const gone = () => proc.exitCode !== null || proc.signalCode !== null;
+  const failure = () => virErr('OPERATION_FAILED', 'STORAGE', `qemu-nbd for '${opts.image}' failed: ${stderr.trim() || 'exited'}`);
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      const wasGone = gone();
+      if (!wasGone) {
+        proc.kill('SIGTERM');
+        const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(t);
+      }
+      await fs.rm(dir, { recursive: true, force: true });
+      if (wasGone || (await exited) !== 0) throw failure();
+    })());
+  try {
+    for (let i = 0; ; i++) {
+      if (gone()) throw failure();
+      if (await canConnect(socketPath)) break;
+      if (i > 400) throw virErr('OPERATION_TIMEOUT', 'STORAGE', `qemu-nbd for '${opts.image}' did not listen on ${socketPath} within 10 s`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  } catch (e) {
+    await close().catch(() => undefined);
+    throw e;
+  }
+  return { socketPath, exportName: '', close };
+}
+
+function canConnect(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection(socketPath);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}

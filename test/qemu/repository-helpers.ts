@@ -1,0 +1,75 @@
+// Shared by the repository tests: tool runners, the checksum definition
+// recomputed independently from raw bytes, and file fingerprints.
+
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { promisify } from 'node:util';
+
+export const run = promisify(execFile);
+export const MiB = 1 << 20;
+
+export async function img(...args: string[]): Promise<string> {
+  return (await run('qemu-img', args)).stdout;
+}
+
+export async function qemuIo(format: string, file: string, ...cmds: string[]): Promise<void> {
+  await run('qemu-io', ['-f', format, ...cmds.flatMap((c) => ['-c', c]), file]);
+}
+
+export const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** The guest content of an image (any chain) as raw bytes, via qemu-img convert. */
+export async function rawContent(file: string, dir: string): Promise<Buffer> {
+  const out = `${dir}/.content-${Math.random().toString(36).slice(2)}.raw`;
+  await img('convert', '-U', '-O', 'raw', file, out);
+  try {
+    return await fs.readFile(out);
+  } finally {
+    await fs.rm(out, { force: true });
+  }
+}
+
+/** The manifest checksum definition, from the bytes: sha256 per MiB, 32 zero bytes for an all-zero block. */
+export function referenceChecksum(content: Buffer): string {
+  const top = createHash('sha256');
+  for (let o = 0; o < content.length; o += MiB) {
+    const b = content.subarray(o, Math.min(content.length, o + MiB));
+    top.update(b.every((x) => x === 0) ? Buffer.alloc(32) : createHash('sha256').update(b).digest());
+  }
+  return top.digest('hex');
+}
+
+export interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  present?: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+}
+
+export async function map(file: string, format?: string): Promise<MapEntry[]> {
+  return JSON.parse(await img('map', '--output=json', '-U', ...(format ? ['-f', format] : []), file)) as MapEntry[];
+}
+
+/** Bytes of [start, end) that `map` reports as data. */
+export function dataBytesIn(entries: MapEntry[], start: number, end: number): number {
+  let n = 0;
+  for (const e of entries) {
+    if (!e.data) continue;
+    n += Math.max(0, Math.min(end, e.start + e.length) - Math.max(start, e.start));
+  }
+  return n;
+}
+
+/** sha256 and mtime of each file, to prove backups were not modified. */
+export async function fingerprint(files: string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const f of files) {
+    const st = await fs.stat(f);
+    out[f] = `${sha(await fs.readFile(f))} ${st.mtimeMs}`;
+  }
+  return out;
+}
