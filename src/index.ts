@@ -21,3 +21,5 @@ export { RemoteDriver } from './remote/client.js';
 export { ErrorCode, ErrorDomain, VirError, isVirError, virErr } from './errors.js';
 export type { ErrorCodeName, ErrorDomainName } from './errors.js';
 export * from './flags.js';
+// Restore, verify and the pull-mode client work on backup files, without a daemon.
+export { restoreBackup, verifyBackup, formatVerifyResult, pullBackup, readManifest, writeManifest } from './repository/index.js';

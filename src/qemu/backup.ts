@@ -37,7 +37,10 @@ import type { BlockDeviceInfo, BlockdevCreateOptions, JobInfo } from './qmp/comm
 /** What afterPushComplete learns of a finished push (the backup manifest writer's input). */
 export interface PushCompleteInfo {
   uuid: string;
+  name: string;
   jobId: number;
+  /** the backup instant, epoch milliseconds */
+  time: number;
   disks: {
     target: string;
     path: string;
@@ -595,7 +598,9 @@ export class QemuBackups implements BackupOps {
       if (this.opts.afterPushComplete) {
         await this.opts.afterPushComplete({
           uuid: dom.uuid,
+          name: dom.name,
           jobId: rec.id,
+          time: rec.startedAt,
           disks: rec.disks.map((d) => ({
             target: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental,
             backingFile: d.backingFile, virtualSize: d.virtualSize,

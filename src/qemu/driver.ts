@@ -43,6 +43,7 @@ import {
 import { QmpClient, QmpCommandError, qmpErrorToVirError } from './qmp/client.js';
 import { GuestAgentClient } from './qmp/agent.js';
 import { QemuCheckpoints } from './checkpoints.js';
+import { writePushManifests } from './backup-manifests.js';
 import { QemuBackups } from './backup.js';
 import {
   listIds,
@@ -169,7 +170,13 @@ export class QemuDriver implements Driver {
     // with `?? new QemuCheckpoints(d)` / `?? new QemuBackups(d)`; their constructors
     // call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
     d.checkpointsImpl = (opts.checkpoints ?? ((x) => new QemuCheckpoints(x)))(d);
-    d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x)))(d);
+    d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x, {
+      afterPushComplete: (info) => {
+        const dom = x.getDomain(info.uuid);
+        const sources = [...dom.def.disks, ...(dom.liveDef?.disks ?? [])].map((k) => k.source).filter((p): p is string => p !== null);
+        return writePushManifests(info, new Set(sources));
+      },
+    })))(d);
     await d.paths.ensure();
     await d.loadDefinitions();
     await d.reconnectAll();

@@ -1,0 +1,27 @@
+// Glue between a finished push backup and the repository: one manifest per
+// target, written after the target is closed and before job-completed is
+// published, so a listener finds target and manifest together.
+
+import path from 'node:path';
+import { writeManifest } from '../repository/manifest.js';
+import type { PushCompleteInfo } from './backup.js';
+
+export async function writePushManifests(info: PushCompleteInfo, liveSources: ReadonlySet<string>): Promise<void> {
+  for (const d of info.disks) {
+    const backing = d.backingFile === null ? null : path.resolve(path.dirname(d.path), d.backingFile);
+    await writeManifest({
+      domain: { name: info.name, uuid: info.uuid },
+      disk: d.target,
+      target: d.path,
+      format: d.format === 'raw' ? 'raw' : 'qcow2',
+      checkpoint: d.checkpoint,
+      incrementalFrom: d.incremental,
+      // a backing file that is the live disk is no backup: the manifest says so (no parent, no checksum)
+      parentBackup: backing !== null && !liveSources.has(backing) ? backing : null,
+      time: Math.floor(info.time / 1000),
+      virtualSize: d.virtualSize,
+      jobId: info.jobId,
+      mode: 'push',
+    });
+  }
+}
