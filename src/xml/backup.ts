@@ -187,23 +187,18 @@ function parseServer(el: XmlElement): BackupServerDef {
   return server;
 }
 
+/** A disk entry with nothing but its name and whether it is backed up; the rest is filled by parse or align. */
+function blankDisk(name: string, backup: boolean): BackupDiskDef {
+  return {
+    name, backup, state: null, backupmode: null, incremental: null, exportname: null, exportbitmap: null,
+    type: null, format: null, path: null, storeExtra: [], index: null,
+  };
+}
+
 function parseDisk(el: XmlElement, push: boolean, internal: boolean): BackupDiskDef {
   const name = attr(el, 'name');
   if (name === null) throw virErr('XML_ERROR', D, 'missing name from disk backup element');
-  const disk: BackupDiskDef = {
-    name,
-    backup: parseYesNo(el, 'backup') ?? true,
-    state: null,
-    backupmode: null,
-    incremental: null,
-    exportname: null,
-    exportbitmap: null,
-    type: null,
-    format: null,
-    path: null,
-    storeExtra: [],
-    index: null,
-  };
+  const disk = blankDisk(name, parseYesNo(el, 'backup') ?? true);
   if (internal) {
     const state = attr(el, 'state');
     if (state !== null) {
@@ -307,20 +302,7 @@ export function alignBackupDisks(def: BackupDef, domain: { disks: readonly Backu
   const backupAll = def.disks.length === 0;
   for (const dom of domDisks) {
     if (named.has(dom.target)) continue;
-    const disk: BackupDiskDef = {
-      name: dom.target,
-      backup: false,
-      state: null,
-      backupmode: null,
-      incremental: null,
-      exportname: null,
-      exportbitmap: null,
-      type: null,
-      format: null,
-      path: null,
-      storeExtra: [],
-      index: null,
-    };
+    const disk = blankDisk(dom.target, false);
     if (backupAll && dom.source !== null && !dom.readonly) {
       disk.backup = true;
       assignStore(disk, dom, suffix);

@@ -436,6 +436,8 @@ export interface DomainDiskRef {
   readonly: boolean;
   /** 'file' when the source is a plain file (only those get generated backup file names) */
   type: string;
+  /** 'disk', 'cdrom', ... */
+  device: string;
 }
 
 /**
@@ -454,7 +456,8 @@ export function domainDiskRefs(domain: XmlElement): DomainDiskRef[] {
     const type = attr(d, 'type') ?? 'file';
     const src = firstChild(d, 'source');
     const source = src === null ? null : attr(src, type === 'block' ? 'dev' : type === 'dir' ? 'dir' : type === 'volume' ? 'volume' : 'file') ?? attr(src, 'name');
-    refs.push({ target: dev, source, readonly: attr(d, 'device') === 'cdrom' || firstChild(d, 'readonly') !== null, type });
+    const device = attr(d, 'device') ?? 'disk';
+    refs.push({ target: dev, source, readonly: device === 'cdrom' || firstChild(d, 'readonly') !== null, type, device });
   }
   return refs;
 }

@@ -4,7 +4,8 @@
 
 import type { Command } from 'commander';
 import type { DomainSummary } from '../../api/driver.js';
-import { attr, childElements, childText, firstChild, parseXml, textContent, type XmlElement } from '../../xml/tree.js';
+import { attr, childText, firstChild, parseXml, textContent, type XmlElement } from '../../xml/tree.js';
+import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import {
   domainReasonString,
@@ -75,21 +76,7 @@ export interface DiskRow {
 
 /** The disks of a domain XML in document order, as domblklist lists them. */
 export function domainDisks(xml: string): DiskRow[] {
-  const root = parseXml(xml);
-  const devices = firstChild(root, 'devices');
-  if (devices === null) return [];
-  const rows: DiskRow[] = [];
-  for (const d of childElements(devices, 'disk')) {
-    const target = firstChild(d, 'target');
-    const dev = target === null ? null : attr(target, 'dev');
-    if (dev === null) continue;
-    const type = attr(d, 'type') ?? 'file';
-    const src = firstChild(d, 'source');
-    const source =
-      src === null ? null : (attr(src, 'file') ?? attr(src, 'dev') ?? attr(src, 'dir') ?? attr(src, 'name') ?? attr(src, 'volume'));
-    rows.push({ type, device: attr(d, 'device') ?? 'disk', target: dev, source: source ?? '-' });
-  }
-  return rows;
+  return domainDiskRefs(parseXml(xml)).map((d) => ({ type: d.type, device: d.device, target: d.target, source: d.source ?? '-' }));
 }
 
 export function formatDiskList(rows: DiskRow[], details: boolean): string {
