@@ -25,16 +25,22 @@ interface Options {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  backupTlsDir?: string;
+  backupTlsVerify: 'yes' | 'no';
   driver: string;
   readyFd?: string;
 }
 
-async function openDriver(name: string, dirs: { stateDir: string; runDir: string }): Promise<Driver> {
+async function openDriver(name: string, dirs: { stateDir: string; runDir: string }, o: Options): Promise<Driver> {
   if (name === 'test') return TestDriver.open({ uri: 'test:///default' });
   if (name !== 'qemu') throw virErr('INVALID_ARG', 'NONE', `unknown driver '${name}' (known: qemu, test)`);
   // Loaded lazily: `--driver test` must not depend on the QEMU driver's module graph.
   const { QemuDriver } = await import('../qemu/driver.js');
-  return QemuDriver.open(dirs);
+  return QemuDriver.open({
+    ...dirs,
+    ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
+    backupTlsX509Verify: o.backupTlsVerify === 'yes',
+  });
 }
 
 function parseTls(o: Options): DaemonTlsOptions | undefined {
@@ -89,6 +95,10 @@ async function main(argv: string[]): Promise<number> {
     .option('--tls-cert <file>', 'server certificate (PEM)')
     .option('--tls-key <file>', 'server private key (PEM)')
     .option('--tls-ca <file>', 'CA certificate that signs accepted client certificates (PEM)')
+    .addOption(new Option('--backup-tls-dir <dir>', "x509 directory (ca-cert.pem, server-cert.pem, server-key.pem) for pull backups with <server tls='yes'>")
+      .env('VIRTBACK_BACKUP_TLS_DIR'))
+    .addOption(new Option('--backup-tls-verify <yes|no>', 'NBD clients of TLS pull backups must present a certificate signed by the CA')
+      .choices(['yes', 'no']).default('yes'))
     .addOption(new Option('--driver <name>', 'driver to serve').choices(['qemu', 'test']).default(process.env.VIRTBACK_DRIVER ?? 'qemu').hideHelp())
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .exitOverride()
@@ -118,6 +128,10 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`virtbackd: ${(e as Error).message}\n`);
     return 2;
   }
+  if (o.backupTlsDir && !fs.statSync(o.backupTlsDir, { throwIfNoEntry: false })?.isDirectory()) {
+    process.stderr.write(`virtbackd: backup TLS directory '${o.backupTlsDir}' is not a directory\n`);
+    return 2;
+  }
   const dirs = daemonDirs({ stateDir: o.stateDir, runDir: o.runDir });
   if (o.daemon) return detach(argv, o, dirs);
 
@@ -138,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
     daemon = await Daemon.start({
       ...dirs,
       logger,
-      openDriver: (d) => openDriver(o.driver, d),
+      openDriver: (d) => openDriver(o.driver, d, o),
       tls: tlsOpts,
     });
   } catch (e) {

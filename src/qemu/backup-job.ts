@@ -23,6 +23,8 @@ export type BackupResource =
   | { kind: 'node'; name: string }
   | { kind: 'bitmap'; node: string; name: string }
   | { kind: 'nbd-server'; socket: string | null }
+  /** a QOM object (the tls-creds-x509 of a pull over TLS): object-del */
+  | { kind: 'object'; id: string }
   | { kind: 'export'; id: string }
   | { kind: 'job'; id: string };
 

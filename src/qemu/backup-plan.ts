@@ -6,7 +6,7 @@
 // Sequence (libvirt's qemuBackupBegin, QEMU-NOTES "The QMP that libvirt sends"):
 //   per disk: [create file] -> blockdev-add file node -> [blockdev-create qcow2]
 //             -> blockdev-add format node (backing null | disk node)
-//   pull:     nbd-server-start
+//   pull:     [object-add tls-creds-x509] -> nbd-server-start [tls-creds]
 //   ONE transaction: checkpoint bitmap-adds, then per disk
 //             [temp bitmap add (disabled, non-persistent) + merge from the
 //             checkpoint bitmap] + blockdev-backup
@@ -20,6 +20,7 @@ import type {
   BlockdevCreateOptionsQcow2,
   BlockdevOptions,
   BlockExportOptionsNbd,
+  ObjectAddArgs,
   SocketAddressLegacy,
   TransactionAction,
 } from './qmp/commands.js';
@@ -67,6 +68,18 @@ export interface PlanInput {
   perf?: BackupPerf | null;
   /** initial rate limit of each disk job in bytes/s (block-job-set-speed changes it later); 0/undefined = none */
   speed?: number;
+  /** pull with <server tls='yes'>: the x509 credentials object to create (qemu.conf backup_tls_x509_*) */
+  tls?: BackupTlsInput | null;
+}
+
+/** The tls-creds-x509 object of a pull over TLS (libvirt's objlibvirt_backup_tls0). */
+export interface BackupTlsInput {
+  /** QOM id of the object */
+  id: string;
+  /** directory with ca-cert.pem, server-cert.pem, server-key.pem */
+  dir: string;
+  /** demand a client certificate signed by the CA (backup_tls_x509_verify) */
+  verifyPeer: boolean;
 }
 
 export interface PlannedDisk {
@@ -97,7 +110,10 @@ export interface PlannedDisk {
 export interface BackupPlan {
   mode: 'push' | 'pull';
   disks: PlannedDisk[];
-  nbdServer: { addr: SocketAddressLegacy } | null;
+  /** nbd-server-start arguments ('tls-creds' names tlsCreds) */
+  nbdServer: { addr: SocketAddressLegacy; 'tls-creds'?: string } | null;
+  /** object-add before nbd-server-start (pull over TLS) */
+  tlsCreds: ObjectAddArgs | null;
   transaction: TransactionAction[];
 }
 
@@ -231,6 +247,7 @@ export function planBackup(input: PlanInput): BackupPlan {
   if (disks.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
 
   let nbdServer: BackupPlan['nbdServer'] = null;
+  let tlsCreds: ObjectAddArgs | null = null;
   if (pull) {
     const server = def.server;
     if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
@@ -241,6 +258,12 @@ export function planBackup(input: PlanInput): BackupPlan {
     } else {
       throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
     }
+    if (server.tls === true) {
+      if (!input.tls) throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
+      // libvirt's qemuBuildTLSx509BackendProps for a server endpoint
+      tlsCreds = { 'qom-type': 'tls-creds-x509', id: input.tls.id, dir: input.tls.dir, endpoint: 'server', 'verify-peer': input.tls.verifyPeer };
+      nbdServer['tls-creds'] = input.tls.id;
+    }
   }
-  return { mode: def.mode, disks, nbdServer, transaction: [...input.checkpointActions, ...perDiskActions] };
+  return { mode: def.mode, disks, nbdServer, tlsCreds, transaction: [...input.checkpointActions, ...perDiskActions] };
 }

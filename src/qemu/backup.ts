@@ -26,7 +26,7 @@ import {
   type BackupJobRecord,
   type BackupResource,
 } from './backup-job.js';
-import { planBackup, type PlanDiskInput } from './backup-plan.js';
+import { planBackup, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { QemuCheckpoints } from './checkpoints.js';
 import type { DomainObject } from './domain-object.js';
@@ -59,6 +59,13 @@ export interface QemuBackupsOptions {
   speed?: number;
   /** blockdev-backup x-perf options (default BACKUP_PERF; null = QEMU's defaults) */
   perf?: BackupPerf | null;
+  /**
+   * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem and
+   * server-key.pem for pull exports with <server tls='yes'> (unset: refused)
+   */
+  tlsX509CertDir?: string | null;
+  /** qemu.conf backup_tls_x509_verify: clients must present a certificate signed by the CA (default true) */
+  tlsX509Verify?: boolean;
 }
 
 const EXTRA_KEY = 'backupJob';
@@ -221,10 +228,15 @@ export class QemuBackups implements BackupOps {
     const suffix = prep ? prep.def.name : String(Math.floor(Date.now() / 1000));
     const live = dom.liveDef;
     alignBackupDisks(def, live, suffix);
-    if (def.server?.tls === true) {
+    const pull = def.mode === 'pull';
+    const tlsDir = this.opts.tlsX509CertDir ?? null;
+    if (def.server?.tls === true && tlsDir === null) {
       throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
     }
-    const pull = def.mode === 'pull';
+    // QOM id of the credentials; it names the job once the id is known
+    const tlsFor = (job: number): BackupTlsInput | null => pull && def.server?.tls === true && tlsDir !== null
+      ? { id: `virtback-backup-tls-${job}`, dir: path.resolve(tlsDir), verifyPeer: this.opts.tlsX509Verify ?? true }
+      : null;
     const selected = def.disks.filter((d) => d.backup);
     if (selected.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
 
@@ -273,14 +285,16 @@ export class QemuBackups implements BackupOps {
       port = await freePort(def.server.name ?? 'localhost');
     }
     // Dry run: configuration errors surface before node indexes and ids are spent.
-    planBackup({ def, disks: inputs.map((i) => ({ ...i, nodeIndex: 0 })), checkpointActions: [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf });
+    planBackup({ def, disks: inputs.map((i) => ({ ...i, nodeIndex: 0 })), checkpointActions: [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls: tlsFor(0) });
 
     const withIdx: PlanDiskInput[] = [];
     for (const i of inputs) withIdx.push({ ...i, nodeIndex: await this.driver.allocateNodeIndex(dom.uuid) });
-    let plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf });
-
     const id = await table.store.nextJobId();
+    const tls = tlsFor(id);
+    let plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls });
+
     def.id = id;
+    def.tlsAlias = tls?.id ?? null;
     if (pull && def.server?.transport === 'tcp' && port !== null) def.server.port = port;
     const rec: BackupJobRecord = {
       id,
@@ -342,17 +356,22 @@ export class QemuBackups implements BackupOps {
         await qmp.execute('blockdev-add', d.addFormat);
         await record({ kind: 'node', name: d.formatNode });
       }
+      if (plan.tlsCreds) {
+        // recorded first: a driver dying in between must not leak it (object-del tolerates "not found")
+        await record({ kind: 'object', id: plan.tlsCreds.id });
+        await qmp.execute('object-add', plan.tlsCreds);
+      }
       if (plan.nbdServer) {
         for (let attempt = 0; ; attempt++) {
           try {
-            await qmp.execute('nbd-server-start', { addr: plan.nbdServer!.addr });
+            await qmp.execute('nbd-server-start', plan.nbdServer!);
             break;
           } catch (e) {
             const busy = e instanceof QmpCommandError && /in use/i.test(e.desc);
             if (!autoPort || !busy || attempt >= 5) throw e;
             port = await freePort(def.server?.name ?? 'localhost');
             def.server!.port = port;
-            plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf });
+            plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls });
             rec.xml = formatBackupXML(def);
           }
         }
@@ -474,6 +493,14 @@ export class QemuBackups implements BackupOps {
     switch (r.kind) {
       case 'nbd-server':
         await qmp.execute('nbd-server-stop');
+        return;
+      case 'object':
+        try {
+          await qmp.execute('object-del', { id: r.id });
+        } catch (e) {
+          // already gone is what we wanted
+          if (!(e instanceof QmpCommandError && /not found/i.test(e.desc))) throw e;
+        }
         return;
       case 'export': {
         const exists = (await qmp.execute('query-block-exports')).some((x) => x.id === r.id);

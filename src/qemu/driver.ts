@@ -114,6 +114,13 @@ export interface QemuDriverOptions {
   startTimeoutMs?: number;
   /** subscribed before reconnecting, so it sees the events open() emits (domains found crashed) */
   listener?: EventListener;
+  /**
+   * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem,
+   * server-key.pem for pull backups with <server tls='yes'> (unset: refused)
+   */
+  backupTlsX509CertDir?: string;
+  /** qemu.conf backup_tls_x509_verify: NBD clients need a certificate signed by the CA (default true) */
+  backupTlsX509Verify?: boolean;
   /** construct the checkpoint / backup modules (tests inject fakes here) */
   checkpoints?: (driver: QemuDriver) => CheckpointOps;
   backups?: (driver: QemuDriver) => BackupOps;
@@ -171,6 +178,8 @@ export class QemuDriver implements Driver {
     // call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
     d.checkpointsImpl = (opts.checkpoints ?? ((x) => new QemuCheckpoints(x)))(d);
     d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x, {
+      tlsX509CertDir: opts.backupTlsX509CertDir ?? null,
+      tlsX509Verify: opts.backupTlsX509Verify ?? true,
       afterPushComplete: (info) => {
         const dom = x.getDomain(info.uuid);
         const sources = [...dom.def.disks, ...(dom.liveDef?.disks ?? [])].map((k) => k.source).filter((p): p is string => p !== null);
