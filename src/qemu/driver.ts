@@ -154,6 +154,8 @@ export class QemuDriver implements Driver {
   private readonly byName = new Map<string, DomainObject>();
   private readonly listeners = new Set<EventListener>();
   private readonly hooks = new Set<DomainHooks>();
+  /** events held back while a domain is being stopped (see finishStop) */
+  private readonly heldEvents = new Map<string, DriverEvent[]>();
   private readonly qmpTimeoutMs: number;
   private readonly startTimeoutMs: number;
   /** guards the name/uuid maps while a definition file is written */
@@ -202,6 +204,11 @@ export class QemuDriver implements Driver {
 
   /** Publish an event to every subscriber (backup module: job-completed, block-job). */
   emit(ev: DriverEvent): void {
+    const held = this.heldEvents.get(ev.domain.uuid);
+    if (held) {
+      held.push(ev);
+      return;
+    }
     for (const l of [...this.listeners]) {
       try {
         l(ev);
@@ -796,13 +803,22 @@ export class QemuDriver implements Driver {
     const qmp = run.qmp;
     run.qmp = null;
     if (qmp) await qmp.close().catch(() => {});
-    await this.runHooks(dom, 'onStopped', reason);
-    await this.removeRunFiles(run.status);
-    await removeFileDurably(this.paths.status(dom.uuid)).catch((e) => warn('cannot remove status file', e));
-    dom.run = null;
-    dom.liveDef = null;
-    dom.state = DomainState.SHUTOFF;
-    dom.reason = reason;
+    // Events the hooks publish (a backup job failing with its domain) wait until
+    // the domain is shut off, so a listener never sees them on a running domain.
+    const held: DriverEvent[] = [];
+    this.heldEvents.set(dom.uuid, held);
+    try {
+      await this.runHooks(dom, 'onStopped', reason);
+      await this.removeRunFiles(run.status);
+      await removeFileDurably(this.paths.status(dom.uuid)).catch((e) => warn('cannot remove status file', e));
+      dom.run = null;
+      dom.liveDef = null;
+      dom.state = DomainState.SHUTOFF;
+      dom.reason = reason;
+    } finally {
+      this.heldEvents.delete(dom.uuid);
+      for (const ev of held) this.emit(ev);
+    }
     this.emit(this.lifecycle(dom, 'stopped', detail));
     if (!dom.persistent) await this.remove(dom);
   }
