@@ -2,11 +2,18 @@
 // driver, listen on the read-write and read-only sockets (and TLS if asked),
 // and on stop undo exactly that. Stopping closes the driver (which detaches
 // from QEMU) but never stops domains or jobs.
+//
+// Restart survival: the driver's open() reconnects domains and recovers
+// their jobs; events it published meanwhile (a push that finished while no
+// daemon ran) had no listener, so they are kept in a startup backlog and
+// replayed once to every client that subscribes afterwards (docs/protocol.md).
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Driver } from '../api/driver.js';
+import type { Driver, DriverEvent } from '../api/driver.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
+import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
+import { tapJobEvents } from './job-tap.js';
 import { PidLock } from './lock.js';
 import type { Logger } from './logger.js';
 import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME } from './paths.js';
@@ -25,7 +32,9 @@ export interface DaemonOptions {
   logger: Logger;
   openDriver: (dirs: { stateDir: string; runDir: string }) => Promise<Driver>;
   tls?: DaemonTlsOptions;
-  server?: Omit<ServerOptions, 'logger'>;
+  server?: Omit<ServerOptions, 'logger' | 'backlog'>;
+  /** bounds of the startup backlog (default 10 minutes, 1000 events) */
+  backlog?: BacklogOptions;
 }
 
 export class Daemon {
@@ -36,6 +45,8 @@ export class Daemon {
     readonly driver: Driver,
     readonly server: RemoteServer,
     private readonly locks: PidLock[],
+    /** events recovered at startup, replayed to each client that subscribes */
+    readonly backlog: EventBacklog,
   ) {}
 
   get socketPath(): string {
@@ -62,8 +73,14 @@ export class Daemon {
       log.info(`opening driver (state ${opts.stateDir}, run ${opts.runDir})`);
       const driver = await opts.openDriver({ stateDir: opts.stateDir, runDir: opts.runDir });
       undo.push(() => driver.close());
+      // Synchronously after open(): nothing can have been published in between.
+      const backlog = new EventBacklog(opts.backlog);
+      const recovered = drainRecoveredEvents(driver);
+      backlog.add(recovered);
+      for (const ev of recovered) log.info(`recovered at startup: ${describeEvent(ev)}`);
+      if (log.enabled('debug')) tapJobEvents(driver, log);
 
-      const server = new RemoteServer(driver, { ...opts.server, logger: log });
+      const server = new RemoteServer(driver, { ...opts.server, logger: log, backlog: () => backlog.current() });
       undo.push(() => server.close());
       await server.listenUnix(path.join(opts.runDir, SOCKET_NAME), { readOnly: false, mode: 0o600 });
       await server.listenUnix(path.join(opts.runDir, RO_SOCKET_NAME), { readOnly: true, mode: 0o666 });
@@ -77,7 +94,7 @@ export class Daemon {
         });
       }
       log.info(`virtbackd ready (driver ${driver.uri})`);
-      return new Daemon(opts, driver, server, [pidFile, stateLock]);
+      return new Daemon(opts, driver, server, [pidFile, stateLock], backlog);
     } catch (e) {
       for (const u of undo.reverse()) {
         try {
@@ -105,5 +122,16 @@ export class Daemon {
       log.info('stopped');
     })();
     return this.stopping;
+  }
+}
+
+function describeEvent(ev: DriverEvent): string {
+  switch (ev.type) {
+    case 'job-completed':
+      return `job-completed of backup job ${ev.jobId} of domain '${ev.domain.name}' (${ev.stats.success ? 'success' : `failed: ${ev.stats.errmsg ?? 'unknown'}`})`;
+    case 'block-job':
+      return `block-job of disk '${ev.disk}' of domain '${ev.domain.name}' (status ${ev.status})`;
+    case 'lifecycle':
+      return `lifecycle ${ev.event}/${ev.detail} of domain '${ev.domain.name}'`;
   }
 }

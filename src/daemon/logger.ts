@@ -19,6 +19,11 @@ export class Logger {
     this.fd = file === null ? null : fs.openSync(file, 'a', 0o600);
   }
 
+  /** Whether messages of `level` are written (to skip building costly ones). */
+  enabled(level: LogLevel): boolean {
+    return LOG_LEVELS.indexOf(level) <= this.threshold;
+  }
+
   error(msg: string): void {
     this.write('error', msg);
   }

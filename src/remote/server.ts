@@ -41,6 +41,12 @@ export interface ServerOptions {
   /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
   maxInflight?: number;
   logger?: ServerLogger;
+  /**
+   * Events a client receives once, right after its first `subscribe` (the
+   * daemon's backlog of events published while nobody could listen, e.g.
+   * jobs recovered at startup). Called per subscribing client.
+   */
+  backlog?: () => DriverEvent[];
 }
 
 export interface TlsListenOptions {
@@ -66,6 +72,8 @@ class ClientConnection {
   private paused = false;
   closed = false;
   subscribed = false;
+  /** the backlog was sent (each connection gets it once) */
+  private replayed = false;
 
   constructor(
     private readonly server: RemoteServer,
@@ -122,7 +130,10 @@ class ClientConnection {
     }
     this.runCall(msg)
       .then(
-        (result) => this.send({ type: 'reply', serial: msg.serial, result }),
+        (result) => {
+          this.send({ type: 'reply', serial: msg.serial, result });
+          if (msg.proc === 'subscribe') this.replayBacklog();
+        },
         (e: unknown) => this.sendError(msg.serial, e),
       )
       .finally(() => {
@@ -181,6 +192,12 @@ class ClientConnection {
     this.send({ type: 'error', serial, error: { code: err.code, domain: err.domain, message } });
   }
 
+  private replayBacklog(): void {
+    if (this.replayed || !this.subscribed) return;
+    this.replayed = true;
+    for (const ev of this.server.backlog()) this.sendEvent(ev);
+  }
+
   sendEvent(event: DriverEvent): void {
     if (this.subscribed) this.send({ type: 'event', event });
   }
@@ -222,6 +239,7 @@ export class RemoteServer {
   readonly maxQueuedBytes: number;
   readonly maxInflight: number;
   readonly log: ServerLogger;
+  readonly backlog: () => DriverEvent[];
   private readonly rw: CheckedDriver;
   private readonly ro: CheckedDriver;
   private readonly clients = new Set<ClientConnection>();
@@ -235,6 +253,7 @@ export class RemoteServer {
     this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
     this.maxInflight = opts.maxInflight ?? 32;
     this.log = opts.logger ?? silentLogger;
+    this.backlog = opts.backlog ?? (() => []);
     this.rw = new CheckedDriver(driver, false);
     this.ro = new CheckedDriver(driver, true);
     this.unsubscribe = driver.subscribe((event) => {

@@ -1,0 +1,227 @@
+// Scale of one virtbackd (not a test; issue 6): 10 domains with 2 disks each
+// (128 MiB, 64 MiB of data), their push backups begun concurrently from 10
+// separate client connections while 4 other clients poll getJobStats.
+// Reports:
+//   - the daemon's peak RSS (VmHWM; goal < 150 MiB),
+//   - p50/p99 latency of backupBegin and of getJobStats under that load, and
+//     the ratio of getJobStats to the baseline: a plain
+//     qemuMonitorCommand('query-jobs') round trip through the same daemon,
+//     interleaved with it by the same pollers,
+//   - time from QEMU's job completion (the JOB_STATUS_CHANGE "concluded"
+//     timestamp of the domain's last disk job, logged by the daemon at debug
+//     level: src/daemon/job-tap.ts) to our job-completed event reaching the
+//     client (goal p99 < 50 ms).
+//
+//   node --import tsx bench/scale.ts [rounds=3]
+
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { promisify } from 'node:util';
+import { connect } from '../src/api/connect.js';
+import type { JobCompletedEvent } from '../src/api/driver.js';
+import type { Connect, Domain } from '../src/api/public.js';
+import { JOB_TAP_PREFIX } from '../src/daemon/job-tap.js';
+import { killQemuFor, makeTestDomain, type TestDomain } from '../test/helpers/qemu-env.js';
+import { startVirtbackd, stopVirtbackd, type Virtbackd } from '../test/qemu/daemon-util.js';
+
+const run = promisify(execFile);
+const DOMAINS = 10;
+const DISK_MIB = 128;
+const DATA_MIB = 64;
+const POLLERS = 4;
+const rounds = Number(process.argv[2] ?? 3);
+
+const now = (): number => performance.timeOrigin + performance.now();
+
+function pct(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+}
+
+const fmt = (ms: number): string => `${ms.toFixed(2)} ms`;
+
+async function procStatusMiB(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1]);
+  return kb / 1024;
+}
+const vmHWM = (pid: number): Promise<number> => procStatusMiB(pid, 'VmHWM');
+const vmRSS = (pid: number): Promise<number> => procStatusMiB(pid, 'VmRSS');
+
+/** QEMU's timestamps of one job status from the daemon's debug log: domain uuid -> job id -> ms since the epoch. */
+function statusTimes(log: string, status: 'concluded' | 'null'): Map<string, Map<string, number>> {
+  const out = new Map<string, Map<string, number>>();
+  const re = new RegExp(`${JOB_TAP_PREFIX} domain=(\\S+) job=(\\S+) status=${status} qemu-time=([\\d.]+)`, 'g');
+  for (const m of log.matchAll(re)) {
+    const byJob = out.get(m[1]!) ?? new Map<string, number>();
+    byJob.set(m[2]!, Number(m[3]));
+    out.set(m[1]!, byJob);
+  }
+  return out;
+}
+
+/**
+ * The built daemon (dist/, as installed) when it is at least as new as every
+ * source file; else null and the sources run through tsx, whose in-process
+ * compiler costs some 180 MiB of RSS on its own.
+ */
+async function builtDaemon(): Promise<string | null> {
+  const root = path.resolve(import.meta.dirname, '..');
+  const built = path.join(root, 'dist', 'src', 'cli', 'virtbackd.js');
+  const builtAt = await stat(built).then((s) => s.mtimeMs, () => null);
+  if (builtAt === null) return null;
+  for (const e of await readdir(path.join(root, 'src'), { recursive: true, withFileTypes: true })) {
+    if (e.isFile() && e.name.endsWith('.ts') && (await stat(path.join(e.parentPath, e.name))).mtimeMs > builtAt) return null;
+  }
+  return built;
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vbs-'));
+  const stateDir = path.join(dir, 'state');
+  const runDir = path.join(dir, 'run');
+  const logFile = path.join(dir, 'virtbackd.log');
+  let daemon: Virtbackd | null = null;
+  const conns: Connect[] = [];
+  try {
+    // disks with data, written offline (fast) before the domains start
+    const tds: TestDomain[] = [];
+    for (let i = 0; i < DOMAINS; i++) {
+      const td = await makeTestDomain(dir, { disks: 2, sizeMiB: DISK_MIB, name: `scale-${i}`, memoryMiB: 64 });
+      for (const [k, d] of td.disks.entries()) {
+        await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(0x11 + i * 2 + k).toString(16)} 0 ${DATA_MIB}M`, d.path]);
+      }
+      tds.push(td);
+    }
+    const compiled = await builtDaemon();
+    daemon = await startVirtbackd({ stateDir, runDir }, ['--log-level', 'debug', '--log-file', logFile], compiled ? { compiled } : {});
+    const uri = `virtback+unix:///?socket=${path.join(runDir, 'virtbackd.sock')}`;
+    const open = async (): Promise<Connect> => {
+      const c = await connect(uri);
+      conns.push(c);
+      return c;
+    };
+    const admin = await open();
+    const doms: Domain[] = [];
+    for (const td of tds) {
+      const d = await admin.defineXML(td.xml);
+      await d.create();
+      doms.push(d);
+    }
+    // one connection per domain for begin/end and its events; POLLERS more for stats
+    const owners = await Promise.all(tds.map(() => open()));
+    const ownerDoms = await Promise.all(owners.map((c, i) => c.lookupByUUID(tds[i]!.uuid)));
+    const pollers = await Promise.all(Array.from({ length: POLLERS }, () => open()));
+    const pollerDoms = await Promise.all(pollers.map((c) => Promise.all(tds.map((td) => c.lookupByUUID(td.uuid)))));
+
+    const beginLat: number[] = [];
+    const statsLat: number[] = [];
+    const qmpLat: number[] = [];
+    const eventLat: number[] = [];
+    /** concluded -> dismissed by our reconcile */
+    const reconcileLat: number[] = [];
+    /** dismissed -> event at the client: closing targets, manifests, publishing */
+    const terminateLat: number[] = [];
+    const rssIdle = await vmRSS(daemon.pid);
+    let failures = 0;
+
+    for (let r = 0; r < rounds; r++) {
+      const received = new Map<string, { at: number; ev: JobCompletedEvent }>();
+      const offs = owners.map((c) => c.on('job-completed', (ev) => received.set(ev.domain.uuid, { at: now(), ev })));
+      for (const c of owners) {
+        await c.listAllDomainSummaries();
+        await c.listAllDomainSummaries();
+      }
+      let polling = true;
+      const polls = pollerDoms.map(async (ds, p) => {
+        let i = p;
+        while (polling) {
+          const d = ds[i++ % ds.length]!;
+          let t0 = now();
+          await d.getJobStats();
+          statsLat.push(now() - t0);
+          t0 = now();
+          await d.qemuMonitorCommand('{"execute":"query-jobs"}');
+          qmpLat.push(now() - t0);
+        }
+      });
+      const targets = (td: TestDomain): string =>
+        `<domainbackup><disks>${td.disks.map((d) => `<disk name='${d.target}' type='file'><target file='${path.join(dir, `r${r}-${td.name}-${d.target}.qcow2`)}'/><driver type='qcow2'/></disk>`).join('')}</disks></domainbackup>`;
+      const ids = await Promise.all(ownerDoms.map(async (d, i) => {
+        const t0 = now();
+        const id = await d.backupBegin(targets(tds[i]!));
+        beginLat.push(now() - t0);
+        return id;
+      }));
+      const deadline = Date.now() + 120_000;
+      while (received.size < DOMAINS && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+      polling = false;
+      await Promise.all(polls);
+      for (const off of offs) off();
+      if (received.size < DOMAINS) throw new Error(`round ${r}: only ${received.size} of ${DOMAINS} job-completed events`);
+      for (const [i, d] of ownerDoms.entries()) {
+        const got = received.get(tds[i]!.uuid)!;
+        if (got.ev.jobId !== ids[i] || !got.ev.stats.success) failures++;
+        if ((await d.backupEnd(ids[i]!)) !== 1) failures++;
+      }
+      const log = await readFile(logFile, 'utf8');
+      const concluded = statusTimes(log, 'concluded');
+      const dismissed = statusTimes(log, 'null');
+      // a job id is reused by the next round: keep the latest time before our event
+      const latest = (m: Map<string, Map<string, number>>, uuid: string, before: number): number => {
+        const times = [...(m.get(uuid)?.values() ?? [])].filter((t) => t <= before + 1);
+        if (times.length === 0) throw new Error(`no QEMU job time logged for domain ${uuid}`);
+        return Math.max(...times);
+      };
+      for (const td of tds) {
+        const got = received.get(td.uuid)!;
+        // the backup ends when its last disk job concluded
+        const end = latest(concluded, td.uuid, got.at);
+        const gone = latest(dismissed, td.uuid, got.at);
+        eventLat.push(got.at - end);
+        reconcileLat.push(gone - end);
+        terminateLat.push(got.at - gone);
+      }
+      for (const td of tds) for (const d of td.disks) await rm(path.join(dir, `r${r}-${td.name}-${d.target}.qcow2`), { force: true });
+    }
+
+    const rss = await vmHWM(daemon.pid);
+    for (const d of doms) await d.destroy();
+    for (const d of doms) await d.undefine();
+    for (const c of conns.splice(0)) await c.close();
+    await stopVirtbackd(daemon, 'SIGTERM');
+
+    const statsP50 = pct(statsLat, 50);
+    const qmpP50 = pct(qmpLat, 50);
+    console.log(`daemon: ${compiled ? `built ${path.relative(process.cwd(), compiled)}` : 'sources through tsx (dist/ missing or stale: npm run build; RSS includes the tsx compiler)'}`);
+    console.log(`virtbackd scale: ${DOMAINS} domains x 2 disks (${DISK_MIB} MiB, ${DATA_MIB} MiB data), ${rounds} rounds of concurrent push backups, ${POLLERS} pollers`);
+    console.log(`  daemon peak RSS (VmHWM)             ${rss.toFixed(1)} MiB   (goal < 150 MiB: ${rss < 150 ? 'met' : 'NOT met'})`);
+    console.log(`  daemon RSS with ${DOMAINS} domains and ${1 + DOMAINS + POLLERS} clients, before any backup  ${rssIdle.toFixed(1)} MiB`);
+    console.log(`  backupBegin latency                 p50 ${fmt(pct(beginLat, 50))}   p99 ${fmt(pct(beginLat, 99))}   (n=${beginLat.length})`);
+    console.log(`  getJobStats latency                 p50 ${fmt(statsP50)}   p99 ${fmt(pct(statsLat, 99))}   (n=${statsLat.length})`);
+    console.log(`  baseline qemuMonitorCommand query-jobs p50 ${fmt(qmpP50)}   p99 ${fmt(pct(qmpLat, 99))}   (n=${qmpLat.length})`);
+    console.log(`  getJobStats / query-jobs round trip  p50 ${(statsP50 / qmpP50).toFixed(2)}x   p99 ${(pct(statsLat, 99) / pct(qmpLat, 99)).toFixed(2)}x`);
+    const e99 = pct(eventLat, 99);
+    console.log(`  QEMU job concluded -> job-completed at client  p50 ${fmt(pct(eventLat, 50))}   p99 ${fmt(e99)}   max ${fmt(Math.max(...eventLat))}   (n=${eventLat.length}; goal p99 < 50 ms: ${e99 < 50 ? 'met' : 'NOT met'})`);
+    console.log(`    of which concluded -> dismissed (reconcile)          p50 ${fmt(pct(reconcileLat, 50))}   p99 ${fmt(pct(reconcileLat, 99))}`);
+    console.log(`    of which dismissed -> client (close targets, manifests, publish)  p50 ${fmt(pct(terminateLat, 50))}   p99 ${fmt(pct(terminateLat, 99))}`);
+    if (failures > 0) console.log(`  FAILURES: ${failures} jobs did not complete successfully`);
+  } finally {
+    for (const c of conns) await c.close().catch(() => {});
+    if (daemon && daemon.child.exitCode === null && daemon.child.signalCode === null) await stopVirtbackd(daemon, 'SIGKILL');
+    await killQemuFor(dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
