@@ -1,6 +1,6 @@
 // Glue between a finished push backup and the repository: one manifest per
-// target, written after the target is closed and before job-completed is
-// published, so a listener finds target and manifest together.
+// target, written after the target is closed, in the background after
+// job-completed; backupEnd of the job returns once they are on disk.
 
 import path from 'node:path';
 import { writeManifest } from '../repository/manifest.js';

@@ -53,7 +53,7 @@ export interface PushCompleteInfo {
 }
 
 export interface QemuBackupsOptions {
-  /** called after a push completed and its targets are closed, before job-completed is published */
+  /** called after a push completed and its targets are closed; runs in the background (one at a time), backupEnd waits for it */
   afterPushComplete?: (info: PushCompleteInfo) => Promise<void>;
   /** initial rate limit of every push disk job, bytes/s (default none; tests slow jobs down with it) */
   speed?: number;
@@ -109,6 +109,10 @@ export class QemuBackups implements BackupOps {
   /** domains whose job is being recovered inside QemuDriver.open() */
   private readonly recovering = new Set<string>();
   private readonly recoveredList: DriverEvent[] = [];
+  /** manifest writing after pushes: one at a time, in completion order */
+  private afterPushQueue: Promise<void> = Promise.resolve();
+  /** per finished push job (uuid/id): its manifests are written once this settles */
+  private readonly afterPushDone = new Map<string, Promise<void>>();
   /** domains this instance saw running (started or reconnected); a stop of any other one was found by open() */
   private readonly seenLive = new Set<string>();
 
@@ -623,7 +627,12 @@ export class QemuBackups implements BackupOps {
         disk: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental, jobId: rec.id, time: rec.startedAt,
       })));
       if (this.opts.afterPushComplete) {
-        await this.opts.afterPushComplete({
+        // Manifests read the finished targets back (seconds for large disks): they run
+        // in one background queue, so job-completed is not delayed and memory stays
+        // bounded; backupEnd of the job waits for them (see afterPushDone).
+        const key = `${dom.uuid}/${rec.id}`;
+        const hook = this.opts.afterPushComplete;
+        const info: PushCompleteInfo = {
           uuid: dom.uuid,
           name: dom.name,
           jobId: rec.id,
@@ -632,7 +641,13 @@ export class QemuBackups implements BackupOps {
             target: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental,
             backingFile: d.backingFile, virtualSize: d.virtualSize,
           })),
-        }).catch((e) => warn(`afterPushComplete of backup job ${rec.id} failed`, e));
+        };
+        const done = this.afterPushQueue.then(() => hook(info)).catch((e) => warn(`afterPushComplete of backup job ${rec.id} failed`, e));
+        this.afterPushQueue = done;
+        this.afterPushDone.set(key, done);
+        void done.then(() => {
+          if (this.afterPushDone.get(key) === done) this.afterPushDone.delete(key);
+        });
       }
     }
     rec.phase = 'done';
@@ -753,6 +768,7 @@ export class QemuBackups implements BackupOps {
     }
     await this.forget(uuid, job);
     const rec = job.record;
+    await this.afterPushDone.get(`${uuid}/${rec.id}`);
     if (rec.end === 'completed') return 1;
     if (rec.end === 'cancelled') return 0;
     throw virErr('OPERATION_FAILED', 'QEMU', `backup job ${rec.id} failed: ${rec.errmsg ?? 'unknown error'}`);
