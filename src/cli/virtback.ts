@@ -14,6 +14,7 @@ import { register as registerCheckpoint } from './commands/checkpoint.js';
 import { register as registerDomain } from './commands/domain.js';
 import { register as registerEvent } from './commands/event.js';
 import { register as registerJob } from './commands/job.js';
+import { register as registerRepository } from './commands/repository.js';
 import { register as registerXml } from './commands/xml.js';
 import { addGlobalOptions } from './connection.js';
 
@@ -24,6 +25,7 @@ const COMMAND_GROUPS: ((program: Command) => void)[] = [
   registerCheckpoint,
   registerBackup,
   registerJob,
+  registerRepository,
   registerEvent,
   registerXml,
 ];
