@@ -29,15 +29,18 @@ export async function runMain(argv: string[]): Promise<CliResult> {
   let stderr = '';
   const o = process.stdout.write.bind(process.stdout);
   const e = process.stderr.write.bind(process.stderr);
-  const grab = (append: (s: string) => void) =>
+  // The CLI writes strings; the test runner's own reports (Buffers, in a --test
+  // child process) pass through untouched so they are not lost.
+  const grab = (append: (s: string) => void, original: typeof process.stdout.write) =>
     ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-      append(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString());
+      if (typeof chunk !== 'string') return (original as (c: Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
+      append(chunk);
       const cb = rest.find((r) => typeof r === 'function') as (() => void) | undefined;
       cb?.();
       return true;
     }) as typeof process.stdout.write;
-  process.stdout.write = grab((s) => (stdout += s));
-  process.stderr.write = grab((s) => (stderr += s));
+  process.stdout.write = grab((s) => (stdout += s), o);
+  process.stderr.write = grab((s) => (stderr += s), e);
   try {
     const code = await main(argv);
     return { code, stdout, stderr };
