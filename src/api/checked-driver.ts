@@ -5,7 +5,7 @@
 // virtbackd calls through it again for every client, so a client that skips
 // or lies about its checks gains nothing.
 
-import type { Driver, DomainRef, DomainSummary, EventListener, JobStats } from './driver.js';
+import type { Driver, DomainRef, DomainSummary, EventListener, JobStats, UnknownBitmap } from './driver.js';
 import { virErr, type ErrorDomainName } from '../errors.js';
 import { BackupBeginFlags, CheckpointCreateFlags, CheckpointDeleteFlags, CheckpointXMLFlags, DomainXMLFlags, checkFlags } from '../flags.js';
 import {
@@ -283,6 +283,11 @@ export class CheckedDriver implements Driver {
     );
     checkFlags(flags, allBits(CheckpointDeleteOptionFlags), fn);
     return this.inner.checkpointDelete(uuid, name, flags);
+  }
+
+  async listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
+    nonEmpty(uuid, 'domain', 'virtbackListUnknownBitmaps', 'DOMAIN_CHECKPOINT');
+    return this.inner.listUnknownBitmaps(uuid);
   }
 
   // ---- backup jobs ----

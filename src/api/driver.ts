@@ -41,6 +41,13 @@ export interface JobStats {
   errmsg?: string;
 }
 
+/** A dirty bitmap in a disk image that no checkpoint's metadata describes. */
+export interface UnknownBitmap {
+  /** disk target, e.g. 'sda' */
+  disk: string;
+  bitmap: string;
+}
+
 export interface JobCompletedEvent {
   type: 'job-completed';
   domain: DomainRef;
@@ -104,6 +111,8 @@ export interface Driver {
   checkpointLookupByName(uuid: string, name: string, flags: number): Promise<string>;
   checkpointGetParent(uuid: string, name: string, flags: number): Promise<string>;
   checkpointDelete(uuid: string, name: string, flags: number): Promise<void>;
+  /** Our addition: bitmaps found in the domain's images that no checkpoint knows (adopt them with REDEFINE). */
+  listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]>;
 
   // backup jobs
   backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number>;

@@ -13,6 +13,7 @@ import type {
   JobCompletedEvent,
   JobStats,
   LifecycleEvent,
+  UnknownBitmap,
 } from './driver.js';
 import { CheckedDriver } from './checked-driver.js';
 import {
@@ -271,6 +272,11 @@ export class Domain {
       toFlags(ListCheckpointsOptionFlags, flags, 'virDomainListAllCheckpoints'),
     );
     return names.map((n) => new DomainCheckpoint(this, this.driver, n));
+  }
+
+  /** virtback: bitmaps in this domain's images that no checkpoint knows; adopt one with checkpointCreateXML(..., { redefine: true }). */
+  async listUnknownBitmaps(): Promise<UnknownBitmap[]> {
+    return this.driver.listUnknownBitmaps(this.uuid);
   }
 
   async checkpointLookupByName(name: string, flags?: NoOptions): Promise<DomainCheckpoint> {

@@ -5,7 +5,7 @@
 // test`). It does not parse XML beyond <name> and <uuid>.
 
 import { randomUUID } from 'node:crypto';
-import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats } from './driver.js';
+import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from './driver.js';
 import { virErr } from '../errors.js';
 import {
   BackupBeginFlags,
@@ -320,6 +320,11 @@ export class TestDriver implements Driver {
       for (const child of d.checkpoints.values()) if (child.parent === name) child.parent = c.parent;
     }
     if ((flags & CheckpointDeleteFlags.CHILDREN_ONLY) === 0) d.checkpoints.delete(name);
+  }
+
+  async listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
+    this.dom(uuid);
+    return [];
   }
 
   // ---- backup jobs ----

@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { UnknownBitmap } from '../api/driver.js';
 import { virErr, VirError } from '../errors.js';
 import {
   checkFlags,
@@ -47,11 +48,6 @@ import { listIds, removeFileDurably, writeFileAtomic } from './state.js';
 const run = promisify(execFile);
 const CP = 'DOMAIN_CHECKPOINT';
 
-/** A bitmap found in an image that no checkpoint knows (reported, never deleted behind the user's back). */
-export interface UnknownBitmap {
-  disk: string;
-  bitmap: string;
-}
 
 /** Per-domain checkpoint metadata: definitions by name and the tree. */
 export class CheckpointStore {
@@ -252,7 +248,7 @@ export class QemuCheckpoints implements CheckpointOps {
   }
 
   /** Bitmaps in the disks that no checkpoint knows (re-checked now when the domain runs). */
-  async unknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
+  async listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
     const dom = this.driver.getDomain(uuid);
     if (dom.active) await this.refreshLive(dom);
     return [...this.store(dom).unknownBitmaps];

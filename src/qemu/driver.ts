@@ -16,6 +16,7 @@ import type {
   DriverEvent,
   EventListener,
   JobStats,
+  UnknownBitmap,
 } from '../api/driver.js';
 import { isVirError, virErr } from '../errors.js';
 import {
@@ -66,6 +67,7 @@ export type CheckpointOps = Pick<
   | 'checkpointLookupByName'
   | 'checkpointGetParent'
   | 'checkpointDelete'
+  | 'listUnknownBitmaps'
 > & {
   /**
    * Drop every checkpoint's metadata of an inactive domain being undefined with
@@ -565,6 +567,9 @@ export class QemuDriver implements Driver {
   }
   async checkpointDelete(uuid: string, name: string, flags: number): Promise<void> {
     return this.cp('virDomainCheckpointDelete').checkpointDelete(uuid, name, flags);
+  }
+  async listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
+    return this.cp('virtbackListUnknownBitmaps').listUnknownBitmaps(uuid);
   }
 
   // ------------------------------------------------------------ Driver: backup jobs (src/qemu/backup.ts)

@@ -5,7 +5,7 @@
 
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats } from '../api/driver.js';
+import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
 import {
@@ -304,6 +304,9 @@ export class RemoteDriver implements Driver {
   }
   async checkpointDelete(uuid: string, name: string, flags: number): Promise<void> {
     await this.call('checkpointDelete', uuid, name, flags);
+  }
+  listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
+    return this.call('listUnknownBitmaps', uuid);
   }
   backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
     return this.call('backupBegin', uuid, backupXml, checkpointXml, flags);

@@ -276,6 +276,12 @@ export const procedures = {
     mutating: true,
     doc: 'virDomainCheckpointDelete',
   }),
+  listUnknownBitmaps: proc({
+    args: z.tuple([Uuid]),
+    result: z.array(z.object({ disk: Name, bitmap: Name })).max(LIMITS.listEntries),
+    mutating: false,
+    doc: 'virtback: bitmaps in the images that no checkpoint knows',
+  }),
 
   // backup jobs
   backupBegin: proc({
@@ -354,6 +360,7 @@ const agreement: { [M in keyof Agreement]: Agreement[M] } = {
   checkpointLookupByName: true,
   checkpointGetParent: true,
   checkpointDelete: true,
+  listUnknownBitmaps: true,
   backupBegin: true,
   backupGetXMLDesc: true,
   backupEnd: true,

@@ -107,14 +107,13 @@ test('tree: chain, branch after a metadata-only delete, parents, children, looku
   await driver.checkpointCreateXML(uuid, '<domaincheckpoint><name>d</name></domaincheckpoint>', 0);
   assert.equal(await driver.checkpointGetParent(uuid, 'd', 0), 'b');
   // the orphaned bitmap 'c' is reported, not deleted
-  const cps = driver.checkpointsImpl as unknown as { unknownBitmaps(uuid: string): Promise<{ disk: string; bitmap: string }[]> };
-  assert.deepEqual(await cps.unknownBitmaps(uuid), [{ disk: 'sda', bitmap: 'c' }]);
+  assert.deepEqual(await driver.listUnknownBitmaps(uuid), [{ disk: 'sda', bitmap: 'c' }]);
   // ... and adopted again with REDEFINE as a branch under b
   const now = Math.floor(Date.now() / 1000) + 100; // newer than d
   await driver.checkpointCreateXML(uuid,
     `<domaincheckpoint><name>c</name><parent><name>b</name></parent><creationTime>${now}</creationTime></domaincheckpoint>`,
     Create.REDEFINE | Create.REDEFINE_VALIDATE);
-  assert.deepEqual(await cps.unknownBitmaps(uuid), []);
+  assert.deepEqual(await driver.listUnknownBitmaps(uuid), []);
   assert.deepEqual(await driver.checkpointListAllChildren(uuid, 'b', 0), ['d', 'c']);
   assert.deepEqual(await driver.checkpointListAllChildren(uuid, 'a', L.DESCENDANTS | L.TOPOLOGICAL), ['b', 'd', 'c']);
   assert.deepEqual(await driver.listAllCheckpoints(uuid, L.LEAVES), ['d', 'c']);

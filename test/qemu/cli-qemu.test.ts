@@ -106,6 +106,19 @@ test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (
   assert.match(table.stdout, /^ Name {3}Creation Time +Inconsistent\n-+\n c2 +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} {3}.*sda.*c2.*\n$/);
   assert.match((await cli.run('checkpoint-info', 'cli-vm', 'c2')).stdout, /\nInconsistent: +.*sda/);
   assert.equal((await cli.run('checkpoint-list', 'cli-vm', '--tree')).stdout, 'c2 (inconsistent)\n\n');
+  assert.equal(table.stderr, '', 'no unknown bitmaps yet');
+
+  // a bitmap no checkpoint knows is reported by checkpoint-list, and adopted with --redefine
+  // (node names count down like libvirt's: sdb, the last disk, is libvirt-1-format)
+  await cli.run('qemu-monitor-command', 'cli-vm', JSON.stringify({ execute: 'block-dirty-bitmap-add', arguments: { node: 'libvirt-1-format', name: 'stray', persistent: true } }));
+  const warned = await cli.run('checkpoint-list', 'cli-vm', '--name');
+  assert.equal(warned.stderr, "warning: bitmap 'stray' on disk 'sdb' belongs to no checkpoint (adopt it with 'checkpoint-create --redefine', or remove it with qemu-img bitmap --remove when the domain is off)\n");
+  await writeFile(path.join(env.dir, 'stray.xml'), `<domaincheckpoint><name>stray</name><creationTime>${Math.floor(Date.now() / 1000) + 5}</creationTime>` +
+    "<disks><disk name='sdb'/></disks></domaincheckpoint>");
+  assert.equal((await cli.run('checkpoint-create', 'cli-vm', path.join(env.dir, 'stray.xml'), '--redefine', '--redefine-validate')).code, 0);
+  const adopted = await cli.run('checkpoint-list', 'cli-vm', '--name');
+  assert.deepEqual([adopted.stdout, adopted.stderr], ['c2\nstray\n', '']);
+  assert.equal((await cli.run('checkpoint-delete', 'cli-vm', 'stray')).code, 0);
 
   // undefine refuses while checkpoint metadata exists, unless asked to drop it
   assert.equal((await cli.run('destroy', 'cli-vm')).code, 0);

@@ -183,6 +183,7 @@ test('extension points: delegates, per-domain stores, hooks, list filters, undef
     checkpointLookupByName: async () => '',
     checkpointGetParent: async () => '',
     checkpointDelete: async () => {},
+    listUnknownBitmaps: async () => [],
     discardAllMetadata: async (dom: DomainObject) => {
       discarded.push(dom.name);
       counts.set(dom.uuid, 0);

@@ -250,6 +250,11 @@ export function register(program: Command): void {
           start === null
             ? await dom.listAllCheckpoints({ ...filter, roots: o.roots === true })
             : await start.listAllChildren({ ...filter, descendants: o.descendants === true });
+        // virtback: bitmaps no checkpoint knows are reported, never deleted behind the user's back
+        for (const u of await dom.listUnknownBitmaps()) {
+          process.stderr.write(`warning: bitmap '${u.bitmap}' on disk '${u.disk}' belongs to no checkpoint ` +
+            `(adopt it with 'checkpoint-create --redefine', or remove it with qemu-img bitmap --remove when the domain is off)\n`);
+        }
         if (o.name) {
           const names = list.map((c) => ({ name: c.name }));
           out((o.topological ? names : sortByName(names)).map((c) => `${c.name}\n`).join(''));
