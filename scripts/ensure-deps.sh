@@ -4,7 +4,8 @@
 # Sourced by scripts/test.sh and scripts/demo.sh.
 set -euo pipefail
 
-VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils)
+# openssl and procps are used by tests only (test PKI, process checks); Debian images usually have them
+VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils openssl procps)
 
 virtback_missing_packages() {
   local pkg missing=()
