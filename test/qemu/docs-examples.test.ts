@@ -351,6 +351,56 @@ describe('documentation examples', { timeout: 200_000, concurrency: true }, () =
     assert.deepEqual(await killLeftovers(dir), [], 'no daemon, QEMU or helper of the session is left');
   });
 
+  test("README's SDK example runs as written against a session daemon and real QEMU", { timeout: 120_000 }, async (t) => {
+    const sdk = all.find((b) => b.file === 'README.md' && exampleName(b) === 'sdk');
+    assert.ok(sdk, 'README.md has a block marked <!-- example: sdk -->');
+    assert.equal(sdk.lang, 'ts');
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vb-sdk-'));
+    const runDir = path.join(dir, 'xdg-run');
+    // `import 'virtback'` resolves through package.json "exports" (the built dist/) from inside the repository only
+    const snippet = path.join(REPO, 'test', `.readme-sdk-${process.pid}.ts`);
+    t.after(async () => {
+      await fs.rm(snippet, { force: true });
+      await stopDaemon(path.join(runDir, 'virtback'));
+      await killLeftovers(dir);
+      await fs.rm(dir, { recursive: true, force: true });
+    });
+    const bin = await makeShims(dir);
+    await fs.mkdir(runDir, { mode: 0o700 });
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}`, XDG_RUNTIME_DIR: runDir, XDG_STATE_HOME: path.join(dir, 'xdg-state') };
+    for (const k of ['VIRTBACK_URI', 'VIRTBACK_STATE_DIR', 'VIRTBACK_RUN_DIR']) delete env[k];
+    env.VIRTBACK_URI = 'virtback:///session';
+    const disk = path.join(dir, 'vm1-sda.qcow2');
+    const xml = `<domain type='qemu'><name>vm1</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>` +
+      `<os><type arch='x86_64' machine='q35'>hvm</type></os><devices><disk type='file' device='disk'>` +
+      `<driver name='qemu' type='qcow2'/><source file='${disk}'/><target dev='sda' bus='scsi'/></disk></devices></domain>`;
+    await fs.writeFile(path.join(dir, 'vm1.xml'), xml);
+    const setup = [
+      `qemu-img create -q -f qcow2 ${disk} 64M`,
+      'virtback define vm1.xml',
+      'virtback start vm1',
+      `virtback qemu-monitor-command vm1 --hmp 'qemu-io -d scsi0-0-0-0 "write -P 0xab 0 1M"'`,
+    ].join('\n');
+    const s1 = await runProcess('bash', ['-euo', 'pipefail', '-c', setup], { cwd: dir, env, timeoutMs: 60_000 });
+    assert.equal(s1.code, 0, s1.stderr);
+    await fs.writeFile(snippet, sdk.text);
+    const r = await runProcess(process.execPath, ['--import', TSX, snippet], { cwd: REPO, env, timeoutMs: 60_000 });
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^1 \{[^]*type: 3,[^]*operation: 9,[^]*success: true[^]*\} 1$/m, r.stdout);
+    assert.match(r.stdout, /^2 \{[^]*success: true[^]*\} 1$/m, r.stdout);
+    const after = await runProcess('bash', ['-euo', 'pipefail', '-c',
+      'virtback checkpoint-list vm1 --name; virtback destroy vm1; virtback undefine vm1 --checkpoints-metadata; ls'],
+    { cwd: dir, env, timeoutMs: 60_000 });
+    assert.equal(after.code, 0, after.stderr);
+    assert.match(after.stdout, /^c1\nc2\n/);
+    // both backups are next to the disk, each with its manifest
+    for (const f of ['vm1-sda.qcow2.c1', 'vm1-sda.qcow2.c1.manifest.json', 'vm1-sda.qcow2.c2', 'vm1-sda.qcow2.c2.manifest.json']) {
+      assert.match(after.stdout, new RegExp(`^${f.replace(/\./g, '\\.')}$`, 'm'), after.stdout);
+    }
+    await stopDaemon(path.join(runDir, 'virtback'));
+    assert.deepEqual(await killLeftovers(dir), []);
+  });
+
   test('docs/cli.md transcripts match a fresh virtbackd --driver test', { timeout: 90_000 }, async (t) => {
     const cliBlocks = all.filter((b) => b.file === 'docs/cli.md');
     const setup = cliBlocks.find((b) => exampleName(b) === 'cli-files');
@@ -440,7 +490,7 @@ describe('documentation examples', { timeout: 200_000, concurrency: true }, () =
   });
 
   test('docs: the other marked examples run', { timeout: 60_000 }, async (t) => {
-    const others = all.filter((b) => !(b.file === 'README.md' && exampleName(b) === 'cli-session') && b.file !== 'docs/cli.md' && exampleName(b) !== null);
+    const others = all.filter((b) => !(b.file === 'README.md' && ['cli-session', 'sdk'].includes(exampleName(b) ?? '')) && b.file !== 'docs/cli.md' && exampleName(b) !== null);
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vb-docex-'));
     t.after(async () => {
       await stopDaemon(path.join(dir, 'xdg-run', 'virtback'));
