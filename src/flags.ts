@@ -4,7 +4,7 @@ import { virErr } from './errors.js';
 // Values are libvirt's where libvirt has the item. The original backup design
 // (job ids, backupEnd, NO_METADATA, QUIESCE) owns bits 0 and 1 of the
 // backup-begin flags, so the upstream additions REUSE_EXTERNAL and
-// PRESERVE_SHUTDOWN_DOMAIN move to bits 2 and 3 here (see docs/api.md).
+// PRESERVE_SHUTDOWN_DOMAIN move to bits 2 and 3 here (docs/architecture.md).
 
 export const BackupBeginFlags = {
   NO_METADATA: 1 << 0,
