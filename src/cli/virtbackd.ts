@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, Option, InvalidArgumentError } from 'commander';
 import type { Driver } from '../api/driver.js';
 import { TestDriver } from '../api/test-driver.js';
 import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
@@ -27,6 +27,7 @@ interface Options {
   tlsCa?: string;
   backupTlsDir?: string;
   backupTlsVerify: 'yes' | 'no';
+  backupSpeedLimit?: number;
   driver: string;
   readyFd?: string;
 }
@@ -40,6 +41,7 @@ async function openDriver(name: string, dirs: { stateDir: string; runDir: string
     ...dirs,
     ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
     backupTlsX509Verify: o.backupTlsVerify === 'yes',
+    ...(o.backupSpeedLimit ? { backupSpeedLimit: o.backupSpeedLimit } : {}),
   });
 }
 
@@ -99,6 +101,11 @@ async function main(argv: string[]): Promise<number> {
       .env('VIRTBACK_BACKUP_TLS_DIR'))
     .addOption(new Option('--backup-tls-verify <yes|no>', 'NBD clients of TLS pull backups must present a certificate signed by the CA')
       .choices(['yes', 'no']).default('yes'))
+    .addOption(new Option('--backup-speed-limit <bytes/s>', 'bandwidth limit of each push backup disk job (0: none)')
+      .argParser((v) => {
+        if (!/^\d+$/.test(v)) throw new InvalidArgumentError('a number of bytes per second');
+        return Number(v);
+      }))
     .addOption(new Option('--driver <name>', 'driver to serve').choices(['qemu', 'test']).default(process.env.VIRTBACK_DRIVER ?? 'qemu').hideHelp())
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .exitOverride()

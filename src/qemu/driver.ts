@@ -123,6 +123,8 @@ export interface QemuDriverOptions {
   backupTlsX509CertDir?: string;
   /** qemu.conf backup_tls_x509_verify: NBD clients need a certificate signed by the CA (default true) */
   backupTlsX509Verify?: boolean;
+  /** bandwidth limit of every push backup disk job, bytes/s (default: none); QMP block-job-set-speed changes it per job */
+  backupSpeedLimit?: number;
   /** construct the checkpoint / backup modules (tests inject fakes here) */
   checkpoints?: (driver: QemuDriver) => CheckpointOps;
   backups?: (driver: QemuDriver) => BackupOps;
@@ -177,13 +179,12 @@ export class QemuDriver implements Driver {
   static async open(opts: QemuDriverOptions = {}): Promise<QemuDriver> {
     const d = new QemuDriver(opts);
     // The extension modules are created first so their hooks see the load and reconnect.
-    // WIRING POINT for src/qemu/checkpoints.ts and src/qemu/backup.ts: replace `?? null`
-    // with `?? new QemuCheckpoints(d)` / `?? new QemuBackups(d)`; their constructors
-    // call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
+    // Their constructors call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
     d.checkpointsImpl = (opts.checkpoints ?? ((x) => new QemuCheckpoints(x)))(d);
     d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x, {
       tlsX509CertDir: opts.backupTlsX509CertDir ?? null,
       tlsX509Verify: opts.backupTlsX509Verify ?? true,
+      ...(opts.backupSpeedLimit ? { speed: opts.backupSpeedLimit } : {}),
       afterPushComplete: (info) => {
         const dom = x.getDomain(info.uuid);
         const sources = [...dom.def.disks, ...(dom.liveDef?.disks ?? [])].map((k) => k.source).filter((p): p is string => p !== null);

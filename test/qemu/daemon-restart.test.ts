@@ -1,14 +1,13 @@
 // Restart survival of virtbackd (issue 6) against real QEMU: the daemon is a
 // child process, clients use the SDK over its socket.
 //
-// A push job must still be copying when the daemon goes away. A full push
-// cannot be slowed down from outside (QEMU's block-copy starts the whole
-// disk in 16 MiB copy-range tasks at once, before any block-job-set-speed can
-// land), so the job that survives the restart is an INCREMENTAL push over
-// many small dirty regions, rate-limited with block-job-set-speed (sent
-// through the daemon in a loop while backupBegin runs, so it lands right
-// after QEMU's transaction). Its target's backing file is the full backup
-// taken before, so the chain restores the disk as it was at the instant.
+// A push job must still be copying when the daemon goes away: the daemons of
+// the push tests run with `--backup-speed-limit`, so every push disk job starts
+// rate-limited inside QEMU's own transaction (no race with a job that finishes
+// first); the test lifts the limit with block-job-set-speed where it wants a
+// job fast. The job that survives the restart is an incremental push over many
+// small dirty regions, backed by the full backup taken before, so the chain
+// restores the disk as it was at the instant.
 
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -42,6 +41,7 @@ const PUSH_SIZE = 128 * MiB;
 const REGIONS = 1024;
 const STRIDE = 2 * K64;
 const SLOW = 128 * 1024;
+const SPEED_LIMIT = ['--backup-speed-limit', String(SLOW)];
 
 const isJobCompleted = (id: number) => (e: { type: string; jobId?: number }): e is JobCompletedEvent =>
   e.type === 'job-completed' && e.jobId === id;
@@ -74,33 +74,6 @@ async function write(dom: Domain, td: TestDomain, m: DiskModel, off: number, len
   m.apply(off, len, pattern);
 }
 
-/**
- * Sets the speed of `jobIds` as soon as they exist: while `begun` is pending
- * (the jobs appear inside backupBegin's transaction) a few attempts per job
- * are kept queued on QEMU's monitor, so one lands right after the transaction.
- */
-async function throttleAsSoonAsStarted(dom: Domain, jobIds: string[], speed: number, begun: Promise<unknown>): Promise<void> {
-  let settled = false;
-  begun.then(() => (settled = true), () => (settled = true));
-  const attempt = async (job: string): Promise<void> => {
-    let tries = 0;
-    for (;;) {
-      try {
-        await qmp(dom, 'block-job-set-speed', { device: job, speed });
-        return;
-      } catch (e) {
-        if (!/not found/i.test((e as Error).message)) throw e;
-      }
-      if (settled && ++tries > 20) throw new Error(`job ${job} never appeared`);
-    }
-  };
-  // Several loops per job keep requests in flight back to back; one success is enough.
-  const results = await Promise.all(jobIds.map((j) => Promise.allSettled([attempt(j), attempt(j), attempt(j)])));
-  for (const [i, r] of results.entries()) {
-    if (!r.some((x) => x.status === 'fulfilled')) throw new Error(`cannot slow job ${jobIds[i]} down: ${String((r[0] as PromiseRejectedResult).reason)}`);
-  }
-}
-
 /** Domain with 2 disks, a full push with c1, then an incremental push since c1 (c2) left copying slowly. */
 async function startSlowPush(env: DaemonEnv, conn: Connect): Promise<Scenario> {
   const td = await makeTestDomain(env.dir, { disks: 2, sizeMiB: PUSH_SIZE / MiB });
@@ -117,6 +90,7 @@ async function startSlowPush(env: DaemonEnv, conn: Connect): Promise<Scenario> {
   // full push with checkpoint c1, unthrottled
   const { events, off } = await collectEvents(conn);
   const full = await dom.backupBegin(backupXml(td, env.dir, 'full', null), '<domaincheckpoint><name>c1</name></domaincheckpoint>');
+  for (const j of jobIds.values()) await qmp(dom, 'block-job-set-speed', { device: j, speed: 0 });
   const ev = await waitEvent(events, isJobCompleted(full), `job-completed of the full push ${full}`);
   assert.equal(ev.stats.success, true, ev.stats.errmsg);
   assert.equal(await dom.backupEnd(full), 1);
@@ -131,9 +105,8 @@ async function startSlowPush(env: DaemonEnv, conn: Connect): Promise<Scenario> {
     }
   }
   const expected = models.map((m) => m.snapshot());
-  const begun = dom.backupBegin(backupXml(td, env.dir, 'inc', 'c1'), '<domaincheckpoint><name>c2</name></domaincheckpoint>');
-  await Promise.all([throttleAsSoonAsStarted(dom, [...jobIds.values()], SLOW, begun), begun]);
-  const id = await begun;
+  // started at the daemon's --backup-speed-limit (SLOW): still copying when the daemon goes away
+  const id = await dom.backupBegin(backupXml(td, env.dir, 'inc', 'c1'), '<domaincheckpoint><name>c2</name></domaincheckpoint>');
   const jobs = await qmp<JobInfo[]>(dom, 'query-jobs');
   for (const j of jobIds.values()) {
     const q = jobs.find((x) => x.id === j);
@@ -205,7 +178,7 @@ async function finish(env: DaemonEnv, conn: Connect, dom: Domain, s: Scenario, e
 
 test('SIGTERM while a push copies: restart finds the job, job-completed reaches a new subscriber, backupEnd 1, no leak', { timeout: 90_000 }, async (t) => {
   const env = await makeDaemonEnv(t);
-  const d1 = await env.start();
+  const d1 = await env.start(SPEED_LIMIT);
   const conn1 = await env.connect();
   const s = await startSlowPush(env, conn1);
   await conn1.close();
@@ -214,7 +187,7 @@ test('SIGTERM while a push copies: restart finds the job, job-completed reaches 
   assert.equal((await qemuProcessesFor(env.dir)).length, 1, 'QEMU outlives the daemon');
   assert.equal(await exists(env.socket), false, 'a clean stop removes its socket');
 
-  await env.start();
+  await env.start(SPEED_LIMIT);
   const conn = await env.connect();
   const dom = await conn.lookupByName(s.td.name);
   await assertJobKnown(dom, s, true);
@@ -234,7 +207,7 @@ test('SIGTERM while a push copies: restart finds the job, job-completed reaches 
 
 test('SIGKILL, and the push finishes while no daemon runs: recognised at restart, job-completed replayed once to each later subscriber', { timeout: 90_000 }, async (t) => {
   const env = await makeDaemonEnv(t);
-  const d1 = await env.start();
+  const d1 = await env.start(SPEED_LIMIT);
   const conn1 = await env.connect();
   const s = await startSlowPush(env, conn1);
 
@@ -253,7 +226,7 @@ test('SIGKILL, and the push finishes while no daemon runs: recognised at restart
     await mon.close();
   }
 
-  const d2 = await env.start();
+  const d2 = await env.start(SPEED_LIMIT);
   const conn = await env.connect();
   const dom = await conn.lookupByName(s.td.name);
   const a = await collectEvents(conn);
