@@ -87,17 +87,37 @@ export interface FinishedTarget {
   time: number;
 }
 
+/** What afterPushComplete learns of a finished push (the backup manifest writer's input). */
+export interface PushCompleteInfo {
+  uuid: string;
+  name: string;
+  jobId: number;
+  /** the backup instant, epoch milliseconds */
+  time: number;
+  disks: {
+    target: string;
+    path: string;
+    format: string;
+    checkpoint: string | null;
+    incremental: string | null;
+    backingFile: string | null;
+    virtualSize: number;
+  }[];
+}
+
 export interface BackupMeta {
   lastJobId: number;
   finished: FinishedTarget[];
   lastCompleted: JobStats | null;
+  /** finished pushes whose afterPushComplete (manifests) has not run yet: survives a daemon stop */
+  pendingAfterPush: PushCompleteInfo[];
 }
 
 /** How many finished targets per disk are remembered. */
 const KEEP_FINISHED = 64;
 
 export class BackupMetaStore {
-  meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null };
+  meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null, pendingAfterPush: [] };
 
   constructor(readonly dir: string) {}
 
@@ -113,6 +133,7 @@ export class BackupMetaStore {
         lastJobId: typeof v.lastJobId === 'number' ? v.lastJobId : 0,
         finished: Array.isArray(v.finished) ? v.finished : [],
         lastCompleted: v.lastCompleted ?? null,
+        pendingAfterPush: Array.isArray(v.pendingAfterPush) ? v.pendingAfterPush : [],
       };
     } catch (e) {
       process.emitWarning(`virtback: cannot read '${this.file}': ${(e as Error).message}`);

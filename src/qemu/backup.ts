@@ -25,6 +25,7 @@ import {
   type BackupJobDisk,
   type BackupJobRecord,
   type BackupResource,
+  type PushCompleteInfo,
 } from './backup-job.js';
 import { planBackup, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
 import type { BackupPerf } from './qmp/commands.js';
@@ -34,23 +35,7 @@ import type { BackupOps, QemuDriver } from './driver.js';
 import { QmpCommandError, qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { BlockDeviceInfo, BlockdevCreateOptions, JobInfo } from './qmp/commands.js';
 
-/** What afterPushComplete learns of a finished push (the backup manifest writer's input). */
-export interface PushCompleteInfo {
-  uuid: string;
-  name: string;
-  jobId: number;
-  /** the backup instant, epoch milliseconds */
-  time: number;
-  disks: {
-    target: string;
-    path: string;
-    format: string;
-    checkpoint: string | null;
-    incremental: string | null;
-    backingFile: string | null;
-    virtualSize: number;
-  }[];
-}
+export type { PushCompleteInfo } from './backup-job.js';
 
 export interface QemuBackupsOptions {
   /** called after a push completed and its targets are closed; runs in the background (one at a time), backupEnd waits for it */
@@ -122,6 +107,8 @@ export class QemuBackups implements BackupOps {
         const table = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid)));
         await table.store.load();
         dom.backupJobs = table;
+        // manifests of pushes that finished before a daemon stop got in their way
+        for (const info of table.store.meta.pendingAfterPush) this.queueAfterPush(table.store, info);
       },
       onStarted: (dom) => {
         this.seenLive.add(dom.uuid);
@@ -630,8 +617,6 @@ export class QemuBackups implements BackupOps {
         // Manifests read the finished targets back (seconds for large disks): they run
         // in one background queue, so job-completed is not delayed and memory stays
         // bounded; backupEnd of the job waits for them (see afterPushDone).
-        const key = `${dom.uuid}/${rec.id}`;
-        const hook = this.opts.afterPushComplete;
         const info: PushCompleteInfo = {
           uuid: dom.uuid,
           name: dom.name,
@@ -642,12 +627,9 @@ export class QemuBackups implements BackupOps {
             backingFile: d.backingFile, virtualSize: d.virtualSize,
           })),
         };
-        const done = this.afterPushQueue.then(() => hook(info)).catch((e) => warn(`afterPushComplete of backup job ${rec.id} failed`, e));
-        this.afterPushQueue = done;
-        this.afterPushDone.set(key, done);
-        void done.then(() => {
-          if (this.afterPushDone.get(key) === done) this.afterPushDone.delete(key);
-        });
+        // recorded in meta.json (saved below, before the event) so a daemon stop cannot lose it
+        store.meta.pendingAfterPush.push(info);
+        this.queueAfterPush(store, info);
       }
     }
     rec.phase = 'done';
@@ -671,6 +653,25 @@ export class QemuBackups implements BackupOps {
       });
     }
     job.markFinished();
+  }
+
+  /** Run afterPushComplete for a finished push in the background queue, then drop it from the pending list. */
+  private queueAfterPush(store: BackupMetaStore, info: PushCompleteInfo): void {
+    const hook = this.opts.afterPushComplete;
+    if (!hook) return;
+    const key = `${info.uuid}/${info.jobId}`;
+    const done = this.afterPushQueue
+      .then(() => hook(info))
+      .catch((e) => warn(`afterPushComplete of backup job ${info.jobId} failed`, e))
+      .then(async () => {
+        store.meta.pendingAfterPush = store.meta.pendingAfterPush.filter((p) => !(p.uuid === info.uuid && p.jobId === info.jobId));
+        await store.save().catch((e) => warn('cannot save backup metadata', e));
+      });
+    this.afterPushQueue = done;
+    this.afterPushDone.set(key, done);
+    void done.then(() => {
+      if (this.afterPushDone.get(key) === done) this.afterPushDone.delete(key);
+    });
   }
 
   /** Ask the running job to stop (push abort / pull end) and wait until it ended. */
