@@ -4,7 +4,7 @@
 // against virsh's formats; a push backup followed with --wait is checked
 // byte-wise in its target.
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
@@ -16,7 +16,8 @@ import { hmpWrite, imageHasPattern, makeTestDomain, makeTestEnv } from '../helpe
 
 const run = promisify(execFile);
 
-test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (t) => {
+/** A test env, and an in-process daemon serving the real QEMU driver to the CLI; both cleaned up after the test. */
+async function cliOnQemu(t: TestContext) {
   const env = await makeTestEnv();
   let qemu: QemuDriver | null = null;
   const cli = await startCliDaemon<QemuDriver>(t, {
@@ -30,13 +31,18 @@ test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (
     await cli.daemon.stop();
     await env.cleanup();
   });
+  return { env, cli, qemu: () => qemu! };
+}
+
+test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (t) => {
+  const { env, cli, qemu: driverOf } = await cliOnQemu(t);
   const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 16, name: 'cli-vm' });
   const [sda, sdb] = dom.disks;
   const file = path.join(env.dir, 'cli-vm.xml');
   await writeFile(file, dom.xml);
 
   const bitmaps = async (target: string): Promise<string[]> => {
-    const node = qemu!.diskNodes(dom.uuid).find((d) => d.target === target)!.formatNode!;
+    const node = driverOf().diskNodes(dom.uuid).find((d) => d.target === target)!.formatNode!;
     const r = await cli.run('qemu-monitor-command', 'cli-vm', '{"execute":"query-named-block-nodes","arguments":{"flat":true}}');
     assert.equal(r.code, 0, r.stderr);
     const nodes = (JSON.parse(r.stdout) as { return: { 'node-name': string; 'dirty-bitmaps'?: { name: string }[] }[] }).return;
@@ -130,25 +136,13 @@ test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (
 });
 
 test('push backup with --wait, job commands and backup-end on real QEMU', { timeout: 90_000 }, async (t) => {
-  const env = await makeTestEnv();
-  let qemu: QemuDriver | null = null;
-  const cli = await startCliDaemon<QemuDriver>(t, {
-    dir: env.dir,
-    openDriver: async (dirs) => {
-      const { QemuDriver: Q } = await import('../../src/qemu/driver.js');
-      return (qemu = await Q.open(dirs));
-    },
-  });
-  t.after(async () => {
-    await cli.daemon.stop();
-    await env.cleanup();
-  });
+  const { env, cli, qemu: driverOf } = await cliOnQemu(t);
   const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 16, name: 'bk-vm' });
   const file = path.join(env.dir, 'bk-vm.xml');
   await writeFile(file, dom.xml);
   assert.equal((await cli.run('define', file)).code, 0);
   assert.equal((await cli.run('start', 'bk-vm')).code, 0);
-  await hmpWrite(qemu!, dom.uuid, 'sda', 0xab, 0, 65536);
+  await hmpWrite(driverOf(), dom.uuid, 'sda', 0xab, 0, 65536);
 
   const target = path.join(env.dir, 'bk-sda.qcow2');
   const backupXml = path.join(env.dir, 'backup.xml');
@@ -173,12 +167,12 @@ test('push backup with --wait, job commands and backup-end on real QEMU', { time
   assert.match((await cli.run('domjobinfo', 'bk-vm', '--completed', '--rawstats')).stdout, /^Job type: 3\n\noperation: 9\n(.*\n)*success: yes\n/);
   assert.equal((await cli.run('checkpoint-list', 'bk-vm', '--name')).stdout, 'full\n', 'the checkpoint of --checkpointxml');
   // a finished push job is released by backup-end
-  const ids = await qemu!.listJobIds(dom.uuid);
+  const ids = await driverOf().listJobIds(dom.uuid);
   if (ids.length > 0) {
     assert.match((await cli.run('backup-dumpxml', 'bk-vm', '--id', id)).stdout, new RegExp(`<target file='${target}'`));
     assert.deepEqual(await cli.run('backup-end', 'bk-vm', '--id', id), { code: 0, stdout: `Backup job ${id} ended, backup complete\n`, stderr: '' });
   }
-  assert.deepEqual(await qemu!.listJobIds(dom.uuid), []);
+  assert.deepEqual(await driverOf().listJobIds(dom.uuid), []);
   assert.equal((await cli.run('blockjob', 'bk-vm', 'sda', '--info')).stdout, 'No current block job for sda\n');
   const abort = await cli.run('domjobabort', 'bk-vm');
   assert.equal(abort.code, 1);

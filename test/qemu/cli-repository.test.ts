@@ -12,11 +12,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { writeManifest, type BackupManifestInput } from '../../src/repository/index.js';
-import { main } from '../../src/cli/virtback.js';
 import type { QemuDriver } from '../../src/qemu/driver.js';
-import { startCliDaemon } from '../helpers/cli.js';
+import { runMain, startCliDaemon } from '../helpers/cli.js';
 import { hmpWrite, imageHasPattern, makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
-import { MiB, fingerprint, img, map, qemuIo, rawContent, sha } from './repository-helpers.js';
+import { MiB, copyChain, fingerprint, img, manifestInput, map, qemuIo, rawContent, sha } from './repository-helpers.js';
 
 const SIZE = 64 * MiB;
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -27,28 +26,6 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
  * reports to the parent through the same stdout as Buffers, and those must
  * neither land in the result nor get lost.
  */
-async function runMain(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const o = process.stdout.write;
-  const e = process.stderr.write;
-  const grab = (orig: typeof process.stdout.write, append: (s: string) => void) =>
-    function (this: NodeJS.WriteStream, chunk: string | Uint8Array, ...rest: unknown[]): boolean {
-      if (typeof chunk !== 'string') return (orig as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
-      append(chunk);
-      (rest.find((r) => typeof r === 'function') as (() => void) | undefined)?.();
-      return true;
-    } as typeof process.stdout.write;
-  process.stdout.write = grab(o, (s) => (stdout += s));
-  process.stderr.write = grab(e, (s) => (stderr += s));
-  try {
-    return { code: await main(argv), stdout, stderr };
-  } finally {
-    process.stdout.write = o;
-    process.stderr.write = e;
-  }
-}
-
 describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
   let dir = '';
   let full = '';
@@ -56,27 +33,9 @@ describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
   const refs: string[] = []; // sha256 of the live disk's content at each backup point
   let untouched: Record<string, string> = {};
 
-  const input = (target: string, over: Partial<BackupManifestInput>): BackupManifestInput => ({
-    domain: { name: 'vm1', uuid: 'c7a5fdbd-cdaf-9455-926a-d65c16db1809' },
-    disk: 'sda',
-    target,
-    format: 'qcow2',
-    checkpoint: null,
-    incrementalFrom: null,
-    parentBackup: null,
-    time: 1_700_000_000,
-    virtualSize: SIZE,
-    jobId: 1,
-    mode: 'push',
-    ...over,
-  });
+  const input = (target: string, over: Partial<BackupManifestInput>): BackupManifestInput => manifestInput(target, SIZE, over);
 
-  async function copyChain(name: string): Promise<string> {
-    const d = path.join(dir, name);
-    await fs.mkdir(d);
-    for (const f of await fs.readdir(dir)) if (/^(full|inc)\.qcow2/.test(f)) await fs.copyFile(path.join(dir, f), path.join(d, f));
-    return d;
-  }
+  const copyChainTo = (name: string): Promise<string> => copyChain(dir, name, /^(full|inc)\.qcow2/);
 
   before(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vb-clirepo-'));
@@ -142,7 +101,7 @@ describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
     assert.equal(await fs.readFile(exists, 'utf8'), 'keep me');
     assert.doesNotMatch(r.stdout, /restored/);
 
-    const d = await copyChain('missing');
+    const d = await copyChainTo('missing');
     await fs.rm(path.join(d, 'full.qcow2'));
     r = await runMain(['backup-restore', path.join(d, 'inc.qcow2'), path.join(d, 'out.qcow2')]);
     assert.equal(r.code, 1);
@@ -174,7 +133,7 @@ describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
   });
 
   test('backup-verify of a corrupted chain exits 1 naming the damaged file and the first bad range', async () => {
-    const d = await copyChain('corrupt');
+    const d = await copyChainTo('corrupt');
     const m = await map(path.join(d, 'full.qcow2'));
     const hit = m.find((e) => e.data && e.start <= 20 * MiB && e.start + e.length > 20 * MiB)!;
     assert.ok(hit?.offset !== undefined, 'guest 20M lies in full.qcow2');
@@ -188,7 +147,7 @@ describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
   });
 
   test('backup-verify without manifests or without the target exits 1', async () => {
-    const d = await copyChain('bare');
+    const d = await copyChainTo('bare');
     await fs.rm(path.join(d, 'inc.qcow2.manifest.json'));
     let r = await runMain(['backup-verify', path.join(d, 'inc.qcow2')]);
     assert.equal(r.code, 1);

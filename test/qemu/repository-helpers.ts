@@ -4,7 +4,9 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { promisify } from 'node:util';
+import type { BackupManifestInput } from '../../src/repository/index.js';
 
 export const run = promisify(execFile);
 export const MiB = 1 << 20;
@@ -72,4 +74,30 @@ export async function fingerprint(files: string[]): Promise<Record<string, strin
     out[f] = `${sha(await fs.readFile(f))} ${st.mtimeMs}`;
   }
   return out;
+}
+
+/** A manifest input for a test chain of disk 'sda' of domain vm1 (`over` sets what differs per link). */
+export function manifestInput(target: string, virtualSize: number, over: Partial<BackupManifestInput> = {}): BackupManifestInput {
+  return {
+    domain: { name: 'vm1', uuid: 'c7a5fdbd-cdaf-9455-926a-d65c16db1809' },
+    disk: 'sda',
+    target,
+    format: 'qcow2',
+    checkpoint: null,
+    incrementalFrom: null,
+    parentBackup: null,
+    time: 1_700_000_000,
+    virtualSize,
+    jobId: 1,
+    mode: 'push',
+    ...over,
+  };
+}
+
+/** Copy the files of `dir` whose names match `pattern` into a fresh folder `dir/name` (backing names are relative). */
+export async function copyChain(dir: string, name: string, pattern: RegExp): Promise<string> {
+  const d = path.join(dir, name);
+  await fs.mkdir(d);
+  for (const f of await fs.readdir(dir)) if (pattern.test(f)) await fs.copyFile(path.join(dir, f), path.join(d, f));
+  return d;
 }

@@ -11,7 +11,7 @@ import { ErrorCode, VirError } from '../../src/errors.js';
 import { CHECKSUM_ALGORITHM } from '../../src/repository/checksum.js';
 import { manifestPath, readManifest, writeManifest, type BackupManifestInput } from '../../src/repository/manifest.js';
 import { formatVerifyResult, restoreBackup, verifyBackup } from '../../src/repository/index.js';
-import { MiB, dataBytesIn, fingerprint, img, map, qemuIo, rawContent, referenceChecksum, run, sha } from './repository-helpers.js';
+import { MiB, copyChain, dataBytesIn, fingerprint, img, manifestInput, map, qemuIo, rawContent, referenceChecksum, run, sha } from './repository-helpers.js';
 
 const SIZE = 64 * MiB;
 const domain = { name: 'vm1', uuid: 'c7a5fdbd-cdaf-9455-926a-d65c16db1809' };
@@ -34,30 +34,10 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   const refs: Buffer[] = [];
   let before0: Record<string, string> = {};
 
-  const input = (target: string, over: Partial<BackupManifestInput>): BackupManifestInput => ({
-    domain,
-    disk: 'vda',
-    target,
-    format: 'qcow2',
-    checkpoint: null,
-    incrementalFrom: null,
-    parentBackup: null,
-    time: 1_700_000_000,
-    virtualSize: SIZE,
-    jobId: 1,
-    mode: 'push',
-    ...over,
-  });
+  const input = (target: string, over: Partial<BackupManifestInput>): BackupManifestInput => manifestInput(target, SIZE, { domain, disk: 'vda', ...over });
 
   /** Copy the whole chain into a fresh folder (backing names are relative, so the copy is self-contained). */
-  async function copyChain(name: string): Promise<string> {
-    const d = path.join(dir, name);
-    await fs.mkdir(d);
-    for (const f of await fs.readdir(dir)) {
-      if (/^(full|inc1|inc2)\.qcow2/.test(f)) await fs.copyFile(path.join(dir, f), path.join(d, f));
-    }
-    return d;
-  }
+  const copyChainTo = (name: string): Promise<string> => copyChain(dir, name, /^(full|inc1|inc2)\.qcow2/);
 
   before(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-repo-'));
@@ -173,7 +153,7 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   });
 
   test('a corrupted data byte: verify names the damaged file and the first bad range', async () => {
-    const d = await copyChain('corrupt');
+    const d = await copyChainTo('corrupt');
     const m = await map(path.join(d, 'inc1.qcow2'));
     const hit = m.find((e) => e.depth === 0 && e.data && e.start <= 40 * MiB && e.start + e.length > 40 * MiB)!;
     assert.ok(hit?.offset !== undefined, 'guest 40M lies in inc1 itself');
@@ -190,7 +170,7 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   });
 
   test('a missing middle file is named by restore and verify', async () => {
-    const d = await copyChain('missing');
+    const d = await copyChainTo('missing');
     await fs.rm(path.join(d, 'inc1.qcow2'));
     const re = /backing file '.*missing\/inc1\.qcow2' of '.*missing\/inc2\.qcow2' does not exist/;
     await assert.rejects(restoreBackup({ target: path.join(d, 'inc2.qcow2'), output: path.join(d, 'out.raw'), format: 'raw' }), rejectsWith(ErrorCode.OPERATION_INVALID, re));
@@ -201,7 +181,7 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   });
 
   test('a link of the wrong virtual size is named', async () => {
-    const d = await copyChain('size');
+    const d = await copyChainTo('size');
     await img('resize', '-q', path.join(d, 'full.qcow2'), String(SIZE * 2));
     await assert.rejects(
       restoreBackup({ target: path.join(d, 'inc2.qcow2'), output: path.join(d, 'out.raw'), format: 'raw' }),
@@ -210,7 +190,7 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   });
 
   test('a loop made with qemu-img rebase -u is named', async () => {
-    const d = await copyChain('loop');
+    const d = await copyChainTo('loop');
     await img('rebase', '-u', '-b', 'inc2.qcow2', '-F', 'qcow2', path.join(d, 'full.qcow2'));
     await assert.rejects(
       restoreBackup({ target: path.join(d, 'inc2.qcow2'), output: path.join(d, 'out.raw'), format: 'raw' }),
@@ -219,7 +199,7 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
   });
 
   test('a link whose manifest belongs to another disk is named', async () => {
-    const d = await copyChain('foreign');
+    const d = await copyChainTo('foreign');
     const mf = manifestPath(path.join(d, 'inc1.qcow2'));
     const m = JSON.parse(await fs.readFile(mf, 'utf8')) as { disk: string };
     m.disk = 'vdb';
