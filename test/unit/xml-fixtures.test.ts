@@ -10,23 +10,8 @@ import { ErrorCode, VirError } from '../../src/errors.js';
 import { alignBackupDisks, formatBackupXML, parseBackupXML } from '../../src/xml/backup.js';
 import { alignCheckpointDisks, formatCheckpointXML, parseCheckpointXML } from '../../src/xml/checkpoint.js';
 import { domainDiskRefs } from '../../src/xml/domain.js';
-import type { DiskDef } from '../../src/xml/domain.js';
-import { CONFORMANCE, fixtureNames, readFixture } from './xml-helpers.js';
+import { CONFORMANCE, fixtureNames, harnessDomain, readFixture } from './xml-helpers.js';
 
-/** libvirt's testCompareBackupXML domain: one qcow2 file disk /fake/<name>.qcow2 per named disk, then vdextradisk. */
-function harnessDomain(names: readonly string[], extraDisk = true): { disks: DiskDef[] } {
-  const disk = (target: string): DiskDef => ({
-    type: 'file',
-    device: 'disk',
-    format: 'qcow2',
-    source: `/fake/${target}.qcow2`,
-    target,
-    bus: 'virtio',
-    readonly: false,
-    extra: [],
-  });
-  return { disks: [...names.map(disk), ...(extraDisk ? [disk('vdextradisk')] : [])] };
-}
 
 function expectVirError(fn: () => unknown, code: number, re?: RegExp): VirError {
   try {

@@ -13,7 +13,7 @@ import { formatDomainXML, parseDomainXML } from '../../src/xml/domain.js';
 import type { DiskDef } from '../../src/xml/domain.js';
 import { formatXml, parseXml } from '../../src/xml/tree.js';
 import type { XmlElement, XmlNode } from '../../src/xml/tree.js';
-import { ATTR_POOL, ELEMENT_POOL, VALUE_POOL, allFixtures, mutateTree, prng, readFixture } from './xml-helpers.js';
+import { ATTR_POOL, ELEMENT_POOL, VALUE_POOL, allFixtures, harnessDomain, mutateTree, prng, readFixture } from './xml-helpers.js';
 
 /** Run `fn`; a VirError means "rejected", anything else fails the property. */
 function acceptedOrVirError<T>(fn: () => T): T | null {
@@ -25,19 +25,9 @@ function acceptedOrVirError<T>(fn: () => T): T | null {
   }
 }
 
+/** The fixtures' harness domain for any disk list a mutation produced (duplicates collapse, vdextradisk once). */
 function fakeDomain(names: readonly string[]): { disks: DiskDef[] } {
-  return {
-    disks: [...new Set([...names, 'vdextradisk'])].map((target) => ({
-      type: 'file',
-      device: 'disk',
-      format: 'qcow2',
-      source: `/fake/${target}.qcow2`,
-      target,
-      bus: 'virtio',
-      readonly: false,
-      extra: [],
-    })),
-  };
+  return harnessDomain([...new Set([...names, 'vdextradisk'])], false);
 }
 
 /** Every parser on one input: accept and reach a fixed point, or reject with a VirError. */

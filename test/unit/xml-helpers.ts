@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { DiskDef } from '../../src/xml/domain.js';
 import type { XmlElement, XmlNode } from '../../src/xml/tree.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -136,4 +137,19 @@ export function mutateTree(root: XmlElement, rand: () => number): XmlElement {
     }
   }
   return copy;
+}
+
+/** libvirt's testCompareBackupXML domain: one qcow2 file disk /fake/<name>.qcow2 per named disk, then vdextradisk. */
+export function harnessDomain(names: readonly string[], extraDisk = true): { disks: DiskDef[] } {
+  const disk = (target: string): DiskDef => ({
+    type: 'file',
+    device: 'disk',
+    format: 'qcow2',
+    source: `/fake/${target}.qcow2`,
+    target,
+    bus: 'virtio',
+    readonly: false,
+    extra: [],
+  });
+  return { disks: [...names.map(disk), ...(extraDisk ? [disk('vdextradisk')] : [])] };
 }
