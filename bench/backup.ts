@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     driver = await QemuDriver.open({
       stateDir: path.join(dir, 'state'), runDir: path.join(dir, 'run'),
       listener: (e) => events.push(e),
-      backups: (d) => new QemuBackups(d, bopts),
+      backups: (d, cps) => new QemuBackups(d, cps, bopts),
     });
     const drv = driver;
     await drv.domainDefineXML(xml, 0);

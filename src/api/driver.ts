@@ -1,8 +1,9 @@
 // The Driver interface: one method per entry point, with plain serialisable
 // arguments so the same interface is implemented by the local QEMU driver and
 // by the remote driver that talks to virtbackd. Argument and flag checks that
-// libvirt makes in its public wrapper (src/libvirt-*.c) live in api/public.ts,
-// not here; a driver checks only what it alone knows (domain state, disks...).
+// libvirt makes in its public wrapper (src/libvirt-*.c) live in
+// api/checked-driver.ts, not here; a driver checks only what it alone knows
+// (domain state, disks, which flags it supports).
 //
 // Domains are addressed by UUID (stable across renames and redefinitions, like
 // libvirt's virDomainPtr); checkpoints by (domain UUID, checkpoint name).
@@ -124,4 +125,11 @@ export interface Driver {
 
   // events
   subscribe(listener: EventListener): () => void;
+
+  /**
+   * Optional capability: events the driver published while it opened
+   * (e.g. a push that finished while no daemon ran), before anyone could
+   * subscribe. Drains them; virtbackd replays them to later subscribers.
+   */
+  recoveredEvents?(): DriverEvent[];
 }

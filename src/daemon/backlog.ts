@@ -51,13 +51,7 @@ export class EventBacklog {
   }
 }
 
-/**
- * The events a driver kept from its own open(): the QEMU driver's backup
- * module offers them as `backupsImpl.recoveredEvents()` (draining its list).
- * Drivers without it have none.
- */
+/** The events a driver kept from its own open() (Driver.recoveredEvents); drivers without the capability have none. */
 export function drainRecoveredEvents(driver: Driver): DriverEvent[] {
-  const impl = (driver as { backupsImpl?: unknown }).backupsImpl as { recoveredEvents?: () => DriverEvent[] } | null | undefined;
-  if (!impl || typeof impl.recoveredEvents !== 'function') return [];
-  return impl.recoveredEvents();
+  return driver.recoveredEvents?.() ?? [];
 }

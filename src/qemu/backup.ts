@@ -29,9 +29,8 @@ import {
 } from './backup-job.js';
 import { planBackup, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
 import type { BackupPerf } from './qmp/commands.js';
-import type { QemuCheckpoints } from './checkpoints.js';
 import type { DomainObject } from './domain-object.js';
-import type { BackupOps, QemuDriver } from './driver.js';
+import type { BackupOps, CheckpointAccess, DomainHost } from './host.js';
 import { QmpCommandError, qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { BlockDeviceInfo, BlockdevCreateOptions, JobInfo } from './qmp/commands.js';
 
@@ -101,7 +100,11 @@ export class QemuBackups implements BackupOps {
   /** domains this instance saw running (started or reconnected); a stop of any other one was found by open() */
   private readonly seenLive = new Set<string>();
 
-  constructor(private readonly driver: QemuDriver, private readonly opts: QemuBackupsOptions = {}) {
+  constructor(
+    private readonly driver: DomainHost,
+    private readonly checkpoints: CheckpointAccess,
+    private readonly opts: QemuBackupsOptions = {},
+  ) {
     driver.addHooks({
       onLoaded: async (dom) => {
         const table = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid)));
@@ -147,12 +150,6 @@ export class QemuBackups implements BackupOps {
     const t = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid)));
     dom.backupJobs = t;
     return t;
-  }
-
-  private get checkpoints(): QemuCheckpoints {
-    const c = this.driver.checkpointsImpl as QemuCheckpoints | null;
-    if (!c) throw virErr('NO_SUPPORT', 'QEMU', 'checkpoints are not available in this driver');
-    return c;
   }
 
   private publish(dom: DomainObject, ev: DriverEvent): void {

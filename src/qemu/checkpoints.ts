@@ -40,7 +40,7 @@ import {
 } from './bitmaps.js';
 import { CheckpointTree } from './checkpoint-tree.js';
 import type { DomainObject } from './domain-object.js';
-import type { CheckpointOps, QemuDriver } from './driver.js';
+import type { CheckpointAccess, CheckpointOps, DomainHost, PreparedCheckpoint } from './host.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { TransactionAction } from './qmp/commands.js';
 import { listIds, removeFileDurably, writeFileAtomic } from './state.js';
@@ -108,15 +108,10 @@ export class CheckpointStore {
 }
 
 /** What backupBegin needs to create a checkpoint in its own transaction. */
-export interface PreparedCheckpoint {
-  def: CheckpointDef;
-  actions: TransactionAction[];
-  /** record the metadata after the transaction succeeded (no-op with NO_METADATA) */
-  commit(): Promise<void>;
-}
+export type { PreparedCheckpoint } from './host.js';
 
-export class QemuCheckpoints implements CheckpointOps {
-  constructor(private readonly driver: QemuDriver) {
+export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
+  constructor(private readonly driver: DomainHost) {
     driver.addHooks({
       onLoaded: async (dom) => {
         const store = new CheckpointStore(this.dirFor(dom.uuid));

@@ -44,8 +44,9 @@ import {
 import { QmpClient, QmpCommandError, qmpErrorToVirError } from './qmp/client.js';
 import { GuestAgentClient } from './qmp/agent.js';
 import { QemuCheckpoints } from './checkpoints.js';
-import { writePushManifests } from './backup-manifests.js';
-import { QemuBackups } from './backup.js';
+import { QemuBackups, type PushCompleteInfo } from './backup.js';
+import type { BackupOps, CheckpointAccess, CheckpointOps, DomainHooks, DomainHost } from './host.js';
+import { silentLogger, type Logger } from '../log.js';
 import {
   listIds,
   readStatus,
@@ -56,51 +57,6 @@ import {
   writeStatus,
   type DomainStatus,
 } from './state.js';
-
-/** The checkpoint API, implemented by src/qemu/checkpoints.ts. */
-export type CheckpointOps = Pick<
-  Driver,
-  | 'checkpointCreateXML'
-  | 'checkpointGetXMLDesc'
-  | 'listAllCheckpoints'
-  | 'checkpointListAllChildren'
-  | 'checkpointLookupByName'
-  | 'checkpointGetParent'
-  | 'checkpointDelete'
-  | 'listUnknownBitmaps'
-> & {
-  /**
-   * Drop every checkpoint's metadata of an inactive domain being undefined with
-   * UNDEFINE_CHECKPOINTS_METADATA. Called with the domain lock held.
-   */
-  discardAllMetadata(dom: DomainObject): Promise<void>;
-};
-
-/** The backup-job API, implemented by src/qemu/backup.ts. */
-export type BackupOps = Pick<
-  Driver,
-  'backupBegin' | 'backupGetXMLDesc' | 'backupEnd' | 'listJobIds' | 'getJobStats' | 'abortJob'
->;
-
-/**
- * Lifecycle hooks for the modules that keep per-domain state. All run with the
- * domain's lock held: do not call withDomainLock or the driver's mutating
- * Driver methods from them (deadlock); monitor(), diskNodes(), saveStatus(),
- * emit() are fine. A hook that throws is reported as a warning and does not
- * stop the others.
- */
-export interface DomainHooks {
-  /** a definition was loaded at open() or newly defined: attach per-domain stores (dom.checkpoints ...) */
-  onLoaded?(dom: DomainObject): Promise<void> | void;
-  /** QEMU started and the monitor is connected */
-  onStarted?(dom: DomainObject): Promise<void> | void;
-  /** open() found this domain's QEMU alive and reconnected (dom.run.qmp may be null if the monitor failed) */
-  onReconnected?(dom: DomainObject): Promise<void> | void;
-  /** QEMU is gone (destroyed, shut down, crashed); run files are still there, the status file too */
-  onStopped?(dom: DomainObject, reason: number): Promise<void> | void;
-  /** the domain is removed from the driver (undefined while inactive, or a transient domain stopped) */
-  onRemoved?(dom: DomainObject): Promise<void> | void;
-}
 
 export interface QemuDriverOptions {
   /** definitions and status files; default see resolveDirs (env VIRTBACK_STATE_DIR) */
@@ -125,9 +81,17 @@ export interface QemuDriverOptions {
   backupTlsX509Verify?: boolean;
   /** bandwidth limit of every push backup disk job, bytes/s (default: none); QMP block-job-set-speed changes it per job */
   backupSpeedLimit?: number;
+  /**
+   * Work after a push completed and its targets are closed (virtbackd writes
+   * manifests here); runs in one background queue, backupEnd waits for it.
+   * `liveSources` are the domain's own disk paths (a backing file among them is no backup).
+   */
+  afterPushComplete?: (info: PushCompleteInfo, liveSources: ReadonlySet<string>) => Promise<void>;
+  /** structured log (default: silent) */
+  log?: Logger;
   /** construct the checkpoint / backup modules (tests inject fakes here) */
-  checkpoints?: (driver: QemuDriver) => CheckpointOps;
-  backups?: (driver: QemuDriver) => BackupOps;
+  checkpoints?: (host: DomainHost) => CheckpointOps & CheckpointAccess;
+  backups?: (host: DomainHost, checkpoints: CheckpointAccess) => BackupOps;
 }
 
 /** sun_path is 108 bytes including the terminating NUL */
@@ -145,14 +109,13 @@ function warn(msg: string, e?: unknown): void {
   process.emitWarning(`virtback qemu driver: ${msg}${e === undefined ? '' : `: ${e instanceof Error ? e.message : String(e)}`}`);
 }
 
-export class QemuDriver implements Driver {
+export class QemuDriver implements Driver, DomainHost {
   readonly uri: string;
   readonly paths: StatePaths;
   readonly binary: string;
-  /** Set by the checkpoint module: `this.checkpointsImpl = new QemuCheckpoints(this)` (see open()). */
-  checkpointsImpl: CheckpointOps | null = null;
-  /** Set by the backup module: `this.backupsImpl = new QemuBackups(this)` (see open()). */
-  backupsImpl: BackupOps | null = null;
+  readonly log: Logger;
+  private checkpointsImpl: CheckpointOps | null = null;
+  private backupsImpl: BackupOps | null = null;
 
   private readonly byUuid = new Map<string, DomainObject>();
   private readonly byName = new Map<string, DomainObject>();
@@ -172,6 +135,7 @@ export class QemuDriver implements Driver {
     this.uri = opts.uri ?? 'qemu:///embed';
     this.qmpTimeoutMs = opts.qmpTimeoutMs ?? 30_000;
     this.startTimeoutMs = opts.startTimeoutMs ?? 60_000;
+    this.log = opts.log ?? silentLogger;
     if (opts.listener) this.listeners.add(opts.listener);
   }
 
@@ -180,17 +144,15 @@ export class QemuDriver implements Driver {
     const d = new QemuDriver(opts);
     // The extension modules are created first so their hooks see the load and reconnect.
     // Their constructors call d.addHooks(...) to attach dom.checkpoints / dom.backupJobs in onLoaded.
-    d.checkpointsImpl = (opts.checkpoints ?? ((x) => new QemuCheckpoints(x)))(d);
-    d.backupsImpl = (opts.backups ?? ((x) => new QemuBackups(x, {
+    const checkpoints = (opts.checkpoints ?? ((host) => new QemuCheckpoints(host)))(d);
+    d.checkpointsImpl = checkpoints;
+    const afterPush = opts.afterPushComplete;
+    d.backupsImpl = (opts.backups ?? ((host, cps) => new QemuBackups(host, cps, {
       tlsX509CertDir: opts.backupTlsX509CertDir ?? null,
       tlsX509Verify: opts.backupTlsX509Verify ?? true,
       ...(opts.backupSpeedLimit ? { speed: opts.backupSpeedLimit } : {}),
-      afterPushComplete: (info) => {
-        const dom = x.getDomain(info.uuid);
-        const sources = [...dom.def.disks, ...(dom.liveDef?.disks ?? [])].map((k) => k.source).filter((p): p is string => p !== null);
-        return writePushManifests(info, new Set(sources));
-      },
-    })))(d);
+      ...(afterPush ? { afterPushComplete: (info: PushCompleteInfo) => afterPush(info, d.liveSources(info.uuid)) } : {}),
+    })))(d, checkpoints);
     await d.paths.ensure();
     await d.loadDefinitions();
     await d.reconnectAll();
@@ -198,6 +160,17 @@ export class QemuDriver implements Driver {
   }
 
   // ------------------------------------------------------------ for other modules
+
+  /** Events the backup module published while open() recovered jobs (drained). */
+  recoveredEvents(): DriverEvent[] {
+    return this.backupsImpl?.recoveredEvents() ?? [];
+  }
+
+  /** Every disk path of the domain, persistent and live definition. */
+  private liveSources(uuid: string): ReadonlySet<string> {
+    const dom = this.getDomain(uuid);
+    return new Set([...dom.def.disks, ...(dom.liveDef?.disks ?? [])].map((k) => k.source).filter((p): p is string => p !== null));
+  }
 
   /** Register lifecycle hooks; returns the function that removes them. */
   addHooks(h: DomainHooks): () => void {

@@ -330,7 +330,8 @@ export function isProcName(name: string): name is ProcName {
 // Compile-time proof that the table and the Driver interface agree: every
 // Driver method has a procedure whose argument and result types are the
 // method's, and no procedure names a method that does not exist.
-type MethodNames = Exclude<keyof Driver, 'uri' | 'close' | 'subscribe'>;
+// recoveredEvents is a local driver's capability, used by the daemon that hosts it, never called over the wire
+type MethodNames = Exclude<keyof Driver, 'uri' | 'close' | 'subscribe' | 'recoveredEvents'>;
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 type ResultOf<P extends DriverProcName> = ProcResult<P> extends undefined ? void : ProcResult<P>;
 type Agreement = {

@@ -26,6 +26,7 @@ import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import type { DriverEvent } from '../../src/api/driver.js';
 import { MonitorCommandFlags } from '../../src/flags.js';
+import { writePushManifests } from '../../src/repository/push-manifests.js';
 import { QemuDriver, type QemuDriverOptions } from '../../src/qemu/driver.js';
 
 const run = promisify(execFile);
@@ -142,6 +143,7 @@ export async function makeTestEnv(t?: TestContext): Promise<TestEnv> {
       const d = await QemuDriver.open({
         stateDir,
         runDir,
+        afterPushComplete: writePushManifests, // as virtbackd assembles it
         ...opts,
         listener: (ev) => {
           events.push(ev);

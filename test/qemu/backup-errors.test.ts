@@ -15,7 +15,7 @@ import { MiB, qemuState, qmp, run, waitJobCompleted } from './backup-util.js';
 test('backup errors: codes, and nothing left behind after each failure', async (t) => {
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 64 });
-  const driver = await env.openDriver({ backups: (d) => new QemuBackups(d, { speed: MiB }) });
+  const driver = await env.openDriver({ backups: (d, cps) => new QemuBackups(d, cps, { speed: MiB }) });
   const { uuid } = await driver.domainDefineXML(dom.xml, 0);
 
   await assert.rejects(driver.backupBegin(uuid, null, null, 0), {

@@ -10,13 +10,14 @@ import { promisify } from 'node:util';
 import type { BlockJobEvent } from '../../src/api/driver.js';
 import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, DomainState, JobStatsFlags, JobType } from '../../src/flags.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
+import type { CheckpointAccess, DomainHost } from '../../src/qemu/host.js';
 import { processAlive } from '../../src/qemu/process.js';
 import { QmpClient } from '../../src/qemu/qmp/client.js';
 import { exists, makeTestDomain, makeTestEnv, sleep, waitFor } from '../helpers/qemu-env.js';
 import { assertSameContent, DiskModel, MiB, qemuState, qmp, run, waitJobCompleted, write } from './backup-util.js';
 
 const SIZE = 64 * MiB;
-const slow = (speed = MiB / 4) => ({ backups: (d: never) => new QemuBackups(d, { speed }) });
+const slow = (speed = MiB / 4) => ({ backups: (d: DomainHost, cps: CheckpointAccess) => new QemuBackups(d, cps, { speed }) });
 
 async function started(env: Awaited<ReturnType<typeof makeTestEnv>>, driverOpts = slow()) {
   const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 64 });
@@ -120,7 +121,7 @@ test('driver restart mid-push: reconciled and completed; also when it finished w
   await waitFor(async () => (await raw.execute('query-jobs')).every((j) => j.status === 'concluded'), 'job concluded');
   await raw.close();
   let backups: QemuBackups | null = null;
-  const third = await env.openDriver({ backups: (d) => (backups = new QemuBackups(d)) });
+  const third = await env.openDriver({ backups: (d, cps) => (backups = new QemuBackups(d, cps)) });
   const ev2 = await waitJobCompleted(env.events, uuid, id2);
   assert.equal(ev2.stats.success, true);
   const replay = backups!.recoveredEvents();
@@ -165,7 +166,7 @@ test('QEMU killed while no driver ran: open() ends the job failed, deletes the t
   process.kill(pid, 'SIGKILL');
   await waitFor(async () => !(await processAlive(pid)), 'QEMU gone');
   let backups: QemuBackups | null = null;
-  const second = await env.openDriver({ backups: (d) => (backups = new QemuBackups(d)) });
+  const second = await env.openDriver({ backups: (d, cps) => (backups = new QemuBackups(d, cps)) });
   const replay = backups!.recoveredEvents();
   const ev = replay.find((e) => e.type === 'job-completed' && e.jobId === id);
   assert.ok(ev && ev.type === 'job-completed', 'job-completed kept for replay');

@@ -13,7 +13,7 @@ test('manifests of a push survive a driver stop: the next open writes them', asy
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16 });
   // a manifest writer that never finishes: the driver goes away with the manifest still queued
-  const d1 = await env.openDriver({ backups: (x) => new QemuBackups(x, { afterPushComplete: () => new Promise<void>(() => {}) }) });
+  const d1 = await env.openDriver({ backups: (x, cps) => new QemuBackups(x, cps, { afterPushComplete: () => new Promise<void>(() => {}) }) });
   await d1.domainDefineXML(dom.xml, 0);
   await d1.domainCreate(dom.uuid, 0);
   await hmpWrite(d1, dom.uuid, 'sda', 0x5a, 0, 1 << 20);

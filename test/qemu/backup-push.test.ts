@@ -30,7 +30,7 @@ test('push full + c1, incremental c1 + c2, differential from c1: restored chains
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 64 });
   // every disk job starts throttled so the hammering lands while it copies; lifted after 400 ms
-  const driver = await env.openDriver({ backups: (d) => new QemuBackups(d, { speed: 4 * MiB }) });
+  const driver = await env.openDriver({ backups: (d, cps) => new QemuBackups(d, cps, { speed: 4 * MiB }) });
   const { uuid } = await driver.domainDefineXML(dom.xml, 0);
   await driver.domainCreate(uuid, 0);
   const models = dom.disks.map((d) => new DiskModel(d.target, SIZE));

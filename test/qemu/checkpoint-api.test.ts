@@ -17,7 +17,8 @@ import {
 } from '../../src/flags.js';
 import type { QemuDriver } from '../../src/qemu/driver.js';
 import { connectLocal } from '../../src/api/connect.js';
-import { hmpWrite, makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
+import { QemuCheckpoints } from '../../src/qemu/checkpoints.js';
+import { hmpWrite, makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -50,10 +51,10 @@ function sizes(xml: string): Record<string, number> {
   return out;
 }
 
-async function setup(t: import('node:test').TestContext, disks = 2) {
+async function setup(t: import('node:test').TestContext, disks = 2, opts: Parameters<TestEnv['openDriver']>[0] = {}) {
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { disks, sizeMiB: 64 });
-  const driver = await env.openDriver();
+  const driver = await env.openDriver(opts);
   const { uuid } = await driver.domainDefineXML(dom.xml, 0);
   await driver.domainCreate(uuid, 0);
   return { env, dom, driver, uuid };
@@ -243,7 +244,8 @@ test('read-only connections may list and look but never create or delete checkpo
 });
 
 test('QEMU killed: old checkpoints become inconsistent, are refused as a base, and can be deleted', async (t) => {
-  const { env, dom, driver, uuid } = await setup(t, 1);
+  let cps = null as QemuCheckpoints | null;
+  const { env, dom, driver, uuid } = await setup(t, 1, { checkpoints: (host) => (cps = new QemuCheckpoints(host)) });
   await driver.checkpointCreateXML(uuid, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0);
   await driver.domainDestroy(uuid, 0); // clean stop: c1 stored in the image
   await driver.domainCreate(uuid, 0);
@@ -259,7 +261,7 @@ test('QEMU killed: old checkpoints become inconsistent, are refused as a base, a
   const x2 = await driver.checkpointGetXMLDesc(uuid, 'c2', X.NO_DOMAIN);
   assert.match(x1, /<inconsistent reason='disk sda, bitmap c1: bitmap inconsistent \(not stored cleanly/);
   assert.match(x2, /<inconsistent reason='disk sda, bitmap c2: bitmap missing'/);
-  const cps = driver.checkpointsImpl as unknown as { ensureUsable(d: unknown, n: string, disk: string): Promise<unknown> };
+  assert.ok(cps);
   await assert.rejects(cps.ensureUsable(driver.getDomain(uuid), 'c1', 'sda'), code(109, /missing or broken bitmap 'c1' for disk 'sda'/));
   await assert.rejects(cps.ensureUsable(driver.getDomain(uuid), 'c2', 'sda'), code(109, /missing or broken bitmap 'c2' for disk 'sda'/));
   // SIZE gives no size for broken disks

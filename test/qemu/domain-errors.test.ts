@@ -9,7 +9,7 @@ import test from 'node:test';
 import { promisify } from 'node:util';
 import { ErrorCode, isVirError, VirError } from '../../src/errors.js';
 import { DomainState, ListDomainsFlags, ShutoffReason, UndefineFlags } from '../../src/flags.js';
-import type { CheckpointOps, BackupOps } from '../../src/qemu/driver.js';
+import type { CheckpointAccess, CheckpointOps, BackupOps } from '../../src/qemu/host.js';
 import type { DomainObject } from '../../src/qemu/domain-object.js';
 import { makeTestDomain, makeTestEnv, qemuProcessesFor } from '../helpers/qemu-env.js';
 
@@ -175,7 +175,7 @@ test('extension points: delegates, per-domain stores, hooks, list filters, undef
   const jobs = new Set<string>([b.uuid]);
   const hookLog: string[] = [];
   const discarded: string[] = [];
-  const checkpoints: CheckpointOps = {
+  const checkpoints: CheckpointOps & CheckpointAccess = {
     checkpointCreateXML: async (uuid) => `created-for-${uuid}`,
     checkpointGetXMLDesc: async () => '',
     listAllCheckpoints: async () => [],
@@ -184,6 +184,9 @@ test('extension points: delegates, per-domain stores, hooks, list filters, undef
     checkpointGetParent: async () => '',
     checkpointDelete: async () => {},
     listUnknownBitmaps: async () => [],
+    prepare: () => { throw new Error('not used'); },
+    ensureUsable: () => { throw new Error('not used'); },
+    quiesced: () => { throw new Error('not used'); },
     discardAllMetadata: async (dom: DomainObject) => {
       discarded.push(dom.name);
       counts.set(dom.uuid, 0);
