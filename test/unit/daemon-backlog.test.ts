@@ -32,9 +32,9 @@ test('EventBacklog keeps events in order, drops expired ones and the oldest beyo
   assert.equal(b.size, 0);
 });
 
-test('drainRecoveredEvents takes the QEMU backup module\'s list, and nothing from other drivers', async () => {
+test('drainRecoveredEvents drains the driver\'s recoveredEvents capability, and nothing from drivers without it', async () => {
   const list: DriverEvent[] = [done(7)];
-  const driver = Object.assign(await TestDriver.open(), { backupsImpl: { recoveredEvents: () => list.splice(0) } });
+  const driver = Object.assign(await TestDriver.open(), { recoveredEvents: () => list.splice(0) });
   assert.deepEqual(drainRecoveredEvents(driver), [done(7)]);
   assert.deepEqual(drainRecoveredEvents(driver), [], 'drained');
   assert.deepEqual(drainRecoveredEvents(await TestDriver.open()), []);
@@ -57,7 +57,7 @@ test('the daemon replays recovered events once to each client subscribing later;
     stateDir: path.join(dir, 'state'),
     runDir: path.join(dir, 'run'),
     logger: new Logger('error', null),
-    openDriver: async () => (driver = Object.assign(await TestDriver.open(), { backupsImpl: { recoveredEvents: () => recovered.splice(0) } })),
+    openDriver: async () => (driver = Object.assign(await TestDriver.open(), { recoveredEvents: () => recovered.splice(0) })),
   });
   t.after(() => daemon.stop());
   assert.equal(daemon.backlog.size, 2);
@@ -102,7 +102,7 @@ test('the backlog expires', async (t) => {
     runDir: path.join(dir, 'run'),
     logger: new Logger('error', null),
     backlog: { ttlMs: 50 },
-    openDriver: async () => Object.assign(await TestDriver.open(), { backupsImpl: { recoveredEvents: () => [done(9)] } }),
+    openDriver: async () => Object.assign(await TestDriver.open(), { recoveredEvents: () => [done(9)] }),
   });
   t.after(() => daemon.stop());
   await settle(120);
