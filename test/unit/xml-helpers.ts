@@ -15,8 +15,8 @@ export const OUR_SCHEMAS = path.join(REPO_ROOT, 'schemas');
 export const LIBVIRT_SCHEMAS = '/usr/share/libvirt/schemas';
 
 /** Path of one of libvirt's installed schemas; fails with the fix when libvirt0 is missing. */
-export function libvirtSchema(file: 'domainbackup.rng' | 'domaincheckpoint.rng'): string {
-  const p = path.join(LIBVIRT_SCHEMAS, file);
+export function libvirtSchema(file: 'domainbackup.rng' | 'domaincheckpoint.rng', dir = LIBVIRT_SCHEMAS): string {
+  const p = path.join(dir, file);
   if (!fs.existsSync(p)) {
     throw new Error(
       `libvirt's schema ${p} is missing: install the Debian package libvirt0 ` +
