@@ -25,7 +25,7 @@ import { LIBVIRT_SCHEMAS, OUR_SCHEMAS, REPO_ROOT, allFixtures, fixturePath, libv
 
 type NewerFeature = 'fd' | 'plain-push-disk';
 
-/** Alternatives newer libvirt added to domainbackup.rng, each with the test telling whether a schema has it. */
+/** Alternatives newer libvirt added to domainbackup.rng: a pattern telling whether a schema has one, and how to add it. */
 const NEWER_ALTERNATIVES: Record<NewerFeature, { has: RegExp; add: (rng: string) => string }> = {
   // inside <element name="server">, next to the unix alternative
   fd: {
