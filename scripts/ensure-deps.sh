@@ -4,8 +4,13 @@
 # Sourced by scripts/test.sh and scripts/demo.sh.
 set -euo pipefail
 
-# openssl and procps are used by tests only (test PKI, process checks); Debian images usually have them
-VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils openssl procps)
+# Used by the tests only: libvirt0 for libvirt's RelaxNG schemas in
+# /usr/share/libvirt/schemas (the XML conformance oracle; virtback itself ships
+# its own schemas), openssl and procps (test PKI, process checks; Debian images
+# usually have them). scripts/build-tiny-guest.sh, which builds the tests' guest,
+# adds nothing here: it fetches the guest's packages (kernel, busybox-static,
+# qemu-guest-agent, e2fsprogs) with apt-get download and installs none of them.
+VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps)
 
 virtback_missing_packages() {
   local pkg missing=()

@@ -1,6 +1,7 @@
-// The tiny real Linux guest from ../shared/guest (kernel + initramfs with qemu-ga),
-// built once per machine into a cache folder and reused by every test that
-// needs a real guest: QUIESCE, fsFreeze/fsThaw, data written by a file system.
+// The tiny real Linux guest (kernel + initramfs with qemu-ga) that
+// scripts/build-tiny-guest.sh builds, once per machine into a cache folder,
+// reused by every test that needs a real guest: QUIESCE, fsFreeze/fsThaw,
+// data written by a file system. docs/tiny-guest.md describes the guest.
 
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -12,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 const run = promisify(execFile);
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const buildScript = path.resolve(repoRoot, '..', 'shared', 'guest', 'build-tiny-guest.sh');
+const buildScript = path.join(repoRoot, 'scripts', 'build-tiny-guest.sh');
 const cacheDir = process.env.VIRTBACK_TINY_GUEST_DIR ?? '/var/tmp/virtback-tiny-guest';
 
 export interface TinyGuest {

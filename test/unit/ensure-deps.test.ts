@@ -1,4 +1,4 @@
-// The Quick-start scripts as a normal user with a Debian package missing:
+// The Quick-start scripts as a normal user with Debian packages missing:
 // they print the exact apt-get line to run as root and stop with status 1.
 
 import { test } from 'node:test';
@@ -14,23 +14,41 @@ const run = promisify(execFile);
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const isRoot = process.getuid?.() === 0;
 
-test('non-root with qemu-utils and libnbd-bin missing: the apt-get line, exit 1, nothing installed', async (t) => {
+/** Every package scripts/ensure-deps.sh installs, in its order. */
+const ALL = 'qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps';
+
+/** ensure-deps.sh as a normal user, with a dpkg-query that reports `missing` as not installed and every other package as installed. */
+async function ensureDepsWithMissing(t: { after(fn: () => Promise<void>): void }, missing: string[]) {
   const bin = await mkdtemp(path.join(os.tmpdir(), 'vb-deps-'));
   t.after(() => rm(bin, { recursive: true, force: true }));
   await chmod(bin, 0o755);
-  // a dpkg-query that reports two packages as not installed and every other one as installed
   await writeFile(path.join(bin, 'dpkg-query'),
-    '#!/bin/sh\nfor p; do :; done\ncase "$p" in qemu-utils|libnbd-bin) exit 1;; esac\nprintf "install ok installed"\n', { mode: 0o755 });
+    `#!/bin/sh\nfor p; do :; done\ncase "$p" in ${missing.join('|')}) exit 1;; esac\nprintf "install ok installed"\n`, { mode: 0o755 });
   const cmd = ['env', `PATH=${bin}:${process.env.PATH ?? ''}`, 'bash', path.join(repo, 'scripts', 'ensure-deps.sh')];
   const argv = isRoot ? ['runuser', '-u', 'nobody', '--', ...cmd] : cmd;
-  const r = await run(argv[0]!, argv.slice(1), { cwd: os.tmpdir() }).then(
+  return run(argv[0]!, argv.slice(1), { cwd: os.tmpdir() }).then(
     (ok) => ({ code: 0, ...ok }),
     (e: { code: number; stdout: string; stderr: string }) => e,
   );
+}
+
+function expectedStderr(missing: string): string {
+  return `virtback needs these Debian packages, which are not installed: ${missing}\n` +
+    'Install them as root, then run this command again:\n' +
+    `  sudo apt-get update && sudo apt-get install -y ${missing}\n`;
+}
+
+test('non-root with qemu-utils, libnbd-bin and libvirt0 missing: the apt-get line, exit 1, nothing installed', async (t) => {
+  const r = await ensureDepsWithMissing(t, ['libvirt0', 'qemu-utils', 'libnbd-bin']);
   assert.equal(r.code, 1, r.stderr);
   assert.equal(r.stdout, '');
-  assert.equal(r.stderr,
-    'virtback needs these Debian packages, which are not installed: qemu-utils libnbd-bin\n' +
-    'Install them as root, then run this command again:\n' +
-    '  sudo apt-get update && sudo apt-get install -y qemu-utils libnbd-bin\n');
+  // in the script's order, not the order they were found missing in
+  assert.equal(r.stderr, expectedStderr('qemu-utils libnbd-bin libvirt0'));
+});
+
+test('non-root on a bare machine: the apt-get line names every package the scripts need', async (t) => {
+  const r = await ensureDepsWithMissing(t, ALL.split(' '));
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.stdout, '');
+  assert.equal(r.stderr, expectedStderr(ALL));
 });

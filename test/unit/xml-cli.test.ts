@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { main } from '../../src/cli/virtback.js';
-import { CONFORMANCE, REPO_ROOT } from './xml-helpers.js';
+import { REPO_ROOT, fixturePath } from './xml-helpers.js';
 
 const TSX = path.join(REPO_ROOT, 'node_modules', '.bin', 'tsx');
 const CLI = path.join(REPO_ROOT, 'src', 'cli', 'virtback.ts');
@@ -46,22 +46,22 @@ after(() => {
 });
 
 test('process: valid -> exit 0, silent; invalid -> exit 1 with error:; bad usage -> exit 2', () => {
-  const ok = run('xml-validate', path.join(CONFORMANCE, 'backup-xml/in/backup-pull.xml'));
+  const ok = run('xml-validate', fixturePath('backup/in/pull-tcp.xml'));
   assert.deepEqual(ok, { code: 0, stdout: '', stderr: '' });
 
-  const bad = run('xml-validate', path.join(CONFORMANCE, 'checkpoint-xml/in/name-invalid.xml'));
+  const bad = run('xml-validate', fixturePath('checkpoint/in/path-name-invalid.xml'));
   assert.equal(bad.code, 1);
   assert.equal(bad.stdout, '');
   assert.match(bad.stderr, /^error: XML document failed to validate against schema: Unable to validate doc against domaincheckpoint\.rng: .*name/);
 
-  const usage = run('xml-validate', path.join(CONFORMANCE, 'backup-xml/in/empty.xml'), 'snapshot');
+  const usage = run('xml-validate', fixturePath('backup/in/bare.xml'), 'snapshot');
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /invalid for argument 'type'/);
 });
 
 test('in process: type guessed from the root element, or given', async () => {
-  for (const f of ['backup-xml/out/backup-push.xml', 'checkpoint-xml/out/redefine.xml', 'checkpoint-xml/in/empty.xml']) {
-    assert.deepEqual(await runInProcess('xml-validate', path.join(CONFORMANCE, f)), { code: 0, stderr: '' }, f);
+  for (const f of ['backup/out/push-targets.xml', 'checkpoint/out/redefined-with-domain.xml', 'checkpoint/in/bare.xml']) {
+    assert.deepEqual(await runInProcess('xml-validate', fixturePath(f)), { code: 0, stderr: '' }, f);
   }
   const dom = path.join(tmp, 'dom.xml');
   fs.writeFileSync(dom, "<domain type='qemu'><name>x</name><memory>1024</memory></domain>");

@@ -118,8 +118,8 @@ test('format: libvirt order and defaults; secrets only with secure; round trip i
   assert.equal(formatDomainXML(parseDomainXML(out)), out);
 });
 
-test('the domain embedded in redefine.xml keeps every element in libvirt order', () => {
-  const fixture = readFixture('checkpoint-xml/out/redefine.xml');
+test('the domain embedded in redefined-with-domain.xml keeps every element in libvirt order', () => {
+  const fixture = readFixture('checkpoint/out/redefined-with-domain.xml');
   const domainXml = fixture.slice(fixture.indexOf('  <domain '), fixture.indexOf('</domain>') + '</domain>\n'.length).replace(/^ {2}/gm, '');
   // ide disks are not something virtback runs
   code(() => parseDomainXML(domainXml), ErrorCode.CONFIG_UNSUPPORTED, /bus 'ide' for disk 'hda'/);

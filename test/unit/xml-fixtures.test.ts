@@ -1,6 +1,8 @@
-// libvirt's own round-trip fixtures (shared/libvirt-conformance), run through
-// our parse -> align -> format with the harness libvirt's tests use
-// (tests/genericxml2xmltest.c, tests/qemudomaincheckpointxml2xmltest.c).
+// Our round-trip fixtures (test/fixtures/xml, one per case libvirt's own
+// xml2xml tests cover), run through parse -> align -> format with a harness of
+// the same shape as libvirt's (tests/genericxml2xmltest.c,
+// tests/qemudomaincheckpointxml2xmltest.c): mocked creation time, fixed
+// parent, one qcow2 disk per named disk plus one extra.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +12,7 @@ import { ErrorCode, VirError } from '../../src/errors.js';
 import { alignBackupDisks, formatBackupXML, parseBackupXML } from '../../src/xml/backup.js';
 import { alignCheckpointDisks, formatCheckpointXML, parseCheckpointXML } from '../../src/xml/checkpoint.js';
 import { domainDiskRefs } from '../../src/xml/domain.js';
-import { CONFORMANCE, fixtureNames, harnessDomain, readFixture } from './xml-helpers.js';
+import { EXTRA_DISK, FIXTURES, TARGET_SUFFIX, fixtureNames, harnessDomain, readFixture } from './xml-helpers.js';
 
 
 function expectVirError(fn: () => unknown, code: number, re?: RegExp): VirError {
@@ -25,30 +27,33 @@ function expectVirError(fn: () => unknown, code: number, re?: RegExp): VirError 
   assert.fail('expected an error');
 }
 
-const backupNames = fixtureNames('backup-xml/in');
+const backupNames = fixtureNames('backup/in');
+// parsed as libvirt's status XML (state='...', <privateData>), which the public parser refuses
+const STATUS = 'pull-status-invalid';
 
 test('backup fixtures: in -> parse -> align -> format == out (byte for byte)', () => {
   assert.equal(backupNames.length, 10);
+  assert.deepEqual(fixtureNames('backup/out'), backupNames);
   for (const name of backupNames) {
-    const internal = name === 'backup-pull-internal-invalid';
-    const def = parseBackupXML(readFixture(`backup-xml/in/${name}.xml`), { internal });
-    alignBackupDisks(def, harnessDomain(def.disks.map((d) => d.name)), 'SUFFIX');
-    assert.equal(formatBackupXML(def, { internal }), readFixture(`backup-xml/out/${name}.xml`), name);
+    const internal = name === STATUS;
+    const def = parseBackupXML(readFixture(`backup/in/${name}.xml`), { internal });
+    alignBackupDisks(def, harnessDomain(def.disks.map((d) => d.name)), TARGET_SUFFIX);
+    assert.equal(formatBackupXML(def, { internal }), readFixture(`backup/out/${name}.xml`), name);
   }
 });
 
 test('backup fixtures: out -> parse -> format == out', () => {
-  for (const name of fixtureNames('backup-xml/out')) {
-    const internal = name === 'backup-pull-internal-invalid';
-    const out = readFixture(`backup-xml/out/${name}.xml`);
+  for (const name of fixtureNames('backup/out')) {
+    const internal = name === STATUS;
+    const out = readFixture(`backup/out/${name}.xml`);
     assert.equal(formatBackupXML(parseBackupXML(out, { internal }), { internal }), out, name);
   }
 });
 
-test('backup fixtures: the internal one is rejected by the public parser with XML_INVALID_SCHEMA', () => {
+test('backup fixtures: the status one is rejected by the public parser with XML_INVALID_SCHEMA', () => {
   for (const dir of ['in', 'out']) {
     const e = expectVirError(
-      () => parseBackupXML(readFixture(`backup-xml/${dir}/backup-pull-internal-invalid.xml`)),
+      () => parseBackupXML(readFixture(`backup/${dir}/${STATUS}.xml`)),
       ErrorCode.XML_INVALID_SCHEMA,
     );
     assert.match(e.message, /domainbackup\.rng/);
@@ -56,30 +61,57 @@ test('backup fixtures: the internal one is rejected by the public parser with XM
 });
 
 test('backup fixtures: aligned defs carry the resolved values', () => {
-  const def = parseBackupXML(readFixture('backup-xml/in/backup-pull.xml'));
-  alignBackupDisks(def, harnessDomain(def.disks.map((d) => d.name)), 'SUFFIX');
+  const def = parseBackupXML(readFixture('backup/in/pull-tcp.xml'));
+  alignBackupDisks(def, harnessDomain(def.disks.map((d) => d.name)), TARGET_SUFFIX);
   assert.equal(def.mode, 'pull');
-  assert.deepEqual(def.server, { transport: 'tcp', name: 'localhost', port: 10809, socket: null, fdgroup: null, tls: null });
+  // transport left out of the input: tcp
+  assert.deepEqual(def.server, { transport: 'tcp', name: 'backup-host.example', port: 10810, socket: null, fdgroup: null, tls: null });
   const byName = new Map(def.disks.map((d) => [d.name, d]));
-  assert.equal(byName.get('vde')?.incremental, 'blah');
-  assert.equal(byName.get('vdc')?.backupmode, 'full');
-  assert.equal(byName.get('vdc')?.incremental, null);
-  assert.equal(byName.get('hda')?.backup, false);
-  assert.equal(byName.get('vdextradisk')?.backup, false);
+  assert.equal(byName.get('vdc')?.incremental, 'daily-0412', 'backupmode=incremental alone takes the backup-wide checkpoint');
+  assert.equal(byName.get('vdd')?.incremental, 'weekly-2');
+  assert.equal(byName.get('vde')?.backupmode, 'incremental', 'incremental= alone implies backupmode=incremental');
+  assert.equal(byName.get('vdb')?.backupmode, 'full');
+  assert.equal(byName.get('vdb')?.incremental, null);
+  assert.equal(byName.get('sda')?.backup, false);
+  assert.equal(byName.get(EXTRA_DISK)?.backup, false, 'a disk the input does not list is left out');
 
-  const fd = parseBackupXML(readFixture('backup-xml/in/backup-pull-fd.xml'));
-  assert.deepEqual(fd.server, { transport: 'fd', name: null, port: null, socket: null, fdgroup: 'nbdfd', tls: null });
+  const unix = parseBackupXML(readFixture('backup/in/pull-unix-socket.xml'));
+  assert.deepEqual(unix.server, { transport: 'unix', name: null, port: null, socket: '/run/vb/export.sock', fdgroup: null, tls: null });
 
-  const enc = parseBackupXML(readFixture('backup-xml/in/backup-pull-encrypted.xml'));
+  const fd = parseBackupXML(readFixture('backup/in/pull-fd-group.xml'));
+  assert.deepEqual(fd.server, { transport: 'fd', name: null, port: null, socket: null, fdgroup: 'exportfds', tls: null });
+
+  const enc = parseBackupXML(readFixture('backup/in/pull-tls-luks.xml'));
   assert.equal(enc.server?.tls, true);
+  assert.equal(enc.disks[0]?.exportname, 'system');
+  assert.equal(enc.disks[0]?.exportbitmap, 'vb-delta');
   assert.equal(enc.disks[2]?.type, 'block');
-  assert.equal(enc.disks[2]?.path, '/dev/block');
+  assert.equal(enc.disks[2]?.path, '/dev/vg0/vb-scratch');
   assert.equal(enc.disks[2]?.storeExtra[0]?.name, 'encryption');
 
-  const internal = parseBackupXML(readFixture('backup-xml/in/backup-pull-internal-invalid.xml'), { internal: true });
-  assert.deepEqual(internal.disks.map((d) => d.state), ['running', 'complete', 'running']);
-  assert.equal(internal.tlsAlias, 'test-tlsobj');
-  assert.equal(internal.tlsSecretAlias, 'test-tlskey');
+  const push = parseBackupXML(readFixture('backup/in/push-targets.xml'));
+  alignBackupDisks(push, harnessDomain(push.disks.map((d) => d.name)), TARGET_SUFFIX);
+  assert.deepEqual(
+    push.disks.map((d) => [d.name, d.backup, d.type, d.path]),
+    [
+      ['vda', true, 'file', '/backup/vda.img'],
+      ['vdb', true, 'file', '/vm/vdb.qcow2.bk1'],
+      ['vdc', true, 'file', '/vm/vdc.qcow2.bk1'],
+      ['vdd', true, 'file', '/vm/vdd.qcow2.bk1'],
+      ['sda', false, null, null],
+      [EXTRA_DISK, false, null, null],
+    ],
+  );
+
+  const bare = parseBackupXML(readFixture('backup/in/bare.xml'));
+  alignBackupDisks(bare, harnessDomain([]), TARGET_SUFFIX);
+  assert.equal(bare.mode, 'push');
+  assert.deepEqual(bare.disks.map((d) => [d.name, d.backupmode, d.path]), [[EXTRA_DISK, 'full', '/vm/vdx.qcow2.bk1']]);
+
+  const status = parseBackupXML(readFixture(`backup/in/${STATUS}.xml`), { internal: true });
+  assert.deepEqual(status.disks.map((d) => d.state), ['complete', 'running', 'running']);
+  assert.equal(status.tlsAlias, 'vb-tls-creds0');
+  assert.equal(status.tlsSecretAlias, 'vb-tls-secret0');
 });
 
 // --- checkpoints
@@ -91,59 +123,65 @@ interface CheckpointCase {
   size: boolean;
 }
 
-// libvirt's DO_TEST_INOUT list: mocked creation time, hard-coded parent, SIZE flag.
+// Like libvirt's DO_TEST_INOUT list: mocked creation time, fixed parent, the SIZE flag.
+const PARENT = '1733223600';
+const SIZE = 2097152;
 const checkpointCases: CheckpointCase[] = [
-  { name: 'empty', time: 1525889631, parent: false, size: false },
-  { name: 'disk-default', time: 1525889631, parent: true, size: false },
-  { name: 'sample', time: 1525889631, parent: true, size: false },
-  { name: 'size', time: 1553648510, parent: true, size: true },
+  { name: 'bare', time: 1733310000, parent: false, size: false },
+  { name: 'implicit-bitmap', time: 1733310000, parent: true, size: false },
+  { name: 'mixed-disks', time: 1733310000, parent: true, size: false },
+  { name: 'named-sized', time: 1733400000, parent: true, size: true },
 ];
 
 test('checkpoint fixtures: in -> parse -> align -> format == out (byte for byte)', () => {
+  const invalid = ['nameless-disk-invalid', 'path-name-invalid'];
+  assert.deepEqual(fixtureNames('checkpoint/in'), [...checkpointCases.map((c) => c.name), ...invalid].sort());
   for (const c of checkpointCases) {
-    const def = parseCheckpointXML(readFixture(`checkpoint-xml/in/${c.name}.xml`), { redefine: false, now: c.time });
+    const def = parseCheckpointXML(readFixture(`checkpoint/in/${c.name}.xml`), { redefine: false, now: c.time });
     assert.equal(def.parent, null, 'parent is never taken from a new checkpoint');
-    if (c.parent) def.parent = '1525111885';
+    if (c.parent) def.parent = PARENT;
     // libvirt's harness hard-codes vda; we align for real against a domain with
     // the disks named in the input (vda when none), which must give the same.
     const names = def.disks.length > 0 ? def.disks.map((d) => d.name) : ['vda'];
     alignCheckpointDisks(def, harnessDomain(names, false));
-    if (c.size) def.disks[0]!.size = 1048576;
+    if (c.size) def.disks[0]!.size = SIZE;
     const out = formatCheckpointXML(def, { secure: true, noDomain: def.domain === null, size: c.size });
-    assert.equal(out, readFixture(`checkpoint-xml/out/${c.name}.xml`), c.name);
+    assert.equal(out, readFixture(`checkpoint/out/${c.name}.xml`), c.name);
   }
 });
 
 test('checkpoint fixtures: without SIZE the size is not printed', () => {
-  const def = parseCheckpointXML(readFixture('checkpoint-xml/out/size.xml'), { redefine: true });
-  def.disks[0]!.size = 1048576;
+  const def = parseCheckpointXML(readFixture('checkpoint/out/named-sized.xml'), { redefine: true });
+  def.disks[0]!.size = SIZE;
   assert.doesNotMatch(formatCheckpointXML(def), /size=/);
-  assert.match(formatCheckpointXML(def, { size: true }), / size='1048576'/);
+  assert.match(formatCheckpointXML(def, { size: true }), / size='2097152'/);
 });
 
 test('checkpoint fixtures: out -> parse (REDEFINE) -> format == out', () => {
-  for (const name of ['disk-default', 'empty', 'sample', 'size', 'redefine']) {
-    const out = readFixture(`checkpoint-xml/out/${name}.xml`);
+  const valid = fixtureNames('checkpoint/out').filter((n) => !n.endsWith('-invalid'));
+  assert.deepEqual(valid, [...checkpointCases.map((c) => c.name), 'redefined-with-domain'].sort());
+  for (const name of valid) {
+    const out = readFixture(`checkpoint/out/${name}.xml`);
     const def = parseCheckpointXML(out, { redefine: true });
-    if (name === 'size') def.disks[0]!.size = 1048576;
-    assert.equal(formatCheckpointXML(def, { secure: true, size: name === 'size' }), out, name);
+    if (name === 'named-sized') def.disks[0]!.size = SIZE;
+    assert.equal(formatCheckpointXML(def, { secure: true, size: name === 'named-sized' }), out, name);
   }
 });
 
 test('checkpoint fixtures: redefine keeps the embedded domain and aligns against it', () => {
-  const out = readFixture('checkpoint-xml/out/redefine.xml');
+  const out = readFixture('checkpoint/out/redefined-with-domain.xml');
   const def = parseCheckpointXML(out, { redefine: true });
-  assert.equal(def.name, 'c1');
-  assert.equal(def.creationTime, 1553647812);
+  assert.equal(def.name, 'weekly-2');
+  assert.equal(def.creationTime, 1733050800);
   assert.ok(def.domain);
   const refs = domainDiskRefs(def.domain);
   assert.deepEqual(
     refs.map((r) => [r.target, r.source, r.readonly]),
     [
-      ['hda', '/dev/HostVG/QEMUGuest1', false],
-      ['hdc', '/dev/HostVG/QEMUGuest2', true],
-      ['vda', '/tmp/data.img', false],
-      ['vdb', '/tmp/logs.img', false],
+      ['hda', '/dev/vg0/ledger-root', false],
+      ['hdc', '/dev/vg0/ledger-iso', true],
+      ['vda', '/var/lib/ledger/tables.qcow2', false],
+      ['vdb', '/var/lib/ledger/wal.qcow2', false],
     ],
   );
   alignCheckpointDisks(def, { disks: refs });
@@ -155,20 +193,25 @@ test('checkpoint fixtures: redefine keeps the embedded domain and aligns against
 });
 
 test('checkpoint fixtures: the invalid ones are rejected with XML_INVALID_SCHEMA', () => {
-  for (const name of ['disk-invalid', 'name-invalid']) {
-    const xml = readFixture(`checkpoint-xml/in/${name}.xml`);
+  const nameless = readFixture('checkpoint/in/nameless-disk-invalid.xml');
+  const badName = readFixture('checkpoint/in/path-name-invalid.xml');
+  for (const [xml, what] of [[nameless, /disk/], [badName, /name/]] as const) {
     expectVirError(() => parseCheckpointXML(xml, { redefine: false, now: 1 }), ErrorCode.XML_INVALID_SCHEMA, /domaincheckpoint\.rng/);
-    expectVirError(() => parseCheckpointXML(xml, { redefine: true }), ErrorCode.XML_INVALID_SCHEMA);
+    expectVirError(() => parseCheckpointXML(xml, { redefine: true }), ErrorCode.XML_INVALID_SCHEMA, what);
   }
-  for (const name of ['internal-active-invalid', 'internal-inactive-invalid']) {
+  for (const name of ['status-active-invalid', 'status-inactive-invalid']) {
     const e = expectVirError(
-      () => parseCheckpointXML(readFixture(`checkpoint-xml/out/${name}.xml`), { redefine: true }),
+      () => parseCheckpointXML(readFixture(`checkpoint/out/${name}.xml`), { redefine: true }),
       ErrorCode.XML_INVALID_SCHEMA,
     );
     assert.match(e.message, /active/);
   }
 });
 
-test('fixture directory is found relative to the repository', () => {
-  assert.ok(fs.existsSync(path.join(CONFORMANCE, 'README.md')));
+test('the fixtures README describes every fixture', () => {
+  const readme = fs.readFileSync(path.join(FIXTURES, 'README.md'), 'utf8');
+  for (const dir of ['backup', 'checkpoint']) {
+    const names = new Set([...fixtureNames(`${dir}/in`), ...fixtureNames(`${dir}/out`)]);
+    for (const n of names) assert.ok(readme.includes(`\`${n}\``), `${dir}/${n} is not in test/fixtures/xml/README.md`);
+  }
 });

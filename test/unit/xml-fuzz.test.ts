@@ -13,7 +13,7 @@ import { formatDomainXML, parseDomainXML } from '../../src/xml/domain.js';
 import type { DiskDef } from '../../src/xml/domain.js';
 import { formatXml, parseXml } from '../../src/xml/tree.js';
 import type { XmlElement, XmlNode } from '../../src/xml/tree.js';
-import { ATTR_POOL, ELEMENT_POOL, VALUE_POOL, allFixtures, harnessDomain, mutateTree, prng, readFixture } from './xml-helpers.js';
+import { ATTR_POOL, ELEMENT_POOL, EXTRA_DISK, TARGET_SUFFIX, VALUE_POOL, allFixtures, harnessDomain, mutateTree, prng, readFixture } from './xml-helpers.js';
 
 /** Run `fn`; a VirError means "rejected", anything else fails the property. */
 function acceptedOrVirError<T>(fn: () => T): T | null {
@@ -25,9 +25,9 @@ function acceptedOrVirError<T>(fn: () => T): T | null {
   }
 }
 
-/** The fixtures' harness domain for any disk list a mutation produced (duplicates collapse, vdextradisk once). */
+/** The fixtures' harness domain for any disk list a mutation produced (duplicates collapse, EXTRA_DISK once). */
 function fakeDomain(names: readonly string[]): { disks: DiskDef[] } {
-  return harnessDomain([...new Set([...names, 'vdextradisk'])], false);
+  return harnessDomain([...new Set([...names, EXTRA_DISK])], false);
 }
 
 /** Every parser on one input: accept and reach a fixed point, or reject with a VirError. */
@@ -44,7 +44,7 @@ function checkDocument(xml: string): void {
     const out = formatBackupXML(def, { internal });
     assert.equal(formatBackupXML(parseBackupXML(out, { internal }), { internal }), out, `backup fixed point (internal=${internal})`);
     const aligned = acceptedOrVirError(() => {
-      alignBackupDisks(def, fakeDomain(def.disks.map((d) => d.name)), 'SUFFIX');
+      alignBackupDisks(def, fakeDomain(def.disks.map((d) => d.name)), TARGET_SUFFIX);
       return formatBackupXML(def, { internal });
     });
     if (aligned !== null) {

@@ -1,5 +1,6 @@
-// Shared by the xml-*.test.ts files: where libvirt's conformance data lives
-// (read in place, never copied), and small helpers around it.
+// Shared by the xml-*.test.ts files: the project's own fixtures
+// (test/fixtures/xml), the schemas of the installed libvirt (Debian package
+// libvirt0) used as the oracle, and small helpers around them.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -8,28 +9,44 @@ import type { DiskDef } from '../../src/xml/domain.js';
 import type { XmlElement, XmlNode } from '../../src/xml/tree.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** ../shared from the repository root */
-export const CONFORMANCE = path.resolve(REPO_ROOT, '..', 'shared', 'libvirt-conformance');
-export const LIBVIRT_SCHEMAS = path.join(CONFORMANCE, 'schemas');
+export const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'xml');
 export const OUR_SCHEMAS = path.join(REPO_ROOT, 'schemas');
+/** Where Debian's libvirt0 installs libvirt's RelaxNG schemas. */
+export const LIBVIRT_SCHEMAS = '/usr/share/libvirt/schemas';
+
+/** Path of one of libvirt's installed schemas; fails with the fix when libvirt0 is missing. */
+export function libvirtSchema(file: 'domainbackup.rng' | 'domaincheckpoint.rng', dir = LIBVIRT_SCHEMAS): string {
+  const p = path.join(dir, file);
+  if (!fs.existsSync(p)) {
+    throw new Error(
+      `libvirt's schema ${p} is missing: install the Debian package libvirt0 ` +
+        '(apt-get install libvirt0; scripts/ensure-deps.sh does it)',
+    );
+  }
+  return p;
+}
+
+export function fixturePath(rel: string): string {
+  return path.join(FIXTURES, rel);
+}
 
 export function readFixture(rel: string): string {
-  return fs.readFileSync(path.join(CONFORMANCE, rel), 'utf8');
+  return fs.readFileSync(fixturePath(rel), 'utf8');
 }
 
 /** Fixture base names (without .xml) in a folder, sorted. */
 export function fixtureNames(dir: string): string[] {
   return fs
-    .readdirSync(path.join(CONFORMANCE, dir))
+    .readdirSync(fixturePath(dir))
     .filter((f) => f.endsWith('.xml'))
     .map((f) => f.slice(0, -4))
     .sort();
 }
 
-/** Every fixture path, relative to CONFORMANCE. */
+/** Every fixture path, relative to FIXTURES. */
 export function allFixtures(): string[] {
   const out: string[] = [];
-  for (const dir of ['backup-xml/in', 'backup-xml/out', 'checkpoint-xml/in', 'checkpoint-xml/out']) {
+  for (const dir of ['backup/in', 'backup/out', 'checkpoint/in', 'checkpoint/out']) {
     for (const n of fixtureNames(dir)) out.push(`${dir}/${n}.xml`);
   }
   return out;
@@ -49,7 +66,7 @@ export const ATTR_POOL = [
 ];
 export const VALUE_POOL = [
   'yes', 'no', 'push', 'pull', 'default', 'file', 'block', 'network', 'full', 'incremental', 'tcp', 'unix', 'fd', 'rdma',
-  '/abs/path', 'relative/path', 'vda', 'vdb', 'sdz', 'hda', 'vdextradisk', 'qcow2', 'raw', 'vmdk', '10809', '-1', '99999999999',
+  '/abs/path', 'relative/path', 'vda', 'vdb', 'sdz', 'hda', 'vdx', 'qcow2', 'raw', 'vmdk', '10809', '-1', '99999999999',
   '', ' ', '1525889631', '../escape', 'c1', 'bitmap', 'luks', 'passphrase', 'running', 'localhost', '::1', '192.168.1.300',
 ];
 
@@ -139,17 +156,22 @@ export function mutateTree(root: XmlElement, rand: () => number): XmlElement {
   return copy;
 }
 
-/** libvirt's testCompareBackupXML domain: one qcow2 file disk /fake/<name>.qcow2 per named disk, then vdextradisk. */
+/** The harness domain's disk that no fixture names: alignment adds it to every backup. */
+export const EXTRA_DISK = 'vdx';
+/** Suffix alignment appends to a push target it generates (/vm/<name>.qcow2.<suffix>). */
+export const TARGET_SUFFIX = 'bk1';
+
+/** The shape of libvirt's testCompareBackupXML domain: one qcow2 file disk /vm/<name>.qcow2 per named disk, then EXTRA_DISK. */
 export function harnessDomain(names: readonly string[], extraDisk = true): { disks: DiskDef[] } {
   const disk = (target: string): DiskDef => ({
     type: 'file',
     device: 'disk',
     format: 'qcow2',
-    source: `/fake/${target}.qcow2`,
+    source: `/vm/${target}.qcow2`,
     target,
     bus: 'virtio',
     readonly: false,
     extra: [],
   });
-  return { disks: [...names.map(disk), ...(extraDisk ? [disk('vdextradisk')] : [])] };
+  return { disks: [...names.map(disk), ...(extraDisk ? [disk(EXTRA_DISK)] : [])] };
 }

@@ -1,10 +1,13 @@
 // Our RelaxNG schemas against libvirt's: same accept/reject on every fixture
-// and on a few hundred mutations of them (xmllint with libvirt's schemas is
-// the oracle), and everything our formatters print validates with xmllint.
+// and on a few hundred mutations of them (xmllint with the schemas of the
+// installed libvirt, Debian package libvirt0, is the oracle), and everything
+// our formatters print validates with xmllint.
 //
-// libvirt's copied domainbackup.rng predates transport='fd' (libvirt 11.3),
-// which we implement; the oracle is therefore libvirt's schema with the 11.3
-// fd alternative added, in a temporary copy (the shared data is not touched).
+// Debian 12 installs libvirt 9.0, whose domainbackup.rng predates two things
+// we implement: transport='fd' (libvirt 11.3) and a push <disk> with no store
+// attributes. The backup oracle is therefore the installed schema with those
+// alternatives added where missing, written to a temporary file that includes
+// the rest of libvirt's schemas where they are installed.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,26 +21,60 @@ import { formatCheckpointXML, parseCheckpointXML } from '../../src/xml/checkpoin
 import { packageRoot, schemaPath, validateXml } from '../../src/xml/schema.js';
 import type { SchemaName } from '../../src/xml/schema.js';
 import { formatXml, parseXml } from '../../src/xml/tree.js';
-import { LIBVIRT_SCHEMAS, OUR_SCHEMAS, REPO_ROOT, allFixtures, mutateTree, prng, readFixture } from './xml-helpers.js';
+import { LIBVIRT_SCHEMAS, OUR_SCHEMAS, REPO_ROOT, allFixtures, fixturePath, libvirtSchema, mutateTree, prng, readFixture } from './xml-helpers.js';
+
+type NewerFeature = 'fd' | 'plain-push-disk';
+
+/** Alternatives newer libvirt added to domainbackup.rng: a pattern telling whether a schema has one, and how to add it. */
+const NEWER_ALTERNATIVES: Record<NewerFeature, { has: RegExp; add: (rng: string) => string }> = {
+  // inside <element name="server">, next to the unix alternative
+  fd: {
+    has: /<value>fd<\/value>/,
+    add: (rng) =>
+      rng.replace(
+        /(<value>unix<\/value>[\s\S]*?<\/group>)/,
+        '$1<group><attribute name="transport"><value>fd</value></attribute><attribute name="fdgroup"><text/></attribute></group>',
+      ),
+  },
+  // a push <disk> selected with nothing but name= (and optionally backup='yes')
+  'plain-push-disk': {
+    has: /<define name="backupDisksPush">[\s\S]*?<choice>\s*<group>[\s\S]*?<\/group>\s*<group>\s*<ref name="backupAttr"\/>\s*<\/group>/,
+    add: (rng) =>
+      rng.replace(/(<define name="backupDisksPush">[\s\S]*?<choice>\s*<group>[\s\S]*?<\/group>)/, '$1<group><ref name="backupAttr"/></group>'),
+  },
+};
+
+/** Fixtures that use a newer alternative: the installed schema accepts them only if it has it. */
+const NEWER_FIXTURES: Record<string, NewerFeature> = {
+  'backup/in/pull-fd-group.xml': 'fd',
+  'backup/out/pull-fd-group.xml': 'fd',
+  'backup/in/push-targets.xml': 'plain-push-disk',
+};
 
 let tmp = '';
+let installedBackupRng = '';
 let libvirtBackupRng = '';
 let libvirtCheckpointRng = '';
+/** newer alternatives the installed schema lacks (added to the oracle) */
+const added = new Set<NewerFeature>();
 
 before(() => {
+  installedBackupRng = libvirtSchema('domainbackup.rng');
+  libvirtCheckpointRng = libvirtSchema('domaincheckpoint.rng');
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-xml-schema-'));
-  const schemas = path.join(tmp, 'libvirt-schemas');
-  fs.mkdirSync(schemas);
-  for (const f of fs.readdirSync(LIBVIRT_SCHEMAS)) fs.copyFileSync(path.join(LIBVIRT_SCHEMAS, f), path.join(schemas, f));
-  const backup = path.join(schemas, 'domainbackup.rng');
-  const text = fs.readFileSync(backup, 'utf8');
-  const fd =
-    '<group><attribute name="transport"><value>fd</value></attribute><attribute name="fdgroup"><text/></attribute></group>';
-  const patched = text.replace(/(<value>unix<\/value>[\s\S]*?<\/group>)/, `$1${fd}`);
-  assert.notEqual(patched, text, 'fd patch applied');
-  fs.writeFileSync(backup, patched);
-  libvirtBackupRng = backup;
-  libvirtCheckpointRng = path.join(schemas, 'domaincheckpoint.rng');
+  const installed = fs.readFileSync(installedBackupRng, 'utf8');
+  // the temporary copy includes libvirt's other schemas where they are installed
+  let text = installed.replace(/<include href="([^"/]+)"\/>/g, (_m, f: string) => `<include href="${path.join(LIBVIRT_SCHEMAS, f)}"/>`);
+  assert.notEqual(text, installed, 'include made absolute');
+  for (const [feature, alt] of Object.entries(NEWER_ALTERNATIVES) as [NewerFeature, (typeof NEWER_ALTERNATIVES)[NewerFeature]][]) {
+    if (alt.has.test(text)) continue;
+    const patched = alt.add(text);
+    assert.ok(patched !== text && alt.has.test(patched), `${feature} alternative added`);
+    text = patched;
+    added.add(feature);
+  }
+  libvirtBackupRng = path.join(tmp, 'domainbackup-oracle.rng');
+  fs.writeFileSync(libvirtBackupRng, text);
 });
 
 after(() => {
@@ -80,26 +117,46 @@ test('schemas are found at the package root', () => {
   assert.equal(schemaPath('domainbackup'), path.join(OUR_SCHEMAS, 'domainbackup.rng'));
 });
 
-test('every fixture: our validator agrees with xmllint + libvirt schema', () => {
+test('without libvirt0 the tests fail saying what to install', () => {
+  assert.throws(() => libvirtSchema('domaincheckpoint.rng', path.join(tmp, 'no-libvirt')), {
+    message: new RegExp(`^libvirt's schema ${tmp}/no-libvirt/domaincheckpoint\\.rng is missing: install the Debian package libvirt0 `),
+  });
+});
+
+test('every fixture against the installed libvirt schemas, as they are', () => {
+  const fixtures = allFixtures();
+  const backups = fixtures.filter((f) => f.startsWith('backup/'));
+  const checkpoints = fixtures.filter((f) => f.startsWith('checkpoint/'));
+  const lint = new Map([
+    ...xmllint(installedBackupRng, backups.map(fixturePath)),
+    ...xmllint(libvirtCheckpointRng, checkpoints.map(fixturePath)),
+  ]);
+  for (const f of fixtures) {
+    const feature = NEWER_FIXTURES[f];
+    // a fixture of a newer feature must really use it: the installed schema decides by whether it has it
+    const expected = feature ? !added.has(feature) : !f.endsWith('-invalid.xml');
+    assert.equal(lint.get(fixturePath(f)), expected, f);
+  }
+});
+
+test('every fixture: our validator agrees with xmllint + libvirt schema, and with xmllint + our schema', () => {
   const fixtures = allFixtures();
   assert.equal(fixtures.length, 33);
-  const backups = fixtures.filter((f) => f.startsWith('backup-xml/'));
-  const checkpoints = fixtures.filter((f) => f.startsWith('checkpoint-xml/'));
-  const conf = path.resolve(LIBVIRT_SCHEMAS, '..');
-  const lintB = xmllint(libvirtBackupRng, backups.map((f) => path.join(conf, f)));
-  const lintC = xmllint(libvirtCheckpointRng, checkpoints.map((f) => path.join(conf, f)));
   let rejected = 0;
-  for (const f of backups) {
-    const ours = oursAccepts(readFixture(f), 'domainbackup');
-    assert.equal(ours, lintB.get(path.join(conf, f)), f);
-    assert.equal(ours, !f.endsWith('-invalid.xml'), f);
-    if (!ours) rejected++;
-  }
-  for (const f of checkpoints) {
-    const ours = oursAccepts(readFixture(f), 'domaincheckpoint');
-    assert.equal(ours, lintC.get(path.join(conf, f)), f);
-    assert.equal(ours, !f.endsWith('-invalid.xml'), f);
-    if (!ours) rejected++;
+  for (const [prefix, schema, oracle] of [
+    ['backup/', 'domainbackup', libvirtBackupRng],
+    ['checkpoint/', 'domaincheckpoint', libvirtCheckpointRng],
+  ] as const) {
+    const files = fixtures.filter((f) => f.startsWith(prefix));
+    const libvirt = xmllint(oracle, files.map(fixturePath));
+    const ourRng = xmllint(schemaPath(schema), files.map(fixturePath));
+    for (const f of files) {
+      const ours = oursAccepts(readFixture(f), schema);
+      assert.equal(ours, libvirt.get(fixturePath(f)), f);
+      assert.equal(ours, ourRng.get(fixturePath(f)), `${f}: our validator and xmllint disagree on ${schema}.rng`);
+      assert.equal(ours, !f.endsWith('-invalid.xml'), f);
+      if (!ours) rejected++;
+    }
   }
   assert.equal(rejected, 6);
 });
@@ -136,9 +193,8 @@ test('mutated fixtures: our validator agrees with xmllint + libvirt schema', () 
 test('our output validates: libvirt schema without our additions, our extension schema with them', () => {
   const files: string[] = [];
   const withId: string[] = [];
-  const conf = path.resolve(LIBVIRT_SCHEMAS, '..');
-  for (const f of allFixtures().filter((x) => x.startsWith('backup-xml/in/') && !x.includes('internal'))) {
-    const def = parseBackupXML(fs.readFileSync(path.join(conf, f), 'utf8'));
+  for (const f of allFixtures().filter((x) => x.startsWith('backup/in/') && !x.endsWith('-invalid.xml'))) {
+    const def = parseBackupXML(readFixture(f));
     const names = [...def.disks.map((d) => d.name), 'vdz'];
     alignBackupDisks(def, { disks: names.map((n) => ({ target: n, source: `/x/${n}`, readonly: false, type: 'file' })) }, 'S');
     files.push(writeTmp(`out-${path.basename(f)}`, formatBackupXML(def)));
@@ -153,8 +209,8 @@ test('our output validates: libvirt schema without our additions, our extension 
 
   const cps: string[] = [];
   const marked: string[] = [];
-  for (const name of ['empty', 'sample', 'size', 'disk-default']) {
-    const def = parseCheckpointXML(readFixture(`checkpoint-xml/in/${name}.xml`), { redefine: false, now: 1700000000 });
+  for (const name of ['bare', 'mixed-disks', 'named-sized', 'implicit-bitmap']) {
+    const def = parseCheckpointXML(readFixture(`checkpoint/in/${name}.xml`), { redefine: false, now: 1700000000 });
     cps.push(writeTmp(`cp-${name}.xml`, formatCheckpointXML(def)));
     def.inconsistent = 'bitmap missing on disk vda';
     const xml = formatCheckpointXML(def);
@@ -164,7 +220,7 @@ test('our output validates: libvirt schema without our additions, our extension 
     // the public parser rejects it, as libvirt would
     assert.throws(() => parseCheckpointXML(xml, { redefine: true }), (e: unknown) => e instanceof VirError && e.code === ErrorCode.XML_INVALID_SCHEMA);
   }
-  const redefine = parseCheckpointXML(readFixture('checkpoint-xml/out/redefine.xml'), { redefine: true });
+  const redefine = parseCheckpointXML(readFixture('checkpoint/out/redefined-with-domain.xml'), { redefine: true });
   cps.push(writeTmp('cp-redefine.xml', formatCheckpointXML(redefine, { secure: true })));
   for (const [f, ok] of xmllint(libvirtCheckpointRng, cps)) assert.ok(ok, f);
   for (const [f, ok] of xmllint(libvirtCheckpointRng, marked)) assert.ok(!ok, f);
