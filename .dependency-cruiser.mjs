@@ -29,10 +29,12 @@ const CODECS = files([
   'util/.+',
   '.+/util/.+',
 ]);
-// Node modules that reach outside the process (or pump events from it).
+// Node modules that reach outside the process, or pump bytes from it (streams):
+// the connection around a codec uses them, the codec does not. Timers and
+// EventEmitter are not I/O (a pending-call table may time out).
 const IO_BUILTINS =
   '^(node:)?(fs|fs/promises|net|tls|dgram|dns|dns/promises|http|https|http2|child_process|cluster|' +
-  'worker_threads|readline|readline/promises|os|process|stream|stream/promises|events|timers|timers/promises|inspector)$';
+  'worker_threads|readline|readline/promises|os|process|stream|stream/promises|inspector)$';
 
 /** @type {import('dependency-cruiser').IConfiguration} */
 export default {
