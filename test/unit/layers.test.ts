@@ -34,7 +34,7 @@ function violations(result: ICruiseResult): string[] {
 }
 
 test('src/ keeps its layers: no cycles, no upward imports', async () => {
-  const known = JSON.parse(fs.readFileSync(KNOWN, 'utf8')) as unknown[];
+  const known = fs.existsSync(KNOWN) ? (JSON.parse(fs.readFileSync(KNOWN, 'utf8')) as unknown[]) : [];
   const result = await cruiseTree(ROOT, known);
   assert.deepEqual(violations(result), []);
   // The check only means something if it sees the edges: '.js' specifiers
