@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
-import { connect } from '../src/api/connect.js';
+import { connect } from '../src/sdk/connect.js';
 import type { JobCompletedEvent } from '../src/api/driver.js';
 import type { Connect, Domain } from '../src/api/public.js';
 import { JOB_TAP_PREFIX } from '../src/daemon/job-tap.js';

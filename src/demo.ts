@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { connect } from './api/connect.js';
+import { connect } from './sdk/connect.js';
 import type { Connect, Domain } from './api/public.js';
 import type { JobCompletedEvent } from './api/driver.js';
 import { qdevIdForDisk } from './qemu/command-line.js';

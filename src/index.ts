@@ -1,7 +1,7 @@
 // The package entry: `import { connect } from 'virtback'`.
 
-export { connect, connectLocal, defaultURI, resolveURI } from './api/connect.js';
-export type { ConnectOptions, ResolvedURI, ResolvedUnixURI, ResolvedTlsURI } from './api/connect.js';
+export { connect, connectLocal, defaultURI, resolveURI } from './sdk/connect.js';
+export type { ConnectOptions, ResolvedURI, ResolvedUnixURI, ResolvedTlsURI } from './sdk/connect.js';
 export { Connect, Domain, DomainCheckpoint } from './api/public.js';
 export type { EventCallback, EventMap, EventName } from './api/public.js';
 export type * from './api/options.js';

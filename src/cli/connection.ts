@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { canonicalUUID } from '../api/checked-driver.js';
-import { connect } from '../api/connect.js';
+import { connect } from '../sdk/connect.js';
 import type { Connect, Domain } from '../api/public.js';
 import { isVirError, virErr } from '../errors.js';
 

@@ -16,7 +16,7 @@ import {
   UndefineFlags,
 } from '../../src/flags.js';
 import type { QemuDriver } from '../../src/qemu/driver.js';
-import { connectLocal } from '../../src/api/connect.js';
+import { connectLocal } from '../../src/sdk/connect.js';
 import { QemuCheckpoints } from '../../src/qemu/checkpoints.js';
 import { hmpWrite, makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
 

@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
-import { connect, type ConnectOptions } from '../../src/api/connect.js';
+import { connect, type ConnectOptions } from '../../src/sdk/connect.js';
 import type { DriverEvent } from '../../src/api/driver.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { qdevIdForDisk } from '../../src/qemu/command-line.js';

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import test from 'node:test';
-import { connect } from '../../src/api/connect.js';
+import { connect } from '../../src/sdk/connect.js';
 import type { Driver, DriverEvent, JobCompletedEvent } from '../../src/api/driver.js';
 import type { Domain } from '../../src/api/public.js';
 import { ErrorCode, VirError } from '../../src/errors.js';

@@ -3,7 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectLocal } from '../../src/api/connect.js';
+import { connectLocal } from '../../src/sdk/connect.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { VirError } from '../../src/errors.js';
 import {

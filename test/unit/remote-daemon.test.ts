@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect } from '../../src/api/connect.js';
+import { connect } from '../../src/sdk/connect.js';
 import { VirError } from '../../src/errors.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
