@@ -13,7 +13,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { UnknownBitmap } from '../api/driver.js';
-import { virErr, VirError } from '../errors.js';
+import { virErr } from '../errors.js';
 import {
   checkFlags,
   CheckpointCreateFlags as Create,
@@ -44,6 +44,7 @@ import type { CheckpointAccess, CheckpointOps, DomainHost, PreparedCheckpoint } 
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { TransactionAction } from './qmp/commands.js';
 import { listIds, removeFileDurably, writeFileAtomic } from './state.js';
+import { errField, silentLogger, type Logger } from '../log.js';
 
 const run = promisify(execFile);
 const CP = 'DOMAIN_CHECKPOINT';
@@ -56,7 +57,7 @@ export class CheckpointStore {
   /** bitmaps seen in the images at the last check that no checkpoint knows */
   unknownBitmaps: UnknownBitmap[] = [];
 
-  constructor(readonly dir: string) {}
+  constructor(readonly dir: string, private readonly log: Logger = silentLogger) {}
 
   count(): number {
     return this.defs.size;
@@ -83,7 +84,7 @@ export class CheckpointStore {
         const def = parseCheckpointXML(await readFile(this.file(name), 'utf8'), { redefine: true, internal: true });
         this.defs.set(def.name, def);
       } catch (e) {
-        process.emitWarning(`virtback: cannot load checkpoint metadata '${this.file(name)}': ${(e as Error).message}`);
+        this.log.warn({ ...errField(e), file: this.file(name) }, 'cannot load checkpoint metadata');
       }
     }
     const current = await readFile(this.currentFile, 'utf8').then((t) => t.trim() || null, () => null);
@@ -114,18 +115,22 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
   constructor(private readonly driver: DomainHost) {
     driver.addHooks({
       onLoaded: async (dom) => {
-        const store = new CheckpointStore(this.dirFor(dom.uuid));
+        const store = new CheckpointStore(this.dirFor(dom.uuid), this.driver.log);
         await store.load();
         dom.checkpoints = store;
         // A domain with a status file may still be running (reconnect comes next):
         // its images are then checked through QMP, not read behind QEMU's back.
         if (!dom.active && !existsSync(this.driver.paths.status(dom.uuid))) {
-          await this.refreshOffline(dom).catch((e) => warn(dom, e));
+          await this.refreshOffline(dom).catch((e) => this.checkFailed(dom, e));
         }
       },
-      onStarted: (dom) => this.refreshLive(dom).then(() => undefined, (e) => warn(dom, e)),
-      onReconnected: (dom) => this.refreshLive(dom).then(() => undefined, (e) => warn(dom, e)),
+      onStarted: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
+      onReconnected: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
     });
+  }
+
+  private checkFailed(dom: DomainObject, e: unknown): void {
+    this.driver.log.warn({ ...errField(e), domain: dom.name, uuid: dom.uuid }, 'checking checkpoints against the disks failed');
   }
 
   private dirFor(uuid: string): string {
@@ -134,7 +139,7 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
 
   store(dom: DomainObject): CheckpointStore {
     if (dom.checkpoints instanceof CheckpointStore) return dom.checkpoints;
-    const store = new CheckpointStore(this.dirFor(dom.uuid));
+    const store = new CheckpointStore(this.dirFor(dom.uuid), this.driver.log);
     dom.checkpoints = store;
     return store;
   }
@@ -527,7 +532,3 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
   }
 }
 
-function warn(dom: DomainObject, e: unknown): void {
-  const msg = e instanceof VirError || e instanceof Error ? e.message : String(e);
-  process.emitWarning(`virtback: checking checkpoints of domain '${dom.name}' failed: ${msg}`);
-}
