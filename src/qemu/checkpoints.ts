@@ -1,15 +1,15 @@
 // Checkpoints on QEMU (libvirt's qemu_checkpoint.c): one persistent, recording
 // dirty bitmap per checkpoint and disk, named after the checkpoint, on the
-// disk's format node; metadata in <stateDir>/checkpoints/<uuid>/<name>.xml.
+// disk's format node; metadata in <stateDir>/checkpoints/<uuid>/ (checkpoint-store.ts).
 //
 // Beyond libvirt: the metadata is compared with the bitmaps QEMU (or the
 // image, when shut off) really holds on every driver start, domain start and
-// before each use; a checkpoint whose bitmap is missing or broken is marked
+// stop, and before each use; a checkpoint whose bitmap is missing or broken is marked
 // inconsistent with the reason, refused as an incremental base, and removable.
 
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { UnknownBitmap } from '../api/driver.js';
@@ -38,75 +38,17 @@ import {
   SIZE_BITMAP,
   type NodeBitmaps,
 } from './bitmaps.js';
+import { CheckpointStore } from './checkpoint-store.js';
 import { CheckpointTree } from './checkpoint-tree.js';
 import type { DomainObject } from './domain-object.js';
 import type { CheckpointAccess, CheckpointOps, DomainHost, PreparedCheckpoint } from './host.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { TransactionAction } from './qmp/commands.js';
-import { listIds, removeFileDurably, writeFileAtomic } from './state.js';
-import { errField, silentLogger, type Logger } from '../log.js';
+import { removeFileDurably } from './state.js';
+import { errField } from '../log.js';
 
 const run = promisify(execFile);
 const CP = 'DOMAIN_CHECKPOINT';
-
-
-/** Per-domain checkpoint metadata: definitions by name and the tree. */
-export class CheckpointStore {
-  readonly defs = new Map<string, CheckpointDef>();
-  tree = new CheckpointTree();
-  /** bitmaps seen in the images at the last check that no checkpoint knows */
-  unknownBitmaps: UnknownBitmap[] = [];
-
-  constructor(readonly dir: string, private readonly log: Logger = silentLogger) {}
-
-  count(): number {
-    return this.defs.size;
-  }
-
-  get(name: string): CheckpointDef {
-    const def = this.defs.get(name);
-    if (!def) throw virErr('NO_DOMAIN_CHECKPOINT', CP, `no domain checkpoint with matching name '${name}'`);
-    return def;
-  }
-
-  file(name: string): string {
-    return path.join(this.dir, `${name}.xml`);
-  }
-
-  get currentFile(): string {
-    return path.join(this.dir, 'current');
-  }
-
-  async load(): Promise<void> {
-    this.defs.clear();
-    for (const name of await listIds(this.dir, '.xml')) {
-      try {
-        const def = parseCheckpointXML(await readFile(this.file(name), 'utf8'), { redefine: true, internal: true });
-        this.defs.set(def.name, def);
-      } catch (e) {
-        this.log.warn({ ...errField(e), file: this.file(name) }, 'cannot load checkpoint metadata');
-      }
-    }
-    const current = await readFile(this.currentFile, 'utf8').then((t) => t.trim() || null, () => null);
-    this.tree = new CheckpointTree(
-      [...this.defs.values()].map((d) => ({ name: d.name, parent: d.parent, creationTime: d.creationTime })),
-      current,
-    );
-    // The tree drops parents whose metadata is gone; keep the definitions in step.
-    for (const d of this.defs.values()) d.parent = this.tree.get(d.name).parent;
-  }
-
-  async save(def: CheckpointDef): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(this.file(def.name), formatCheckpointXML(def, { secure: true }));
-  }
-
-  async saveCurrent(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    if (this.tree.current === null) await removeFileDurably(this.currentFile);
-    else await writeFileAtomic(this.currentFile, `${this.tree.current}\n`);
-  }
-}
 
 /** What backupBegin needs to create a checkpoint in its own transaction. */
 export type { PreparedCheckpoint } from './host.js';
@@ -126,6 +68,11 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
       },
       onStarted: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
       onReconnected: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
+      // QEMU is gone: what its images hold now is what the checkpoints are worth
+      // (a crash leaves bitmaps unsaved), so mark them at once, not at the next start.
+      onStopped: (dom) => this.refreshOffline(dom).catch((e) => this.checkFailed(dom, e)),
+      // a transient domain that stopped, or an undefined one: its metadata goes with it
+      onRemoved: (dom) => this.discardAllMetadata(dom),
     });
   }
 

@@ -94,13 +94,19 @@ export class QemuRuntime {
       this.env.watch.gone(this);
       throw notRunning();
     }
+    let qmp: QmpClient;
     try {
-      const qmp = await this.connect();
-      this.env.log.info({ pid: this.pid }, 'monitor reconnected');
-      return qmp;
+      qmp = await this.connect();
     } catch (e) {
       throw qmpErrorToVirError(e, 'cannot connect to the QEMU monitor');
     }
+    if (this.stopping) {
+      // the domain shut off while we connected: nobody else will close this one
+      await this.closeMonitor();
+      throw notRunning();
+    }
+    this.env.log.info({ pid: this.pid }, 'monitor reconnected');
+    return qmp;
   }
 
   /** Unsubscribe and close the monitor (QEMU keeps running). */
