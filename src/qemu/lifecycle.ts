@@ -3,6 +3,7 @@
 // the monitor, found on use, or found at open(). Becoming running and becoming
 // shut off are each written once, below; every path goes through them.
 
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { isVirError, virErr } from '../errors.js';
@@ -194,10 +195,19 @@ export class DomainLifecycle {
 
   // ------------------------------------------------------------ reconnect
 
-  /** Reconnect to every QEMU with a status file (at open()). */
+  /** Reconnect to every QEMU with a status file (at open()); report those that run without one. */
   async reconnectAll(): Promise<void> {
     const ids = await listIds(this.env.paths.statusDir, '.json');
     await Promise.all(ids.map((id) => this.reconnectOne(id)));
+    for (const dom of this.env.registry.all()) {
+      const runDir = this.env.paths.domainRunDir(dom.uuid);
+      if (dom.run || !existsSync(runDir)) continue;
+      const found = await findLiveQemu(dom.uuid, runDir);
+      if (found) {
+        this.logFor(dom).error({ pid: found.pid, runDir },
+          'a QEMU of this shut-off domain is running without a status file: it is not managed, and start will refuse');
+      }
+    }
   }
 
   /** The status file and live definition of a domain that was running, or null (logged). */

@@ -25,6 +25,9 @@ test('status file deleted while QEMU runs: start refuses (logged) and leaves tha
   const { log, entries } = recordingLogger();
   const second = await env.openDriver({ log });
   assert.equal((await second.domainGetInfo(dom.uuid)).state, DomainState.SHUTOFF, 'no status: not known to run');
+  const atOpen = entries.find((e) => e.level === 'error' && /running without a status file/.test(e.msg));
+  assert.ok(atOpen, `open() logged the unmanaged QEMU: ${JSON.stringify(entries)}`);
+  assert.deepEqual([atOpen.fields.uuid, atOpen.fields.pid], [dom.uuid, pid]);
   await assert.rejects(second.domainCreate(dom.uuid, 0), (e: unknown) => {
     assert.ok(e instanceof VirError, String(e));
     assert.equal(e.codeName, 'OPERATION_INVALID', e.message);
