@@ -83,8 +83,8 @@ export class QemuDriver implements Driver, DomainHost {
   readonly paths: StatePaths;
   readonly binary: string;
   readonly log: Logger;
-  private checkpointsImpl: CheckpointOps | null = null;
-  private backupsImpl: BackupOps | null = null;
+  private checkpointOps: CheckpointOps | null = null;
+  private backupOps: BackupOps | null = null;
   private readonly bus: EventBus;
   private readonly hooks: HookSet;
   private readonly registry: DomainRegistry;
@@ -102,7 +102,7 @@ export class QemuDriver implements Driver, DomainHost {
     this.hooks = new HookSet(this.log);
     this.registry = new DomainRegistry(this.hooks);
     const { paths, log, bus, registry, hooks } = this;
-    this.definitions = new DomainDefinitions({ paths, log, bus, registry, checkpoints: () => this.checkpointsImpl });
+    this.definitions = new DomainDefinitions({ paths, log, bus, registry, checkpoints: () => this.checkpointOps });
     this.lifecycle = new DomainLifecycle({
       paths, log, bus, registry, hooks,
       binary: this.binary,
@@ -116,9 +116,9 @@ export class QemuDriver implements Driver, DomainHost {
     const d = new QemuDriver(opts);
     // The extension modules are created first so their hooks see the load and reconnect.
     const checkpoints = (opts.checkpoints ?? ((host) => new QemuCheckpoints(host)))(d);
-    d.checkpointsImpl = checkpoints;
+    d.checkpointOps = checkpoints;
     const afterPush = opts.afterPushComplete;
-    d.backupsImpl = (opts.backups ?? ((host, cps) => new QemuBackups(host, cps, {
+    d.backupOps = (opts.backups ?? ((host, cps) => new QemuBackups(host, cps, {
       tlsX509CertDir: opts.backupTlsX509CertDir ?? null,
       tlsX509Verify: opts.backupTlsX509Verify ?? true,
       ...(opts.backupSpeedLimit ? { speed: opts.backupSpeedLimit } : {}),
@@ -134,7 +134,7 @@ export class QemuDriver implements Driver, DomainHost {
 
   /** Events the backup module published while open() recovered jobs (drained). */
   recoveredEvents(): DriverEvent[] {
-    return this.backupsImpl?.recoveredEvents() ?? [];
+    return this.backupOps?.recoveredEvents() ?? [];
   }
 
   /** Every disk path of the domain, persistent and live definition. */
@@ -299,8 +299,8 @@ export class QemuDriver implements Driver, DomainHost {
   // ------------------------------------------------------------ Driver: checkpoints (src/qemu/checkpoints.ts)
 
   private cp(fn: string): CheckpointOps {
-    if (!this.checkpointsImpl) throw noSupport(fn);
-    return this.checkpointsImpl;
+    if (!this.checkpointOps) throw noSupport(fn);
+    return this.checkpointOps;
   }
 
   async checkpointCreateXML(uuid: string, xml: string, flags: number): Promise<string> {
@@ -331,8 +331,8 @@ export class QemuDriver implements Driver, DomainHost {
   // ------------------------------------------------------------ Driver: backup jobs (src/qemu/backup.ts)
 
   private bk(fn: string): BackupOps {
-    if (!this.backupsImpl) throw noSupport(fn);
-    return this.backupsImpl;
+    if (!this.backupOps) throw noSupport(fn);
+    return this.backupOps;
   }
 
   async backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
