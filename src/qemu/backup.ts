@@ -7,7 +7,7 @@
 // is published, so a listener may open them at once.
 
 import { existsSync } from 'node:fs';
-import { lstat, open, unlink } from 'node:fs/promises';
+import { lstat, open, rm, unlink } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { DriverEvent, JobStats } from '../api/driver.js';
@@ -120,6 +120,7 @@ export class QemuBackups implements BackupOps {
         this.seenLive.add(dom.uuid);
         return this.recover(dom);
       },
+      onRemoved: (dom) => rm(this.metaDir(dom.uuid), { recursive: true, force: true }),
       onStopped: async (dom, reason) => {
         const foundAtOpen = !this.seenLive.delete(dom.uuid);
         if (foundAtOpen) this.recovering.add(dom.uuid);

@@ -1,19 +1,19 @@
 // Checkpoints on QEMU (libvirt's qemu_checkpoint.c): one persistent, recording
 // dirty bitmap per checkpoint and disk, named after the checkpoint, on the
-// disk's format node; metadata in <stateDir>/checkpoints/<uuid>/<name>.xml.
+// disk's format node; metadata in <stateDir>/checkpoints/<uuid>/ (checkpoint-store.ts).
 //
 // Beyond libvirt: the metadata is compared with the bitmaps QEMU (or the
 // image, when shut off) really holds on every driver start, domain start and
-// before each use; a checkpoint whose bitmap is missing or broken is marked
+// stop, and before each use; a checkpoint whose bitmap is missing or broken is marked
 // inconsistent with the reason, refused as an incremental base, and removable.
 
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { UnknownBitmap } from '../api/driver.js';
-import { virErr, VirError } from '../errors.js';
+import { virErr } from '../errors.js';
 import {
   checkFlags,
   CheckpointCreateFlags as Create,
@@ -38,74 +38,17 @@ import {
   SIZE_BITMAP,
   type NodeBitmaps,
 } from './bitmaps.js';
+import { CheckpointStore } from './checkpoint-store.js';
 import { CheckpointTree } from './checkpoint-tree.js';
 import type { DomainObject } from './domain-object.js';
 import type { CheckpointAccess, CheckpointOps, DomainHost, PreparedCheckpoint } from './host.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { TransactionAction } from './qmp/commands.js';
-import { listIds, removeFileDurably, writeFileAtomic } from './state.js';
+import { removeFileDurably } from './state.js';
+import { errField } from '../log.js';
 
 const run = promisify(execFile);
 const CP = 'DOMAIN_CHECKPOINT';
-
-
-/** Per-domain checkpoint metadata: definitions by name and the tree. */
-export class CheckpointStore {
-  readonly defs = new Map<string, CheckpointDef>();
-  tree = new CheckpointTree();
-  /** bitmaps seen in the images at the last check that no checkpoint knows */
-  unknownBitmaps: UnknownBitmap[] = [];
-
-  constructor(readonly dir: string) {}
-
-  count(): number {
-    return this.defs.size;
-  }
-
-  get(name: string): CheckpointDef {
-    const def = this.defs.get(name);
-    if (!def) throw virErr('NO_DOMAIN_CHECKPOINT', CP, `no domain checkpoint with matching name '${name}'`);
-    return def;
-  }
-
-  file(name: string): string {
-    return path.join(this.dir, `${name}.xml`);
-  }
-
-  get currentFile(): string {
-    return path.join(this.dir, 'current');
-  }
-
-  async load(): Promise<void> {
-    this.defs.clear();
-    for (const name of await listIds(this.dir, '.xml')) {
-      try {
-        const def = parseCheckpointXML(await readFile(this.file(name), 'utf8'), { redefine: true, internal: true });
-        this.defs.set(def.name, def);
-      } catch (e) {
-        process.emitWarning(`virtback: cannot load checkpoint metadata '${this.file(name)}': ${(e as Error).message}`);
-      }
-    }
-    const current = await readFile(this.currentFile, 'utf8').then((t) => t.trim() || null, () => null);
-    this.tree = new CheckpointTree(
-      [...this.defs.values()].map((d) => ({ name: d.name, parent: d.parent, creationTime: d.creationTime })),
-      current,
-    );
-    // The tree drops parents whose metadata is gone; keep the definitions in step.
-    for (const d of this.defs.values()) d.parent = this.tree.get(d.name).parent;
-  }
-
-  async save(def: CheckpointDef): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(this.file(def.name), formatCheckpointXML(def, { secure: true }));
-  }
-
-  async saveCurrent(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    if (this.tree.current === null) await removeFileDurably(this.currentFile);
-    else await writeFileAtomic(this.currentFile, `${this.tree.current}\n`);
-  }
-}
 
 /** What backupBegin needs to create a checkpoint in its own transaction. */
 export type { PreparedCheckpoint } from './host.js';
@@ -114,18 +57,27 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
   constructor(private readonly driver: DomainHost) {
     driver.addHooks({
       onLoaded: async (dom) => {
-        const store = new CheckpointStore(this.dirFor(dom.uuid));
+        const store = new CheckpointStore(this.dirFor(dom.uuid), this.driver.log);
         await store.load();
         dom.checkpoints = store;
         // A domain with a status file may still be running (reconnect comes next):
         // its images are then checked through QMP, not read behind QEMU's back.
         if (!dom.active && !existsSync(this.driver.paths.status(dom.uuid))) {
-          await this.refreshOffline(dom).catch((e) => warn(dom, e));
+          await this.refreshOffline(dom).catch((e) => this.checkFailed(dom, e));
         }
       },
-      onStarted: (dom) => this.refreshLive(dom).then(() => undefined, (e) => warn(dom, e)),
-      onReconnected: (dom) => this.refreshLive(dom).then(() => undefined, (e) => warn(dom, e)),
+      onStarted: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
+      onReconnected: (dom) => this.refreshLive(dom).then(() => undefined, (e) => this.checkFailed(dom, e)),
+      // QEMU is gone: what its images hold now is what the checkpoints are worth
+      // (a crash leaves bitmaps unsaved), so mark them at once, not at the next start.
+      onStopped: (dom) => this.refreshOffline(dom).catch((e) => this.checkFailed(dom, e)),
+      // a transient domain that stopped, or an undefined one: its metadata goes with it
+      onRemoved: (dom) => this.discardAllMetadata(dom),
     });
+  }
+
+  private checkFailed(dom: DomainObject, e: unknown): void {
+    this.driver.log.warn({ ...errField(e), domain: dom.name, uuid: dom.uuid }, 'checking checkpoints against the disks failed');
   }
 
   private dirFor(uuid: string): string {
@@ -134,7 +86,7 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
 
   store(dom: DomainObject): CheckpointStore {
     if (dom.checkpoints instanceof CheckpointStore) return dom.checkpoints;
-    const store = new CheckpointStore(this.dirFor(dom.uuid));
+    const store = new CheckpointStore(this.dirFor(dom.uuid), this.driver.log);
     dom.checkpoints = store;
     return store;
   }
@@ -527,7 +479,3 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
   }
 }
 
-function warn(dom: DomainObject, e: unknown): void {
-  const msg = e instanceof VirError || e instanceof Error ? e.message : String(e);
-  process.emitWarning(`virtback: checking checkpoints of domain '${dom.name}' failed: ${msg}`);
-}

@@ -10,7 +10,7 @@
 
 import { spawn } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { access, open, readFile } from 'node:fs/promises';
+import { access, open, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { virErr } from '../errors.js';
 import type { DomainDef } from '../xml/domain.js';
@@ -109,6 +109,29 @@ export async function isOurQemu(pid: number, startTime: number, uuid: string): P
   if (!path.basename(argv[0]!).startsWith('qemu-system-')) return false;
   const i = argv.indexOf('-uuid');
   return i >= 0 && argv[i + 1]?.toLowerCase() === uuid.toLowerCase();
+}
+
+/**
+ * A live QEMU of domain `uuid` started for `runDir`, found without a status
+ * file: a qemu-system-* process with `-uuid <uuid>` on its command line that
+ * names `runDir` (its monitor socket and pid file live there). The pid file
+ * is tried first; a scan of /proc finds it when that file is gone too.
+ */
+export async function findLiveQemu(uuid: string, runDir: string): Promise<LaunchedProcess | null> {
+  const fromFile = Number((await readFile(path.join(runDir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
+  const pids = Number.isInteger(fromFile) && fromFile > 0 ? [fromFile] : [];
+  const all = await readdir('/proc').catch(() => [] as string[]);
+  pids.push(...all.filter((n) => /^\d+$/.test(n)).map(Number).filter((p) => p !== fromFile && p !== process.pid));
+  for (const pid of pids) {
+    const argv = await readProcCmdline(pid);
+    if (argv === null || argv.length === 0 || !path.basename(argv[0]!).startsWith('qemu-system-')) continue;
+    const i = argv.indexOf('-uuid');
+    if (i < 0 || argv[i + 1]?.toLowerCase() !== uuid.toLowerCase()) continue;
+    if (!argv.some((a) => a.includes(runDir + path.sep))) continue;
+    const st = await readProcStat(pid);
+    if (st !== null && st.state !== 'Z' && st.state !== 'X') return { pid, startTime: st.startTime };
+  }
+  return null;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -26,6 +26,7 @@ import type { TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import type { DriverEvent } from '../../src/api/driver.js';
 import { MonitorCommandFlags } from '../../src/flags.js';
+import type { LogFields, Logger } from '../../src/log.js';
 import { writePushManifests } from '../../src/repository/push-manifests.js';
 import { QemuDriver, type QemuDriverOptions } from '../../src/qemu/driver.js';
 
@@ -105,6 +106,29 @@ export async function waitFor<T>(fn: () => Promise<T> | T, what: string, timeout
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(25);
   }
+}
+
+// ---------------------------------------------------------------- logs
+
+export interface LogEntry {
+  level: 'error' | 'warn' | 'info' | 'debug';
+  msg: string;
+  /** the bindings of child loggers and the line's own fields, merged */
+  fields: LogFields;
+}
+
+/** A Logger that keeps every line in `entries` (pass `log` to openDriver). */
+export function recordingLogger(): { log: Logger; entries: LogEntry[] } {
+  const entries: LogEntry[] = [];
+  const make = (bindings: LogFields): Logger => {
+    const at = (level: LogEntry['level']) => (a: LogFields | string, b?: string): void => {
+      entries.push(typeof a === 'string'
+        ? { level, msg: a, fields: { ...bindings } }
+        : { level, msg: b ?? '', fields: { ...bindings, ...a } });
+    };
+    return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), child: (b) => make({ ...bindings, ...b }) };
+  };
+  return { log: make({}), entries };
 }
 
 // ---------------------------------------------------------------- environment

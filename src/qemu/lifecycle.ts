@@ -1,0 +1,394 @@
+// A domain's life as a QEMU process: start (launch), reconnect (open() finds
+// it alive), and every way it ends — destroy, guest shutdown, a crash seen on
+// the monitor, found on use, or found at open(). Becoming running and becoming
+// shut off are each written once, below; every path goes through them.
+
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { isVirError, virErr } from '../errors.js';
+import { DomainState, ShutoffReason } from '../flags.js';
+import { errField, type Logger } from '../log.js';
+import { formatDomainXML, parseDomainXML, type DomainDef } from '../xml/domain.js';
+import { buildCommandLine, type QemuCommandLine } from './command-line.js';
+import { DomainObject } from './domain-object.js';
+import { lifecycleEvent, type EventBus } from './event-bus.js';
+import type { HookSet } from './hook-set.js';
+import {
+  checkDiskSources,
+  findLiveQemu,
+  isOurQemu,
+  kvmUsable,
+  launchQemu,
+  readProcStat,
+  terminateProcess,
+  type LaunchedProcess,
+} from './process.js';
+import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
+import type { DomainRegistry } from './registry.js';
+import { notRunning, QemuRuntime } from './runtime.js';
+import { listIds, readStatus, removeFileDurably, type DomainStatus, type StatePaths } from './state.js';
+
+/** sun_path is 108 bytes including the terminating NUL */
+const MAX_SOCKET_PATH = 107;
+
+export interface LifecycleEnv {
+  paths: StatePaths;
+  binary: string;
+  qmpTimeoutMs: number;
+  startTimeoutMs: number;
+  log: Logger;
+  bus: EventBus;
+  hooks: HookSet;
+  registry: DomainRegistry;
+}
+
+/** Everything a start needs, worked out (and checked) before anything is touched. */
+interface StartPlan {
+  def: DomainDef;
+  runDir: string;
+  qmpSocket: string;
+  agentSocket: string | null;
+  pidFile: string;
+  commandLine: QemuCommandLine;
+}
+
+/** libvirt's shut-off reasons as event details */
+const STOP_DETAIL: Record<number, string> = {
+  [ShutoffReason.SHUTDOWN]: 'shutdown',
+  [ShutoffReason.DESTROYED]: 'destroyed',
+  [ShutoffReason.CRASHED]: 'crashed',
+  [ShutoffReason.FAILED]: 'failed',
+};
+
+export class DomainLifecycle {
+  /** set by close(): monitors closing from then on are ours, not QEMU dying */
+  private closed = false;
+
+  constructor(private readonly env: LifecycleEnv) {}
+
+  private logFor(dom: DomainObject): Logger {
+    return this.env.log.child({ domain: dom.name, uuid: dom.uuid });
+  }
+
+  /** Disconnect from every QEMU, leaving it running. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.env.registry.all().map((dom) => dom.lock.run(async () => {
+      await dom.run?.closeMonitor();
+    })));
+  }
+
+  // ------------------------------------------------------------ start
+
+  /** Start QEMU for the domain's persistent definition. Lock held. */
+  async start(dom: DomainObject): Promise<void> {
+    if (dom.run) {
+      throw virErr('OPERATION_INVALID', 'QEMU', 'Requested operation is not valid: domain is already running');
+    }
+    const plan = await this.planStart(dom);
+    await this.refuseUnknownQemu(dom, plan.runDir);
+    await rm(plan.runDir, { recursive: true, force: true });
+    await mkdir(plan.runDir, { recursive: true, mode: 0o700 });
+    let launched: LaunchedProcess | null = null;
+    try {
+      launched = await launchQemu({
+        binary: this.env.binary,
+        args: plan.commandLine.args,
+        logFile: path.join(plan.runDir, 'qemu.log'),
+        pidFile: plan.pidFile,
+        timeoutMs: this.env.startTimeoutMs,
+      });
+      const run = this.newRuntime(dom, this.statusFor(dom, plan, launched));
+      this.becomeRunning(dom, run, plan.def);
+      await run.connect().catch((e) => {
+        throw qmpErrorToVirError(e, 'internal error: cannot connect to the QEMU monitor');
+      });
+      await run.save();
+    } catch (e) {
+      await this.abortStart(dom, launched, plan);
+      this.logFor(dom).error({ ...errField(e), pid: launched?.pid }, 'domain failed to start');
+      throw e;
+    }
+    await this.announceRunning(dom, 'started');
+  }
+
+  /** The live definition, sockets and command line; refuses what QEMU could not start with. */
+  private async planStart(dom: DomainObject): Promise<StartPlan> {
+    const runDir = this.env.paths.domainRunDir(dom.uuid);
+    const qmpSocket = path.join(runDir, 'qmp.sock');
+    const agentSocket = dom.def.agent ? dom.def.agent.path ?? path.join(runDir, 'qga.sock') : null;
+    // the live definition names the socket the driver chose, as libvirt's live XML does
+    const def: DomainDef = agentSocket === null ? dom.def : { ...dom.def, agent: { path: agentSocket } };
+    await checkDiskSources(def);
+    for (const s of [qmpSocket, agentSocket]) {
+      if (s !== null && Buffer.byteLength(s) > MAX_SOCKET_PATH) {
+        throw virErr('CONFIG_UNSUPPORTED', 'QEMU',
+          `socket path '${s}' is longer than ${MAX_SOCKET_PATH} bytes: choose a shorter run directory`);
+      }
+    }
+    const accel = def.type === 'kvm' && (await kvmUsable()) ? 'kvm' : 'tcg';
+    const pidFile = path.join(runDir, 'qemu.pid');
+    const commandLine = buildCommandLine({ def, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log') });
+    return { def, runDir, qmpSocket, agentSocket, pidFile, commandLine };
+  }
+
+  /**
+   * A QEMU of this domain may still run although we hold no status for it (its
+   * status file was deleted): its run directory is the only way to reach it, so
+   * it is left alone and the start refused — a second QEMU would fail on the
+   * image locks anyway.
+   */
+  private async refuseUnknownQemu(dom: DomainObject, runDir: string): Promise<void> {
+    const found = await findLiveQemu(dom.uuid, runDir);
+    if (found === null) return;
+    this.logFor(dom).error({ pid: found.pid, runDir },
+      'refusing to start: a QEMU of this domain is running without a status file');
+    throw virErr('OPERATION_INVALID', 'QEMU',
+      `Requested operation is not valid: domain '${dom.name}' already has a running QEMU (pid ${found.pid}) ` +
+      `that has no status file; stop that process first`);
+  }
+
+  private statusFor(dom: DomainObject, plan: StartPlan, launched: LaunchedProcess): DomainStatus {
+    return {
+      version: 1,
+      uuid: dom.uuid,
+      name: dom.name,
+      persistent: dom.persistent,
+      pid: launched.pid,
+      pidStartTime: launched.startTime,
+      binary: this.env.binary,
+      qmpSocket: plan.qmpSocket,
+      agentSocket: plan.agentSocket,
+      runDir: plan.runDir,
+      disks: plan.commandLine.disks,
+      startedAt: new Date().toISOString(),
+      liveXml: formatDomainXML(plan.def, { secure: true }),
+      extra: {},
+    };
+  }
+
+  /** Undo a failed start: stop what was launched, remove its files, shut off (failed). */
+  private async abortStart(dom: DomainObject, launched: LaunchedProcess | null, plan: StartPlan): Promise<void> {
+    const run = dom.run;
+    if (run) {
+      run.stopping = true;
+      await run.closeMonitor();
+    }
+    this.clearRun(dom, ShutoffReason.FAILED);
+    if (launched) await terminateProcess(launched.pid, launched.startTime, 2000).catch(() => {});
+    else await this.killFromPidFile(plan.pidFile, dom.uuid);
+    await rm(plan.runDir, { recursive: true, force: true }).catch(() => {});
+    await removeFileDurably(this.env.paths.status(dom.uuid)).catch(() => {});
+  }
+
+  /** A QEMU that daemonized although its launch failed (timeout): find it by its pid file and stop it. */
+  private async killFromPidFile(pidFile: string, uuid: string): Promise<void> {
+    try {
+      const pid = Number((await readFile(pidFile, 'utf8')).trim());
+      const st = Number.isInteger(pid) && pid > 0 ? await readProcStat(pid) : null;
+      if (st && (await isOurQemu(pid, st.startTime, uuid))) await terminateProcess(pid, st.startTime, 2000);
+    } catch {
+      // no pid file: QEMU never got that far
+    }
+  }
+
+  // ------------------------------------------------------------ reconnect
+
+  /** Reconnect to every QEMU with a status file (at open()); report those that run without one. */
+  async reconnectAll(): Promise<void> {
+    const ids = await listIds(this.env.paths.statusDir, '.json');
+    await Promise.all(ids.map((id) => this.reconnectOne(id)));
+    for (const dom of this.env.registry.all()) {
+      const runDir = this.env.paths.domainRunDir(dom.uuid);
+      if (dom.run || !existsSync(runDir)) continue;
+      const found = await findLiveQemu(dom.uuid, runDir);
+      if (found) {
+        this.logFor(dom).error({ pid: found.pid, runDir },
+          'a QEMU of this shut-off domain is running without a status file: it is not managed, and start will refuse');
+      }
+    }
+  }
+
+  /** The status file and live definition of a domain that was running, or null (logged). */
+  private async readRunning(id: string): Promise<{ status: DomainStatus; liveDef: DomainDef } | null> {
+    const file = this.env.paths.status(id);
+    try {
+      const status = await readStatus(file);
+      const liveDef = parseDomainXML(status.liveXml);
+      liveDef.uuid = liveDef.uuid.toLowerCase();
+      return { status, liveDef };
+    } catch (e) {
+      this.env.log.warn({ ...errField(e), file }, 'cannot read status file');
+      return null;
+    }
+  }
+
+  private async reconnectOne(id: string): Promise<void> {
+    const found = await this.readRunning(id);
+    if (!found) return;
+    const { status, liveDef } = found;
+    const { registry } = this.env;
+    let dom = registry.find(status.uuid);
+    if (!dom) {
+      // running transient domain (undefined while it ran): it exists only through its status
+      if (registry.findByName(liveDef.name)) {
+        this.env.log.warn({ file: this.env.paths.status(id), domain: liveDef.name }, 'ignoring status file: name is taken');
+        return;
+      }
+      dom = new DomainObject(liveDef, false);
+      await registry.add(dom);
+    }
+    const d = dom;
+    await d.lock.run(async () => {
+      const run = this.newRuntime(d, status);
+      this.becomeRunning(d, run, liveDef);
+      if (!(await isOurQemu(status.pid, status.pidStartTime, status.uuid))) {
+        // It died while no driver watched it.
+        await this.becomeShutoff(d, ShutoffReason.CRASHED);
+        return;
+      }
+      try {
+        const qmp = await run.connect();
+        const st = (await qmp.executeRaw('query-status')) as { status?: string; running?: boolean };
+        if (st.running === false && st.status !== 'running') d.state = DomainState.PAUSED;
+      } catch (e) {
+        if (!(await run.alive())) {
+          await this.becomeShutoff(d, ShutoffReason.CRASHED);
+          return;
+        }
+        this.logFor(d).warn({ ...errField(e), pid: run.pid }, 'cannot reconnect to the monitor (will retry on use)');
+      }
+      await this.announceRunning(d, 'reconnected');
+    });
+  }
+
+  // ------------------------------------------------------------ running
+
+  private newRuntime(dom: DomainObject, status: DomainStatus): QemuRuntime {
+    return new QemuRuntime(status, {
+      statusFile: this.env.paths.status(dom.uuid),
+      qmpTimeoutMs: this.env.qmpTimeoutMs,
+      log: this.logFor(dom),
+      watch: {
+        attached: (run, qmp) => this.watchMonitor(dom, run, qmp),
+        gone: (run) => {
+          dom.lock.run(() => this.handleGone(dom, run))
+            .catch((e) => this.logFor(dom).error(errField(e), 'cleanup after QEMU exit failed'));
+        },
+      },
+    });
+  }
+
+  /** Becoming running (started or reconnected): the domain's fields. */
+  private becomeRunning(dom: DomainObject, run: QemuRuntime, liveDef: DomainDef): void {
+    dom.run = run;
+    dom.liveDef = liveDef;
+    dom.state = DomainState.RUNNING;
+    dom.reason = 0;
+  }
+
+  /** Becoming running, told: the modules' hooks, the log, and (for a start) subscribers. */
+  private async announceRunning(dom: DomainObject, how: 'started' | 'reconnected'): Promise<void> {
+    const run = dom.run;
+    if (!run) return;
+    this.logFor(dom).info({ pid: run.pid, monitor: run.qmp !== null, paused: dom.state === DomainState.PAUSED },
+      how === 'started' ? 'domain started' : 'domain reconnected');
+    await this.env.hooks.run(dom, how === 'started' ? 'onStarted' : 'onReconnected');
+    if (how === 'started') this.env.bus.emit(lifecycleEvent(dom, 'started', 'booted'));
+  }
+
+  /** Follow the monitor's state events and its end. */
+  private watchMonitor(dom: DomainObject, run: QemuRuntime, qmp: QmpClient): void {
+    const { bus } = this.env;
+    run.detach.push(
+      qmp.on('STOP', () => {
+        if (dom.run !== run || dom.state === DomainState.PAUSED) return;
+        dom.state = DomainState.PAUSED;
+        bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));
+      }),
+      qmp.on('RESUME', () => {
+        if (dom.run !== run || dom.state !== DomainState.PAUSED) return;
+        dom.state = DomainState.RUNNING;
+        bus.emit(lifecycleEvent(dom, 'resumed', 'unpaused'));
+      }),
+      qmp.on('SHUTDOWN', () => {
+        run.shutdownSeen = true;
+      }),
+      qmp.onClose((err) => {
+        // err undefined: we closed it ourselves (close(), destroy)
+        if (err === undefined || run.stopping || this.closed || dom.run !== run) return;
+        this.env.registry.withDomainLock(dom.uuid, (d) => this.handleGone(d, run)).catch((e) => {
+          if (!isVirError(e, 'NO_DOMAIN')) this.logFor(dom).error(errField(e), 'cleanup after QEMU exit failed');
+        });
+      }),
+    );
+  }
+
+  // ------------------------------------------------------------ stop
+
+  /** Stop QEMU (quit, then signals) and shut off (destroyed). Lock held. */
+  async destroy(dom: DomainObject): Promise<void> {
+    const run = dom.run;
+    if (!run) throw notRunning();
+    await run.stopProcess();
+    await this.becomeShutoff(dom, ShutoffReason.DESTROYED);
+  }
+
+  /**
+   * The cheap check for a domain whose monitor is not connected: is its
+   * process still there? Never waits for a lock holder (possibly our caller).
+   */
+  async refreshLiveness(dom: DomainObject): Promise<void> {
+    const run = dom.run;
+    if (!run || run.stopping || (run.qmp && !run.qmp.isClosed) || dom.lock.locked) return;
+    if (await run.alive()) return;
+    await dom.lock.run(() => this.handleGone(dom, run))
+      .catch((e) => this.logFor(dom).error(errField(e), 'cleanup after QEMU exit failed'));
+  }
+
+  /**
+   * The monitor closed or the process vanished behind our back: QEMU is (about
+   * to be) gone. Like libvirt's monitor EOF handling, make sure it is dead, then
+   * shut off with reason SHUTDOWN when QEMU announced a shutdown, else CRASHED.
+   */
+  private async handleGone(dom: DomainObject, run: QemuRuntime): Promise<void> {
+    if (dom.run !== run || run.stopping) return;
+    run.stopping = true;
+    await run.ensureExited();
+    await this.becomeShutoff(dom, run.shutdownSeen ? ShutoffReason.SHUTDOWN : ShutoffReason.CRASHED);
+  }
+
+  /**
+   * Becoming shut off, for every reason: QEMU is gone; the hooks clean up, the
+   * run files and status go, subscribers hear of it, a transient domain is
+   * forgotten. Lock held.
+   */
+  private async becomeShutoff(dom: DomainObject, reason: number): Promise<void> {
+    const run = dom.run;
+    if (!run) return;
+    run.stopping = true;
+    await run.closeMonitor();
+    const detail = STOP_DETAIL[reason] ?? 'unknown';
+    const log = this.logFor(dom);
+    if (reason === ShutoffReason.CRASHED) log.warn({ pid: run.pid, reason: detail }, 'domain crashed');
+    else log.info({ pid: run.pid, reason: detail }, 'domain stopped');
+    // Events the hooks publish (a backup job failing with its domain) wait until
+    // the domain is shut off, so a listener never sees them on a running domain.
+    await this.env.bus.holding(dom.uuid, async () => {
+      await this.env.hooks.run(dom, 'onStopped', reason);
+      await run.removeFiles();
+      this.clearRun(dom, reason);
+    });
+    this.env.bus.emit(lifecycleEvent(dom, 'stopped', detail));
+    if (!dom.persistent) await this.env.registry.remove(dom);
+  }
+
+  /** The domain's fields once it has no QEMU. */
+  private clearRun(dom: DomainObject, reason: number): void {
+    dom.run = null;
+    dom.liveDef = null;
+    dom.state = DomainState.SHUTOFF;
+    dom.reason = reason;
+  }
+}
