@@ -11,9 +11,10 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import type { Driver } from '../api/driver.js';
 import { TestDriver } from '../api/test-driver.js';
 import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
-import { Logger, LOG_LEVELS, isLogLevel } from '../daemon/logger.js';
+import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger } from '../daemon/logger.js';
 import { daemonDirs } from '../daemon/paths.js';
 import { virErr } from '../errors.js';
+import { errField, type Logger } from '../log.js';
 
 interface Options {
   daemon?: boolean;
@@ -32,13 +33,14 @@ interface Options {
   readyFd?: string;
 }
 
-async function openDriver(name: string, dirs: { stateDir: string; runDir: string }, o: Options): Promise<Driver> {
+async function openDriver(name: string, dirs: { stateDir: string; runDir: string }, o: Options, log: Logger): Promise<Driver> {
   if (name === 'test') return TestDriver.open({ uri: 'test:///default' });
   if (name !== 'qemu') throw virErr('INVALID_ARG', 'NONE', `unknown driver '${name}' (known: qemu, test)`);
   // Loaded lazily: `--driver test` must not depend on the QEMU driver's module graph.
   const { QemuDriver } = await import('../qemu/driver.js');
   const { writePushManifests } = await import('../repository/push-manifests.js');
   return QemuDriver.open({
+    log,
     afterPushComplete: writePushManifests,
     ...dirs,
     ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
@@ -94,7 +96,7 @@ async function main(argv: string[]): Promise<number> {
     .option('--state-dir <dir>', 'state directory (env VIRTBACK_STATE_DIR)')
     .option('--run-dir <dir>', 'directory of the sockets and pid file (env VIRTBACK_RUN_DIR)')
     .addOption(new Option('--log-level <level>', 'log level').choices([...LOG_LEVELS]).default('info'))
-    .option('--log-file <file>', 'log to this file instead of stderr')
+    .option('--log-file <file>', 'log JSON lines to this file (created 0600) instead of stderr')
     .option('--listen-tcp <host:port>', 'also listen on TCP with TLS (needs the three --tls options)')
     .option('--tls-cert <file>', 'server certificate (PEM)')
     .option('--tls-key <file>', 'server private key (PEM)')
@@ -145,10 +147,10 @@ async function main(argv: string[]): Promise<number> {
   if (o.daemon) return detach(argv, o, dirs);
 
   if (!isLogLevel(o.logLevel)) return 2;
-  let logger: Logger;
+  let logger: DaemonLogger;
   try {
     if (o.logFile) fs.mkdirSync(path.dirname(path.resolve(o.logFile)), { recursive: true });
-    logger = new Logger(o.logLevel, o.logFile ?? null);
+    logger = openDaemonLogger({ level: o.logLevel, file: o.logFile ?? null });
   } catch (e) {
     const msg = `cannot open log file: ${(e as Error).message}`;
     tell(`error: ${msg}`);
@@ -161,7 +163,7 @@ async function main(argv: string[]): Promise<number> {
     daemon = await Daemon.start({
       ...dirs,
       logger,
-      openDriver: (d) => openDriver(o.driver, d, o),
+      openDriver: (d) => openDriver(o.driver, d, o, logger),
       tls: tlsOpts,
     });
   } catch (e) {
@@ -177,23 +179,23 @@ async function main(argv: string[]): Promise<number> {
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals): void => {
       if (signalled) {
-        logger.warn(`${sig} again: exiting without waiting`);
+        logger.warn({ signal: sig }, `${sig} again: exiting without waiting`);
         resolve(1);
         return;
       }
       signalled = true;
-      logger.info(`${sig} received`);
+      logger.info({ signal: sig }, `${sig} received`);
       daemon.stop().then(
         () => resolve(0),
         (e: unknown) => {
-          logger.error(`shutdown: ${(e as Error).message}`);
+          logger.error(errField(e), 'shutdown failed');
           resolve(1);
         },
       );
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', () => logger.info('SIGHUP ignored'));
+    process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
   }).then((code) => {
     logger.close();
     return code;
