@@ -11,7 +11,7 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import type { Driver } from '../api/driver.js';
 import { TestDriver } from '../api/test-driver.js';
 import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
-import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger } from '../daemon/logger.js';
+import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger, type LogLevel } from '../daemon/logger.js';
 import { daemonDirs } from '../daemon/paths.js';
 import { virErr } from '../errors.js';
 import { errField, type Logger } from '../log.js';
@@ -89,8 +89,8 @@ async function detach(argv: string[], o: Options, dirs: { stateDir: string; runD
   return 1;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const program = new Command('virtbackd')
+function commandLine(): Command {
+  return new Command('virtbackd')
     .description('virtback daemon: checkpoints and incremental backups for QEMU VMs')
     .option('--daemon', 'detach once the sockets are listening')
     .option('--state-dir <dir>', 'state directory (env VIRTBACK_STATE_DIR)')
@@ -114,6 +114,10 @@ async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = commandLine();
   try {
     program.parse(argv, { from: 'user' });
   } catch (e) {
@@ -147,34 +151,46 @@ async function main(argv: string[]): Promise<number> {
   if (o.daemon) return detach(argv, o, dirs);
 
   if (!isLogLevel(o.logLevel)) return 2;
+  return serve(o, o.logLevel, dirs, tlsOpts, tell);
+}
+
+/** The daemon in this process: open the log, start, tell the parent, serve until a signal. */
+async function serve(
+  o: Options,
+  level: LogLevel,
+  dirs: { stateDir: string; runDir: string },
+  tls: DaemonTlsOptions | undefined,
+  tell: (line: string) => void,
+): Promise<number> {
   let logger: DaemonLogger;
   try {
     if (o.logFile) fs.mkdirSync(path.dirname(path.resolve(o.logFile)), { recursive: true });
-    logger = openDaemonLogger({ level: o.logLevel, file: o.logFile ?? null });
+    logger = openDaemonLogger({ level, file: o.logFile ?? null });
   } catch (e) {
     const msg = `cannot open log file: ${(e as Error).message}`;
     tell(`error: ${msg}`);
     process.stderr.write(`virtbackd: ${msg}\n`);
     return 1;
   }
-
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start({
-      ...dirs,
-      logger,
-      openDriver: (d) => openDriver(o.driver, d, o, logger),
-      tls: tlsOpts,
-    });
+    daemon = await Daemon.start({ ...dirs, logger, openDriver: (d) => openDriver(o.driver, d, o, logger), tls });
   } catch (e) {
     const msg = (e as Error).message;
     logger.error(`cannot start: ${msg}`);
     tell(`error: ${msg}`);
     if (o.logFile) process.stderr.write(`virtbackd: ${msg}\n`);
+    logger.close();
     return 1;
   }
   tell('ready');
+  const code = await untilSignalled(daemon, logger);
+  logger.close();
+  return code;
+}
 
+/** SIGTERM/SIGINT stop the daemon (exit 0); a second one exits at once (1). SIGHUP is ignored. */
+function untilSignalled(daemon: Daemon, logger: Logger): Promise<number> {
   return new Promise<number>((resolve) => {
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals): void => {
@@ -196,9 +212,6 @@ async function main(argv: string[]): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
-  }).then((code) => {
-    logger.close();
-    return code;
   });
 }
 
