@@ -11,9 +11,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Driver, DriverEvent } from '../api/driver.js';
+import { errField, type Logger } from '../log.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
 import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
-import { errField, type Logger } from '../log.js';
 import { PidLock } from './lock.js';
 import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME } from './paths.js';
 
