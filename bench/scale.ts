@@ -8,9 +8,9 @@
 //     qemuMonitorCommand('query-jobs') round trip through the same daemon,
 //     interleaved with it by the same pollers,
 //   - time from QEMU's job completion (the JOB_STATUS_CHANGE "concluded"
-//     timestamp of the domain's last disk job, logged by the daemon at debug
-//     level: src/daemon/job-tap.ts) to our job-completed event reaching the
-//     client (goal p99 < 50 ms).
+//     timestamp of the domain's last disk job, which the backup module logs
+//     at debug level; read by bench/job-log.ts) to our job-completed event
+//     reaching the client (goal p99 < 50 ms).
 //
 //   node --import tsx bench/scale.ts [rounds=3]
 
@@ -23,9 +23,9 @@ import { promisify } from 'node:util';
 import { connect } from '../src/sdk/connect.js';
 import type { JobCompletedEvent } from '../src/api/driver.js';
 import type { Connect, Domain } from '../src/api/public.js';
-import { JOB_TAP_PREFIX } from '../src/daemon/job-tap.js';
 import { killQemuFor, makeTestDomain, type TestDomain } from '../test/helpers/qemu-env.js';
 import { startVirtbackd, stopVirtbackd, type Virtbackd } from '../test/qemu/daemon-util.js';
+import { statusTimes } from './job-log.js';
 
 const run = promisify(execFile);
 const DOMAINS = 10;
@@ -51,18 +51,6 @@ async function procStatusMiB(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<num
 }
 const vmHWM = (pid: number): Promise<number> => procStatusMiB(pid, 'VmHWM');
 const vmRSS = (pid: number): Promise<number> => procStatusMiB(pid, 'VmRSS');
-
-/** QEMU's timestamps of one job status from the daemon's debug log: domain uuid -> job id -> ms since the epoch. */
-function statusTimes(log: string, status: 'concluded' | 'null'): Map<string, Map<string, number>> {
-  const out = new Map<string, Map<string, number>>();
-  const re = new RegExp(`${JOB_TAP_PREFIX} domain=(\\S+) job=(\\S+) status=${status} qemu-time=([\\d.]+)`, 'g');
-  for (const m of log.matchAll(re)) {
-    const byJob = out.get(m[1]!) ?? new Map<string, number>();
-    byJob.set(m[2]!, Number(m[3]));
-    out.set(m[1]!, byJob);
-  }
-  return out;
-}
 
 /**
  * The built daemon (dist/, as installed) when it is at least as new as every
@@ -172,16 +160,17 @@ async function main(): Promise<void> {
       const concluded = statusTimes(log, 'concluded');
       const dismissed = statusTimes(log, 'null');
       // a job id is reused by the next round: keep the latest time before our event
-      const latest = (m: Map<string, Map<string, number>>, uuid: string, before: number): number => {
-        const times = [...(m.get(uuid)?.values() ?? [])].filter((t) => t <= before + 1);
-        if (times.length === 0) throw new Error(`no QEMU job time logged for domain ${uuid}`);
+      // the log names a domain by name or uuid
+      const latest = (m: Map<string, Map<string, number>>, td: TestDomain, before: number): number => {
+        const times = [...(m.get(td.uuid)?.values() ?? []), ...(m.get(td.name)?.values() ?? [])].filter((t) => t <= before + 1);
+        if (times.length === 0) throw new Error(`no QEMU job time logged for domain ${td.name} (${td.uuid})`);
         return Math.max(...times);
       };
       for (const td of tds) {
         const got = received.get(td.uuid)!;
         // the backup ends when its last disk job concluded
-        const end = latest(concluded, td.uuid, got.at);
-        const gone = latest(dismissed, td.uuid, got.at);
+        const end = latest(concluded, td, got.at);
+        const gone = latest(dismissed, td, got.at);
         eventLat.push(got.at - end);
         reconcileLat.push(gone - end);
         terminateLat.push(got.at - gone);

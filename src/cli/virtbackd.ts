@@ -11,9 +11,10 @@ import { Command, Option, InvalidArgumentError } from 'commander';
 import type { Driver } from '../api/driver.js';
 import { TestDriver } from '../api/test-driver.js';
 import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
-import { Logger, LOG_LEVELS, isLogLevel } from '../daemon/logger.js';
+import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger, type LogLevel } from '../daemon/logger.js';
 import { daemonDirs } from '../daemon/paths.js';
 import { virErr } from '../errors.js';
+import { errField, type Logger } from '../log.js';
 
 interface Options {
   daemon?: boolean;
@@ -32,13 +33,14 @@ interface Options {
   readyFd?: string;
 }
 
-async function openDriver(name: string, dirs: { stateDir: string; runDir: string }, o: Options): Promise<Driver> {
+async function openDriver(name: string, dirs: { stateDir: string; runDir: string }, o: Options, log: Logger): Promise<Driver> {
   if (name === 'test') return TestDriver.open({ uri: 'test:///default' });
   if (name !== 'qemu') throw virErr('INVALID_ARG', 'NONE', `unknown driver '${name}' (known: qemu, test)`);
   // Loaded lazily: `--driver test` must not depend on the QEMU driver's module graph.
   const { QemuDriver } = await import('../qemu/driver.js');
   const { writePushManifests } = await import('../repository/push-manifests.js');
   return QemuDriver.open({
+    log,
     afterPushComplete: writePushManifests,
     ...dirs,
     ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
@@ -87,14 +89,14 @@ async function detach(argv: string[], o: Options, dirs: { stateDir: string; runD
   return 1;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const program = new Command('virtbackd')
+function commandLine(): Command {
+  return new Command('virtbackd')
     .description('virtback daemon: checkpoints and incremental backups for QEMU VMs')
     .option('--daemon', 'detach once the sockets are listening')
     .option('--state-dir <dir>', 'state directory (env VIRTBACK_STATE_DIR)')
     .option('--run-dir <dir>', 'directory of the sockets and pid file (env VIRTBACK_RUN_DIR)')
     .addOption(new Option('--log-level <level>', 'log level').choices([...LOG_LEVELS]).default('info'))
-    .option('--log-file <file>', 'log to this file instead of stderr')
+    .option('--log-file <file>', 'log JSON lines to this file (created 0600) instead of stderr')
     .option('--listen-tcp <host:port>', 'also listen on TCP with TLS (needs the three --tls options)')
     .option('--tls-cert <file>', 'server certificate (PEM)')
     .option('--tls-key <file>', 'server private key (PEM)')
@@ -112,6 +114,10 @@ async function main(argv: string[]): Promise<number> {
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = commandLine();
   try {
     program.parse(argv, { from: 'user' });
   } catch (e) {
@@ -145,58 +151,67 @@ async function main(argv: string[]): Promise<number> {
   if (o.daemon) return detach(argv, o, dirs);
 
   if (!isLogLevel(o.logLevel)) return 2;
-  let logger: Logger;
+  return serve(o, o.logLevel, dirs, tlsOpts, tell);
+}
+
+/** The daemon in this process: open the log, start, tell the parent, serve until a signal. */
+async function serve(
+  o: Options,
+  level: LogLevel,
+  dirs: { stateDir: string; runDir: string },
+  tls: DaemonTlsOptions | undefined,
+  tell: (line: string) => void,
+): Promise<number> {
+  let logger: DaemonLogger;
   try {
     if (o.logFile) fs.mkdirSync(path.dirname(path.resolve(o.logFile)), { recursive: true });
-    logger = new Logger(o.logLevel, o.logFile ?? null);
+    logger = openDaemonLogger({ level, file: o.logFile ?? null });
   } catch (e) {
     const msg = `cannot open log file: ${(e as Error).message}`;
     tell(`error: ${msg}`);
     process.stderr.write(`virtbackd: ${msg}\n`);
     return 1;
   }
-
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start({
-      ...dirs,
-      logger,
-      openDriver: (d) => openDriver(o.driver, d, o),
-      tls: tlsOpts,
-    });
+    daemon = await Daemon.start({ ...dirs, logger, openDriver: (d) => openDriver(o.driver, d, o, logger), tls });
   } catch (e) {
     const msg = (e as Error).message;
     logger.error(`cannot start: ${msg}`);
     tell(`error: ${msg}`);
     if (o.logFile) process.stderr.write(`virtbackd: ${msg}\n`);
+    logger.close();
     return 1;
   }
   tell('ready');
+  const code = await untilSignalled(daemon, logger);
+  logger.close();
+  return code;
+}
 
+/** SIGTERM/SIGINT stop the daemon (exit 0); a second one exits at once (1). SIGHUP is ignored. */
+function untilSignalled(daemon: Daemon, logger: Logger): Promise<number> {
   return new Promise<number>((resolve) => {
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals): void => {
       if (signalled) {
-        logger.warn(`${sig} again: exiting without waiting`);
+        logger.warn({ signal: sig }, `${sig} again: exiting without waiting`);
         resolve(1);
         return;
       }
       signalled = true;
-      logger.info(`${sig} received`);
+      logger.info({ signal: sig }, `${sig} received`);
       daemon.stop().then(
         () => resolve(0),
         (e: unknown) => {
-          logger.error(`shutdown: ${(e as Error).message}`);
+          logger.error(errField(e), 'shutdown failed');
           resolve(1);
         },
       );
     };
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
-    process.on('SIGHUP', () => logger.info('SIGHUP ignored'));
-  }).then((code) => {
-    logger.close();
-    return code;
+    process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
   });
 }
 

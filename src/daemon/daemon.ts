@@ -11,11 +11,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Driver, DriverEvent } from '../api/driver.js';
+import { errField, type Logger } from '../log.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
 import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
-import { tapJobEvents } from './job-tap.js';
 import { PidLock } from './lock.js';
-import type { Logger } from './logger.js';
 import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME } from './paths.js';
 
 export interface DaemonTlsOptions {
@@ -70,15 +69,14 @@ export class Daemon {
       const pidFile = PidLock.acquire(path.join(opts.runDir, PID_FILE_NAME), `run directory ${opts.runDir}`);
       undo.push(() => pidFile.release());
 
-      log.info(`opening driver (state ${opts.stateDir}, run ${opts.runDir})`);
+      log.info({ stateDir: opts.stateDir, runDir: opts.runDir }, 'opening driver');
       const driver = await opts.openDriver({ stateDir: opts.stateDir, runDir: opts.runDir });
       undo.push(() => driver.close());
       // Synchronously after open(): nothing can have been published in between.
       const backlog = new EventBacklog(opts.backlog);
       const recovered = drainRecoveredEvents(driver);
       backlog.add(recovered);
-      for (const ev of recovered) log.info(`recovered at startup: ${describeEvent(ev)}`);
-      if (log.enabled('debug')) tapJobEvents(driver, log);
+      for (const ev of recovered) log.info(eventFields(ev), `recovered at startup: ${describeEvent(ev)}`);
 
       const server = new RemoteServer(driver, { ...opts.server, logger: log, backlog: () => backlog.current() });
       undo.push(() => server.close());
@@ -93,14 +91,14 @@ export class Daemon {
           ca: fs.readFileSync(opts.tls.caFile),
         });
       }
-      log.info(`virtbackd ready (driver ${driver.uri})`);
+      log.info({ driver: driver.uri, socket: path.join(opts.runDir, SOCKET_NAME), ...(opts.tls ? { tcp: `${opts.tls.host}:${opts.tls.port}` } : {}) }, 'virtbackd ready');
       return new Daemon(opts, driver, server, [pidFile, stateLock], backlog);
     } catch (e) {
       for (const u of undo.reverse()) {
         try {
           await u();
         } catch (inner) {
-          log.warn(`cleanup after failed start: ${(inner as Error).message}`);
+          log.warn(errField(inner), 'cleanup after failed start');
         }
       }
       throw e;
@@ -116,13 +114,21 @@ export class Daemon {
       try {
         await this.driver.close();
       } catch (e) {
-        log.error(`closing the driver: ${(e as Error).message}`);
+        log.error(errField(e), 'closing the driver failed');
       }
       for (const l of this.locks) l.release();
       log.info('stopped');
     })();
     return this.stopping;
   }
+}
+
+/** The event as log fields: what, which domain, which job or disk. */
+function eventFields(ev: DriverEvent): Record<string, unknown> {
+  const fields: Record<string, unknown> = { event: ev.type, domain: ev.domain.name, uuid: ev.domain.uuid };
+  if (ev.type === 'job-completed') Object.assign(fields, { job: ev.jobId, success: ev.stats.success });
+  if (ev.type === 'block-job') Object.assign(fields, { disk: ev.disk, status: ev.status });
+  return fields;
 }
 
 function describeEvent(ev: DriverEvent): string {

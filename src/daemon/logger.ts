@@ -1,6 +1,14 @@
-// Leveled logging for virtbackd: one line per message, to stderr or a file.
+// virtbackd's logger: pino behind the Logger contract of src/log.ts.
+// JSON lines (one object per line: level label, ISO time, pid, fields, msg)
+// to a file or to stderr; readable lines (pino-pretty, formatted in-process)
+// when stderr is a terminal and no file was given. Every line is written
+// synchronously, so the last lines before an exit are never lost (the
+// detached daemon has no one to flush for it after process.exit).
 
 import * as fs from 'node:fs';
+import { pino, type DestinationStream } from 'pino';
+import { prettyFactory } from 'pino-pretty';
+import type { Logger } from '../log.js';
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -9,49 +17,47 @@ export function isLogLevel(s: string): s is LogLevel {
   return (LOG_LEVELS as readonly string[]).includes(s);
 }
 
-export class Logger {
-  private readonly threshold: number;
-  private fd: number | null;
+export interface DaemonLogOptions {
+  level: LogLevel;
+  /** JSON lines appended to this file (created 0600); null: stderr. */
+  file: string | null;
+  /** Readable lines instead of JSON (default: when logging to stderr and it is a terminal). */
+  pretty?: boolean;
+}
 
-  /** `file` null = stderr. The file is opened for appending, created 0600. */
-  constructor(level: LogLevel, file: string | null) {
-    this.threshold = LOG_LEVELS.indexOf(level);
-    this.fd = file === null ? null : fs.openSync(file, 'a', 0o600);
-  }
+export interface DaemonLogger extends Logger {
+  /** Stops writing and closes the log file, if any. */
+  close(): void;
+}
 
-  /** Whether messages of `level` are written (to skip building costly ones). */
-  enabled(level: LogLevel): boolean {
-    return LOG_LEVELS.indexOf(level) <= this.threshold;
-  }
-
-  error(msg: string): void {
-    this.write('error', msg);
-  }
-  warn(msg: string): void {
-    this.write('warn', msg);
-  }
-  info(msg: string): void {
-    this.write('info', msg);
-  }
-  debug(msg: string): void {
-    this.write('debug', msg);
-  }
-
-  private write(level: LogLevel, msg: string): void {
-    if (LOG_LEVELS.indexOf(level) > this.threshold) return;
-    const line = `${new Date().toISOString()} ${process.pid}: ${level}: ${msg}\n`;
-    try {
-      // Synchronous so the last lines before an exit are not lost.
-      fs.writeSync(this.fd ?? 2, line);
-    } catch {
-      // nowhere left to report it
-    }
-  }
-
-  close(): void {
-    if (this.fd !== null) {
-      fs.closeSync(this.fd);
-      this.fd = null;
-    }
-  }
+/** Opens the log (the file is created or appended to); throws if the file cannot be opened. */
+export function openDaemonLogger(opts: DaemonLogOptions): DaemonLogger {
+  const fd = opts.file === null ? 2 : fs.openSync(opts.file, 'a', 0o600);
+  const out = pino.destination({ fd, sync: true });
+  out.on('error', () => {}); // a log that cannot be written has nowhere left to report it
+  const pretty = opts.pretty ?? (opts.file === null && process.stderr.isTTY === true);
+  const format = pretty ? prettyFactory({ colorize: true, singleLine: true, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l' }) : null;
+  let open = true;
+  const dest: DestinationStream = {
+    write(line: string) {
+      if (open) out.write(format ? format(line) : line);
+    },
+  };
+  const log = pino(
+    {
+      level: opts.level,
+      base: { pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      // Level names, not pino's numbers: the file is read by people and grep as much as by tools.
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    dest,
+  );
+  return Object.assign(log as Logger, {
+    close(): void {
+      if (!open) return;
+      open = false;
+      if (fd !== 2) fs.closeSync(fd);
+    },
+  });
 }

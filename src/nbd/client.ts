@@ -1,25 +1,16 @@
-// NBD client for pull-mode reading: fixed newstyle handshake with structured
-// replies and metadata contexts, then pipelined READ and BLOCK_STATUS requests
-// keyed by cookie (and WRITE / WRITE_ZEROES / FLUSH, to fill new images). Wire details live in codec.ts; this file is the socket edge.
+// NBD client for pull-mode reading: the handshake (handshake.ts: structured
+// replies, metadata contexts, NBD_OPT_GO), then pipelined READ and
+// BLOCK_STATUS requests keyed by cookie (and WRITE / WRITE_ZEROES / FLUSH, to
+// fill new images). Wire details live in codec.ts; this file is the socket edge.
 
 import * as net from 'node:net';
 import { virErr } from '../errors.js';
-import {
-  NbdDecoder,
-  chunkTypeName,
-  encodeClientFlags,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
-  encodeRequest,
-  parseInfoReply,
-  parseMetaContextReply,
-  type Chunk,
-  type Extent32,
-  type NbdMessage,
-} from './codec.js';
+import { NbdDecoder, chunkTypeName, encodeRequest, type Chunk, type Extent32, type NbdMessage } from './codec.js';
 import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
+import { DEFAULT_BLOCK_SIZES, Handshake, type BlockSizes } from './handshake.js';
 import * as P from './protocol.js';
+
+export type { BlockSizes } from './handshake.js';
 
 export type NbdTarget = { socketPath: string } | { host: string; port: number };
 
@@ -51,14 +42,6 @@ export interface NbdConnectOptions {
   handshakeTimeoutMs?: number;
 }
 
-export interface BlockSizes {
-  minimum: number;
-  preferred: number;
-  maximum: number;
-  /** False when the server did not send NBD_INFO_BLOCK_SIZE and these are the spec's defaults. */
-  advertised: boolean;
-}
-
 export interface Extent {
   offset: number;
   length: number;
@@ -81,12 +64,6 @@ export function describeTarget(target: NbdTarget, exportName: string): string {
   return 'socketPath' in target ? `nbd+unix:///${name}?socket=${target.socketPath}` : `nbd://${target.host}:${target.port}/${name}`;
 }
 
-function errorReplyText(msg: { reply: number; data: Buffer }): string {
-  const name = P.REPLY_NAMES[msg.reply] ?? `reply type 0x${msg.reply.toString(16)}`;
-  const text = msg.data.toString('utf8');
-  return text ? `${name}: ${text}` : name;
-}
-
 export class NbdClient {
   readonly uri: string;
   readonly exportName: string;
@@ -96,7 +73,7 @@ export class NbdClient {
   flags = 0;
   /** Negotiated metadata contexts: name -> server-chosen id. */
   readonly metaContexts = new Map<string, number>();
-  blockSizes: BlockSizes = { minimum: 1, preferred: 4096, maximum: P.DEFAULT_MAX_PAYLOAD, advertised: false };
+  blockSizes: BlockSizes = DEFAULT_BLOCK_SIZES;
   structuredReplies = false;
 
   private readonly socket: net.Socket;
@@ -156,7 +133,7 @@ export class NbdClient {
     try {
       await client.waitConnected();
       if (!('socketPath' in target)) socket.setNoDelay(true);
-      await client.handshake(opts.metaContexts ?? []);
+      await client.negotiate(opts.metaContexts ?? []);
       return client;
     } catch (e) {
       socket.destroy();
@@ -212,82 +189,15 @@ export class NbdClient {
     }
   }
 
-  private async optionReply(option: number): Promise<NbdMessage & { kind: 'optionReply' }> {
-    const m = await this.nextMessage();
-    if (m.kind !== 'optionReply') throw this.fail(protocolError(`expected a reply to ${P.OPTION_NAMES[option]}, got ${m.kind}`));
-    if (m.option !== option) {
-      throw this.fail(protocolError(`reply to ${P.OPTION_NAMES[m.option] ?? `option ${m.option}`} received while waiting for ${P.OPTION_NAMES[option]}`));
-    }
-    return m;
-  }
-
-  private async handshake(contexts: string[]): Promise<void> {
-    const greeting = await this.nextMessage();
-    if (greeting.kind !== 'greeting') throw this.fail(protocolError('handshake did not start with a greeting'));
-    if (!(greeting.handshakeFlags & P.NBD_FLAG_FIXED_NEWSTYLE)) {
-      throw this.fail(protocolError(`server ${this.uri} does not support the fixed newstyle handshake`));
-    }
-    let clientFlags = P.NBD_FLAG_C_FIXED_NEWSTYLE;
-    if (greeting.handshakeFlags & P.NBD_FLAG_NO_ZEROES) clientFlags |= P.NBD_FLAG_C_NO_ZEROES;
-    this.socket.write(encodeClientFlags(clientFlags));
-
-    // Structured replies: needed for sparse reads and for block status.
-    this.socket.write(encodeOption(P.NBD_OPT_STRUCTURED_REPLY));
-    const sr = await this.optionReply(P.NBD_OPT_STRUCTURED_REPLY);
-    if (sr.reply === P.NBD_REP_ACK) this.structuredReplies = true;
-    else if (!P.isRepError(sr.reply)) throw this.fail(protocolError(`unexpected ${errorReplyText(sr)} to NBD_OPT_STRUCTURED_REPLY`));
-    else if (contexts.length > 0) {
-      throw this.fail(connectionError(`NBD server ${this.uri} refused structured replies (${errorReplyText(sr)}), so metadata contexts cannot be used`));
-    }
-
-    if (contexts.length > 0) {
-      this.socket.write(encodeMetaContextRequest(P.NBD_OPT_SET_META_CONTEXT, this.exportName, contexts));
-      for (;;) {
-        const r = await this.optionReply(P.NBD_OPT_SET_META_CONTEXT);
-        if (r.reply === P.NBD_REP_ACK) break;
-        if (r.reply === P.NBD_REP_META_CONTEXT) {
-          const { id, name } = parseMetaContextReply(r.data);
-          if (!contexts.includes(name)) throw this.fail(protocolError(`server selected metadata context '${name}' that was not asked for`));
-          this.metaContexts.set(name, id);
-          continue;
-        }
-        if (P.isRepError(r.reply)) {
-          throw this.fail(connectionError(`NBD server ${this.uri} refused NBD_OPT_SET_META_CONTEXT for ${contexts.map((c) => `'${c}'`).join(', ')}: ${errorReplyText(r)}`));
-        }
-        throw this.fail(protocolError(`unexpected ${errorReplyText(r)} to NBD_OPT_SET_META_CONTEXT`));
-      }
-      const missing = contexts.filter((c) => !this.metaContexts.has(c));
-      if (missing.length > 0) {
-        throw this.fail(
-          connectionError(`NBD export '${this.exportName}' at ${this.uri} does not offer metadata context ${missing.map((c) => `'${c}'`).join(', ')}`),
-        );
-      }
-    }
-
-    this.socket.write(encodeInfoRequest(P.NBD_OPT_GO, this.exportName, [P.NBD_INFO_EXPORT, P.NBD_INFO_BLOCK_SIZE]));
-    let haveExport = false;
-    for (;;) {
-      const r = await this.optionReply(P.NBD_OPT_GO);
-      if (r.reply === P.NBD_REP_ACK) break;
-      if (r.reply === P.NBD_REP_INFO) {
-        const info = parseInfoReply(r.data);
-        if (info.info === 'export') {
-          this.size = info.size;
-          this.flags = info.flags;
-          haveExport = true;
-        } else if (info.info === 'blockSize') {
-          this.blockSizes = { minimum: info.minimum, preferred: info.preferred, maximum: info.maximum, advertised: true };
-        }
-        continue;
-      }
-      if (P.isRepError(r.reply)) {
-        const hint = r.reply === P.NBD_REP_ERR_UNKNOWN ? `export '${this.exportName}' not found` : r.reply === P.NBD_REP_ERR_TLS_REQD ? 'server requires TLS' : 'refused';
-        throw this.fail(connectionError(`NBD server ${this.uri}: ${hint} (${errorReplyText(r)} to NBD_OPT_GO)`));
-      }
-      throw this.fail(protocolError(`unexpected ${errorReplyText(r)} to NBD_OPT_GO`));
-    }
-    if (!haveExport) throw this.fail(protocolError('NBD_OPT_GO succeeded without NBD_INFO_EXPORT'));
-
+  /** The handshake's steps (handshake.ts), then the switch to transmission. */
+  private async negotiate(contexts: string[]): Promise<void> {
+    const io = { write: (b: Buffer) => void this.socket.write(b), next: () => this.nextMessage(), fail: (e: NbdError) => this.fail(e) };
+    const agreed = await new Handshake(io, this.uri, this.exportName).run(contexts);
+    this.structuredReplies = agreed.structuredReplies;
+    for (const [name, id] of agreed.metaContexts) this.metaContexts.set(name, id);
+    this.size = agreed.size;
+    this.flags = agreed.flags;
+    this.blockSizes = agreed.blockSizes;
     this.decoder.startTransmission({
       structuredReplies: this.structuredReplies,
       simpleReplyLength: (cookie) => {

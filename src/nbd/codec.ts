@@ -3,6 +3,7 @@
 // messages. No sockets here; the client drives it.
 
 import { virErr } from '../errors.js';
+import { ByteQueue } from '../util/byte-queue.js';
 import { protocolError } from './errors.js';
 import * as P from './protocol.js';
 
@@ -189,8 +190,7 @@ type Phase = 'greeting' | 'options' | 'transmission';
  * throws and poisons the decoder: every later `next()` throws the same error.
  */
 export class NbdDecoder {
-  private pieces: Buffer[] = [];
-  private total = 0;
+  private readonly bytes = new ByteQueue();
   private phase: Phase = 'greeting';
   private failed: Error | undefined;
   private transmission: TransmissionSetup | undefined;
@@ -207,13 +207,11 @@ export class NbdDecoder {
 
   /** Bytes received but not yet returned as messages. */
   get buffered(): number {
-    return this.total;
+    return this.bytes.length;
   }
 
   feed(chunk: Buffer): void {
-    if (chunk.length === 0) return;
-    this.pieces.push(chunk);
-    this.total += chunk.length;
+    this.bytes.push(chunk);
   }
 
   /** Leave the handshake: from now on bytes are replies to requests. */
@@ -236,7 +234,7 @@ export class NbdDecoder {
   private decodeOne(): NbdMessage | undefined {
     switch (this.phase) {
       case 'greeting': {
-        const b = this.take(P.GREETING_SIZE);
+        const b = this.bytes.take(P.GREETING_SIZE);
         if (!b) return undefined;
         const magic = b.readBigUInt64BE(0);
         if (magic !== P.NBD_MAGIC) throw protocolError(`greeting starts with 0x${magic.toString(16)}, not NBDMAGIC`);
@@ -257,7 +255,7 @@ export class NbdDecoder {
         if (length > this.maxOptionReply) {
           throw protocolError(`reply to ${P.OPTION_NAMES[option] ?? `option ${option}`} has a ${length}-byte payload, more than the ${this.maxOptionReply} accepted`);
         }
-        const data = this.take(length);
+        const data = this.bytes.take(length);
         if (!data) return undefined;
         this.pendingHeader = undefined;
         return { kind: 'optionReply', option, reply, data };
@@ -271,7 +269,7 @@ export class NbdDecoder {
     const setup = this.transmission!;
     // Both reply kinds start with a 32-bit magic; peek it to know the header size.
     if (!this.pendingHeader) {
-      const m = this.peek(4);
+      const m = this.bytes.peek(4);
       if (!m) return undefined;
       const magic = m.readUInt32BE(0);
       if (magic === P.NBD_SIMPLE_REPLY_MAGIC) {
@@ -297,7 +295,7 @@ export class NbdDecoder {
         if (n > this.maxData) throw protocolError(`simple reply for cookie ${cookie} would carry ${n} bytes, more than ${this.maxData}`);
         length = n;
       }
-      const data = length > 0 ? this.take(length) : undefined;
+      const data = length > 0 ? this.bytes.take(length) : undefined;
       if (length > 0 && !data) return undefined;
       this.pendingHeader = undefined;
       return { kind: 'simpleReply', cookie, error, data };
@@ -308,7 +306,7 @@ export class NbdDecoder {
     const length = h.readUInt32BE(16);
     const done = (flags & P.NBD_REPLY_FLAG_DONE) !== 0;
     this.checkChunkLength(type, length, done, cookie);
-    const payload = length > 0 ? this.take(length) : Buffer.alloc(0);
+    const payload = length > 0 ? this.bytes.take(length) : Buffer.alloc(0);
     if (!payload) return undefined;
     this.pendingHeader = undefined;
     return { kind: 'chunk', cookie, flags, done, chunk: parseChunk(type, payload, cookie) };
@@ -347,47 +345,9 @@ export class NbdDecoder {
   /** Read a fixed header once and keep it until its payload has arrived too. */
   private header(size: number): Buffer | undefined {
     if (this.pendingHeader) return this.pendingHeader;
-    const h = this.take(size);
+    const h = this.bytes.take(size);
     if (h) this.pendingHeader = h;
     return h;
-  }
-
-  private peek(n: number): Buffer | undefined {
-    if (this.total < n) return undefined;
-    const first = this.pieces[0]!;
-    if (first.length >= n) return first.subarray(0, n);
-    return Buffer.concat(this.pieces, n).subarray(0, n);
-  }
-
-  /** Exactly n bytes off the front, or undefined (consuming nothing) if not all there yet. */
-  private take(n: number): Buffer | undefined {
-    if (this.total < n) return undefined;
-    if (n === 0) return Buffer.alloc(0);
-    const first = this.pieces[0]!;
-    if (first.length >= n) {
-      const out = first.subarray(0, n);
-      if (first.length === n) this.pieces.shift();
-      else this.pieces[0] = first.subarray(n);
-      this.total -= n;
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const p = this.pieces[0]!;
-      const want = n - filled;
-      if (p.length <= want) {
-        p.copy(out, filled);
-        filled += p.length;
-        this.pieces.shift();
-      } else {
-        p.copy(out, filled, 0, want);
-        this.pieces[0] = p.subarray(want);
-        filled += want;
-      }
-    }
-    this.total -= n;
-    return out;
   }
 }
 

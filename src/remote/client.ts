@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
+import { PendingCalls } from '../util/pending-calls.js';
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
 import {
   DriverEventSchema,
@@ -17,12 +18,6 @@ import {
   type ProcName,
   type ProcResult,
 } from './protocol.js';
-
-interface Pending {
-  proc: ProcName;
-  resolve: (v: unknown) => void;
-  reject: (e: VirError) => void;
-}
 
 export interface RemoteConnectOptions {
   /** The URI reported by `uri` (defaults to the daemon's). */
@@ -44,7 +39,8 @@ export interface RemoteTlsOptions extends RemoteConnectOptions {
 
 export class RemoteDriver implements Driver {
   private readonly decoder: FrameDecoder;
-  private readonly pending = new Map<number, Pending>();
+  /** serial -> the procedure called, whose result schema checks the reply */
+  private readonly pending = new PendingCalls<number, unknown, ProcName>();
   private readonly listeners = new Set<EventListener>();
   private nextSerial = 1;
   private closed = false;
@@ -142,10 +138,9 @@ export class RemoteDriver implements Driver {
     const serial = this.nextSerial;
     this.nextSerial = this.nextSerial >= 0x7fffffff ? 1 : this.nextSerial + 1;
     const frame = encodeFrame(Buffer.from(JSON.stringify({ type: 'call', serial, proc, args }), 'utf8'), this.opts.maxFrame);
-    return new Promise<ProcResult<P>>((resolve, reject) => {
-      this.pending.set(serial, { proc, resolve: resolve as (v: unknown) => void, reject });
-      this.socket.write(frame);
-    });
+    const reply = this.pending.add(serial, proc);
+    this.socket.write(frame);
+    return reply as Promise<ProcResult<P>>;
   }
 
   private onData(chunk: Buffer): void {
@@ -185,16 +180,15 @@ export class RemoteDriver implements Driver {
       }
       return;
     }
-    const p = this.pending.get(msg.serial);
+    const p = this.pending.take(msg.serial);
     if (!p) return; // serial 0 (connection-level error) or a call we gave up on
-    this.pending.delete(msg.serial);
     if (msg.type === 'error') {
       p.reject(VirError.fromJSON(msg.error));
       return;
     }
-    const result = procedures[p.proc].result.safeParse(msg.result);
+    const result = procedures[p.context].result.safeParse(msg.result);
     if (!result.success) {
-      p.reject(virErr('RPC', 'RPC', `reply to '${p.proc}' does not match the protocol`));
+      p.reject(virErr('RPC', 'RPC', `reply to '${p.context}' does not match the protocol`));
       return;
     }
     p.resolve(result.data);
@@ -204,8 +198,7 @@ export class RemoteDriver implements Driver {
     if (this.closed) return;
     this.closed = true;
     this.closeError = err;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.pending.rejectAll(err);
   }
 
   async close(): Promise<void> {

@@ -3,6 +3,7 @@
 // decoder is fed arbitrary chunks and returns whole frames.
 
 import { virErr } from '../errors.js';
+import { ByteQueue } from '../util/byte-queue.js';
 
 /** Size of the length prefix. */
 export const FRAME_HEADER_BYTES = 4;
@@ -28,69 +29,34 @@ export function encodeFrame(payload: Buffer, maxFrame: number = MAX_FRAME_BYTES)
  * unusable (the stream has lost its framing).
  */
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly bytes = new ByteQueue();
   private failed = false;
 
   constructor(private readonly maxFrame: number = MAX_FRAME_BYTES) {}
 
   /** Bytes held waiting for the rest of a frame. */
   get pendingBytes(): number {
-    return this.buffered;
+    return this.bytes.length;
   }
 
   push(chunk: Buffer): Buffer[] {
     if (this.failed) throw virErr('RPC', 'RPC', 'frame decoder used after a framing error');
-    if (chunk.length === 0) return [];
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
+    this.bytes.push(chunk);
     const frames: Buffer[] = [];
     for (;;) {
-      if (this.buffered < FRAME_HEADER_BYTES) break;
-      const length = this.peekLength();
+      const head = this.bytes.peek(FRAME_HEADER_BYTES);
+      if (!head) break;
+      const length = head.readUInt32BE(0);
       if (length > this.maxFrame) {
         this.failed = true;
-        this.chunks = [];
-        this.buffered = 0;
+        this.bytes.clear();
         throw virErr('RPC', 'RPC', `frame of ${length} bytes exceeds the maximum frame size of ${this.maxFrame} bytes`);
       }
-      if (this.buffered < FRAME_HEADER_BYTES + length) break;
-      this.take(FRAME_HEADER_BYTES);
-      frames.push(this.take(length));
+      if (this.bytes.length < FRAME_HEADER_BYTES + length) break;
+      this.bytes.take(FRAME_HEADER_BYTES);
+      // A copy, so a small frame does not pin the socket's large read chunk.
+      frames.push(this.bytes.takeCopy(length)!);
     }
     return frames;
-  }
-
-  private peekLength(): number {
-    const first = this.chunks[0]!;
-    if (first.length >= FRAME_HEADER_BYTES) return first.readUInt32BE(0);
-    const head = Buffer.concat(this.chunks, Math.min(this.buffered, 16)).subarray(0, FRAME_HEADER_BYTES);
-    return head.readUInt32BE(0);
-  }
-
-  /** Removes and returns the next n buffered bytes (n <= buffered). */
-  private take(n: number): Buffer {
-    if (n === 0) return Buffer.alloc(0);
-    const first = this.chunks[0]!;
-    if (first.length >= n) {
-      // Fast path: the bytes lie in one chunk; copy so the frame does not pin the chunk.
-      const out = Buffer.from(first.subarray(0, n));
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      this.buffered -= n;
-      return out;
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const used = Math.min(c.length, n - filled);
-      c.copy(out, filled, 0, used);
-      filled += used;
-      if (used === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(used);
-    }
-    this.buffered -= n;
-    return out;
   }
 }

@@ -11,6 +11,7 @@ import * as tls from 'node:tls';
 import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
 import {
   CallMessageSchema,
@@ -24,15 +25,6 @@ import {
   type ServerMessage,
 } from './protocol.js';
 
-export interface ServerLogger {
-  debug(msg: string): void;
-  info(msg: string): void;
-  warn(msg: string): void;
-  error(msg: string): void;
-}
-
-const silentLogger: ServerLogger = { debug() {}, info() {}, warn() {}, error() {} };
-
 export interface ServerOptions {
   /** Largest frame accepted or sent. */
   maxFrame?: number;
@@ -40,7 +32,8 @@ export interface ServerOptions {
   maxQueuedBytes?: number;
   /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
   maxInflight?: number;
-  logger?: ServerLogger;
+  /** daemon log (default: silent); client lines carry `client` (a per-server connection number) */
+  logger?: Logger;
   /**
    * Events a client receives once, right after its first `subscribe` (the
    * daemon's backlog of events published while nobody could listen, e.g.
@@ -74,6 +67,7 @@ class ClientConnection {
   subscribed = false;
   /** the backlog was sent (each connection gets it once) */
   private replayed = false;
+  private readonly log: Logger;
 
   constructor(
     private readonly server: RemoteServer,
@@ -83,8 +77,9 @@ class ClientConnection {
     private readonly driver: CheckedDriver,
   ) {
     this.decoder = new FrameDecoder(server.maxFrame);
+    this.log = server.log.child({ client: id });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (e) => this.server.log.debug(`client ${id}: socket error: ${e.message}`));
+    socket.on('error', (e) => this.log.debug({ error: e.message }, 'client socket error'));
     socket.on('close', () => this.onClose());
   }
 
@@ -164,7 +159,7 @@ class ClientConnection {
         if (hello.version !== PROTOCOL_VERSION) {
           throw virErr('RPC', 'RPC', `protocol version ${hello.version} not supported (daemon speaks ${PROTOCOL_VERSION})`);
         }
-        this.server.log.debug(`client ${this.id}: hello from ${hello.client ?? 'unnamed client'}`);
+        this.log.debug({ clientName: hello.client ?? 'unnamed client' }, 'client hello');
         return { version: PROTOCOL_VERSION, uri: this.driver.uri, readOnly: this.readOnly };
       }
       case 'subscribe':
@@ -179,7 +174,7 @@ class ClientConnection {
     const result = await method.apply(this.driver, args.data as unknown[]);
     const checked = procedures[name].result.safeParse(result);
     if (!checked.success) {
-      this.server.log.error(`procedure ${name} returned a result outside the protocol: ${describeIssues(checked.error.issues, 'result')}`);
+      this.log.error({ proc: name, issues: describeIssues(checked.error.issues, 'result') }, 'procedure returned a result outside the protocol');
       throw virErr('INTERNAL_ERROR', 'RPC', `procedure '${name}' produced a result the protocol cannot carry`);
     }
     return result;
@@ -187,7 +182,7 @@ class ClientConnection {
 
   sendError(serial: number, e: unknown): void {
     const err = toVirError(e, 'RPC');
-    if (!(e instanceof VirError)) this.server.log.warn(`client ${this.id}: non-VirError from driver: ${err.message}`);
+    if (!(e instanceof VirError)) this.log.warn({ err: e instanceof Error ? e : err }, 'non-VirError from driver');
     const message = err.message.length > LIMITS.messageChars ? `${err.message.slice(0, LIMITS.messageChars - 3)}...` : err.message;
     this.send({ type: 'error', serial, error: { code: err.code, domain: err.domain, message } });
   }
@@ -221,14 +216,14 @@ class ClientConnection {
 
   drop(reason: string): void {
     if (this.closed) return;
-    this.server.log.warn(`client ${this.id}: dropped: ${reason}`);
+    this.log.warn({ reason }, 'client dropped');
     this.closed = true;
     this.socket.destroy();
     this.server.forget(this);
   }
 
   private onClose(): void {
-    if (!this.closed) this.server.log.debug(`client ${this.id}: disconnected`);
+    if (!this.closed) this.log.debug('client disconnected');
     this.closed = true;
     this.server.forget(this);
   }
@@ -238,7 +233,7 @@ export class RemoteServer {
   readonly maxFrame: number;
   readonly maxQueuedBytes: number;
   readonly maxInflight: number;
-  readonly log: ServerLogger;
+  readonly log: Logger;
   readonly backlog: () => DriverEvent[];
   private readonly rw: CheckedDriver;
   private readonly ro: CheckedDriver;
@@ -291,10 +286,10 @@ export class RemoteServer {
       process.umask(oldMask);
     }
     fs.chmodSync(path, opts.mode);
-    server.on('error', (e) => this.log.error(`listener ${path}: ${e.message}`));
+    server.on('error', (e) => this.log.error({ socket: path, err: e }, 'listener failed'));
     this.listeners.push(server);
     this.socketPaths.push(path);
-    this.log.info(`listening on ${path}${opts.readOnly ? ' (read-only)' : ''}`);
+    this.log.info({ socket: path, readOnly: opts.readOnly }, 'listening');
   }
 
   /** TCP with TLS; only clients presenting a certificate signed by `ca` get through. */
@@ -303,7 +298,7 @@ export class RemoteServer {
       { cert: opts.cert, key: opts.key, ca: opts.ca, requestCert: true, rejectUnauthorized: true },
       (socket) => this.accept(socket, false),
     );
-    server.on('tlsClientError', (e) => this.log.warn(`TLS client refused: ${e.message}`));
+    server.on('tlsClientError', (e) => this.log.warn({ error: e.message }, 'TLS client refused'));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(opts.port, opts.host, () => {
@@ -311,10 +306,10 @@ export class RemoteServer {
         resolve();
       });
     });
-    server.on('error', (e) => this.log.error(`TLS listener: ${e.message}`));
+    server.on('error', (e) => this.log.error({ err: e }, 'TLS listener failed'));
     this.listeners.push(server);
     const addr = server.address() as net.AddressInfo;
-    this.log.info(`listening on TLS ${addr.address}:${addr.port}`);
+    this.log.info({ tcp: `${addr.address}:${addr.port}`, tls: true }, 'listening');
     return addr;
   }
 
@@ -322,7 +317,7 @@ export class RemoteServer {
     const id = this.nextClientId++;
     const client = new ClientConnection(this, socket, readOnly, id, readOnly ? this.ro : this.rw);
     this.clients.add(client);
-    this.log.debug(`client ${id}: connected${readOnly ? ' (read-only)' : ''}`);
+    this.log.debug({ client: id, readOnly, peer: socket.remoteAddress ?? 'unix' }, 'client connected');
   }
 
   /** @internal */

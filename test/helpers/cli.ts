@@ -11,7 +11,7 @@ import type { Driver } from '../../src/api/driver.js';
 import { TestDriver } from '../../src/api/test-driver.js';
 import { main } from '../../src/cli/virtback.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { Logger } from '../../src/daemon/logger.js';
+import { silentLogger } from '../../src/log.js';
 
 export interface CliResult {
   code: number;
@@ -74,7 +74,7 @@ export async function startCliDaemon<D extends Driver = TestDriver>(
   const daemon = await Daemon.start({
     stateDir: path.join(dir, 'state'),
     runDir: path.join(dir, 'run'),
-    logger: new Logger('error', null),
+    logger: silentLogger,
     openDriver: async (d) => (driver = await open(d)),
   });
   t.after(async () => {

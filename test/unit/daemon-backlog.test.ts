@@ -12,7 +12,7 @@ import type { DriverEvent, JobCompletedEvent } from '../../src/api/driver.js';
 import { TestDriver } from '../../src/api/test-driver.js';
 import { EventBacklog, drainRecoveredEvents } from '../../src/daemon/backlog.js';
 import { Daemon } from '../../src/daemon/daemon.js';
-import { Logger } from '../../src/daemon/logger.js';
+import { silentLogger } from '../../src/log.js';
 import { RemoteDriver } from '../../src/remote/client.js';
 
 const dom = { name: 'vm', uuid: '11111111-2222-3333-4444-555555555555' };
@@ -56,7 +56,7 @@ test('the daemon replays recovered events once to each client subscribing later;
   const daemon = await Daemon.start({
     stateDir: path.join(dir, 'state'),
     runDir: path.join(dir, 'run'),
-    logger: new Logger('error', null),
+    logger: silentLogger,
     openDriver: async () => (driver = Object.assign(await TestDriver.open(), { recoveredEvents: () => recovered.splice(0) })),
   });
   t.after(() => daemon.stop());
@@ -100,7 +100,7 @@ test('the backlog expires', async (t) => {
   const daemon = await Daemon.start({
     stateDir: path.join(dir, 'state'),
     runDir: path.join(dir, 'run'),
-    logger: new Logger('error', null),
+    logger: silentLogger,
     backlog: { ttlMs: 50 },
     openDriver: async () => Object.assign(await TestDriver.open(), { recoveredEvents: () => [done(9)] }),
   });

@@ -14,6 +14,7 @@ import {
   type QmpEvent,
 } from '../../src/qemu/qmp/client.js';
 import { ErrorCode, ErrorDomain } from '../../src/errors.js';
+import { silentLogger, type LogFields } from '../../src/log.js';
 
 interface Command {
   execute: string;
@@ -263,8 +264,11 @@ test('close() rejects pending calls and calls onClose without an error', async (
 });
 
 test('a throwing listener does not break the pump or other listeners', async (t) => {
-  const errors: unknown[] = [];
-  const [peer, client] = await connected(t, { onListenerError: (e) => errors.push(e) });
+  const errors: LogFields[] = [];
+  const warn = (fields: LogFields | string, msg?: string): void => {
+    if (typeof fields === 'object' && msg === 'QMP event listener threw') errors.push(fields);
+  };
+  const [peer, client] = await connected(t, { log: { ...silentLogger, warn } });
   const got: string[] = [];
   client.on('STOP', () => {
     throw new Error('listener bug');
@@ -279,7 +283,8 @@ test('a throwing listener does not break the pump or other listeners', async (t)
   assert.equal(await client.executeRaw('stop'), 'ok');
   assert.deepEqual(got, ['second:STOP', 'RESUME']);
   assert.equal(errors.length, 1);
-  assert.match((errors[0] as Error).message, /listener bug/);
+  assert.equal(errors[0]!.event, 'STOP');
+  assert.match((errors[0]!.err as Error).message, /listener bug/);
   assert.equal(await client.executeRaw('again'), 'ok');
 });
 

@@ -49,6 +49,15 @@ function answers(socket: string): Promise<boolean> {
   });
 }
 
+/** Every line of a --log-file log, parsed (each must be one JSON object). */
+function logLines(file: string): Array<Record<string, unknown>> {
+  return fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
 interface Running {
   child: ChildProcess;
   stderr: () => string;
@@ -184,10 +193,51 @@ test('--daemon detaches once the sockets listen and logs to a file', async (t) =
   await c.close();
   process.kill(pid, 'SIGTERM');
   await until(() => !alive(pid), 'the daemon to exit');
-  const text = fs.readFileSync(log, 'utf8');
-  assert.match(text, /info: virtbackd ready/);
-  assert.match(text, /info: SIGTERM received/);
+  const lines = logLines(log);
+  assert.ok(lines.some((l) => l.level === 'info' && l.msg === 'virtbackd ready'), JSON.stringify(lines));
+  assert.ok(lines.some((l) => l.level === 'info' && l.msg === 'SIGTERM received'));
   assert.equal(fs.existsSync(pidFile), false);
+});
+
+test('--log-file: JSON lines in a 0600 file, appended, with the level filter applied', async (t) => {
+  const dir = tmp(t);
+  const log = path.join(dir, 'logs', 'virtbackd.log');
+  const session = async (level: string): Promise<void> => {
+    const d = await startReady(t, dir, ['--log-level', level, '--log-file', log]);
+    const c = await connect(`virtback+unix:///?socket=${path.join(d.run, 'virtbackd.sock')}`);
+    await c.listAllDomains();
+    await c.close();
+    d.child.kill('SIGTERM');
+    assert.equal(await d.exited, 0, d.stderr());
+    assert.equal(d.stderr(), '', 'nothing on stderr when logging to a file');
+  };
+
+  await session('info');
+  assert.equal(fs.statSync(log).mode & 0o777, 0o600);
+  const info = logLines(log);
+  assert.deepEqual([...new Set(info.map((l) => l.level))].sort(), ['info'], 'no debug lines at info');
+  for (const l of info) {
+    assert.equal(l.pid, info[0]!.pid);
+    assert.ok(!Number.isNaN(Date.parse(String(l.time))), `ISO time in ${JSON.stringify(l)}`);
+  }
+  const ready = info.find((l) => l.msg === 'virtbackd ready');
+  assert.equal(ready?.driver, 'test:///default');
+  assert.deepEqual(info.map((l) => l.msg).slice(-3), ['SIGTERM received', 'shutting down', 'stopped'], 'the last lines before the exit are there');
+
+  // The same file again at debug: appended, and now the client's connect and disconnect are logged.
+  await session('debug');
+  const all = logLines(log);
+  assert.deepEqual(all.slice(0, info.length), info, 'appended, not truncated');
+  const debug = all.slice(info.length);
+  // (startReady's probes connect to the read-only socket)
+  const connected = debug.filter((l) => l.level === 'debug' && l.msg === 'client connected' && l.readOnly === false);
+  assert.equal(connected.length, 1);
+  assert.equal(typeof connected[0]!.client, 'number');
+  assert.ok(debug.some((l) => l.level === 'debug' && l.msg === 'client disconnected' && l.client === connected[0]!.client));
+
+  // error: a clean run writes nothing at all
+  await session('error');
+  assert.equal(logLines(log).length, all.length);
 });
 
 test('--daemon reports a start failure and exits 1', async (t) => {

@@ -8,6 +8,7 @@
 import net from 'node:net';
 import { randomInt } from 'node:crypto';
 import { virErr, type VirError } from '../../errors.js';
+import { PendingCalls } from '../../util/pending-calls.js';
 import { QmpDecoder, QmpDecodeError, encodeCommand, isErrorReply, isReturn, type QmpMessage } from './codec.js';
 
 export const DEFAULT_AGENT_TIMEOUT_MS = 30_000;
@@ -35,21 +36,20 @@ function hasTimeout(ms: number): boolean {
   return ms > 0 && Number.isFinite(ms);
 }
 
-interface Waiter {
-  /** Reply accepted when it carries this id; for commands also a reply without id. */
-  id: string | number;
-  sync: boolean;
-  resolve: (m: QmpMessage) => void;
-}
+/**
+ * A sync is answered by a return of its id; a command by a reply carrying its
+ * id, or (before the agent showed that it echoes ids) one without id.
+ */
+type CallKind = 'sync' | 'command';
 
 export class GuestAgentClient {
   private readonly socket: net.Socket;
   private readonly decoder = new QmpDecoder({ maxBuffer: AGENT_MAX_MESSAGE_BYTES, syncDelimiter: true });
   private readonly timeoutMs: number;
   private readonly syncTimeoutMs: number;
-  private waiter: Waiter | undefined;
+  /** At most one call: execute() and sync() are serialised. */
+  private readonly pending = new PendingCalls<string | number, QmpMessage, CallKind>();
   private closeError: VirError | undefined;
-  private closeWaiters = new Set<(e: VirError) => void>();
   private queue: Promise<unknown> = Promise.resolve();
   private needsSync = true;
   private nextId = 1;
@@ -101,7 +101,7 @@ export class GuestAgentClient {
       if (this.needsSync) await this.doSync(this.syncTimeoutMs);
       const id = `vb-ga-${this.nextId++}`;
       const timeoutMs = opts?.timeoutMs ?? this.timeoutMs;
-      const reply = await this.await({ id, sync: false }, encodeCommand(cmd, args, id), timeoutMs);
+      const reply = await this.await(id, 'command', encodeCommand(cmd, args, id), timeoutMs);
       if (isErrorReply(reply)) {
         throw virErr('INTERNAL_ERROR', 'QEMU', `unable to execute QEMU agent command '${cmd}': ${reply.error.desc}`);
       }
@@ -168,7 +168,7 @@ export class GuestAgentClient {
       ]);
       const attempt = Math.min(interval, deadline - Date.now());
       try {
-        await this.await({ id, sync: true }, request, Math.max(1, attempt));
+        await this.await(id, 'sync', request, Math.max(1, attempt));
         this.needsSync = false;
         return;
       } catch (e) {
@@ -178,38 +178,19 @@ export class GuestAgentClient {
     }
   }
 
-  /** Send `request` and wait for the reply the waiter accepts. */
-  private await(w: Omit<Waiter, 'resolve'>, request: Buffer, timeoutMs: number): Promise<QmpMessage> {
+  /** Send `request` and wait for the reply that answers call `id`. */
+  private await(id: string | number, kind: CallKind, request: Buffer, timeoutMs: number): Promise<QmpMessage> {
     if (this.closeError) return Promise.reject(this.closeError);
-    return new Promise<QmpMessage>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.waiter = undefined;
-        this.closeWaiters.delete(onClose);
-      };
-      const onClose = (e: VirError): void => {
-        finish();
-        reject(e);
-      };
-      this.closeWaiters.add(onClose);
-      this.waiter = {
-        ...w,
-        resolve: (m) => {
-          finish();
-          resolve(m);
-        },
-      };
-      if (hasTimeout(timeoutMs)) {
-        timer = setTimeout(() => {
-          finish();
-          // A late reply could be taken for the next command's: resync first.
-          this.needsSync = true;
-          reject(unresponsive('Guest agent not available for now'));
-        }, timeoutMs);
-      }
-      this.socket.write(request);
+    const reply = this.pending.add(id, kind, {
+      ms: timeoutMs,
+      error: () => {
+        // A late reply could be taken for the next command's: resync first.
+        this.needsSync = true;
+        return unresponsive('Guest agent not available for now');
+      },
     });
+    this.socket.write(request);
+    return reply;
   }
 
   private onData(chunk: Buffer): void {
@@ -227,24 +208,25 @@ export class GuestAgentClient {
   }
 
   private deliver(m: QmpMessage): void {
-    const w = this.waiter;
-    if (!w || !(isReturn(m) || isErrorReply(m))) return; // stale reply or event: drop
-    if (w.sync) {
-      if (isReturn(m) && m.return === w.id) w.resolve(m);
+    const call = this.pending.oldest();
+    if (!call || !(isReturn(m) || isErrorReply(m))) return; // stale reply or event: drop
+    const [id, kind] = call;
+    if (kind === 'sync') {
+      if (isReturn(m) && m.return === id) this.pending.take(id)!.resolve(m);
       return;
     }
     // qemu-ga echoes ids; once seen, an id-less reply is stale (e.g. the parse error of a sync's 0xFF).
-    if (m.id === w.id) {
+    if (m.id === id) {
       this.echoesIds = true;
-      w.resolve(m);
+      this.pending.take(id)!.resolve(m);
     } else if (m.id === undefined && !this.echoesIds) {
-      w.resolve(m);
+      this.pending.take(id)!.resolve(m);
     }
   }
 
   private shutdown(err: VirError): void {
     if (this.closeError) return;
     this.closeError = err;
-    for (const f of [...this.closeWaiters]) f(err);
+    this.pending.rejectAll(err);
   }
 }

@@ -18,6 +18,8 @@ import {
   type QmpMessage,
   type QmpReturn,
 } from './codec.js';
+import { errField, silentLogger, type Logger } from '../../log.js';
+import { PendingCalls } from '../../util/pending-calls.js';
 import type { QmpCommands, QmpEventName, QmpTypedEvent } from './commands.js';
 import { QmpCommandError, QmpConnectionError, QmpTimeoutError } from './errors.js';
 
@@ -35,8 +37,8 @@ export interface QmpConnectOptions {
   connectTimeoutMs?: number;
   /** Largest message accepted from QEMU (16 MiB); a larger one closes the connection. */
   maxMessageBytes?: number;
-  /** Where exceptions thrown by event listeners go (default: process warning). */
-  onListenerError?: (err: unknown, ev: QmpEvent) => void;
+  /** Where exceptions thrown by event listeners are reported (warn; default: nowhere). */
+  log?: Logger;
 }
 
 export interface CallOptions {
@@ -45,12 +47,10 @@ export interface CallOptions {
 
 type EventListener = (ev: QmpEvent) => void;
 
-interface Pending {
+/** What an error reply needs to name the command it answers. */
+interface Sent {
   command: string;
   args: unknown;
-  resolve: (v: unknown) => void;
-  reject: (e: Error) => void;
-  timer: NodeJS.Timeout | undefined;
 }
 
 function hasTimeout(ms: number): boolean {
@@ -61,8 +61,8 @@ export class QmpClient {
   private readonly socket: net.Socket;
   private readonly decoder: QmpDecoder;
   private readonly defaultTimeoutMs: number;
-  private readonly onListenerError: (err: unknown, ev: QmpEvent) => void;
-  private readonly pending = new Map<string, Pending>();
+  private readonly log: Logger;
+  private readonly pending = new PendingCalls<string, unknown, Sent>();
   private readonly listeners = new Map<string, Set<EventListener>>();
   private readonly closeListeners = new Set<(err?: Error) => void>();
   private nextId = 1;
@@ -76,10 +76,7 @@ export class QmpClient {
     this.socket = socket;
     this.decoder = new QmpDecoder({ maxBuffer: opts.maxMessageBytes });
     this.defaultTimeoutMs = opts.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
-    this.onListenerError =
-      opts.onListenerError ??
-      ((err, ev) =>
-        process.emitWarning(`QMP event listener for ${ev.event} threw: ${err instanceof Error ? err.stack : String(err)}`));
+    this.log = opts.log ?? silentLogger;
     this.closedPromise = new Promise((resolve) => {
       socket.once('close', () => {
         this.shutdown(new QmpConnectionError('End of file from qemu monitor'));
@@ -160,18 +157,12 @@ export class QmpClient {
     }
     const id = `vb-${this.nextId++}`;
     const timeoutMs = opts?.timeoutMs ?? this.defaultTimeoutMs;
-    return new Promise((resolve, reject) => {
-      const p: Pending = { command: cmd, args, resolve, reject, timer: undefined };
-      if (hasTimeout(timeoutMs)) {
-        p.timer = setTimeout(() => {
-          // Forget the id: a late reply is then dropped.
-          this.pending.delete(id);
-          reject(new QmpTimeoutError(`timed out after ${timeoutMs} ms waiting for QEMU reply to '${cmd}'`, cmd, timeoutMs));
-        }, timeoutMs);
-      }
-      this.pending.set(id, p);
-      this.socket.write(encodeCommand(cmd, args, id));
+    const reply = this.pending.add(id, { command: cmd, args }, {
+      ms: timeoutMs,
+      error: () => new QmpTimeoutError(`timed out after ${timeoutMs} ms waiting for QEMU reply to '${cmd}'`, cmd, timeoutMs),
     });
+    this.socket.write(encodeCommand(cmd, args, id));
+    return reply;
   }
 
   /** human-monitor-command. HMP reports most failures in the returned text, not as an error. */
@@ -310,11 +301,9 @@ export class QmpClient {
     const reply = m as QmpReturn | QmpErrorReply;
     // Replies without our string id (e.g. QEMU's answer to unparseable input) cannot be matched.
     if (typeof reply.id !== 'string') return;
-    const p = this.pending.get(reply.id);
+    const p = this.pending.take(reply.id);
     if (!p) return; // timed out earlier: drop the late reply
-    this.pending.delete(reply.id);
-    clearTimeout(p.timer);
-    if (isErrorReply(reply)) p.reject(new QmpCommandError(p.command, p.args, reply));
+    if (isErrorReply(reply)) p.reject(new QmpCommandError(p.context.command, p.context.args, reply));
     else p.resolve(reply.return);
   }
 
@@ -325,9 +314,9 @@ export class QmpClient {
         l(ev);
       } catch (err) {
         try {
-          this.onListenerError(err, ev);
+          this.log.warn({ event: ev.event, ...errField(err) }, 'QMP event listener threw');
         } catch {
-          // The error hook itself failed; the pump must go on regardless.
+          // The logger itself failed; the pump must go on regardless.
         }
       }
     }
@@ -338,12 +327,7 @@ export class QmpClient {
     if (this.closed) return;
     this.closed = true;
     this.closeError = err;
-    const rejection = err ?? new QmpConnectionError('monitor connection closed by client');
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(rejection);
-    }
-    this.pending.clear();
+    this.pending.rejectAll(err ?? new QmpConnectionError('monitor connection closed by client'));
     const ls = [...this.closeListeners];
     this.closeListeners.clear();
     for (const l of ls) {
