@@ -73,7 +73,7 @@ export class QemuRuntime {
 
   /** Connect the monitor (raw errors); the watch subscribes to it. */
   async connect(): Promise<QmpClient> {
-    const qmp = await QmpClient.connect(this.status.qmpSocket, { timeoutMs: this.env.qmpTimeoutMs });
+    const qmp = await QmpClient.connect(this.status.qmpSocket, { timeoutMs: this.env.qmpTimeoutMs, log: this.env.log });
     this.qmp = qmp;
     this.env.watch.attached(this, qmp);
     return qmp;
