@@ -14,7 +14,7 @@
 
 import path from 'node:path';
 import { virErr } from '../errors.js';
-import type { BackupDef, BackupServerDef } from '../xml/backup.js';
+import { backupBitmapName, type BackupDef, type BackupServerDef } from '../xml/backup.js';
 import type {
   BackupPerf,
   BlockdevCreateOptionsQcow2,
@@ -128,9 +128,43 @@ export function backingFileName(file: string, backing: string): string {
   return path.dirname(path.resolve(file)) === path.dirname(path.resolve(backing)) ? path.basename(backing) : backing;
 }
 
-/** Plan one backup. Throws CONFIG_UNSUPPORTED/OPERATION_UNSUPPORTED for what QEMU cannot do. */
+/**
+ * What can be refused in a <domainbackup> with every default applied
+ * (applyBackupDefaults), before anything is allocated or created. backupBegin
+ * calls it while preparing; planBackup calls it again (it is cheap) so a plan
+ * never comes from a definition that would be refused.
+ */
+export function checkBackupDef(def: BackupDef, opts: { tlsConfigured: boolean }): void {
+  const pull = def.mode === 'pull';
+  for (const bd of def.disks) {
+    if (!bd.backup) continue;
+    if (bd.path === null || bd.format === null || (pull && bd.exportname === null)) {
+      throw virErr('INTERNAL_ERROR', 'QEMU', `backup defaults not applied to disk '${bd.name}'`);
+    }
+    if (bd.type === 'block') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
+    }
+    if (pull && bd.format !== 'qcow2') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
+    }
+    if (bd.format !== 'qcow2' && bd.format !== 'raw') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `unsupported backup target format '${bd.format}' of disk '${bd.name}'`);
+    }
+  }
+  if (!def.disks.some((d) => d.backup)) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
+  if (!pull) return;
+  const server = def.server;
+  if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
+  if (!(server.transport === 'unix' && server.socket !== null) && server.transport !== 'tcp') {
+    throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
+  }
+  if (server.tls === true && !opts.tlsConfigured) throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
+}
+
+/** Plan one backup (pure); the definition carries every default (applyBackupDefaults). */
 export function planBackup(input: PlanInput): BackupPlan {
   const { def } = input;
+  checkBackupDef(def, { tlsConfigured: !!input.tls });
   const pull = def.mode === 'pull';
   const disks: PlannedDisk[] = [];
   const perDiskActions: TransactionAction[] = [];
@@ -139,17 +173,10 @@ export function planBackup(input: PlanInput): BackupPlan {
     if (!bd.backup) continue;
     const d = input.disks.find((x) => x.target === bd.name);
     if (!d) throw virErr('INTERNAL_ERROR', 'QEMU', `no block node for disk '${bd.name}'`);
-    if (bd.path === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no ${pull ? 'scratch' : 'target'} file for disk '${bd.name}'`);
-    if (bd.type === 'block') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
-    }
-    const format = bd.format ?? 'qcow2';
-    if (pull && format !== 'qcow2') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
-    }
-    if (format !== 'qcow2' && format !== 'raw') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `unsupported backup target format '${format}' of disk '${bd.name}'`);
-    }
+    // checked above (checkBackupDef)
+    const path = bd.path as string;
+    const format = bd.format as 'qcow2' | 'raw';
+    const exportName = bd.exportname ?? '';
     const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
     if (incremental !== null && d.base === null) {
       throw virErr('INTERNAL_ERROR', 'QEMU', `no bitmap for the incremental backup of disk '${bd.name}'`);
@@ -163,7 +190,7 @@ export function planBackup(input: PlanInput): BackupPlan {
     let backingFmt: string | null = null;
     if (backed) {
       const prev = !pull && d.previous ? d.previous : { path: d.diskPath, format: d.diskFormat };
-      backingFile = backingFileName(bd.path, prev.path);
+      backingFile = backingFileName(path, prev.path);
       backingFmt = prev.format;
     }
     const create: PlannedDisk['create'] =
@@ -183,8 +210,9 @@ export function planBackup(input: PlanInput): BackupPlan {
       format === 'qcow2'
         ? { driver: 'qcow2', 'node-name': formatNode, 'read-only': false, file: storageNode, backing: backed ? d.diskNode : null }
         : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode };
-    const bitmapName = pull ? (bd.exportbitmap ?? `backup-${bd.name}`) : `backup-${bd.name}`;
-    const tempBitmap = incremental !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
+    const bitmapName = pull ? bd.exportbitmap : backupBitmapName(bd.name);
+    if (incremental !== null && bitmapName === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no export bitmap for disk '${bd.name}'`);
+    const tempBitmap = incremental !== null && bitmapName !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
     const jobId = `backup-${bd.name}-${d.diskNode}`;
 
     if (tempBitmap !== null && d.base !== null) {
@@ -220,13 +248,13 @@ export function planBackup(input: PlanInput): BackupPlan {
       target: bd.name,
       diskNode: d.diskNode,
       jobId,
-      path: bd.path,
+      path,
       format,
       virtualSize: d.virtualSize,
       storageNode,
       formatNode,
       createFile: !input.reuseExternal,
-      addStorage: { driver: 'file', filename: bd.path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
+      addStorage: { driver: 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
       create,
       addFormat,
       tempBitmap,
@@ -238,28 +266,20 @@ export function planBackup(input: PlanInput): BackupPlan {
             id: `virtback-nbd-${formatNode}`,
             'node-name': formatNode,
             writable: false,
-            name: bd.exportname ?? bd.name,
+            name: exportName,
             ...(tempBitmap !== null ? { bitmaps: [tempBitmap.name] } : {}),
           }
         : null,
     });
   }
-  if (disks.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
-
   let nbdServer: BackupPlan['nbdServer'] = null;
   let tlsCreds: ObjectAddArgs | null = null;
-  if (pull) {
+  if (pull && def.server !== null) {
     const server = def.server;
-    if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
-    if (server.transport === 'unix' && server.socket !== null) {
-      nbdServer = { addr: { type: 'unix', data: { path: server.socket } } };
-    } else if (server.transport === 'tcp') {
-      nbdServer = { addr: tcpAddr(server, input.port) };
-    } else {
-      throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
-    }
-    if (server.tls === true) {
-      if (!input.tls) throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
+    nbdServer = server.transport === 'unix' && server.socket !== null
+      ? { addr: { type: 'unix', data: { path: server.socket } } }
+      : { addr: tcpAddr(server, input.port) };
+    if (server.tls === true && input.tls) {
       // libvirt's qemuBuildTLSx509BackendProps for a server endpoint
       tlsCreds = { 'qom-type': 'tls-creds-x509', id: input.tls.id, dir: input.tls.dir, endpoint: 'server', 'verify-peer': input.tls.verifyPeer };
       nbdServer['tls-creds'] = input.tls.id;
