@@ -10,6 +10,9 @@ import { createFile, runCreateJob, type StepLog } from './backup-steps.js';
 import type { PreparedCheckpoint } from './host.js';
 import { QmpCommandError, type QmpClient } from './qmp/client.js';
 
+/** A step of one QMP command: QEMU's error reply means it created nothing. */
+const atomic = { atomic: true };
+
 /** The job's record before its first step: phase 'starting', an empty log. */
 export function newJobRecord(id: number, def: BackupDef, plan: BackupPlan, checkpoint: string | null, sources: Map<string, string>): BackupJobRecord {
   return {
@@ -62,13 +65,13 @@ export async function executePlan(x: ExecuteInput): Promise<void> {
   await attachTargets(x);
   if (x.plan.tlsCreds) {
     const creds = x.plan.tlsCreds;
-    await x.log.run([{ kind: 'object', id: creds.id }], () => x.qmp.execute('object-add', creds));
+    await x.log.run([{ kind: 'object', id: creds.id }], () => x.qmp.execute('object-add', creds), atomic);
   }
   if (x.plan.nbdServer) await startNbdServer(x);
   await startJobs(x);
   for (const d of x.plan.disks) {
     const exp = d.export;
-    if (exp) await x.log.run([{ kind: 'export', id: exp.id }], () => x.qmp.execute('block-export-add', exp));
+    if (exp) await x.log.run([{ kind: 'export', id: exp.id }], () => x.qmp.execute('block-export-add', exp), atomic);
   }
 }
 
@@ -78,13 +81,13 @@ async function attachTargets({ qmp, plan, log }: ExecuteInput): Promise<void> {
     if (d.createFile) {
       await log.run([{ kind: 'file', path: d.path }], () => createFile(d.path, d.target, d.format === 'raw' ? d.virtualSize : 0));
     }
-    await log.run([{ kind: 'node', name: d.storageNode }], () => qmp.execute('blockdev-add', d.addStorage));
+    await log.run([{ kind: 'node', name: d.storageNode }], () => qmp.execute('blockdev-add', d.addStorage), atomic);
     const create = d.create;
     if (create) {
       await log.run([{ kind: 'job', id: create.jobId }], () => runCreateJob(qmp, create.jobId, create.options));
       await log.drop((s) => s.kind === 'job' && s.id === create.jobId); // dismissed
     }
-    await log.run([{ kind: 'node', name: d.formatNode }], () => qmp.execute('blockdev-add', d.addFormat));
+    await log.run([{ kind: 'node', name: d.formatNode }], () => qmp.execute('blockdev-add', d.addFormat), atomic);
   }
 }
 
@@ -94,7 +97,7 @@ async function startNbdServer(x: ExecuteInput): Promise<void> {
   const socket = server.addr.type === 'unix' ? server.addr.data.path : null;
   for (let attempt = 0; ; attempt++) {
     try {
-      await x.log.run([{ kind: 'nbd-server', socket }], () => x.qmp.execute('nbd-server-start', server));
+      await x.log.run([{ kind: 'nbd-server', socket }], () => x.qmp.execute('nbd-server-start', server), atomic);
       return;
     } catch (e) {
       const busy = e instanceof QmpCommandError && /in use/i.test(e.desc);
@@ -124,9 +127,10 @@ async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInp
     if (d.tempBitmap && d.tempBitmap.node === d.diskNode) created.push({ kind: 'bitmap', ...d.tempBitmap });
     created.push({ kind: 'job', id: d.jobId });
   }
+  // QEMU's transaction is all or nothing
   await log.run(created, () => transaction(async () => {
     await qmp.execute('transaction', { actions: plan.transaction });
-  }));
+  }), atomic);
   if (checkpoint) {
     await checkpoint.commit();
     await log.drop((s) => s.kind === 'bitmap' && s.checkpoint !== undefined);

@@ -25,12 +25,13 @@ export class StepLog {
 
   /**
    * Run `act`, which creates `res`, write-ahead: the entries are saved as
-   * intended first and marked done after. When QEMU refused the command (a
-   * QMP error reply: nothing was created) or the file could not be made, the
-   * entries go again; on any other failure (timeout, lost monitor) they stay
-   * for undo.
+   * intended first and marked done after. When the file could not be made,
+   * or QEMU refused a single-command step (`atomic`: its error reply means
+   * nothing was created), the entries go again; on any other failure (a
+   * timeout, a lost monitor, a later command of a multi-command step) they
+   * stay for undo.
    */
-  async run<T>(res: BackupResource[], act: () => Promise<T>): Promise<T> {
+  async run<T>(res: BackupResource[], act: () => Promise<T>, opts: { atomic?: boolean } = {}): Promise<T> {
     const steps: BackupStep[] = res.map((r) => ({ ...r, state: 'intended' }));
     this.rec.steps.push(...steps);
     await this.save();
@@ -38,7 +39,7 @@ export class StepLog {
     try {
       out = await act();
     } catch (e) {
-      if (e instanceof QmpCommandError || e instanceof FileCreateError) {
+      if ((opts.atomic === true && e instanceof QmpCommandError) || e instanceof FileCreateError) {
         this.rec.steps = this.rec.steps.filter((s) => !steps.includes(s));
         await this.save();
       }
