@@ -204,6 +204,9 @@ export class QemuBackups implements BackupOps {
     const table = this.table(dom);
     const running = table.current;
     if (running?.active) throw virErr('OPERATION_INVALID', 'QEMU', `another backup job is already running (job ${running.id})`);
+    // a failed begin whose undo failed left its log: try again before it is overwritten
+    const stale = readJobRecord(dom.run?.status.extra[EXTRA_KEY]);
+    if (stale?.phase === 'starting') await this.rollBack(dom, await this.driver.monitor(dom.uuid), stale);
     const p = await prepareBackup(this.driver, this.checkpoints, dom, {
       backupXml, checkpointXml, flags, finished: table.store.meta.finished,
       tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },

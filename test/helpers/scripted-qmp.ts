@@ -44,6 +44,8 @@ export class ScriptedQemu {
   readonly received: { cmd: string; args: Args }[] = [];
   /** fail the n-th mutating command (1-based) with a GenericError; 0 = never */
   failAt = 0;
+  /** further mutating commands (1-based) that fail */
+  readonly alsoFail = new Set<number>();
   private mutating = 0;
   private readonly clients = new Set<net.Socket>();
   private baseline = '';
@@ -139,7 +141,10 @@ export class ScriptedQemu {
         const { execute, arguments: args, id } = JSON.parse(line) as { execute: string; arguments?: Args; id?: unknown };
         this.received.push({ cmd: execute, args: args ?? {} });
         try {
-          if (!QUERIES.has(execute) && ++this.mutating === this.failAt) throw new QmpFail(`injected failure of '${execute}'`);
+          if (!QUERIES.has(execute)) {
+            const n = ++this.mutating;
+            if (n === this.failAt || this.alsoFail.has(n)) throw new QmpFail(`injected failure of '${execute}'`);
+          }
           this.write(s, { return: this.command(execute, args ?? {}), id });
         } catch (e) {
           const cls = e instanceof QmpFail ? 'GenericError' : 'CommandNotFound';

@@ -237,3 +237,38 @@ test('job logs: begin, QEMU job status changes (with QEMU time), completion; err
     await closeWorld(w);
   }
 });
+
+test('an undo that fails keeps its log; the next begin undoes it first', async () => {
+  const w = await world();
+  try {
+    const { host, backups } = driver(w);
+    await host.start();
+    const uuid = host.dom.uuid;
+    const xml = "<domainbackup><disks><disk name='sda'/><disk name='sdb' backup='no'/></disks></domainbackup>";
+    w.qemu.resetCounters();
+    // sda: blockdev-add storage (1), blockdev-create (2), job-dismiss (3), blockdev-add format (4), transaction (5)
+    w.qemu.failAt = 5;
+    w.qemu.alsoFail.add(6); // the undo's first command: blockdev-del of the format node
+    await assert.rejects(backups.backupBegin(uuid, xml, null, 0), /injected failure of 'transaction'/);
+    assert.deepEqual(w.qemu.received.filter((c) => !c.cmd.startsWith('query')).map((c) => c.cmd),
+      ['blockdev-add', 'blockdev-create', 'job-dismiss', 'blockdev-add', 'transaction', 'blockdev-del', 'blockdev-del']);
+    assert.deepEqual(w.qemu.leftovers().sort(), ['node libvirt-100-format', 'node libvirt-100-storage'],
+      'the format node could not be deleted, nor the storage node under it');
+    assert.deepEqual(await files(w), ['a.qcow2', 'b.qcow2'], 'the target file is gone all the same');
+    const saved = host.savedJob as { phase: string; steps: { kind: string; name?: string }[] };
+    assert.equal(saved.phase, 'starting');
+    assert.deepEqual(saved.steps.map((s) => `${s.kind} ${s.name}`), ['node libvirt-100-storage', 'node libvirt-100-format']);
+    assert.ok(host.log.lines.some((l) => l.level === 'warn' && l.msg === 'cannot undo a backup step'));
+
+    w.qemu.failAt = 0;
+    w.qemu.alsoFail.clear();
+    const id = await backups.backupBegin(uuid, xml, null, 0);
+    assert.ok(host.log.lines.some((l) => l.msg === 'backup job recovered' && l.fields.reason === 'interrupted start rolled back'));
+    await backups.abortJob(uuid, 0);
+    assert.deepEqual(w.qemu.leftovers(), []);
+    assert.deepEqual(await files(w), ['a.qcow2', 'b.qcow2']);
+    assert.equal(id, 2);
+  } finally {
+    await closeWorld(w);
+  }
+});
