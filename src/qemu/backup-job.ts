@@ -12,21 +12,30 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { JobStats } from '../api/driver.js';
 import { JobOperation, JobType } from '../flags.js';
+import { errField, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
 import type { JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
 
-/** Something a backup step created, undone in reverse order. */
+/** Something a backup step creates, undone in reverse order. */
 export type BackupResource =
   | { kind: 'file'; path: string }
   | { kind: 'node'; name: string }
-  | { kind: 'bitmap'; node: string; name: string }
+  /** `checkpoint`: a bitmap of the checkpoint created with the backup (kept once its metadata exists) */
+  | { kind: 'bitmap'; node: string; name: string; checkpoint?: string }
   | { kind: 'nbd-server'; socket: string | null }
   /** a QOM object (the tls-creds-x509 of a pull over TLS): object-del */
   | { kind: 'object'; id: string }
   | { kind: 'export'; id: string }
   | { kind: 'job'; id: string };
+
+/**
+ * A write-ahead log entry: saved as 'intended' (in the status file) before the
+ * step touches QEMU or the disk, marked 'done' after. Recovery undoes both: an
+ * intended step may have happened before the driver died.
+ */
+export type BackupStep = BackupResource & { state: 'intended' | 'done' };
 
 export interface BackupJobDisk {
   target: string;
@@ -65,8 +74,8 @@ export interface BackupJobRecord {
   /** checkpoint created together with this backup (null: none) */
   checkpoint: string | null;
   disks: BackupJobDisk[];
-  /** what begin created, in order; entries leave when they are undone or handed over */
-  created: BackupResource[];
+  /** the write-ahead log of what begin created, in order; entries leave when they are undone or handed over */
+  steps: BackupStep[];
   /** 'abort' (push aborted: targets unusable) or 'end' (pull ended by its user) once requested */
   stopping: 'abort' | 'end' | null;
   end: JobEnd | null;
@@ -119,7 +128,7 @@ const KEEP_FINISHED = 64;
 export class BackupMetaStore {
   meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null, pendingAfterPush: [] };
 
-  constructor(readonly dir: string) {}
+  constructor(readonly dir: string, private readonly log: Logger) {}
 
   get file(): string {
     return path.join(this.dir, 'meta.json');
@@ -136,7 +145,7 @@ export class BackupMetaStore {
         pendingAfterPush: Array.isArray(v.pendingAfterPush) ? v.pendingAfterPush : [],
       };
     } catch (e) {
-      process.emitWarning(`virtback: cannot read '${this.file}': ${(e as Error).message}`);
+      this.log.warn({ file: this.file, ...errField(e) }, 'cannot read backup metadata');
     }
   }
 
@@ -177,6 +186,15 @@ export function previousBackup(
     if (f.disk === disk && f.checkpoint === base && fileExists(f.path)) return f;
   }
   return null;
+}
+
+/** A job record read back from a status file (records before the write-ahead log listed `created`). */
+export function readJobRecord(raw: unknown): BackupJobRecord | null {
+  if (typeof raw !== 'object' || raw === null || typeof (raw as { id?: unknown }).id !== 'number') return null;
+  const rec = structuredClone(raw) as BackupJobRecord & { created?: BackupResource[] };
+  if (!Array.isArray(rec.steps)) rec.steps = (rec.created ?? []).map((r) => ({ ...r, state: 'done' as const }));
+  delete rec.created;
+  return rec;
 }
 
 /** A backup job in memory. */

@@ -1,7 +1,7 @@
 // Backup planning (pure): an aligned <domainbackup> plus what QEMU and the
 // checkpoint module told us about the disks -> the ordered QMP steps of
-// backupBegin. No I/O here; backup.ts executes the steps and records what each
-// one created, so a failure can undo exactly that.
+// backupBegin. No I/O here; backup-execute.ts runs the steps through the
+// write-ahead log (backup-steps.ts), so a failure can undo exactly that.
 //
 // Sequence (libvirt's qemuBackupBegin, QEMU-NOTES "The QMP that libvirt sends"):
 //   per disk: [create file] -> blockdev-add file node -> [blockdev-create qcow2]
@@ -14,7 +14,7 @@
 
 import path from 'node:path';
 import { virErr } from '../errors.js';
-import type { BackupDef, BackupServerDef } from '../xml/backup.js';
+import { backupBitmapName, type BackupDef, type BackupDiskDef, type BackupServerDef } from '../xml/backup.js';
 import type {
   BackupPerf,
   BlockdevCreateOptionsQcow2,
@@ -128,142 +128,176 @@ export function backingFileName(file: string, backing: string): string {
   return path.dirname(path.resolve(file)) === path.dirname(path.resolve(backing)) ? path.basename(backing) : backing;
 }
 
-/** Plan one backup. Throws CONFIG_UNSUPPORTED/OPERATION_UNSUPPORTED for what QEMU cannot do. */
+/**
+ * What can be refused in a <domainbackup> with every default applied
+ * (applyBackupDefaults), before anything is allocated or created. backupBegin
+ * calls it while preparing; planBackup calls it again (it is cheap) so a plan
+ * never comes from a definition that would be refused.
+ */
+export function checkBackupDef(def: BackupDef, opts: { tlsConfigured: boolean }): void {
+  const pull = def.mode === 'pull';
+  for (const bd of def.disks) {
+    if (!bd.backup) continue;
+    if (bd.path === null || bd.format === null || (pull && bd.exportname === null)) {
+      throw virErr('INTERNAL_ERROR', 'QEMU', `backup defaults not applied to disk '${bd.name}'`);
+    }
+    if (bd.type === 'block') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
+    }
+    if (pull && bd.format !== 'qcow2') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
+    }
+    if (bd.format !== 'qcow2' && bd.format !== 'raw') {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `unsupported backup target format '${bd.format}' of disk '${bd.name}'`);
+    }
+  }
+  if (!def.disks.some((d) => d.backup)) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
+  if (!pull) return;
+  const server = def.server;
+  if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
+  if (!(server.transport === 'unix' && server.socket !== null) && server.transport !== 'tcp') {
+    throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
+  }
+  if (server.tls === true && !opts.tlsConfigured) throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
+}
+
+/** Plan one backup (pure); the definition carries every default (applyBackupDefaults). */
 export function planBackup(input: PlanInput): BackupPlan {
   const { def } = input;
-  const pull = def.mode === 'pull';
+  checkBackupDef(def, { tlsConfigured: !!input.tls });
   const disks: PlannedDisk[] = [];
   const perDiskActions: TransactionAction[] = [];
-
   for (const bd of def.disks) {
     if (!bd.backup) continue;
     const d = input.disks.find((x) => x.target === bd.name);
     if (!d) throw virErr('INTERNAL_ERROR', 'QEMU', `no block node for disk '${bd.name}'`);
-    if (bd.path === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no ${pull ? 'scratch' : 'target'} file for disk '${bd.name}'`);
-    if (bd.type === 'block') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
-    }
-    const format = bd.format ?? 'qcow2';
-    if (pull && format !== 'qcow2') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
-    }
-    if (format !== 'qcow2' && format !== 'raw') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `unsupported backup target format '${format}' of disk '${bd.name}'`);
-    }
-    const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
-    if (incremental !== null && d.base === null) {
-      throw virErr('INTERNAL_ERROR', 'QEMU', `no bitmap for the incremental backup of disk '${bd.name}'`);
-    }
-    const storageNode = `libvirt-${d.nodeIndex}-storage`;
-    const formatNode = `libvirt-${d.nodeIndex}-format`;
-    // Backing: pull scratch -> the live disk; incremental qcow2 push -> the disk at run time,
-    // and in the header the previous backup of the chain (or the live disk); full -> none.
-    const backed = format === 'qcow2' && (pull || incremental !== null);
-    let backingFile: string | null = null;
-    let backingFmt: string | null = null;
-    if (backed) {
-      const prev = !pull && d.previous ? d.previous : { path: d.diskPath, format: d.diskFormat };
-      backingFile = backingFileName(bd.path, prev.path);
-      backingFmt = prev.format;
-    }
-    const create: PlannedDisk['create'] =
-      format === 'qcow2' && !input.reuseExternal
-        ? {
-            jobId: `create-${formatNode}`,
-            options: {
-              driver: 'qcow2',
-              file: storageNode,
-              size: d.virtualSize,
-              'cluster-size': TARGET_CLUSTER_SIZE,
-              ...(backingFile !== null ? { 'backing-file': backingFile, 'backing-fmt': backingFmt ?? 'qcow2' } : {}),
-            },
-          }
-        : null;
-    const addFormat: BlockdevOptions =
-      format === 'qcow2'
-        ? { driver: 'qcow2', 'node-name': formatNode, 'read-only': false, file: storageNode, backing: backed ? d.diskNode : null }
-        : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode };
-    const bitmapName = pull ? (bd.exportbitmap ?? `backup-${bd.name}`) : `backup-${bd.name}`;
-    const tempBitmap = incremental !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
-    const jobId = `backup-${bd.name}-${d.diskNode}`;
-
-    if (tempBitmap !== null && d.base !== null) {
-      perDiskActions.push(
-        {
-          type: 'block-dirty-bitmap-add',
-          data: { node: tempBitmap.node, name: tempBitmap.name, persistent: false, disabled: true, granularity: d.base.granularity },
-        },
-        {
-          type: 'block-dirty-bitmap-merge',
-          data: { node: tempBitmap.node, target: tempBitmap.name, bitmaps: [{ node: d.diskNode, name: d.base.bitmap }] },
-        },
-      );
-    }
-    const perf = input.perf === undefined ? BACKUP_PERF : input.perf;
-    perDiskActions.push({
-      type: 'blockdev-backup',
-      data: {
-        device: d.diskNode,
-        'job-id': jobId,
-        target: formatNode,
-        // never sync against the checkpoint bitmap itself: that would clear it on success
-        sync: pull ? 'none' : tempBitmap !== null ? 'incremental' : 'full',
-        ...(!pull && tempBitmap !== null ? { bitmap: tempBitmap.name } : {}),
-        'auto-finalize': true,
-        'auto-dismiss': false,
-        ...(!pull && perf ? { 'x-perf': perf } : {}),
-        ...(input.speed ? { speed: input.speed } : {}),
-      },
-    });
-
-    disks.push({
-      target: bd.name,
-      diskNode: d.diskNode,
-      jobId,
-      path: bd.path,
-      format,
-      virtualSize: d.virtualSize,
-      storageNode,
-      formatNode,
-      createFile: !input.reuseExternal,
-      addStorage: { driver: 'file', filename: bd.path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
-      create,
-      addFormat,
-      tempBitmap,
-      backingFile,
-      incremental,
-      export: pull
-        ? {
-            type: 'nbd',
-            id: `virtback-nbd-${formatNode}`,
-            'node-name': formatNode,
-            writable: false,
-            name: bd.exportname ?? bd.name,
-            ...(tempBitmap !== null ? { bitmaps: [tempBitmap.name] } : {}),
-          }
-        : null,
-    });
+    const planned = planDisk(input, bd, d);
+    disks.push(planned);
+    perDiskActions.push(...diskActions(input, planned, d));
   }
-  if (disks.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
-
-  let nbdServer: BackupPlan['nbdServer'] = null;
-  let tlsCreds: ObjectAddArgs | null = null;
-  if (pull) {
-    const server = def.server;
-    if (server === null) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
-    if (server.transport === 'unix' && server.socket !== null) {
-      nbdServer = { addr: { type: 'unix', data: { path: server.socket } } };
-    } else if (server.transport === 'tcp') {
-      nbdServer = { addr: tcpAddr(server, input.port) };
-    } else {
-      throw virErr('INTERNAL_ERROR', 'QEMU', 'unexpected transport in <domainbackup>');
-    }
-    if (server.tls === true) {
-      if (!input.tls) throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
-      // libvirt's qemuBuildTLSx509BackendProps for a server endpoint
-      tlsCreds = { 'qom-type': 'tls-creds-x509', id: input.tls.id, dir: input.tls.dir, endpoint: 'server', 'verify-peer': input.tls.verifyPeer };
-      nbdServer['tls-creds'] = input.tls.id;
-    }
-  }
+  const { nbdServer, tlsCreds } = planServer(input);
   return { mode: def.mode, disks, nbdServer, tlsCreds, transaction: [...input.checkpointActions, ...perDiskActions] };
+}
+
+/** One disk's target (push) or scratch (pull): file, nodes, format job, temporary bitmap, export. */
+function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): PlannedDisk {
+  const pull = input.def.mode === 'pull';
+  // checked by checkBackupDef
+  const path = bd.path as string;
+  const format = bd.format as 'qcow2' | 'raw';
+  const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
+  if (incremental !== null && d.base === null) {
+    throw virErr('INTERNAL_ERROR', 'QEMU', `no bitmap for the incremental backup of disk '${bd.name}'`);
+  }
+  const storageNode = `libvirt-${d.nodeIndex}-storage`;
+  const formatNode = `libvirt-${d.nodeIndex}-format`;
+  // Backing: pull scratch -> the live disk; incremental qcow2 push -> the disk at run time,
+  // and in the header the previous backup of the chain (or the live disk); full -> none.
+  const backed = format === 'qcow2' && (pull || incremental !== null);
+  let backingFile: string | null = null;
+  let backingFmt: string | null = null;
+  if (backed) {
+    const prev = !pull && d.previous ? d.previous : { path: d.diskPath, format: d.diskFormat };
+    backingFile = backingFileName(path, prev.path);
+    backingFmt = prev.format;
+  }
+  const create: PlannedDisk['create'] =
+    format === 'qcow2' && !input.reuseExternal
+      ? {
+          jobId: `create-${formatNode}`,
+          options: {
+            driver: 'qcow2',
+            file: storageNode,
+            size: d.virtualSize,
+            'cluster-size': TARGET_CLUSTER_SIZE,
+            ...(backingFile !== null ? { 'backing-file': backingFile, 'backing-fmt': backingFmt ?? 'qcow2' } : {}),
+          },
+        }
+      : null;
+  const addFormat: BlockdevOptions =
+    format === 'qcow2'
+      ? { driver: 'qcow2', 'node-name': formatNode, 'read-only': false, file: storageNode, backing: backed ? d.diskNode : null }
+      : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode };
+  const bitmapName = pull ? bd.exportbitmap : backupBitmapName(bd.name);
+  if (incremental !== null && bitmapName === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no export bitmap for disk '${bd.name}'`);
+  const tempBitmap = incremental !== null && bitmapName !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
+  return {
+    target: bd.name,
+    diskNode: d.diskNode,
+    jobId: `backup-${bd.name}-${d.diskNode}`,
+    path,
+    format,
+    virtualSize: d.virtualSize,
+    storageNode,
+    formatNode,
+    createFile: !input.reuseExternal,
+    addStorage: { driver: 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
+    create,
+    addFormat,
+    tempBitmap,
+    backingFile,
+    incremental,
+    export: pull
+      ? {
+          type: 'nbd',
+          id: `virtback-nbd-${formatNode}`,
+          'node-name': formatNode,
+          writable: false,
+          name: bd.exportname ?? '',
+          ...(tempBitmap !== null ? { bitmaps: [tempBitmap.name] } : {}),
+        }
+      : null,
+  };
+}
+
+/** The disk's part of the transaction: [temporary bitmap + merge from the checkpoint's] + blockdev-backup. */
+function diskActions(input: PlanInput, p: PlannedDisk, d: PlanDiskInput): TransactionAction[] {
+  const pull = input.def.mode === 'pull';
+  const out: TransactionAction[] = [];
+  const tempBitmap = p.tempBitmap;
+  if (tempBitmap !== null && d.base !== null) {
+    out.push(
+      {
+        type: 'block-dirty-bitmap-add',
+        data: { node: tempBitmap.node, name: tempBitmap.name, persistent: false, disabled: true, granularity: d.base.granularity },
+      },
+      {
+        type: 'block-dirty-bitmap-merge',
+        data: { node: tempBitmap.node, target: tempBitmap.name, bitmaps: [{ node: d.diskNode, name: d.base.bitmap }] },
+      },
+    );
+  }
+  const perf = input.perf === undefined ? BACKUP_PERF : input.perf;
+  out.push({
+    type: 'blockdev-backup',
+    data: {
+      device: d.diskNode,
+      'job-id': p.jobId,
+      target: p.formatNode,
+      // never sync against the checkpoint bitmap itself: that would clear it on success
+      sync: pull ? 'none' : tempBitmap !== null ? 'incremental' : 'full',
+      ...(!pull && tempBitmap !== null ? { bitmap: tempBitmap.name } : {}),
+      'auto-finalize': true,
+      'auto-dismiss': false,
+      ...(!pull && perf ? { 'x-perf': perf } : {}),
+      ...(input.speed ? { speed: input.speed } : {}),
+    },
+  });
+  return out;
+}
+
+/** A pull's NBD server, and its TLS credentials object. */
+function planServer(input: PlanInput): Pick<BackupPlan, 'nbdServer' | 'tlsCreds'> {
+  const server = input.def.server;
+  if (input.def.mode !== 'pull' || server === null) return { nbdServer: null, tlsCreds: null };
+  const nbdServer: NonNullable<BackupPlan['nbdServer']> = server.transport === 'unix' && server.socket !== null
+    ? { addr: { type: 'unix', data: { path: server.socket } } }
+    : { addr: tcpAddr(server, input.port) };
+  let tlsCreds: ObjectAddArgs | null = null;
+  if (server.tls === true && input.tls) {
+    // libvirt's qemuBuildTLSx509BackendProps for a server endpoint
+    tlsCreds = { 'qom-type': 'tls-creds-x509', id: input.tls.id, dir: input.tls.dir, endpoint: 'server', 'verify-peer': input.tls.verifyPeer };
+    nbdServer['tls-creds'] = input.tls.id;
+  }
+  return { nbdServer, tlsCreds };
 }

@@ -1,19 +1,20 @@
 // Backup jobs on QEMU (libvirt's qemu_backup.c, in the original job-id shape
-// plus libvirt's later getJobStats/abortJob): backupBegin plans with
-// backup-plan.ts, executes step by step recording what each step created
-// (undone in reverse on failure), and returns once the QEMU jobs run.
+// plus libvirt's later getJobStats/abortJob). backupBegin is libvirt's
+// pipeline: prepare (parse, defaults, checks; backup-prepare.ts) -> allocate
+// (node indexes, job id, port) -> plan once (pure; backup-plan.ts) -> execute
+// write-ahead-logged steps (backup-execute.ts, backup-steps.ts) -> on failure
+// undo the log in reverse. A driver killed inside backupBegin leaves a log
+// that the next start (or the domain's stop) undoes.
 // Completion arrives as JOB_STATUS_CHANGE events and is reconciled with
 // query-jobs; targets are closed (blockdev-del flushes) before job-completed
 // is published, so a listener may open them at once.
 
-import { existsSync } from 'node:fs';
-import { lstat, open, rm, unlink } from 'node:fs/promises';
-import net from 'node:net';
+import { rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import { toVirError, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType, ShutoffReason } from '../flags.js';
-import { alignBackupDisks, formatBackupXML, parseBackupXML, type BackupDef } from '../xml/backup.js';
+import { errField, type LogFields } from '../log.js';
 import {
   BackupJob,
   BackupJobTable,
@@ -21,20 +22,22 @@ import {
   decideEnd,
   firstError,
   jobStats,
-  previousBackup,
-  type BackupJobDisk,
+  readJobRecord,
   type BackupJobRecord,
-  type BackupResource,
   type PushCompleteInfo,
 } from './backup-job.js';
-import { planBackup, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
+import { executePlan, newJobRecord } from './backup-execute.js';
+import { planBackup } from './backup-plan.js';
+import { allocateBackup, freePort, prepareBackup } from './backup-prepare.js';
+import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { DomainObject } from './domain-object.js';
 import type { BackupOps, CheckpointAccess, DomainHost } from './host.js';
-import { QmpCommandError, qmpErrorToVirError, type QmpClient } from './qmp/client.js';
-import type { BlockDeviceInfo, BlockdevCreateOptions, JobInfo } from './qmp/commands.js';
+import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
+import type { JobInfo } from './qmp/commands.js';
 
 export type { PushCompleteInfo } from './backup-job.js';
+export { freePort } from './backup-prepare.js';
 
 export interface QemuBackupsOptions {
   /** called after a push completed and its targets are closed; runs in the background (one at a time), backupEnd waits for it */
@@ -53,31 +56,8 @@ export interface QemuBackupsOptions {
 }
 
 const EXTRA_KEY = 'backupJob';
-const JOB_WAIT_MS = 60_000;
-
-function warn(msg: string, e?: unknown): void {
-  process.emitWarning(`virtback backup: ${msg}${e === undefined ? '' : `: ${e instanceof Error ? e.message : String(e)}`}`);
-}
-
-function noBackup(): Error {
-  return virErr('NO_DOMAIN_BACKUP', 'DOMAIN', 'no domain backup job present');
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** A TCP port that is free right now on `host` (bind 0, read, release). */
-export function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function stoppedWhy(reason: number): string {
   switch (reason) {
@@ -86,6 +66,16 @@ function stoppedWhy(reason: number): string {
     case ShutoffReason.SHUTDOWN: return 'shut down';
     default: return 'stopped';
   }
+}
+
+/** The fields every job log line carries. */
+function jobFields(dom: DomainObject, rec: BackupJobRecord): LogFields {
+  return { domain: { name: dom.name, uuid: dom.uuid }, jobId: rec.id, mode: rec.mode, disks: rec.disks.map((d) => d.target) };
+}
+
+/** Bytes copied (push) or held in scratch files (pull) so far. */
+function jobBytes(rec: BackupJobRecord): number {
+  return rec.disks.reduce((n, d) => n + d.current, 0);
 }
 
 export class QemuBackups implements BackupOps {
@@ -107,7 +97,7 @@ export class QemuBackups implements BackupOps {
   ) {
     driver.addHooks({
       onLoaded: async (dom) => {
-        const table = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid)));
+        const table = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid), this.driver.log));
         await table.store.load();
         dom.backupJobs = table;
         // manifests of pushes that finished before a daemon stop got in their way
@@ -115,9 +105,11 @@ export class QemuBackups implements BackupOps {
       },
       onStarted: (dom) => {
         this.seenLive.add(dom.uuid);
+        if (dom.run?.qmp) this.watch(dom, dom.run.qmp);
       },
       onReconnected: (dom) => {
         this.seenLive.add(dom.uuid);
+        if (dom.run?.qmp) this.watch(dom, dom.run.qmp);
         return this.recover(dom);
       },
       onRemoved: (dom) => rm(this.metaDir(dom.uuid), { recursive: true, force: true }),
@@ -148,7 +140,7 @@ export class QemuBackups implements BackupOps {
 
   private table(dom: DomainObject): BackupJobTable {
     if (dom.backupJobs instanceof BackupJobTable) return dom.backupJobs;
-    const t = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid)));
+    const t = new BackupJobTable(new BackupMetaStore(this.metaDir(dom.uuid), this.driver.log));
     dom.backupJobs = t;
     return t;
   }
@@ -173,7 +165,11 @@ export class QemuBackups implements BackupOps {
     w?.off();
     const off = qmp.on('JOB_STATUS_CHANGE', (ev) => {
       const { id, status } = ev.data;
-      if (!id.startsWith('backup-') || (status !== 'concluded' && status !== 'null')) return;
+      if (!id.startsWith('backup-')) return;
+      // QEMU's own instant of the change (ms since the epoch, with µs): benchmarks measure our latency against it
+      const qemuTime = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
+      this.driver.log.debug({ domain: dom.uuid, job: id, status, qemuTime }, 'qmp JOB_STATUS_CHANGE');
+      if (status !== 'concluded' && status !== 'null') return;
       this.schedule(dom.uuid);
     });
     this.watchers.set(dom.uuid, { qmp, off });
@@ -188,7 +184,7 @@ export class QemuBackups implements BackupOps {
   private schedule(uuid: string): void {
     this.driver
       .withDomainLock(uuid, (dom) => this.reconcile(dom))
-      .catch((e) => warn(`processing backup job events of domain ${uuid} failed`, e));
+      .catch((e) => this.driver.log.warn({ domain: uuid, ...errField(e) }, 'processing backup job events failed'));
   }
 
   // ------------------------------------------------------------------ begin
@@ -201,342 +197,79 @@ export class QemuBackups implements BackupOps {
     return this.driver.withDomainLock(uuid, (dom) => this.begin(dom, backupXml, checkpointXml, flags));
   }
 
+  /** prepare -> allocate -> plan -> execute (write-ahead logged) -> undo on failure. Lock held. */
   private async begin(dom: DomainObject, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
     if (!dom.active || dom.liveDef === null) {
       throw virErr('OPERATION_UNSUPPORTED', 'QEMU', 'cannot perform disk backup for inactive domain');
     }
     const table = this.table(dom);
-    if (table.hasActiveJob()) throw virErr('OPERATION_INVALID', 'QEMU', 'another backup job is already running');
-    const reuse = (flags & BackupBeginFlags.REUSE_EXTERNAL) !== 0;
-    const def: BackupDef = backupXml === null
-      ? { mode: 'push', incremental: null, server: null, disks: [], id: null, tlsAlias: null, tlsSecretAlias: null }
-      : parseBackupXML(backupXml);
-    const prep = checkpointXml === null
-      ? null
-      : this.checkpoints.prepare(dom, checkpointXml, { noMetadata: (flags & BackupBeginFlags.NO_METADATA) !== 0 });
-    const suffix = prep ? prep.def.name : String(Math.floor(Date.now() / 1000));
-    const live = dom.liveDef;
-    alignBackupDisks(def, live, suffix);
-    const pull = def.mode === 'pull';
-    const tlsDir = this.opts.tlsX509CertDir ?? null;
-    if (def.server?.tls === true && tlsDir === null) {
-      throw virErr('OPERATION_INVALID', 'QEMU', 'backup TLS directory not configured');
-    }
-    // QOM id of the credentials; it names the job once the id is known
-    const tlsFor = (job: number): BackupTlsInput | null => pull && def.server?.tls === true && tlsDir !== null
-      ? { id: `virtback-backup-tls-${job}`, dir: path.resolve(tlsDir), verifyPeer: this.opts.tlsX509Verify ?? true }
-      : null;
-    const selected = def.disks.filter((d) => d.backup);
-    if (selected.length === 0) throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'no disks selected for backup');
-
-    const qmp = await this.driver.monitor(dom.uuid);
-    let nodes: BlockDeviceInfo[];
-    try {
-      nodes = await qmp.execute('query-named-block-nodes', { flat: true });
-    } catch (e) {
-      throw qmpErrorToVirError(e, 'cannot query block nodes');
-    }
-    // Everything that can be refused is checked before anything is created.
-    const inputs: Omit<PlanDiskInput, 'nodeIndex'>[] = [];
-    for (const bd of selected) {
-      const dn = dom.disks.find((d) => d.target === bd.name);
-      const ld = live.disks.find((d) => d.target === bd.name);
-      if (!dn?.formatNode || !ld || ld.source === null) {
-        throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${bd.name}' has no media`);
-      }
-      bd.format ??= 'qcow2';
-      if (pull) bd.exportname ??= bd.name;
-      const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
-      if (pull && incremental !== null) bd.exportbitmap ??= `backup-${bd.name}`;
-      const base = incremental !== null ? await this.checkpoints.ensureUsable(dom, incremental, bd.name) : null;
-      const node = nodes.find((n) => n['node-name'] === dn.formatNode);
-      if (!node) throw virErr('INTERNAL_ERROR', 'QEMU', `block node '${dn.formatNode}' of disk '${bd.name}' not found`);
-      if (!reuse && bd.path !== null && existsSync(bd.path)) {
-        throw virErr('INVALID_ARG', 'QEMU', `store '${bd.path}' for backup of '${bd.name}' exists`);
-      }
-      const prev = !pull && incremental !== null && bd.format === 'qcow2'
-        ? previousBackup(table.store.meta.finished, bd.name, incremental, existsSync)
-        : null;
-      inputs.push({
-        target: bd.name,
-        diskNode: dn.formatNode,
-        diskPath: ld.source,
-        diskFormat: ld.format,
-        virtualSize: node.image['virtual-size'],
-        base,
-        previous: prev ? { path: prev.path, format: prev.format } : null,
-      });
-    }
-    let autoPort = false;
-    let port: number | null = null;
-    if (pull && def.server?.transport === 'tcp' && (def.server.port ?? 0) === 0) {
-      autoPort = true;
-      port = await freePort(def.server.name ?? 'localhost');
-    }
-    // Dry run: configuration errors surface before node indexes and ids are spent.
-    planBackup({ def, disks: inputs.map((i) => ({ ...i, nodeIndex: 0 })), checkpointActions: [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls: tlsFor(0) });
-
-    const withIdx: PlanDiskInput[] = [];
-    for (const i of inputs) withIdx.push({ ...i, nodeIndex: await this.driver.allocateNodeIndex(dom.uuid) });
-    const id = await table.store.nextJobId();
-    const tls = tlsFor(id);
-    let plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls });
-
-    def.id = id;
-    def.tlsAlias = tls?.id ?? null;
-    if (pull && def.server?.transport === 'tcp' && port !== null) def.server.port = port;
-    const rec: BackupJobRecord = {
-      id,
-      mode: def.mode,
-      phase: 'starting',
-      startedAt: Date.now(),
-      endedAt: null,
-      xml: formatBackupXML(def),
-      checkpoint: prep ? prep.def.name : null,
-      disks: plan.disks.map((p): BackupJobDisk => ({
-        target: p.target,
-        source: live.disks.find((d) => d.target === p.target)?.source ?? '',
-        diskNode: p.diskNode,
-        jobId: p.jobId,
-        path: p.path,
-        format: p.format,
-        formatNode: p.formatNode,
-        storageNode: p.storageNode,
-        incremental: p.incremental,
-        backingFile: p.backingFile,
-        virtualSize: p.virtualSize,
-        createdFile: p.createFile,
-        state: 'running',
-        current: 0,
-        total: 0,
-        error: null,
-      })),
-      created: [],
-      stopping: null,
-      end: null,
-      errmsg: null,
-    };
+    const running = table.current;
+    if (running?.active) throw virErr('OPERATION_INVALID', 'QEMU', `another backup job is already running (job ${running.id})`);
+    // a failed begin whose undo failed left its log: try again before it is overwritten
+    const stale = readJobRecord(dom.run?.status.extra[EXTRA_KEY]);
+    if (stale?.phase === 'starting') await this.rollBack(dom, await this.driver.monitor(dom.uuid), stale);
+    const p = await prepareBackup(this.driver, this.checkpoints, dom, {
+      backupXml, checkpointXml, flags, finished: table.store.meta.finished,
+      tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },
+    });
+    const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId());
+    const plan = planBackup({
+      def: p.def, disks: a.disks, checkpointActions: p.checkpoint?.actions ?? [], reuseExternal: p.reuseExternal,
+      port: a.port, speed: this.opts.speed, perf: this.opts.perf, tls: a.tls,
+    });
+    p.def.id = a.id;
+    p.def.tlsAlias = a.tls?.id ?? null;
+    if (a.port !== null && p.def.server) p.def.server.port = a.port;
+    const rec = newJobRecord(a.id, p.def, plan, p.checkpoint?.def.name ?? null, new Map(p.disks.map((d) => [d.target, d.diskPath])));
     const previous = table.current;
-    const job = new BackupJob(rec);
-    table.current = job;
-    const record = async (r: BackupResource): Promise<void> => {
-      rec.created.push(r);
-      await this.persist(dom, rec);
-    };
-    const forget = async (pred: (r: BackupResource) => boolean): Promise<void> => {
-      rec.created = rec.created.filter((r) => !pred(r));
-      await this.persist(dom, rec);
-    };
+    table.current = new BackupJob(rec);
+    const qmp = await this.driver.monitor(dom.uuid);
     this.watch(dom, qmp);
+    const started = Date.now();
     try {
       await this.persist(dom, rec);
-      for (const d of plan.disks) {
-        if (d.createFile) {
-          await this.createFile(d.path, d.target, d.format === 'raw' ? d.virtualSize : 0);
-          await record({ kind: 'file', path: d.path });
-        }
-        await qmp.execute('blockdev-add', d.addStorage);
-        await record({ kind: 'node', name: d.storageNode });
-        if (d.create) {
-          await record({ kind: 'job', id: d.create.jobId });
-          await this.runCreateJob(qmp, d.create.jobId, d.create.options);
-          await forget((r) => r.kind === 'job' && r.id === d.create!.jobId);
-        }
-        await qmp.execute('blockdev-add', d.addFormat);
-        await record({ kind: 'node', name: d.formatNode });
-      }
-      if (plan.tlsCreds) {
-        // recorded first: a driver dying in between must not leak it (object-del tolerates "not found")
-        await record({ kind: 'object', id: plan.tlsCreds.id });
-        await qmp.execute('object-add', plan.tlsCreds);
-      }
-      if (plan.nbdServer) {
-        for (let attempt = 0; ; attempt++) {
-          try {
-            await qmp.execute('nbd-server-start', plan.nbdServer!);
-            break;
-          } catch (e) {
-            const busy = e instanceof QmpCommandError && /in use/i.test(e.desc);
-            if (!autoPort || !busy || attempt >= 5) throw e;
-            port = await freePort(def.server?.name ?? 'localhost');
-            def.server!.port = port;
-            plan = planBackup({ def, disks: withIdx, checkpointActions: prep?.actions ?? [], reuseExternal: reuse, port, speed: this.opts.speed, perf: this.opts.perf, tls });
-            rec.xml = formatBackupXML(def);
-          }
-        }
-        const addr = plan.nbdServer!.addr;
-        const sock = addr.type === 'unix' ? addr.data.path : null;
-        await record({ kind: 'nbd-server', socket: sock });
-      }
-
-      const transaction = async (): Promise<void> => {
-        await qmp.execute('transaction', { actions: plan.transaction });
-      };
-      if (flags & BackupBeginFlags.QUIESCE) await this.checkpoints.quiesced(dom, transaction);
-      else await transaction();
-      // What the transaction created: checkpoint bitmaps, temporary bitmaps on disk nodes, the jobs.
-      for (const a of prep?.actions ?? []) {
-        if (a.type === 'block-dirty-bitmap-add') rec.created.push({ kind: 'bitmap', node: a.data.node, name: a.data.name });
-      }
-      for (const d of plan.disks) {
-        if (d.tempBitmap && d.tempBitmap.node === d.diskNode) rec.created.push({ kind: 'bitmap', ...d.tempBitmap });
-        rec.created.push({ kind: 'job', id: d.jobId });
-      }
-      await this.persist(dom, rec);
-      if (prep) {
-        await prep.commit();
-        // from here on the checkpoint stays, whatever happens to the backup (as libvirt)
-        const cpBitmaps = new Set(prep.actions.map((a) => `${(a.data as { node: string }).node}/${prep.def.name}`));
-        await forget((r) => r.kind === 'bitmap' && cpBitmaps.has(`${r.node}/${r.name}`));
-      }
-      for (const d of plan.disks) {
-        if (!d.export) continue;
-        await qmp.execute('block-export-add', d.export);
-        await record({ kind: 'export', id: d.export.id });
-      }
+      await executePlan({
+        qmp, plan, def: p.def, checkpoint: p.checkpoint,
+        log: new StepLog(rec, () => this.persist(dom, rec)),
+        transaction: (run) => (p.quiesce ? this.checkpoints.quiesced(dom, run) : run()),
+        nextPort: p.autoPort ? () => freePort(p.def.server?.name ?? 'localhost') : null,
+      });
       rec.phase = 'running';
       await this.persist(dom, rec);
     } catch (e) {
       const err = qmpErrorToVirError(e, 'cannot start backup');
-      await this.undo(dom, qmp, rec, () => false).catch((u) => warn('undoing a failed backup start', u));
+      await undoSteps(rec, { qmp, log: this.driver.log }).catch(() => {}); // each failure is logged
       table.current = previous;
-      await this.persist(dom, previous?.record.phase === 'done' ? previous.record : null).catch(() => {});
+      await this.persist(dom, rec.steps.length > 0 ? rec : previous?.record.phase === 'done' ? previous.record : null).catch(() => {});
+      this.driver.log.error({ ...jobFields(dom, rec), durationMs: Date.now() - started, error: err.message }, 'backup job failed to start');
       throw err;
     }
+    this.driver.log.info({ ...jobFields(dom, rec), durationMs: Date.now() - started }, 'backup job started');
     // Jobs of small disks may have concluded already: look once the lock is free.
     this.schedule(dom.uuid);
-    return id;
+    return a.id;
   }
-
-  private async createFile(file: string, disk: string, size: number): Promise<void> {
-    let fh;
-    try {
-      fh = await open(file, 'wx', 0o600);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
-        throw virErr('INVALID_ARG', 'QEMU', `store '${file}' for backup of '${disk}' exists`);
-      }
-      throw virErr('SYSTEM_ERROR', 'QEMU', `failed to create image file '${file}': ${(e as Error).message}`, e);
-    }
-    try {
-      if (size > 0) await fh.truncate(size);
-    } finally {
-      await fh.close();
-    }
-  }
-
-  /** blockdev-create is a job: wait for it to conclude, check its error, dismiss it. */
-  private async runCreateJob(qmp: QmpClient, jobId: string, options: BlockdevCreateOptions): Promise<void> {
-    const w = qmp.waitForEvent(
-      (ev) => ev.event === 'JOB_STATUS_CHANGE' && (ev.data as { id?: string }).id === jobId && (ev.data as { status?: string }).status === 'concluded',
-      { timeoutMs: JOB_WAIT_MS },
-    );
-    try {
-      await qmp.execute('blockdev-create', { 'job-id': jobId, options });
-    } catch (e) {
-      w.cancel();
-      throw e;
-    }
-    await w.promise;
-    const info = (await qmp.execute('query-jobs')).find((j) => j.id === jobId);
-    await qmp.execute('job-dismiss', { id: jobId });
-    if (info?.error) throw virErr('OPERATION_FAILED', 'QEMU', `cannot format backup image: ${info.error}`);
-  }
-
-  // ------------------------------------------------------------------ undo
 
   /**
-   * Undo what the record says was created, in reverse order, best effort (every
-   * step is tried; the first failure is rethrown at the end). `keep` spares
-   * resources (a finished push keeps its target files). qmp null: QEMU is gone,
-   * only files are left to remove.
+   * Undo an interrupted backupBegin's log (phase 'starting') found in the
+   * status file; qmp null: QEMU is gone, only files remain. Idempotent: what
+   * cannot be undone now stays in the record for the next try.
    */
-  private async undo(dom: DomainObject, qmp: QmpClient | null, rec: BackupJobRecord, keep: (r: BackupResource) => boolean): Promise<void> {
-    let first: unknown = null;
-    for (const r of [...rec.created].reverse()) {
-      try {
-        if (!keep(r)) await this.undoOne(qmp, r);
-      } catch (e) {
-        first ??= e;
-        warn(`cannot undo ${r.kind} of backup job ${rec.id}`, e);
-      }
-      rec.created = rec.created.filter((x) => x !== r);
+  private async rollBack(dom: DomainObject, qmp: QmpClient | null, rec: BackupJobRecord): Promise<void> {
+    const checkpointKept: UndoOptions['checkpointKept'] = async (s) => {
+      const disk = dom.disks.find((d) => d.formatNode === s.node)?.target;
+      if (s.checkpoint === undefined || disk === undefined) return false;
+      return this.checkpoints.ensureUsable(dom, s.checkpoint, disk).then(() => true, () => false);
+    };
+    const steps = rec.steps.length;
+    try {
+      await undoSteps(rec, { qmp, log: this.driver.log, checkpointKept });
+      await this.persist(dom, null);
+      this.driver.log.info({ ...jobFields(dom, rec), steps, reason: 'interrupted start rolled back' }, 'backup job recovered');
+    } catch (e) {
+      await this.persist(dom, rec).catch(() => {});
+      this.driver.log.error({ ...jobFields(dom, rec), steps: rec.steps.length, ...errField(e) }, 'cannot roll back an interrupted backup start');
     }
-    await this.persist(dom, rec).catch(() => {});
-    if (first !== null) throw first;
-  }
-
-  private async undoOne(qmp: QmpClient | null, r: BackupResource): Promise<void> {
-    if (r.kind === 'file') {
-      await unlink(r.path).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'ENOENT') throw e;
-      });
-      return;
-    }
-    if (r.kind === 'nbd-server' && r.socket !== null) {
-      if (qmp && !qmp.isClosed) await qmp.execute('nbd-server-stop').catch(() => {});
-      await removeSocket(r.socket);
-      return;
-    }
-    if (!qmp || qmp.isClosed) return; // QEMU is gone and took these with it
-    switch (r.kind) {
-      case 'nbd-server':
-        await qmp.execute('nbd-server-stop');
-        return;
-      case 'object':
-        try {
-          await qmp.execute('object-del', { id: r.id });
-        } catch (e) {
-          // already gone is what we wanted
-          if (!(e instanceof QmpCommandError && /not found/i.test(e.desc))) throw e;
-        }
-        return;
-      case 'export': {
-        const exists = (await qmp.execute('query-block-exports')).some((x) => x.id === r.id);
-        if (!exists) return;
-        const w = qmp.waitForEvent(
-          (ev) => ev.event === 'BLOCK_EXPORT_DELETED' && (ev.data as { id?: string }).id === r.id, { timeoutMs: JOB_WAIT_MS });
-        try {
-          await qmp.execute('block-export-del', { id: r.id, mode: 'hard' });
-        } catch (e) {
-          w.cancel();
-          throw e;
-        }
-        await w.promise;
-        return;
-      }
-      case 'job':
-        await this.cancelAndDismiss(qmp, r.id);
-        return;
-      case 'bitmap':
-        await qmp.execute('block-dirty-bitmap-remove', { node: r.node, name: r.name });
-        return;
-      case 'node':
-        await qmp.execute('blockdev-del', { 'node-name': r.name });
-        return;
-    }
-  }
-
-  private async cancelAndDismiss(qmp: QmpClient, id: string): Promise<void> {
-    const info = (await qmp.execute('query-jobs')).find((j) => j.id === id);
-    if (!info) return;
-    if (info.status !== 'concluded') {
-      const w = qmp.waitForEvent(
-        (ev) => ev.event === 'JOB_STATUS_CHANGE' && (ev.data as { id?: string }).id === id && (ev.data as { status?: string }).status === 'concluded',
-        { timeoutMs: JOB_WAIT_MS },
-      );
-      try {
-        if (id.startsWith('create-')) await qmp.execute('job-cancel', { id });
-        else await qmp.execute('block-job-cancel', { device: id, force: true });
-      } catch (e) {
-        // it may have concluded in between
-        w.cancel();
-        const again = (await qmp.execute('query-jobs')).find((j) => j.id === id);
-        if (again?.status !== 'concluded') throw e;
-      }
-      await w.promise.catch(() => {});
-    }
-    await qmp.execute('job-dismiss', { id });
   }
 
   // ------------------------------------------------------------------ completion
@@ -566,7 +299,7 @@ export class QemuBackups implements BackupOps {
           d.error = q.error;
         } else d.state = 'complete';
         await qmp.execute('job-dismiss', { id: d.jobId });
-        rec.created = rec.created.filter((r) => !(r.kind === 'job' && r.id === d.jobId));
+        rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && r.id === d.jobId));
         changed = true;
       }
     }
@@ -597,7 +330,7 @@ export class QemuBackups implements BackupOps {
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
     try {
-      await this.undo(dom, qmp, rec, (r) => keepTargets && r.kind === 'file');
+      await undoSteps(rec, { qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file' });
     } catch (e) {
       // a target that cannot be closed is not a backup we can vouch for
       if (keepTargets) {
@@ -635,8 +368,9 @@ export class QemuBackups implements BackupOps {
     const stats = jobStats(rec, rec.endedAt);
     job.finalStats = stats;
     store.meta.lastCompleted = stats;
-    await store.save().catch((e) => warn('cannot save backup metadata', e));
-    await this.persist(dom, rec).catch((e) => warn('cannot save the backup job record', e));
+    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
+    await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
+    this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
     for (const d of rec.disks) {
@@ -660,10 +394,10 @@ export class QemuBackups implements BackupOps {
     const key = `${info.uuid}/${info.jobId}`;
     const done = this.afterPushQueue
       .then(() => hook(info))
-      .catch((e) => warn(`afterPushComplete of backup job ${info.jobId} failed`, e))
+      .catch((e) => this.driver.log.warn({ domain: { name: info.name, uuid: info.uuid }, jobId: info.jobId, ...errField(e) }, 'afterPushComplete failed'))
       .then(async () => {
         store.meta.pendingAfterPush = store.meta.pendingAfterPush.filter((p) => !(p.uuid === info.uuid && p.jobId === info.jobId));
-        await store.save().catch((e) => warn('cannot save backup metadata', e));
+        await store.save().catch((e) => this.driver.log.warn({ domain: info.uuid, ...errField(e) }, 'cannot save backup metadata'));
       });
     this.afterPushQueue = done;
     this.afterPushDone.set(key, done);
@@ -700,27 +434,23 @@ export class QemuBackups implements BackupOps {
 
   // ------------------------------------------------------------------ lifecycle
 
+  /** The driver found the domain's QEMU alive at open(): pick up its job. */
   private async recover(dom: DomainObject): Promise<void> {
-    const raw = dom.run?.status.extra[EXTRA_KEY] as BackupJobRecord | undefined;
-    if (!raw || typeof raw.id !== 'number') return;
+    const rec = readJobRecord(dom.run?.status.extra[EXTRA_KEY]);
+    if (!rec) return;
     const table = this.table(dom);
-    const job = new BackupJob(raw);
-    table.current = job;
-    if (raw.phase === 'done') return;
+    table.current = rec.phase === 'starting' ? null : new BackupJob(rec);
+    if (rec.phase === 'done') return;
     this.recovering.add(dom.uuid);
     try {
       const qmp = await this.driver.monitor(dom.uuid);
       this.watch(dom, qmp);
-      if (raw.phase === 'starting') {
-        // the driver stopped in the middle of backupBegin: roll back
-        await this.undo(dom, qmp, raw, () => false).catch((e) => warn('rolling back an interrupted backup start', e));
-        table.current = null;
-        await this.persist(dom, null);
-        return;
-      }
+      // the driver stopped in the middle of backupBegin: nobody got the job id, undo its log
+      if (rec.phase === 'starting') return await this.rollBack(dom, qmp, rec);
+      this.driver.log.info({ ...jobFields(dom, rec), reason: 'reconnected' }, 'backup job recovered');
       await this.reconcile(dom);
     } catch (e) {
-      warn(`cannot recover backup job ${raw.id} of domain '${dom.name}'`, e);
+      this.driver.log.error({ ...jobFields(dom, rec), ...errField(e) }, 'cannot recover backup job');
     } finally {
       this.recovering.delete(dom.uuid);
     }
@@ -729,10 +459,10 @@ export class QemuBackups implements BackupOps {
   private async domainStopped(dom: DomainObject, reason: number): Promise<void> {
     this.unwatch(dom.uuid);
     const table = this.table(dom);
-    if (!table.current) {
-      const raw = dom.run?.status.extra[EXTRA_KEY] as BackupJobRecord | undefined;
-      if (raw && typeof raw.id === 'number') table.current = new BackupJob(raw);
-    }
+    const saved = readJobRecord(dom.run?.status.extra[EXTRA_KEY]);
+    // QEMU died during an interrupted backupBegin: only the files it created are left
+    if (saved?.phase === 'starting' && table.current?.record.id !== saved.id) return this.rollBack(dom, null, saved);
+    if (!table.current && saved) table.current = new BackupJob(saved);
     const job = table.current;
     if (!job || !job.active) return;
     for (const d of job.record.disks) {
@@ -742,11 +472,23 @@ export class QemuBackups implements BackupOps {
     await this.terminate(dom, job, null, { errmsg });
   }
 
+  /** One line per ended job: completed, cancelled (aborted, or a pull ended) or failed. */
+  private logEnd(dom: DomainObject, rec: BackupJobRecord): void {
+    const fields = { ...jobFields(dom, rec), bytes: jobBytes(rec), durationMs: (rec.endedAt ?? Date.now()) - rec.startedAt };
+    const reason = rec.stopping === 'abort' ? 'aborted' : rec.stopping === 'end' ? 'ended by the client' : undefined;
+    if (rec.end === 'failed') this.driver.log.error({ ...fields, error: rec.errmsg }, 'backup job failed');
+    else if (rec.end === 'cancelled') this.driver.log.info({ ...fields, reason }, 'backup job cancelled');
+    else this.driver.log.info({ ...fields, reason }, 'backup job completed');
+  }
+
   // ------------------------------------------------------------------ queries and end
 
   private find(dom: DomainObject, id: number): BackupJob {
     const job = this.table(dom).current;
-    if (!job || (id !== 0 && id !== job.id)) throw noBackup();
+    if (!job) throw virErr('NO_DOMAIN_BACKUP', 'DOMAIN', 'no domain backup job present');
+    if (id !== 0 && id !== job.id) {
+      throw virErr('NO_DOMAIN_BACKUP', 'DOMAIN', `no domain backup job with id ${id} present (the domain's backup job is ${job.id})`);
+    }
     return job;
   }
 
@@ -820,13 +562,5 @@ export class QemuBackups implements BackupOps {
     if (!job || !job.active) throw virErr('OPERATION_INVALID', 'QEMU', 'no job is active on the domain');
     await this.stop(uuid, job, job.record.mode === 'push' ? 'abort' : 'end');
     await this.forget(uuid, job);
-  }
-}
-
-async function removeSocket(p: string): Promise<void> {
-  try {
-    if ((await lstat(p)).isSocket()) await unlink(p);
-  } catch {
-    // gone already
   }
 }

@@ -317,6 +317,33 @@ export function alignBackupDisks(def: BackupDef, domain: { disks: readonly Backu
   }
 }
 
+/** Format of a target or scratch image when <driver type> is absent (libvirt: qcow2). */
+export const DEFAULT_BACKUP_FORMAT = 'qcow2';
+
+/**
+ * The bitmap a backup of `disk` exposes (pull: exportbitmap's default) or
+ * copies through (push: the temporary bitmap libvirt names the same way).
+ */
+export function backupBitmapName(disk: string): string {
+  return `backup-${disk}`;
+}
+
+/**
+ * Every per-disk default the backup job runs with, in one place, after
+ * alignment (libvirt applies them in qemuBackupPrepare/-DiskPrepareOne): the
+ * store format, a pull's export name, and an incremental pull's export bitmap.
+ * The job's XML (backupGetXMLDesc) shows them.
+ */
+export function applyBackupDefaults(def: BackupDef): void {
+  for (const disk of def.disks) {
+    if (!disk.backup) continue;
+    disk.format ??= DEFAULT_BACKUP_FORMAT;
+    if (def.mode !== 'pull') continue;
+    disk.exportname ??= disk.name;
+    if (disk.backupmode === 'incremental') disk.exportbitmap ??= backupBitmapName(disk.name);
+  }
+}
+
 // ---------------------------------------------------------------- format
 
 export interface FormatBackupOptions {

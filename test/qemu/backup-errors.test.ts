@@ -116,8 +116,9 @@ test('backup errors: codes, and nothing left behind after each failure', async (
   const id = await driver.backupBegin(uuid,
     `<domainbackup><disks><disk name='sdb' type='file'><driver type='raw'/><target file='${env.dir}/ok.raw'/></disk></disks></domainbackup>`,
     "<domaincheckpoint><name>nm</name><disks><disk name='sdb' checkpoint='bitmap'/></disks></domaincheckpoint>", BackupBeginFlags.NO_METADATA);
-  await assert.rejects(driver.backupBegin(uuid, null, null, 0), { code: ErrorCode.OPERATION_INVALID, message: 'another backup job is already running' });
-  await assert.rejects(driver.backupEnd(uuid, id + 1, 0), { code: ErrorCode.NO_DOMAIN_BACKUP });
+  await assert.rejects(driver.backupBegin(uuid, null, null, 0), { code: ErrorCode.OPERATION_INVALID, message: `another backup job is already running (job ${id})` });
+  await assert.rejects(driver.backupEnd(uuid, id + 1, 0),
+    { code: ErrorCode.NO_DOMAIN_BACKUP, message: `no domain backup job with id ${id + 1} present (the domain's backup job is ${id})` });
   await assert.rejects(driver.backupEnd(uuid, id, 0), { code: ErrorCode.OPERATION_INVALID });
   await qmp(driver, uuid, 'block-job-set-speed', { device: `backup-sdb-${driver.diskNodes(uuid).find((d) => d.target === 'sdb')!.formatNode}`, speed: 0 });
   await waitJobCompleted(env.events, uuid, id);

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { planBackup, type PlanDiskInput } from '../../src/qemu/backup-plan.js';
-import { alignBackupDisks, parseBackupXML } from '../../src/xml/backup.js';
+import { alignBackupDisks, applyBackupDefaults, parseBackupXML } from '../../src/xml/backup.js';
 
 const domain = { disks: [{ target: 'sda', source: '/v/a.qcow2', readonly: false, type: 'file' }] };
 
@@ -16,6 +16,7 @@ const sda: PlanDiskInput = {
 function aligned(xml: string) {
   const def = parseBackupXML(xml);
   alignBackupDisks(def, domain, 'c1');
+  applyBackupDefaults(def);
   return def;
 }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { backingFileName, BACKUP_PERF, planBackup, type PlanDiskInput } from '../../src/qemu/backup-plan.js';
 import { previousBackup, jobStats, decideEnd, type BackupJobRecord, type FinishedTarget } from '../../src/qemu/backup-job.js';
-import { alignBackupDisks, parseBackupXML } from '../../src/xml/backup.js';
+import { alignBackupDisks, applyBackupDefaults, parseBackupXML } from '../../src/xml/backup.js';
 import type { TransactionAction } from '../../src/qemu/qmp/commands.js';
 
 const domain = {
@@ -29,6 +29,7 @@ function disk(target: string, nodeIndex: number, extra: Partial<PlanDiskInput> =
 function aligned(xml: string, suffix = 'c2') {
   const def = parseBackupXML(xml);
   alignBackupDisks(def, domain, suffix);
+  applyBackupDefaults(def);
   return def;
 }
 
@@ -124,7 +125,7 @@ test('backing file names, previous backup lookup, end decision, stats', () => {
   assert.equal(previousBackup(finished, 'sda', 'c3', () => true), null);
 
   const rec = (mode: 'push' | 'pull', states: ('complete' | 'cancelled' | 'failed' | 'running')[]): BackupJobRecord => ({
-    id: 3, mode, phase: 'running', startedAt: 1000, endedAt: null, xml: '', checkpoint: null, created: [], stopping: null, end: null, errmsg: null,
+    id: 3, mode, phase: 'running', startedAt: 1000, endedAt: null, xml: '', checkpoint: null, steps: [], stopping: null, end: null, errmsg: null,
     disks: states.map((state, i) => ({
       target: `sd${i}`, source: '', diskNode: 'n', jobId: `j${i}`, path: '', format: 'qcow2', formatNode: '', storageNode: '', incremental: null,
       backingFile: null, virtualSize: 100, createdFile: true, state, current: 40, total: 100, error: state === 'failed' ? 'EIO' : null,

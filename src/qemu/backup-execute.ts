@@ -1,0 +1,138 @@
+// The I/O stage of backupBegin: the planned steps run one by one through the
+// write-ahead log (backup-steps.ts), so whatever happens between two of them
+// (a QEMU error, a lost monitor, a killed driver) the record names everything
+// that may exist. The caller undoes the log when this throws.
+
+import { formatBackupXML, type BackupDef } from '../xml/backup.js';
+import type { BackupJobDisk, BackupJobRecord, BackupResource } from './backup-job.js';
+import type { BackupPlan } from './backup-plan.js';
+import { createFile, runCreateJob, type StepLog } from './backup-steps.js';
+import type { PreparedCheckpoint } from './host.js';
+import { QmpCommandError, type QmpClient } from './qmp/client.js';
+
+/** A step of one QMP command: QEMU's error reply means it created nothing. */
+const atomic = { atomic: true };
+
+/** The job's record before its first step: phase 'starting', an empty log. */
+export function newJobRecord(id: number, def: BackupDef, plan: BackupPlan, checkpoint: string | null, sources: Map<string, string>): BackupJobRecord {
+  return {
+    id,
+    mode: def.mode,
+    phase: 'starting',
+    startedAt: Date.now(),
+    endedAt: null,
+    xml: formatBackupXML(def),
+    checkpoint,
+    disks: plan.disks.map((p): BackupJobDisk => ({
+      target: p.target,
+      source: sources.get(p.target) ?? '',
+      diskNode: p.diskNode,
+      jobId: p.jobId,
+      path: p.path,
+      format: p.format,
+      formatNode: p.formatNode,
+      storageNode: p.storageNode,
+      incremental: p.incremental,
+      backingFile: p.backingFile,
+      virtualSize: p.virtualSize,
+      createdFile: p.createFile,
+      state: 'running',
+      current: 0,
+      total: 0,
+      error: null,
+    })),
+    steps: [],
+    stopping: null,
+    end: null,
+    errmsg: null,
+  };
+}
+
+export interface ExecuteInput {
+  qmp: QmpClient;
+  plan: BackupPlan;
+  log: StepLog;
+  def: BackupDef;
+  checkpoint: PreparedCheckpoint | null;
+  /** runs the transaction (inside a guest freeze with QUIESCE) */
+  transaction: (run: () => Promise<void>) => Promise<void>;
+  /** pull over tcp with a port we picked: another free one when QEMU finds it taken */
+  nextPort: (() => Promise<number>) | null;
+}
+
+/** Run the plan; on return every QEMU job runs and every export is up. */
+export async function executePlan(x: ExecuteInput): Promise<void> {
+  await attachTargets(x);
+  if (x.plan.tlsCreds) {
+    const creds = x.plan.tlsCreds;
+    await x.log.run([{ kind: 'object', id: creds.id }], () => x.qmp.execute('object-add', creds), atomic);
+  }
+  if (x.plan.nbdServer) await startNbdServer(x);
+  await startJobs(x);
+  for (const d of x.plan.disks) {
+    const exp = d.export;
+    if (exp) await x.log.run([{ kind: 'export', id: exp.id }], () => x.qmp.execute('block-export-add', exp), atomic);
+  }
+}
+
+/** Per disk: [file] -> storage node -> [blockdev-create job] -> format node. */
+async function attachTargets({ qmp, plan, log }: ExecuteInput): Promise<void> {
+  for (const d of plan.disks) {
+    if (d.createFile) {
+      await log.run([{ kind: 'file', path: d.path }], () => createFile(d.path, d.target, d.format === 'raw' ? d.virtualSize : 0));
+    }
+    await log.run([{ kind: 'node', name: d.storageNode }], () => qmp.execute('blockdev-add', d.addStorage), atomic);
+    const create = d.create;
+    if (create) {
+      await log.run([{ kind: 'job', id: create.jobId }], () => runCreateJob(qmp, create.jobId, create.options));
+      await log.drop((s) => s.kind === 'job' && s.id === create.jobId); // dismissed
+    }
+    await log.run([{ kind: 'node', name: d.formatNode }], () => qmp.execute('blockdev-add', d.addFormat), atomic);
+  }
+}
+
+async function startNbdServer(x: ExecuteInput): Promise<void> {
+  const server = x.plan.nbdServer;
+  if (!server) return;
+  const socket = server.addr.type === 'unix' ? server.addr.data.path : null;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await x.log.run([{ kind: 'nbd-server', socket }], () => x.qmp.execute('nbd-server-start', server), atomic);
+      return;
+    } catch (e) {
+      const busy = e instanceof QmpCommandError && /in use/i.test(e.desc);
+      if (x.nextPort === null || !busy || attempt >= 5 || server.addr.type !== 'inet') throw e;
+      const port = await x.nextPort();
+      server.addr.data.port = String(port);
+      x.def.server!.port = port;
+      x.log.rec.xml = formatBackupXML(x.def);
+    }
+  }
+}
+
+/**
+ * The one transaction (checkpoint bitmaps, temporary bitmaps, the jobs), then
+ * the checkpoint's metadata. Its bitmaps leave the log once the metadata is
+ * committed: from then on the checkpoint stays, whatever happens to the
+ * backup (libvirt); recovery asks the checkpoint module about a bitmap whose
+ * commit it cannot tell.
+ */
+async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInput): Promise<void> {
+  const created: BackupResource[] = [];
+  for (const a of checkpoint?.actions ?? []) {
+    if (a.type === 'block-dirty-bitmap-add') created.push({ kind: 'bitmap', node: a.data.node, name: a.data.name, checkpoint: checkpoint!.def.name });
+  }
+  for (const d of plan.disks) {
+    // a pull's temporary bitmap lives on the scratch node and goes with it
+    if (d.tempBitmap && d.tempBitmap.node === d.diskNode) created.push({ kind: 'bitmap', ...d.tempBitmap });
+    created.push({ kind: 'job', id: d.jobId });
+  }
+  // QEMU's transaction is all or nothing
+  await log.run(created, () => transaction(async () => {
+    await qmp.execute('transaction', { actions: plan.transaction });
+  }), atomic);
+  if (checkpoint) {
+    await checkpoint.commit();
+    await log.drop((s) => s.kind === 'bitmap' && s.checkpoint !== undefined);
+  }
+}

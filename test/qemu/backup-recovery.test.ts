@@ -1,0 +1,117 @@
+// A daemon SIGKILLed inside backupBegin on real QEMU (a child process that
+// kills itself at a chosen status save of the backup module, see
+// backup-kill-child.ts), then a new driver opens: QEMU is left with no backup
+// job, node, temporary bitmap, export or NBD server of the interrupted begin,
+// no target or scratch file or socket remains, and the next backup works
+// (before the write-ahead log, a kill after the transaction left a job that
+// refused every later backup: "Job ID 'backup-sda-…' already in use").
+
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import test from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { QemuDriver } from '../../src/qemu/driver.js';
+import { makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
+import { qemuState, waitJobCompleted } from './backup-util.js';
+
+const child = path.join(path.dirname(fileURLToPath(import.meta.url)), 'backup-kill-child.ts');
+
+/** Run the child; resolves with how it ended. */
+function runChild(args: object): Promise<{ signal: string | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['--import', 'tsx', child, JSON.stringify(args)], { timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ signal: (err as { signal?: string } | null)?.signal ?? null, stdout, stderr });
+    });
+  });
+}
+
+async function files(env: TestEnv): Promise<string[]> {
+  return (await readdir(env.dir)).filter((f) => f !== 'state' && f !== 'run').sort();
+}
+
+interface KillPoint { save: number; when: 'before' | 'after'; what: string }
+
+/**
+ * Kill points of a begin on two qcow2 disks, by status save: 1 the record;
+ * per disk 9 (file, storage node, create job + its drop, format node: each
+ * intended then done); pull: the NBD server (2); the transaction (2); the
+ * checkpoint's drop (1); pull: an export per disk (2 each); 'running' (1).
+ */
+function killPoints(pull: boolean): { points: KillPoint[]; saves: number } {
+  const attached = 1 + 2 * 9;
+  const tx = attached + (pull ? 2 : 0) + 1;
+  const saves = tx + 2 + (pull ? 4 : 0) + 1;
+  const points: KillPoint[] = [
+    { save: 1, when: 'after', what: 'the record, nothing created yet' },
+    { save: 2, when: 'after', what: 'the first target file intended' },
+    { save: 4, when: 'before', what: 'a storage node added, not marked done' },
+    { save: 7, when: 'after', what: 'blockdev-create intended' },
+    { save: 15, when: 'before', what: "the second disk's format job done, not dropped" },
+    ...(pull ? [{ save: attached + 2, when: 'before' as const, what: 'the NBD server started, not marked done' }] : []),
+    { save: tx, when: 'after', what: 'the transaction intended' },
+    { save: tx + 1, when: 'before', what: 'the transaction ran (jobs, bitmaps), not marked done' },
+    { save: tx + 2, when: 'before', what: 'the checkpoint committed, its bitmaps not yet dropped from the log' },
+    ...(pull ? [{ save: tx + 4, when: 'before' as const, what: 'the first export added, not marked done' }] : []),
+    { save: saves, when: 'before', what: "everything created, 'running' not saved" },
+  ];
+  return { points, saves };
+}
+
+for (const mode of ['push', 'pull'] as const) {
+  test(`${mode}: a daemon killed inside backupBegin leaves nothing behind after the next start; the next backup works`, async (t) => {
+    const env = await makeTestEnv(t);
+    const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 64 });
+    let driver: QemuDriver = await env.openDriver();
+    const { uuid } = await driver.domainDefineXML(dom.xml, 0);
+    await driver.domainCreate(uuid, 0);
+    const baseline = await qemuState(driver, uuid);
+    const baseFiles = await files(env);
+    const sock = path.join(env.dir, 'nbd.sock');
+    const backupXml = mode === 'push'
+      ? '<domainbackup/>'
+      : `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/></domainbackup>`;
+
+    const { points, saves } = killPoints(mode === 'pull');
+    for (const [i, p] of points.entries()) {
+      const { save } = p;
+      const at = `${mode}: kill ${p.when} save ${save}/${saves} (${p.what})`;
+      await driver.close();
+      const cp = `k${i}`;
+      const r = await runChild({
+        stateDir: env.stateDir, runDir: env.runDir, uuid, save, when: p.when, backupXml,
+        checkpointXml: `<domaincheckpoint><name>${cp}</name></domaincheckpoint>`,
+      });
+      assert.equal(r.signal, 'SIGKILL', `${at}: the child was killed (${r.stdout}${r.stderr})`);
+      driver = await env.openDriver();
+      assert.deepEqual(await driver.listJobIds(uuid), [], at);
+      const state = await qemuState(driver, uuid);
+      const kept = (await driver.listAllCheckpoints(uuid, 0)).includes(cp);
+      const cpBitmaps = kept ? driver.diskNodes(uuid).map((d) => `${d.formatNode}/${cp}`) : [];
+      assert.deepEqual(state, { ...baseline, bitmaps: [...baseline.bitmaps, ...cpBitmaps].sort() }, at);
+      assert.deepEqual(await files(env), baseFiles, `${at}: no target, scratch file or socket left`);
+      if (kept) await driver.checkpointDelete(uuid, cp, 0);
+    }
+    // the count is right: a child killed after the last save has a running job to pick up
+    await driver.close();
+    const last = await runChild({ stateDir: env.stateDir, runDir: env.runDir, uuid, save: saves, when: 'after', backupXml,
+      checkpointXml: '<domaincheckpoint><name>last</name></domaincheckpoint>' });
+    assert.equal(last.signal, 'SIGKILL');
+    driver = await env.openDriver();
+    const [running] = await driver.listJobIds(uuid);
+    assert.ok(running !== undefined, 'the started job is recovered');
+    await driver.abortJob(uuid, 0);
+    const lastBitmaps = driver.diskNodes(uuid).map((d) => `${d.formatNode}/last`);
+    assert.deepEqual(await qemuState(driver, uuid), { ...baseline, bitmaps: [...baseline.bitmaps, ...lastBitmaps].sort() }, 'its checkpoint stays');
+    assert.deepEqual(await files(env), baseFiles);
+    await driver.checkpointDelete(uuid, 'last', 0);
+
+    // and the next backup works
+    const id = await driver.backupBegin(uuid, backupXml, null, 0);
+    if (mode === 'push') await waitJobCompleted(env.events, uuid, id);
+    assert.equal(await driver.backupEnd(uuid, id, 0), 1);
+    await driver.domainDestroy(uuid, 0);
+    await env.assertClean();
+  });
+}
