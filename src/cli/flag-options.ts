@@ -24,7 +24,7 @@ const kebab = (flag: string): string => flag.toLowerCase().replace(/_/g, '-');
 const attribute = (option: string): string => option.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 
 /** The options of one entry point's flags on one command. */
-export class FlagOptions {
+export class CliFlagOptions {
   private constructor(
     readonly entry: EntryPoint,
     /** flag name → option name without dashes */
@@ -35,7 +35,7 @@ export class FlagOptions {
    * Adds an option per flag of entry point `name` of `table` to `cmd` (one
    * already there, from another entry point of the same command, is shared).
    */
-  static add<N extends EntryPointName>(cmd: Command, table: EntryPointTable, name: N, helps: FlagHelps<N>): FlagOptions {
+  static add<N extends EntryPointName>(cmd: Command, table: EntryPointTable, name: N, helps: FlagHelps<N>): CliFlagOptions {
     const entry = table[name];
     const byFlag = helps as Readonly<Record<string, FlagHelp | undefined>>;
     const options = new Map<string, string>();
@@ -47,7 +47,7 @@ export class FlagOptions {
       if (!cmd.options.some((o) => o.long === `--${option}`)) cmd.option(`--${option}`, help);
       options.set(flag, option);
     }
-    return new FlagOptions(entry, options);
+    return new CliFlagOptions(entry, options);
   }
 
   /** Whether the option of `flag` was given. */

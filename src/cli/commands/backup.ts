@@ -8,7 +8,7 @@ import { virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { out, usageError } from '../output.js';
-import { FlagOptions } from '../flag-options.js';
+import { CliFlagOptions } from '../flag-options.js';
 import { BarProgress, LineProgress, waitForBackup } from '../progress.js';
 
 /** A job id from --id, 0 (the default) meaning the current job, as in the API (virsh's wording for a bad number). */
@@ -41,7 +41,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .argument('[checkpointxml]', 'domain checkpoint XML')
     .option('--backupxml <file>', 'domain backup XML')
     .option('--checkpointxml <file>', 'domain checkpoint XML');
-  const beginFlags = FlagOptions.add(begin, table, 'backupBegin', {
+  const beginFlags = CliFlagOptions.add(begin, table, 'backupBegin', {
     NO_METADATA: 'create the checkpoint of --checkpointxml without metadata',
     QUIESCE: "quiesce guest's file systems",
     REUSE_EXTERNAL: 'reuse files provided by caller',
@@ -96,7 +96,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('End a backup job: release a finished push job or a pull export; --abort cancels a running one')
     .argument('<domain>', 'domain name, id or uuid')
     .option('--id <id>', 'job id (default: the current job)');
-  const endFlags = FlagOptions.add(end, table, 'backupEnd', { ABORT: 'cancel the job if it is still copying' });
+  const endFlags = CliFlagOptions.add(end, table, 'backupEnd', { ABORT: 'cancel the job if it is still copying' });
   end.action(async (ref: string, o: { id?: string }, cmd: Command) => {
     const given = parseJobId(cmd, o.id);
     const flags = endFlags.flags(cmd);

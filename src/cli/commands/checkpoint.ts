@@ -9,7 +9,7 @@ import type { Domain, DomainCheckpoint } from '../../api/public.js';
 import { isVirError, virErr } from '../../errors.js';
 import { attr, childText, escapeXml, firstChild, parseXml } from '../../xml/tree.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
-import { FlagOptions } from '../flag-options.js';
+import { CliFlagOptions } from '../flag-options.js';
 import { exclusive, formatInfo, formatLocalTime, formatTable, json, out, usageError } from '../output.js';
 
 /** What checkpoint-list shows of one checkpoint. */
@@ -171,7 +171,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('Create a checkpoint from XML')
     .argument('<domain>', 'domain name, id or uuid')
     .argument('[xmlfile]', 'domain checkpoint XML');
-  const createFlags = FlagOptions.add(create, table, 'checkpointCreateXML', {
+  const createFlags = CliFlagOptions.add(create, table, 'checkpointCreateXML', {
     REDEFINE: 'redefine metadata for existing checkpoint',
     REDEFINE_VALIDATE: 'validate the redefined checkpoint',
     QUIESCE: "quiesce guest's file systems",
@@ -194,7 +194,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .option('--name <name>', 'name of checkpoint')
     .option('--description <description>', 'description of checkpoint')
     .option('--print-xml', 'print XML document rather than create');
-  const createAsFlags = FlagOptions.add(createAs, table, 'checkpointCreateXML', {
+  const createAsFlags = CliFlagOptions.add(createAs, table, 'checkpointCreateXML', {
     QUIESCE: "quiesce guest's file systems",
     // redefining takes a whole document: checkpoint-create
     REDEFINE: null,
@@ -221,7 +221,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('List checkpoints for a domain')
     .argument('<domain>', 'domain name, id or uuid')
     .option('--parent', 'add a column showing parent checkpoint');
-  const listFlags = FlagOptions.add(list, table, 'listAllCheckpoints', {
+  const listFlags = CliFlagOptions.add(list, table, 'listAllCheckpoints', {
     ROOTS: 'list only checkpoints without parents',
     LEAVES: 'list only checkpoints without children',
     NO_LEAVES: 'list only checkpoints that are not leaves (with children)',
@@ -231,7 +231,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .option('--tree', 'list checkpoints in a tree')
     .option('--from <checkpoint>', 'limit list to children of given checkpoint');
   // the filters it shares with listAllCheckpoints are the same options
-  const childFlags = FlagOptions.add(list, table, 'checkpointListAllChildren', { DESCENDANTS: 'with --from, list all descendants' });
+  const childFlags = CliFlagOptions.add(list, table, 'checkpointListAllChildren', { DESCENDANTS: 'with --from, list all descendants' });
   list
     .option('--name', 'list checkpoint names only')
     .option('--json', 'print the list as JSON')
@@ -288,7 +288,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('Dump XML for a domain checkpoint')
     .argument('<domain>', 'domain name, id or uuid')
     .argument('<checkpoint>', 'checkpoint name');
-  const dumpxmlFlags = FlagOptions.add(dumpxml, table, 'checkpointGetXMLDesc', {
+  const dumpxmlFlags = CliFlagOptions.add(dumpxml, table, 'checkpointGetXMLDesc', {
     SECURE: { option: 'security-info', help: 'include security sensitive information in XML dump' },
     NO_DOMAIN: 'exclude <domain> from XML',
     SIZE: 'include backup size estimate in XML dump',
@@ -351,7 +351,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('Delete a domain checkpoint')
     .argument('<domain>', 'domain name, id or uuid')
     .argument('<checkpoint>', 'checkpoint name');
-  const deleteFlags = FlagOptions.add(del, table, 'checkpointDelete', {
+  const deleteFlags = CliFlagOptions.add(del, table, 'checkpointDelete', {
     CHILDREN: 'delete checkpoint and all children',
     CHILDREN_ONLY: 'delete children but not checkpoint',
     METADATA_ONLY: { option: 'metadata', help: 'delete only libvirt metadata, leaving checkpoint contents behind' },

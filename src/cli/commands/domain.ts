@@ -9,7 +9,7 @@ import { ListDomainsFlags } from '../../flags.js';
 import { attr, childText, firstChild, parseXml, textContent, type XmlElement } from '../../xml/tree.js';
 import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
-import { FlagOptions } from '../flag-options.js';
+import { CliFlagOptions } from '../flag-options.js';
 import {
   domainReasonString,
   domainStateString,
@@ -102,7 +102,7 @@ export function register(program: Command, table: EntryPointTable): void {
     });
 
   const undefine = program.command('undefine').description('undefine a domain').argument('<domain>', 'domain name, id or uuid');
-  const undefineFlags = FlagOptions.add(undefine, table, 'domainUndefine', {
+  const undefineFlags = CliFlagOptions.add(undefine, table, 'domainUndefine', {
     CHECKPOINTS_METADATA: 'remove all domain checkpoint metadata (vm must be inactive)',
   });
   undefine.action(async (ref: string, _o: object, cmd: Command) => {
@@ -142,7 +142,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .command('list')
     .description('list domains')
     .option('--all', 'list inactive & active domains');
-  const listFlags = FlagOptions.add(list, table, 'listAllDomains', {
+  const listFlags = CliFlagOptions.add(list, table, 'listAllDomains', {
     // ACTIVE is the default, dropped by --inactive; --all sets both
     ACTIVE: null,
     INACTIVE: 'list inactive domains',
@@ -236,7 +236,7 @@ export function register(program: Command, table: EntryPointTable): void {
     });
 
   const dumpxml = program.command('dumpxml').description('domain information in XML').argument('<domain>', 'domain name, id or uuid');
-  const dumpxmlFlags = FlagOptions.add(dumpxml, table, 'domainGetXMLDesc', {
+  const dumpxmlFlags = CliFlagOptions.add(dumpxml, table, 'domainGetXMLDesc', {
     INACTIVE: 'show inactive defined XML',
     SECURE: { option: 'security-info', help: 'include security sensitive information in XML dump' },
   });
@@ -249,7 +249,7 @@ export function register(program: Command, table: EntryPointTable): void {
   });
 
   const domblklist = program.command('domblklist').description('list all domain blocks').argument('<domain>', 'domain name, id or uuid');
-  const domblklistFlags = FlagOptions.add(domblklist, table, 'domainGetXMLDesc', {
+  const domblklistFlags = CliFlagOptions.add(domblklist, table, 'domainGetXMLDesc', {
     INACTIVE: 'get inactive rather than running configuration',
     SECURE: null,
   });
@@ -270,7 +270,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .description('QEMU Monitor Command')
     .argument('<domain>', 'domain name, id or uuid')
     .argument('<cmd...>', 'command');
-  const monitorFlags = FlagOptions.add(monitor, table, 'qemuMonitorCommand', { HMP: 'command is in human monitor protocol' });
+  const monitorFlags = CliFlagOptions.add(monitor, table, 'qemuMonitorCommand', { HMP: 'command is in human monitor protocol' });
   monitor
     .option('--pretty', 'pretty-print any qemu monitor protocol output')
     .action(async (ref: string, words: string[], o: { pretty?: boolean }, cmd: Command) => {

@@ -7,7 +7,7 @@ import type { EntryPointTable } from '../../api/entry-points.js';
 import { BlockJobType, JobType } from '../../flags.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { blockJobTypeString, formatCapacity, json, jobOperationString, jobTypeString, out, requireOption } from '../output.js';
-import { FlagOptions } from '../flag-options.js';
+import { CliFlagOptions } from '../flag-options.js';
 import { backupDisks, percent } from '../progress.js';
 import { domainDisks } from './domain.js';
 
@@ -71,7 +71,7 @@ export function register(program: Command, table: EntryPointTable): void {
     .command('domjobinfo')
     .description('domain job information')
     .argument('<domain>', 'domain name, id or uuid');
-  const infoFlags = FlagOptions.add(info, table, 'getJobStats', {
+  const infoFlags = CliFlagOptions.add(info, table, 'getJobStats', {
     COMPLETED: 'return statistics of a recently completed job',
     KEEP_COMPLETED: "don't destroy statistics of a recently completed job when reading",
   });
