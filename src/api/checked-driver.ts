@@ -87,7 +87,8 @@ const checkArg: { [K in ArgKind]: (value: unknown, w: Where) => ArgTypes[K] } = 
 };
 
 /**
- * The wrapper's checks of one call, in libvirt's order: read-only refusal,
+ * The wrapper's checks of one call: read-only refusal first (as virtbackd's
+ * read-only socket refuses before looking at the arguments), then the
  * arguments, the secure flag on a read-only connection, unknown flag bits,
  * exclusive and required flags, arguments a flag makes mandatory. Returns
  * the arguments the driver gets (canonical UUIDs, '' as NULL).
