@@ -15,7 +15,16 @@ import { Connect } from '../../src/api/public.js';
 import { TestDriver } from '../../src/api/test-driver.js';
 import { buildProgram, main } from '../../src/cli/virtback.js';
 import { VirError } from '../../src/errors.js';
-import { BackupBeginFlags, DomainXMLFlags } from '../../src/flags.js';
+import {
+  BackupBeginFlags,
+  CheckpointDeleteFlags,
+  CheckpointListFlags,
+  CheckpointXMLFlags,
+  DomainXMLFlags,
+  JobStatsFlags,
+  ListDomainsFlags,
+  UndefineFlags,
+} from '../../src/flags.js';
 import { entryProcedures, procedures } from '../../src/remote/protocol.js';
 import { startCliDaemon } from '../helpers/cli.js';
 import { fakeDriver } from './remote-fixtures.js';
@@ -169,4 +178,33 @@ test('PRESERVE_SHUTDOWN_DOMAIN: the API accepts it; a driver that cannot keep th
   assert.deepEqual(await env.driver.listJobIds(UUID), []);
   assert.equal((await env.run('backup-begin', 'vm1', '--reuse-external')).code, 0);
   assert.ok(env.driver instanceof TestDriver);
+});
+
+test('the CLI options set exactly their rows bits, virsh names and --no-* options included', async (t) => {
+  const env = await startCliDaemon(t, { openDriver: async () => fakeDriver() });
+  const cpXml = path.join(env.dir, 'cp.xml');
+  await writeFile(cpXml, '<domaincheckpoint/>');
+  const F = BackupBeginFlags;
+  const cases: [string[], string, number][] = [
+    [['backup-begin', 'vm1', '--checkpointxml', cpXml, '--no-metadata', '--quiesce'], 'backupBegin', F.NO_METADATA | F.QUIESCE],
+    [['backup-begin', 'vm1', '--reuse-external', '--preserve-domain-on-shutdown'], 'backupBegin', F.REUSE_EXTERNAL | F.PRESERVE_SHUTDOWN_DOMAIN],
+    [['backup-begin', 'vm1'], 'backupBegin', 0],
+    [['dumpxml', 'vm1', '--security-info', '--inactive'], 'domainGetXMLDesc', DomainXMLFlags.SECURE | DomainXMLFlags.INACTIVE],
+    [['checkpoint-dumpxml', 'vm1', 'c1', '--no-domain', '--size'], 'checkpointGetXMLDesc', CheckpointXMLFlags.NO_DOMAIN | CheckpointXMLFlags.SIZE],
+    [['checkpoint-delete', 'vm1', 'c1', '--children', '--metadata'], 'checkpointDelete', CheckpointDeleteFlags.CHILDREN | CheckpointDeleteFlags.METADATA_ONLY],
+    [['checkpoint-list', 'vm1', '--name', '--leaves', '--no-leaves', '--topological'], 'listAllCheckpoints', CheckpointListFlags.LEAVES | CheckpointListFlags.NO_LEAVES | CheckpointListFlags.TOPOLOGICAL],
+    [['checkpoint-list', 'vm1', '--name', '--from', 'c1', '--descendants', '--no-leaves'], 'checkpointListAllChildren', CheckpointListFlags.DESCENDANTS | CheckpointListFlags.NO_LEAVES],
+    [['domjobinfo', 'vm1', '--completed', '--keep-completed'], 'getJobStats', JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED],
+    [['undefine', 'vm1', '--checkpoints-metadata'], 'domainUndefine', UndefineFlags.CHECKPOINTS_METADATA],
+    [['list', '--inactive', '--with-checkpoint', '--without-backup'], 'listAllDomains', ListDomainsFlags.INACTIVE | ListDomainsFlags.HAS_CHECKPOINT | ListDomainsFlags.NO_BACKUP_JOB],
+    [['list'], 'listAllDomains', ListDomainsFlags.ACTIVE],
+  ];
+  for (const [argv, proc, flags] of cases) {
+    env.driver.calls.length = 0;
+    const r = await env.run(...argv);
+    assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}`);
+    const call = env.driver.calls.find((c) => c.proc === proc);
+    assert.ok(call, `${argv.join(' ')} calls ${proc}`);
+    assert.equal(call.args.at(-1), flags, argv.join(' '));
+  }
 });
