@@ -103,6 +103,8 @@ export interface EntryPoint<F extends FlagTable = FlagTable> {
   readonly mutates: boolean;
   /** a getter refused on a read-only connection when this flag is set ("… with secure flag") */
   readonly secure: (keyof F & string) | null;
+  /** what the libvirt name does not say, in a few words */
+  readonly doc?: string;
 }
 
 const arg = <K extends ArgKind>(kind: K, name: string): Arg<K> => ({ kind, name });
@@ -185,6 +187,7 @@ export const entryPoints = {
     flags: ListDomainsFlags,
     flagPrefix: 'VIR_CONNECT_LIST_DOMAINS_',
     mutates: false,
+    doc: "with each domain's summary",
   }),
   domainGetInfo: entry({
     libvirt: 'virDomainGetInfo',
@@ -212,6 +215,7 @@ export const entryPoints = {
     flags: MonitorCommandFlags,
     flagPrefix: 'VIR_DOMAIN_QEMU_MONITOR_COMMAND_',
     mutates: true,
+    doc: 'QMP JSON in and out, or HMP text with HMP',
   }),
   domainFSFreeze: entry({
     libvirt: 'virDomainFSFreeze',
@@ -241,6 +245,7 @@ export const entryPoints = {
     exclusive: [['REDEFINE', 'QUIESCE']],
     requires: [['REDEFINE_VALIDATE', 'REDEFINE']],
     mutates: true,
+    doc: "returns the checkpoint's name",
   }),
   checkpointGetXMLDesc: entry({
     libvirt: 'virDomainCheckpointGetXMLDesc',
@@ -260,6 +265,7 @@ export const entryPoints = {
     flags: pick(CheckpointListFlags, ['ROOTS', 'TOPOLOGICAL', 'LEAVES', 'NO_LEAVES']),
     flagPrefix: 'VIR_DOMAIN_CHECKPOINT_LIST_',
     mutates: false,
+    doc: 'returns names',
   }),
   checkpointListAllChildren: entry({
     libvirt: 'virDomainCheckpointListAllChildren',
@@ -269,6 +275,7 @@ export const entryPoints = {
     flags: pick(CheckpointListFlags, ['DESCENDANTS', 'TOPOLOGICAL', 'LEAVES', 'NO_LEAVES']),
     flagPrefix: 'VIR_DOMAIN_CHECKPOINT_LIST_',
     mutates: false,
+    doc: 'returns names',
   }),
   checkpointLookupByName: entry({
     libvirt: 'virDomainCheckpointLookupByName',
@@ -285,6 +292,7 @@ export const entryPoints = {
     result: 'name',
     flags: NoFlags,
     mutates: false,
+    doc: "returns the parent's name",
   }),
   checkpointDelete: entry({
     libvirt: 'virDomainCheckpointDelete',
@@ -303,6 +311,7 @@ export const entryPoints = {
     result: 'unknownBitmaps',
     flags: NoFlags,
     mutates: false,
+    doc: 'virtback: bitmaps in the images that no checkpoint knows',
   }),
 
   // ---- backup jobs ----
@@ -316,6 +325,7 @@ export const entryPoints = {
     flagPrefix: 'VIR_DOMAIN_BACKUP_BEGIN_',
     needsArg: [['NO_METADATA', 'checkpointXml']],
     mutates: true,
+    doc: 'returns the positive job id',
   }),
   backupGetXMLDesc: entry({
     libvirt: 'virDomainBackupGetXMLDesc',
@@ -324,6 +334,7 @@ export const entryPoints = {
     result: 'xml',
     flags: NoFlags,
     mutates: false,
+    doc: 'id 0 = the current job',
   }),
   backupEnd: entry({
     libvirt: 'virDomainBackupEnd',
@@ -333,6 +344,7 @@ export const entryPoints = {
     flags: BackupEndFlags,
     flagPrefix: 'VIR_DOMAIN_BACKUP_END_',
     mutates: true,
+    doc: '1 complete, 0 aborted; id 0 = the current job',
   }),
   listJobIds: entry({
     libvirt: 'virDomainListJobIds',

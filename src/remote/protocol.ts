@@ -186,7 +186,8 @@ type WireResult<K extends ResultKind> = K extends 'void' ? undefined : ResultTyp
 /** The procedure of one entry point: its row's arguments, result and read-only rule. */
 function entryProcedure(e: EntryPoint): Procedure {
   const args = z.tuple(e.args.map((a) => ARG_SCHEMAS[a.kind]) as unknown as [z.ZodType, ...z.ZodType[]]) as unknown as z.ZodType<unknown[]>;
-  const p: Procedure = { args, result: RESULT_SCHEMAS[e.result], mutating: e.mutates, doc: e.libvirt };
+  const doc = e.doc === undefined ? e.libvirt : `${e.libvirt}: ${e.doc}`;
+  const p: Procedure = { args, result: RESULT_SCHEMAS[e.result], mutating: e.mutates, doc };
   // Only a row with a secure flag has the rule (docs/protocol.md says "with SECURE flag" for exactly those).
   if (e.secure !== null) p.deniedReadOnly = (a) => secureDenial(e, a);
   return p;
