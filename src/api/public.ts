@@ -1,8 +1,9 @@
 // The public, typed SDK: Connect, Domain and DomainCheckpoint, shaped like
 // libvirt's virConnect/virDomain/virDomainCheckpoint handles. Each method
-// turns named options into numeric flags (api/options.ts) and makes one call
-// through CheckedDriver, which runs libvirt's argument checks first. The
-// same classes sit on the local driver and on the remote driver.
+// turns named options into numeric flags by its entry point's row
+// (api/entry-points.ts) and makes one call through CheckedDriver, which runs
+// the row's checks first. The same classes sit on the local driver and on
+// the remote driver.
 
 import type {
   BlockJobEvent,
@@ -16,34 +17,20 @@ import type {
   UnknownBitmap,
 } from './driver.js';
 import { CheckedDriver } from './checked-driver.js';
-import {
-  BackupBeginOptionFlags,
-  BackupEndOptionFlags,
-  CheckpointCreateOptionFlags,
-  CheckpointDeleteOptionFlags,
-  CheckpointXMLOptionFlags,
-  DomainXMLOptionFlags,
-  JobStatsOptionFlags,
-  ListChildrenOptionFlags,
-  ListCheckpointsOptionFlags,
-  ListDomainsOptionFlags,
-  MonitorCommandOptionFlags,
-  NoFlags,
-  UndefineOptionFlags,
-  toFlags,
-  type BackupBeginOptions,
-  type BackupEndOptions,
-  type CheckpointCreateOptions,
-  type CheckpointDeleteOptions,
-  type CheckpointXMLOptions,
-  type DomainXMLOptions,
-  type JobStatsOptions,
-  type ListChildrenOptions,
-  type ListCheckpointsOptions,
-  type ListDomainsOptions,
-  type MonitorCommandOptions,
-  type NoOptions,
-  type UndefineOptions,
+import type {
+  BackupBeginOptions,
+  BackupEndOptions,
+  CheckpointCreateOptions,
+  CheckpointDeleteOptions,
+  CheckpointXMLOptions,
+  DomainXMLOptions,
+  JobStatsOptions,
+  ListChildrenOptions,
+  ListCheckpointsOptions,
+  ListDomainsOptions,
+  MonitorCommandOptions,
+  NoOptions,
+  UndefineOptions,
 } from './options.js';
 import { virErr } from '../errors.js';
 
@@ -99,7 +86,7 @@ export class Connect {
   }
 
   async defineXML(xml: string, flags?: NoOptions): Promise<Domain> {
-    return this.domain(await this.driver.domainDefineXML(xml, toFlags(NoFlags, flags, 'virDomainDefineXMLFlags')));
+    return this.domain(await this.driver.domainDefineXML(xml, this.driver.flagsOf('domainDefineXML', flags)));
   }
 
   async lookupByName(name: string): Promise<Domain> {
@@ -116,7 +103,7 @@ export class Connect {
 
   /** listAllDomains with each domain's state, id and counts in one call (what `virtback list` prints). */
   async listAllDomainSummaries(flags?: ListDomainsOptions): Promise<DomainSummary[]> {
-    return this.driver.listAllDomains(toFlags(ListDomainsOptionFlags, flags, 'virConnectListAllDomains'));
+    return this.driver.listAllDomains(this.driver.flagsOf('listAllDomains', flags));
   }
 
   /** Calls `cb` for every event of this kind until the returned function is called. */
@@ -202,7 +189,7 @@ export class Domain {
 
   constructor(
     private readonly conn: Connect,
-    private readonly driver: Driver,
+    private readonly driver: CheckedDriver,
     ref: DomainRef,
   ) {
     this.name = ref.name;
@@ -222,19 +209,19 @@ export class Domain {
   }
 
   async create(flags?: NoOptions): Promise<void> {
-    return this.driver.domainCreate(this.uuid, toFlags(NoFlags, flags, 'virDomainCreateWithFlags'));
+    return this.driver.domainCreate(this.uuid, this.driver.flagsOf('domainCreate', flags));
   }
 
   async destroy(flags?: NoOptions): Promise<void> {
-    return this.driver.domainDestroy(this.uuid, toFlags(NoFlags, flags, 'virDomainDestroyFlags'));
+    return this.driver.domainDestroy(this.uuid, this.driver.flagsOf('domainDestroy', flags));
   }
 
   async undefine(flags?: UndefineOptions): Promise<void> {
-    return this.driver.domainUndefine(this.uuid, toFlags(UndefineOptionFlags, flags, 'virDomainUndefineFlags'));
+    return this.driver.domainUndefine(this.uuid, this.driver.flagsOf('domainUndefine', flags));
   }
 
   async getXMLDesc(flags?: DomainXMLOptions): Promise<string> {
-    return this.driver.domainGetXMLDesc(this.uuid, toFlags(DomainXMLOptionFlags, flags, 'virDomainGetXMLDesc'));
+    return this.driver.domainGetXMLDesc(this.uuid, this.driver.flagsOf('domainGetXMLDesc', flags));
   }
 
   async getInfo(): Promise<DomainSummary> {
@@ -245,23 +232,23 @@ export class Domain {
     return this.driver.qemuMonitorCommand(
       this.uuid,
       command,
-      toFlags(MonitorCommandOptionFlags, flags, 'virDomainQemuMonitorCommand'),
+      this.driver.flagsOf('qemuMonitorCommand', flags),
     );
   }
 
   async fsFreeze(mountpoints: string[] = [], flags?: NoOptions): Promise<number> {
-    return this.driver.domainFSFreeze(this.uuid, mountpoints, toFlags(NoFlags, flags, 'virDomainFSFreeze'));
+    return this.driver.domainFSFreeze(this.uuid, mountpoints, this.driver.flagsOf('domainFSFreeze', flags));
   }
 
   async fsThaw(mountpoints: string[] = [], flags?: NoOptions): Promise<number> {
-    return this.driver.domainFSThaw(this.uuid, mountpoints, toFlags(NoFlags, flags, 'virDomainFSThaw'));
+    return this.driver.domainFSThaw(this.uuid, mountpoints, this.driver.flagsOf('domainFSThaw', flags));
   }
 
   async checkpointCreateXML(xml: string, flags?: CheckpointCreateOptions): Promise<DomainCheckpoint> {
     const name = await this.driver.checkpointCreateXML(
       this.uuid,
       xml,
-      toFlags(CheckpointCreateOptionFlags, flags, 'virDomainCheckpointCreateXML'),
+      this.driver.flagsOf('checkpointCreateXML', flags),
     );
     return new DomainCheckpoint(this, this.driver, name);
   }
@@ -269,7 +256,7 @@ export class Domain {
   async listAllCheckpoints(flags?: ListCheckpointsOptions): Promise<DomainCheckpoint[]> {
     const names = await this.driver.listAllCheckpoints(
       this.uuid,
-      toFlags(ListCheckpointsOptionFlags, flags, 'virDomainListAllCheckpoints'),
+      this.driver.flagsOf('listAllCheckpoints', flags),
     );
     return names.map((n) => new DomainCheckpoint(this, this.driver, n));
   }
@@ -283,7 +270,7 @@ export class Domain {
     const found = await this.driver.checkpointLookupByName(
       this.uuid,
       name,
-      toFlags(NoFlags, flags, 'virDomainCheckpointLookupByName'),
+      this.driver.flagsOf('checkpointLookupByName', flags),
     );
     return new DomainCheckpoint(this, this.driver, found);
   }
@@ -294,18 +281,18 @@ export class Domain {
       this.uuid,
       backupXml ?? null,
       checkpointXml ?? null,
-      toFlags(BackupBeginOptionFlags, flags, 'virDomainBackupBegin'),
+      this.driver.flagsOf('backupBegin', flags),
     );
   }
 
   /** The job's <domainbackup> with every default filled in; id 0 = the current job. */
   async backupGetXMLDesc(id = 0, flags?: NoOptions): Promise<string> {
-    return this.driver.backupGetXMLDesc(this.uuid, id, toFlags(NoFlags, flags, 'virDomainBackupGetXMLDesc'));
+    return this.driver.backupGetXMLDesc(this.uuid, id, this.driver.flagsOf('backupGetXMLDesc', flags));
   }
 
   /** Ends a job: 1 when the backup is complete and consistent, 0 when aborted. id 0 = the current job. */
   async backupEnd(id = 0, flags?: BackupEndOptions): Promise<number> {
-    return this.driver.backupEnd(this.uuid, id, toFlags(BackupEndOptionFlags, flags, 'virDomainBackupEnd'));
+    return this.driver.backupEnd(this.uuid, id, this.driver.flagsOf('backupEnd', flags));
   }
 
   async listJobIds(): Promise<number[]> {
@@ -313,18 +300,18 @@ export class Domain {
   }
 
   async getJobStats(flags?: JobStatsOptions): Promise<JobStats> {
-    return this.driver.getJobStats(this.uuid, toFlags(JobStatsOptionFlags, flags, 'virDomainGetJobStats'));
+    return this.driver.getJobStats(this.uuid, this.driver.flagsOf('getJobStats', flags));
   }
 
   async abortJob(flags?: NoOptions): Promise<void> {
-    return this.driver.abortJob(this.uuid, toFlags(NoFlags, flags, 'virDomainAbortJobFlags'));
+    return this.driver.abortJob(this.uuid, this.driver.flagsOf('abortJob', flags));
   }
 }
 
 export class DomainCheckpoint {
   constructor(
     private readonly dom: Domain,
-    private readonly driver: Driver,
+    private readonly driver: CheckedDriver,
     readonly name: string,
   ) {}
 
@@ -344,7 +331,7 @@ export class DomainCheckpoint {
     return this.driver.checkpointGetXMLDesc(
       this.dom.uuid,
       this.name,
-      toFlags(CheckpointXMLOptionFlags, flags, 'virDomainCheckpointGetXMLDesc'),
+      this.driver.flagsOf('checkpointGetXMLDesc', flags),
     );
   }
 
@@ -353,7 +340,7 @@ export class DomainCheckpoint {
     const parent = await this.driver.checkpointGetParent(
       this.dom.uuid,
       this.name,
-      toFlags(NoFlags, flags, 'virDomainCheckpointGetParent'),
+      this.driver.flagsOf('checkpointGetParent', flags),
     );
     return new DomainCheckpoint(this.dom, this.driver, parent);
   }
@@ -362,7 +349,7 @@ export class DomainCheckpoint {
     const names = await this.driver.checkpointListAllChildren(
       this.dom.uuid,
       this.name,
-      toFlags(ListChildrenOptionFlags, flags, 'virDomainCheckpointListAllChildren'),
+      this.driver.flagsOf('checkpointListAllChildren', flags),
     );
     return names.map((n) => new DomainCheckpoint(this.dom, this.driver, n));
   }
@@ -371,7 +358,7 @@ export class DomainCheckpoint {
     return this.driver.checkpointDelete(
       this.dom.uuid,
       this.name,
-      toFlags(CheckpointDeleteOptionFlags, flags, 'virDomainCheckpointDelete'),
+      this.driver.flagsOf('checkpointDelete', flags),
     );
   }
 }

@@ -21,6 +21,7 @@ import {
   ListDomainsFlags,
   ShutoffReason,
   UndefineFlags,
+  checkFlags,
 } from '../flags.js';
 
 interface TestCheckpoint {
@@ -330,6 +331,8 @@ export class TestDriver implements Driver {
   // ---- backup jobs ----
 
   async backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
+    // like the QEMU driver, this one cannot keep a shut-down guest's domain alive (PRESERVE_SHUTDOWN_DOMAIN)
+    checkFlags(flags, BackupBeginFlags.NO_METADATA | BackupBeginFlags.QUIESCE | BackupBeginFlags.REUSE_EXTERNAL, 'virDomainBackupBegin');
     const d = this.dom(uuid);
     if (!d.active) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', 'cannot perform disk backup for inactive domain');
     if (d.job !== null) throw virErr('OPERATION_INVALID', 'QEMU', 'another backup job is already running');

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Command, CommanderError } from 'commander';
+import { entryPoints, type EntryPointTable } from '../api/entry-points.js';
 import { toVirError } from '../errors.js';
 import { register as registerBackup } from './commands/backup.js';
 import { register as registerCheckpoint } from './commands/checkpoint.js';
@@ -18,8 +19,11 @@ import { register as registerRepository } from './commands/repository.js';
 import { register as registerXml } from './commands/xml.js';
 import { addGlobalOptions } from './connection.js';
 
-/** Command groups, in help order (the global -c/--connect and -r/--readonly options first). */
-const COMMAND_GROUPS: ((program: Command) => void)[] = [
+/**
+ * Command groups, in help order (the global -c/--connect and -r/--readonly
+ * options first). Each gets the entry-point table its flag options derive from.
+ */
+const COMMAND_GROUPS: ((program: Command, table: EntryPointTable) => void)[] = [
   addGlobalOptions,
   registerDomain,
   registerCheckpoint,
@@ -34,7 +38,8 @@ export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
 export const EXIT_USAGE = 2;
 
-export function buildProgram(): Command {
+/** The program; `table` is the real entry-point table unless a test derives the CLI from a changed copy. */
+export function buildProgram(table: EntryPointTable = entryPoints): Command {
   const program = new Command();
   program
     .name('virtback')
@@ -42,15 +47,15 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  for (const register of COMMAND_GROUPS) register(program);
+  for (const register of COMMAND_GROUPS) register(program, table);
   // subcommands inherit exitOverride only when set before they are added
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
 }
 
 /** Run the CLI; returns the exit code instead of exiting (tests call this). */
-export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+export async function main(argv: string[], table: EntryPointTable = entryPoints): Promise<number> {
+  const program = buildProgram(table);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT_OK;

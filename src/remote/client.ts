@@ -5,7 +5,8 @@
 
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
+import type { Driver, DriverEvent, EventListener } from '../api/driver.js';
+import { entryPointNames, type EntryMethods } from '../api/entry-points.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { PendingCalls } from '../util/pending-calls.js';
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
@@ -37,6 +38,11 @@ export interface RemoteTlsOptions extends RemoteConnectOptions {
   servername?: string;
 }
 
+// The entry-point methods are installed on the prototype below, from the table.
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging, @typescript-eslint/no-empty-object-type
+export interface RemoteDriver extends EntryMethods {}
+
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export class RemoteDriver implements Driver {
   private readonly decoder: FrameDecoder;
   /** serial -> the procedure called, whose result schema checks the reply */
@@ -238,85 +244,17 @@ export class RemoteDriver implements Driver {
       }
     });
   }
+}
 
-  // ---- Driver methods: one line each, typed by the table ----
-
-  domainDefineXML(xml: string, flags: number): Promise<DomainRef> {
-    return this.call('domainDefineXML', xml, flags);
-  }
-  async domainUndefine(uuid: string, flags: number): Promise<void> {
-    await this.call('domainUndefine', uuid, flags);
-  }
-  async domainCreate(uuid: string, flags: number): Promise<void> {
-    await this.call('domainCreate', uuid, flags);
-  }
-  async domainDestroy(uuid: string, flags: number): Promise<void> {
-    await this.call('domainDestroy', uuid, flags);
-  }
-  domainLookupByName(name: string): Promise<DomainRef> {
-    return this.call('domainLookupByName', name);
-  }
-  domainLookupByUUID(uuid: string): Promise<DomainRef> {
-    return this.call('domainLookupByUUID', uuid);
-  }
-  listAllDomains(flags: number): Promise<DomainSummary[]> {
-    return this.call('listAllDomains', flags);
-  }
-  domainGetInfo(uuid: string): Promise<DomainSummary> {
-    return this.call('domainGetInfo', uuid);
-  }
-  domainGetXMLDesc(uuid: string, flags: number): Promise<string> {
-    return this.call('domainGetXMLDesc', uuid, flags);
-  }
-  qemuMonitorCommand(uuid: string, command: string, flags: number): Promise<string> {
-    return this.call('qemuMonitorCommand', uuid, command, flags);
-  }
-  domainFSFreeze(uuid: string, mountpoints: string[], flags: number): Promise<number> {
-    return this.call('domainFSFreeze', uuid, mountpoints, flags);
-  }
-  domainFSThaw(uuid: string, mountpoints: string[], flags: number): Promise<number> {
-    return this.call('domainFSThaw', uuid, mountpoints, flags);
-  }
-  checkpointCreateXML(uuid: string, xml: string, flags: number): Promise<string> {
-    return this.call('checkpointCreateXML', uuid, xml, flags);
-  }
-  checkpointGetXMLDesc(uuid: string, name: string, flags: number): Promise<string> {
-    return this.call('checkpointGetXMLDesc', uuid, name, flags);
-  }
-  listAllCheckpoints(uuid: string, flags: number): Promise<string[]> {
-    return this.call('listAllCheckpoints', uuid, flags);
-  }
-  checkpointListAllChildren(uuid: string, name: string, flags: number): Promise<string[]> {
-    return this.call('checkpointListAllChildren', uuid, name, flags);
-  }
-  checkpointLookupByName(uuid: string, name: string, flags: number): Promise<string> {
-    return this.call('checkpointLookupByName', uuid, name, flags);
-  }
-  checkpointGetParent(uuid: string, name: string, flags: number): Promise<string> {
-    return this.call('checkpointGetParent', uuid, name, flags);
-  }
-  async checkpointDelete(uuid: string, name: string, flags: number): Promise<void> {
-    await this.call('checkpointDelete', uuid, name, flags);
-  }
-  listUnknownBitmaps(uuid: string): Promise<UnknownBitmap[]> {
-    return this.call('listUnknownBitmaps', uuid);
-  }
-  backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
-    return this.call('backupBegin', uuid, backupXml, checkpointXml, flags);
-  }
-  backupGetXMLDesc(uuid: string, id: number, flags: number): Promise<string> {
-    return this.call('backupGetXMLDesc', uuid, id, flags);
-  }
-  backupEnd(uuid: string, id: number, flags: number): Promise<number> {
-    return this.call('backupEnd', uuid, id, flags);
-  }
-  listJobIds(uuid: string): Promise<number[]> {
-    return this.call('listJobIds', uuid);
-  }
-  getJobStats(uuid: string, flags: number): Promise<JobStats> {
-    return this.call('getJobStats', uuid, flags);
-  }
-  async abortJob(uuid: string, flags: number): Promise<void> {
-    await this.call('abortJob', uuid, flags);
-  }
+// The Driver methods: one per entry point (api/entry-points.ts), each one call
+// of its procedure, typed by the table.
+for (const name of entryPointNames) {
+  Object.defineProperty(RemoteDriver.prototype, name, {
+    value: function (this: RemoteDriver, ...args: unknown[]) {
+      // the args are checked against the procedure's schema in call()
+      return (this.call as (proc: string, ...a: unknown[]) => Promise<unknown>)(name, ...args);
+    },
+    writable: true,
+    configurable: true,
+  });
 }

@@ -1,13 +1,27 @@
-// The virtbackd wire protocol: message kinds and the procedure table. Each
-// procedure's arguments and result are typed once, here, as zod schemas with
-// a size limit on every string and array; client and server both validate
-// against them. Arguments travel as a JSON array in the Driver method's
-// parameter order, so the server calls `driver[proc](...args)`.
-// docs/protocol.md describes the same table for people.
+// The virtbackd wire protocol: message kinds and the procedure table. The
+// procedures are the entry points of api/entry-points.ts plus three of the
+// connection's own (hello, subscribe, unsubscribe): each entry point's
+// argument kinds and result kind become zod schemas here, with a size limit
+// on every string and array, and its read-only rule becomes the procedure's.
+// Client and server both validate against this table. Arguments travel as a
+// JSON array in the Driver method's parameter order, so the server calls
+// `driver[proc](...args)`. docs/protocol.md describes the same table for people.
 
 import { z } from 'zod';
-import type { Driver, DriverEvent } from '../api/driver.js';
-import { CheckpointXMLFlags, DomainXMLFlags } from '../flags.js';
+import type { DriverEvent } from '../api/driver.js';
+import {
+  entryPointNames,
+  entryPoints,
+  secureDenial,
+  type ArgKind,
+  type ArgTypes,
+  type EntryArgs,
+  type EntryPoint,
+  type EntryPointName,
+  type EntryPointTable,
+  type ResultKind,
+  type ResultTypes,
+} from '../api/entry-points.js';
 
 /** Bumped on any incompatible change of the table or the message shapes. */
 export const PROTOCOL_VERSION = 1;
@@ -123,9 +137,9 @@ export type ServerMessage = ReplyMessage | ErrorMessage | EventMessage;
 
 // ---- procedures ----------------------------------------------------------
 
-export interface Procedure<A extends z.ZodTuple = z.ZodTuple, R extends z.ZodType = z.ZodType> {
-  args: A;
-  result: R;
+export interface Procedure<A extends unknown[] = unknown[], R = unknown> {
+  args: z.ZodType<A>;
+  result: z.ZodType<R>;
   /** Refused on the read-only socket with OPERATION_DENIED, whatever the client claims. */
   mutating: boolean;
   /**
@@ -133,13 +147,59 @@ export interface Procedure<A extends z.ZodTuple = z.ZodTuple, R extends z.ZodTyp
    * secure flag" rule): the denial message when these arguments are refused
    * on a read-only connection, else null.
    */
-  deniedReadOnly?: (args: z.infer<A>) => string | null;
+  deniedReadOnly?: (args: A) => string | null;
   /** One line for docs/protocol.md. */
   doc: string;
 }
 
-function proc<A extends z.ZodTuple, R extends z.ZodType>(p: Procedure<A, R>): Procedure<A, R> {
+/** The wire schema of each kind of argument (api/entry-points.ts). */
+const ARG_SCHEMAS = {
+  uuid: Uuid,
+  uuidString: Uuid,
+  name: Name,
+  xml: Xml,
+  xmlOrNull: Xml.nullable(),
+  command: Xml,
+  mountpoints: z.array(Path).max(LIMITS.mountpoints),
+  jobId: JobId,
+  flags: Flags,
+} satisfies { [K in ArgKind]: z.ZodType };
+
+/** The wire schema of each kind of result; a void result travels as no result. */
+const RESULT_SCHEMAS = {
+  void: Void,
+  domainRef: DomainRefSchema,
+  domainSummary: DomainSummarySchema,
+  domainSummaries: z.array(DomainSummarySchema).max(LIMITS.listEntries),
+  xml: Xml,
+  name: Name,
+  names: z.array(Name).max(LIMITS.listEntries),
+  count: Count,
+  status: Int,
+  jobIds: z.array(Count).max(LIMITS.listEntries),
+  jobStats: JobStatsSchema,
+  unknownBitmaps: z.array(z.object({ disk: Name, bitmap: Name })).max(LIMITS.listEntries),
+} satisfies { [K in ResultKind]: z.ZodType };
+
+type WireResult<K extends ResultKind> = K extends 'void' ? undefined : ResultTypes[K];
+
+/** The procedure of one entry point: its row's arguments, result and read-only rule. */
+function entryProcedure(e: EntryPoint): Procedure {
+  const args = z.tuple(e.args.map((a) => ARG_SCHEMAS[a.kind]) as unknown as [z.ZodType, ...z.ZodType[]]) as unknown as z.ZodType<unknown[]>;
+  const doc = e.doc === undefined ? e.libvirt : `${e.libvirt}: ${e.doc}`;
+  const p: Procedure = { args, result: RESULT_SCHEMAS[e.result], mutating: e.mutates, doc };
+  // Only a row with a secure flag has the rule (docs/protocol.md says "with SECURE flag" for exactly those).
+  if (e.secure !== null) p.deniedReadOnly = (a) => secureDenial(e, a);
   return p;
+}
+
+export type EntryProcedures = {
+  [N in EntryPointName]: Procedure<Extract<EntryArgs<N>, unknown[]>, WireResult<(typeof entryPoints)[N]['result']>>;
+};
+
+/** The procedures of every entry point of `table`. */
+export function entryProcedures(table: EntryPointTable): EntryProcedures {
+  return Object.fromEntries(entryPointNames.map((n) => [n, entryProcedure(table[n])])) as unknown as EntryProcedures;
 }
 
 export const HelloArgsSchema = z.object({
@@ -156,7 +216,12 @@ export const HelloResultSchema = z.object({
   readOnly: z.boolean(),
 });
 
-export const procedures = {
+function proc<A extends unknown[], R>(p: Procedure<A, R>): Procedure<A, R> {
+  return p;
+}
+
+/** The connection's own procedures (not Driver methods). */
+const connectionProcedures = {
   hello: proc({
     args: z.tuple([HelloArgsSchema]),
     result: HelloResultSchema,
@@ -175,200 +240,51 @@ export const procedures = {
     mutating: false,
     doc: 'stop receiving event messages on this connection',
   }),
+};
 
-  // domains
-  domainDefineXML: proc({
-    args: z.tuple([Xml, Flags]),
-    result: DomainRefSchema,
-    mutating: true,
-    doc: 'virDomainDefineXMLFlags',
-  }),
-  domainUndefine: proc({ args: z.tuple([Uuid, Flags]), result: Void, mutating: true, doc: 'virDomainUndefineFlags' }),
-  domainCreate: proc({ args: z.tuple([Uuid, Flags]), result: Void, mutating: true, doc: 'virDomainCreateWithFlags' }),
-  domainDestroy: proc({ args: z.tuple([Uuid, Flags]), result: Void, mutating: true, doc: 'virDomainDestroyFlags' }),
-  domainLookupByName: proc({
-    args: z.tuple([Name]),
-    result: DomainRefSchema,
-    mutating: false,
-    doc: 'virDomainLookupByName',
-  }),
-  domainLookupByUUID: proc({
-    args: z.tuple([Uuid]),
-    result: DomainRefSchema,
-    mutating: false,
-    doc: 'virDomainLookupByUUIDString',
-  }),
-  listAllDomains: proc({
-    args: z.tuple([Flags]),
-    result: z.array(DomainSummarySchema).max(LIMITS.listEntries),
-    mutating: false,
-    doc: 'virConnectListAllDomains, with each domain\'s summary',
-  }),
-  domainGetInfo: proc({ args: z.tuple([Uuid]), result: DomainSummarySchema, mutating: false, doc: 'virDomainGetInfo' }),
-  domainGetXMLDesc: proc({
-    args: z.tuple([Uuid, Flags]),
-    result: Xml,
-    mutating: false,
-    deniedReadOnly: ([, flags]) => ((flags & DomainXMLFlags.SECURE) !== 0 ? 'virDomainGetXMLDesc with secure flag' : null),
-    doc: 'virDomainGetXMLDesc',
-  }),
-  qemuMonitorCommand: proc({
-    args: z.tuple([Uuid, Xml, Flags]),
-    result: Xml,
-    mutating: true,
-    doc: 'virDomainQemuMonitorCommand (QMP JSON, or HMP text with the HMP flag)',
-  }),
-  domainFSFreeze: proc({
-    args: z.tuple([Uuid, z.array(Path).max(LIMITS.mountpoints), Flags]),
-    result: Count,
-    mutating: true,
-    doc: 'virDomainFSFreeze',
-  }),
-  domainFSThaw: proc({
-    args: z.tuple([Uuid, z.array(Path).max(LIMITS.mountpoints), Flags]),
-    result: Count,
-    mutating: true,
-    doc: 'virDomainFSThaw',
-  }),
+export const procedures = { ...connectionProcedures, ...entryProcedures(entryPoints) };
 
-  // checkpoints
-  checkpointCreateXML: proc({
-    args: z.tuple([Uuid, Xml, Flags]),
-    result: Name,
-    mutating: true,
-    doc: 'virDomainCheckpointCreateXML; returns the checkpoint name',
-  }),
-  checkpointGetXMLDesc: proc({
-    args: z.tuple([Uuid, Name, Flags]),
-    result: Xml,
-    mutating: false,
-    deniedReadOnly: ([, , flags]) =>
-      (flags & CheckpointXMLFlags.SECURE) !== 0 ? 'virDomainCheckpointGetXMLDesc with secure flag' : null,
-    doc: 'virDomainCheckpointGetXMLDesc',
-  }),
-  listAllCheckpoints: proc({
-    args: z.tuple([Uuid, Flags]),
-    result: z.array(Name).max(LIMITS.listEntries),
-    mutating: false,
-    doc: 'virDomainListAllCheckpoints; returns names',
-  }),
-  checkpointListAllChildren: proc({
-    args: z.tuple([Uuid, Name, Flags]),
-    result: z.array(Name).max(LIMITS.listEntries),
-    mutating: false,
-    doc: 'virDomainCheckpointListAllChildren; returns names',
-  }),
-  checkpointLookupByName: proc({
-    args: z.tuple([Uuid, Name, Flags]),
-    result: Name,
-    mutating: false,
-    doc: 'virDomainCheckpointLookupByName',
-  }),
-  checkpointGetParent: proc({
-    args: z.tuple([Uuid, Name, Flags]),
-    result: Name,
-    mutating: false,
-    doc: 'virDomainCheckpointGetParent; returns the parent\'s name',
-  }),
-  checkpointDelete: proc({
-    args: z.tuple([Uuid, Name, Flags]),
-    result: Void,
-    mutating: true,
-    doc: 'virDomainCheckpointDelete',
-  }),
-  listUnknownBitmaps: proc({
-    args: z.tuple([Uuid]),
-    result: z.array(z.object({ disk: Name, bitmap: Name })).max(LIMITS.listEntries),
-    mutating: false,
-    doc: 'virtback: bitmaps in the images that no checkpoint knows',
-  }),
-
-  // backup jobs
-  backupBegin: proc({
-    args: z.tuple([Uuid, Xml.nullable(), Xml.nullable(), Flags]),
-    result: Count,
-    mutating: true,
-    doc: 'virDomainBackupBegin; returns the positive job id',
-  }),
-  backupGetXMLDesc: proc({
-    args: z.tuple([Uuid, JobId, Flags]),
-    result: Xml,
-    mutating: false,
-    doc: 'virDomainBackupGetXMLDesc (id 0 = current job)',
-  }),
-  backupEnd: proc({
-    args: z.tuple([Uuid, JobId, Flags]),
-    result: Int,
-    mutating: true,
-    doc: 'virDomainBackupEnd: 1 complete, 0 aborted',
-  }),
-  listJobIds: proc({
-    args: z.tuple([Uuid]),
-    result: z.array(Count).max(LIMITS.listEntries),
-    mutating: false,
-    doc: 'virDomainListJobIds',
-  }),
-  getJobStats: proc({ args: z.tuple([Uuid, Flags]), result: JobStatsSchema, mutating: false, doc: 'virDomainGetJobStats' }),
-  abortJob: proc({ args: z.tuple([Uuid, Flags]), result: Void, mutating: true, doc: 'virDomainAbortJobFlags' }),
-} as const;
-
-export type ProcName = keyof typeof procedures;
-export type ProcArgs<P extends ProcName> = z.infer<(typeof procedures)[P]['args']>;
-export type ProcResult<P extends ProcName> = z.infer<(typeof procedures)[P]['result']>;
+type Procedures = typeof procedures;
+export type ProcName = keyof Procedures;
+export type ProcArgs<P extends ProcName> = z.output<Procedures[P]['args']>;
+export type ProcResult<P extends ProcName> = z.output<Procedures[P]['result']>;
 
 /** The procedures that are Driver methods (everything but the connection-level ones). */
-export type DriverProcName = Exclude<ProcName, 'hello' | 'subscribe' | 'unsubscribe'>;
+export type DriverProcName = EntryPointName;
 
-export const driverProcNames = (Object.keys(procedures) as ProcName[]).filter(
-  (p): p is DriverProcName => p !== 'hello' && p !== 'subscribe' && p !== 'unsubscribe',
-);
+export const driverProcNames: DriverProcName[] = [...entryPointNames];
 
 export function isProcName(name: string): name is ProcName {
   return Object.prototype.hasOwnProperty.call(procedures, name);
 }
 
-// Compile-time proof that the table and the Driver interface agree: every
-// Driver method has a procedure whose argument and result types are the
-// method's, and no procedure names a method that does not exist.
-// recoveredEvents is a local driver's capability, used by the daemon that hosts it, never called over the wire
-type MethodNames = Exclude<keyof Driver, 'uri' | 'close' | 'subscribe' | 'recoveredEvents'>;
+// Compile-time proof that the wire schemas carry exactly the table's types
+// (api/entry-points.ts proves that the table and the Driver interface agree).
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-type ResultOf<P extends DriverProcName> = ProcResult<P> extends undefined ? void : ProcResult<P>;
-type Agreement = {
-  [M in MethodNames]: M extends DriverProcName
-    ? Same<Parameters<Driver[M]>, ProcArgs<M>> extends true
-      ? Same<Awaited<ReturnType<Driver[M]>>, ResultOf<M>>
-      : false
-    : false;
+const argsAgree: { [K in ArgKind]: Same<z.infer<(typeof ARG_SCHEMAS)[K]>, ArgTypes[K]> } = {
+  uuid: true,
+  uuidString: true,
+  name: true,
+  xml: true,
+  xmlOrNull: true,
+  command: true,
+  mountpoints: true,
+  jobId: true,
+  flags: true,
 };
-const agreement: { [M in keyof Agreement]: Agreement[M] } = {
-  domainDefineXML: true,
-  domainUndefine: true,
-  domainCreate: true,
-  domainDestroy: true,
-  domainLookupByName: true,
-  domainLookupByUUID: true,
-  listAllDomains: true,
-  domainGetInfo: true,
-  domainGetXMLDesc: true,
-  qemuMonitorCommand: true,
-  domainFSFreeze: true,
-  domainFSThaw: true,
-  checkpointCreateXML: true,
-  checkpointGetXMLDesc: true,
-  listAllCheckpoints: true,
-  checkpointListAllChildren: true,
-  checkpointLookupByName: true,
-  checkpointGetParent: true,
-  checkpointDelete: true,
-  listUnknownBitmaps: true,
-  backupBegin: true,
-  backupGetXMLDesc: true,
-  backupEnd: true,
-  listJobIds: true,
-  getJobStats: true,
-  abortJob: true,
+const resultsAgree: { [K in ResultKind]: Same<z.infer<(typeof RESULT_SCHEMAS)[K]>, WireResult<K>> } = {
+  void: true,
+  domainRef: true,
+  domainSummary: true,
+  domainSummaries: true,
+  xml: true,
+  name: true,
+  names: true,
+  count: true,
+  status: true,
+  jobIds: true,
+  jobStats: true,
+  unknownBitmaps: true,
 };
-void agreement;
-const _noExtraProcs: MethodNames = null as unknown as DriverProcName;
-void _noExtraProcs;
+void argsAgree;
+void resultsAgree;

@@ -203,6 +203,10 @@ test('backup and job commands: begin, dumpxml, domjobinfo, blockjob, domjobabort
   assert.equal((await env.run('backup-dumpxml', 'vm1', '--id', '1')).stdout, "<domainbackup mode='pull' id='1'/>\n");
   assert.deepEqual(await env.run('backup-dumpxml', 'vm1', '--id', '7'), { code: 1, stdout: '', stderr: 'error: no domain backup job present\n' });
   assert.equal((await env.run('backup-dumpxml', 'vm1', '--id', 'x')).code, 2);
+  // --id 0 is the current job, as in the API and on the wire
+  assert.deepEqual(await env.run('backup-dumpxml', 'vm1', '--id', '0'), { code: 0, stdout: "<domainbackup mode='pull' id='1'/>\n", stderr: '' });
+  assert.equal((await env.run('backup-dumpxml', 'vm1', '--id', '-1')).code, 2);
+  assert.equal((await env.run('backup-end', 'vm1', '--id', '2147483648')).code, 2);
   const ji = await env.run('domjobinfo', 'vm1');
   assert.match(ji.stdout, /^Job type: {9}Unbounded {3}\nOperation: {8}Backup {6}\nJob ID: {11}1 {11}\nTime elapsed: {5}\d+ +ms\n$/);
   assert.match((await env.run('domjobinfo', 'vm1', '--rawstats')).stdout, /^Job type: 2\n\noperation: 9\ntime_elapsed: \d+\nid: 1\n$/);
@@ -245,6 +249,11 @@ test('backup and job commands: begin, dumpxml, domjobinfo, blockjob, domjobabort
   assert.deepEqual(await env.run('domjobabort', 'vm1'), { code: 1, stdout: '', stderr: 'error: no job is active on the domain\n' });
   assert.equal((await env.run('backup-begin', 'vm1')).stdout, 'Backup started, job id 5\n');
   assert.deepEqual(await env.run('backup-end', 'vm1', '--id', '5', '--abort'), { code: 0, stdout: 'Backup job 5 aborted\n', stderr: '' });
+
+  // backup-end --id 0 ends the current job
+  assert.equal((await env.run('backup-begin', 'vm1', '--backupxml', await pullXml(env.dir))).stdout, 'Backup started, job id 6\n');
+  assert.deepEqual(await env.run('backup-end', 'vm1', '--id', '0'), { code: 0, stdout: 'Backup job 6 ended, backup complete\n', stderr: '' });
+  assert.deepEqual(await env.driver.listJobIds(UUID), []);
 });
 
 test('event: lifecycle, block-job and job-completed lines, --loop, --timeout, --timestamp, domain filter', async (t) => {

@@ -2,17 +2,19 @@
 // --wait), backup-dumpxml and backup-end (ids: the original backup design).
 
 import type { Command } from 'commander';
+import type { EntryPointTable } from '../../api/entry-points.js';
 import type { Domain } from '../../api/public.js';
 import { virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { out, usageError } from '../output.js';
+import { CliFlagOptions } from '../flag-options.js';
 import { BarProgress, LineProgress, waitForBackup } from '../progress.js';
 
-/** A positive job id from --id (virsh's wording for a bad number). */
+/** A job id from --id, 0 (the default) meaning the current job, as in the API (virsh's wording for a bad number). */
 export function parseJobId(cmd: Command, value: string | undefined): number {
   if (value === undefined) return 0;
-  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > 0x7fffffff) {
+  if (!/^\d+$/.test(value) || Number(value) > 0x7fffffff) {
     usageError(cmd, `Numeric value '${value}' for <id> option is malformed or out of range`);
   }
   return Number(value);
@@ -27,28 +29,31 @@ async function currentJobId(dom: Domain, id: number): Promise<number> {
 interface BeginOptions {
   backupxml?: string;
   checkpointxml?: string;
-  noMetadata?: boolean;
-  quiesce?: boolean;
-  reuseExternal?: boolean;
   wait?: boolean;
 }
 
-export function register(program: Command): void {
-  program
+export function register(program: Command, table: EntryPointTable): void {
+  const begin = program
     .command('backup-begin')
     .description('Start a disk backup of a live domain')
     .argument('<domain>', 'domain name, id or uuid')
     .argument('[backupxml]', 'domain backup XML')
     .argument('[checkpointxml]', 'domain checkpoint XML')
     .option('--backupxml <file>', 'domain backup XML')
-    .option('--checkpointxml <file>', 'domain checkpoint XML')
-    .option('--no-metadata', 'create the checkpoint of --checkpointxml without metadata')
-    .option('--quiesce', "quiesce guest's file systems")
-    .option('--reuse-external', 'reuse files provided by caller')
+    .option('--checkpointxml <file>', 'domain checkpoint XML');
+  const beginFlags = CliFlagOptions.add(begin, table, 'backupBegin', {
+    NO_METADATA: 'create the checkpoint of --checkpointxml without metadata',
+    QUIESCE: "quiesce guest's file systems",
+    REUSE_EXTERNAL: 'reuse files provided by caller',
+    PRESERVE_SHUTDOWN_DOMAIN: {
+      option: 'preserve-domain-on-shutdown',
+      help: 'keep the domain running when the guest shuts down during the backup',
+    },
+  });
+  begin
     .option('--wait', 'follow the job with a progress display and exit with its outcome')
-    .action(async (ref: string, posBackup: string | undefined, posCheckpoint: string | undefined, raw: BeginOptions & { metadata?: boolean }, cmd: Command) => {
-      // commander stores --no-metadata as metadata=false
-      const o: BeginOptions = { ...raw, noMetadata: raw.metadata === false };
+    .action(async (ref: string, posBackup: string | undefined, posCheckpoint: string | undefined, o: BeginOptions, cmd: Command) => {
+      const flags = beginFlags.flags(cmd);
       if (posBackup !== undefined && o.backupxml !== undefined) usageError(cmd, 'backup XML given twice');
       if (posCheckpoint !== undefined && o.checkpointxml !== undefined) usageError(cmd, 'checkpoint XML given twice');
       const backupFile = o.backupxml ?? posBackup;
@@ -57,11 +62,7 @@ export function register(program: Command): void {
       const checkpointXml = checkpointFile === undefined ? null : readFileArg(checkpointFile);
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
-        const id = await dom.backupBegin(backupXml, checkpointXml, {
-          noMetadata: o.noMetadata === true,
-          quiesce: o.quiesce === true,
-          reuseExternal: o.reuseExternal === true,
-        });
+        const id = await dom.backupBegin(backupXml, checkpointXml, flags);
         out(`Backup started, job id ${id}\n`);
         if (!o.wait) return;
         const tty = process.stdout.isTTY === true;
@@ -90,19 +91,20 @@ export function register(program: Command): void {
       });
     });
 
-  program
+  const end = program
     .command('backup-end')
     .description('End a backup job: release a finished push job or a pull export; --abort cancels a running one')
     .argument('<domain>', 'domain name, id or uuid')
-    .option('--id <id>', 'job id (default: the current job)')
-    .option('--abort', 'cancel the job if it is still copying')
-    .action(async (ref: string, o: { id?: string; abort?: boolean }, cmd: Command) => {
-      const given = parseJobId(cmd, o.id);
-      await withConnection(cmd, async (conn) => {
-        const dom = await lookupDomain(conn, ref);
-        const id = await currentJobId(dom, given);
-        const complete = await dom.backupEnd(id, { abort: o.abort === true });
-        out(complete === 1 ? `Backup job ${id} ended, backup complete\n` : `Backup job ${id} aborted\n`);
-      });
+    .option('--id <id>', 'job id (default: the current job)');
+  const endFlags = CliFlagOptions.add(end, table, 'backupEnd', { ABORT: 'cancel the job if it is still copying' });
+  end.action(async (ref: string, o: { id?: string }, cmd: Command) => {
+    const given = parseJobId(cmd, o.id);
+    const flags = endFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const dom = await lookupDomain(conn, ref);
+      const id = await currentJobId(dom, given);
+      const complete = await dom.backupEnd(id, flags);
+      out(complete === 1 ? `Backup job ${id} ended, backup complete\n` : `Backup job ${id} aborted\n`);
     });
+  });
 }

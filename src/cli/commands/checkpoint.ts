@@ -4,11 +4,13 @@
 // to be missing or broken) are marked in checkpoint-list and checkpoint-info.
 
 import type { Command } from 'commander';
+import type { EntryPointTable } from '../../api/entry-points.js';
 import type { Domain, DomainCheckpoint } from '../../api/public.js';
 import { isVirError, virErr } from '../../errors.js';
 import { attr, childText, escapeXml, firstChild, parseXml } from '../../xml/tree.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
-import { exclusive, formatInfo, formatLocalTime, formatTable, json, out, requireOption, usageError } from '../output.js';
+import { CliFlagOptions } from '../flag-options.js';
+import { exclusive, formatInfo, formatLocalTime, formatTable, json, out, usageError } from '../output.js';
 
 /** What checkpoint-list shows of one checkpoint. */
 export interface CheckpointRow {
@@ -159,79 +161,84 @@ interface ListOptions {
   roots?: boolean;
   tree?: boolean;
   name?: boolean;
-  topological?: boolean;
   from?: string;
-  descendants?: boolean;
-  leaves?: boolean;
-  noLeaves?: boolean;
   json?: boolean;
 }
 
-export function register(program: Command): void {
-  program
+export function register(program: Command, table: EntryPointTable): void {
+  const create = program
     .command('checkpoint-create')
     .description('Create a checkpoint from XML')
     .argument('<domain>', 'domain name, id or uuid')
-    .argument('[xmlfile]', 'domain checkpoint XML')
-    .option('--redefine', 'redefine metadata for existing checkpoint')
-    .option('--redefine-validate', 'validate the redefined checkpoint')
-    .option('--quiesce', "quiesce guest's file systems")
-    .action(async (ref: string, file: string | undefined, o: { redefine?: boolean; redefineValidate?: boolean; quiesce?: boolean }, cmd: Command) => {
-      requireOption(cmd, ['redefine-validate', o.redefineValidate], ['redefine', o.redefine]);
-      await withConnection(cmd, async (conn) => {
-        const dom = await lookupDomain(conn, ref);
-        const xml = file === undefined ? '<domaincheckpoint/>' : readFileArg(file);
-        const c = await dom.checkpointCreateXML(xml, {
-          redefine: o.redefine === true,
-          redefineValidate: o.redefineValidate === true,
-          quiesce: o.quiesce === true,
-        });
-        out(file === undefined ? `Domain checkpoint ${c.name} created\n` : `Domain checkpoint ${c.name} created from '${file}'\n`);
-      });
+    .argument('[xmlfile]', 'domain checkpoint XML');
+  const createFlags = CliFlagOptions.add(create, table, 'checkpointCreateXML', {
+    REDEFINE: 'redefine metadata for existing checkpoint',
+    REDEFINE_VALIDATE: 'validate the redefined checkpoint',
+    QUIESCE: "quiesce guest's file systems",
+  });
+  create.action(async (ref: string, file: string | undefined, _o: object, cmd: Command) => {
+    const flags = createFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const dom = await lookupDomain(conn, ref);
+      const xml = file === undefined ? '<domaincheckpoint/>' : readFileArg(file);
+      const c = await dom.checkpointCreateXML(xml, flags);
+      out(file === undefined ? `Domain checkpoint ${c.name} created\n` : `Domain checkpoint ${c.name} created from '${file}'\n`);
     });
+  });
 
   const collect = (v: string, acc: string[]): string[] => [...acc, v];
-  program
+  const createAs = program
     .command('checkpoint-create-as')
     .description('Create a checkpoint from a set of args')
     .argument('<domain>', 'domain name, id or uuid')
     .option('--name <name>', 'name of checkpoint')
     .option('--description <description>', 'description of checkpoint')
-    .option('--print-xml', 'print XML document rather than create')
-    .option('--quiesce', "quiesce guest's file systems")
+    .option('--print-xml', 'print XML document rather than create');
+  const createAsFlags = CliFlagOptions.add(createAs, table, 'checkpointCreateXML', {
+    QUIESCE: "quiesce guest's file systems",
+    // redefining takes a whole document: checkpoint-create
+    REDEFINE: null,
+    REDEFINE_VALIDATE: null,
+  });
+  createAs
     .option('--diskspec <spec>', 'disk attributes: disk[,checkpoint=type][,bitmap=name] (repeatable)', collect, [] as string[])
-    .action(
-      async (ref: string, o: { name?: string; description?: string; printXml?: boolean; quiesce?: boolean; diskspec: string[] }, cmd: Command) => {
-        await withConnection(cmd, async (conn) => {
-          const dom = await lookupDomain(conn, ref);
-          const xml = checkpointCreateAsXml({ name: o.name, description: o.description, diskspecs: o.diskspec });
-          if (o.printXml) {
-            out(`${xml}\n`);
-            return;
-          }
-          const c = await dom.checkpointCreateXML(xml, { quiesce: o.quiesce === true });
-          out(`Domain checkpoint ${c.name} created\n`);
-        });
-      },
-    );
+    .action(async (ref: string, o: { name?: string; description?: string; printXml?: boolean; diskspec: string[] }, cmd: Command) => {
+      const flags = createAsFlags.flags(cmd);
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        const xml = checkpointCreateAsXml({ name: o.name, description: o.description, diskspecs: o.diskspec });
+        if (o.printXml) {
+          out(`${xml}\n`);
+          return;
+        }
+        const c = await dom.checkpointCreateXML(xml, flags);
+        out(`Domain checkpoint ${c.name} created\n`);
+      });
+    });
 
-  program
+  const list = program
     .command('checkpoint-list')
     .description('List checkpoints for a domain')
     .argument('<domain>', 'domain name, id or uuid')
-    .option('--parent', 'add a column showing parent checkpoint')
-    .option('--roots', 'list only checkpoints without parents')
-    .option('--leaves', 'list only checkpoints without children')
-    .option('--no-leaves', 'list only checkpoints that are not leaves (with children)')
+    .option('--parent', 'add a column showing parent checkpoint');
+  const listFlags = CliFlagOptions.add(list, table, 'listAllCheckpoints', {
+    ROOTS: 'list only checkpoints without parents',
+    LEAVES: 'list only checkpoints without children',
+    NO_LEAVES: 'list only checkpoints that are not leaves (with children)',
+    TOPOLOGICAL: 'sort list topologically rather than by name',
+  });
+  list
     .option('--tree', 'list checkpoints in a tree')
-    .option('--from <checkpoint>', 'limit list to children of given checkpoint')
-    .option('--descendants', 'with --from, list all descendants')
+    .option('--from <checkpoint>', 'limit list to children of given checkpoint');
+  // the filters it shares with listAllCheckpoints are the same options
+  const childFlags = CliFlagOptions.add(list, table, 'checkpointListAllChildren', { DESCENDANTS: 'with --from, list all descendants' });
+  list
     .option('--name', 'list checkpoint names only')
-    .option('--topological', 'sort list topologically rather than by name')
     .option('--json', 'print the list as JSON')
-    .action(async (ref: string, rawOpts: ListOptions & { leaves?: boolean }, cmd: Command) => {
-      // commander turns --leaves/--no-leaves into one option 'leaves'; tell them apart from the raw argv
-      const o = { ...rawOpts, ...splitLeaves(cmd) };
+    .action(async (ref: string, o: ListOptions, cmd: Command) => {
+      const leaves = listFlags.given(cmd, 'LEAVES');
+      const noLeaves = listFlags.given(cmd, 'NO_LEAVES');
+      const topological = listFlags.given(cmd, 'TOPOLOGICAL');
       exclusive(cmd, ['tree', o.tree], ['name', o.name]);
       exclusive(cmd, ['parent', o.parent], ['roots', o.roots]);
       exclusive(cmd, ['parent', o.parent], ['tree', o.tree]);
@@ -239,17 +246,13 @@ export function register(program: Command): void {
       exclusive(cmd, ['roots', o.roots], ['from', o.from !== undefined]);
       exclusive(cmd, ['json', o.json], ['tree', o.tree]);
       exclusive(cmd, ['json', o.json], ['name', o.name]);
-      if (o.tree && o.leaves) usageError(cmd, '--leaves and --tree are mutually exclusive');
-      if (o.tree && o.noLeaves) usageError(cmd, '--no-leaves and --tree are mutually exclusive');
-      if (o.descendants && o.from === undefined) usageError(cmd, '--descendants requires --from');
+      if (o.tree && leaves) usageError(cmd, '--leaves and --tree are mutually exclusive');
+      if (o.tree && noLeaves) usageError(cmd, '--no-leaves and --tree are mutually exclusive');
+      if (childFlags.given(cmd, 'DESCENDANTS') && o.from === undefined) usageError(cmd, '--descendants requires --from');
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
-        const filter = { topological: o.topological === true, leaves: o.leaves === true, noLeaves: o.noLeaves === true };
         const start = o.from === undefined ? null : await lookupCheckpoint(dom, o.from);
-        const list =
-          start === null
-            ? await dom.listAllCheckpoints({ ...filter, roots: o.roots === true })
-            : await start.listAllChildren({ ...filter, descendants: o.descendants === true });
+        const list = start === null ? await dom.listAllCheckpoints(listFlags.flags(cmd)) : await start.listAllChildren(childFlags.flags(cmd));
         // virtback: bitmaps no checkpoint knows are reported, never deleted behind the user's back
         for (const u of await dom.listUnknownBitmaps()) {
           process.stderr.write(`warning: bitmap '${u.bitmap}' on disk '${u.disk}' belongs to no checkpoint ` +
@@ -257,7 +260,7 @@ export function register(program: Command): void {
         }
         if (o.name) {
           const names = list.map((c) => ({ name: c.name }));
-          out((o.topological ? names : sortByName(names)).map((c) => `${c.name}\n`).join(''));
+          out((topological ? names : sortByName(names)).map((c) => `${c.name}\n`).join(''));
           return;
         }
         let rows = await rowsOf(list);
@@ -267,35 +270,37 @@ export function register(program: Command): void {
             list.map(async (c, i) => ({ ...rows[i]!, parent: await parentOf(c) })),
           );
           if (start !== null) items.push({ ...(await rowsOf([start]))[0]!, parent: null });
-          const shown = (o.topological ? items : sortByName(items)).map((r) => ({
+          const shown = (topological ? items : sortByName(items)).map((r) => ({
             ...r,
             label: r.inconsistent === null ? r.name : `${r.name} (inconsistent)`,
           }));
           out(shown.map((r, i) => (r.parent === null ? formatTree(shown, i) : '')).join(''));
           return;
         }
-        if (!o.topological) rows = sortByName(rows);
+        if (!topological) rows = sortByName(rows);
         if (o.json) json(rows.map(rowJson));
         else out(formatCheckpointTable(rows, o.parent === true));
       });
     });
 
-  program
+  const dumpxml = program
     .command('checkpoint-dumpxml')
     .description('Dump XML for a domain checkpoint')
     .argument('<domain>', 'domain name, id or uuid')
-    .argument('<checkpoint>', 'checkpoint name')
-    .option('--security-info', 'include security sensitive information in XML dump')
-    .option('--no-domain', 'exclude <domain> from XML')
-    .option('--size', 'include backup size estimate in XML dump')
-    .action(async (ref: string, name: string, o: { securityInfo?: boolean; domain?: boolean; size?: boolean }, cmd: Command) => {
-      await withConnection(cmd, async (conn) => {
-        const c = await lookupCheckpoint(await lookupDomain(conn, ref), name);
-        // commander stores --no-domain as domain=false
-        const xml = await c.getXMLDesc({ secure: o.securityInfo === true, noDomain: o.domain === false, size: o.size === true });
-        out(xml.endsWith('\n') ? xml : `${xml}\n`);
-      });
+    .argument('<checkpoint>', 'checkpoint name');
+  const dumpxmlFlags = CliFlagOptions.add(dumpxml, table, 'checkpointGetXMLDesc', {
+    SECURE: { option: 'security-info', help: 'include security sensitive information in XML dump' },
+    NO_DOMAIN: 'exclude <domain> from XML',
+    SIZE: 'include backup size estimate in XML dump',
+  });
+  dumpxml.action(async (ref: string, name: string, _o: object, cmd: Command) => {
+    const flags = dumpxmlFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const c = await lookupCheckpoint(await lookupDomain(conn, ref), name);
+      const xml = await c.getXMLDesc(flags);
+      out(xml.endsWith('\n') ? xml : `${xml}\n`);
     });
+  });
 
   program
     .command('checkpoint-parent')
@@ -341,26 +346,22 @@ export function register(program: Command): void {
       });
     });
 
-  program
+  const del = program
     .command('checkpoint-delete')
     .description('Delete a domain checkpoint')
     .argument('<domain>', 'domain name, id or uuid')
-    .argument('<checkpoint>', 'checkpoint name')
-    .option('--children', 'delete checkpoint and all children')
-    .option('--children-only', 'delete children but not checkpoint')
-    .option('--metadata', 'delete only libvirt metadata, leaving checkpoint contents behind')
-    .action(async (ref: string, name: string, o: { children?: boolean; childrenOnly?: boolean; metadata?: boolean }, cmd: Command) => {
-      await withConnection(cmd, async (conn) => {
-        const c = await lookupCheckpoint(await lookupDomain(conn, ref), name);
-        await c.delete({ children: o.children === true, childrenOnly: o.childrenOnly === true, metadataOnly: o.metadata === true });
-        out(o.childrenOnly ? `Domain checkpoint ${c.name} children deleted\n` : `Domain checkpoint ${c.name} deleted\n`);
-      });
+    .argument('<checkpoint>', 'checkpoint name');
+  const deleteFlags = CliFlagOptions.add(del, table, 'checkpointDelete', {
+    CHILDREN: 'delete checkpoint and all children',
+    CHILDREN_ONLY: 'delete children but not checkpoint',
+    METADATA_ONLY: { option: 'metadata', help: 'delete only libvirt metadata, leaving checkpoint contents behind' },
+  });
+  del.action(async (ref: string, name: string, _o: object, cmd: Command) => {
+    const flags = deleteFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const c = await lookupCheckpoint(await lookupDomain(conn, ref), name);
+      await c.delete(flags);
+      out(deleteFlags.given(cmd, 'CHILDREN_ONLY') ? `Domain checkpoint ${c.name} children deleted\n` : `Domain checkpoint ${c.name} deleted\n`);
     });
-}
-
-/** --leaves and --no-leaves are separate filters in virsh; commander would merge them into one boolean. */
-function splitLeaves(cmd: Command): { leaves: boolean; noLeaves: boolean } {
-  // rawArgs is set by commander at run time but missing from its type declarations
-  const args = (cmd.parent as unknown as { rawArgs?: string[] } | null)?.rawArgs ?? [];
-  return { leaves: args.includes('--leaves'), noLeaves: args.includes('--no-leaves') };
+  });
 }

@@ -4,9 +4,12 @@
 
 import type { Command } from 'commander';
 import type { DomainSummary } from '../../api/driver.js';
+import type { EntryPointTable } from '../../api/entry-points.js';
+import { ListDomainsFlags } from '../../flags.js';
 import { attr, childText, firstChild, parseXml, textContent, type XmlElement } from '../../xml/tree.js';
 import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
+import { CliFlagOptions } from '../flag-options.js';
 import {
   domainReasonString,
   domainStateString,
@@ -85,7 +88,7 @@ export function formatDiskList(rows: DiskRow[], details: boolean): string {
     : formatTable(['Target', 'Source'], rows.map((r) => [r.target, r.source]));
 }
 
-export function register(program: Command): void {
+export function register(program: Command, table: EntryPointTable): void {
   program
     .command('define')
     .description('define (but do not start) a domain from an XML file')
@@ -98,18 +101,18 @@ export function register(program: Command): void {
       });
     });
 
-  program
-    .command('undefine')
-    .description('undefine a domain')
-    .argument('<domain>', 'domain name, id or uuid')
-    .option('--checkpoints-metadata', 'remove all domain checkpoint metadata (vm must be inactive)')
-    .action(async (ref: string, o: { checkpointsMetadata?: boolean }, cmd: Command) => {
-      await withConnection(cmd, async (conn) => {
-        const dom = await lookupDomain(conn, ref);
-        await dom.undefine({ checkpointsMetadata: o.checkpointsMetadata === true });
-        out(`Domain '${dom.name}' has been undefined\n`);
-      });
+  const undefine = program.command('undefine').description('undefine a domain').argument('<domain>', 'domain name, id or uuid');
+  const undefineFlags = CliFlagOptions.add(undefine, table, 'domainUndefine', {
+    CHECKPOINTS_METADATA: 'remove all domain checkpoint metadata (vm must be inactive)',
+  });
+  undefine.action(async (ref: string, _o: object, cmd: Command) => {
+    const flags = undefineFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const dom = await lookupDomain(conn, ref);
+      await dom.undefine(flags);
+      out(`Domain '${dom.name}' has been undefined\n`);
     });
+  });
 
   program
     .command('start')
@@ -135,53 +138,45 @@ export function register(program: Command): void {
       });
     });
 
-  program
+  const list = program
     .command('list')
     .description('list domains')
-    .option('--all', 'list inactive & active domains')
-    .option('--inactive', 'list inactive domains')
-    .option('--with-checkpoint', 'list domains with existing checkpoint')
-    .option('--without-checkpoint', 'list domains without a checkpoint')
-    .option('--with-backup', 'list domains with a backup job (virtback)')
-    .option('--without-backup', 'list domains without a backup job (virtback)')
+    .option('--all', 'list inactive & active domains');
+  const listFlags = CliFlagOptions.add(list, table, 'listAllDomains', {
+    // ACTIVE is the default, dropped by --inactive; --all sets both
+    ACTIVE: null,
+    INACTIVE: 'list inactive domains',
+    // virsh's --persistent, --transient and --state-* are not offered yet
+    PERSISTENT: null,
+    TRANSIENT: null,
+    RUNNING: null,
+    PAUSED: null,
+    SHUTOFF: null,
+    OTHER: null,
+    HAS_CHECKPOINT: { option: 'with-checkpoint', help: 'list domains with existing checkpoint' },
+    NO_CHECKPOINT: { option: 'without-checkpoint', help: 'list domains without a checkpoint' },
+    HAS_BACKUP_JOB: { option: 'with-backup', help: 'list domains with a backup job (virtback)' },
+    NO_BACKUP_JOB: { option: 'without-backup', help: 'list domains without a backup job (virtback)' },
+  });
+  list
     .option('--name', 'list domain names only')
     .option('--uuid', 'list uuid\'s only')
     .option('--json', 'print the list as JSON')
-    .action(
-      async (
-        o: JsonOpt & {
-          all?: boolean;
-          inactive?: boolean;
-          withCheckpoint?: boolean;
-          withoutCheckpoint?: boolean;
-          withBackup?: boolean;
-          withoutBackup?: boolean;
-          name?: boolean;
-          uuid?: boolean;
-        },
-        cmd: Command,
-      ) => {
-        exclusive(cmd, ['json', o.json], ['name', o.name]);
-        exclusive(cmd, ['json', o.json], ['uuid', o.uuid]);
-        await withConnection(cmd, async (conn) => {
-          const list = sortDomains(
-            await conn.listAllDomainSummaries({
-              active: !o.inactive || o.all === true,
-              inactive: o.inactive === true || o.all === true,
-              hasCheckpoint: o.withCheckpoint === true,
-              noCheckpoint: o.withoutCheckpoint === true,
-              hasBackupJob: o.withBackup === true,
-              noBackupJob: o.withoutBackup === true,
-            }),
-          );
-          if (o.json) json(list.map(summaryJson));
-          else if (o.name && o.uuid) out(list.map((s) => `${s.uuid.padEnd(36)} ${s.name}\n`).join(''));
-          else if (o.name) out(list.map((s) => `${s.name}\n`).join(''));
-          else if (o.uuid) out(list.map((s) => `${s.uuid}\n`).join(''));
-          else out(formatDomainList(list));
-        });
-      },
-    );
+    .action(async (o: JsonOpt & { all?: boolean; name?: boolean; uuid?: boolean }, cmd: Command) => {
+      exclusive(cmd, ['json', o.json], ['name', o.name]);
+      exclusive(cmd, ['json', o.json], ['uuid', o.uuid]);
+      let flags = listFlags.flags(cmd);
+      if (o.all) flags |= ListDomainsFlags.ACTIVE | ListDomainsFlags.INACTIVE;
+      if (!(flags & ListDomainsFlags.INACTIVE)) flags |= ListDomainsFlags.ACTIVE;
+      await withConnection(cmd, async (conn) => {
+        const list = sortDomains(await conn.listAllDomainSummaries(flags));
+        if (o.json) json(list.map(summaryJson));
+        else if (o.name && o.uuid) out(list.map((s) => `${s.uuid.padEnd(36)} ${s.name}\n`).join(''));
+        else if (o.name) out(list.map((s) => `${s.name}\n`).join(''));
+        else if (o.uuid) out(list.map((s) => `${s.uuid}\n`).join(''));
+        else out(formatDomainList(list));
+      });
+    });
 
   program
     .command('dominfo')
@@ -240,46 +235,50 @@ export function register(program: Command): void {
       });
     });
 
-  program
-    .command('dumpxml')
-    .description('domain information in XML')
-    .argument('<domain>', 'domain name, id or uuid')
-    .option('--inactive', 'show inactive defined XML')
-    .option('--security-info', 'include security sensitive information in XML dump')
-    .action(async (ref: string, o: { inactive?: boolean; securityInfo?: boolean }, cmd: Command) => {
-      await withConnection(cmd, async (conn) => {
-        const xml = await (await lookupDomain(conn, ref)).getXMLDesc({ inactive: o.inactive === true, secure: o.securityInfo === true });
-        out(xml.endsWith('\n') ? xml : `${xml}\n`);
-      });
+  const dumpxml = program.command('dumpxml').description('domain information in XML').argument('<domain>', 'domain name, id or uuid');
+  const dumpxmlFlags = CliFlagOptions.add(dumpxml, table, 'domainGetXMLDesc', {
+    INACTIVE: 'show inactive defined XML',
+    SECURE: { option: 'security-info', help: 'include security sensitive information in XML dump' },
+  });
+  dumpxml.action(async (ref: string, _o: object, cmd: Command) => {
+    const flags = dumpxmlFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const xml = await (await lookupDomain(conn, ref)).getXMLDesc(flags);
+      out(xml.endsWith('\n') ? xml : `${xml}\n`);
     });
+  });
 
-  program
-    .command('domblklist')
-    .description('list all domain blocks')
-    .argument('<domain>', 'domain name, id or uuid')
-    .option('--inactive', 'get inactive rather than running configuration')
+  const domblklist = program.command('domblklist').description('list all domain blocks').argument('<domain>', 'domain name, id or uuid');
+  const domblklistFlags = CliFlagOptions.add(domblklist, table, 'domainGetXMLDesc', {
+    INACTIVE: 'get inactive rather than running configuration',
+    SECURE: null,
+  });
+  domblklist
     .option('--details', 'additionally display the type and device value')
     .option('--json', 'print the list as JSON')
-    .action(async (ref: string, o: JsonOpt & { inactive?: boolean; details?: boolean }, cmd: Command) => {
+    .action(async (ref: string, o: JsonOpt & { details?: boolean }, cmd: Command) => {
+      const flags = domblklistFlags.flags(cmd);
       await withConnection(cmd, async (conn) => {
-        const rows = domainDisks(await (await lookupDomain(conn, ref)).getXMLDesc({ inactive: o.inactive === true }));
+        const rows = domainDisks(await (await lookupDomain(conn, ref)).getXMLDesc(flags));
         if (o.json) json(rows.map((r) => ({ ...r, source: r.source === '-' ? null : r.source })));
         else out(formatDiskList(rows, o.details === true));
       });
     });
 
-  program
+  const monitor = program
     .command('qemu-monitor-command')
     .description('QEMU Monitor Command')
     .argument('<domain>', 'domain name, id or uuid')
-    .argument('<cmd...>', 'command')
-    .option('--hmp', 'command is in human monitor protocol')
+    .argument('<cmd...>', 'command');
+  const monitorFlags = CliFlagOptions.add(monitor, table, 'qemuMonitorCommand', { HMP: 'command is in human monitor protocol' });
+  monitor
     .option('--pretty', 'pretty-print any qemu monitor protocol output')
-    .action(async (ref: string, words: string[], o: { hmp?: boolean; pretty?: boolean }, cmd: Command) => {
-      exclusive(cmd, ['hmp', o.hmp], ['pretty', o.pretty]);
+    .action(async (ref: string, words: string[], o: { pretty?: boolean }, cmd: Command) => {
+      exclusive(cmd, ['hmp', monitorFlags.given(cmd, 'HMP')], ['pretty', o.pretty]);
+      const flags = monitorFlags.flags(cmd);
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
-        let result = await dom.qemuMonitorCommand(words.join(' '), { hmp: o.hmp === true });
+        let result = await dom.qemuMonitorCommand(words.join(' '), flags);
         if (o.pretty) result = JSON.stringify(JSON.parse(result), null, 2);
         out(result.endsWith('\n') ? result : `${result}\n`);
       });

@@ -3,9 +3,11 @@
 
 import type { Command } from 'commander';
 import type { JobStats } from '../../api/driver.js';
+import type { EntryPointTable } from '../../api/entry-points.js';
 import { BlockJobType, JobType } from '../../flags.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { blockJobTypeString, formatCapacity, json, jobOperationString, jobTypeString, out, requireOption } from '../output.js';
+import { CliFlagOptions } from '../flag-options.js';
 import { backupDisks, percent } from '../progress.js';
 import { domainDisks } from './domain.js';
 
@@ -64,20 +66,25 @@ export function formatBlockJobInfo(type: number, cur: number, end: number): stri
   return `${blockJobTypeString(type)}: [${String(pct).padStart(3)} %]\n`;
 }
 
-export function register(program: Command): void {
-  program
+export function register(program: Command, table: EntryPointTable): void {
+  const info = program
     .command('domjobinfo')
     .description('domain job information')
-    .argument('<domain>', 'domain name, id or uuid')
-    .option('--completed', 'return statistics of a recently completed job')
-    .option('--keep-completed', "don't destroy statistics of a recently completed job when reading")
+    .argument('<domain>', 'domain name, id or uuid');
+  const infoFlags = CliFlagOptions.add(info, table, 'getJobStats', {
+    COMPLETED: 'return statistics of a recently completed job',
+    KEEP_COMPLETED: "don't destroy statistics of a recently completed job when reading",
+  });
+  info
     .option('--rawstats', 'print the raw data returned by libvirt')
     .option('--json', 'print the statistics as JSON')
-    .action(async (ref: string, o: { completed?: boolean; keepCompleted?: boolean; rawstats?: boolean; json?: boolean }, cmd: Command) => {
-      requireOption(cmd, ['keep-completed', o.keepCompleted], ['completed', o.completed]);
+    .action(async (ref: string, o: { rawstats?: boolean; json?: boolean }, cmd: Command) => {
+      // virsh's own rule (VSH_REQUIRE_OPTION), not a rule of the row: the API ignores KEEP_COMPLETED alone
+      requireOption(cmd, ['keep-completed', infoFlags.given(cmd, 'KEEP_COMPLETED')], ['completed', infoFlags.given(cmd, 'COMPLETED')]);
+      const flags = infoFlags.flags(cmd);
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
-        const s = await dom.getJobStats({ completed: o.completed === true, keepCompleted: o.keepCompleted === true });
+        const s = await dom.getJobStats(flags);
         if (o.json) json(jobStatsJson(s));
         else if (o.rawstats) out(formatRawJobStats(s));
         else out(formatJobStats(s));
