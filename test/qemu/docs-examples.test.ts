@@ -298,7 +298,7 @@ async function allBlocks(): Promise<Block[]> {
 }
 
 // The QEMU session and the transcripts run side by side: together they stay well under 2 minutes.
-describe('documentation examples', { timeout: 200_000, concurrency: true }, () => {
+describe('documentation examples', { timeout: 400_000, concurrency: true }, () => {
   let all: Block[] = [];
   before(async () => {
     all = await allBlocks();
@@ -489,7 +489,7 @@ describe('documentation examples', { timeout: 200_000, concurrency: true }, () =
     assert.equal(failures.length, 0, `${failures.length} transcript commands differ:\n\n${failures.join('\n\n')}`);
   });
 
-  test('docs: the other marked examples run', { timeout: 60_000 }, async (t) => {
+  test('docs: the other marked examples run', { timeout: 360_000 }, async (t) => {
     const others = all.filter((b) => !(b.file === 'README.md' && ['cli-session', 'sdk'].includes(exampleName(b) ?? '')) && b.file !== 'docs/cli.md' && exampleName(b) !== null);
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vb-docex-'));
     t.after(async () => {
@@ -504,7 +504,7 @@ describe('documentation examples', { timeout: 200_000, concurrency: true }, () =
       const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}`, XDG_RUNTIME_DIR: path.join(dir, 'xdg-run'), XDG_STATE_HOME: path.join(dir, 'xdg-state') };
       // the transcripts' test runs alongside and sets VIRTBACK_URI in this process
       for (const k of ['VIRTBACK_URI', 'VIRTBACK_STATE_DIR', 'VIRTBACK_RUN_DIR']) delete env[k];
-      const r = await runProcess('bash', ['-euo', 'pipefail', '-c', b.text], { cwd: work, env, timeoutMs: 50_000 });
+      const r = await runProcess('bash', ['-euo', 'pipefail', '-c', b.text], { cwd: work, env, timeoutMs: 300_000 });
       assert.equal(r.code, 0, `${b.file}:${b.line} example ${exampleName(b)}: exit ${r.code}\n${r.stdout}\n${r.stderr}`);
     }
     await stopDaemon(path.join(dir, 'xdg-run', 'virtback'));
