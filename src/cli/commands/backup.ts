@@ -7,7 +7,7 @@ import { virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { out, usageError } from '../output.js';
-import { BarProgress, LineProgress, waitForBackup } from '../progress.js';
+import { jsonLine, progressView, waitForBackup } from '../progress.js';
 
 /** A positive job id from --id (virsh's wording for a bad number). */
 export function parseJobId(cmd: Command, value: string | undefined): number {
@@ -31,6 +31,8 @@ interface BeginOptions {
   quiesce?: boolean;
   reuseExternal?: boolean;
   wait?: boolean;
+  json?: boolean;
+  quiet?: boolean;
 }
 
 export function register(program: Command): void {
@@ -46,6 +48,8 @@ export function register(program: Command): void {
     .option('--quiesce', "quiesce guest's file systems")
     .option('--reuse-external', 'reuse files provided by caller')
     .option('--wait', 'follow the job with a progress display and exit with its outcome')
+    .option('--json', 'print JSON lines: {"type":"started"}, with --wait progress and {"type":"completed"}')
+    .option('--quiet', 'no progress display with --wait')
     .action(async (ref: string, posBackup: string | undefined, posCheckpoint: string | undefined, raw: BeginOptions & { metadata?: boolean }, cmd: Command) => {
       // commander stores --no-metadata as metadata=false
       const o: BeginOptions = { ...raw, noMetadata: raw.metadata === false };
@@ -62,13 +66,11 @@ export function register(program: Command): void {
           quiesce: o.quiesce === true,
           reuseExternal: o.reuseExternal === true,
         });
-        out(`Backup started, job id ${id}\n`);
+        out(o.json ? jsonLine({ type: 'started', jobId: id }) : `Backup started, job id ${id}\n`);
         if (!o.wait) return;
-        const tty = process.stdout.isTTY === true;
-        const view = tty ? new BarProgress(process.stdout) : new LineProgress(out);
-        const final = await waitForBackup(dom, id, { view });
+        const final = await waitForBackup(dom, id, { view: progressView(o, process.stdout, out) });
         if (final.type === JobType.COMPLETED) {
-          out(`Backup job ${id} completed\n`);
+          out(o.json ? jsonLine({ type: 'completed', jobId: id, stats: final }) : `Backup job ${id} completed\n`);
           return;
         }
         const why = final.errmsg ? `: ${final.errmsg}` : '';
