@@ -120,4 +120,27 @@ describe('restore checks every block against the manifest while writing', { time
     assert.equal(res.checkedAgainst, null);
     assert.equal(sha(await fs.readFile(path.join(bare, 'out.raw'))), sha(ref));
   });
+
+  test('backup-restore --json prints JSON lines only; --quiet prints the summary alone', async () => {
+    const inc = path.join(dir, 'inc.qcow2');
+    const out = path.join(dir, 'json.qcow2');
+    let r = await runMain(['backup-restore', inc, out, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(lines.at(-1), {
+      type: 'restored',
+      target: inc,
+      output: out,
+      format: 'qcow2',
+      virtualSize: SIZE,
+      chain: [inc, path.join(dir, 'full.qcow2')],
+      checkedAgainst: manifestPath(inc),
+      inPlace: false,
+    });
+    const progress = lines.slice(0, -1);
+    assert.ok(progress.length >= 2 && progress.length <= 12 && progress.every((l) => l.type === 'progress'), r.stdout);
+    assert.equal(progress.at(-1)!.state, 'completed');
+    r = await runMain(['backup-restore', inc, path.join(dir, 'quiet.raw'), '--format', 'raw', '--quiet']);
+    assert.deepEqual(r, { code: 0, stdout: `Backup '${inc}' (2 images) restored to '${path.join(dir, 'quiet.raw')}' (raw, 32.0 MiB)\n`, stderr: '' });
+  });
 });
