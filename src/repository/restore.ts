@@ -119,7 +119,11 @@ function expectedBlocks(top: ChainLink): Buffer[] | null {
 /** An empty image only we can read: the backup's data goes in it. */
 async function createImage(file: string, format: 'qcow2' | 'raw', size: number): Promise<void> {
   // Created 0600 first: qemu-img keeps the mode of a file that exists.
-  await (await fs.open(file, 'wx', 0o600)).close();
+  try {
+    await (await fs.open(file, 'wx', 0o600)).close();
+  } catch (e) {
+    throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot create restore output '${file}': ${(e as Error).message}`, e);
+  }
   await runTool('qemu-img', ['create', '-q', '-f', format, file, String(size)], `creating restore output '${file}'`);
   await fs.chmod(file, 0o600);
 }
