@@ -115,6 +115,11 @@ describe('restore checks every block against the manifest while writing', { time
     assert.doesNotMatch(r.stdout, /restored to/);
     await assert.rejects(fs.stat(out), /ENOENT/);
 
+    await assert.rejects(
+      restoreBackup({ target: path.join(dir, 'inc.qcow2'), output: path.join(dir, 'no-such-dir', 'out.raw'), format: 'raw' }),
+      (e: unknown) => e instanceof VirError && e.code === ErrorCode.SYSTEM_ERROR && /cannot create restore output '.*no-such-dir\/\.out\.raw\.restore-\d+\.tmp': ENOENT/.test(e.message),
+    );
+
     const bare = await copyChain(dir, 'bare', /^(full|inc)\.qcow2$/);
     const res = await restoreBackup({ target: path.join(bare, 'inc.qcow2'), output: path.join(bare, 'out.raw'), format: 'raw' });
     assert.equal(res.checkedAgainst, null);
