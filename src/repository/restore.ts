@@ -5,6 +5,7 @@
 // manifest before it is written (restore-copy.ts). A new output is written
 // under a temporary name, 0600, and gets its name only when every block matched.
 
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { toVirError, virErr } from '../errors.js';
@@ -14,7 +15,7 @@ import { resolveChain, type ChainLink } from './chain.js';
 import { decodeChecksum } from './checksum.js';
 import { manifestPath } from './manifest.js';
 import { copyChecked } from './restore-copy.js';
-import { imageInfo, runTool, startExport } from './tools.js';
+import { imageInfo, runTool, startExport, type NbdExport } from './tools.js';
 import type { BadRange } from './verify.js';
 
 export interface RestoreProgress {
@@ -90,7 +91,8 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     if (bad) throw damaged(bad, `'${output}' was partly overwritten and does not hold the backup`);
   } else {
     // A new output reads as zeroes, so zero areas are not written and stay sparse.
-    const tmp = path.join(path.dirname(output), `.${path.basename(output)}.restore-${process.pid}.tmp`);
+    // unique per call: two restores to one name in one process must not share it
+    const tmp = path.join(path.dirname(output), `.${path.basename(output)}.restore-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
     try {
       await createImage(tmp, opts.format, top.virtualSize);
       const bad = await writeChecked({ ...copy, output: tmp, zeroFill: false });
@@ -140,7 +142,7 @@ interface WriteCheckedOptions {
 /** Serve the chain and the output with qemu-nbd and copy with checks; the first bad range, or null. */
 async function writeChecked(o: WriteCheckedOptions): Promise<BadRange | null> {
   const from = await startExport({ image: o.top.file, format: o.top.format, readOnly: true });
-  let to: Awaited<ReturnType<typeof startExport>> | undefined;
+  let to: NbdExport | undefined;
   let source: NbdClient | undefined;
   let sink: NbdClient | undefined;
   try {

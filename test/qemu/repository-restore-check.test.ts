@@ -117,7 +117,7 @@ describe('restore checks every block against the manifest while writing', { time
 
     await assert.rejects(
       restoreBackup({ target: path.join(dir, 'inc.qcow2'), output: path.join(dir, 'no-such-dir', 'out.raw'), format: 'raw' }),
-      (e: unknown) => e instanceof VirError && e.code === ErrorCode.SYSTEM_ERROR && /cannot create restore output '.*no-such-dir\/\.out\.raw\.restore-\d+\.tmp': ENOENT/.test(e.message),
+      (e: unknown) => e instanceof VirError && e.code === ErrorCode.SYSTEM_ERROR && /cannot create restore output '.*no-such-dir\/\.out\.raw\.restore-\d+-[0-9a-f]{8}\.tmp': ENOENT/.test(e.message),
     );
 
     const bare = await copyChain(dir, 'bare', /^(full|inc)\.qcow2$/);
