@@ -1,6 +1,7 @@
 // `backup-begin --wait`: follow a backup job until it ends. On a terminal a
-// cli-progress bar per disk; otherwise plain lines, one whenever a disk's
-// whole percentage or state changes. Progress comes from getJobStats polls;
+// cli-progress bar per disk; otherwise plain lines (or JSON lines with
+// --json), at most one per disk every 10 % or 5 s, and one per state change;
+// nothing with --quiet. Progress comes from getJobStats polls;
 // completion from the job-completed event, or from the stats of the
 // completed job when the event was missed.
 //
@@ -57,24 +58,87 @@ export interface ProgressView {
 
 const MiB = 1024 * 1024;
 
-/** Plain lines for a pipe or file: "vda: 42% (27.0/64.0 MiB)", then "vda: completed". */
+/** Least progress, in percent, and least time between two reports of a running disk off a terminal. */
+export const REPORT_PERCENT_STEP = 10;
+export const REPORT_INTERVAL_MS = 5000;
+
+/**
+ * When a pipe or file gets the next report of a disk: a state change always;
+ * while running, the first figure, then a step of 10 % or, after 5 s, any change.
+ */
+export class ReportThrottle {
+  private readonly last = new Map<string, { percent: number; state: DiskState; at: number }>();
+  constructor(private readonly now: () => number = Date.now) {}
+
+  due(d: DiskProgress): boolean {
+    const pct = percent(d.processed, d.total);
+    const prev = this.last.get(d.disk);
+    const at = this.now();
+    const due =
+      prev === undefined ||
+      prev.state !== d.state ||
+      (d.state === 'running' && (pct >= prev.percent + REPORT_PERCENT_STEP || (pct !== prev.percent && at - prev.at >= REPORT_INTERVAL_MS)));
+    if (due) this.last.set(d.disk, { percent: pct, state: d.state, at });
+    return due;
+  }
+}
+
+/** Plain lines for a pipe or file: "vda: 40% (25.6/64.0 MiB)", then "vda: completed". */
 export class LineProgress implements ProgressView {
-  private readonly last = new Map<string, string>();
-  constructor(private readonly write: (s: string) => void) {}
+  private readonly throttle: ReportThrottle;
+  constructor(
+    private readonly write: (s: string) => void,
+    now?: () => number,
+  ) {
+    this.throttle = new ReportThrottle(now);
+  }
 
   update(disks: DiskProgress[]): void {
     for (const d of disks) {
+      if (!this.throttle.due(d)) continue;
       const line =
         d.state === 'running'
           ? `${d.disk}: ${percent(d.processed, d.total)}% (${(d.processed / MiB).toFixed(1)}/${(d.total / MiB).toFixed(1)} MiB)`
           : `${d.disk}: ${d.state}`;
-      if (this.last.get(d.disk) === line) continue;
-      this.last.set(d.disk, line);
       this.write(`${line}\n`);
     }
   }
 
   stop(): void {}
+}
+
+/** --json: one JSON line per report, {"type":"progress","disk",...}, as often as LineProgress. */
+export class JsonProgress implements ProgressView {
+  private readonly throttle: ReportThrottle;
+  constructor(
+    private readonly write: (s: string) => void,
+    now?: () => number,
+  ) {
+    this.throttle = new ReportThrottle(now);
+  }
+
+  update(disks: DiskProgress[]): void {
+    for (const d of disks) {
+      if (this.throttle.due(d)) this.write(jsonLine({ type: 'progress', ...d, percent: percent(d.processed, d.total) }));
+    }
+  }
+
+  stop(): void {}
+}
+
+/** --quiet: no progress at all. */
+export const NO_PROGRESS: ProgressView = { update: () => {}, stop: () => {} };
+
+/** One line of JSON (--json output is JSON lines: one object per line, nothing else). */
+export function jsonLine(value: unknown): string {
+  return `${JSON.stringify(value)}\n`;
+}
+
+/** The progress display for an output mode: nothing, JSON lines, bars on a terminal, else lines. */
+export function progressView(o: { json?: boolean; quiet?: boolean }, stream: NodeJS.WriteStream, write: (s: string) => void): ProgressView {
+  if (o.quiet) return NO_PROGRESS;
+  if (o.json) return new JsonProgress(write);
+  return stream.isTTY === true ? new BarProgress(stream) : new LineProgress(write);
 }
 
 /** cli-progress bars, one per disk, on the terminal. */

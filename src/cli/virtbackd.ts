@@ -12,7 +12,7 @@ import type { Driver } from '../api/driver.js';
 import { TestDriver } from '../api/test-driver.js';
 import { Daemon, type DaemonTlsOptions } from '../daemon/daemon.js';
 import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger, type LogLevel } from '../daemon/logger.js';
-import { daemonDirs } from '../daemon/paths.js';
+import { daemonDirs, prepareRunDir } from '../daemon/paths.js';
 import { virErr } from '../errors.js';
 import { errField, type Logger } from '../log.js';
 
@@ -67,7 +67,7 @@ async function detach(argv: string[], o: Options, dirs: { stateDir: string; runD
   const args = argv.filter((a) => a !== '--daemon');
   args.push('--state-dir', dirs.stateDir, '--run-dir', dirs.runDir, '--ready-fd', '3');
   if (o.logFile === undefined) args.push('--log-file', path.join(dirs.runDir, 'virtbackd.log'));
-  fs.mkdirSync(dirs.runDir, { recursive: true, mode: 0o755 });
+  prepareRunDir(dirs.runDir);
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
     detached: true,
     stdio: ['ignore', 'ignore', 'ignore', 'pipe'],

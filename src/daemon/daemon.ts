@@ -15,7 +15,7 @@ import { errField, type Logger } from '../log.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
 import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
 import { PidLock } from './lock.js';
-import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME } from './paths.js';
+import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME, prepareRunDir } from './paths.js';
 
 export interface DaemonTlsOptions {
   host: string;
@@ -59,7 +59,7 @@ export class Daemon {
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const log = opts.logger;
     fs.mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    fs.mkdirSync(opts.runDir, { recursive: true, mode: 0o755 });
+    prepareRunDir(opts.runDir);
     const undo: Array<() => Promise<void> | void> = [];
     try {
       // The state lock keeps two daemons off one state; the pid file, taken

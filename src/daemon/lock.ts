@@ -2,8 +2,10 @@
 // virtbackd on the same state directory refuses to start. The file is
 // created atomically with its content (write a temporary file, then link it
 // into place: link fails if the name exists). A lock left by a dead daemon is
-// recognised because its pid is gone, or is now another process with a
-// different start time (pids are reused), and is then taken over.
+// recognised because its pid is gone, is a zombie (killed, not yet reaped),
+// or is now another process with a different start time (pids are reused),
+// or does not hold the lock file open (the owner keeps it open for its whole
+// life, and a dead process closes every file at once), and is then taken over.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,28 +17,69 @@ export interface LockOwner {
   start: string | null;
 }
 
-/** The start time of a process, or null if it does not exist or cannot be read. */
-export function processStartTime(pid: number): string | null {
+/** Fields 3.. of /proc/<pid>/stat (index 0 = state), or null if it does not exist or cannot be read. */
+function statFields(pid: number): string[] | null {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null; // field 22 overall = index 19 after pid and comm
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return null;
   }
 }
 
-function alive(owner: LockOwner): boolean {
+/** The start time of a process, or null if it does not exist or cannot be read. */
+export function processStartTime(pid: number): string | null {
+  return statFields(pid)?.[19] ?? null; // field 22 overall = index 19 after pid and comm
+}
+
+/** Whether `pid` has ended but was not reaped yet (state Z) or is being torn down (X). */
+function isZombie(pid: number): boolean {
+  const state = statFields(pid)?.[0];
+  return state === 'Z' || state === 'X';
+}
+
+/**
+ * Whether `pid` has the file with inode `ino` of device `dev` open; null when
+ * its descriptors cannot be listed (no /proc, another user's process).
+ */
+function holdsFile(pid: number, dev: number, ino: number): boolean | null {
+  let fds: string[];
+  try {
+    fds = fs.readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return null;
+  }
+  for (const fd of fds) {
+    try {
+      const st = fs.statSync(`/proc/${pid}/fd/${fd}`);
+      if (st.dev === dev && st.ino === ino) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
+}
+
+function alive(owner: LockOwner, file: string): boolean {
   if (!Number.isInteger(owner.pid) || owner.pid <= 0) return false;
   try {
     process.kill(owner.pid, 0);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
-  if (owner.start === null) return true;
-  const now = processStartTime(owner.pid);
-  return now === null || now === owner.start;
+  if (isZombie(owner.pid)) return false;
+  if (owner.start !== null) {
+    const now = processStartTime(owner.pid);
+    if (now !== null && now !== owner.start) return false;
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch {
+    return false;
+  }
+  return holdsFile(owner.pid, st.dev, st.ino) !== false;
 }
 
 function parse(content: string): LockOwner | null {
@@ -58,6 +101,8 @@ export class PidLock {
   private constructor(
     readonly file: string,
     private readonly content: string,
+    /** Open for our whole life: the proof, for others, that the lock is held. */
+    private fd: number | null,
   ) {}
 
   /**
@@ -68,19 +113,22 @@ export class PidLock {
     const start = processStartTime(process.pid);
     const content = `${process.pid}${start === null ? '' : ` ${start}`}\n`;
     const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
-    fs.writeFileSync(tmp, content, { mode: 0o644 });
+    const fd = fs.openSync(tmp, 'w', 0o644);
+    let taken = false;
     try {
+      fs.writeFileSync(fd, content);
       for (let attempt = 0; attempt < 3; attempt++) {
         try {
           fs.linkSync(tmp, file);
-          return new PidLock(file, content);
+          taken = true;
+          return new PidLock(file, content, fd);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
         }
         const held = readOrNull(file);
         if (held === null) continue; // released meanwhile
         const owner = parse(held);
-        if (owner !== null && alive(owner)) {
+        if (owner !== null && alive(owner, file)) {
           throw virErr('OPERATION_INVALID', 'NONE', `virtbackd is already running on ${what} (pid ${owner.pid})`);
         }
         // Stale: remove it unless someone replaced it meanwhile, then try again.
@@ -88,6 +136,7 @@ export class PidLock {
       }
       throw virErr('OPERATION_INVALID', 'NONE', `could not take the lock ${file} for ${what}`);
     } finally {
+      if (!taken) fs.closeSync(fd);
       fs.rmSync(tmp, { force: true });
     }
   }
@@ -96,11 +145,13 @@ export class PidLock {
   static liveOwner(file: string): LockOwner | null {
     const held = readOrNull(file);
     const owner = held === null ? null : parse(held);
-    return owner !== null && alive(owner) ? owner : null;
+    return owner !== null && alive(owner, file) ? owner : null;
   }
 
   /** Removes the file if it is still ours. */
   release(): void {
     if (readOrNull(this.file) === this.content) fs.rmSync(this.file, { force: true });
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
   }
 }

@@ -23,18 +23,19 @@ import {
   type ResultTypes,
 } from '../api/entry-points.js';
 
+import { WIRE_LIMITS } from '../xml/limits.js';
 /** Bumped on any incompatible change of the table or the message shapes. */
 export const PROTOCOL_VERSION = 1;
 
 export const LIMITS = {
-  /** domain, checkpoint and backup XML documents, monitor commands and replies */
-  xmlChars: 1024 * 1024,
-  /** domain and checkpoint names, disk targets */
-  nameChars: 256,
+  /** domain, checkpoint and backup XML documents, monitor commands and replies (stored XML meets it at define) */
+  xmlChars: WIRE_LIMITS.xmlChars,
+  /** domain and checkpoint names, disk targets (enforced at define/create) */
+  nameChars: WIRE_LIMITS.nameChars,
   /** UUID strings (36 with dashes; some slack for the undashed or braced forms) */
   uuidChars: 64,
   /** file paths in events and mount points */
-  pathChars: 4096,
+  pathChars: WIRE_LIMITS.pathChars,
   /** error messages */
   messageChars: 64 * 1024,
   /** mount points passed to fsFreeze/fsThaw */

@@ -54,18 +54,38 @@ export async function readDigests(opts: ReadDigestsOptions): Promise<ReadDigests
   }
 }
 
+/** Per checksum block of `d`: whether base:allocation says it may hold data (false: reads as zeroes). */
+export async function dataBlocks(client: NbdClient, d: BlockDigests): Promise<boolean[]> {
+  const data = new Array<boolean>(d.count).fill(false);
+  for await (const e of extents(client, CONTEXT_BASE_ALLOCATION)) if (!(e.flags & NBD_STATE_ZERO)) markBlocks(data, d, e.offset, e.length);
+  return data;
+}
+
+function markBlocks(list: boolean[], d: BlockDigests, offset: number, length: number): void {
+  for (let b = Math.floor(offset / d.blockSize); b <= Math.floor((offset + length - 1) / d.blockSize); b++) list[b] = true;
+}
+
+/**
+ * Ascending block indices grouped into reads of up to READ_BLOCKS neighbours:
+ * fewer, larger requests are much faster than 1 MiB ones. [first, count] pairs.
+ */
+export function groupReads(blocks: Iterable<number>): Array<[number, number]> {
+  const reads: Array<[number, number]> = [];
+  for (const i of blocks) {
+    const last = reads[reads.length - 1];
+    if (last && last[0] + last[1] === i && last[1] < READ_BLOCKS) last[1]++;
+    else reads.push([i, 1]);
+  }
+  return reads;
+}
+
 async function digestsFrom(client: NbdClient, opts: ReadDigestsOptions): Promise<ReadDigestsResult> {
   const d = new BlockDigests(client.size, CHECKSUM_BLOCK);
-  const blockOf = (off: number) => Math.floor(off / CHECKSUM_BLOCK);
-  const mark = (list: boolean[], offset: number, length: number) => {
-    for (let b = blockOf(offset); b <= blockOf(offset + length - 1); b++) list[b] = true;
-  };
   const covered = new Array<boolean>(d.count).fill(!opts.topLayerOnly);
   if (opts.topLayerOnly) {
-    for await (const e of extents(client, CONTEXT_QEMU_ALLOCATION_DEPTH)) if (e.flags === 1) mark(covered, e.offset, e.length);
+    for await (const e of extents(client, CONTEXT_QEMU_ALLOCATION_DEPTH)) if (e.flags === 1) markBlocks(covered, d, e.offset, e.length);
   }
-  const data = new Array<boolean>(d.count).fill(false);
-  for await (const e of extents(client, CONTEXT_BASE_ALLOCATION)) if (!(e.flags & NBD_STATE_ZERO)) mark(data, e.offset, e.length);
+  const data = await dataBlocks(client, d);
 
   const todo: number[] = [];
   let bytesTotal = 0;
@@ -77,13 +97,7 @@ async function digestsFrom(client: NbdClient, opts: ReadDigestsOptions): Promise
       bytesTotal += d.range(i).length;
     }
   }
-  // Neighbouring blocks are read together: fewer, larger requests are much faster than 1 MiB ones.
-  const reads: Array<[number, number]> = [];
-  for (const i of todo) {
-    const last = reads[reads.length - 1];
-    if (last && last[0] + last[1] === i && last[1] < READ_BLOCKS) last[1]++;
-    else reads.push([i, 1]);
-  }
+  const reads = groupReads(todo);
   let bytesDone = 0;
   opts.onProgress?.({ bytesDone, bytesTotal });
   let next = 0;

@@ -136,7 +136,8 @@ export async function writeManifest(input: BackupManifestInput, opts: WriteManif
 async function writeFileAtomic(file: string, text: string): Promise<void> {
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
   try {
-    const fh = await fs.open(tmp, 'w', 0o644);
+    // 0600 like the backups: a digest of every MiB tells a lot about the disk.
+    const fh = await fs.open(tmp, 'w', 0o600);
     try {
       await fh.writeFile(text);
       await fh.sync();

@@ -67,8 +67,10 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   const source = await NbdClient.connect(opts.nbd, { exportName: opts.exportName, metaContexts: [CONTEXT_BASE_ALLOCATION, ...(dirty ? [dirty] : [])] });
   let created = false;
   try {
+    // 0600 like push targets; qemu-img create and copyToFile keep the mode of the file made here.
+    await (await fs.open(output, 'wx', 0o600)).close();
+    created = true;
     if (opts.format === 'raw') {
-      created = true;
       const r = await copyToFile(source, output, { concurrency, onProgress: opts.onProgress });
       await source.disconnect();
       return { output, size: r.size, bytesRead: r.bytesRead, ranges: r.ranges };
@@ -85,7 +87,6 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
       createArgs.push('-b', backing, '-F', info.format);
     }
     createArgs.push(output, String(source.size));
-    created = true;
     await runTool('qemu-img', createArgs, `creating pull backup '${output}'`);
     const r = await copyIntoImage(source, output, dirty, concurrency, opts.onProgress);
     await source.disconnect();

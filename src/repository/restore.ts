@@ -1,14 +1,22 @@
 // Restore: turn a push backup (full, or the last incremental of a chain) into a
 // standalone image, or write it over an existing image or block device. The
-// chain is checked first (chain.ts); qemu-img convert then reads the backups
-// read-only and keeps the output sparse.
+// chain is checked first (chain.ts); then its content is copied from a
+// read-only export to a writable one, every block checked against the target's
+// manifest before it is written (restore-copy.ts). A new output is written
+// under a temporary name, 0600, and gets its name only when every block matched.
 
-import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { virErr } from '../errors.js';
+import { toVirError, virErr } from '../errors.js';
+import { NbdClient } from '../nbd/client.js';
+import { CONTEXT_BASE_ALLOCATION } from '../nbd/protocol.js';
 import { resolveChain, type ChainLink } from './chain.js';
-import { imageInfo } from './tools.js';
+import { decodeChecksum } from './checksum.js';
+import { manifestPath } from './manifest.js';
+import { copyChecked } from './restore-copy.js';
+import { imageInfo, runTool, startExport, type NbdExport } from './tools.js';
+import type { BadRange } from './verify.js';
 
 export interface RestoreProgress {
   bytesDone: number;
@@ -31,6 +39,8 @@ export interface RestoreResult {
   virtualSize: number;
   /** The chain that was restored, target first. */
   chain: string[];
+  /** The manifest every written block was checked against; null when the target has none (nothing was checked). */
+  checkedAgainst: string | null;
 }
 
 async function lstatOrNull(file: string) {
@@ -66,38 +76,91 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     throw virErr('INVALID_ARG', 'STORAGE', `restore output '${output}' already exists (restore in place to overwrite it)`);
   }
 
-  // New outputs read as zeroes, so qemu-img skips zero areas; in place it must
-  // write zeroes there (it does with -n, as unmap/zero requests that stay sparse).
-  const args = ['convert', '-p', '-f', top.format, '-O', opts.format, ...(opts.inPlace ? ['-n'] : []), top.file, output];
-  try {
-    await convert(args, top.virtualSize, opts.onProgress);
-  } catch (e) {
-    if (!opts.inPlace) await fs.rm(output, { force: true });
-    throw e;
+  const want = expectedBlocks(top);
+  const copy = { top, format: opts.format, want, onProgress: opts.onProgress };
+  const checkedAgainst = want === null ? null : manifestPath(top.file);
+  const damaged = (bad: BadRange, outcome: string) =>
+    virErr(
+      'OPERATION_FAILED',
+      'STORAGE',
+      `backup '${top.file}' does not match its manifest '${checkedAgainst}': first bad range offset ${bad.offset} length ${bad.length}; ${outcome} ` +
+        `(backup-verify names the damaged image)`,
+    );
+  if (opts.inPlace) {
+    const bad = await writeChecked({ ...copy, output, zeroFill: true });
+    if (bad) throw damaged(bad, `'${output}' was partly overwritten and does not hold the backup`);
+  } else {
+    // A new output reads as zeroes, so zero areas are not written and stay sparse.
+    // unique per call: two restores to one name in one process must not share it
+    const tmp = path.join(path.dirname(output), `.${path.basename(output)}.restore-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    try {
+      await createImage(tmp, opts.format, top.virtualSize);
+      const bad = await writeChecked({ ...copy, output: tmp, zeroFill: false });
+      if (bad) throw damaged(bad, `nothing was restored to '${output}'`);
+      await fs.link(tmp, output).catch((e: unknown) => {
+        throw virErr('OPERATION_FAILED', 'STORAGE', `cannot name the restored image '${output}': ${(e as Error).message}`, e);
+      });
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
   }
-  return { output, format: opts.format, virtualSize: top.virtualSize, chain: links.map((l: ChainLink) => l.file) };
+  return { output, format: opts.format, virtualSize: top.virtualSize, chain: links.map((l: ChainLink) => l.file), checkedAgainst };
 }
 
-/** qemu-img convert with -p, its "(12.50/100%)" lines turned into byte progress. */
-function convert(args: string[], total: number, onProgress?: (p: RestoreProgress) => void): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const proc = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    let last = -1;
-    proc.stdout!.on('data', (b: Buffer) => {
-      for (const m of b.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)) {
-        const done = Math.min(total, Math.round((Number(m[1]) / 100) * total));
-        if (done !== last) onProgress?.({ bytesDone: (last = done), bytesTotal: total });
-      }
-    });
-    proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
-    proc.once('error', (e) => reject(virErr('OPERATION_FAILED', 'STORAGE', `cannot run qemu-img convert: ${e.message}`, e)));
-    proc.once('close', (code) => {
-      if (code === 0) {
-        if (last !== total) onProgress?.({ bytesDone: total, bytesTotal: total });
-        return resolve();
-      }
-      reject(virErr('OPERATION_FAILED', 'STORAGE', `restore with qemu-img convert failed: ${stderr.trim() || `exit status ${code}`}`));
-    });
-  });
+/** Every block's entry from the target's manifest, or null when it has none. */
+function expectedBlocks(top: ChainLink): Buffer[] | null {
+  const m = top.manifest;
+  if (m === null) return null;
+  const where = `manifest '${manifestPath(top.file)}'`;
+  // checkChain refuses a chain on the live disk, the only kind without a checksum
+  if (m.checksum === null) throw virErr('OPERATION_INVALID', 'STORAGE', `${where} has no checksum to check the restore against`);
+  if (m.checksum.size !== top.virtualSize) throw virErr('OPERATION_INVALID', 'STORAGE', `${where} checksums ${m.checksum.size} bytes, but '${top.file}' has ${top.virtualSize}`);
+  return decodeChecksum(m.checksum, where);
+}
+
+/** An empty image only we can read: the backup's data goes in it. */
+async function createImage(file: string, format: 'qcow2' | 'raw', size: number): Promise<void> {
+  // Created 0600 first: qemu-img keeps the mode of a file that exists.
+  try {
+    await (await fs.open(file, 'wx', 0o600)).close();
+  } catch (e) {
+    throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot create restore output '${file}': ${(e as Error).message}`, e);
+  }
+  await runTool('qemu-img', ['create', '-q', '-f', format, file, String(size)], `creating restore output '${file}'`);
+  await fs.chmod(file, 0o600);
+}
+
+interface WriteCheckedOptions {
+  top: ChainLink;
+  output: string;
+  format: 'qcow2' | 'raw';
+  want: Buffer[] | null;
+  zeroFill: boolean;
+  onProgress?: (p: RestoreProgress) => void;
+}
+
+/** Serve the chain and the output with qemu-nbd and copy with checks; the first bad range, or null. */
+async function writeChecked(o: WriteCheckedOptions): Promise<BadRange | null> {
+  const from = await startExport({ image: o.top.file, format: o.top.format, readOnly: true });
+  let to: NbdExport | undefined;
+  let source: NbdClient | undefined;
+  let sink: NbdClient | undefined;
+  try {
+    to = await startExport({ image: o.output, format: o.format, readOnly: false });
+    source = await NbdClient.connect({ socketPath: from.socketPath }, { exportName: from.exportName, metaContexts: [CONTEXT_BASE_ALLOCATION] });
+    sink = await NbdClient.connect({ socketPath: to.socketPath }, { exportName: to.exportName });
+    const bad = await copyChecked({ source, sink, want: o.want, zeroFill: o.zeroFill, onProgress: o.onProgress });
+    await sink.disconnect();
+    await source.disconnect();
+    sink = source = undefined;
+    await to.close(); // qemu-nbd closes the image cleanly; a failure here is a failed restore
+    return bad;
+  } catch (e) {
+    throw toVirError(e, 'STORAGE');
+  } finally {
+    sink?.destroy();
+    source?.destroy();
+    await to?.close().catch(() => undefined);
+    await from.close().catch(() => undefined);
+  }
 }

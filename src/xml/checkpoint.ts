@@ -2,6 +2,7 @@
 // (libvirt's src/conf/checkpoint_conf.c, side by side like there).
 
 import { virErr } from '../errors.js';
+import { CHECKPOINT_XML_CHARS, DOMAIN_XML_CHARS, checkName, checkPath, checkXmlSize, clip } from './limits.js';
 import { parseAndValidate } from './schema.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml } from './tree.js';
 import type { XmlElement } from './tree.js';
@@ -98,7 +99,27 @@ export function parseCheckpointXML(xml: string, opts: ParseCheckpointOptions): C
     const marker = firstChild(root, 'inconsistent');
     if (marker !== null) def.inconsistent = attr(marker, 'reason');
   }
+  if (!internal) checkCheckpointLimits(def);
   return def;
+}
+
+/**
+ * The wire's limits (limits.ts), at create and redefine: names a listing can
+ * carry, and an XML that, with the domain's definition, fits in one reply.
+ * Our own metadata files are not checked: what was stored must stay loadable.
+ */
+export function checkCheckpointLimits(def: CheckpointDef): void {
+  checkName(CHECKPOINT_DOMAIN, `checkpoint name '${clip(def.name)}'`, def.name);
+  if (def.parent !== null) checkName(CHECKPOINT_DOMAIN, `parent checkpoint name '${clip(def.parent)}'`, def.parent);
+  // a disk may be named by its source path until alignment turns it into a target
+  for (const d of def.disks) checkPath(CHECKPOINT_DOMAIN, `checkpoint disk name '${clip(d.name)}'`, d.name);
+  checkOwnSize(def);
+  if (def.domain !== null) checkXmlSize(CHECKPOINT_DOMAIN, `domain definition in checkpoint '${def.name}'`, formatXml(def.domain), DOMAIN_XML_CHARS);
+}
+
+function checkOwnSize(def: CheckpointDef): void {
+  const own = formatCheckpointXML({ ...def, domain: null, inconsistent: null }, { secure: true });
+  checkXmlSize(CHECKPOINT_DOMAIN, `checkpoint '${def.name}' (its name, description and disks)`, own, CHECKPOINT_XML_CHARS);
 }
 
 // ---------------------------------------------------------------- alignment
@@ -165,6 +186,8 @@ export function alignCheckpointDisks(def: CheckpointDef, domain: { disks: readon
     return { name: dom.target, checkpoint, bitmap: null };
   });
   assignCheckpointBitmapNames(def);
+  // one entry per domain disk now: the checkpoint's own XML may have grown
+  checkOwnSize(def);
 }
 
 /** The UUID of the embedded domain, if any (REDEFINE checks it against the VM's). */

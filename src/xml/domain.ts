@@ -4,6 +4,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { virErr } from '../errors.js';
+import { DOMAIN_XML_CHARS, checkName, checkPath, checkXmlSize, clip } from './limits.js';
 import { parseAndValidate } from './schema.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
@@ -127,6 +128,8 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   if (name === null || name.trim() === '') {
     throw virErr('XML_ERROR', 'DOMAIN', 'missing domain name');
   }
+  // Before any message that quotes it: an error must fit in a reply too.
+  checkName('DOMAIN', `domain name '${clip(name)}'`, name);
   if (name.includes('/')) {
     throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '/'`);
   }
@@ -191,7 +194,7 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   const extra = childElements(root).filter((c) => !interpreted.has(c.name));
   const extraAttrs = root.attrs.filter(([k]) => k !== 'type' && k !== 'id');
 
-  return {
+  const def: DomainDef = {
     type,
     name,
     uuid,
@@ -205,6 +208,9 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
     vcpuAttrs: vcpuEl === null ? [] : vcpuEl.attrs.map(([k, v]) => [k, v]),
     extraAttrs,
   };
+  // A checkpoint keeps a copy of it: it must fit in a reply beside the checkpoint's own XML.
+  checkXmlSize('DOMAIN', `definition of domain '${name}'`, formatDomainXML(def, { secure: true }), DOMAIN_XML_CHARS);
+  return def;
 }
 
 function normaliseUUID(s: string): string {
@@ -277,6 +283,7 @@ function parseDisk(el: XmlElement): DiskDef {
   if (targetEl === null || target === null) {
     throw virErr('XML_ERROR', 'DOMAIN', 'missing target information for device');
   }
+  checkName('DOMAIN', `disk target '${clip(target)}'`, target);
 
   const type = attr(el, 'type') ?? 'file';
   if (type !== 'file' && type !== 'block') {
@@ -309,6 +316,7 @@ function parseDisk(el: XmlElement): DiskDef {
   if (source === null && device === 'disk') {
     throw virErr('XML_ERROR', 'DOMAIN', `missing source for disk '${target}' (<source ${sourceAttr}=.../>)`);
   }
+  if (source !== null) checkPath('DOMAIN', `source of disk '${target}'`, source);
   if (source !== null && !source.startsWith('/')) {
     throw virErr('XML_ERROR', 'DOMAIN', `disk source '${source}' of disk '${target}' must be an absolute path`);
   }

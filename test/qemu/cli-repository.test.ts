@@ -252,4 +252,34 @@ describe('virtback backup-pull on real QEMU', { timeout: 120_000 }, () => {
     await cli.daemon.stop();
     await env.assertClean();
   });
+
+  test('backup-pull --json: JSON lines only; the backup and its manifest are 0600', async (t) => {
+    const env = await makeTestEnv(t);
+    const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16 });
+    let driver: QemuDriver | null = null;
+    const cli = await startCliDaemon(t, { dir: env.dir, openDriver: async () => (driver = await env.openDriver()) });
+    const d = driver!;
+    const { uuid } = await d.domainDefineXML(dom.xml, 0);
+    await d.domainCreate(uuid, 0);
+    t.after(() => d.domainDestroy(uuid, 0).catch(() => {}));
+    await hmpWrite(d, uuid, 'sda', 0x11, 0, MiB);
+    const out = path.join(env.dir, 'bk');
+    await fs.mkdir(out);
+    const sock = path.join(env.dir, 'nbd.sock');
+    const id = await d.backupBegin(uuid, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/></domainbackup>`, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0);
+    const r = await runMain(['-c', cli.uri, 'backup-pull', dom.name, '--output', out, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const file = path.join(out, `${dom.name}-sda.c1.qcow2`);
+    assert.deepEqual(lines.at(-2), { type: 'pulled', disk: 'sda', output: file, format: 'qcow2', incrementalFrom: null, parentBackup: null, bytesRead: MiB });
+    assert.deepEqual(lines.at(-1), { type: 'completed', jobId: id, checkpoint: 'c1', dir: out, disks: 1 });
+    assert.ok(lines.slice(0, -2).every((l) => l.type === 'progress'), r.stdout);
+    assert.ok(lines.length - 2 <= 12, `${lines.length - 2} progress lines`);
+    assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
+    assert.equal((await fs.stat(`${file}.manifest.json`)).mode & 0o777, 0o600);
+    await d.backupEnd(uuid, id, 0);
+    await d.domainDestroy(uuid, 0);
+    await cli.daemon.stop();
+    await env.assertClean();
+  });
 });

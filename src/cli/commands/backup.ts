@@ -9,7 +9,7 @@ import { JobType } from '../../flags.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { out, usageError } from '../output.js';
 import { CliFlagOptions } from '../flag-options.js';
-import { BarProgress, LineProgress, waitForBackup } from '../progress.js';
+import { jsonLine, progressView, waitForBackup } from '../progress.js';
 
 /** A job id from --id, 0 (the default) meaning the current job, as in the API (virsh's wording for a bad number). */
 export function parseJobId(cmd: Command, value: string | undefined): number {
@@ -30,6 +30,8 @@ interface BeginOptions {
   backupxml?: string;
   checkpointxml?: string;
   wait?: boolean;
+  json?: boolean;
+  quiet?: boolean;
 }
 
 export function register(program: Command, table: EntryPointTable): void {
@@ -52,6 +54,8 @@ export function register(program: Command, table: EntryPointTable): void {
   });
   begin
     .option('--wait', 'follow the job with a progress display and exit with its outcome')
+    .option('--json', 'print JSON lines: {"type":"started"}, with --wait progress and {"type":"completed"}')
+    .option('--quiet', 'no progress display with --wait')
     .action(async (ref: string, posBackup: string | undefined, posCheckpoint: string | undefined, o: BeginOptions, cmd: Command) => {
       const flags = beginFlags.flags(cmd);
       if (posBackup !== undefined && o.backupxml !== undefined) usageError(cmd, 'backup XML given twice');
@@ -63,13 +67,11 @@ export function register(program: Command, table: EntryPointTable): void {
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
         const id = await dom.backupBegin(backupXml, checkpointXml, flags);
-        out(`Backup started, job id ${id}\n`);
+        out(o.json ? jsonLine({ type: 'started', jobId: id }) : `Backup started, job id ${id}\n`);
         if (!o.wait) return;
-        const tty = process.stdout.isTTY === true;
-        const view = tty ? new BarProgress(process.stdout) : new LineProgress(out);
-        const final = await waitForBackup(dom, id, { view });
+        const final = await waitForBackup(dom, id, { view: progressView(o, process.stdout, out) });
         if (final.type === JobType.COMPLETED) {
-          out(`Backup job ${id} completed\n`);
+          out(o.json ? jsonLine({ type: 'completed', jobId: id, stats: final }) : `Backup job ${id} completed\n`);
           return;
         }
         const why = final.errmsg ? `: ${final.errmsg}` : '';

@@ -1,7 +1,8 @@
 // `event [DOM] --event NAME [--loop] [--timeout S] [--timestamp]`: virsh's
 // event watcher for the events we deliver: job-completed, block-job and
-// lifecycle. Without --loop it ends after the first event; it always ends
-// with "events received: N".
+// lifecycle. Without --loop it ends after the first event; it ends with
+// "events received: N", except with --json: then stdout holds only the
+// events, one JSON object per line.
 
 import { Option, type Command } from 'commander';
 import type { DriverEvent } from '../../api/driver.js';
@@ -9,6 +10,7 @@ import { CheckedDriver } from '../../api/checked-driver.js';
 import type { Connect } from '../../api/public.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { blockJobStatusString, blockJobTypeString, capitalise, formatTimestamp, out, usageError } from '../output.js';
+import { jsonLine } from '../progress.js';
 
 export const EVENT_NAMES = ['lifecycle', 'block-job', 'job-completed'] as const;
 type EventName = (typeof EVENT_NAMES)[number];
@@ -69,7 +71,7 @@ export function register(program: Command): void {
     .option('--loop', 'loop until timeout or interrupt, rather than one-shot')
     .option('--timeout <seconds>', 'timeout seconds')
     .option('--timestamp', 'show timestamp for each printed event')
-    .option('--json', 'print each event as one line of JSON')
+    .option('--json', 'print each event as one line of JSON, and nothing else')
     .action(async (ref: string | undefined, o: EventOptions, cmd: Command) => {
       if (o.list) {
         out(EVENT_NAMES.map((n) => `${n}\n`).join(''));
@@ -93,7 +95,7 @@ export function register(program: Command): void {
             if (!o.loop && count > 0) return;
             count++;
             const stamp = o.timestamp ? `${formatTimestamp(new Date())}: ` : '';
-            if (o.json) out(`${JSON.stringify({ ...(o.timestamp ? { timestamp: new Date().toISOString() } : {}), ...ev })}\n`);
+            if (o.json) out(jsonLine({ ...(o.timestamp ? { timestamp: new Date().toISOString() } : {}), ...ev }));
             else out(stamp + formatEvent(ev));
             if (!o.loop) resolve('done');
           };
@@ -109,6 +111,7 @@ export function register(program: Command): void {
           };
         });
         finish();
+        if (o.json) return;
         if (outcome === 'timeout') out('event loop timed out\n');
         else if (outcome === 'interrupt') out('event loop interrupted\n');
         out(`events received: ${count}\n`);

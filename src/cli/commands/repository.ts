@@ -1,7 +1,8 @@
 // Backup repository commands: backup-restore and backup-verify work on backup
 // files alone (no daemon connection); backup-pull reads a running pull job's
 // exports into backup files with manifests. Progress as backup-begin --wait:
-// cli-progress bars on a terminal, plain lines otherwise.
+// cli-progress bars on a terminal, plain lines otherwise, JSON lines with
+// --json (then every line of stdout is one JSON object), none with --quiet.
 
 import { Option, type Command } from 'commander';
 import fs from 'node:fs/promises';
@@ -15,13 +16,23 @@ import { attr, childElements, childText, firstChild, parseXml } from '../../xml/
 import { lookupDomain, withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { parseJobId } from './backup.js';
-import { BarProgress, LineProgress, type DiskState, type ProgressView } from '../progress.js';
+import { jsonLine, progressView, type DiskState, type ProgressView } from '../progress.js';
 
 const MiB = 1024 * 1024;
 
-/** A progress display on stdout: bars on a terminal, lines otherwise. */
-export function progressView(): ProgressView {
-  return process.stdout.isTTY === true ? new BarProgress(process.stdout) : new LineProgress(out);
+/** --json and --quiet, as backup-restore, backup-pull and backup-verify take them. */
+interface OutputOptions {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+/** The progress display on stdout for the output options. */
+function stdoutProgress(o: OutputOptions): ProgressView {
+  return progressView(o, process.stdout, out);
+}
+
+function addOutputOptions(cmd: Command, json: string): Command {
+  return cmd.option('--json', json).option('--quiet', 'no progress display');
 }
 
 /**
@@ -138,7 +149,7 @@ async function jobCheckpoint(dom: Domain, startSec: number): Promise<string | nu
   return best?.name ?? null;
 }
 
-interface PullOptions {
+interface PullOptions extends OutputOptions {
   output: string;
   id?: string;
   format: 'qcow2' | 'raw';
@@ -146,14 +157,15 @@ interface PullOptions {
 }
 
 function registerPull(program: Command): void {
-  program
+  const cmd = program
     .command('backup-pull')
     .description("Read a running pull backup job's exports into backup files with manifests (virtback)")
     .argument('<domain>', 'domain name, id or uuid')
     .requiredOption('--output <dir>', 'folder for the backup files (incrementals find their parent backup there)')
     .option('--id <id>', 'job id (default: the current job)')
     .addOption(new Option('--format <format>', 'format of a full backup (an incremental one is always qcow2)').choices(['qcow2', 'raw']).default('qcow2'))
-    .option('--checkpoint <name>', 'the checkpoint the job created (default: the newest one created since the job began)')
+    .option('--checkpoint <name>', 'the checkpoint the job created (default: the newest one created since the job began)');
+  addOutputOptions(cmd, 'print JSON lines: progress, {"type":"pulled"} per disk, then {"type":"completed"}')
     .action(async (ref: string, o: PullOptions, cmd: Command) => {
       const given = parseJobId(cmd, o.id);
       const dir = path.resolve(o.output);
@@ -185,7 +197,7 @@ function registerPull(program: Command): void {
           plans.push({ ...d, format, output, parent });
         }
 
-        const progress = new ItemProgress(progressView());
+        const progress = new ItemProgress(stdoutProgress(o));
         const written: string[] = [];
         let ok = false;
         try {
@@ -215,7 +227,8 @@ function registerPull(program: Command): void {
               mode: 'pull',
             });
             const what = p.parent === null ? 'full' : `incremental from ${p.incremental}, backed by ${path.basename(p.parent)}`;
-            out(`${p.disk}: ${p.output} (${what}; ${(r.bytesRead / MiB).toFixed(1)} MiB read)\n`);
+            if (o.json) out(jsonLine({ type: 'pulled', disk: p.disk, output: p.output, format: p.format, incrementalFrom: p.incremental, parentBackup: p.parent, bytesRead: r.bytesRead }));
+            else out(`${p.disk}: ${p.output} (${what}; ${(r.bytesRead / MiB).toFixed(1)} MiB read)\n`);
           }
           ok = true;
         } catch (e) {
@@ -225,21 +238,23 @@ function registerPull(program: Command): void {
         } finally {
           progress.stop(ok ? 'completed' : 'failed');
         }
-        out(`Backup job ${id} pulled: ${plans.length} disk${plans.length === 1 ? '' : 's'} into '${dir}'\n`);
+        if (o.json) out(jsonLine({ type: 'completed', jobId: id, checkpoint, dir, disks: plans.length }));
+        else out(`Backup job ${id} pulled: ${plans.length} disk${plans.length === 1 ? '' : 's'} into '${dir}'\n`);
       });
     });
 }
 
 export function register(program: Command): void {
-  program
+  const restore = program
     .command('backup-restore')
     .description('Restore a push backup (a full one, or the last incremental of a chain) into a standalone image (virtback)')
     .argument('<target>', 'the backup file: a full backup or the newest incremental of its chain')
     .argument('<output>', 'the image to create (with --in-place: an existing image or block device to overwrite)')
     .addOption(new Option('--format <format>', 'format of the output').choices(['qcow2', 'raw']).default('qcow2'))
-    .option('--in-place', 'write onto an existing image or block device of at least the backup size')
-    .action(async (target: string, output: string, o: { format: 'qcow2' | 'raw'; inPlace?: boolean }) => {
-      const progress = new ItemProgress(progressView());
+    .option('--in-place', 'write onto an existing image or block device of at least the backup size');
+  addOutputOptions(restore, 'print JSON lines: progress, then {"type":"restored", ...the result}')
+    .action(async (target: string, output: string, o: OutputOptions & { format: 'qcow2' | 'raw'; inPlace?: boolean }) => {
+      const progress = new ItemProgress(stdoutProgress(o));
       const label = path.basename(output);
       let ok = false;
       try {
@@ -253,27 +268,28 @@ export function register(program: Command): void {
         ok = true;
         progress.stop();
         const images = `${r.chain.length} image${r.chain.length === 1 ? '' : 's'}`;
-        out(`Backup '${target}' (${images}) restored ${o.inPlace ? 'in place onto' : 'to'} '${output}' (${r.format}, ${(r.virtualSize / MiB).toFixed(1)} MiB)\n`);
+        if (o.json) out(jsonLine({ type: 'restored', target, ...r, inPlace: o.inPlace === true }));
+        else out(`Backup '${target}' (${images}) restored ${o.inPlace ? 'in place onto' : 'to'} '${output}' (${r.format}, ${(r.virtualSize / MiB).toFixed(1)} MiB)\n`);
       } finally {
         if (!ok) progress.stop('failed');
       }
     });
 
-  program
+  const verify = program
     .command('backup-verify')
     .description("Re-read a push backup and its chain and check them against their manifests' checksums (virtback)")
-    .argument('<target>', 'the backup file: a full backup or the newest incremental of its chain')
-    .option('--json', 'print the result as JSON')
-    .action(async (target: string, o: { json?: boolean }) => {
-      // progress on a terminal only with the human output: --json stays parseable
-      const progress = new ItemProgress(o.json ? { update: () => {}, stop: () => {} } : progressView());
+    .argument('<target>', 'the backup file: a full backup or the newest incremental of its chain');
+  addOutputOptions(verify, 'print the result as one line of JSON (no progress)')
+    .action(async (target: string, o: OutputOptions) => {
+      // --json prints the result alone: one JSON document on one line
+      const progress = new ItemProgress(stdoutProgress({ quiet: o.quiet === true || o.json === true }));
       let r;
       try {
         r = await verifyBackup({ target, onProgress: (p) => progress.update(path.basename(p.file), p.bytesDone, p.bytesTotal) });
       } finally {
         progress.stop();
       }
-      if (o.json) out(`${JSON.stringify(r, null, 2)}\n`);
+      if (o.json) out(jsonLine(r));
       const lines = formatVerifyResult(r);
       // the verdict: on stdout when good, as the error (exit 1) when not
       const verdict = lines.pop()!;
