@@ -22,8 +22,8 @@ import {
   type ResultKind,
   type ResultTypes,
 } from '../api/entry-points.js';
-
 import { WIRE_LIMITS } from '../xml/limits.js';
+
 /** Bumped on any incompatible change of the table or the message shapes. */
 export const PROTOCOL_VERSION = 1;
 
