@@ -190,10 +190,8 @@ export class QemuBackups implements BackupOps {
   // ------------------------------------------------------------------ begin
 
   async backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
+    // what this driver can do; the public API's rules (NO_METADATA needs checkpointXml, …) are the entry-point table's
     checkFlags(flags, BackupBeginFlags.NO_METADATA | BackupBeginFlags.QUIESCE | BackupBeginFlags.REUSE_EXTERNAL, 'virDomainBackupBegin');
-    if (flags & BackupBeginFlags.NO_METADATA && checkpointXml === null) {
-      throw virErr('INVALID_ARG', 'DOMAIN', 'checkpointXml in virDomainBackupBegin must not be NULL with NO_METADATA');
-    }
     return this.driver.withDomainLock(uuid, (dom) => this.begin(dom, backupXml, checkpointXml, flags));
   }
 
