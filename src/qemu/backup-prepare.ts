@@ -6,6 +6,7 @@
 // anything in QEMU or on disk, so a refusal needs no undo.
 
 import { existsSync } from 'node:fs';
+import { lstat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { virErr } from '../errors.js';
@@ -65,6 +66,7 @@ export async function prepareBackup(
   checkBackupDef(def, { tlsConfigured: req.tls.dir !== null });
   const pull = def.mode === 'pull';
 
+  if (pull && def.server?.socket) await refuseExistingPath(def.server.socket);
   const qmp = await host.monitor(dom.uuid);
   const nodes = await queryNodes(qmp);
   const disks: PreparedBackup['disks'] = [];
@@ -104,6 +106,19 @@ export async function prepareBackup(
     tls: pull && def.server?.tls === true && req.tls.dir !== null ? { dir: path.resolve(req.tls.dir), verifyPeer: req.tls.verify } : null,
     autoPort: pull && def.server?.transport === 'tcp' && (def.server.port ?? 0) === 0,
   };
+}
+
+/**
+ * QEMU unlinks a unix socket's path before it binds, whatever is there, and
+ * the job's end removes the socket it made: a path that exists (a file, a
+ * directory, a symlink, someone's socket) is refused, so neither ever
+ * deletes something that is not ours.
+ */
+async function refuseExistingPath(socket: string): Promise<void> {
+  const st = await lstat(socket).catch(() => null);
+  if (st === null) return;
+  const what = st.isSocket() ? 'a socket' : st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symbolic link' : 'a file';
+  throw virErr('INVALID_ARG', 'QEMU', `socket path '${socket}' for the NBD server already exists (${what}): remove it or choose another path`);
 }
 
 async function queryNodes(qmp: QmpClient): Promise<BlockDeviceInfo[]> {

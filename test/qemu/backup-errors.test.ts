@@ -3,9 +3,10 @@
 // and the next backup works.
 
 import assert from 'node:assert/strict';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
+import { CheckedDriver } from '../../src/api/checked-driver.js';
 import { ErrorCode } from '../../src/errors.js';
 import { BackupBeginFlags } from '../../src/flags.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
@@ -23,6 +24,10 @@ test('backup errors: codes, and nothing left behind after each failure', async (
   });
   await driver.domainCreate(uuid, 0);
   await driver.checkpointCreateXML(uuid, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0);
+  // a pull socket path that exists: QEMU would unlink it before binding, backup-end would remove it
+  const victim = path.join(env.dir, 'victim.txt');
+  await writeFile(victim, 'precious');
+  await mkdir(path.join(env.dir, 'victim.d'));
   const baseline = await qemuState(driver, uuid);
   const files = async (): Promise<string[]> => (await readdir(env.dir)).filter((f) => f !== 'state' && f !== 'run').sort();
   const baseFiles = await files();
@@ -39,7 +44,16 @@ test('backup errors: codes, and nothing left behind after each failure', async (
     assert.deepEqual(await driver.listAllCheckpoints(uuid, 0), ['c1'], what);
   };
 
-  await fails('NO_METADATA without checkpoint', ErrorCode.INVALID_ARG, driver.backupBegin(uuid, null, null, BackupBeginFlags.NO_METADATA));
+  // the public API's rule (the entry-point table), not the driver's
+  await fails('NO_METADATA without checkpoint', ErrorCode.INVALID_ARG,
+    new CheckedDriver(driver, false).backupBegin(uuid, null, null, BackupBeginFlags.NO_METADATA), /checkpointXml .* must not be NULL/);
+  for (const existing of ['victim.txt', 'victim.d']) {
+    const p = path.join(env.dir, existing);
+    await fails(`pull socket ${existing} exists`, ErrorCode.INVALID_ARG,
+      driver.backupBegin(uuid, `<domainbackup mode='pull'><server transport='unix' socket='${p}'/></domainbackup>`, null, 0),
+      /socket path '.*' for the NBD server already exists \((a file|a directory)\)/);
+  }
+  assert.equal(await readFile(victim, 'utf8'), 'precious', 'the file is untouched');
   await fails('unsupported flag', ErrorCode.INVALID_ARG, driver.backupBegin(uuid, null, null, BackupBeginFlags.PRESERVE_SHUTDOWN_DOMAIN));
   await fails('unknown checkpoint', ErrorCode.NO_DOMAIN_CHECKPOINT,
     driver.backupBegin(uuid, '<domainbackup><incremental>nope</incremental></domainbackup>', null, 0),
