@@ -159,113 +159,148 @@ async function startDaemon(dir: string): Promise<{ child: ChildProcess; socket: 
   return { child, socket };
 }
 
-async function main(): Promise<void> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'virtback-demo-'));
-  let daemon: { child: ChildProcess; socket: string } | null = null;
-  let conn: Connect | null = null;
-  let dom: Domain | null = null;
-  let writer: Writer | null = null;
-  const cleanup = async () => {
-    await writer?.stop().catch(() => {});
-    if (dom) {
-      await dom.abortJob().catch(() => {});
-      await dom.destroy().catch(() => {});
-      await dom.undefine({ checkpointsMetadata: true }).catch(() => {});
-    }
-    await conn?.close().catch(() => {});
-    daemon?.child.kill('SIGTERM');
-    await rm(dir, { recursive: true, force: true });
-  };
-  process.once('SIGINT', () => {
-    say('interrupted: cleaning up');
-    cleanup().finally(() => process.exit(130));
-  });
+/** What cleanup has to undo; each step fills in what it created, as it creates it. */
+interface DemoState {
+  dir: string;
+  daemon: { child: ChildProcess; socket: string } | null;
+  conn: Connect | null;
+  dom: Domain | null;
+  writer: Writer | null;
+}
 
-  try {
-    say(`virtback demo in ${dir}`);
-    daemon = await startDaemon(dir);
-    conn = await connect(`virtback+unix:///?socket=${daemon.socket}`);
-    say(`virtbackd running, connected to ${conn.getURI()}`);
+/** The running demo: a connection, the domain, its disk images and the writer. */
+interface Running {
+  dir: string;
+  conn: Connect;
+  dom: Domain;
+  disks: string[];
+  writer: Writer;
+}
 
-    const disks = DISKS.map((d) => path.join(dir, `demo-${d}.qcow2`));
-    for (const d of disks) await run('qemu-img', ['create', '-q', '-f', 'qcow2', d, `${DISK_MIB}M`]);
-    const xml = `<domain type='qemu'><name>virtback-demo</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>
+async function cleanup(s: DemoState): Promise<void> {
+  await s.writer?.stop().catch(() => {});
+  if (s.dom) {
+    await s.dom.abortJob().catch(() => {});
+    await s.dom.destroy().catch(() => {});
+    await s.dom.undefine({ checkpointsMetadata: true }).catch(() => {});
+  }
+  await s.conn?.close().catch(() => {});
+  s.daemon?.child.kill('SIGTERM');
+  await rm(s.dir, { recursive: true, force: true });
+}
+
+/** A private virtbackd, a domain with two empty qcow2 disks, started, then filled by guest-like writes. */
+async function setUp(s: DemoState): Promise<Running> {
+  const { dir } = s;
+  say(`virtback demo in ${dir}`);
+  s.daemon = await startDaemon(dir);
+  const conn = (s.conn = await connect(`virtback+unix:///?socket=${s.daemon.socket}`));
+  say(`virtbackd running, connected to ${conn.getURI()}`);
+
+  const disks = DISKS.map((d) => path.join(dir, `demo-${d}.qcow2`));
+  for (const d of disks) await run('qemu-img', ['create', '-q', '-f', 'qcow2', d, `${DISK_MIB}M`]);
+  const xml = `<domain type='qemu'><name>virtback-demo</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>
       <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>
       ${DISKS.map((t, i) => `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${disks[i]}'/><target dev='${t}' bus='scsi'/></disk>`).join('')}
       </devices></domain>`;
-    dom = await conn.defineXML(xml);
-    await dom.create();
-    const def = parseDomainXML(await dom.getXMLDesc());
-    const qdev = new Map(DISKS.map((t) => [t, qdevIdForDisk(def, t)]));
-    say(`domain virtback-demo started: 2 qcow2 disks of ${DISK_MIB} MiB (${disks.map((d) => path.basename(d)).join(', ')})`);
+  const dom = (s.dom = await conn.defineXML(xml));
+  await dom.create();
+  const def = parseDomainXML(await dom.getXMLDesc());
+  const qdev = new Map(DISKS.map((t) => [t, qdevIdForDisk(def, t)]));
+  say(`domain virtback-demo started: 2 qcow2 disks of ${DISK_MIB} MiB (${disks.map((d) => path.basename(d)).join(', ')})`);
 
-    writer = new Writer(dom, qdev);
-    await writer.fill(40);
-    say(`filled the disks with ${writer.log.length} guest-like writes (${fmtBytes(writer.log.reduce((s, w) => s + w.length, 0))})`);
-    writer.start();
+  const writer = (s.writer = new Writer(dom, qdev));
+  await writer.fill(40);
+  say(`filled the disks with ${writer.log.length} guest-like writes (${fmtBytes(writer.log.reduce((sum, w) => sum + w.length, 0))})`);
+  return { dir, conn, dom, disks, writer };
+}
 
-    // 1. full push backup + checkpoint c1, while writes continue
-    let tb = Date.now();
-    const full = await writer.between(() => dom!.backupBegin(null, '<domaincheckpoint><name>c1</name></domaincheckpoint>'));
-    const fullDone = await waitForJob(conn, full.value);
-    if (!fullDone.stats.success) throw new Error(`full backup failed: ${fullDone.stats.errmsg}`);
-    say(`full push backup job ${full.value} + checkpoint c1: ${fmtBytes(fullDone.stats.disk_total ?? 0)} in ${((Date.now() - tb) / 1000).toFixed(2)} s ` +
-      `(${writer.log.length - full.before} writes landed during the copy)`);
-    await dom.backupEnd(full.value);
+/** 1. full push backup + checkpoint c1, while writes continue; returns the writes it holds. */
+async function pushFull({ conn, dom, writer }: Running): Promise<number> {
+  const tb = Date.now();
+  const full = await writer.between(() => dom.backupBegin(null, '<domaincheckpoint><name>c1</name></domaincheckpoint>'));
+  const fullDone = await waitForJob(conn, full.value);
+  if (!fullDone.stats.success) throw new Error(`full backup failed: ${fullDone.stats.errmsg}`);
+  say(`full push backup job ${full.value} + checkpoint c1: ${fmtBytes(fullDone.stats.disk_total ?? 0)} in ${((Date.now() - tb) / 1000).toFixed(2)} s ` +
+    `(${writer.log.length - full.before} writes landed during the copy)`);
+  await dom.backupEnd(full.value);
+  return full.before;
+}
 
-    await new Promise((r) => setTimeout(r, 300));
-    // 2. incremental push from c1 + checkpoint c2
-    tb = Date.now();
-    const inc = await writer.between(() =>
-      dom!.backupBegin('<domainbackup><incremental>c1</incremental></domainbackup>', '<domaincheckpoint><name>c2</name></domaincheckpoint>'));
-    const incDone = await waitForJob(conn, inc.value);
-    if (!incDone.stats.success) throw new Error(`incremental backup failed: ${incDone.stats.errmsg}`);
-    const incSize = (await stat(`${disks[0]}.c2`)).size + (await stat(`${disks[1]}.c2`)).size;
-    say(`incremental push backup job ${inc.value} since c1 + checkpoint c2: ${fmtBytes(incSize)} written in ${((Date.now() - tb) / 1000).toFixed(2)} s`);
-    await dom.backupEnd(inc.value);
-    await writer.stop();
-    say(`${writer.log.length} writes so far; writer paused while restoring`);
+/** 2. incremental push from c1 + checkpoint c2; returns the writes it holds. */
+async function pushIncremental({ conn, dom, disks, writer }: Running): Promise<number> {
+  const tb = Date.now();
+  const inc = await writer.between(() =>
+    dom.backupBegin('<domainbackup><incremental>c1</incremental></domainbackup>', '<domaincheckpoint><name>c2</name></domaincheckpoint>'));
+  const incDone = await waitForJob(conn, inc.value);
+  if (!incDone.stats.success) throw new Error(`incremental backup failed: ${incDone.stats.errmsg}`);
+  const incSize = (await stat(`${disks[0]}.c2`)).size + (await stat(`${disks[1]}.c2`)).size;
+  say(`incremental push backup job ${inc.value} since c1 + checkpoint c2: ${fmtBytes(incSize)} written in ${((Date.now() - tb) / 1000).toFixed(2)} s`);
+  await dom.backupEnd(inc.value);
+  return inc.before;
+}
 
-    // 3. restore both points and compare with the disk at each instant
-    for (const [i, disk] of DISKS.entries()) {
-      for (const [point, n] of [['c1', full.before], ['c2', inc.before]] as const) {
-        const target = `${disks[i]}.${point}`;
-        const out = path.join(dir, `restored-${disk}-${point}.raw`);
-        tb = Date.now();
-        await restoreBackup({ target, output: out, format: 'raw' });
-        const v = await verifyBackup({ target });
-        if (!v.ok) throw new Error(`verify of ${target} failed`);
-        check(`${disk} restored from ${path.basename(target)} (${((Date.now() - tb) / 1000).toFixed(2)} s, verified against its manifest)`,
-          await rawSha(out), expectedSha(writer.log, n, disk));
-        await rm(out);
-      }
-    }
-
-    // 4. pull-mode incremental from c2 + checkpoint c3, read by nbdcopy while writes continue
-    writer.start();
-    await new Promise((r) => setTimeout(r, 500));
-    const sock = path.join(dir, 'nbd.sock');
-    tb = Date.now();
-    const pull = await writer.between(() => dom!.backupBegin(
-      `<domainbackup mode='pull'><incremental>c2</incremental><server transport='unix' socket='${sock}'/></domainbackup>`,
-      '<domaincheckpoint><name>c3</name></domaincheckpoint>'));
-    await new Promise((r) => setTimeout(r, 300)); // more writes land on the live disk during the read
-    for (const disk of DISKS) {
-      const out = path.join(dir, `pull-${disk}.raw`);
-      await run('nbdcopy', [`nbd+unix:///${disk}?socket=${sock}`, out]);
-      const { stdout } = await run('nbdinfo', [`--map=qemu:dirty-bitmap:backup-${disk}`, '--json', `nbd+unix:///${disk}?socket=${sock}`]);
-      const dirty = (JSON.parse(stdout) as { length: number; type: number }[]).filter((e) => e.type & 1).reduce((s, e) => s + e.length, 0);
-      check(`${disk} read by nbdcopy from the pull export (${fmtBytes(dirty)} dirty since c2)`, await rawSha(out), expectedSha(writer.log, pull.before, disk));
+/** 3. restore both points and compare with the disk at each instant. */
+async function restoreAndCheck({ dir, disks, writer }: Running, points: (readonly [string, number])[]): Promise<void> {
+  for (const [i, disk] of DISKS.entries()) {
+    for (const [point, n] of points) {
+      const target = `${disks[i]}.${point}`;
+      const out = path.join(dir, `restored-${disk}-${point}.raw`);
+      const tb = Date.now();
+      await restoreBackup({ target, output: out, format: 'raw' });
+      const v = await verifyBackup({ target });
+      if (!v.ok) throw new Error(`verify of ${target} failed`);
+      check(`${disk} restored from ${path.basename(target)} (${((Date.now() - tb) / 1000).toFixed(2)} s, verified against its manifest)`,
+        await rawSha(out), expectedSha(writer.log, n, disk));
       await rm(out);
     }
-    await dom.backupEnd(pull.value);
-    say(`pull-mode incremental job ${pull.value} since c2 + checkpoint c3 ended after ${((Date.now() - tb) / 1000).toFixed(2)} s`);
+  }
+}
 
-    await writer.stop();
-    say(`checkpoints: ${(await dom.listAllCheckpoints({ topological: true })).map((c) => c.getName()).join(' -> ')}`);
+/** 4. pull-mode incremental from c2 + checkpoint c3, read by nbdcopy while writes continue. */
+async function pullIncremental({ dir, dom, writer }: Running): Promise<void> {
+  writer.start();
+  await new Promise((r) => setTimeout(r, 500));
+  const sock = path.join(dir, 'nbd.sock');
+  const tb = Date.now();
+  const pull = await writer.between(() => dom.backupBegin(
+    `<domainbackup mode='pull'><incremental>c2</incremental><server transport='unix' socket='${sock}'/></domainbackup>`,
+    '<domaincheckpoint><name>c3</name></domaincheckpoint>'));
+  await new Promise((r) => setTimeout(r, 300)); // more writes land on the live disk during the read
+  for (const disk of DISKS) {
+    const out = path.join(dir, `pull-${disk}.raw`);
+    await run('nbdcopy', [`nbd+unix:///${disk}?socket=${sock}`, out]);
+    const { stdout } = await run('nbdinfo', [`--map=qemu:dirty-bitmap:backup-${disk}`, '--json', `nbd+unix:///${disk}?socket=${sock}`]);
+    const dirty = (JSON.parse(stdout) as { length: number; type: number }[]).filter((e) => e.type & 1).reduce((s, e) => s + e.length, 0);
+    check(`${disk} read by nbdcopy from the pull export (${fmtBytes(dirty)} dirty since c2)`, await rawSha(out), expectedSha(writer.log, pull.before, disk));
+    await rm(out);
+  }
+  await dom.backupEnd(pull.value);
+  say(`pull-mode incremental job ${pull.value} since c2 + checkpoint c3 ended after ${((Date.now() - tb) / 1000).toFixed(2)} s`);
+}
+
+async function main(): Promise<void> {
+  const state: DemoState = { dir: await mkdtemp(path.join(os.tmpdir(), 'virtback-demo-')), daemon: null, conn: null, dom: null, writer: null };
+  process.once('SIGINT', () => {
+    say('interrupted: cleaning up');
+    cleanup(state).finally(() => process.exit(130));
+  });
+
+  try {
+    const demo = await setUp(state);
+    demo.writer.start();
+    const c1 = await pushFull(demo);
+    await new Promise((r) => setTimeout(r, 300));
+    const c2 = await pushIncremental(demo);
+    await demo.writer.stop();
+    say(`${demo.writer.log.length} writes so far; writer paused while restoring`);
+    await restoreAndCheck(demo, [['c1', c1], ['c2', c2]]);
+    await pullIncremental(demo);
+    await demo.writer.stop();
+    say(`checkpoints: ${(await demo.dom.listAllCheckpoints({ topological: true })).map((c) => c.getName()).join(' -> ')}`);
     say('all backups restored byte-exact; cleaning up');
   } finally {
-    await cleanup();
+    await cleanup(state);
   }
   say('done');
 }

@@ -124,18 +124,7 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   if (type !== 'qemu' && type !== 'kvm') {
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unexpected domain type ${type ?? '(none)'}, expecting one of these: qemu, kvm`);
   }
-  const name = childText(root, 'name');
-  if (name === null || name.trim() === '') {
-    throw virErr('XML_ERROR', 'DOMAIN', 'missing domain name');
-  }
-  // Before any message that quotes it: an error must fit in a reply too.
-  checkName('DOMAIN', `domain name '${clip(name)}'`, name);
-  if (name.includes('/')) {
-    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '/'`);
-  }
-  if (name.includes('\n')) {
-    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '\\n'`);
-  }
+  const name = parseDomainName(root);
 
   const uuidText = childText(root, 'uuid');
   const uuid = uuidText === null ? (opts.generateUUID ?? randomUUID)() : normaliseUUID(uuidText);
@@ -147,47 +136,9 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   }
 
   const vcpuEl = firstChild(root, 'vcpu');
-  let vcpu = 1;
-  if (vcpuEl !== null) {
-    const t = textContent(vcpuEl).trim();
-    if (!/^[0-9]+$/.test(t) || Number(t) > 0xffffffff) {
-      throw virErr('XML_ERROR', 'DOMAIN', `maximum vcpus count must be an integer, not '${t}'`);
-    }
-    vcpu = Number(t);
-    if (vcpu === 0) throw virErr('XML_ERROR', 'DOMAIN', 'at least one vCPU is required (<vcpu> is 0)');
-  }
-
-  const osEl = firstChild(root, 'os');
-  const osExtra: XmlElement[] = [];
-  const os: OsDef = { kernel: null, initrd: null, cmdline: null, extra: osExtra, attrs: [] };
-  if (osEl !== null) {
-    os.attrs = osEl.attrs.map(([k, v]) => [k, v]);
-    for (const c of childElements(osEl)) {
-      if (c.name === 'kernel') os.kernel = textContent(c);
-      else if (c.name === 'initrd') os.initrd = textContent(c);
-      else if (c.name === 'cmdline') os.cmdline = textContent(c);
-      else osExtra.push(c);
-    }
-  }
-
-  const disks: DiskDef[] = [];
-  const devicesExtra: XmlElement[] = [];
-  let agent: AgentChannelDef | null = null;
-  const devicesEl = firstChild(root, 'devices');
-  if (devicesEl !== null) {
-    for (const c of childElements(devicesEl)) {
-      if (c.name === 'disk') {
-        disks.push(parseDisk(c));
-      } else if (c.name === 'channel' && isAgentChannel(c)) {
-        if (agent !== null) {
-          throw virErr('XML_ERROR', 'DOMAIN', `more than one guest agent channel named '${AGENT_CHANNEL_NAME}'`);
-        }
-        agent = parseAgentChannel(c);
-      } else {
-        devicesExtra.push(c);
-      }
-    }
-  }
+  const vcpu = vcpuEl === null ? 1 : parseVcpu(vcpuEl);
+  const os = parseOs(firstChild(root, 'os'));
+  const { disks, agent, devicesExtra } = parseDevices(firstChild(root, 'devices'));
   checkDuplicateTargets(disks);
 
   const interpreted = new Set(['name', 'uuid', 'memory', 'vcpu', 'os', 'devices']);
@@ -211,6 +162,72 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   // A checkpoint keeps a copy of it: it must fit in a reply beside the checkpoint's own XML.
   checkXmlSize('DOMAIN', `definition of domain '${name}'`, formatDomainXML(def, { secure: true }), DOMAIN_XML_CHARS);
   return def;
+}
+
+/** <name>: present, short enough to quote, and usable as a file name. */
+function parseDomainName(root: XmlElement): string {
+  const name = childText(root, 'name');
+  if (name === null || name.trim() === '') {
+    throw virErr('XML_ERROR', 'DOMAIN', 'missing domain name');
+  }
+  // Before any message that quotes it: an error must fit in a reply too.
+  checkName('DOMAIN', `domain name '${clip(name)}'`, name);
+  if (name.includes('/')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '/'`);
+  }
+  if (name.includes('\n')) {
+    throw virErr('XML_ERROR', 'DOMAIN', `name '${name}' cannot contain '\\n'`);
+  }
+  return name;
+}
+
+/** <vcpu>: a positive count that fits in 32 bits. */
+function parseVcpu(vcpuEl: XmlElement): number {
+  const t = textContent(vcpuEl).trim();
+  if (!/^[0-9]+$/.test(t) || Number(t) > 0xffffffff) {
+    throw virErr('XML_ERROR', 'DOMAIN', `maximum vcpus count must be an integer, not '${t}'`);
+  }
+  const vcpu = Number(t);
+  if (vcpu === 0) throw virErr('XML_ERROR', 'DOMAIN', 'at least one vCPU is required (<vcpu> is 0)');
+  return vcpu;
+}
+
+/** <os>: the direct kernel boot we interpret; the rest is kept. */
+function parseOs(osEl: XmlElement | null): OsDef {
+  const osExtra: XmlElement[] = [];
+  const os: OsDef = { kernel: null, initrd: null, cmdline: null, extra: osExtra, attrs: [] };
+  if (osEl !== null) {
+    os.attrs = osEl.attrs.map(([k, v]) => [k, v]);
+    for (const c of childElements(osEl)) {
+      if (c.name === 'kernel') os.kernel = textContent(c);
+      else if (c.name === 'initrd') os.initrd = textContent(c);
+      else if (c.name === 'cmdline') os.cmdline = textContent(c);
+      else osExtra.push(c);
+    }
+  }
+  return os;
+}
+
+/** <devices>: the disks and the guest-agent channel; other devices are kept in document order. */
+function parseDevices(devicesEl: XmlElement | null): { disks: DiskDef[]; agent: AgentChannelDef | null; devicesExtra: XmlElement[] } {
+  const disks: DiskDef[] = [];
+  const devicesExtra: XmlElement[] = [];
+  let agent: AgentChannelDef | null = null;
+  if (devicesEl !== null) {
+    for (const c of childElements(devicesEl)) {
+      if (c.name === 'disk') {
+        disks.push(parseDisk(c));
+      } else if (c.name === 'channel' && isAgentChannel(c)) {
+        if (agent !== null) {
+          throw virErr('XML_ERROR', 'DOMAIN', `more than one guest agent channel named '${AGENT_CHANNEL_NAME}'`);
+        }
+        agent = parseAgentChannel(c);
+      } else {
+        devicesExtra.push(c);
+      }
+    }
+  }
+  return { disks, agent, devicesExtra };
 }
 
 function normaliseUUID(s: string): string {

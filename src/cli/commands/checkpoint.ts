@@ -166,6 +166,16 @@ interface ListOptions {
 }
 
 export function register(program: Command, table: EntryPointTable): void {
+  registerCheckpointCreate(program, table);
+  registerCheckpointCreateAs(program, table);
+  registerCheckpointList(program, table);
+  registerCheckpointDumpxml(program, table);
+  registerCheckpointParent(program);
+  registerCheckpointInfo(program);
+  registerCheckpointDelete(program, table);
+}
+
+function registerCheckpointCreate(program: Command, table: EntryPointTable): void {
   const create = program
     .command('checkpoint-create')
     .description('Create a checkpoint from XML')
@@ -185,7 +195,9 @@ export function register(program: Command, table: EntryPointTable): void {
       out(file === undefined ? `Domain checkpoint ${c.name} created\n` : `Domain checkpoint ${c.name} created from '${file}'\n`);
     });
   });
+}
 
+function registerCheckpointCreateAs(program: Command, table: EntryPointTable): void {
   const collect = (v: string, acc: string[]): string[] => [...acc, v];
   const createAs = program
     .command('checkpoint-create-as')
@@ -215,7 +227,9 @@ export function register(program: Command, table: EntryPointTable): void {
         out(`Domain checkpoint ${c.name} created\n`);
       });
     });
+}
 
+function registerCheckpointList(program: Command, table: EntryPointTable): void {
   const list = program
     .command('checkpoint-list')
     .description('List checkpoints for a domain')
@@ -239,50 +253,68 @@ export function register(program: Command, table: EntryPointTable): void {
       const leaves = listFlags.given(cmd, 'LEAVES');
       const noLeaves = listFlags.given(cmd, 'NO_LEAVES');
       const topological = listFlags.given(cmd, 'TOPOLOGICAL');
-      exclusive(cmd, ['tree', o.tree], ['name', o.name]);
-      exclusive(cmd, ['parent', o.parent], ['roots', o.roots]);
-      exclusive(cmd, ['parent', o.parent], ['tree', o.tree]);
-      exclusive(cmd, ['roots', o.roots], ['tree', o.tree]);
-      exclusive(cmd, ['roots', o.roots], ['from', o.from !== undefined]);
-      exclusive(cmd, ['json', o.json], ['tree', o.tree]);
-      exclusive(cmd, ['json', o.json], ['name', o.name]);
-      if (o.tree && leaves) usageError(cmd, '--leaves and --tree are mutually exclusive');
-      if (o.tree && noLeaves) usageError(cmd, '--no-leaves and --tree are mutually exclusive');
-      if (childFlags.given(cmd, 'DESCENDANTS') && o.from === undefined) usageError(cmd, '--descendants requires --from');
+      checkListOptions(cmd, o, leaves, noLeaves, childFlags.given(cmd, 'DESCENDANTS'));
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
         const start = o.from === undefined ? null : await lookupCheckpoint(dom, o.from);
         const list = start === null ? await dom.listAllCheckpoints(listFlags.flags(cmd)) : await start.listAllChildren(childFlags.flags(cmd));
-        // virtback: bitmaps no checkpoint knows are reported, never deleted behind the user's back
-        for (const u of await dom.listUnknownBitmaps()) {
-          process.stderr.write(`warning: bitmap '${u.bitmap}' on disk '${u.disk}' belongs to no checkpoint ` +
-            `(adopt it with 'checkpoint-create --redefine', or remove it with qemu-img bitmap --remove when the domain is off)\n`);
-        }
-        if (o.name) {
-          const names = list.map((c) => ({ name: c.name }));
-          out((topological ? names : sortByName(names)).map((c) => `${c.name}\n`).join(''));
-          return;
-        }
-        let rows = await rowsOf(list);
-        if (o.tree) {
-          // virsh asks each checkpoint for its parent; with --from, the start is the one root
-          const items = await Promise.all(
-            list.map(async (c, i) => ({ ...rows[i]!, parent: await parentOf(c) })),
-          );
-          if (start !== null) items.push({ ...(await rowsOf([start]))[0]!, parent: null });
-          const shown = (topological ? items : sortByName(items)).map((r) => ({
-            ...r,
-            label: r.inconsistent === null ? r.name : `${r.name} (inconsistent)`,
-          }));
-          out(shown.map((r, i) => (r.parent === null ? formatTree(shown, i) : '')).join(''));
-          return;
-        }
-        if (!topological) rows = sortByName(rows);
-        if (o.json) json(rows.map(rowJson));
-        else out(formatCheckpointTable(rows, o.parent === true));
+        await printCheckpointList(dom, start, list, o, topological);
       });
     });
+}
 
+/** checkpoint-list's usage errors, before connecting. */
+function checkListOptions(cmd: Command, o: ListOptions, leaves: boolean, noLeaves: boolean, descendants: boolean): void {
+  exclusive(cmd, ['tree', o.tree], ['name', o.name]);
+  exclusive(cmd, ['parent', o.parent], ['roots', o.roots]);
+  exclusive(cmd, ['parent', o.parent], ['tree', o.tree]);
+  exclusive(cmd, ['roots', o.roots], ['tree', o.tree]);
+  exclusive(cmd, ['roots', o.roots], ['from', o.from !== undefined]);
+  exclusive(cmd, ['json', o.json], ['tree', o.tree]);
+  exclusive(cmd, ['json', o.json], ['name', o.name]);
+  if (o.tree && leaves) usageError(cmd, '--leaves and --tree are mutually exclusive');
+  if (o.tree && noLeaves) usageError(cmd, '--no-leaves and --tree are mutually exclusive');
+  if (descendants && o.from === undefined) usageError(cmd, '--descendants requires --from');
+}
+
+/** checkpoint-list's output: names, a tree, JSON or the table. */
+async function printCheckpointList(
+  dom: Domain,
+  start: DomainCheckpoint | null,
+  list: DomainCheckpoint[],
+  o: ListOptions,
+  topological: boolean,
+): Promise<void> {
+  // virtback: bitmaps no checkpoint knows are reported, never deleted behind the user's back
+  for (const u of await dom.listUnknownBitmaps()) {
+    process.stderr.write(`warning: bitmap '${u.bitmap}' on disk '${u.disk}' belongs to no checkpoint ` +
+      `(adopt it with 'checkpoint-create --redefine', or remove it with qemu-img bitmap --remove when the domain is off)\n`);
+  }
+  if (o.name) {
+    const names = list.map((c) => ({ name: c.name }));
+    out((topological ? names : sortByName(names)).map((c) => `${c.name}\n`).join(''));
+    return;
+  }
+  let rows = await rowsOf(list);
+  if (o.tree) {
+    // virsh asks each checkpoint for its parent; with --from, the start is the one root
+    const items = await Promise.all(
+      list.map(async (c, i) => ({ ...rows[i]!, parent: await parentOf(c) })),
+    );
+    if (start !== null) items.push({ ...(await rowsOf([start]))[0]!, parent: null });
+    const shown = (topological ? items : sortByName(items)).map((r) => ({
+      ...r,
+      label: r.inconsistent === null ? r.name : `${r.name} (inconsistent)`,
+    }));
+    out(shown.map((r, i) => (r.parent === null ? formatTree(shown, i) : '')).join(''));
+    return;
+  }
+  if (!topological) rows = sortByName(rows);
+  if (o.json) json(rows.map(rowJson));
+  else out(formatCheckpointTable(rows, o.parent === true));
+}
+
+function registerCheckpointDumpxml(program: Command, table: EntryPointTable): void {
   const dumpxml = program
     .command('checkpoint-dumpxml')
     .description('Dump XML for a domain checkpoint')
@@ -301,7 +333,9 @@ export function register(program: Command, table: EntryPointTable): void {
       out(xml.endsWith('\n') ? xml : `${xml}\n`);
     });
   });
+}
 
+function registerCheckpointParent(program: Command): void {
   program
     .command('checkpoint-parent')
     .description('Get the name of the parent of a checkpoint')
@@ -315,7 +349,9 @@ export function register(program: Command, table: EntryPointTable): void {
         out(`${parent}\n`);
       });
     });
+}
 
+function registerCheckpointInfo(program: Command): void {
   program
     .command('checkpoint-info')
     .description('checkpoint information')
@@ -345,7 +381,9 @@ export function register(program: Command, table: EntryPointTable): void {
         out(formatInfo(pairs));
       });
     });
+}
 
+function registerCheckpointDelete(program: Command, table: EntryPointTable): void {
   const del = program
     .command('checkpoint-delete')
     .description('Delete a domain checkpoint')

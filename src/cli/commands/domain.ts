@@ -89,6 +89,15 @@ export function formatDiskList(rows: DiskRow[], details: boolean): string {
 }
 
 export function register(program: Command, table: EntryPointTable): void {
+  registerDomainLifecycle(program, table);
+  registerDomainList(program, table);
+  registerDomainInfo(program);
+  registerDomainXml(program, table);
+  registerMonitorCommand(program, table);
+  registerFsFreeze(program);
+}
+
+function registerDomainLifecycle(program: Command, table: EntryPointTable): void {
   program
     .command('define')
     .description('define (but do not start) a domain from an XML file')
@@ -137,7 +146,9 @@ export function register(program: Command, table: EntryPointTable): void {
         out(`Domain '${dom.name}' destroyed\n`);
       });
     });
+}
 
+function registerDomainList(program: Command, table: EntryPointTable): void {
   const list = program
     .command('list')
     .description('list domains')
@@ -177,7 +188,9 @@ export function register(program: Command, table: EntryPointTable): void {
         else out(formatDomainList(list));
       });
     });
+}
 
+function registerDomainInfo(program: Command): void {
   program
     .command('dominfo')
     .description('domain information')
@@ -234,7 +247,9 @@ export function register(program: Command, table: EntryPointTable): void {
         else out(o.reason ? `${state} (${reason})\n` : `${state}\n`);
       });
     });
+}
 
+function registerDomainXml(program: Command, table: EntryPointTable): void {
   const dumpxml = program.command('dumpxml').description('domain information in XML').argument('<domain>', 'domain name, id or uuid');
   const dumpxmlFlags = CliFlagOptions.add(dumpxml, table, 'domainGetXMLDesc', {
     INACTIVE: 'show inactive defined XML',
@@ -264,7 +279,9 @@ export function register(program: Command, table: EntryPointTable): void {
         else out(formatDiskList(rows, o.details === true));
       });
     });
+}
 
+function registerMonitorCommand(program: Command, table: EntryPointTable): void {
   const monitor = program
     .command('qemu-monitor-command')
     .description('QEMU Monitor Command')
@@ -283,7 +300,9 @@ export function register(program: Command, table: EntryPointTable): void {
         out(result.endsWith('\n') ? result : `${result}\n`);
       });
     });
+}
 
+function registerFsFreeze(program: Command): void {
   const collect = (v: string, acc: string[]): string[] => [...acc, v];
 
   program
@@ -310,4 +329,3 @@ export function register(program: Command, table: EntryPointTable): void {
       });
     });
 }
-

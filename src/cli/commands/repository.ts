@@ -156,6 +156,32 @@ interface PullOptions extends OutputOptions {
   checkpoint?: string;
 }
 
+/** One disk of a pull backup: where it goes, and the backup it is incremental on. */
+interface PullPlan extends PullDisk {
+  format: 'qcow2' | 'raw';
+  output: string;
+  parent: string | null;
+}
+
+/** Plan every disk before reading any: a missing parent must not leave half a backup. */
+async function planPull(dom: Domain, job: PullJob, dir: string, suffix: string, fullFormat: 'qcow2' | 'raw'): Promise<PullPlan[]> {
+  const plans: PullPlan[] = [];
+  for (const d of job.disks) {
+    const format = d.incremental === null ? fullFormat : 'qcow2';
+    const output = path.join(dir, `${dom.name}-${d.disk}.${suffix}.${format}`);
+    if (await fs.lstat(output).then(() => true, () => false)) throw virErr('INVALID_ARG', 'STORAGE', `pull backup output '${output}' already exists`);
+    let parent: string | null = null;
+    if (d.incremental !== null) {
+      parent = await findParent(dir, dom.uuid, d.disk, d.incremental);
+      if (parent === null) {
+        throw virErr('OPERATION_INVALID', 'STORAGE', `disk '${d.disk}' is incremental from checkpoint '${d.incremental}', but '${dir}' holds no backup of that checkpoint for it`);
+      }
+    }
+    plans.push({ ...d, format, output, parent });
+  }
+  return plans;
+}
+
 function registerPull(program: Command): void {
   const cmd = program
     .command('backup-pull')
@@ -181,22 +207,7 @@ function registerPull(program: Command): void {
         const checkpoint = o.checkpoint ?? (await jobCheckpoint(dom, startSec));
         const suffix = checkpoint ?? String(startSec);
 
-        // Plan every disk before reading any: a missing parent must not leave half a backup.
-        const plans = [];
-        for (const d of job.disks) {
-          const format = d.incremental === null ? o.format : 'qcow2';
-          const output = path.join(dir, `${dom.name}-${d.disk}.${suffix}.${format}`);
-          if (await fs.lstat(output).then(() => true, () => false)) throw virErr('INVALID_ARG', 'STORAGE', `pull backup output '${output}' already exists`);
-          let parent: string | null = null;
-          if (d.incremental !== null) {
-            parent = await findParent(dir, dom.uuid, d.disk, d.incremental);
-            if (parent === null) {
-              throw virErr('OPERATION_INVALID', 'STORAGE', `disk '${d.disk}' is incremental from checkpoint '${d.incremental}', but '${dir}' holds no backup of that checkpoint for it`);
-            }
-          }
-          plans.push({ ...d, format, output, parent });
-        }
-
+        const plans = await planPull(dom, job, dir, suffix, o.format);
         const progress = new ItemProgress(stdoutProgress(o));
         const written: string[] = [];
         let ok = false;
