@@ -38,10 +38,11 @@ async function openDriver(name: string, dirs: { stateDir: string; runDir: string
   if (name !== 'qemu') throw virErr('INVALID_ARG', 'NONE', `unknown driver '${name}' (known: qemu, test)`);
   // Loaded lazily: `--driver test` must not depend on the QEMU driver's module graph.
   const { QemuDriver } = await import('../qemu/driver.js');
-  const { writePushManifests } = await import('../repository/push-manifests.js');
+  const { findPushBackup, writePushManifests } = await import('../repository/push-manifests.js');
   return QemuDriver.open({
     log,
     afterPushComplete: writePushManifests,
+    locatePreviousBackup: findPushBackup,
     ...dirs,
     ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
     backupTlsX509Verify: o.backupTlsVerify === 'yes',

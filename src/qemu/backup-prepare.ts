@@ -38,6 +38,33 @@ export interface BackupTlsConfig {
   verify: boolean;
 }
 
+/** Finds a push backup by its manifest when the job history lost it (injected: qemu/ does not read manifests). */
+export type LocatePreviousBackup = (q: {
+  uuid: string; disk: string; checkpoint: string; dirs: readonly string[];
+}) => Promise<{ path: string; format: string } | null>;
+
+/**
+ * The backup an incremental push continues (its target gets it as backing
+ * file): from the job history, else from the manifests near the new target
+ * and the disk. None: refused before anything is created, since a target
+ * backed by the live disk is no backup that restore can use.
+ */
+async function chainParent(
+  dom: DomainObject,
+  req: { finished: readonly FinishedTarget[]; locate: LocatePreviousBackup | null },
+  d: { disk: string; checkpoint: string; target: string | null; source: string },
+): Promise<{ path: string; format: string }> {
+  const known = previousBackup(req.finished, d.disk, d.checkpoint, existsSync);
+  if (known) return known;
+  const dirs = [d.target, d.source].filter((p): p is string => p !== null).map((p) => path.dirname(p));
+  const found = await req.locate?.({ uuid: dom.uuid, disk: d.disk, checkpoint: d.checkpoint, dirs });
+  if (found) return found;
+  throw virErr('OPERATION_INVALID', 'QEMU',
+    `incremental backup of disk '${d.disk}' since checkpoint '${d.checkpoint}' needs the push backup taken with ` +
+    `'${d.checkpoint}' (e.g. '${d.source}.${d.checkpoint}'), which was not found: take a full backup, ` +
+    'or give your own target with REUSE_EXTERNAL');
+}
+
 /** The empty <domainbackup>: push every disk. */
 function defaultBackupDef(): BackupDef {
   return { mode: 'push', incremental: null, server: null, disks: [], id: null, tlsAlias: null, tlsSecretAlias: null };
@@ -49,7 +76,10 @@ function defaultBackupDef(): BackupDef {
  */
 export async function prepareBackup(
   host: DomainHost, checkpoints: CheckpointAccess, dom: DomainObject,
-  req: { backupXml: string | null; checkpointXml: string | null; flags: number; finished: readonly FinishedTarget[]; tls: BackupTlsConfig },
+  req: {
+    backupXml: string | null; checkpointXml: string | null; flags: number; tls: BackupTlsConfig;
+    finished: readonly FinishedTarget[]; locate: LocatePreviousBackup | null;
+  },
 ): Promise<PreparedBackup> {
   const live = dom.liveDef;
   if (!dom.active || live === null) {
@@ -84,8 +114,8 @@ export async function prepareBackup(
     if (!reuse && bd.path !== null && existsSync(bd.path)) {
       throw virErr('INVALID_ARG', 'QEMU', `store '${bd.path}' for backup of '${bd.name}' exists`);
     }
-    const prev = !pull && incremental !== null && bd.format === 'qcow2'
-      ? previousBackup(req.finished, bd.name, incremental, existsSync)
+    const prev = !pull && !reuse && incremental !== null && bd.format === 'qcow2'
+      ? await chainParent(dom, req, { disk: bd.name, checkpoint: incremental, target: bd.path, source: ld.source })
       : null;
     disks.push({
       target: bd.name,

@@ -28,7 +28,7 @@ import {
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
 import { planBackup } from './backup-plan.js';
-import { allocateBackup, freePort, prepareBackup } from './backup-prepare.js';
+import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
 import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { DomainObject } from './domain-object.js';
@@ -42,6 +42,8 @@ export { freePort } from './backup-prepare.js';
 export interface QemuBackupsOptions {
   /** called after a push completed and its targets are closed; runs in the background (one at a time), backupEnd waits for it */
   afterPushComplete?: (info: PushCompleteInfo) => Promise<void>;
+  /** finds the previous backup of an incremental push by its manifest when the job history lost it */
+  locatePreviousBackup?: LocatePreviousBackup;
   /** initial rate limit of every push disk job, bytes/s (default none; tests slow jobs down with it) */
   speed?: number;
   /** blockdev-backup x-perf options (default BACKUP_PERF; null = QEMU's defaults) */
@@ -207,7 +209,7 @@ export class QemuBackups implements BackupOps {
     const stale = readJobRecord(dom.run?.status.extra[EXTRA_KEY]);
     if (stale?.phase === 'starting') await this.rollBack(dom, await this.driver.monitor(dom.uuid), stale);
     const p = await prepareBackup(this.driver, this.checkpoints, dom, {
-      backupXml, checkpointXml, flags, finished: table.store.meta.finished,
+      backupXml, checkpointXml, flags, finished: table.store.meta.finished, locate: this.opts.locatePreviousBackup ?? null,
       tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },
     });
     const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId());

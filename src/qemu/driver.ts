@@ -22,6 +22,7 @@ import { checkFlags, DomainXMLFlags, MonitorCommandFlags, UndefineFlags } from '
 import { silentLogger, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML } from '../xml/domain.js';
 import { QemuBackups, type PushCompleteInfo } from './backup.js';
+import type { LocatePreviousBackup } from './backup-prepare.js';
 import { QemuCheckpoints } from './checkpoints.js';
 import { QEMU_BINARY, type DiskNodes } from './command-line.js';
 import { DomainDefinitions } from './definitions.js';
@@ -67,6 +68,8 @@ export interface QemuDriverOptions {
    * `liveSources` are the domain's own disk paths (a backing file among them is no backup).
    */
   afterPushComplete?: (info: PushCompleteInfo, liveSources: ReadonlySet<string>) => Promise<void>;
+  /** finds an incremental push's previous backup by its manifest when the job history lost it (virtbackd injects it) */
+  locatePreviousBackup?: LocatePreviousBackup;
   /** structured log (default: silent) */
   log?: Logger;
   /** construct the checkpoint / backup modules (tests inject fakes here) */
@@ -123,6 +126,7 @@ export class QemuDriver implements Driver, DomainHost {
       tlsX509Verify: opts.backupTlsX509Verify ?? true,
       ...(opts.backupSpeedLimit ? { speed: opts.backupSpeedLimit } : {}),
       ...(afterPush ? { afterPushComplete: (info: PushCompleteInfo) => afterPush(info, d.liveSources(info.uuid)) } : {}),
+      ...(opts.locatePreviousBackup ? { locatePreviousBackup: opts.locatePreviousBackup } : {}),
     })))(d, checkpoints);
     await d.paths.ensure();
     await d.definitions.load();

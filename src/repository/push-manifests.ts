@@ -3,8 +3,10 @@
 // job returns once they are on disk). Injected into the QEMU driver by
 // whoever assembles it (virtbackd, the SDK's embedded driver, tests).
 
+import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { writeManifest } from './manifest.js';
+import { MANIFEST_SUFFIX, readManifest, writeManifest } from './manifest.js';
 
 /** A finished push job as the driver reports it (the QEMU driver's PushCompleteInfo). */
 export interface FinishedPush {
@@ -22,6 +24,29 @@ export interface FinishedPush {
     backingFile: string | null;
     virtualSize: number;
   }[];
+}
+
+/**
+ * The push backup of `disk` taken together with `checkpoint`, found from the
+ * manifests in `dirs` when the driver's own history has lost it (meta.json
+ * gone, more backups than it keeps): the newest whose target still exists
+ * and whose manifest has a checksum (a backup restore can use).
+ */
+export async function findPushBackup(q: {
+  uuid: string; disk: string; checkpoint: string; dirs: readonly string[];
+}): Promise<{ path: string; format: string } | null> {
+  let best: { path: string; format: string; time: number } | null = null;
+  for (const dir of new Set(q.dirs)) {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const name of names.filter((n) => n.endsWith(MANIFEST_SUFFIX))) {
+      const target = path.join(dir, name.slice(0, -MANIFEST_SUFFIX.length));
+      const m = await readManifest(target).catch(() => null);
+      if (!m || m.mode !== 'push' || m.checksum === null || !existsSync(target)) continue;
+      if (m.domain.uuid !== q.uuid || m.disk !== q.disk || m.checkpoint !== q.checkpoint) continue;
+      if (best === null || m.time > best.time) best = { path: target, format: m.format, time: m.time };
+    }
+  }
+  return best && { path: best.path, format: best.format };
 }
 
 export async function writePushManifests(info: FinishedPush, liveSources: ReadonlySet<string>): Promise<void> {

@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import type { DriverEvent } from '../../src/api/driver.js';
 import { MonitorCommandFlags } from '../../src/flags.js';
 import type { LogFields, Logger } from '../../src/log.js';
-import { writePushManifests } from '../../src/repository/push-manifests.js';
+import { findPushBackup, writePushManifests } from '../../src/repository/push-manifests.js';
 import { QemuDriver, type QemuDriverOptions } from '../../src/qemu/driver.js';
 
 const run = promisify(execFile);
@@ -168,6 +168,7 @@ export async function makeTestEnv(t?: TestContext): Promise<TestEnv> {
         stateDir,
         runDir,
         afterPushComplete: writePushManifests, // as virtbackd assembles it
+        locatePreviousBackup: findPushBackup,
         ...opts,
         listener: (ev) => {
           events.push(ev);
