@@ -92,11 +92,13 @@ async function qemuLeftovers(w: World, checkpoints: Set<string>): Promise<QemuLe
   const dom = w.domain;
   const jobs = await qmp<{ id: string }[]>(dom, 'query-jobs');
   const exports = await qmp<{ id: string }[]>(dom, 'query-block-exports');
-  const nodes = await qmp<{ 'node-name': string; 'dirty-bitmaps'?: { name: string }[] }[]>(dom, 'query-named-block-nodes', { flat: true });
+  const nodes = await qmp<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>(dom, 'query-named-block-nodes', { flat: true });
   const bitmaps: [string, string][] = [];
   for (const n of nodes) {
     for (const b of n['dirty-bitmaps'] ?? []) {
-      if (n['node-name'] !== w.diskNode || !checkpoints.has(b.name)) bitmaps.push([n['node-name'], b.name]);
+      // an unnamed bitmap is a block job's own; with no job running there is none
+      if (b.name === undefined) bitmaps.push([n['node-name'], '']);
+      else if (n['node-name'] !== w.diskNode || !checkpoints.has(b.name)) bitmaps.push([n['node-name'], b.name]);
     }
   }
   return {
@@ -115,7 +117,7 @@ async function scrubQemu(w: World, l: QemuLeftovers): Promise<void> {
   for (const id of l.jobs) await quiet(qmp(dom, 'job-dismiss', { id }));
   for (const id of l.exports) await quiet(qmp(dom, 'block-export-del', { id, mode: 'hard' }));
   await quiet(qmp(dom, 'nbd-server-stop'));
-  for (const [node, name] of l.bitmaps) await quiet(qmp(dom, 'block-dirty-bitmap-remove', { node, name }));
+  for (const [node, name] of l.bitmaps) if (name !== '') await quiet(qmp(dom, 'block-dirty-bitmap-remove', { node, name }));
   // nodes depend on each other (format over file): a few passes remove them in any order
   for (let pass = 0; pass < 3; pass++) for (const n of l.nodes) await quiet(qmp(dom, 'blockdev-del', { 'node-name': n }));
 }
@@ -142,7 +144,7 @@ export async function audit(w: World, t: Tally, points: Point[], cycle: number, 
     for (const j of l.jobs) note(`QEMU job '${j}' that no backup job owns (query-jobs)`);
     for (const x of l.exports) note(`QEMU block export '${x}' that no pull job owns`);
     for (const n of l.nodes) note(`QEMU block node '${n}' that no job owns (query-named-block-nodes)`);
-    for (const [n, b] of l.bitmaps) note(`bitmap '${b}' on node '${n}' that is neither a checkpoint's nor a job's`);
+    for (const [n, b] of l.bitmaps) note(`${b === '' ? 'unnamed bitmap' : `bitmap '${b}'`} on node '${n}' that is neither a checkpoint's nor a job's`);
     if (l.jobs.length + l.exports.length + l.nodes.length + l.bitmaps.length > 0) await scrubQemu(w, l);
   }
   const allowed = new Set<string>([w.diskFile]);

@@ -73,8 +73,10 @@ export async function settleJob(c: Ctx, id: number | null): Promise<JobEnd> {
   const dom = c.w.domain;
   const jid = id ?? (await dom.listJobIds())[0] ?? null;
   if (jid === null) return { result: 'none', id: null, msg: 'no job' };
+  // a pull job runs until it is ended; a push job is waited for
+  const xml = await dom.backupGetXMLDesc(jid).catch(() => '');
   const end = Date.now() + 120_000;
-  for (;;) {
+  while (!/mode=['"]pull['"]/.test(xml)) {
     // a domain that died has no running job; backupEnd below says how the job ended
     const s = await dom.getJobStats().catch(() => ({ type: JobType.NONE, id: undefined }));
     const running = (s.type === JobType.BOUNDED || s.type === JobType.UNBOUNDED) && (s.id === undefined || s.id === jid);
@@ -154,14 +156,14 @@ function noteJobId(c: Ctx, id: number): void {
 }
 
 /** Record the outcome of a backup; a success becomes a point to restore. */
-function record(c: Ctx, point: Point, end: JobEnd, what: string): void {
+function record(c: Ctx, point: Point, end: JobEnd): void {
   if (end.result === 'ok') {
     c.points.push(point);
     c.t.backupsOk++;
-    c.say(`  ${what}: ok (job ${end.id})`);
+    c.say(`  … ok (job ${end.id})`);
   } else {
     c.t.backupsFailed++;
-    c.say(`  ${what}: ${end.result} (${end.msg})`);
+    c.say(`  … ${end.result} (${end.msg})`);
   }
 }
 
@@ -174,13 +176,14 @@ export async function pushBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
     `<disk name='${DISK}' type='file'><driver type='qcow2'/><target file='${file}'/></disk></disks></domainbackup>`;
   const what = `push ${kind}${base ? ` from ${base}` : ''} with checkpoint ${name}${o.small ? ' onto the full filesystem' : ''}`;
   const instant = c.log.instant;
+  c.say(`  ${what} …`);
   const b = await begin(c, xml, `<domaincheckpoint><name>${name}</name></domaincheckpoint>`, o.fault, r);
   if (b.id !== null) noteJobId(c, b.id);
   if (r.daemonKilled) {
     await c.w.restartDaemon();
   } else if (b.err !== null) {
     c.t.backupsFailed++;
-    c.say(`  ${what}: refused: ${errText(b.err)}`);
+    c.say(`  … refused: ${errText(b.err)}`);
     return;
   } else {
     await faultInJob(c, o.fault, r);
@@ -192,7 +195,7 @@ export async function pushBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   if (end.result === 'ok' && !(await stat(file).then(() => true, () => false))) {
     c.t.find({ what: 'unrestorable', cycle: c.cycle, detail: `${what}: job ${end.id} ended with 1 but its target ${file} does not exist` });
   }
-  record(c, point, end, what);
+  record(c, point, end);
 }
 
 /** A pull backup read with `virtback backup-pull`, its export checked with nbdcopy now and then. */
@@ -208,11 +211,12 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
     `<server transport='unix' socket='${sock}'/><disks><disk name='${DISK}' type='file'/></disks></domainbackup>`;
   const what = `pull ${kind}${base ? ` from ${base}` : ''} with checkpoint ${name}${o.small ? ' onto the full filesystem' : ''}`;
   const instant = c.log.instant;
+  c.say(`  ${what} …`);
   const b = await begin(c, xml, `<domaincheckpoint><name>${name}</name></domaincheckpoint>`, o.fault, r);
   if (b.id !== null) noteJobId(c, b.id);
   if (!r.daemonKilled && b.err !== null) {
     c.t.backupsFailed++;
-    c.say(`  ${what}: refused: ${errText(b.err)}`);
+    c.say(`  … refused: ${errText(b.err)}`);
     return;
   }
   if (r.daemonKilled) {
@@ -224,7 +228,7 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   const id = b.id ?? (await c.w.domain.listJobIds())[0] ?? null;
   if (id === null || r.qemuKilled) {
     c.t.backupsFailed++;
-    c.say(`  ${what}: no job left to read (${id === null ? 'begin rolled back' : 'QEMU died'})`);
+    c.say(`  … no job left to read (${id === null ? 'begin rolled back' : 'QEMU died'})`);
     if (id !== null && !r.qemuKilled) await settleJob(c, id);
     return;
   }
@@ -237,7 +241,7 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   const end = await settleJob(c, id);
   const file = path.join(outDir, `soak-${DISK}.${name}.${raw ? 'raw' : 'qcow2'}`);
   const ok: JobEnd = cli.code === 0 && end.result === 'ok' ? end : { ...end, result: 'failed', msg: cli.code !== 0 ? `backup-pull: ${cli.stderr.trim()}` : end.msg };
-  record(c, { name, mode: 'pull', kind, base, file, instant, cycle: c.cycle }, ok, what);
+  record(c, { name, mode: 'pull', kind, base, file, instant, cycle: c.cycle }, ok);
 }
 
 /** Delete a random checkpoint (its bitmap merges into its parent's). */
