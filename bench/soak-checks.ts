@@ -34,7 +34,7 @@ async function writeExpected(w: World, log: WriteLog, instant: number): Promise<
 }
 
 /** Restore `p` with the CLI (raw or qcow2 at random), compare, and verify it; counts findings. */
-export async function checkPoint(w: World, log: WriteLog, t: Tally, p: Point, cycle: number, opts: { qcow2: boolean; verify: boolean }): Promise<void> {
+export async function checkPoint(w: World, log: WriteLog, t: Tally, p: Point, cycle: number, opts: { qcow2: boolean; verify: boolean; explain?: string }): Promise<void> {
   const format = opts.qcow2 ? 'qcow2' : 'raw';
   const out = path.join(w.dirs.work, `restored.${format}`);
   await rm(out, { force: true });
@@ -42,7 +42,7 @@ export async function checkPoint(w: World, log: WriteLog, t: Tally, p: Point, cy
   try {
     const r = await w.cli('backup-restore', p.file, out, '--format', format);
     if (r.code !== 0) {
-      t.find({ what: 'unrestorable', cycle, detail: `${where}: backup-restore exit ${r.code}: ${r.stderr.trim()}` }, `unrestorable:${p.file}`);
+      t.find({ what: 'unrestorable', cycle, detail: `${where}: backup-restore exit ${r.code}: ${r.stderr.trim()}${opts.explain ?? ''}` }, `unrestorable:${p.file}`);
       return;
     }
     const expected = await writeExpected(w, log, p.instant);
@@ -58,7 +58,7 @@ export async function checkPoint(w: World, log: WriteLog, t: Tally, p: Point, cy
         t.find({ what: 'anomaly', cycle, detail: `${where} restores right but ${verified}` }, `verify:${p.file}`);
       }
     }
-    if (diff !== null) t.find({ what: 'lost', cycle, detail: `${where} restored with other bytes than the disk at its instant: ${diff}; ${verified}` }, `lost:${p.file}`);
+    if (diff !== null) t.find({ what: 'lost', cycle, detail: `${where} restored with other bytes than the disk at its instant: ${diff}; ${verified}${opts.explain ?? ''}` }, `lost:${p.file}`);
   } finally {
     await rm(out, { force: true });
   }

@@ -22,7 +22,18 @@ export interface Ctx {
   /** next checkpoint number (names c1, c2, … never repeat) */
   seq: number;
   maxJobId: number;
+  /** how each checkpoint came to be (which backup, its outcome, the cycle), for findings */
+  history: Map<string, string>;
+  /** cycles at which meta.json was deleted */
+  metaDeleted: number[];
   say(msg: string): void;
+}
+
+/** Why a backup may lack its previous backup: the story of its base checkpoint. */
+export function explainBase(c: Ctx, p: Point): string {
+  if (p.base === null) return '';
+  const metas = c.metaDeleted.filter((n) => n <= p.cycle);
+  return `; base ${p.base} came from: ${c.history.get(p.base) ?? 'unknown'}${metas.length > 0 ? `; meta.json deleted at cycle ${metas.join(', ')}` : ''}`;
 }
 
 export interface CheckpointInfo {
@@ -157,6 +168,8 @@ function noteJobId(c: Ctx, id: number): void {
 
 /** Record the outcome of a backup; a success becomes a point to restore. */
 function record(c: Ctx, point: Point, end: JobEnd): void {
+  const what = `${point.mode} ${point.kind}${point.base ? ` from ${point.base}` : ''} at cycle ${c.cycle}`;
+  c.history.set(point.name, `${what}, ${end.result === 'ok' ? 'reported successful' : `${end.result}: ${end.msg}`}`);
   if (end.result === 'ok') {
     c.points.push(point);
     c.t.backupsOk++;
@@ -183,6 +196,7 @@ export async function pushBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
     await c.w.restartDaemon();
   } else if (b.err !== null) {
     c.t.backupsFailed++;
+    c.history.set(name, `${what} at cycle ${c.cycle}, refused: ${errText(b.err)}`);
     c.say(`  … refused: ${errText(b.err)}`);
     return;
   } else {
@@ -216,6 +230,7 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   if (b.id !== null) noteJobId(c, b.id);
   if (!r.daemonKilled && b.err !== null) {
     c.t.backupsFailed++;
+    c.history.set(name, `${what} at cycle ${c.cycle}, refused: ${errText(b.err)}`);
     c.say(`  … refused: ${errText(b.err)}`);
     return;
   }
@@ -228,6 +243,7 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   const id = b.id ?? (await c.w.domain.listJobIds())[0] ?? null;
   if (id === null || r.qemuKilled) {
     c.t.backupsFailed++;
+    c.history.set(name, `${what} at cycle ${c.cycle}, no job after the fault`);
     c.say(`  … no job left to read (${id === null ? 'begin rolled back' : 'QEMU died'})`);
     if (id !== null && !r.qemuKilled) await settleJob(c, id);
     return;

@@ -10,7 +10,7 @@ import { qemuProcessesFor, socketsUnder } from '../test/helpers/qemu-env.js';
 import { qmp } from '../test/qemu/daemon-util.js';
 import { audit, checkPoint } from './soak-checks.js';
 import { FAULT_KINDS, Rng, Tally, WriteLog, type FaultKind } from './soak-model.js';
-import { checkpoints, deleteCheckpoint, pullBackup, pushBackup, settleJob, writes, type BackupOpts, type BackupRun, type Ctx } from './soak-ops.js';
+import { checkpoints, deleteCheckpoint, explainBase, pullBackup, pushBackup, settleJob, writes, type BackupOpts, type BackupRun, type Ctx } from './soak-ops.js';
 import { World } from './soak-world.js';
 
 export interface SoakOptions {
@@ -35,13 +35,15 @@ export interface SoakResult {
 
 // big enough for a qcow2 header and a small incremental, too small for a full backup
 const SMALL_KIB = 1024;
+/** src/qemu/state.ts writeFileAtomic's temp names: .<file>.tmp-<pid>-<n> */
+const TEMP_FILE = /^\..*\.tmp-\d+-\d+$/;
 
 export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const t0 = Date.now();
   const elapsed = () => (Date.now() - t0) / 1000;
   const t = new Tally();
   const w = await World.create(o.diskMiB);
-  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, say: o.say };
+  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, history: new Map(), metaDeleted: [], say: o.say };
   o.say(`soak: seed ${o.seed}, ${o.cycles} cycles, disk ${o.diskMiB} MiB, in ${w.dirs.dir}`);
   try {
     const why = await w.mountSmall(SMALL_KIB);
@@ -94,7 +96,7 @@ async function oneCycle(c: Ctx, faultRate: number): Promise<void> {
     if (n > 0) c.say(`  ${n} thing(s) left behind`);
     // the invariant after a fault: backups reported successful still restore
     const sample = [...new Set([c.points[c.points.length - 1], c.rng.pick([...c.points, undefined])])];
-    for (const p of sample) if (p) await checkPoint(c.w, c.log, c.t, p, c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.5) });
+    for (const p of sample) if (p) await checkPoint(c.w, c.log, c.t, p, c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.5), explain: explainBase(c, p) });
   }
 }
 
@@ -133,7 +135,10 @@ async function runOp(c: Ctx, fault: FaultKind | null, r: BackupRun): Promise<voi
   if (op === 'push') return pushBackup(c, {}, r);
   if (op === 'pull') return pullBackup(c, {}, r);
   if (op === 'delete') return deleteCheckpoint(c);
-  if (c.points.length > 0) await checkPoint(c.w, c.log, c.t, c.rng.pick(c.points), c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.5) });
+  if (c.points.length > 0) {
+    const p = c.rng.pick(c.points);
+    await checkPoint(c.w, c.log, c.t, p, c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.5), explain: explainBase(c, p) });
+  }
 }
 
 /** Remove a checkpoint's bitmap behind the daemon's back, then back up incrementally from it. */
@@ -159,6 +164,7 @@ async function deleteStateFile(c: Ctx): Promise<void> {
   const state = c.w.env.stateDir;
   const file = c.rng.pick([path.join(state, 'backups', uuid, 'meta.json'), path.join(state, 'checkpoints', uuid, 'current')]);
   await rm(file, { force: true });
+  if (file.endsWith('meta.json')) c.metaDeleted.push(c.cycle);
   c.say(`  fault: deleted ${path.relative(state, file)}; daemon SIGKILL and restart`);
   await c.w.restartDaemon();
 }
@@ -183,7 +189,7 @@ async function finalSweep(c: Ctx, deadline: number): Promise<number> {
       c.say(`time budget: ${c.points.length - i} backups not swept`);
       return c.points.length - i;
     }
-    await checkPoint(c.w, c.log, c.t, p, c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.3) });
+    await checkPoint(c.w, c.log, c.t, p, c.cycle, { qcow2: c.rng.chance(0.3), verify: c.rng.chance(0.3), explain: explainBase(c, p) });
   }
   return 0;
 }
@@ -204,6 +210,11 @@ async function shutdown(c: Ctx): Promise<void> {
   if (exit.code !== 0) t.find({ what: 'anomaly', cycle: c.cycle, detail: `virtbackd exited with ${exit.code ?? exit.signal} on SIGTERM` });
   for (const p of await qemuProcessesFor(w.dirs.dir)) note(`QEMU process ${p.pid} still running after destroy`);
   for (const s of await socketsUnder(w.dirs.dir)) note(`socket ${path.relative(w.dirs.dir, s)} left after the daemon stopped`);
-  for (const f of await readdir(path.join(w.env.stateDir, 'status')).catch(() => [])) note(`status file ${f} left after destroy`);
+  for (const f of await readdir(path.join(w.env.stateDir, 'status')).catch(() => [])) {
+    if (!TEMP_FILE.test(f)) note(`status file ${f} left after destroy`);
+  }
+  // a daemon killed between writing a temp file and renaming it leaves the temp file
+  const state = await readdir(w.env.stateDir, { recursive: true }).catch(() => [] as string[]);
+  for (const f of state) if (TEMP_FILE.test(path.basename(f))) note(`atomic-write temp file state/${f} of a killed daemon`);
   await audit(w, t, c.points, c.cycle, false);
 }
