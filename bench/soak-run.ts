@@ -24,6 +24,8 @@ export interface SoakOptions {
   say(msg: string): void;
   /** keep the temp dir (for a post-mortem) */
   keep?: boolean;
+  /** polled between cycles: true stops the cycles, then the run ends as usual (sweep, shutdown, cleanup) */
+  stopRequested?: () => boolean;
 }
 
 export interface SoakResult {
@@ -55,8 +57,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
     await w.startDomain();
     await writes(c, 20);
     for (let cycle = 1; cycle <= o.cycles; cycle++) {
-      if (elapsed() > o.maxSeconds * 0.7) {
-        o.say(`time budget: stopping after ${cycle - 1} cycles`);
+      if (elapsed() > o.maxSeconds * 0.7 || o.stopRequested?.() === true) {
+        o.say(`${o.stopRequested?.() ? 'interrupted' : 'time budget'}: stopping after ${cycle - 1} cycles`);
         break;
       }
       c.cycle = t.cycles = cycle;

@@ -11,7 +11,9 @@
 //   node --import tsx bench/soak.ts [--seed N] [--cycles N] [--max-seconds S]
 //        [--disk-mib M] [--fault-rate P] [--keep] [--quiet]
 //
-// A run is replayed by its seed (printed first). The target-full fault needs
+// A run is replayed by its seed (printed first): the same choices in the same
+// order, as long as each fault lands the same way (a SIGKILL a few ms into a
+// call races with the daemon, so a loaded machine may take another branch). The target-full fault needs
 // root (it mounts a tiny tmpfs) and is skipped with a note otherwise.
 
 import { parseArgs } from 'node:util';
@@ -35,7 +37,16 @@ const say = (msg: string): void => {
 };
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 
+// Ctrl-C: finish the cycle, sweep, clean up (the tmpfs is unmounted); a second one exits at once
+let interrupted = false;
+process.on('SIGINT', () => {
+  if (interrupted) process.exit(130);
+  interrupted = true;
+  say('SIGINT: stopping after this cycle (again to exit at once, leaving the temp dir behind)');
+});
+
 const result = await runSoak({
+  stopRequested: () => interrupted,
   seed,
   cycles: Number(values.cycles),
   maxSeconds: Number(values['max-seconds']),
