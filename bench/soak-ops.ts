@@ -122,7 +122,8 @@ async function begin(c: Ctx, xml: string, cpXml: string, fault: FaultKind | null
   const p = c.w.domain.backupBegin(xml, cpXml);
   let timer: NodeJS.Timeout | null = null;
   if (fault === 'daemon-kill-in-begin') {
-    const ms = c.rng.range(0, 25);
+    // a few ms lands in the checks; later ones inside the QMP steps (a loaded machine is slow there)
+    const ms = c.rng.chance(0.5) ? c.rng.range(0, 20) : c.rng.range(20, 200);
     timer = setTimeout(() => c.w.killDaemonNow(), ms);
     c.say(`  fault: daemon SIGKILL ${ms} ms into backupBegin`);
   }
@@ -133,7 +134,7 @@ async function begin(c: Ctx, xml: string, cpXml: string, fault: FaultKind | null
   } finally {
     if (timer !== null) {
       // wait for the timer either way: the kill may still be due
-      await sleep(30);
+      await sleep(210);
       clearTimeout(timer);
       if (!c.w.daemonAlive()) r.daemonKilled = true;
     }
