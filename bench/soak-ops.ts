@@ -221,7 +221,8 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   const cps = await checkpoints(c);
   const { kind, base } = o.base !== undefined ? { kind: 'incremental' as const, base: o.base } : chooseBase(c, cps, (n) => pulled.has(n));
   const name = `c${c.seq++}`;
-  const sock = path.join(c.w.dirs.nbd, `${name}.sock`);
+  // users tend to reuse one socket path; a stale socket of a crashed job must not be in the way
+  const sock = path.join(c.w.dirs.nbd, c.rng.chance(0.5) ? 'pull.sock' : `${name}.sock`);
   const xml = `<domainbackup mode='pull'>${base ? `<incremental>${base}</incremental>` : ''}` +
     `<server transport='unix' socket='${sock}'/><disks><disk name='${DISK}' type='file'/></disks></domainbackup>`;
   const what = `pull ${kind}${base ? ` from ${base}` : ''} with checkpoint ${name}${o.small ? ' onto the full filesystem' : ''}`;
