@@ -162,9 +162,10 @@ async function faultInJob(c: Ctx, fault: FaultKind | null | undefined, r: Backup
   }
 }
 
+/** Job ids must never be reused; a reuse is noted once, then counting starts again from it. */
 function noteJobId(c: Ctx, id: number): void {
   if (id <= c.maxJobId) c.t.find({ what: 'anomaly', cycle: c.cycle, detail: `backupBegin returned job id ${id}, not above the ${c.maxJobId} seen before (ids must never be reused)` });
-  c.maxJobId = Math.max(c.maxJobId, id);
+  c.maxJobId = id;
 }
 
 /** Record the outcome of a backup; a success becomes a point to restore. */
