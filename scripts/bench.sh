@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Benchmarks (never part of the test suite): each prints ratios against a
-# baseline measured in the same run. Usage: bash scripts/bench.sh [backup|scale]
+# Benchmarks (never part of the test suite). backup and scale print ratios
+# against a baseline measured in the same run; soak runs ≥ 1000 randomized
+# cycles with faults and exits 1 if a backup was lost, unrestorable or
+# something was left behind (bench/soak.ts; takes long).
+# Usage: bash scripts/bench.sh [backup|scale|soak] [options of that bench,
+#        e.g. soak --seed N --cycles N --max-seconds S]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure-deps.sh"
 which=${1:-all}
-for b in backup scale; do
+[ $# -gt 0 ] && shift
+for b in backup scale soak; do
   if [ "$which" = all ] || [ "$which" = "$b" ]; then
-    [ -f "bench/$b.ts" ] && node --import tsx "bench/$b.ts"
+    [ -f "bench/$b.ts" ] && node --import tsx "bench/$b.ts" "$@"
   fi
 done
