@@ -108,6 +108,12 @@ export interface UndoOptions {
   keep?: (s: BackupStep) => boolean;
   /** a checkpoint's metadata was committed: its bitmaps stay (asked for bitmap steps naming a checkpoint) */
   checkpointKept?: (s: BackupStep & { kind: 'bitmap' }) => Promise<boolean>;
+  /**
+   * Block nodes must really be closed by QEMU: a finished push's targets are
+   * flushed (qcow2 metadata written) only by blockdev-del, so QEMU gone
+   * before that is an error, not "nothing left to undo".
+   */
+  mustClose?: boolean;
 }
 
 /**
@@ -121,7 +127,7 @@ export async function undoSteps(rec: BackupJobRecord, o: UndoOptions): Promise<v
     if (o.keep?.(s)) continue;
     try {
       const kept = s.kind === 'bitmap' && s.checkpoint !== undefined && o.checkpointKept ? await o.checkpointKept(s) : false;
-      if (!kept) await undoOne(o.qmp, s);
+      if (!kept) await undoOne(o.qmp, s, o.mustClose === true);
       rec.steps = rec.steps.filter((x) => x !== s);
     } catch (e) {
       first ??= e;
@@ -144,7 +150,7 @@ async function tolerant(p: Promise<unknown>): Promise<void> {
   }
 }
 
-async function undoOne(qmp: QmpClient | null, r: BackupResource): Promise<void> {
+async function undoOne(qmp: QmpClient | null, r: BackupResource, mustClose: boolean): Promise<void> {
   const live = qmp !== null && !qmp.isClosed ? qmp : null;
   if (r.kind === 'file') {
     await unlink(r.path).catch((e: NodeJS.ErrnoException) => {
@@ -157,7 +163,10 @@ async function undoOne(qmp: QmpClient | null, r: BackupResource): Promise<void> 
     if (r.socket !== null) await removeSocket(r.socket);
     return;
   }
-  if (!live) return; // QEMU is gone and took these with it
+  if (!live) {
+    if (mustClose && r.kind === 'node') throw virErr('OPERATION_FAILED', 'QEMU', `QEMU exited before block node '${r.name}' was closed`);
+    return; // QEMU is gone and took these with it
+  }
   switch (r.kind) {
     case 'object':
       return tolerant(live.execute('object-del', { id: r.id }));

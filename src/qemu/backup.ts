@@ -330,13 +330,15 @@ export class QemuBackups implements BackupOps {
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
     try {
-      await undoSteps(rec, { qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file' });
+      await undoSteps(rec, { qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets });
     } catch (e) {
-      // a target that cannot be closed is not a backup we can vouch for
+      // a target that cannot be closed (flushed) is not a backup we can vouch for
       if (keepTargets) {
         rec.end = 'failed';
         rec.errmsg = `cannot close backup targets: ${toVirError(e).message}`;
         for (const d of rec.disks) if (d.createdFile) await unlink(d.path).catch(() => {});
+        // QEMU is gone: its nodes went with it and the files we created were just removed
+        if (qmp === null || qmp.isClosed) rec.steps = [];
       }
     }
     const store = this.table(dom).store;

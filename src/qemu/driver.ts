@@ -8,6 +8,7 @@
 // monitor, agent, node indexes, status file), event-bus.ts, hook-set.ts.
 // The checkpoint and backup modules get this object as their DomainHost.
 
+import path from 'node:path';
 import type {
   Driver,
   DomainRef,
@@ -37,7 +38,7 @@ import type { GuestAgentClient } from './qmp/agent.js';
 import type { QmpClient } from './qmp/client.js';
 import { DomainRegistry } from './registry.js';
 import { notRunning, type QemuRuntime } from './runtime.js';
-import { resolveDirs, StatePaths, writeFileAtomic } from './state.js';
+import { removeStaleTempFiles, resolveDirs, StatePaths, writeFileAtomic } from './state.js';
 
 export interface QemuDriverOptions {
   /** definitions and status files; default see resolveDirs (env VIRTBACK_STATE_DIR) */
@@ -129,6 +130,11 @@ export class QemuDriver implements Driver, DomainHost {
       ...(opts.locatePreviousBackup ? { locatePreviousBackup: opts.locatePreviousBackup } : {}),
     })))(d, checkpoints);
     await d.paths.ensure();
+    for (const sub of ['domains', 'status', 'checkpoints', 'backups']) {
+      for (const file of await removeStaleTempFiles(path.join(d.paths.dirs.stateDir, sub))) {
+        d.log.info({ file }, 'removed the temp file of a killed writer');
+      }
+    }
     await d.definitions.load();
     await d.lifecycle.reconnectAll();
     return d;

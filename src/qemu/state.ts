@@ -105,6 +105,33 @@ async function fsyncDir(dir: string): Promise<void> {
 }
 
 let tmpCounter = 0;
+/** `.<name>.tmp-<pid>-<n>`: what writeFileAtomic leaves when its process is killed between write and rename */
+const TMP_RE = /^\..+\.tmp-(\d+)-\d+$/;
+
+/**
+ * Remove the temp files of writers that were killed (a SIGKILL between write
+ * and rename), in `dir` and the folders right below it. Only one driver
+ * works on a state directory (virtbackd holds its lock), so a temp file of
+ * another pid is nobody's.
+ */
+export async function removeStaleTempFiles(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) {
+      for (const sub of await readdir(p).catch(() => [] as string[])) {
+        const m = TMP_RE.exec(sub);
+        if (m && Number(m[1]) !== process.pid) removed.push(path.join(p, sub));
+      }
+    } else {
+      const m = TMP_RE.exec(e.name);
+      if (m && Number(m[1]) !== process.pid) removed.push(p);
+    }
+  }
+  for (const p of removed) await rm(p, { force: true });
+  return removed;
+}
 
 /** Write `data` to `file` atomically: temp file + fsync + rename + fsync of the directory. */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
