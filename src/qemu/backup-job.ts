@@ -127,6 +127,8 @@ const KEEP_FINISHED = 64;
 
 export class BackupMetaStore {
   meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null, pendingAfterPush: [] };
+  /** meta.json was missing or unreadable although the domain had backup metadata before: the ids handed out are unknown */
+  lost = false;
 
   constructor(readonly dir: string, private readonly log: Logger) {}
 
@@ -135,7 +137,10 @@ export class BackupMetaStore {
   }
 
   async load(): Promise<void> {
-    if (!existsSync(this.file)) return;
+    if (!existsSync(this.file)) {
+      this.lost = existsSync(this.dir); // the folder is made by the first save
+      return;
+    }
     try {
       const v = JSON.parse(await readFile(this.file, 'utf8')) as Partial<BackupMeta>;
       this.meta = {
@@ -145,6 +150,7 @@ export class BackupMetaStore {
         pendingAfterPush: Array.isArray(v.pendingAfterPush) ? v.pendingAfterPush : [],
       };
     } catch (e) {
+      this.lost = true;
       this.log.warn({ file: this.file, ...errField(e) }, 'cannot read backup metadata');
     }
   }
@@ -154,10 +160,11 @@ export class BackupMetaStore {
     await writeFileAtomic(this.file, JSON.stringify(this.meta, null, 2) + '\n');
   }
 
-  /** The next job id, persisted before it is handed out. */
-  async nextJobId(): Promise<number> {
-    this.meta.lastJobId += 1;
+  /** The next job id above `floor` (ids known from elsewhere), persisted before it is handed out. */
+  async nextJobId(floor = 0): Promise<number> {
+    this.meta.lastJobId = Math.max(this.meta.lastJobId, floor) + 1;
     await this.save();
+    this.lost = false;
     return this.meta.lastJobId;
   }
 

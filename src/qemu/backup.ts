@@ -58,6 +58,8 @@ export interface QemuBackupsOptions {
 }
 
 const EXTRA_KEY = 'backupJob';
+/** the last job id handed out, kept in the status file too (meta.json may be lost) */
+const LAST_JOB_ID_KEY = 'lastBackupJobId';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -147,6 +149,21 @@ export class QemuBackups implements BackupOps {
     return t;
   }
 
+  /**
+   * Job ids are never reused, even when meta.json (which counts them) is
+   * lost: the running domain's status file keeps the last id too, and a
+   * domain whose meta.json vanished from its folder (or is unreadable)
+   * continues above the seconds since 2020 — above every id it can have
+   * handed out, and within an int until 2088.
+   */
+  private jobIdFloor(dom: DomainObject, store: BackupMetaStore): number {
+    const inStatus = dom.run?.status.extra[LAST_JOB_ID_KEY];
+    const fromStatus = typeof inStatus === 'number' ? inStatus : 0;
+    // the status file's id is the newest ever handed out (each one was above all before it)
+    if (fromStatus > 0) return fromStatus;
+    return store.lost ? Math.floor((Date.now() - Date.UTC(2020, 0, 1)) / 1000) : 0;
+  }
+
   private publish(dom: DomainObject, ev: DriverEvent): void {
     if (this.recovering.has(dom.uuid)) this.recoveredList.push(ev);
     this.driver.emit(ev);
@@ -212,7 +229,8 @@ export class QemuBackups implements BackupOps {
       backupXml, checkpointXml, flags, finished: table.store.meta.finished, locate: this.opts.locatePreviousBackup ?? null,
       tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },
     });
-    const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId());
+    const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId(this.jobIdFloor(dom, table.store)));
+    if (dom.run) dom.run.status.extra[LAST_JOB_ID_KEY] = a.id; // saved with the write-ahead log's first entry
     const plan = planBackup({
       def: p.def, disks: a.disks, checkpointActions: p.checkpoint?.actions ?? [], reuseExternal: p.reuseExternal,
       port: a.port, speed: this.opts.speed, perf: this.opts.perf, tls: a.tls,
