@@ -86,24 +86,30 @@ test('backup errors: codes, and nothing left behind after each failure', async (
     driver.backupBegin(uuid, `<domainbackup><disks><disk name='sda' type='file'><target file='${existing}'/></disk></disks></domainbackup>`, null, 0),
     new RegExp(`store '${existing}' for backup of 'sda' exists`));
 
+  // c1 was made by checkpointCreateXML: no push backup to back an incremental target
+  await fails('incremental push without its previous backup', ErrorCode.OPERATION_INVALID,
+    driver.backupBegin(uuid, '<domainbackup><incremental>c1</incremental></domainbackup>', null, 0),
+    /incremental backup of disk 'sda' since checkpoint 'c1' needs the push backup taken with 'c1' \(e\.g\. '.*\.c1'\), which was not found/);
+
   // failure half-way: sda's target is created and attached, sdb's cannot be created
   await fails('second target in a missing directory', ErrorCode.SYSTEM_ERROR,
     driver.backupBegin(uuid, `<domainbackup><disks><disk name='sda' type='file'><target file='${env.dir}/t-sda.qcow2'/></disk>` +
       `<disk name='sdb' type='file'><target file='${env.dir}/missing/t-sdb.qcow2'/></disk></disks></domainbackup>`, null, 0),
     /failed to create image file/);
 
-  // failure after the NBD server started: the transaction fails (a bitmap of that name is in the way)
+  // failure in the transaction (a bitmap named like the new checkpoint is in the way):
+  // the targets created and attached before it are removed
   const sdaNode = driver.diskNodes(uuid).find((d) => d.target === 'sda')!.formatNode!;
-  await qmp(driver, uuid, 'block-dirty-bitmap-add', { node: sdaNode, name: 'backup-sda', disabled: true });
+  await qmp(driver, uuid, 'block-dirty-bitmap-add', { node: sdaNode, name: 'c9', disabled: true });
   const withBlocker = await qemuState(driver, uuid);
   await assert.rejects(
-    driver.backupBegin(uuid, `<domainbackup><incremental>c1</incremental></domainbackup>`, '<domaincheckpoint><name>c9</name></domaincheckpoint>', 0),
+    driver.backupBegin(uuid, null, '<domaincheckpoint><name>c9</name></domaincheckpoint>', 0),
     (e: { code: number; message: string }) => e.code === ErrorCode.INTERNAL_ERROR && /transaction/.test(e.message),
   );
   assert.deepEqual(await qemuState(driver, uuid), withBlocker, 'transaction failure: QEMU state unchanged');
   assert.deepEqual(await files(), baseFiles, 'transaction failure: targets removed');
   assert.deepEqual(await driver.listAllCheckpoints(uuid, 0), ['c1'], 'the checkpoint of a failed begin is not recorded');
-  await qmp(driver, uuid, 'block-dirty-bitmap-remove', { node: sdaNode, name: 'backup-sda' });
+  await qmp(driver, uuid, 'block-dirty-bitmap-remove', { node: sdaNode, name: 'c9' });
 
   // failure after the transaction (pull: the second export has the same name): the checkpoint stays
   const sock = path.join(env.dir, 'n.sock');
