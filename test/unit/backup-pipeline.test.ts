@@ -33,6 +33,9 @@ async function world(): Promise<World> {
     { target: 'sdb', node: 'libvirt-1-format', file: path.join(dir, 'b.qcow2'), size: 32 * MiB },
   ];
   for (const d of disks) await writeFile(d.file, 'disk');
+  // the push backup taken with c1, which an incremental push target is backed by (kept apart from what files() lists)
+  await mkdir(path.join(dir, 'previous'));
+  await writeFile(path.join(dir, 'previous', 'sda.qcow2.c1'), 'previous backup');
   const dirs = { stateDir: path.join(dir, 'state'), runDir: path.join(dir, 'run') };
   await mkdir(dirs.runDir, { recursive: true });
   const qemu = await ScriptedQemu.start(path.join(dir, 'qmp.sock'), disks.map((d) => ({ node: d.node, file: d.file, size: d.size, bitmaps: ['c1'] })));
@@ -49,13 +52,16 @@ async function closeWorld(w: World): Promise<void> {
 function driver(w: World, status?: string): { host: FakeHost; backups: QemuBackups } {
   const host = new FakeHost(w.qemu, w.dirs, w.disks, status);
   w.hosts.push(host);
-  const backups = new QemuBackups(host, new FakeCheckpoints(w.committed), { tlsX509CertDir: w.dir });
+  const backups = new QemuBackups(host, new FakeCheckpoints(w.committed), {
+    tlsX509CertDir: w.dir,
+    locatePreviousBackup: async () => ({ path: path.join(w.dir, 'previous', 'sda.qcow2.c1'), format: 'qcow2' }),
+  });
   return { host, backups };
 }
 
-/** Files next to the disks (the state and run directories, the monitor socket aside). */
+/** Files next to the disks (the state and run directories, the monitor socket and the previous backup aside). */
 async function files(w: World): Promise<string[]> {
-  return (await readdir(w.dir)).filter((f) => !['state', 'run', 'qmp.sock'].includes(f)).sort();
+  return (await readdir(w.dir)).filter((f) => !['state', 'run', 'qmp.sock', 'previous'].includes(f)).sort();
 }
 
 interface Scenario {
