@@ -79,6 +79,27 @@ export interface LifecycleEvent {
   detail: string;
 }
 
+/**
+ * What a driver reports of a push backup that completed, its targets closed:
+ * the input of the work injected after it (virtbackd writes manifests).
+ */
+export interface FinishedPush {
+  uuid: string;
+  name: string;
+  jobId: number;
+  /** the backup instant, epoch milliseconds */
+  time: number;
+  disks: {
+    target: string;
+    path: string;
+    format: string;
+    checkpoint: string | null;
+    incremental: string | null;
+    backingFile: string | null;
+    virtualSize: number;
+  }[];
+}
+
 export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent;
 
 export type EventListener = (event: DriverEvent) => void;

@@ -10,7 +10,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { JobStats } from '../api/driver.js';
+import type { FinishedPush, JobStats } from '../api/driver.js';
 import { JobOperation, JobType } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
@@ -97,22 +97,7 @@ export interface FinishedTarget {
 }
 
 /** What afterPushComplete learns of a finished push (the backup manifest writer's input). */
-export interface PushCompleteInfo {
-  uuid: string;
-  name: string;
-  jobId: number;
-  /** the backup instant, epoch milliseconds */
-  time: number;
-  disks: {
-    target: string;
-    path: string;
-    format: string;
-    checkpoint: string | null;
-    incremental: string | null;
-    backingFile: string | null;
-    virtualSize: number;
-  }[];
-}
+export type PushCompleteInfo = FinishedPush;
 
 export interface BackupMeta {
   lastJobId: number;

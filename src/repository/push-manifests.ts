@@ -1,30 +1,13 @@
 // Manifests of a finished push backup: one per target, written after the
 // target is closed, in the background after job-completed (backupEnd of the
 // job returns once they are on disk). Injected into the QEMU driver by
-// whoever assembles it (virtbackd, the SDK's embedded driver, tests).
+// whoever assembles it (virtbackd, the tests).
 
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import type { FinishedPush } from '../api/driver.js';
 import { MANIFEST_SUFFIX, readManifest, writeManifest } from './manifest.js';
-
-/** A finished push job as the driver reports it (the QEMU driver's PushCompleteInfo). */
-export interface FinishedPush {
-  uuid: string;
-  name: string;
-  jobId: number;
-  /** the backup instant, epoch milliseconds */
-  time: number;
-  disks: {
-    target: string;
-    path: string;
-    format: string;
-    checkpoint: string | null;
-    incremental: string | null;
-    backingFile: string | null;
-    virtualSize: number;
-  }[];
-}
 
 /**
  * The push backup of `disk` taken together with `checkpoint`, found from the
