@@ -11,6 +11,37 @@ export const FRAME_HEADER_BYTES = 4;
 /** Largest payload we send or accept (16 MiB): an XML document of 1 MiB fits many times over. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Largest frame a read-only client may send: its calls carry names, UUIDs,
+ * flags and job ids, never XML, so 64 KiB is plenty, and any local user can
+ * open that socket.
+ */
+export const MAX_READ_ONLY_FRAME_BYTES = 64 * 1024;
+
+/** Deepest JSON nesting a call may have (ours need 3): checked before parsing, which is recursive and slow on deep input. */
+export const MAX_JSON_DEPTH = 32;
+
+/**
+ * Whether the JSON text in `payload` nests arrays/objects deeper than `max`,
+ * found by one pass over the bytes (brackets inside strings do not count).
+ * Malformed JSON is left to JSON.parse.
+ */
+export function jsonDepthExceeds(payload: Buffer, max: number = MAX_JSON_DEPTH): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < payload.length; i++) {
+    const c = payload[i]!;
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
+
 /** Length prefix + payload. Throws RPC if the payload is larger than `maxFrame`. */
 export function encodeFrame(payload: Buffer, maxFrame: number = MAX_FRAME_BYTES): Buffer {
   if (payload.length > maxFrame) {

@@ -12,7 +12,7 @@ import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
+import { FrameDecoder, MAX_FRAME_BYTES, MAX_JSON_DEPTH, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonDepthExceeds } from './frame.js';
 import {
   CallMessageSchema,
   HelloArgsSchema,
@@ -28,6 +28,8 @@ import {
 export interface ServerOptions {
   /** Largest frame accepted or sent. */
   maxFrame?: number;
+  /** Largest frame accepted from a read-only client (default MAX_READ_ONLY_FRAME_BYTES). */
+  maxReadOnlyFrame?: number;
   /** Bytes queued for one client beyond which that client is dropped (default 64 MiB). */
   maxQueuedBytes?: number;
   /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
@@ -76,7 +78,7 @@ class ClientConnection {
     readonly id: number,
     private readonly driver: CheckedDriver,
   ) {
-    this.decoder = new FrameDecoder(server.maxFrame);
+    this.decoder = new FrameDecoder(readOnly ? Math.min(server.maxFrame, server.maxReadOnlyFrame) : server.maxFrame);
     this.log = server.log.child({ client: id });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.log.debug({ error: e.message }, 'client socket error'));
@@ -100,6 +102,10 @@ class ClientConnection {
   }
 
   private onFrame(frame: Buffer): void {
+    if (jsonDepthExceeds(frame)) {
+      this.sendError(0, virErr('RPC', 'RPC', `malformed message: nested deeper than ${MAX_JSON_DEPTH} levels`));
+      return;
+    }
     let raw: unknown;
     try {
       raw = JSON.parse(frame.toString('utf8'));
@@ -231,6 +237,7 @@ class ClientConnection {
 
 export class RemoteServer {
   readonly maxFrame: number;
+  readonly maxReadOnlyFrame: number;
   readonly maxQueuedBytes: number;
   readonly maxInflight: number;
   readonly log: Logger;
@@ -245,6 +252,7 @@ export class RemoteServer {
 
   constructor(driver: Driver, opts: ServerOptions = {}) {
     this.maxFrame = opts.maxFrame ?? MAX_FRAME_BYTES;
+    this.maxReadOnlyFrame = opts.maxReadOnlyFrame ?? MAX_READ_ONLY_FRAME_BYTES;
     this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
     this.maxInflight = opts.maxInflight ?? 32;
     this.log = opts.logger ?? silentLogger;

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { FrameDecoder, encodeFrame } from '../../src/remote/frame.js';
+import { FrameDecoder, MAX_JSON_DEPTH, encodeFrame, jsonDepthExceeds } from '../../src/remote/frame.js';
 import { VirError } from '../../src/errors.js';
 
 const payloads = [Buffer.from('{"type":"call"}'), Buffer.alloc(0), Buffer.from('é€𝄞 unicode'), Buffer.alloc(300, 7)];
@@ -79,4 +79,22 @@ test('pending bytes stay bounded by one frame', () => {
   assert.equal(d.pendingBytes, 60);
   assert.equal(d.push(f.subarray(60)).length, 1);
   assert.equal(d.pendingBytes, 0);
+});
+
+test('jsonDepthExceeds counts array/object nesting outside strings, before any parsing', () => {
+  const nest = (n: number): string => '['.repeat(n) + ']'.repeat(n);
+  assert.equal(jsonDepthExceeds(Buffer.from(nest(MAX_JSON_DEPTH))), false);
+  assert.equal(jsonDepthExceeds(Buffer.from(nest(MAX_JSON_DEPTH + 1))), true);
+  assert.equal(jsonDepthExceeds(Buffer.from(`{"a":${nest(MAX_JSON_DEPTH)}}`)), true);
+  // brackets inside strings, escaped quotes and backslashes do not count
+  assert.equal(jsonDepthExceeds(Buffer.from(JSON.stringify({ s: '['.repeat(100), t: '\\"[[[', u: '\\' }))), false);
+  assert.equal(jsonDepthExceeds(Buffer.from(JSON.stringify(['x\\', nest(50), { y: '"{{{' }]))), false);
+  // siblings do not add up
+  assert.equal(jsonDepthExceeds(Buffer.from(`[${Array(1000).fill(nest(10)).join(',')}]`)), false);
+  // agrees with the depth JSON.parse sees, on random documents
+  fc.assert(fc.property(fc.jsonValue({ maxDepth: 40 }), (v) => {
+    const text = JSON.stringify(v);
+    const depth = (x: unknown): number => (typeof x === 'object' && x !== null ? 1 + Math.max(0, ...Object.values(x).map(depth)) : 0);
+    assert.equal(jsonDepthExceeds(Buffer.from(text), 10), depth(v) > 10);
+  }), { numRuns: 300 });
 });

@@ -217,6 +217,37 @@ test('malformed messages get an error with serial 0; a broken frame drops only t
   assert.equal((await again.call(1, 'listJobIds', ['u'])).type, 'reply');
 });
 
+test('hostile frames: deep nesting is refused before parsing; the read-only socket takes only small frames', async (t) => {
+  const s = await setup(t);
+  const other = await client(t, s.ro);
+  const frame = (payload: Buffer): Buffer => {
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(payload.length);
+    return Buffer.concat([head, payload]);
+  };
+  // 100 000 levels of arrays on the read-write socket: refused unparsed, the client stays served
+  const rwDeep = await raw(t, s.rw);
+  rwDeep.sendRaw(frame(Buffer.from('['.repeat(100_000) + ']'.repeat(100_000))));
+  const tooDeep = await rwDeep.waitFor((m) => m.type === 'error');
+  assert.equal(tooDeep.serial, 0);
+  assert.match(asError(tooDeep).message, /nested deeper than 32 levels/);
+  assert.equal((await rwDeep.call(2, 'listJobIds', ['u'])).type, 'reply', 'still served');
+  // the same on the read-only socket, small enough for its frame limit
+  const roDeep = await raw(t, s.ro);
+  roDeep.sendRaw(frame(Buffer.from('{"a":' + '['.repeat(40) + ']'.repeat(40) + '}')));
+  assert.match(asError(await roDeep.waitFor((m) => m.type === 'error')).message, /nested deeper/);
+  assert.equal((await roDeep.call(3, 'listJobIds', ['u'])).type, 'reply', 'still served');
+  // a read-only client's frame over 64 KiB drops it; the same frame on the read-write socket is answered
+  const big = { type: 'call', serial: 4, proc: 'listJobIds', args: ['u'], pad: 'x'.repeat(70 * 1024) };
+  const ro = await raw(t, s.ro);
+  ro.send(big);
+  await ro.waitClosed();
+  const rw = await raw(t, s.rw);
+  rw.send(big);
+  assert.equal((await rw.waitFor((m) => m.serial === 4)).serial, 4, 'answered');
+  assert.deepEqual(await other.listJobIds('u'), [7], 'others are served meanwhile');
+});
+
 test('a client that disconnects mid-call is harmless', async (t) => {
   const s = await setup(t);
   let release!: () => void;
