@@ -32,6 +32,14 @@ export interface ServerOptions {
   maxReadOnlyFrame?: number;
   /** Bytes queued for one client beyond which that client is dropped (default 64 MiB). */
   maxQueuedBytes?: number;
+  /**
+   * Bytes held for all clients together (unread input and queued output)
+   * beyond which the heaviest client is dropped (default 256 MiB): many
+   * clients each under their own bound must not add up to the daemon's memory.
+   */
+  maxTotalBufferedBytes?: number;
+  /** Connections beyond which new ones are closed at once (default 1024). */
+  maxClients?: number;
   /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
   maxInflight?: number;
   /** daemon log (default: silent); client lines carry `client` (a per-server connection number) */
@@ -95,6 +103,8 @@ class ClientConnection {
       this.drop(toVirError(e).message);
       return;
     }
+    this.server.checkBudget(this);
+    if (this.closed) return;
     for (const frame of frames) {
       if (this.closed) return;
       this.onFrame(frame);
@@ -217,7 +227,12 @@ class ClientConnection {
     this.socket.write(frame);
     if (this.socket.writableLength > this.server.maxQueuedBytes) {
       this.drop(`outgoing queue over ${this.server.maxQueuedBytes} bytes (client not reading)`);
-    }
+    } else this.server.checkBudget(this);
+  }
+
+  /** Bytes held for this client: input waiting for the rest of a frame, output not yet taken by it. */
+  get bufferedBytes(): number {
+    return this.decoder.pendingBytes + this.socket.writableLength;
   }
 
   drop(reason: string): void {
@@ -235,8 +250,13 @@ class ClientConnection {
   }
 }
 
+/** Below this many bytes held, a client is not worth a scan of all clients' buffers. */
+const BUDGET_SCAN_FLOOR = 256 * 1024;
+
 export class RemoteServer {
   readonly maxFrame: number;
+  readonly maxTotalBufferedBytes: number;
+  readonly maxClients: number;
   readonly maxReadOnlyFrame: number;
   readonly maxQueuedBytes: number;
   readonly maxInflight: number;
@@ -253,6 +273,8 @@ export class RemoteServer {
   constructor(driver: Driver, opts: ServerOptions = {}) {
     this.maxFrame = opts.maxFrame ?? MAX_FRAME_BYTES;
     this.maxReadOnlyFrame = opts.maxReadOnlyFrame ?? MAX_READ_ONLY_FRAME_BYTES;
+    this.maxTotalBufferedBytes = opts.maxTotalBufferedBytes ?? 256 * 1024 * 1024;
+    this.maxClients = opts.maxClients ?? 1024;
     this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
     this.maxInflight = opts.maxInflight ?? 32;
     this.log = opts.logger ?? silentLogger;
@@ -322,10 +344,41 @@ export class RemoteServer {
   }
 
   private accept(socket: net.Socket, readOnly: boolean): void {
+    if (this.clients.size >= this.maxClients) {
+      this.log.warn({ readOnly, clients: this.clients.size }, 'connection refused: too many clients');
+      socket.destroy();
+      return;
+    }
     const id = this.nextClientId++;
     const client = new ClientConnection(this, socket, readOnly, id, readOnly ? this.ro : this.rw);
     this.clients.add(client);
     this.log.debug({ client: id, readOnly, peer: socket.remoteAddress ?? 'unix' }, 'client connected');
+  }
+
+  /** Bytes held for all clients now (unread input, queued output). */
+  get bufferedBytes(): number {
+    let total = 0;
+    for (const c of this.clients) total += c.bufferedBytes;
+    return total;
+  }
+
+  /**
+   * @internal The daemon-wide bound on what clients make it hold: over it,
+   * the client holding the most is dropped. Scanned only when `client`
+   * itself holds a fair amount (below the floor, all clients together stay
+   * under maxClients × floor).
+   */
+  checkBudget(client: ClientConnection): void {
+    if (client.bufferedBytes < BUDGET_SCAN_FLOOR) return;
+    let total = 0;
+    let heaviest = client;
+    for (const c of this.clients) {
+      total += c.bufferedBytes;
+      if (c.bufferedBytes > heaviest.bufferedBytes) heaviest = c;
+    }
+    if (total > this.maxTotalBufferedBytes) {
+      heaviest.drop(`clients hold ${total} bytes, over the daemon's ${this.maxTotalBufferedBytes}; this one held ${heaviest.bufferedBytes}`);
+    }
   }
 
   /** @internal */

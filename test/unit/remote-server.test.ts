@@ -248,6 +248,32 @@ test('hostile frames: deep nesting is refused before parsing; the read-only sock
   assert.deepEqual(await other.listJobIds('u'), [7], 'others are served meanwhile');
 });
 
+test('clients that stop reading cannot add up past the daemon-wide budget; connections are capped', async (t) => {
+  const s = await setup(t, { maxTotalBufferedBytes: 1024 * 1024, maxClients: 6 });
+  const big = 'x'.repeat(200 * 1024);
+  s.driver.behaviour.domainGetXMLDesc = async () => big;
+  const good = await client(t, s.rw);
+  const stalled = [];
+  for (let k = 0; k < 4; k++) {
+    const r = await raw(t, s.ro);
+    r.socket.pause();
+    for (let i = 1; i <= 3; i++) r.send({ type: 'call', serial: i, proc: 'domainGetXMLDesc', args: ['u', 0] });
+    stalled.push(r);
+  }
+  for (let i = 0; i < 5; i++) assert.equal((await good.domainGetXMLDesc('u', 0)).length, big.length);
+  // each stalled client is under its own 64 MiB bound; together they would be over 1 MiB: the heaviest go
+  const deadline = Date.now() + 5000;
+  while (s.server.clientCount > 4 && Date.now() < deadline) await new Promise((x) => setTimeout(x, 20));
+  assert.ok(s.server.clientCount <= 4, `a stalled client was dropped (${s.server.clientCount} left)`);
+  assert.ok(s.server.bufferedBytes <= 1024 * 1024, `${s.server.bufferedBytes} bytes held, within the budget`);
+  assert.deepEqual(await good.listJobIds('u'), [7], 'the reading client is served');
+  // the connection cap: beyond maxClients a new connection is closed at once
+  const extra = [];
+  for (let k = 0; k < 6; k++) extra.push(await raw(t, s.ro));
+  await extra[extra.length - 1]!.waitClosed();
+  assert.ok(s.server.clientCount <= 6);
+});
+
 test('a client that disconnects mid-call is harmless', async (t) => {
   const s = await setup(t);
   let release!: () => void;
