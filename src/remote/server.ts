@@ -40,6 +40,8 @@ export interface ServerOptions {
   maxTotalBufferedBytes?: number;
   /** Connections beyond which new ones are closed at once (default 1024). */
   maxClients?: number;
+  /** How long a client may leave its queued replies untaken before it is dropped (default 10 s). */
+  stalledReaderMs?: number;
   /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
   maxInflight?: number;
   /** daemon log (default: silent); client lines carry `client` (a per-server connection number) */
@@ -73,6 +75,8 @@ class ClientConnection {
   private readonly decoder: FrameDecoder;
   private inflight = 0;
   private paused = false;
+  /** replies are waiting in the socket's queue: reading is paused until it drains */
+  private waitingDrain = false;
   closed = false;
   subscribed = false;
   /** the backlog was sent (each connection gets it once) */
@@ -149,10 +153,7 @@ class ClientConnection {
       )
       .finally(() => {
         this.inflight--;
-        if (this.paused && this.inflight < this.server.maxInflight && !this.closed) {
-          this.paused = false;
-          this.socket.resume();
-        }
+        this.maybeResume();
       });
   }
 
@@ -224,10 +225,39 @@ class ClientConnection {
       if (msg.type === 'reply') this.sendError(msg.serial, e);
       return;
     }
-    this.socket.write(frame);
+    if (!this.socket.write(frame)) this.holdUntilDrained();
     if (this.socket.writableLength > this.server.maxQueuedBytes) {
       this.drop(`outgoing queue over ${this.server.maxQueuedBytes} bytes (client not reading)`);
     } else this.server.checkBudget(this);
+  }
+
+  /**
+   * A client that does not take its replies gets no more of its calls read
+   * until it does: each queued write costs far more memory than its bytes.
+   */
+  private holdUntilDrained(): void {
+    if (this.waitingDrain) return;
+    this.waitingDrain = true;
+    if (!this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    const ms = this.server.stalledReaderMs;
+    const stalled = setTimeout(() => this.drop(`took none of its replies for ${ms} ms`), ms);
+    stalled.unref();
+    this.socket.once('drain', () => {
+      clearTimeout(stalled);
+      this.waitingDrain = false;
+      this.maybeResume();
+    });
+  }
+
+  /** Read the client's calls again once neither too many are in flight nor its replies wait. */
+  private maybeResume(): void {
+    if (this.paused && !this.closed && !this.waitingDrain && this.inflight < this.server.maxInflight) {
+      this.paused = false;
+      this.socket.resume();
+    }
   }
 
   /** Bytes held for this client: input waiting for the rest of a frame, output not yet taken by it. */
@@ -257,6 +287,7 @@ export class RemoteServer {
   readonly maxFrame: number;
   readonly maxTotalBufferedBytes: number;
   readonly maxClients: number;
+  readonly stalledReaderMs: number;
   readonly maxReadOnlyFrame: number;
   readonly maxQueuedBytes: number;
   readonly maxInflight: number;
@@ -275,6 +306,7 @@ export class RemoteServer {
     this.maxReadOnlyFrame = opts.maxReadOnlyFrame ?? MAX_READ_ONLY_FRAME_BYTES;
     this.maxTotalBufferedBytes = opts.maxTotalBufferedBytes ?? 256 * 1024 * 1024;
     this.maxClients = opts.maxClients ?? 1024;
+    this.stalledReaderMs = opts.stalledReaderMs ?? 10_000;
     this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
     this.maxInflight = opts.maxInflight ?? 32;
     this.log = opts.logger ?? silentLogger;

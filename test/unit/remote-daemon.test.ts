@@ -289,3 +289,45 @@ test('virtback:///session starts the per-user daemon on demand', async (t) => {
   process.kill(pid, 'SIGTERM');
   await until(() => !alive(pid), 'the session daemon to exit');
 });
+
+/** The daemon's resident memory in bytes. */
+function rss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+test('attacks on the read-only socket by another user: root\'s calls keep answering fast, memory stays bounded', async (t) => {
+  if (process.getuid?.() !== 0 || spawnSync('id', ['nobody']).status !== 0) {
+    t.skip('needs root and a user nobody');
+    return;
+  }
+  const dir = tmp(t);
+  fs.chmodSync(dir, 0o755); // nobody reaches the read-only socket through it
+  const d = await startReady(t, dir);
+  const pid = d.child.pid!;
+  const rw = await connect(`virtback+unix:///?socket=${path.join(d.run, 'virtbackd.sock')}`);
+  t.after(() => rw.close());
+  for (let i = 0; i < 20; i++) await rw.listAllDomains(); // warm up
+  const before = rss(pid);
+  const attack = spawn('runuser', ['-u', 'nobody', '--', process.execPath, path.join(import.meta.dirname, 'hostile-attack.mjs'),
+    path.join(d.run, 'virtbackd-ro.sock'), '6'], { stdio: 'ignore' });
+  const attackDone = new Promise((r) => attack.on('exit', r));
+  await new Promise((r) => setTimeout(r, 1000));
+  const latencies: number[] = [];
+  let peak = before;
+  while (attack.exitCode === null && latencies.length < 200) {
+    const t0 = performance.now();
+    await rw.listAllDomains();
+    latencies.push(performance.now() - t0);
+    peak = Math.max(peak, rss(pid));
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await attackDone;
+  latencies.sort((a, b) => a - b);
+  const p95 = latencies[Math.floor(latencies.length * 0.95)]!;
+  assert.ok(latencies.length >= 50, `root's calls kept going during the attack (${latencies.length})`);
+  assert.ok(p95 < 100, `p95 of root's calls during the attack: ${p95.toFixed(1)} ms`);
+  assert.ok(peak - before < 100 * 1024 * 1024, `daemon RSS grew by ${((peak - before) / 1048576).toFixed(1)} MiB`);
+  assert.equal(d.child.exitCode, null, 'the daemon is still up');
+  assert.equal((await rw.listAllDomains()).length >= 0, true);
+});

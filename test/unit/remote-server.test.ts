@@ -305,8 +305,8 @@ test('pending calls are rejected when the daemon goes away; later calls fail wit
   await assert.rejects(c.listJobIds('u'), (e: unknown) => e instanceof VirError && e.code === 39);
 });
 
-test('a client that stops reading is dropped when its queue overflows; others are served meanwhile', async (t) => {
-  const s = await setup(t, { maxQueuedBytes: 256 * 1024 });
+test('a client that stops reading is no longer read and is dropped when it takes no reply for a while; others are served meanwhile', async (t) => {
+  const s = await setup(t, { maxQueuedBytes: 256 * 1024, stalledReaderMs: 1000 });
   const big = 'x'.repeat(200 * 1024);
   s.driver.behaviour.domainGetXMLDesc = async () => big;
   const stalled = await raw(t, s.rw);
