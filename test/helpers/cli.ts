@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import type { Driver } from '../../src/api/driver.js';
+import type { EntryPointTable } from '../../src/api/entry-points.js';
 import { TestDriver } from '../../src/api/test-driver.js';
 import { main } from '../../src/cli/virtback.js';
 import { Daemon } from '../../src/daemon/daemon.js';
@@ -22,7 +23,8 @@ export interface CliResult {
 let capturing = false;
 
 /** main(argv) with process.stdout/stderr captured (one at a time). */
-export async function runMain(argv: string[]): Promise<CliResult> {
+/** `main(argv)` with stdout and stderr captured; `table` as main takes it (a changed copy in the entry-point tests). */
+export async function runMain(argv: string[], table?: EntryPointTable): Promise<CliResult> {
   if (capturing) throw new Error('runMain: calls must not overlap (output is captured globally)');
   capturing = true;
   let stdout = '';
@@ -42,7 +44,7 @@ export async function runMain(argv: string[]): Promise<CliResult> {
   process.stdout.write = grab((s) => (stdout += s), o);
   process.stderr.write = grab((s) => (stderr += s), e);
   try {
-    const code = await main(argv);
+    const code = await main(argv, table);
     return { code, stdout, stderr };
   } finally {
     process.stdout.write = o;

@@ -13,7 +13,7 @@ import { entryPointNames, entryPoints, type EntryPointTable } from '../../src/ap
 import { optionName } from '../../src/api/options.js';
 import { Connect } from '../../src/api/public.js';
 import { TestDriver } from '../../src/api/test-driver.js';
-import { buildProgram, main } from '../../src/cli/virtback.js';
+import { buildProgram } from '../../src/cli/virtback.js';
 import { VirError } from '../../src/errors.js';
 import {
   BackupBeginFlags,
@@ -26,7 +26,7 @@ import {
   UndefineFlags,
 } from '../../src/flags.js';
 import { entryProcedures, procedures } from '../../src/remote/protocol.js';
-import { startCliDaemon } from '../helpers/cli.js';
+import { runMain, startCliDaemon } from '../helpers/cli.js';
 import { fakeDriver } from './remote-fixtures.js';
 
 const UUID = '6f1c2b1e-2d3a-4c5b-8e9f-0a1b2c3d4e5f';
@@ -60,26 +60,8 @@ async function refused(p: Promise<unknown>, code: number, message: string | RegE
   });
 }
 
-/** main(argv, table) with stdout/stderr captured. */
-async function cli(argv: string[], table: EntryPointTable): Promise<{ code: number; stderr: string }> {
-  let stderr = '';
-  const o = process.stdout.write.bind(process.stdout);
-  const e = process.stderr.write.bind(process.stderr);
-  const grab = (append: (s: string) => void, original: typeof process.stdout.write) =>
-    ((chunk: string | Uint8Array, ...rest: unknown[]) => {
-      if (typeof chunk !== 'string') return (original as (c: Uint8Array, ...r: unknown[]) => boolean)(chunk, ...rest);
-      append(chunk);
-      return true;
-    }) as typeof process.stdout.write;
-  process.stdout.write = grab(() => {}, o);
-  process.stderr.write = grab((s) => (stderr += s), e);
-  try {
-    return { code: await main(argv, table), stderr };
-  } finally {
-    process.stdout.write = o;
-    process.stderr.write = e;
-  }
-}
+/** main(argv, table) with its output captured. */
+const cli = (argv: string[], table: EntryPointTable) => runMain(argv, table);
 
 const dumpxmlOptions = (table: EntryPointTable): string[] =>
   buildProgram(table)
