@@ -14,7 +14,6 @@ import { optionName } from '../../src/api/options.js';
 import { Connect } from '../../src/api/public.js';
 import { TestDriver } from '../../src/api/test-driver.js';
 import { buildProgram } from '../../src/cli/virtback.js';
-import { VirError } from '../../src/errors.js';
 import {
   BackupBeginFlags,
   CheckpointDeleteFlags,
@@ -28,6 +27,7 @@ import {
 import { entryProcedures, procedures } from '../../src/remote/protocol.js';
 import { runMain, startCliDaemon } from '../helpers/cli.js';
 import { fakeDriver } from './remote-fixtures.js';
+import { refused } from '../helpers/errors.js';
 
 const UUID = '6f1c2b1e-2d3a-4c5b-8e9f-0a1b2c3d4e5f';
 const SECURE_DENIED = 'virDomainGetXMLDesc with secure flag';
@@ -50,15 +50,6 @@ function sdk(table: EntryPointTable, readOnly: boolean) {
   return { driver, dom: conn.domain({ name: 'vm1', uuid: UUID }) };
 }
 
-async function refused(p: Promise<unknown>, code: number, message: string | RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof VirError, `a VirError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (typeof message === 'string') assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    return true;
-  });
-}
 
 /** main(argv, table) with its output captured. */
 const cli = (argv: string[], table: EntryPointTable) => runMain(argv, table);

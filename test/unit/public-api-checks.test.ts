@@ -5,7 +5,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connectLocal } from '../../src/sdk/connect.js';
 import type { Connect, Domain } from '../../src/api/public.js';
-import { VirError } from '../../src/errors.js';
 import {
   BackupBeginFlags,
   BackupEndFlags,
@@ -18,6 +17,7 @@ import {
 import { driverProcNames, procedures } from '../../src/remote/protocol.js';
 import { CheckedDriver } from '../../src/api/checked-driver.js';
 import { fakeDriver, sampleArgs, type FakeDriver } from './remote-fixtures.js';
+import { refused } from '../helpers/errors.js';
 
 function open(readOnly = false): { conn: Connect; driver: FakeDriver; dom: Domain } {
   const driver = fakeDriver();
@@ -25,15 +25,6 @@ function open(readOnly = false): { conn: Connect; driver: FakeDriver; dom: Domai
   return { conn, driver, dom: conn.domain({ name: 'vm1', uuid: '6f1c2b1e-2d3a-4c5b-8e9f-0a1b2c3d4e5f' }) };
 }
 
-async function refused(p: Promise<unknown>, code: number, message: string | RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof VirError, `a VirError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (typeof message === 'string') assert.equal(e.message, message);
-    else assert.match(e.message, message);
-    return true;
-  });
-}
 
 const RO = 'operation forbidden for read only access';
 
