@@ -5,7 +5,7 @@
 //   cli/, demo.ts, index.ts       entry points; nothing imports them
 //   sdk/                          connect(): URIs, session-daemon autostart, the remote driver
 //   daemon/                       virtbackd: serves the Driver it is handed (cli/virtbackd.ts assembles)
-//   qemu/  remote/  repository/   the drivers and the backup files, side by side
+//   qemu/  remote/  libvirt/  repository/   the drivers, the two wire protocols and the backup files, side by side
 //   nbd/                          the NBD client
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
@@ -26,6 +26,8 @@ const CODECS = files([
   'nbd/codec\\.ts',
   'nbd/protocol\\.ts',
   'remote/frame\\.ts',
+  'libvirt/xdr\\.ts',
+  'libvirt/packet\\.ts',
   'util/.+',
   '.+/util/.+',
 ]);
@@ -135,6 +137,15 @@ export default {
         'The wire protocol, its client and its server are Driver-to-Driver plumbing: the server serves any ' +
         'Driver it is handed, the client is one; neither knows which driver is behind them, nor backup files.',
       from: { path: '^src/remote/' },
+      to: { path: '^src/(qemu|daemon|repository|cli|sdk)/' },
+    },
+    {
+      name: 'libvirt-speaks-to-any-driver',
+      severity: 'error',
+      comment:
+        "libvirt's wire protocol is Driver-to-Driver plumbing too: its server serves any Driver it is handed " +
+        '(virtbackd, tests), its client driver is one; neither knows QEMU, virtbackd, backup files or the CLI.',
+      from: { path: '^src/libvirt/' },
       to: { path: '^src/(qemu|daemon|repository|cli|sdk)/' },
     },
     {
