@@ -205,6 +205,9 @@ function parseOs(osEl: XmlElement | null): OsDef {
       else osExtra.push(c);
     }
   }
+  // libvirt's post-parse default, and what command-line.ts runs: without it
+  // the <os> we print would not pass libvirt's own domain schema.
+  if (!osExtra.some((c) => c.name === 'type')) osExtra.push(element('type', [['arch', 'x86_64'], ['machine', 'q35']], ['hvm']));
   return os;
 }
 
