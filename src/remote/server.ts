@@ -12,7 +12,7 @@ import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { FrameDecoder, MAX_FRAME_BYTES, MAX_JSON_DEPTH, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonDepthExceeds } from './frame.js';
+import { FrameDecoder, MAX_FRAME_BYTES, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonShapeRefusal } from './frame.js';
 import {
   CallMessageSchema,
   HelloArgsSchema,
@@ -116,8 +116,9 @@ class ClientConnection {
   }
 
   private onFrame(frame: Buffer): void {
-    if (jsonDepthExceeds(frame)) {
-      this.sendError(0, virErr('RPC', 'RPC', `malformed message: nested deeper than ${MAX_JSON_DEPTH} levels`));
+    const refusal = jsonShapeRefusal(frame);
+    if (refusal !== null) {
+      this.sendError(0, virErr('RPC', 'RPC', `malformed message: ${refusal}`));
       return;
     }
     let raw: unknown;
