@@ -247,7 +247,7 @@ export async function startPrivateLibvirtd(opts: PrivateLibvirtdOptions = {}): P
       return (await run('virsh', ['-c', uri, ...args], { timeout: 120_000 })).stdout;
     } catch (e) {
       const err = e as Error & { stderr?: string };
-      throw new Error(`virsh ${args.join(' ')}: ${err.stderr?.trim() || err.message}`);
+      throw new Error(`virsh ${args.join(' ')}: ${err.stderr?.trim() || err.message}`, { cause: e });
     }
   };
   try {
@@ -261,7 +261,7 @@ export async function startPrivateLibvirtd(opts: PrivateLibvirtdOptions = {}): P
   } catch (e) {
     const why = `${(e as Error).message}\ninit: ${await tail(path.join(dir, 'init.log'))}\nlibvirtd.log: ${await tail(logFile)}`;
     await stop();
-    throw new Error(`private libvirtd did not start: ${why}`);
+    throw new Error(`private libvirtd did not start: ${why}`, { cause: e });
   }
   return { socket, roSocket: `${socket}-ro`, uri, dir, logFile, virsh, stop };
 }
