@@ -31,6 +31,8 @@
 //   no cgroups (no systemd, no cgroup delegation in a container), and
 //   stdio_handler "file" (QEMU's log straight to /var/log/libvirt/qemu, no
 //   virtlogd to run).
+// - PID 1 reads a pipe from the test process and ends the namespace at EOF: a
+//   test process that dies without stop() leaves no libvirtd or QEMU behind.
 // The sockets (rw, ro, admin) are in `<dir>/sock`, outside the private mounts,
 // so the test process reaches them.
 
@@ -91,11 +93,16 @@ private /var/log/libvirt "$S/log"
 private /etc/libvirt "$S/etc"
 mount --bind "$S/passwd" /etc/passwd
 mount --bind "$S/group" /etc/group
-${LIBVIRTD} --config "$S/etc/libvirtd.conf" --pid-file "$S/libvirtd.pid" &
+# stdin is a pipe from the test process: EOF means it died without stop().
+# (fd 3: a background job's stdin is /dev/null)
+exec 3<&0
+${LIBVIRTD} --config "$S/etc/libvirtd.conf" --pid-file "$S/libvirtd.pid" 3<&- &
 pid=$!
 trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+(cat >/dev/null <&3; kill -TERM 1) &
+exec 3<&-
 # wait reaps every child, the re-parented QEMU too; it returns early on a trapped signal
-while kill -0 "$pid" 2>/dev/null; do wait || true; done
+while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done
 `;
 
 function libvirtdConf(dir: string, logLevel: number): string {
@@ -234,7 +241,8 @@ export async function startPrivateLibvirtd(opts: PrivateLibvirtdOptions = {}): P
   const logFile = path.join(dir, 'log', 'libvirtd.log');
   const out = openSync(path.join(dir, 'init.log'), 'w');
   const child = spawn('unshare', ['--mount', '--pid', '--fork', '--mount-proc', 'sh', path.join(dir, 'init.sh'), dir], {
-    stdio: ['ignore', out, out],
+    // stdin: the namespace ends itself when this process dies (see INIT_SCRIPT)
+    stdio: ['pipe', out, out],
   });
   closeSync(out);
   let stopped: Promise<void> | undefined;

@@ -3,7 +3,8 @@
 // a guest-like write, a checkpoint, a push backup whose target holds the disk
 // as it was when the backup began, destroy, undefine — and it leaves nothing on
 // the host: no file under the real /run/libvirt, /var/lib/libvirt, ...; no
-// process once stopped, even with a domain still running.
+// process once stopped, even with a domain still running, nor when the test
+// process dies without stopping it.
 //
 // What had to be configured, and why (details in the helper's header):
 // - libvirtd runs under `unshare --mount --pid --fork --mount-proc`, behind a
@@ -28,9 +29,11 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { privateLibvirtdSkipReason, startPrivateLibvirtd, type PrivateLibvirtd } from '../helpers/private-libvirtd.js';
 import { processesMentioning, sleep } from '../helpers/qemu-env.js';
@@ -170,4 +173,36 @@ test('private libvirtd: stop() kills a domain left running and libvirtd, and rem
   assert.deepEqual(await processesMentioning(lv.dir), [], 'no libvirtd left');
   assert.equal(existsSync(lv.dir), false);
   await assert.rejects(run('virsh', ['-c', lv.uri, 'version']), 'the socket is gone');
+});
+
+// A test process that dies without stop(): the namespace ends itself (its PID 1
+// sees EOF on the stdin pipe from that process), the running QEMU with it.
+const CRASHING_TEST = (helper: string, out: string) => `
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { startPrivateLibvirtd } from ${JSON.stringify(helper)};
+const lv = await startPrivateLibvirtd();
+const disk = lv.dir + '/crash.qcow2';
+execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M']);
+writeFileSync(lv.dir + '/crash.xml', ${JSON.stringify(domainXml('lvd-crash', '__DISK__'))}.replace('__DISK__', disk));
+await lv.virsh('define', lv.dir + '/crash.xml');
+await lv.virsh('start', 'lvd-crash');
+writeFileSync(${JSON.stringify(out)}, lv.dir);
+process.kill(process.pid, 'SIGKILL');
+`;
+
+test('private libvirtd: when the test process dies without stop(), libvirtd and its QEMU go too', { skip, timeout: 120_000 }, async (t) => {
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'vblv-crash-'));
+  t.after(() => rm(tmp, { recursive: true, force: true }));
+  const helper = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'private-libvirtd.ts');
+  const script = path.join(tmp, 'crash.mts');
+  const out = path.join(tmp, 'dir');
+  await writeFile(script, CRASHING_TEST(helper, out));
+  await assert.rejects(run(process.execPath, ['--import', 'tsx', script], { timeout: 90_000 }),
+    (e: { signal?: string }) => e.signal === 'SIGKILL', 'the test process killed itself');
+  const dir = (await readFile(out, 'utf8')).trim();
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const end = Date.now() + 15_000;
+  while ((await processesMentioning(dir)).length > 0 && Date.now() < end) await sleep(100);
+  assert.deepEqual(await processesMentioning(dir), [], 'libvirtd, its QEMU and unshare are gone');
 });
