@@ -166,6 +166,10 @@ test('private libvirtd: stop() kills a domain left running and libvirtd, and rem
   const disk = await startDomain(lv, 'lvd-left');
   const [qemu] = await qemuOf(disk);
   assert.ok(qemu, 'the domain runs');
+  const ro = ['-r', '-c', `qemu+unix:///system?socket=${lv.roSocket}`];
+  assert.match((await run('virsh', [...ro, 'list', '--name'])).stdout, /lvd-left/, 'the read-only socket reads');
+  await assert.rejects(run('virsh', [...ro, 'destroy', 'lvd-left']), (e: { stderr?: string }) =>
+    /read only access prevents virDomainDestroy/.test(e.stderr ?? ''), 'and refuses changes');
   const started = Date.now();
   await lv.stop();
   assert.ok(Date.now() - started < 10_000, `stop took ${Date.now() - started} ms`);
