@@ -12,7 +12,7 @@ const UUID = '6f1c2b1e-2d3a-4c5b-8e9f-0a1b2c3d4e5f';
 export const sampleArgs: { [P in DriverProcName]: ProcArgs<P> } = {
   domainDefineXML: ['<domain><name>vm1</name></domain>', 0],
   domainUndefine: [UUID, 16],
-  domainCreate: [UUID, 3],
+  domainCreate: [UUID, 1],
   domainDestroy: [UUID, 1],
   domainSuspend: [UUID],
   domainResume: [UUID],
