@@ -18,7 +18,7 @@ export interface DomainSummary extends DomainRef {
   id: number;
   /** flags.DomainState */
   state: number;
-  /** flags.ShutoffReason when shut off, else 0 */
+  /** the reason of `state`: flags.RunningReason, PausedReason or ShutoffReason (libvirt's values) */
   reason: number;
   persistent: boolean;
   checkpoints: number;
