@@ -10,6 +10,7 @@ import { virErr } from '../errors.js';
 import {
   BackupBeginFlags,
   BackupEndFlags,
+  BlockJobInfoFlags,
   BlockJobStatus,
   BlockJobType,
   CheckpointCreateFlags,
@@ -227,13 +228,17 @@ export class TestDriver implements Driver {
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
+    checkFlags(flags, BlockJobInfoFlags.BANDWIDTH_BYTES, 'virDomainGetBlockJobInfo');
     const d = this.dom(uuid);
-    if (disk !== 'vda' && disk !== '/dev/null') {
+    // targets and file sources of the XML's disks; the events' 'vda' when it has none
+    const names = [...d.xml.matchAll(/<(?:target dev|source file)=['"]([^'"]+)['"]/g)].map((m) => m[1]!);
+    if (!(names.length > 0 ? names : ['vda', '/dev/null']).includes(disk)) {
       throw virErr('INVALID_ARG', 'QEMU', `invalid argument: disk '${disk}' not found in domain`);
     }
+    this.requireActive(d);
     const job = d.job;
+    // a push "copies" every disk; a pull has nothing to copy
     if (job === null || job.outcome !== null || job.pull) return { found: false, type: 0, bandwidth: 0, cur: 0, end: 0 };
-    void flags;
     return { found: true, type: BlockJobType.BACKUP, bandwidth: 0, cur: 0, end: 1 << 20 };
   }
 
