@@ -255,7 +255,8 @@ function unitBytes(unit: string): bigint {
   return base ** BigInt(exp);
 }
 
-function parseMemoryKiB(el: XmlElement): number {
+/** A <memory>-like element (value + unit) in KiB, rounded up as libvirt does. */
+export function parseMemoryKiB(el: XmlElement): number {
   const text = textContent(el).trim();
   if (!/^[0-9]+$/.test(text)) {
     throw virErr('XML_ERROR', 'DOMAIN', `invalid value '${text}' for element 'memory'`);
