@@ -46,6 +46,9 @@ export interface SshTarget {
 }
 
 const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+const RUNTIME_DIR = '$XDG_RUNTIME_DIR/';
+/** A remote path, quoted; the session socket's $XDG_RUNTIME_DIR is left for the remote shell to expand. */
+const quotePath = (p: string): string => (p.startsWith(RUNTIME_DIR) ? `"$XDG_RUNTIME_DIR"/${shellQuote(p.slice(RUNTIME_DIR.length))}` : shellQuote(p));
 
 /**
  * The ssh command line (pure): batch mode (no password prompt can reach us),
@@ -57,7 +60,7 @@ export function sshCommand(t: SshTarget): { command: string; args: string[] } {
   const args = ['-o', 'BatchMode=yes', '-e', 'none'];
   if (t.port !== null) args.push('-p', String(t.port));
   if (t.user !== null) args.push('-l', t.user);
-  const nc = `nc -U ${shellQuote(t.socket ?? t.defaultSocket)}`;
+  const nc = `nc -U ${quotePath(t.socket ?? t.defaultSocket)}`;
   const remote =
     t.socket !== null
       ? nc
@@ -80,13 +83,26 @@ export async function connectSshStream(t: SshTarget): Promise<LibvirtStream> {
     child.once('spawn', () => resolve());
     child.once('error', (e) => reject(virErr('NO_CONNECT', 'RPC', `cannot run ${command}: ${e.message}`, e)));
   });
-  const stream = Duplex.from({ readable: child.stdout, writable: child.stdin });
-  child.once('exit', (code) => {
-    // the protocol layer sees the stream end; the reason is ssh's own words
-    if (code !== 0) stream.destroy(virErr('NO_CONNECT', 'RPC', `${endpoint} exited with status ${code}: ${stderr.trim() || 'no message'}`));
+  const stream = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      child.stdin.write(chunk, cb);
+    },
+    final(cb) {
+      child.stdin.end(cb);
+    },
+    destroy(err, cb) {
+      if (child.exitCode === null) child.kill();
+      cb(err);
+    },
   });
-  stream.once('close', () => {
-    if (child.exitCode === null) child.kill();
+  // a write after ssh died fails with EPIPE; its exit status below is the error that matters
+  child.stdin.on('error', () => {});
+  child.stdout.on('data', (d: Buffer) => stream.push(d));
+  // ssh's end is only known when it exits: its output ends first, and its status says why
+  child.once('close', (code) => {
+    if (code !== 0 && code !== null) stream.destroy(virErr('NO_CONNECT', 'RPC', `${endpoint} exited with status ${code}: ${stderr.trim() || 'no message'}`));
+    else stream.push(null);
   });
   return { stream, endpoint };
 }
