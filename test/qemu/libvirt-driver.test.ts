@@ -18,6 +18,8 @@ import type { JobCompletedEvent } from '../../src/api/driver.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { ErrorCode } from '../../src/errors.js';
 import { JobType } from '../../src/flags.js';
+import { LibvirtDriver } from '../../src/libvirt/driver.js';
+import { connectUnixStream } from '../../src/libvirt/transport.js';
 import { connect } from '../../src/sdk/connect.js';
 import { runMain } from '../helpers/cli.js';
 import { refused } from '../helpers/errors.js';
@@ -70,6 +72,8 @@ async function identical(a: string, b: string): Promise<void> {
 export interface ScenarioTarget {
   /** qemu+unix:///system?socket=… */
   uri: string;
+  /** the daemon's read-only socket (the -ro sibling of socket=) */
+  roSocket: string;
   /** a scratch folder both we and the daemon's QEMU can use */
   dir: string;
 }
@@ -181,6 +185,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     assert.ok(!existsSync(`${t3}.manifest.json`), 'no manifest for an aborted push');
 
     await libvirtErrors(conn, dom);
+    await readOnly(target, dom);
   } finally {
     await conn.close();
   }
@@ -196,7 +201,29 @@ async function libvirtErrors(conn: Connect, dom: Domain): Promise<void> {
   await refused(dom.backupBegin(null, '<domaincheckpoint><name>nm</name></domaincheckpoint>', { noMetadata: true }), ErrorCode.NO_SUPPORT, /NO_METADATA/);
   await refused(dom.listUnknownBitmaps(), ErrorCode.NO_SUPPORT, /not supported/);
   await refused(dom.backupEnd(0), ErrorCode.NO_DOMAIN_BACKUP, /no domain backup job present/);
+  // QUIESCE is fsFreeze before the job: libvirtd refuses it without a guest agent, and no job begins
+  await refused(dom.backupBegin(null, null, { quiesce: true }), 74, /QEMU guest agent is not configured/);
+  assert.deepEqual(await dom.listJobIds(), []);
   assert.ok((await dom.listAllCheckpoints()).every((c) => c.getName() !== 'nm'), 'the refused begin created nothing');
+}
+
+/** Read-only: connect() takes the -ro socket and says RO; the -ro socket itself refuses mutations (the daemon's check). */
+async function readOnly(target: ScenarioTarget, dom: Domain): Promise<void> {
+  const ro = await connect(target.uri, { readOnly: true });
+  try {
+    assert.equal(ro.isReadOnly(), true);
+    assert.ok((await ro.listAllDomainSummaries()).some((s) => s.uuid === dom.uuid), 'a read-only connection lists');
+  } finally {
+    await ro.close();
+  }
+  const driver = await LibvirtDriver.open(await connectUnixStream(target.roSocket), { uri: target.uri, openName: 'qemu:///system' });
+  try {
+    await refused(driver.checkpointCreateXML(dom.uuid, '<domaincheckpoint/>', 0), ErrorCode.OPERATION_DENIED,
+      /read only access prevents virDomainCheckpointCreateXML/);
+    assert.deepEqual((await driver.listAllCheckpoints(dom.uuid, 0)).sort(), ['c1', 'c2'], 'reads still work there');
+  } finally {
+    await driver.close();
+  }
 }
 
 const skip = await privateLibvirtdSkipReason();
@@ -204,5 +231,5 @@ const skip = await privateLibvirtdSkipReason();
 test('libvirt driver: the CLI and the SDK back up VMs of a real libvirtd', { skip, timeout: 300_000 }, async (t) => {
   const lv = await startPrivateLibvirtd();
   t.after(() => lv.stop());
-  await libvirtClientScenario({ uri: lv.uri, dir: lv.dir });
+  await libvirtClientScenario({ uri: lv.uri, roSocket: lv.roSocket, dir: lv.dir });
 });
