@@ -70,7 +70,8 @@ interface JobRecord {
   xml: string | null;
   /** the push this connection began: what afterPushComplete learns; null for others */
   push: FinishedPush | null;
-  liveSources: Set<string>;
+  /** the domain's disks, source path -> target (block-job events name paths) */
+  liveSources: Map<string, string>;
   /** targets we created (REUSE_EXTERNAL): removed again when the job fails */
   created: string[];
   abortRequested: boolean;
@@ -138,7 +139,7 @@ export class BackupJobs {
     let settle!: () => void;
     const settled = new Promise<void>((r) => (settle = r));
     const rec: JobRecord = {
-      id: this.nextId++, uuid, name, mode, xml: null, push: null, liveSources: new Set(), created: [],
+      id: this.nextId++, uuid, name, mode, xml: null, push: null, liveSources: new Map(), created: [],
       abortRequested: false, end: null, errmsg: null, settled, settle, afterPush: Promise.resolve(),
     };
     return rec;
@@ -193,7 +194,7 @@ export class BackupJobs {
     const { client } = this.host;
     const domainXml = (await client.call('domainGetXMLDesc', { dom, flags: 0 })).xml;
     const disks = domainDiskRefs(parseXml(domainXml));
-    for (const d of disks) if (d.source !== null) rec.liveSources.add(d.source);
+    for (const d of disks) if (d.source !== null) rec.liveSources.set(d.source, d.target);
     const def = given ?? { mode: 'push', incremental: null, server: null, disks: [], id: null, tlsAlias: null, tlsSecretAlias: null };
     alignBackupDisks(def, { disks }, cp ? cp.name : String(Math.floor(Date.now() / 1000)));
     applyBackupDefaults(def);
@@ -279,7 +280,7 @@ export class BackupJobs {
     rec.afterPush = this.afterPushQueue = this.afterPushQueue
       .then(async () => {
         for (const d of info.disks) await waitUnlocked(d.path);
-        await hook(info, rec.liveSources);
+        await hook(info, new Set(rec.liveSources.keys()));
       })
       .catch((e) => this.log?.warn({ domain: { name: rec.name, uuid: rec.uuid }, jobId: rec.id, ...errField(e) }, 'afterPushComplete failed'));
   }
@@ -372,10 +373,11 @@ export class BackupJobs {
     else await this.host.client.call('domainAbortJobFlags', { dom, flags });
   }
 
-  /** The id of the domain's running job, 0 when none (block-job events carry it). */
-  jobOf(uuid: string): number {
+  /** The domain's running job and the disk target of `path` in it: what a block-job event carries (0 and the path when unknown). */
+  blockJobOf(uuid: string, path: string): { jobId: number; disk: string } {
     const rec = this.current.get(uuid);
-    return rec && rec.end === null ? rec.id : 0;
+    if (!rec || rec.end !== null) return { jobId: 0, disk: path };
+    return { jobId: rec.id, disk: rec.liveSources.get(path) ?? path };
   }
 
   /** Every after-push work started: close() waits for it, so the manifests are on disk when the connection is gone. */

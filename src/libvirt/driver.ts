@@ -306,7 +306,7 @@ export class LibvirtDriver implements Driver {
       const m = decode(remoteEvents.blockJob.body, payload, 'block-job event');
       if (!this.ours(m.callbackID, EventId.BLOCK_JOB)) return;
       const domain = this.remember(m.dom);
-      event = { type: 'block-job', domain, jobId: this.jobs.jobOf(domain.uuid), disk: m.path, path: m.path, blockJobType: m.type, status: m.status };
+      event = { type: 'block-job', domain, ...this.jobs.blockJobOf(domain.uuid, m.path), path: m.path, blockJobType: m.type, status: m.status };
     }
     if (event === null || this.listeners.size === 0) return;
     for (const l of [...this.listeners]) {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import test from 'node:test';
 import { promisify } from 'node:util';
 import type { JobCompletedEvent } from '../../src/api/driver.js';
+import type { CheckedDriver } from '../../src/api/checked-driver.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { ErrorCode } from '../../src/errors.js';
 import { JobType } from '../../src/flags.js';
@@ -186,10 +187,17 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
 
     await libvirtErrors(conn, dom);
     await readOnly(target, dom);
+
+    // lifecycle events of what another client does
+    const lifecycle: string[] = [];
+    conn.on('lifecycle', (ev) => lifecycle.push(`${ev.domain.name} ${ev.event} ${ev.detail}`));
+    // libvirt's registrations are made in the background: wait for them, or the destroy may come first
+    await ((conn.rawDriver as CheckedDriver).inner as LibvirtDriver).whenRegistered();
+    assert.match(await cli('destroy', name), /destroyed/);
+    await waitFor(() => lifecycle.includes(`${name} stopped destroyed`), 'the stopped/destroyed lifecycle event', 30_000);
   } finally {
     await conn.close();
   }
-  assert.match(await cli('destroy', name), /destroyed/);
   assert.match(await cli('undefine', name, '--checkpoints-metadata'), /undefined/);
   assert.equal((await cli('list', '--all', '--name')).trim(), '');
 }
