@@ -6,9 +6,9 @@
 // The original design's extras are emulated per connection in
 // backup-jobs.ts; what cannot be emulated is refused with NO_SUPPORT.
 
-import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
+import type { BlockJobInfo, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
 import { virErr } from '../errors.js';
-import { DomainState, EventId, JobType, ListDomainsFlags } from '../flags.js';
+import { EventId, JobType, ListDomainsFlags } from '../flags.js';
 import { errField, silentLogger, type Logger } from '../log.js';
 import { BackupJobs, type BackupJobHooks } from './backup-jobs.js';
 import { LibvirtClient, type LibvirtClientOptions } from './client.js';
@@ -122,6 +122,27 @@ export class LibvirtDriver implements Driver {
     await this.client.call('domainDestroyFlags', { dom: await this.wireDomain(uuid), flags });
   }
 
+  async domainSuspend(uuid: string): Promise<void> {
+    await this.client.call('domainSuspend', { dom: await this.wireDomain(uuid) });
+  }
+
+  async domainResume(uuid: string): Promise<void> {
+    await this.client.call('domainResume', { dom: await this.wireDomain(uuid) });
+  }
+
+  async domainGetAutostart(uuid: string): Promise<boolean> {
+    return (await this.client.call('domainGetAutostart', { dom: await this.wireDomain(uuid) })).autostart !== 0;
+  }
+
+  async domainSetAutostart(uuid: string, autostart: boolean): Promise<void> {
+    await this.client.call('domainSetAutostart', { dom: await this.wireDomain(uuid), autostart: autostart ? 1 : 0 });
+  }
+
+  async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
+    const r = await this.client.call('domainGetBlockJobInfo', { dom: await this.wireDomain(uuid), path: disk, flags });
+    return { found: r.found !== 0, type: r.type, bandwidth: Number(r.bandwidth), cur: Number(r.cur), end: Number(r.end) };
+  }
+
   async domainLookupByName(name: string): Promise<DomainRef> {
     return this.remember((await this.client.call('domainLookupByName', { name })).dom);
   }
@@ -140,8 +161,11 @@ export class LibvirtDriver implements Driver {
     return all;
   }
 
+  /** The summary and virDomainGetInfo's fields (16: KiB and ns, as ours). */
   async domainGetInfo(uuid: string): Promise<DomainSummary> {
-    return this.summary((await this.client.call('domainLookupByUUID', { uuid: uuidToBytes(uuid) })).dom);
+    const { dom } = await this.client.call('domainLookupByUUID', { uuid: uuidToBytes(uuid) });
+    const [summary, info] = await Promise.all([this.summary(dom), this.client.call('domainGetInfo', { dom })]);
+    return { ...summary, maxMem: Number(info.maxMem), memory: Number(info.memory), nrVirtCpu: info.nrVirtCpu, cpuTime: Number(info.cpuTime) };
   }
 
   /** What `virtback list` shows of a domain: state (212), persistence (151), checkpoint count (413), a backup job (298). */
@@ -157,7 +181,7 @@ export class LibvirtDriver implements Driver {
       ...ref,
       id: dom.id,
       state: state.state,
-      reason: state.state === DomainState.SHUTOFF ? state.reason : 0,
+      reason: state.reason,
       persistent: persistent.persistent !== 0,
       checkpoints: checkpoints.ret,
       hasBackupJob: job.type === JobType.UNBOUNDED || job.type === JobType.BOUNDED,

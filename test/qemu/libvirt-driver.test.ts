@@ -18,7 +18,7 @@ import type { JobCompletedEvent } from '../../src/api/driver.js';
 import type { CheckedDriver } from '../../src/api/checked-driver.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { ErrorCode } from '../../src/errors.js';
-import { JobType } from '../../src/flags.js';
+import { DomainState, JobType } from '../../src/flags.js';
 import { LibvirtDriver } from '../../src/libvirt/driver.js';
 import { connectUnixStream } from '../../src/libvirt/transport.js';
 import { connect } from '../../src/sdk/connect.js';
@@ -116,6 +116,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   const conn = await connect(uri);
   try {
     const dom = await conn.lookupByName(name);
+    await domainExtras(dom, cli);
     const completed: JobCompletedEvent[] = [];
     conn.on('job-completed', (ev) => completed.push(ev));
     await guestWrite(0xab, '0', '1M');
@@ -200,6 +201,24 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   }
   assert.match(await cli('undefine', name, '--checkpoints-metadata'), /undefined/);
   assert.equal((await cli('list', '--all', '--name')).trim(), '');
+}
+
+/** virDomainGetInfo's fields, suspend/resume, autostart, block job info: libvirt's answers. */
+async function domainExtras(dom: Domain, cli: (...args: string[]) => Promise<string>): Promise<void> {
+  const info = await dom.getInfo();
+  assert.deepEqual([info.state, info.maxMem, info.memory, info.nrVirtCpu, info.persistent], [DomainState.RUNNING, 96 * 1024, 96 * 1024, 1, true]);
+  assert.ok((info.cpuTime ?? 0) > 0, 'a running QEMU has used CPU time');
+  await dom.suspend();
+  assert.equal((await dom.getInfo()).state, DomainState.PAUSED);
+  assert.match(await cli('domstate', dom.getName(), '--reason'), /paused \(user\)/);
+  await dom.resume();
+  assert.equal((await dom.getInfo()).state, DomainState.RUNNING);
+  assert.equal(await dom.getAutostart(), false);
+  await dom.setAutostart(true);
+  assert.equal(await dom.getAutostart(), true);
+  await dom.setAutostart(false);
+  assert.deepEqual(await dom.getBlockJobInfo('vda'), { found: false, type: 0, bandwidth: 0, cur: 0, end: 0 });
+  assert.match(await cli('blockjob', dom.getName(), 'vda'), /No current block job for vda/);
 }
 
 /** libvirtd's errors come through with their codes; what cannot be emulated is refused, not faked. */
