@@ -181,6 +181,10 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     assert.equal(pullEnd.stats.success, true, 'an ended pull counts as success');
     const id3 = await dom.backupBegin(pushXml(t3));
     assert.equal(id3, 4);
+    await slowDown(dom);
+    assert.equal((await dom.getJobStats()).type, JobType.UNBOUNDED);
+    assert.equal((await dom.getJobStats()).id, id3, 'job stats carry the connection\'s id');
+    await refused(dom.backupEnd(id3), ErrorCode.OPERATION_INVALID, /backup job 4 is still copying: wait for job-completed or end it with ABORT/);
     assert.equal(await dom.backupEnd(id3, { abort: true }), 0, 'an aborted push ends incomplete');
     const ev3 = await waitFor(() => completed.find((e) => e.jobId === id3), 'job-completed of the aborted job', 60_000);
     assert.equal(ev3.stats.type, JobType.CANCELLED);
@@ -201,6 +205,16 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   }
   assert.match(await cli('undefine', name, '--checkpoints-metadata'), /undefined/);
   assert.equal((await cli('list', '--all', '--name')).trim(), '');
+}
+
+/** Throttles the domain's backup block jobs to 1 MiB/s (QMP through libvirt), so a running push can be looked at. */
+async function slowDown(dom: Domain): Promise<void> {
+  const jobs = JSON.parse(await dom.qemuMonitorCommand('{"execute":"query-block-jobs"}')) as { return: { device: string }[] };
+  assert.ok(jobs.return.length > 0, 'the push is still running');
+  for (const j of jobs.return) {
+    const r = await dom.qemuMonitorCommand(JSON.stringify({ execute: 'block-job-set-speed', arguments: { device: j.device, speed: 1024 * 1024 } }));
+    assert.deepEqual(JSON.parse(r).return, {});
+  }
 }
 
 /** virDomainGetInfo's fields, suspend/resume, autostart, block job info: libvirt's answers. */
