@@ -139,6 +139,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     const ev2 = await waitFor(() => completed.find((e) => e.jobId === 2), 'job-completed of job 2', 60_000);
     assert.equal(ev2.stats.success, true);
     assert.deepEqual(await dom.listJobIds(), [2], 'a finished push stays visible until it is ended');
+    assert.match(await dom.backupGetXMLDesc(2), new RegExp(`<target file='${t2}'/>`), 'its XML too');
     assert.equal(await dom.backupEnd(2), 1);
     assert.deepEqual(await dom.listJobIds(), []);
 
@@ -170,8 +171,23 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     assert.match(await cli('backup-pull', name, '--output', pullDir, '--quiet'), /pulled: 1 disk/);
     const pulled = (await run('sh', ['-c', `ls ${pullDir}/*.qcow2`])).stdout.trim();
     await identical(await expectedImage(path.join(dir, 'exp3.qcow2'), '256M', at3), pulled);
+    assert.match(await cli('backup-dumpxml', name), /<domainbackup mode='pull'>/);
     assert.match(await cli('backup-end', name), /ended, backup complete/);
     assert.equal((await dom.getJobStats()).type, JobType.NONE, 'libvirt ended the pull');
+
+    // ---- the CLI's push with --wait: its one connection writes the manifest before it exits, and continues the chain
+    const t4 = path.join(dir, 'inc2.qcow2');
+    await writeFile(path.join(dir, 'push4.xml'), pushXml(t4, 'c2'));
+    await writeFile(path.join(dir, 'cp3.xml'), '<domaincheckpoint><name>c3</name></domaincheckpoint>\n');
+    const begun = await cli('backup-begin', name, path.join(dir, 'push4.xml'), path.join(dir, 'cp3.xml'), '--wait', '--quiet');
+    assert.match(begun, /Backup started, job id 1\n[^]*Backup job 1 completed/);
+    const at4 = [...writes];
+    const m4 = JSON.parse(await readFile(`${t4}.manifest.json`, 'utf8')) as Record<string, unknown>;
+    assert.deepEqual([m4.checkpoint, m4.incrementalFrom, m4.parentBackup], ['c3', 'c2', t2]);
+    assert.match(await cli('backup-verify', t4, '--quiet'), /verified: 3 images match their manifests/);
+    const restored4 = path.join(dir, 'restored4.qcow2');
+    await cli('backup-restore', t4, restored4, '--quiet');
+    await identical(await expectedImage(path.join(dir, 'exp4.qcow2'), '256M', at4), restored4);
 
     // ---- abort of a push: backupEnd with ABORT is libvirt's abortJob
     await guestWrite(0x77, '32M', '192M');
@@ -179,12 +195,14 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     // the pull, begun by another connection, was seen ending here: it took id 3 on this connection
     const pullEnd = await waitFor(() => completed.find((e) => e.jobId === 3), 'job-completed of the pull', 60_000);
     assert.equal(pullEnd.stats.success, true, 'an ended pull counts as success');
+    // the CLI's push was another connection's job too: id 4 here
+    await waitFor(() => completed.find((e) => e.jobId === 4 && e.stats.success === true), 'job-completed of the CLI push', 60_000);
     const id3 = await dom.backupBegin(pushXml(t3));
-    assert.equal(id3, 4);
+    assert.equal(id3, 5);
     await slowDown(dom);
     assert.equal((await dom.getJobStats()).type, JobType.UNBOUNDED);
     assert.equal((await dom.getJobStats()).id, id3, 'job stats carry the connection\'s id');
-    await refused(dom.backupEnd(id3), ErrorCode.OPERATION_INVALID, /backup job 4 is still copying: wait for job-completed or end it with ABORT/);
+    await refused(dom.backupEnd(id3), ErrorCode.OPERATION_INVALID, /backup job 5 is still copying: wait for job-completed or end it with ABORT/);
     assert.equal(await dom.backupEnd(id3, { abort: true }), 0, 'an aborted push ends incomplete');
     const ev3 = await waitFor(() => completed.find((e) => e.jobId === id3), 'job-completed of the aborted job', 60_000);
     assert.equal(ev3.stats.type, JobType.CANCELLED);
@@ -261,7 +279,7 @@ async function readOnly(target: ScenarioTarget, dom: Domain): Promise<void> {
   try {
     await refused(driver.checkpointCreateXML(dom.uuid, '<domaincheckpoint/>', 0), ErrorCode.OPERATION_DENIED,
       /read only access prevents virDomainCheckpointCreateXML/);
-    assert.deepEqual((await driver.listAllCheckpoints(dom.uuid, 0)).sort(), ['c1', 'c2'], 'reads still work there');
+    assert.deepEqual((await driver.listAllCheckpoints(dom.uuid, 0)).sort(), ['c1', 'c2', 'c3'], 'reads still work there');
   } finally {
     await driver.close();
   }
