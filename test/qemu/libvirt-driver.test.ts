@@ -77,6 +77,10 @@ export interface ScenarioTarget {
   roSocket: string;
   /** a scratch folder both we and the daemon's QEMU can use */
   dir: string;
+  /** the domain to define (default: libvirt's TCG domain with one virtio qcow2 disk 'vda') */
+  domainXml?: (name: string, disk: string) => string;
+  /** the QOM path HMP `qemu-io -d` writes through (default: libvirt's virtio-disk0 backend) */
+  diskQomPath?: string;
 }
 
 /** The whole scenario; each step asserts what libvirt and the files show. */
@@ -90,7 +94,8 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   const name = 'lvc1';
   const disk = path.join(dir, `${name}.qcow2`);
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '256M']);
-  await writeFile(path.join(dir, 'dom.xml'), domainXml(name, disk));
+  await writeFile(path.join(dir, 'dom.xml'), (target.domainXml ?? domainXml)(name, disk));
+  const qom = target.diskQomPath ?? '/machine/peripheral/virtio-disk0/virtio-backend';
 
   // ---- the CLI, as a user would: define, start, list, dumpxml
   assert.match(await cli('define', path.join(dir, 'dom.xml')), new RegExp(`Domain '${name}' defined`));
@@ -100,7 +105,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
 
   const writes: Write[] = [];
   const guestWrite = async (...w: Write) => {
-    const cmd = `qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "write -P 0x${w[0].toString(16)} ${w[1]} ${w[2]}"`;
+    const cmd = `qemu-io -d ${qom} "write -P 0x${w[0].toString(16)} ${w[1]} ${w[2]}"`;
     assert.equal((await cli('qemu-monitor-command', name, '--hmp', cmd)).trim(), '', 'qemu-io wrote');
     writes.push(w);
   };
