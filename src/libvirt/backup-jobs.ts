@@ -16,7 +16,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { FinishedPush, JobStats } from '../api/driver.js';
-import { virErr } from '../errors.js';
+import { ErrorCode, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, checkFlags, JobStatsFlags, JobType } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { alignBackupDisks, applyBackupDefaults, formatBackupXML, parseBackupXML, type BackupDef } from '../xml/backup.js';
@@ -204,9 +204,9 @@ export class BackupJobs {
     const plans: { path: string; format: string; size: bigint; backing: { path: string; format: string } | null }[] = [];
     for (const d of def.disks) {
       if (!d.backup || d.path === null) continue;
-      const { capacity } = await client.callRow(Program.REMOTE, domainGetBlockInfo, { dom, path: d.name, flags: 0 });
-      const incremental = d.backupmode === 'incremental' ? d.incremental : null;
       const source = disks.find((x) => x.target === d.name)?.source ?? null;
+      const capacity = await this.capacity(dom, d.name, source);
+      const incremental = d.backupmode === 'incremental' ? d.incremental : null;
       let backing: { path: string; format: string } | null = null;
       if (chain) {
         if (existsSync(d.path)) throw virErr('INVALID_ARG', 'QEMU', `store '${d.path}' for backup of '${d.name}' exists`);
@@ -229,6 +229,21 @@ export class BackupJobs {
     }
     // the aligned XML: libvirt generates the same names, but only ours are known before the job begins
     return { xml: formatBackupXML(def), reuse: chain };
+  }
+
+  /**
+   * A disk's virtual size: libvirt's (GET_BLOCK_INFO), else, from a daemon
+   * without that procedure (virtbackd's libvirt socket), the image's own.
+   */
+  private async capacity(dom: WireDomain, target: string, source: string | null): Promise<bigint> {
+    try {
+      return (await this.host.client.callRow(Program.REMOTE, domainGetBlockInfo, { dom, path: target, flags: 0 })).capacity;
+    } catch (e) {
+      const code = (e as { code?: number }).code;
+      if ((code !== ErrorCode.RPC && code !== ErrorCode.NO_SUPPORT) || source === null) throw e;
+      const { stdout } = await run('qemu-img', ['info', '-U', '--output=json', source]);
+      return BigInt((JSON.parse(stdout) as { 'virtual-size': number })['virtual-size']);
+    }
   }
 
   /** The backup an incremental continues; none is refused as the QEMU driver refuses it. */
