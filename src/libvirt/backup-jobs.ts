@@ -305,7 +305,11 @@ export class BackupJobs {
     let rec = this.current.get(uuid);
     if (!rec) {
       const dom = await this.host.wireDomain(uuid);
-      const live = await this.host.client.call('domainGetJobStats', { dom, flags: 0 });
+      // an inactive domain has no job (libvirt answers "domain is not running")
+      const live = await this.host.client.call('domainGetJobStats', { dom, flags: 0 }).catch((e: unknown) => {
+        if ((e as { code?: number }).code === ErrorCode.OPERATION_INVALID) return { type: JobType.NONE, params: [] };
+        throw e;
+      });
       if (RUNNING.includes(live.type)) {
         await this.host.watchJobs();
         const xml = (await this.host.client.call('domainBackupGetXMLDesc', { dom, flags: 0 })).xml;

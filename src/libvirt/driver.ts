@@ -175,7 +175,8 @@ export class LibvirtDriver implements Driver {
       this.client.call('domainGetState', { dom, flags: 0 }),
       this.client.call('domainIsPersistent', { dom }),
       this.client.call('domainListAllCheckpoints', { dom, need_results: 0, flags: 0 }),
-      this.client.call('domainGetJobStats', { dom, flags: 0 }),
+      // libvirt refuses job stats of an inactive domain ("domain is not running"): it has no job
+      dom.id > 0 ? this.client.call('domainGetJobStats', { dom, flags: 0 }) : { type: JobType.NONE },
     ]);
     return {
       ...ref,

@@ -226,6 +226,16 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   } finally {
     await conn.close();
   }
+
+  // START_AUTODESTROY and START_PAUSED: the daemon kills the domain when the connection that started it ends
+  const starter = await connect(uri);
+  try {
+    await (await starter.lookupByName(name)).create({ paused: true, autodestroy: true });
+    assert.match(await cli('domstate', name), /paused/);
+  } finally {
+    await starter.close();
+  }
+  await waitFor(async () => /shut off/.test(await cli('domstate', name)) || null, 'the autodestroy domain to die with its connection', 30_000);
   assert.match(await cli('undefine', name, '--checkpoints-metadata'), /undefined/);
   assert.equal((await cli('list', '--all', '--name')).trim(), '');
 }
