@@ -31,6 +31,13 @@ import { decode, encode } from './xdr.js';
 /** The URIs a client may open here: the name libvirt clients send for qemu:///system (and the session one). */
 const ACCEPTED_URIS: ReadonlySet<string> = new Set(['qemu:///system', 'qemu:///session']);
 
+/**
+ * How long events wait for the connection's calls in flight: replies go out
+ * before the events their calls caused (friendlier for clients), but a
+ * long call must not hold every event back.
+ */
+const EVENT_HOLD_MS = 200;
+
 /** An error message longer than this is cut: it travels in every error reply. */
 const MAX_ERROR_MESSAGE_CHARS = 64 * 1024;
 
@@ -69,6 +76,9 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private lastReceived = Date.now();
   private unansweredPings = 0;
+  /** event MESSAGEs held while calls are in flight */
+  private heldEvents: Buffer[] = [];
+  private eventHold: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly server: ConnectionServer,
@@ -147,7 +157,10 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     this.runCall(dispatch, payload).then(
       (ret) => this.reply(h, dispatch, ret),
       (e: unknown) => this.replyError(h, e),
-    ).finally(() => this.flow.callEnded());
+    ).finally(() => {
+      this.flow.callEnded();
+      if (this.flow.callsInFlight === 0) this.flushEvents();
+    });
   }
 
   private async runCall({ row, handler }: Dispatch, payload: Buffer): Promise<unknown> {
@@ -203,10 +216,20 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     this.flow.wrote(this.socket.write(bytes));
   }
 
-  /** A driver event, already in wire form: one MESSAGE per matching registration. */
+  /** A driver event, already in wire form: one MESSAGE per matching registration, after the replies in flight. */
   deliver(ev: WireEvent): void {
     if (this.closed || !this.opened) return;
-    for (const message of this.events.messages(ev)) this.write(message);
+    this.heldEvents.push(...this.events.messages(ev));
+    if (this.flow.callsInFlight === 0) this.flushEvents();
+    else this.eventHold ??= setTimeout(() => this.flushEvents(), EVENT_HOLD_MS);
+  }
+
+  private flushEvents(): void {
+    if (this.eventHold !== null) clearTimeout(this.eventHold);
+    this.eventHold = null;
+    const held = this.heldEvents;
+    this.heldEvents = [];
+    for (const message of held) this.write(message);
   }
 
   // ---- what the handlers call (CallConnection) ----
@@ -272,6 +295,8 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     this.log.debug('client disconnected');
     if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
     this.keepaliveTimer = null;
+    if (this.eventHold !== null) clearTimeout(this.eventHold);
+    this.heldEvents = [];
     this.events.clear();
     this.server.forget(this);
   }
