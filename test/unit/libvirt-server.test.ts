@@ -6,11 +6,7 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { TestDriver } from '../../src/api/test-driver.js';
-import { LibvirtServer, type LibvirtServerOptions } from '../../src/libvirt/server.js';
 import { KeepaliveProc, MessageStatus, MessageType, Program, encodePacket } from '../../src/libvirt/packet.js';
 import {
   DomainEventId,
@@ -24,33 +20,11 @@ import {
 } from '../../src/libvirt/procedures.js';
 import { LIB_VERSION_NUMBER, bytesToUuid, uuidToBytes } from '../../src/libvirt/semantics.js';
 import { decode, encode } from '../../src/libvirt/xdr.js';
-import { WireClient } from '../helpers/libvirt-wire.js';
+import { WireClient, startLibvirtServer as setup } from '../helpers/libvirt-wire.js';
 
 const UUID = '2aa8cd4f-b7f1-4d6a-bcdf-8e036368adf6';
 const OTHER = '11111111-2222-4333-8444-555555555555';
 const domXml = (name: string, uuid: string) => `<domain><name>${name}</name><uuid>${uuid}</uuid></domain>`;
-
-interface Setup {
-  driver: TestDriver;
-  server: LibvirtServer;
-  rw: string;
-  ro: string;
-}
-
-async function setup(t: TestContext, opts: LibvirtServerOptions = {}, driver = new TestDriver({ pushDurationMs: 20 })): Promise<Setup> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-lvs-'));
-  const server = new LibvirtServer(driver, { hostname: 'host.example', hypervisorVersion: 7002022, ...opts });
-  const rw = path.join(dir, 'libvirt-sock');
-  const ro = path.join(dir, 'libvirt-sock-ro');
-  await server.listenUnix(rw, { readOnly: false, mode: 0o600 });
-  await server.listenUnix(ro, { readOnly: true, mode: 0o666 });
-  t.after(async () => {
-    await server.close();
-    await driver.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { driver, server, rw, ro };
-}
 
 async function client(t: TestContext, socket: string): Promise<WireClient> {
   const c = await WireClient.connect(socket);
