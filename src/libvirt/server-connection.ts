@@ -284,6 +284,11 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
   drop(reason: string): void {
     if (this.closed) return;
     this.log.warn({ reason }, 'client dropped');
+    this.disconnect();
+  }
+
+  /** Ends the connection without blaming the client (the server is closing). */
+  disconnect(): void {
     this.socket.destroy();
     this.onClose();
   }
