@@ -6,7 +6,12 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { TestDriver } from '../../src/api/test-driver.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { silentLogger } from '../../src/log.js';
 import { KeepaliveProc, MessageStatus, MessageType, Program, encodePacket } from '../../src/libvirt/packet.js';
 import {
   DomainEventId,
@@ -448,4 +453,38 @@ test('START_AUTODESTROY: the domain dies with the connection that started it, at
   assert.deepEqual([stopped.callbackID, stopped.dom.name, stopped.event, stopped.detail, stopped.dom.id], [id, 'd', 5, 1, -1], 'stopped/destroyed');
   assert.equal((await s.driver.domainGetInfo(UUID)).state, 5, 'destroyed');
   assert.equal((await s.driver.domainGetInfo(OTHER)).state, 1, 'started without the flag: still running');
+});
+
+test('virtbackd listens on libvirt-sock (0600) and libvirt-sock-ro (0666) beside its own sockets, and removes them on stop', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-lvsd-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const driver = new TestDriver();
+  const daemon = await Daemon.start({
+    stateDir: path.join(dir, 'state'),
+    runDir: path.join(dir, 'run'),
+    logger: silentLogger,
+    openDriver: async () => driver,
+    libvirt: { hypervisorVersion: 7002022 },
+  });
+  let stopped = false;
+  t.after(async () => {
+    if (!stopped) await daemon.stop();
+  });
+  assert.equal(daemon.libvirtSocketPath, path.join(dir, 'run', 'libvirt-sock'));
+  assert.equal(fs.statSync(daemon.libvirtSocketPath).mode & 0o777, 0o600);
+  assert.equal(fs.statSync(daemon.libvirtRoSocketPath).mode & 0o777, 0o666);
+  await driver.domainDefineXML(domXml('d', UUID), 0);
+  for (const socket of [daemon.libvirtSocketPath, daemon.libvirtRoSocketPath]) {
+    const c = await client(t, socket);
+    await c.handshake();
+    assert.deepEqual(await c.call('connectGetVersion', undefined), { hv_ver: 7002022n });
+    assert.equal((await c.call('domainLookupByName', { name: 'd' })).dom.name, 'd');
+  }
+  const ro = await client(t, daemon.libvirtRoSocketPath);
+  await ro.handshake();
+  assert.equal((await ro.error('domainCreate', { dom: wireDom('d', UUID) })).code, 29);
+  await daemon.stop();
+  stopped = true;
+  assert.equal(fs.existsSync(daemon.libvirtSocketPath), false);
+  assert.equal(fs.existsSync(daemon.libvirtRoSocketPath), false);
 });
