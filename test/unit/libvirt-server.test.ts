@@ -195,6 +195,7 @@ test('the read-only socket refuses every mutating procedure with 29 and the API 
       const e = await c.error(n, args[n] as never);
       assert.equal(e.code, 29, n);
       assert.equal(e.message, `operation forbidden: read only access prevents ${remoteProcedures[n].api}`, n);
+      assert.equal(e.domain, n.startsWith('domainCheckpoint') ? 69 : 20, n);
     }
     for (const n of ['domainGetXMLDesc', 'domainCheckpointGetXMLDesc'] as const) {
       const e = await c.error(n, { ...args[n], flags: 1 } as never);
