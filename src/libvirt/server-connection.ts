@@ -23,7 +23,7 @@ import {
   encodePacket,
   type Packet,
 } from './packet.js';
-import { CONNECT_RO, DriverFeature, readOnlyDenial, remoteError } from './procedures.js';
+import { CONNECT_RO, DriverFeature, readOnlyDenial, remoteError, type WireDomain } from './procedures.js';
 import { EventRegistrations, type WireEvent } from './server-events.js';
 import { SUPPORTED_FEATURES, qemuDispatch, remoteDispatch, type CallConnection, type Dispatch, type HostFacts } from './server-handlers.js';
 import { toWireError } from './semantics.js';
@@ -221,10 +221,15 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     this.flow.wrote(this.socket.write(bytes));
   }
 
-  /** A driver event, already in wire form: one MESSAGE per matching registration, after the replies in flight. */
-  deliver(ev: WireEvent): void {
+  /** Whether this connection registered for `ev`. */
+  wantsEvent(ev: WireEvent): boolean {
+    return !this.closed && this.opened && this.events.wants(ev);
+  }
+
+  /** A driver event in wire form: one MESSAGE per matching registration, after the replies in flight. */
+  deliver(ev: WireEvent, dom: WireDomain): void {
     if (this.closed || !this.opened) return;
-    this.heldEvents.push(...this.events.messages(ev));
+    this.heldEvents.push(...this.events.messages(ev, dom));
     if (this.flow.callsInFlight === 0) this.flushEvents();
     else this.eventHold ??= setTimeout(() => this.flushEvents(), EVENT_HOLD_MS);
   }
