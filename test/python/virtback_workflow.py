@@ -38,6 +38,8 @@ def typed(params):
 # An event loop in its own thread, as the bindings' documentation says: the
 # client then negotiates keepalive and receives the domain events.
 libvirt.virEventRegisterDefaultImpl()
+# errors are asserted through the exceptions; the default handler would also print them
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
 def run_loop():
@@ -98,7 +100,8 @@ def error_of(fn):
 def write(dom, target, offset, length, pattern):
     cmd = f'qemu-io -d {CFG["qdevs"][target]} "write -P {pattern:#x} {offset} {length}"'
     reply = libvirt_qemu.qemuMonitorCommand(dom, cmd, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-    if "wrote" not in reply:
+    # QEMU answers a successful qemu-io with its output or, through libvirt, with nothing
+    if reply.strip() and "wrote" not in reply:
         raise RuntimeError(f"{cmd}: {reply}")
     out("write", disk=target, offset=offset, length=length, pattern=pattern)
 
