@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // virtbackd: serves the QEMU driver on <run-dir>/virtbackd.sock (0600) and
-// <run-dir>/virtbackd-ro.sock (0666). `--daemon` detaches once the sockets
+// <run-dir>/virtbackd-ro.sock (0666), and over libvirt's protocol on
+// <run-dir>/libvirt-sock (0600) and <run-dir>/libvirt-sock-ro (0666). `--daemon` detaches once the sockets
 // listen: the parent starts the real daemon as a child with a readiness pipe
 // on fd 3 and exits 0 when the child writes "ready", 1 with its error otherwise.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
@@ -61,6 +62,22 @@ function parseTls(o: Options): DaemonTlsOptions | undefined {
     throw virErr('INVALID_ARG', 'NONE', '--listen-tcp needs --tls-cert, --tls-key and --tls-ca: plain TCP is not offered');
   }
   return { host: m[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]), certFile: o.tlsCert, keyFile: o.tlsKey, caFile: o.tlsCa };
+}
+
+/** QEMU's version as libvirt reports it (major·10⁶ + minor·10³ + micro) from `--version`'s first line; 0 when unknown. */
+function parseQemuVersion(text: string): number {
+  const m = /version (\d+)\.(\d+)(?:\.(\d+))?/.exec(text);
+  return m ? Number(m[1]) * 1_000_000 + Number(m[2]) * 1_000 + Number(m[3] ?? 0) : 0;
+}
+
+/** Asked once at startup, for CONNECT_GET_VERSION on the libvirt socket. */
+function qemuVersion(log: Logger): Promise<number> {
+  return new Promise((resolve) => {
+    execFile('qemu-system-x86_64', ['--version'], { timeout: 10_000 }, (err, stdout) => {
+      if (err) log.warn(errField(err), 'cannot ask QEMU its version: the libvirt socket reports 0');
+      resolve(err ? 0 : parseQemuVersion(stdout));
+    });
+  });
 }
 
 /** Parent side of --daemon: start the child, wait for its readiness line. */
@@ -175,7 +192,14 @@ async function serve(
   }
   let daemon: Daemon;
   try {
-    daemon = await Daemon.start({ ...dirs, logger, openDriver: (d) => openDriver(o.driver, d, o, logger), tls });
+    const hypervisorVersion = await qemuVersion(logger);
+    daemon = await Daemon.start({
+      ...dirs,
+      logger,
+      openDriver: (d) => openDriver(o.driver, d, o, logger),
+      tls,
+      libvirt: { hypervisorVersion },
+    });
   } catch (e) {
     const msg = (e as Error).message;
     logger.error(`cannot start: ${msg}`);

@@ -1,6 +1,6 @@
 // virtbackd's life cycle, without the command line: take the locks, open the
-// driver, listen on the read-write and read-only sockets (and TLS if asked),
-// and on stop undo exactly that. Stopping closes the driver (which detaches
+// driver, listen on the read-write and read-only sockets of our protocol and
+// of libvirt's (and TLS if asked), and on stop undo exactly that. Stopping closes the driver (which detaches
 // from QEMU) but never stops domains or jobs.
 //
 // Restart survival: the driver's open() reconnects domains and recovers
@@ -12,10 +12,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Driver, DriverEvent } from '../api/driver.js';
 import { errField, type Logger } from '../log.js';
+import { LibvirtServer, type LibvirtServerOptions } from '../libvirt/server.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
 import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
 import { PidLock } from './lock.js';
-import { LOCK_FILE_NAME, PID_FILE_NAME, RO_SOCKET_NAME, SOCKET_NAME, prepareRunDir } from './paths.js';
+import {
+  LIBVIRT_RO_SOCKET_NAME,
+  LIBVIRT_SOCKET_NAME,
+  LOCK_FILE_NAME,
+  PID_FILE_NAME,
+  RO_SOCKET_NAME,
+  SOCKET_NAME,
+  prepareRunDir,
+} from './paths.js';
 
 export interface DaemonTlsOptions {
   host: string;
@@ -32,6 +41,8 @@ export interface DaemonOptions {
   openDriver: (dirs: { stateDir: string; runDir: string }) => Promise<Driver>;
   tls?: DaemonTlsOptions;
   server?: Omit<ServerOptions, 'logger' | 'backlog'>;
+  /** the libvirt sockets' server (QEMU's version, limits); the same logger */
+  libvirt?: Omit<LibvirtServerOptions, 'logger'>;
   /** bounds of the startup backlog (default 10 minutes, 1000 events) */
   backlog?: BacklogOptions;
 }
@@ -43,6 +54,7 @@ export class Daemon {
     readonly opts: DaemonOptions,
     readonly driver: Driver,
     readonly server: RemoteServer,
+    readonly libvirtServer: LibvirtServer,
     private readonly locks: PidLock[],
     /** events recovered at startup, replayed to each client that subscribes */
     readonly backlog: EventBacklog,
@@ -54,6 +66,14 @@ export class Daemon {
 
   get roSocketPath(): string {
     return path.join(this.opts.runDir, RO_SOCKET_NAME);
+  }
+
+  get libvirtSocketPath(): string {
+    return path.join(this.opts.runDir, LIBVIRT_SOCKET_NAME);
+  }
+
+  get libvirtRoSocketPath(): string {
+    return path.join(this.opts.runDir, LIBVIRT_RO_SOCKET_NAME);
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
@@ -82,6 +102,10 @@ export class Daemon {
       undo.push(() => server.close());
       await server.listenUnix(path.join(opts.runDir, SOCKET_NAME), { readOnly: false, mode: 0o600 });
       await server.listenUnix(path.join(opts.runDir, RO_SOCKET_NAME), { readOnly: true, mode: 0o666 });
+      const libvirtServer = new LibvirtServer(driver, { ...opts.libvirt, logger: log });
+      undo.push(() => libvirtServer.close());
+      await libvirtServer.listenUnix(path.join(opts.runDir, LIBVIRT_SOCKET_NAME), { readOnly: false, mode: 0o600 });
+      await libvirtServer.listenUnix(path.join(opts.runDir, LIBVIRT_RO_SOCKET_NAME), { readOnly: true, mode: 0o666 });
       if (opts.tls) {
         await server.listenTls({
           host: opts.tls.host,
@@ -92,7 +116,7 @@ export class Daemon {
         });
       }
       log.info({ driver: driver.uri, socket: path.join(opts.runDir, SOCKET_NAME), ...(opts.tls ? { tcp: `${opts.tls.host}:${opts.tls.port}` } : {}) }, 'virtbackd ready');
-      return new Daemon(opts, driver, server, [pidFile, stateLock], backlog);
+      return new Daemon(opts, driver, server, libvirtServer, [pidFile, stateLock], backlog);
     } catch (e) {
       for (const u of undo.reverse()) {
         try {
@@ -110,6 +134,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       const log = this.opts.logger;
       log.info('shutting down');
+      await this.libvirtServer.close();
       await this.server.close();
       try {
         await this.driver.close();

@@ -10,6 +10,9 @@ export const SOCKET_NAME = 'virtbackd.sock';
 export const RO_SOCKET_NAME = 'virtbackd-ro.sock';
 export const PID_FILE_NAME = 'virtbackd.pid';
 export const LOCK_FILE_NAME = 'virtbackd.lock';
+/** libvirt's remote protocol (virsh, libvirt bindings): read-write 0600 and read-only 0666, named as libvirtd's */
+export const LIBVIRT_SOCKET_NAME = 'libvirt-sock';
+export const LIBVIRT_RO_SOCKET_NAME = 'libvirt-sock-ro';
 
 export type Env = Record<string, string | undefined>;
 

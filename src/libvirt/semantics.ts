@@ -194,3 +194,45 @@ export function backupBeginFlagsFromWire(flags: number): number {
 export function backupBeginFlagsToWire(flags: number): number {
   return flags & BackupBeginFlags.REUSE_EXTERNAL ? WireBackupBeginFlags.REUSE_EXTERNAL : 0;
 }
+
+// ---- list filters virtback's driver does not have ---------------------------
+
+/**
+ * virConnectListAllDomains filter groups of libvirt that our ListDomainsFlags
+ * lack: a libvirt server filters them itself (nothing here has a managed save
+ * image or a snapshot; autostart is asked per domain).
+ */
+export const WireListDomainsFlags = {
+  MANAGEDSAVE: 1 << 8,
+  NO_MANAGEDSAVE: 1 << 9,
+  AUTOSTART: 1 << 10,
+  NO_AUTOSTART: 1 << 11,
+  HAS_SNAPSHOT: 1 << 12,
+  NO_SNAPSHOT: 1 << 13,
+} as const;
+
+/** One filter group: true = only those that have it, false = only those that do not, null = no filter (neither or both). */
+export type GroupFilter = boolean | null;
+
+function group(flags: number, has: number, hasNot: number): GroupFilter {
+  const a = (flags & has) !== 0;
+  const b = (flags & hasNot) !== 0;
+  return a === b ? null : a;
+}
+
+/** libvirt's list flags split into ours (for the driver) and the groups the server filters. */
+export function splitListDomainsFlags(flags: number): {
+  driverFlags: number;
+  managedSave: GroupFilter;
+  autostart: GroupFilter;
+  snapshot: GroupFilter;
+} {
+  const W = WireListDomainsFlags;
+  const extra = Object.values(W).reduce((a, b) => a | b, 0);
+  return {
+    driverFlags: (flags & ~extra) >>> 0,
+    managedSave: group(flags, W.MANAGEDSAVE, W.NO_MANAGEDSAVE),
+    autostart: group(flags, W.AUTOSTART, W.NO_AUTOSTART),
+    snapshot: group(flags, W.HAS_SNAPSHOT, W.NO_SNAPSHOT),
+  };
+}

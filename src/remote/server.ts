@@ -5,13 +5,13 @@
 // hostile client costs only itself. Every call goes through CheckedDriver,
 // read-only for the read-only socket.
 
-import * as fs from 'node:fs';
-import * as net from 'node:net';
+import type * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { ClientPool, FlowControl, type ClientLimitOptions, type LimitedClient } from './client-limits.js';
 import { FrameDecoder, MAX_FRAME_BYTES, MAX_JSON_DEPTH, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonDepthExceeds } from './frame.js';
 import {
   CallMessageSchema,
@@ -24,26 +24,13 @@ import {
   type DriverProcName,
   type ServerMessage,
 } from './protocol.js';
+import { listenUnixSocket, removeSocketFile } from './unix-socket.js';
 
-export interface ServerOptions {
+export interface ServerOptions extends ClientLimitOptions {
   /** Largest frame accepted or sent. */
   maxFrame?: number;
   /** Largest frame accepted from a read-only client (default MAX_READ_ONLY_FRAME_BYTES). */
   maxReadOnlyFrame?: number;
-  /** Bytes queued for one client beyond which that client is dropped (default 64 MiB). */
-  maxQueuedBytes?: number;
-  /**
-   * Bytes held for all clients together (unread input and queued output)
-   * beyond which the heaviest client is dropped (default 256 MiB): many
-   * clients each under their own bound must not add up to the daemon's memory.
-   */
-  maxTotalBufferedBytes?: number;
-  /** Connections beyond which new ones are closed at once (default 1024). */
-  maxClients?: number;
-  /** How long a client may leave its queued replies untaken before it is dropped (default 10 s). */
-  stalledReaderMs?: number;
-  /** Calls of one client in flight beyond which its socket is no longer read (default 32). */
-  maxInflight?: number;
   /** daemon log (default: silent); client lines carry `client` (a per-server connection number) */
   logger?: Logger;
   /**
@@ -71,12 +58,9 @@ function describeIssues(issues: ReadonlyArray<{ path: ReadonlyArray<PropertyKey>
     .join('; ');
 }
 
-class ClientConnection {
+class ClientConnection implements LimitedClient {
   private readonly decoder: FrameDecoder;
-  private inflight = 0;
-  private paused = false;
-  /** replies are waiting in the socket's queue: reading is paused until it drains */
-  private waitingDrain = false;
+  private readonly flow: FlowControl<ClientConnection>;
   closed = false;
   subscribed = false;
   /** the backlog was sent (each connection gets it once) */
@@ -92,6 +76,7 @@ class ClientConnection {
   ) {
     this.decoder = new FrameDecoder(readOnly ? Math.min(server.maxFrame, server.maxReadOnlyFrame) : server.maxFrame);
     this.log = server.log.child({ client: id });
+    this.flow = new FlowControl(socket, server.pool, this);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.log.debug({ error: e.message }, 'client socket error'));
     socket.on('close', () => this.onClose());
@@ -107,7 +92,7 @@ class ClientConnection {
       this.drop(toVirError(e).message);
       return;
     }
-    this.server.checkBudget(this);
+    this.flow.received();
     if (this.closed) return;
     for (const frame of frames) {
       if (this.closed) return;
@@ -138,11 +123,7 @@ class ClientConnection {
   }
 
   private startCall(msg: CallMessage): void {
-    this.inflight++;
-    if (this.inflight >= this.server.maxInflight && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    }
+    this.flow.callStarted();
     this.runCall(msg)
       .then(
         (result) => {
@@ -151,10 +132,7 @@ class ClientConnection {
         },
         (e: unknown) => this.sendError(msg.serial, e),
       )
-      .finally(() => {
-        this.inflight--;
-        this.maybeResume();
-      });
+      .finally(() => this.flow.callEnded());
   }
 
   private async runCall(msg: CallMessage): Promise<unknown> {
@@ -225,39 +203,7 @@ class ClientConnection {
       if (msg.type === 'reply') this.sendError(msg.serial, e);
       return;
     }
-    if (!this.socket.write(frame)) this.holdUntilDrained();
-    if (this.socket.writableLength > this.server.maxQueuedBytes) {
-      this.drop(`outgoing queue over ${this.server.maxQueuedBytes} bytes (client not reading)`);
-    } else this.server.checkBudget(this);
-  }
-
-  /**
-   * A client that does not take its replies gets no more of its calls read
-   * until it does: each queued write costs far more memory than its bytes.
-   */
-  private holdUntilDrained(): void {
-    if (this.waitingDrain) return;
-    this.waitingDrain = true;
-    if (!this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    }
-    const ms = this.server.stalledReaderMs;
-    const stalled = setTimeout(() => this.drop(`took none of its replies for ${ms} ms`), ms);
-    stalled.unref();
-    this.socket.once('drain', () => {
-      clearTimeout(stalled);
-      this.waitingDrain = false;
-      this.maybeResume();
-    });
-  }
-
-  /** Read the client's calls again once neither too many are in flight nor its replies wait. */
-  private maybeResume(): void {
-    if (this.paused && !this.closed && !this.waitingDrain && this.inflight < this.server.maxInflight) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    this.flow.wrote(this.socket.write(frame));
   }
 
   /** Bytes held for this client: input waiting for the rest of a frame, output not yet taken by it. */
@@ -280,22 +226,15 @@ class ClientConnection {
   }
 }
 
-/** Below this many bytes held, a client is not worth a scan of all clients' buffers. */
-const BUDGET_SCAN_FLOOR = 256 * 1024;
-
 export class RemoteServer {
   readonly maxFrame: number;
-  readonly maxTotalBufferedBytes: number;
-  readonly maxClients: number;
-  readonly stalledReaderMs: number;
   readonly maxReadOnlyFrame: number;
-  readonly maxQueuedBytes: number;
-  readonly maxInflight: number;
+  /** @internal the connections and their limits */
+  readonly pool: ClientPool<ClientConnection>;
   readonly log: Logger;
   readonly backlog: () => DriverEvent[];
   private readonly rw: CheckedDriver;
   private readonly ro: CheckedDriver;
-  private readonly clients = new Set<ClientConnection>();
   private readonly listeners: net.Server[] = [];
   private readonly socketPaths: string[] = [];
   private unsubscribe: (() => void) | null = null;
@@ -304,51 +243,23 @@ export class RemoteServer {
   constructor(driver: Driver, opts: ServerOptions = {}) {
     this.maxFrame = opts.maxFrame ?? MAX_FRAME_BYTES;
     this.maxReadOnlyFrame = opts.maxReadOnlyFrame ?? MAX_READ_ONLY_FRAME_BYTES;
-    this.maxTotalBufferedBytes = opts.maxTotalBufferedBytes ?? 256 * 1024 * 1024;
-    this.maxClients = opts.maxClients ?? 1024;
-    this.stalledReaderMs = opts.stalledReaderMs ?? 10_000;
-    this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024 * 1024;
-    this.maxInflight = opts.maxInflight ?? 32;
+    this.pool = new ClientPool(opts);
     this.log = opts.logger ?? silentLogger;
     this.backlog = opts.backlog ?? (() => []);
     this.rw = new CheckedDriver(driver, false);
     this.ro = new CheckedDriver(driver, true);
     this.unsubscribe = driver.subscribe((event) => {
-      for (const c of [...this.clients]) c.sendEvent(event);
+      for (const c of this.pool.all()) c.sendEvent(event);
     });
   }
 
   get clientCount(): number {
-    return this.clients.size;
+    return this.pool.size;
   }
 
-  /**
-   * Listens on a unix socket with exactly `mode`. The socket is created under
-   * a restrictive umask so it is never reachable with looser permissions,
-   * then chmod'ed. An existing file at `path` is removed first (the caller
-   * holds the daemon lock, so it is a leftover of a dead daemon).
-   */
+  /** Listens on a unix socket with exactly `mode` (see remote/unix-socket.ts). */
   async listenUnix(path: string, opts: { readOnly: boolean; mode: number }): Promise<void> {
-    try {
-      fs.unlinkSync(path);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    const server = net.createServer((socket) => this.accept(socket, opts.readOnly));
-    const oldMask = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(path, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
-    } finally {
-      process.umask(oldMask);
-    }
-    fs.chmodSync(path, opts.mode);
-    server.on('error', (e) => this.log.error({ socket: path, err: e }, 'listener failed'));
+    const server = await listenUnixSocket(path, opts.mode, (socket) => this.accept(socket, opts.readOnly), this.log);
     this.listeners.push(server);
     this.socketPaths.push(path);
     this.log.info({ socket: path, readOnly: opts.readOnly }, 'listening');
@@ -376,46 +287,25 @@ export class RemoteServer {
   }
 
   private accept(socket: net.Socket, readOnly: boolean): void {
-    if (this.clients.size >= this.maxClients) {
-      this.log.warn({ readOnly, clients: this.clients.size }, 'connection refused: too many clients');
+    if (this.pool.full) {
+      this.log.warn({ readOnly, clients: this.pool.size }, 'connection refused: too many clients');
       socket.destroy();
       return;
     }
     const id = this.nextClientId++;
     const client = new ClientConnection(this, socket, readOnly, id, readOnly ? this.ro : this.rw);
-    this.clients.add(client);
+    this.pool.add(client);
     this.log.debug({ client: id, readOnly, peer: socket.remoteAddress ?? 'unix' }, 'client connected');
   }
 
   /** Bytes held for all clients now (unread input, queued output). */
   get bufferedBytes(): number {
-    let total = 0;
-    for (const c of this.clients) total += c.bufferedBytes;
-    return total;
-  }
-
-  /**
-   * @internal The daemon-wide bound on what clients make it hold: over it,
-   * the client holding the most is dropped. Scanned only when `client`
-   * itself holds a fair amount (below the floor, all clients together stay
-   * under maxClients × floor).
-   */
-  checkBudget(client: ClientConnection): void {
-    if (client.bufferedBytes < BUDGET_SCAN_FLOOR) return;
-    let total = 0;
-    let heaviest = client;
-    for (const c of this.clients) {
-      total += c.bufferedBytes;
-      if (c.bufferedBytes > heaviest.bufferedBytes) heaviest = c;
-    }
-    if (total > this.maxTotalBufferedBytes) {
-      heaviest.drop(`clients hold ${total} bytes, over the daemon's ${this.maxTotalBufferedBytes}; this one held ${heaviest.bufferedBytes}`);
-    }
+    return this.pool.bufferedBytes;
   }
 
   /** @internal */
   forget(client: ClientConnection): void {
-    this.clients.delete(client);
+    this.pool.delete(client);
   }
 
   /** Stops listening, removes the socket files and disconnects every client. The driver stays open. */
@@ -423,18 +313,18 @@ export class RemoteServer {
     this.unsubscribe?.();
     this.unsubscribe = null;
     const closing = this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const c of [...this.clients]) {
+    for (const c of this.pool.all()) {
       c.closed = true;
       c.socket.destroy();
     }
-    this.clients.clear();
+    this.pool.clear();
     await Promise.all(closing);
     this.listeners.length = 0;
     for (const p of this.socketPaths) {
       try {
-        fs.unlinkSync(p);
+        removeSocketFile(p);
       } catch {
-        // already gone
+        // best effort: the listener is closed either way
       }
     }
     this.socketPaths.length = 0;

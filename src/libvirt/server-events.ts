@@ -1,0 +1,109 @@
+// Domain events on libvirt's wire: a connection's registrations (procedure
+// 316: an event ID and optionally one domain) and a driver event in its
+// callback form, one MESSAGE per matching registration carrying that
+// registration's callbackID. Pure: the server decides when to send.
+// Event IDs we never produce are accepted and never fire.
+
+import type { DriverEvent } from '../api/driver.js';
+import { virErr } from '../errors.js';
+import { MessageStatus, MessageType, PROGRAM_VERSION, Program, encodePacket } from './packet.js';
+import { DomainEventId, remoteEvents, type WireDomain } from './procedures.js';
+import { jobStatsToParams, lifecycleToWire } from './semantics.js';
+import { encode } from './xdr.js';
+
+/** libvirtd sends its events with serial 1 (clients ignore it). */
+const EVENT_SERIAL = 1;
+
+/** One event ID's form of a driver event: the MESSAGE procedure and its payload for a callbackID. */
+interface EventForm {
+  eventID: number;
+  proc: number;
+  payload(callbackID: number): Buffer;
+}
+
+/** A driver event as the wire forms it can take (a block job is both BLOCK_JOB and BLOCK_JOB_2). */
+export interface WireEvent {
+  uuid: string;
+  forms: EventForm[];
+}
+
+/**
+ * `dom` is the event's domain reference with its id at the time of the
+ * event (−1 once stopped): the caller resolves it once for all connections.
+ */
+export function toWireEvent(ev: DriverEvent, dom: WireDomain): WireEvent {
+  const forms: EventForm[] = [];
+  switch (ev.type) {
+    case 'lifecycle': {
+      const w = lifecycleToWire(ev);
+      if (w) {
+        const { proc, body } = remoteEvents.lifecycle;
+        forms.push({ eventID: DomainEventId.LIFECYCLE, proc, payload: (callbackID) => encode(body, { callbackID, dom, ...w }) });
+      }
+      break;
+    }
+    case 'job-completed': {
+      const { proc, body } = remoteEvents.jobCompleted;
+      const params = jobStatsToParams(ev.stats);
+      forms.push({ eventID: DomainEventId.JOB_COMPLETED, proc, payload: (callbackID) => encode(body, { callbackID, dom, params }) });
+      break;
+    }
+    case 'block-job': {
+      const job = { type: ev.blockJobType, status: ev.status };
+      const one = remoteEvents.blockJob;
+      const two = remoteEvents.blockJob2;
+      // BLOCK_JOB names the disk by its source path, BLOCK_JOB_2 by its target
+      forms.push({ eventID: DomainEventId.BLOCK_JOB, proc: one.proc, payload: (callbackID) => encode(one.body, { callbackID, dom, path: ev.path, ...job }) });
+      forms.push({ eventID: DomainEventId.BLOCK_JOB_2, proc: two.proc, payload: (callbackID) => encode(two.body, { callbackID, dom, dst: ev.disk, ...job }) });
+      break;
+    }
+  }
+  return { uuid: ev.domain.uuid, forms };
+}
+
+interface Registration {
+  eventID: number;
+  /** null: every domain */
+  uuid: string | null;
+}
+
+/** One connection's event registrations; callbackIDs come from the server so they are unique daemon-wide, as libvirtd's. */
+export class EventRegistrations {
+  private readonly byId = new Map<number, Registration>();
+
+  constructor(private readonly nextId: () => number) {}
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  register(eventID: number, uuid: string | null): number {
+    const id = this.nextId();
+    this.byId.set(id, { eventID, uuid });
+    return id;
+  }
+
+  deregister(callbackID: number): void {
+    if (!this.byId.delete(callbackID)) {
+      throw virErr('INVALID_ARG', 'RPC', `virConnectDomainEventDeregisterAny: callback ID ${callbackID} not registered`);
+    }
+  }
+
+  clear(): void {
+    this.byId.clear();
+  }
+
+  /** The MESSAGE packets `ev` makes for these registrations, in registration order. */
+  messages(ev: WireEvent): Buffer[] {
+    const out: Buffer[] = [];
+    for (const [callbackID, reg] of this.byId) {
+      if (reg.uuid !== null && reg.uuid !== ev.uuid) continue;
+      for (const form of ev.forms) {
+        if (form.eventID !== reg.eventID) continue;
+        const header = { prog: Program.REMOTE, vers: PROGRAM_VERSION, proc: form.proc, type: MessageType.MESSAGE, serial: EVENT_SERIAL, status: MessageStatus.OK };
+        out.push(encodePacket(header, form.payload(callbackID)));
+      }
+    }
+    return out;
+  }
+}
