@@ -105,6 +105,17 @@ async function dirtyClusters(nbdUri: string, bitmap: string): Promise<number[]> 
   return out;
 }
 
+/** Clusters that hold data in the image itself, not in its backing chain (qemu-img map). */
+async function ownClusters(image: string): Promise<number[]> {
+  const { stdout } = await run('qemu-img', ['map', '-U', '--output=json', image]);
+  const out: number[] = [];
+  for (const e of JSON.parse(stdout) as { start: number; length: number; depth: number; data: boolean }[]) {
+    if (e.depth !== 0 || !e.data) continue;
+    for (let o = e.start; o < e.start + e.length; o += K64) out.push(o / K64);
+  }
+  return out;
+}
+
 async function defineAndStart(env: DaemonEnv, uri: string, opts: { start?: boolean; name?: string } = {}): Promise<VirshDomain> {
   const td = await makeTestDomain(env.dir, { disks: 2, sizeMiB: SIZE / MiB, ...(opts.name ? { name: opts.name } : {}) });
   const file = path.join(env.dir, `${td.name}.xml`);
@@ -129,7 +140,22 @@ async function startEvents(t: TestContext, uri: string, dom: string) {
   return ev;
 }
 
-/** define/start/list/dominfo/dumpxml/domblklist/domid/domuuid of a fresh running domain. */
+/** virsh dominfo of a running domain: libvirt's fields from DOMAIN_GET_INFO, IS_PERSISTENT, GET_AUTOSTART. */
+async function dominfo(uri: string, d: VirshDomain): Promise<void> {
+  const id = (await virshOk(uri, 'domid', d.name)).trim();
+  const info = parseFields(await virshOk(uri, 'dominfo', d.name));
+  assert.equal(info.get('Name'), d.name);
+  assert.equal(info.get('UUID'), d.td.uuid);
+  assert.equal(info.get('Id'), id);
+  assert.equal(info.get('State'), 'running');
+  assert.equal(info.get('CPU(s)'), '1');
+  assert.equal(info.get('Max memory'), '131072 KiB');
+  assert.equal(info.get('Used memory'), '131072 KiB');
+  assert.equal(info.get('Persistent'), 'yes');
+  assert.equal(info.get('Autostart'), 'disable', 'GET_AUTOSTART answers (virsh prints nothing when it fails)');
+}
+
+/** define/start/list/dumpxml/domblklist/domid/domuuid of a fresh running domain. */
 async function inspect(env: DaemonEnv, uri: string, d: VirshDomain): Promise<void> {
   const rows = await listAll(uri);
   const row = rows.find((r) => r.Name === d.name);
@@ -139,17 +165,6 @@ async function inspect(env: DaemonEnv, uri: string, d: VirshDomain): Promise<voi
   assert.equal((await virshOk(uri, 'domid', d.name)).trim(), row.Id);
   assert.equal((await virshOk(uri, 'domuuid', d.name)).trim(), d.td.uuid);
   assert.equal(await d.state(), 'running');
-
-  const info = parseFields(await virshOk(uri, 'dominfo', d.name));
-  assert.equal(info.get('Name'), d.name);
-  assert.equal(info.get('UUID'), d.td.uuid);
-  assert.equal(info.get('Id'), row.Id);
-  assert.equal(info.get('State'), 'running');
-  assert.equal(info.get('CPU(s)'), '1');
-  assert.equal(info.get('Max memory'), '131072 KiB');
-  assert.equal(info.get('Used memory'), '131072 KiB');
-  assert.equal(info.get('Persistent'), 'yes');
-  assert.equal(info.get('Autostart'), 'disable', 'GET_AUTOSTART answers (virsh prints nothing when it fails)');
 
   const live = await virshOk(uri, 'dumpxml', d.name);
   // libvirt's live XML also carries id='N'; virtback's QEMU driver does not write it (noted in the report)
@@ -166,13 +181,17 @@ async function inspect(env: DaemonEnv, uri: string, d: VirshDomain): Promise<voi
   assert.ok((await listAll(plain)).some((r) => r.Name === d.name && r.State === 'running'));
 }
 
-/** A push backup (full or incremental) begun throttled; returns the disks at its instant once it completed. */
-async function push(d: VirshDomain, env: DaemonEnv, events: ReturnType<typeof virshBackground>, n: number, prefix: string, incremental: string | null, checkpoint: string): Promise<Buffer[]> {
+/**
+ * A push backup (full or incremental) begun throttled; once it completed,
+ * returns the disks at its instant and the clusters written since the previous checkpoint.
+ */
+async function push(d: VirshDomain, env: DaemonEnv, events: ReturnType<typeof virshBackground>, n: number, prefix: string, incremental: string | null, checkpoint: string): Promise<{ expected: Buffer[]; dirty: number[][] }> {
   const bx = path.join(env.dir, `${prefix}-backup.xml`);
   const cx = path.join(env.dir, `${prefix}-checkpoint.xml`);
   await writeFile(bx, pushXml(d, env.dir, prefix, incremental));
   await writeFile(cx, `<domaincheckpoint><name>${checkpoint}</name><description>${prefix} push</description></domaincheckpoint>`);
   const expected = d.models.map((m) => m.snapshot());
+  const dirty = d.models.map((m) => [...m.dirty].sort((a, b) => a - b));
   assert.equal((await virshOk(d.uri, 'backup-begin', d.name, '--backupxml', bx, '--checkpointxml', cx)).trim(), 'Backup started');
   // the checkpoint's bitmaps start at the instant: what follows is dirty since it
   for (const m of d.models) m.markClean();
@@ -198,7 +217,7 @@ async function push(d: VirshDomain, env: DaemonEnv, events: ReturnType<typeof vi
   assert.equal(done.get('Job type'), 'Completed');
   assert.equal(done.get('Operation'), 'Backup');
   assert.equal(parseFields(await virshOk(d.uri, 'domjobinfo', d.name)).get('Job type'), 'None');
-  return expected;
+  return { expected, dirty };
 }
 
 /** Checkpoint listings and queries: c1 -> c2 (backups) -> c3 (checkpoint-create-as). */
@@ -295,15 +314,16 @@ test('virsh: define, start, inspect, checkpoints, push full + incremental with e
   for (const [i, m] of d.models.entries()) for (let k = 0; k < 4; k++) await d.write(m, k * 4 * MiB, MiB / 2, 0x10 + 4 * i + k);
 
   const full = await push(d, env, events, 1, 'full', null, 'c1');
-  for (const [i, x] of d.td.disks.entries()) await assertSameContent(full[i]!, path.join(env.dir, `full-${x.target}.qcow2`), path.join(env.dir, 'expected.raw'));
+  for (const [i, x] of d.td.disks.entries()) await assertSameContent(full.expected[i]!, path.join(env.dir, `full-${x.target}.qcow2`), path.join(env.dir, 'expected.raw'));
 
   for (const [i, m] of d.models.entries()) for (let k = 0; k < 6; k++) await d.write(m, (k * 5 + 1) * 512 * 1024, K64, 0x30 + 6 * i + k);
   const inc = await push(d, env, events, 2, 'inc', 'c1', 'c2');
   for (const [i, x] of d.td.disks.entries()) {
-    // the incremental holds what changed since c1: on top of the full it is the disk at its instant
+    // the incremental holds exactly what changed since c1; on top of the full it is the disk at its instant
     const incFile = path.join(env.dir, `inc-${x.target}.qcow2`);
+    assert.deepEqual(await ownClusters(incFile), inc.dirty[i], `clusters copied into ${incFile}`);
     await run('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', path.join(env.dir, `full-${x.target}.qcow2`), incFile]);
-    await assertSameContent(inc[i]!, incFile, path.join(env.dir, 'expected.raw'));
+    await assertSameContent(inc.expected[i]!, incFile, path.join(env.dir, 'expected.raw'));
   }
 
   await checkpoints(d);
@@ -350,7 +370,7 @@ async function snapshotState(uri: string, d: VirshDomain, other: string): Promis
   });
 }
 
-test('virsh on libvirt-sock-ro: every mutating command is refused and changes nothing; -r reads work; version', { skip, timeout: 90_000 }, async (t) => {
+test('virsh on libvirt-sock-ro: every mutating command is refused and changes nothing; -r reads work; dominfo, version', { skip, timeout: 90_000 }, async (t) => {
   const env = await makeDaemonEnv(t);
   await env.start();
   const uri = libvirtUri(env.runDir);
@@ -401,4 +421,6 @@ test('virsh on libvirt-sock-ro: every mutating command is refused and changes no
   assert.equal(v.get('Running hypervisor'), `QEMU ${qemuVersion}`);
   assert.equal(v.get('Running against daemon'), `${LIBVIRT_VERSION.major}.${LIBVIRT_VERSION.minor}.${LIBVIRT_VERSION.micro}`);
   assert.match(v.get('Using API') ?? '', /^QEMU \d/);
+
+  await dominfo(uri, d);
 });
