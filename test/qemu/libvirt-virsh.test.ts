@@ -135,7 +135,9 @@ function checkpointNames(uri: string, dom: string): Promise<string[]> {
 }
 
 async function startEvents(t: TestContext, uri: string, dom: string) {
-  const ev = virshBackground(uri, ['event', '--domain', dom, '--event', 'job-completed', '--loop', '--timeout', '80']);
+  // -k 1 -K 2: virsh pings after 1 s of silence and gives up after 3 s without a PONG, so the
+  // watcher only lives through the workflow (seconds of silence while pushes copy) if the server answers
+  const ev = virshBackground(uri, ['-k', '1', '-K', '2', 'event', '--domain', dom, '--event', 'job-completed', '--loop', '--timeout', '80']);
   t.after(() => ev.stop());
   return ev;
 }
@@ -357,6 +359,7 @@ test('virsh: define, start, inspect, checkpoints, push full + incremental with e
 
   await events.stop();
   assert.equal(parseEvents(events.stdout()).filter((e) => e.event === 'job-completed').length, 3, events.stdout());
+  assert.equal(events.stderr(), '', 'the watcher stayed connected (keepalive answered)');
   assert.deepEqual(await qemuProcessesFor(env.dir), [], 'no QEMU left');
 });
 
