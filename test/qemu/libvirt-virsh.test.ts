@@ -344,6 +344,7 @@ test('virsh: define, start, inspect, checkpoints, push full + incremental with e
   assert.equal((await virshOk(uri, 'checkpoint-delete', d.name, 'c1', '--children')).trim(), 'Domain checkpoint c1 deleted');
   assert.deepEqual(await checkpointNames(uri, d.name), []);
   assert.deepEqual(parseTable(await virshOk(uri, 'checkpoint-list', d.name)), []);
+  assert.deepEqual(await d.bitmaps(), ['c2'], "c2's bitmap outlives its metadata, as in libvirt");
 
   // undefine of an inactive domain that has checkpoints needs --checkpoints-metadata
   await virshOk(uri, 'checkpoint-create-as', d.name, '--name', 'c5');
