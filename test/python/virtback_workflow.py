@@ -178,6 +178,8 @@ def workflow(conn):
 
 def main():
     conn = libvirt.open(URI)
+    # as long-running tools do: ping after 1 s of silence, drop the connection after 2 unanswered pings
+    conn.setKeepAlive(1, 2)
     try:
         workflow(conn)
     except Exception as e:  # the test prints the traceback with the failed step
