@@ -10,7 +10,12 @@ set -euo pipefail
 # usually have them). scripts/build-tiny-guest.sh, which builds the tests' guest,
 # adds nothing here: it fetches the guest's packages (kernel, busybox-static,
 # qemu-guest-agent, e2fsprogs) with apt-get download and installs none of them.
-VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps)
+# libvirt-clients (virsh) and python3-libvirt are the unmodified libvirt clients
+# the tests drive virtbackd with; libvirt-daemon-driver-qemu brings the real
+# libvirtd that test/helpers/private-libvirtd.ts starts for the libvirt driver's
+# tests (libvirt-daemon-system, which would run one for the host, is not needed).
+VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
+  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu)
 
 virtback_missing_packages() {
   local pkg missing=()

@@ -64,6 +64,30 @@ export const UndefineFlags = {
   CHECKPOINTS_METADATA: 1 << 4,
 } as const;
 
+/** virDomainDefineXMLFlags (VIR_DOMAIN_DEFINE_*) */
+export const DomainDefineFlags = {
+  VALIDATE: 1 << 0,
+} as const;
+
+/** virDomainCreateWithFlags (VIR_DOMAIN_START_*); virsh start --paused, --autodestroy, … */
+export const DomainCreateFlags = {
+  PAUSED: 1 << 0,
+  AUTODESTROY: 1 << 1,
+  BYPASS_CACHE: 1 << 2,
+  FORCE_BOOT: 1 << 3,
+  RESET_NVRAM: 1 << 5,
+} as const;
+
+/** virDomainDestroyFlags (VIR_DOMAIN_DESTROY_*) */
+export const DomainDestroyFlags = {
+  GRACEFUL: 1 << 0,
+} as const;
+
+/** virDomainGetBlockJobInfo (VIR_DOMAIN_BLOCK_JOB_INFO_*) */
+export const BlockJobInfoFlags = {
+  BANDWIDTH_BYTES: 1 << 0,
+} as const;
+
 export const DomainXMLFlags = {
   SECURE: 1 << 0,
   INACTIVE: 1 << 1,
@@ -116,6 +140,19 @@ export const DomainState = {
   SHUTDOWN: 4,
   SHUTOFF: 5,
   CRASHED: 6,
+} as const;
+
+/** virDomainRunningReason (the ones this driver reports) */
+export const RunningReason = {
+  UNKNOWN: 0,
+  BOOTED: 1,
+  UNPAUSED: 5,
+} as const;
+
+/** virDomainPausedReason (the ones this driver reports) */
+export const PausedReason = {
+  UNKNOWN: 0,
+  USER: 1,
 } as const;
 
 export const ShutoffReason = {

@@ -7,6 +7,7 @@ export type { EventCallback, EventMap, EventName } from './api/public.js';
 export type * from './api/options.js';
 export type {
   BlockJobEvent,
+  BlockJobInfo,
   DomainRef,
   DomainSummary,
   Driver,

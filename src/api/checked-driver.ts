@@ -59,6 +59,11 @@ const checkArg: { [K in ArgKind]: (value: unknown, w: Where) => ArgTypes[K] } = 
   name: nonEmpty,
   xml: nonEmpty,
   command: nonEmpty,
+  disk: nonEmpty,
+  boolean(value, w) {
+    if (typeof value !== 'boolean') throw invalid(w, 'must be a boolean');
+    return value;
+  },
   uuidString(value, w) {
     const s = nonEmpty(value, w);
     const canonical = canonicalUUID(s);

@@ -18,11 +18,32 @@ export interface DomainSummary extends DomainRef {
   id: number;
   /** flags.DomainState */
   state: number;
-  /** flags.ShutoffReason when shut off, else 0 */
+  /** the reason of `state`: flags.RunningReason, PausedReason or ShutoffReason (libvirt's values) */
   reason: number;
   persistent: boolean;
   checkpoints: number;
   hasBackupJob: boolean;
+  // virDomainInfo's other fields: domainGetInfo fills them, listAllDomains may leave them out
+  /** <memory>, KiB */
+  maxMem?: number;
+  /** <currentMemory> (default <memory>), KiB */
+  memory?: number;
+  /** <vcpu> */
+  nrVirtCpu?: number;
+  /** CPU time used by the running QEMU, ns (0 when shut off) */
+  cpuTime?: number;
+}
+
+/** virDomainGetBlockJobInfo's virDomainBlockJobInfo; `found` false is libvirt's return 0 (no job). */
+export interface BlockJobInfo {
+  found: boolean;
+  /** flags.BlockJobType */
+  type: number;
+  /** MiB/s, or bytes/s with BlockJobInfoFlags.BANDWIDTH_BYTES; 0 = unlimited */
+  bandwidth: number;
+  /** progress, in units of `end` (bytes) */
+  cur: number;
+  end: number;
 }
 
 /** virDomainGetJobStats typed parameters (libvirt key names) plus our job id. */
@@ -113,7 +134,17 @@ export interface Driver {
   domainDefineXML(xml: string, flags: number): Promise<DomainRef>;
   domainUndefine(uuid: string, flags: number): Promise<void>;
   domainCreate(uuid: string, flags: number): Promise<void>;
+  /** flags.DomainDestroyFlags: GRACEFUL = SIGTERM only (SYSTEM_ERROR when QEMU does not go). */
   domainDestroy(uuid: string, flags: number): Promise<void>;
+  /** QMP stop: paused (user). */
+  domainSuspend(uuid: string): Promise<void>;
+  /** QMP cont: running (unpaused). */
+  domainResume(uuid: string): Promise<void>;
+  domainGetAutostart(uuid: string): Promise<boolean>;
+  /** Persisted with the definition; OPERATION_INVALID for a transient domain. */
+  domainSetAutostart(uuid: string, autostart: boolean): Promise<void>;
+  /** `disk` is a target ('sda') or a source path; INVALID_ARG when the domain has no such disk. */
+  domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo>;
   domainLookupByName(name: string): Promise<DomainRef>;
   domainLookupByUUID(uuid: string): Promise<DomainRef>;
   listAllDomains(flags: number): Promise<DomainSummary[]>;

@@ -13,14 +13,18 @@
 // what every driver can do. Adding an entry point: a row here, the method in
 // api/driver.ts and in the drivers, tests.
 
-import type { DomainRef, DomainSummary, Driver, JobStats, UnknownBitmap } from './driver.js';
+import type { BlockJobInfo, DomainRef, DomainSummary, Driver, JobStats, UnknownBitmap } from './driver.js';
 import {
   BackupBeginFlags,
   BackupEndFlags,
+  BlockJobInfoFlags,
   CheckpointCreateFlags,
   CheckpointDeleteFlags,
   CheckpointListFlags,
   CheckpointXMLFlags,
+  DomainCreateFlags,
+  DomainDefineFlags,
+  DomainDestroyFlags,
   DomainXMLFlags,
   JobStatsFlags,
   ListDomainsFlags,
@@ -49,6 +53,10 @@ export interface ArgTypes {
   mountpoints: string[];
   /** a backup job id: 0 = the current job */
   jobId: number;
+  /** a yes/no setting (libvirt's int autostart) */
+  boolean: boolean;
+  /** a disk by target ('sda') or source path (non-empty) */
+  disk: string;
   /** unsigned int flags */
   flags: number;
 }
@@ -76,6 +84,8 @@ export interface ResultTypes {
   jobIds: number[];
   jobStats: JobStats;
   unknownBitmaps: UnknownBitmap[];
+  boolean: boolean;
+  blockJobInfo: BlockJobInfo;
 }
 export type ResultKind = keyof ResultTypes;
 
@@ -135,7 +145,9 @@ export const entryPoints = {
     errorDomain: 'DOMAIN',
     args: [arg('xml', 'xml'), flags],
     result: 'domainRef',
-    flags: NoFlags,
+    // the QEMU driver validates every definition against the schema, VALIDATE or not
+    flags: DomainDefineFlags,
+    flagPrefix: 'VIR_DOMAIN_DEFINE_',
     mutates: true,
   }),
   domainUndefine: entry({
@@ -152,16 +164,54 @@ export const entryPoints = {
     errorDomain: 'DOMAIN',
     args: [uuid, flags],
     result: 'void',
-    flags: NoFlags,
+    // BYPASS_CACHE, FORCE_BOOT and RESET_NVRAM are part of the API; the QEMU driver refuses them itself.
+    flags: DomainCreateFlags,
+    flagPrefix: 'VIR_DOMAIN_START_',
     mutates: true,
+    doc: 'AUTODESTROY: the domain dies with the connection that started it',
   }),
   domainDestroy: entry({
     libvirt: 'virDomainDestroyFlags',
     errorDomain: 'DOMAIN',
     args: [uuid, flags],
     result: 'void',
+    flags: DomainDestroyFlags,
+    flagPrefix: 'VIR_DOMAIN_DESTROY_',
+    mutates: true,
+    doc: 'GRACEFUL: SIGTERM only, never SIGKILL',
+  }),
+  domainSuspend: entry({
+    libvirt: 'virDomainSuspend',
+    errorDomain: 'DOMAIN',
+    args: [uuid],
+    result: 'void',
     flags: NoFlags,
     mutates: true,
+  }),
+  domainResume: entry({
+    libvirt: 'virDomainResume',
+    errorDomain: 'DOMAIN',
+    args: [uuid],
+    result: 'void',
+    flags: NoFlags,
+    mutates: true,
+  }),
+  domainGetAutostart: entry({
+    libvirt: 'virDomainGetAutostart',
+    errorDomain: 'DOMAIN',
+    args: [uuid],
+    result: 'boolean',
+    flags: NoFlags,
+    mutates: false,
+  }),
+  domainSetAutostart: entry({
+    libvirt: 'virDomainSetAutostart',
+    errorDomain: 'DOMAIN',
+    args: [uuid, arg('boolean', 'autostart')],
+    result: 'void',
+    flags: NoFlags,
+    mutates: true,
+    doc: 'started when virtbackd starts (once per boot)',
   }),
   domainLookupByName: entry({
     libvirt: 'virDomainLookupByName',
@@ -206,6 +256,16 @@ export const entryPoints = {
     flagPrefix: 'VIR_DOMAIN_XML_',
     mutates: false,
     secure: 'SECURE',
+  }),
+  domainGetBlockJobInfo: entry({
+    libvirt: 'virDomainGetBlockJobInfo',
+    errorDomain: 'DOMAIN',
+    args: [uuid, arg('disk', 'disk'), flags],
+    result: 'blockJobInfo',
+    flags: BlockJobInfoFlags,
+    flagPrefix: 'VIR_DOMAIN_BLOCK_JOB_INFO_',
+    mutates: false,
+    doc: 'found false when the disk has no block job',
   }),
   qemuMonitorCommand: entry({
     libvirt: 'virDomainQemuMonitorCommand',

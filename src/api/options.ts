@@ -50,7 +50,11 @@ export function toFlags(table: FlagTable, arg: unknown, fn: string): number {
 }
 
 // The option types of the public methods, by the names the SDK has always exported.
-export type NoOptions = OptionsOf<'domainCreate'>;
+export type NoOptions = OptionsOf<'domainFSFreeze'>;
+export type DefineOptions = OptionsOf<'domainDefineXML'>;
+export type CreateOptions = OptionsOf<'domainCreate'>;
+export type DestroyOptions = OptionsOf<'domainDestroy'>;
+export type BlockJobInfoOptions = OptionsOf<'domainGetBlockJobInfo'>;
 export type UndefineOptions = OptionsOf<'domainUndefine'>;
 export type ListDomainsOptions = OptionsOf<'listAllDomains'>;
 export type DomainXMLOptions = OptionsOf<'domainGetXMLDesc'>;

@@ -7,6 +7,7 @@
 
 import type {
   BlockJobEvent,
+  BlockJobInfo,
   DomainRef,
   DomainSummary,
   Driver,
@@ -20,9 +21,13 @@ import { CheckedDriver } from './checked-driver.js';
 import type {
   BackupBeginOptions,
   BackupEndOptions,
+  BlockJobInfoOptions,
   CheckpointCreateOptions,
   CheckpointDeleteOptions,
   CheckpointXMLOptions,
+  CreateOptions,
+  DefineOptions,
+  DestroyOptions,
   DomainXMLOptions,
   JobStatsOptions,
   ListChildrenOptions,
@@ -85,7 +90,7 @@ export class Connect {
     return new Domain(this, this.driver, ref);
   }
 
-  async defineXML(xml: string, flags?: NoOptions): Promise<Domain> {
+  async defineXML(xml: string, flags?: DefineOptions): Promise<Domain> {
     return this.domain(await this.driver.domainDefineXML(xml, this.driver.flagsOf('domainDefineXML', flags)));
   }
 
@@ -208,12 +213,35 @@ export class Domain {
     return this.conn;
   }
 
-  async create(flags?: NoOptions): Promise<void> {
+  /** `{ paused: true }` starts it paused; `{ autodestroy: true }` ties it to this connection. */
+  async create(flags?: CreateOptions): Promise<void> {
     return this.driver.domainCreate(this.uuid, this.driver.flagsOf('domainCreate', flags));
   }
 
-  async destroy(flags?: NoOptions): Promise<void> {
+  /** `{ graceful: true }`: SIGTERM only, never SIGKILL. */
+  async destroy(flags?: DestroyOptions): Promise<void> {
     return this.driver.domainDestroy(this.uuid, this.driver.flagsOf('domainDestroy', flags));
+  }
+
+  async suspend(): Promise<void> {
+    return this.driver.domainSuspend(this.uuid);
+  }
+
+  async resume(): Promise<void> {
+    return this.driver.domainResume(this.uuid);
+  }
+
+  async getAutostart(): Promise<boolean> {
+    return this.driver.domainGetAutostart(this.uuid);
+  }
+
+  async setAutostart(autostart: boolean): Promise<void> {
+    return this.driver.domainSetAutostart(this.uuid, autostart);
+  }
+
+  /** The block job of a disk (target or source path); `found` false when it has none. */
+  async getBlockJobInfo(disk: string, flags?: BlockJobInfoOptions): Promise<BlockJobInfo> {
+    return this.driver.domainGetBlockJobInfo(this.uuid, disk, this.driver.flagsOf('domainGetBlockJobInfo', flags));
   }
 
   async undefine(flags?: UndefineOptions): Promise<void> {

@@ -5,20 +5,26 @@
 // test`). It does not parse XML beyond <name> and <uuid>.
 
 import { randomUUID } from 'node:crypto';
-import type { DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from './driver.js';
+import type { BlockJobInfo, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from './driver.js';
 import { virErr } from '../errors.js';
 import {
   BackupBeginFlags,
   BackupEndFlags,
+  BlockJobInfoFlags,
   BlockJobStatus,
   BlockJobType,
   CheckpointCreateFlags,
   CheckpointDeleteFlags,
+  DomainCreateFlags,
+  DomainDefineFlags,
+  DomainDestroyFlags,
   DomainState,
   JobOperation,
   JobStatsFlags,
   JobType,
   ListDomainsFlags,
+  PausedReason,
+  RunningReason,
   ShutoffReason,
   UndefineFlags,
   checkFlags,
@@ -44,7 +50,12 @@ interface TestDomain {
   uuid: string;
   xml: string;
   active: boolean;
+  paused: boolean;
+  /** started with START_AUTODESTROY: destroyed when this driver is closed */
+  autodestroy: boolean;
+  autostart: boolean;
   pid: number;
+  /** the reason of the current state (running, paused or shut off) */
   reason: number;
   checkpoints: Map<string, TestCheckpoint>;
   job: TestJob | null;
@@ -81,6 +92,7 @@ export class TestDriver implements Driver {
   }
 
   async close(): Promise<void> {
+    for (const d of this.domains.values()) if (d.active && d.autodestroy) await this.domainDestroy(d.uuid, 0);
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     this.listeners.clear();
@@ -114,8 +126,8 @@ export class TestDriver implements Driver {
     return {
       ...this.ref(d),
       id: d.active ? d.pid : -1,
-      state: d.active ? DomainState.RUNNING : DomainState.SHUTOFF,
-      reason: d.active ? 1 : d.reason,
+      state: !d.active ? DomainState.SHUTOFF : d.paused ? DomainState.PAUSED : DomainState.RUNNING,
+      reason: d.reason,
       persistent: true,
       checkpoints: d.checkpoints.size,
       hasBackupJob: d.job !== null,
@@ -124,7 +136,8 @@ export class TestDriver implements Driver {
 
   // ---- domains ----
 
-  async domainDefineXML(xml: string, _flags: number): Promise<DomainRef> {
+  async domainDefineXML(xml: string, flags: number): Promise<DomainRef> {
+    checkFlags(flags, DomainDefineFlags.VALIDATE, 'virDomainDefineXMLFlags');
     const name = element(xml, 'name');
     if (!name) throw virErr('XML_ERROR', 'QEMU', 'missing domain name');
     const existing = [...this.domains.values()].find((d) => d.name === name);
@@ -137,6 +150,9 @@ export class TestDriver implements Driver {
       uuid,
       xml,
       active: false,
+      paused: false,
+      autodestroy: false,
+      autostart: false,
       pid: 0,
       reason: ShutoffReason.UNKNOWN,
       checkpoints: new Map(),
@@ -160,21 +176,70 @@ export class TestDriver implements Driver {
     this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'undefined', detail: 'removed' });
   }
 
-  async domainCreate(uuid: string, _flags: number): Promise<void> {
+  async domainCreate(uuid: string, flags: number): Promise<void> {
+    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY, 'virDomainCreateWithFlags');
     const d = this.dom(uuid);
     if (d.active) throw virErr('OPERATION_INVALID', 'QEMU', 'domain is already running');
     d.active = true;
+    d.paused = (flags & DomainCreateFlags.PAUSED) !== 0;
+    d.autodestroy = (flags & DomainCreateFlags.AUTODESTROY) !== 0;
+    d.reason = d.paused ? PausedReason.USER : RunningReason.BOOTED;
     d.pid = this.nextPid++;
     this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'started', detail: 'booted' });
+    if (d.paused) this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'suspended', detail: 'paused' });
   }
 
-  async domainDestroy(uuid: string, _flags: number): Promise<void> {
+  async domainDestroy(uuid: string, flags: number): Promise<void> {
+    checkFlags(flags, DomainDestroyFlags.GRACEFUL, 'virDomainDestroyFlags');
     const d = this.dom(uuid);
     this.requireActive(d);
     if (d.job && d.job.outcome === null) this.finishJob(d, 'failed', 'domain was destroyed');
     d.active = false;
+    d.paused = false;
+    d.autodestroy = false;
     d.reason = ShutoffReason.DESTROYED;
     this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'stopped', detail: 'destroyed' });
+  }
+
+  async domainSuspend(uuid: string): Promise<void> {
+    const d = this.dom(uuid);
+    this.requireActive(d);
+    if (d.paused) return;
+    d.paused = true;
+    d.reason = PausedReason.USER;
+    this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'suspended', detail: 'paused' });
+  }
+
+  async domainResume(uuid: string): Promise<void> {
+    const d = this.dom(uuid);
+    this.requireActive(d);
+    if (!d.paused) throw virErr('OPERATION_INVALID', 'QEMU', 'Requested operation is not valid: domain is not paused');
+    d.paused = false;
+    d.reason = RunningReason.UNPAUSED;
+    this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'resumed', detail: 'unpaused' });
+  }
+
+  async domainGetAutostart(uuid: string): Promise<boolean> {
+    return this.dom(uuid).autostart;
+  }
+
+  async domainSetAutostart(uuid: string, autostart: boolean): Promise<void> {
+    this.dom(uuid).autostart = autostart;
+  }
+
+  async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
+    checkFlags(flags, BlockJobInfoFlags.BANDWIDTH_BYTES, 'virDomainGetBlockJobInfo');
+    const d = this.dom(uuid);
+    // targets and file sources of the XML's disks; the events' 'vda' when it has none
+    const names = [...d.xml.matchAll(/<(?:target dev|source file)=['"]([^'"]+)['"]/g)].map((m) => m[1]!);
+    if (!(names.length > 0 ? names : ['vda', '/dev/null']).includes(disk)) {
+      throw virErr('INVALID_ARG', 'QEMU', `invalid argument: disk '${disk}' not found in domain`);
+    }
+    this.requireActive(d);
+    const job = d.job;
+    // a push "copies" every disk; a pull has nothing to copy
+    if (job === null || job.outcome !== null || job.pull) return { found: false, type: 0, bandwidth: 0, cur: 0, end: 0 };
+    return { found: true, type: BlockJobType.BACKUP, bandwidth: 0, cur: 0, end: 1 << 20 };
   }
 
   async domainLookupByName(name: string): Promise<DomainRef> {

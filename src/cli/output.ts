@@ -112,11 +112,14 @@ export function domainStateString(state: number): string {
 }
 
 const RUNNING_REASONS = ['unknown', 'booted', 'migrated', 'restored', 'from snapshot', 'unpaused', 'migration canceled', 'save canceled', 'event wakeup', 'crashed', 'post-copy'];
+const PAUSED_REASONS = ['unknown', 'user', 'migrating', 'saving', 'dumping', 'I/O error', 'watchdog', 'from snapshot', 'shutting down', 'creating snapshot', 'starting up', 'post-copy', 'post-copy failed', 'api error'];
 const SHUTOFF_REASONS = ['unknown', 'shutdown', 'destroyed', 'crashed', 'migrated', 'saved', 'failed', 'from snapshot', 'daemon'];
 
 /** virshDomainStateReasonToString for the states we report. */
 export function domainReasonString(state: number, reason: number): string {
-  const table = state === DomainState.RUNNING ? RUNNING_REASONS : state === DomainState.SHUTOFF ? SHUTOFF_REASONS : ['unknown'];
+  const table = state === DomainState.RUNNING ? RUNNING_REASONS
+    : state === DomainState.PAUSED ? PAUSED_REASONS
+      : state === DomainState.SHUTOFF ? SHUTOFF_REASONS : ['unknown'];
   return table[reason] ?? 'unknown';
 }
 

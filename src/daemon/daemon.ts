@@ -7,10 +7,14 @@
 // their jobs; events it published meanwhile (a push that finished while no
 // daemon ran) had no listener, so they are kept in a startup backlog and
 // replayed once to every client that subscribes afterwards (docs/protocol.md).
+//
+// Autostart: once per boot, as libvirtd, the domains marked autostart that are
+// shut off are started before the daemon reports ready.
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Driver, DriverEvent } from '../api/driver.js';
+import { ListDomainsFlags } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { LibvirtServer, type LibvirtServerOptions } from '../libvirt/server.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
@@ -115,6 +119,7 @@ export class Daemon {
           ca: fs.readFileSync(opts.tls.caFile),
         });
       }
+      await autostartDomains(driver, opts.runDir, log);
       log.info({ driver: driver.uri, socket: path.join(opts.runDir, SOCKET_NAME), ...(opts.tls ? { tcp: `${opts.tls.host}:${opts.tls.port}` } : {}) }, 'virtbackd ready');
       return new Daemon(opts, driver, server, libvirtServer, [pidFile, stateLock], backlog);
     } catch (e) {
@@ -145,6 +150,44 @@ export class Daemon {
       log.info('stopped');
     })();
     return this.stopping;
+  }
+}
+
+/**
+ * The mark of a run directory whose daemon has autostarted domains since the
+ * machine booted (the run directory does not survive a reboot), like
+ * libvirt's /run/libvirt/qemu/autostarted (virDriverShouldAutostart).
+ */
+export const AUTOSTARTED_FILE_NAME = 'autostarted';
+
+/**
+ * Start every persistent, shut-off domain marked autostart, once per boot:
+ * a daemon restarted later leaves alone what its user shut off meanwhile.
+ * A domain that fails to start is logged; the daemon starts anyway.
+ */
+async function autostartDomains(driver: Driver, runDir: string, log: Logger): Promise<void> {
+  try {
+    fs.writeFileSync(path.join(runDir, AUTOSTARTED_FILE_NAME), '', { flag: 'wx', mode: 0o600 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') log.info('domains were autostarted since boot already: not again');
+    else log.error(errField(e), 'cannot mark the autostart as done: skipping autostart');
+    return;
+  }
+  let candidates: { name: string; uuid: string }[];
+  try {
+    candidates = await driver.listAllDomains(ListDomainsFlags.PERSISTENT | ListDomainsFlags.SHUTOFF);
+  } catch (e) {
+    log.error(errField(e), 'cannot list domains to autostart');
+    return;
+  }
+  for (const dom of candidates) {
+    try {
+      if (!(await driver.domainGetAutostart(dom.uuid))) continue;
+      await driver.domainCreate(dom.uuid, 0);
+      log.info({ domain: dom.name, uuid: dom.uuid }, 'domain autostarted');
+    } catch (e) {
+      log.error({ ...errField(e), domain: dom.name, uuid: dom.uuid }, 'cannot autostart domain');
+    }
   }
 }
 

@@ -11,6 +11,7 @@ import type * as net from 'node:net';
 import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver } from '../api/checked-driver.js';
 import { errField, silentLogger, type Logger } from '../log.js';
+import { AutoDestroyTracker } from '../remote/autodestroy.js';
 import { ClientPool, type ClientLimitOptions } from '../remote/client-limits.js';
 import { listenUnixSocket, removeSocketFile } from '../remote/unix-socket.js';
 import { MAX_MESSAGE_BYTES } from './packet.js';
@@ -42,15 +43,6 @@ export interface LibvirtServerOptions extends ClientLimitOptions {
   maxReadOnlyMessage?: number;
   /** keepalive towards clients that negotiated it (default libvirtd's: every 5 s idle, dropped after 6 unanswered) */
   keepalive?: Partial<KeepaliveOptions>;
-  /** what the server does after a start with flags (START_AUTODESTROY bookkeeping; default nothing) */
-  autoDestroy?: AutoDestroy;
-}
-
-/** The per-connection START_AUTODESTROY bookkeeping (the daemon's tracker). */
-export interface AutoDestroy {
-  domainStarted(conn: object, uuid: string, flags: number): Promise<void>;
-  connectionClosed(conn: object): Promise<void>;
-  idle(): Promise<void>;
 }
 
 export class LibvirtServer implements ConnectionServer {
@@ -61,7 +53,8 @@ export class LibvirtServer implements ConnectionServer {
   readonly maxMessage: { rw: number; ro: number };
   private readonly rw: CheckedDriver;
   private readonly ro: CheckedDriver;
-  private readonly autoDestroy: AutoDestroy | null;
+  /** START_AUTODESTROY domains, by the connection that started them */
+  private readonly autoDestroy: AutoDestroyTracker;
   private readonly listeners: net.Server[] = [];
   private readonly socketPaths: string[] = [];
   private unsubscribe: (() => void) | null;
@@ -82,7 +75,7 @@ export class LibvirtServer implements ConnectionServer {
     this.maxMessage = { rw, ro: Math.min(rw, opts.maxReadOnlyMessage ?? MAX_READ_ONLY_MESSAGE_BYTES) };
     this.rw = new CheckedDriver(inner, false);
     this.ro = new CheckedDriver(inner, true);
-    this.autoDestroy = opts.autoDestroy ?? null;
+    this.autoDestroy = new AutoDestroyTracker(inner, this.log);
     this.unsubscribe = inner.subscribe((event) => this.publish(event));
   }
 
@@ -125,12 +118,12 @@ export class LibvirtServer implements ConnectionServer {
   }
 
   domainStarted(conn: LibvirtConnection, uuid: string, flags: number): Promise<void> {
-    return this.autoDestroy?.domainStarted(conn, uuid, flags) ?? Promise.resolve();
+    return this.autoDestroy.domainStarted(conn, uuid, flags);
   }
 
   forget(conn: LibvirtConnection): void {
     this.pool.delete(conn);
-    void this.autoDestroy?.connectionClosed(conn);
+    void this.autoDestroy.connectionClosed(conn);
   }
 
   // ---- events ----
@@ -168,7 +161,7 @@ export class LibvirtServer implements ConnectionServer {
     this.pool.clear();
     await Promise.all(closing);
     await this.eventChain;
-    await this.autoDestroy?.idle();
+    await this.autoDestroy.idle();
     this.listeners.length = 0;
     for (const p of this.socketPaths) {
       try {

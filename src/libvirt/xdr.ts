@@ -109,25 +109,30 @@ export class XdrWriter {
 
   i32(v: number): void {
     if (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff) throw xdrError(`int out of range: ${v}`);
-    this.buf.writeInt32BE(v, this.room(4));
+    const at = this.room(4); // grows (replaces) buf first
+    this.buf.writeInt32BE(v, at);
   }
 
   u32(v: number): void {
     if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw xdrError(`unsigned int out of range: ${v}`);
-    this.buf.writeUInt32BE(v, this.room(4));
+    const at = this.room(4);
+    this.buf.writeUInt32BE(v, at);
   }
 
   i64(v: bigint): void {
-    this.buf.writeBigInt64BE(BigInt.asIntN(64, v), this.room(8));
+    const at = this.room(8);
+    this.buf.writeBigInt64BE(BigInt.asIntN(64, v), at);
   }
 
   u64(v: bigint): void {
     if (v < 0n) throw xdrError(`unsigned hyper out of range: ${v}`);
-    this.buf.writeBigUInt64BE(BigInt.asUintN(64, v), this.room(8));
+    const at = this.room(8);
+    this.buf.writeBigUInt64BE(BigInt.asUintN(64, v), at);
   }
 
   f64(v: number): void {
-    this.buf.writeDoubleBE(v, this.room(8));
+    const at = this.room(8);
+    this.buf.writeDoubleBE(v, at);
   }
 
   fixed(bytes: Uint8Array): void {

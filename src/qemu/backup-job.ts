@@ -224,6 +224,14 @@ export class BackupJobTable implements BackupJobTableLike {
   hasActiveJob(): boolean {
     return this.current?.active ?? false;
   }
+
+  /** The QEMU job id of the active backup's block job on disk `target`, while it copies (libvirt's disk->blockjob). */
+  diskBlockJob(target: string): string | null {
+    const job = this.current;
+    if (!job?.active || job.record.phase !== 'running') return null;
+    const disk = job.record.disks.find((d) => d.target === target && (d.state === 'running' || d.state === 'cancelling'));
+    return disk?.jobId ?? null;
+  }
 }
 
 /** libvirt's qemuBackupJobTerminate decision from the disks' states. */

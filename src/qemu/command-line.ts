@@ -33,6 +33,8 @@ export interface CommandLineInput {
   agentSocket: string | null;
   /** file that receives the guest's serial console, or null for no serial port */
   consoleLog: string | null;
+  /** START_PAUSED: -S, the CPUs wait for QMP cont */
+  paused?: boolean;
 }
 
 /** Where a disk lives inside QEMU. */
@@ -245,6 +247,7 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
     '-chardev', `socket,id=charmonitor,path=${escapeOptValue(input.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=charmonitor,id=monitor,mode=control',
   ];
+  if (input.paused) args.push('-S');
   if (onRebootDestroy(def)) args.push('-no-reboot');
   if (def.os.kernel !== null) args.push('-kernel', def.os.kernel);
   if (def.os.initrd !== null) args.push('-initrd', def.os.initrd);

@@ -1,7 +1,9 @@
 // Persistent domain definitions (domains/<uuid>.xml): loaded at open(),
-// defined, undefined. A running domain undefined becomes transient and goes
-// away when it stops (lifecycle.ts removes it then).
+// defined, undefined, and their autostart mark (autostart/<uuid>). A running
+// domain undefined becomes transient and goes away when it stops
+// (lifecycle.ts removes it then).
 
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { DomainRef } from '../api/driver.js';
 import { virErr } from '../errors.js';
@@ -43,8 +45,24 @@ export class DomainDefinitions {
         log.warn({ file, domain: def.name, uuid: def.uuid }, 'ignoring domain definition: uuid or name clash');
         continue;
       }
-      await registry.add(new DomainObject(def, true));
+      const dom = new DomainObject(def, true);
+      dom.autostart = existsSync(paths.autostart(def.uuid));
+      await registry.add(dom);
     }
+  }
+
+  /** virDomainSetAutostart: mark (or unmark) a persistent domain, on disk first. */
+  setAutostart(uuid: string, autostart: boolean): Promise<void> {
+    return this.env.registry.withDomainLock(uuid, async (dom) => {
+      if (!dom.persistent) {
+        throw virErr('OPERATION_INVALID', 'QEMU', 'Requested operation is not valid: cannot set autostart for transient domain');
+      }
+      const file = this.env.paths.autostart(dom.uuid);
+      if (autostart) await writeFileAtomic(file, `${dom.name}\n`);
+      else await removeFileDurably(file);
+      if (dom.autostart !== autostart) this.env.log.info({ domain: dom.name, uuid: dom.uuid, autostart }, 'autostart changed');
+      dom.autostart = autostart;
+    });
   }
 
   /** Define a new domain or replace the persistent definition of an existing one (same uuid and name). */
@@ -103,6 +121,9 @@ export class DomainDefinitions {
       // libvirt refuses only for an inactive domain: a running one keeps its
       // checkpoints in memory until it stops (qemuDomainUndefineFlags).
       if (!dom.active) await this.dropCheckpoints(dom, flags);
+      // libvirt drops the autostart link with the definition
+      await removeFileDurably(this.env.paths.autostart(dom.uuid));
+      dom.autostart = false;
       await removeFileDurably(this.env.paths.definition(dom.uuid));
       this.env.log.info({ domain: dom.name, uuid: dom.uuid, running: dom.active }, 'domain undefined');
       this.env.bus.emit(lifecycleEvent(dom, 'undefined', 'removed'));

@@ -3,6 +3,7 @@
 
 import type { DomainSummary } from '../api/driver.js';
 import { DomainState, ListDomainsFlags as F } from '../flags.js';
+import { parseMemoryKiB } from '../xml/domain.js';
 import type { DomainObject } from './domain-object.js';
 
 /** Every flag virConnectListAllDomains accepts. */
@@ -15,11 +16,28 @@ export function summarize(dom: DomainObject): DomainSummary {
     uuid: dom.uuid,
     id: dom.run ? dom.run.pid : -1,
     state: dom.state,
-    // libvirt's reason codes: running 1 = booted, paused 1 = user, shut off: why it stopped
-    reason: dom.state === DomainState.SHUTOFF ? dom.reason : 1,
+    reason: dom.reason,
     persistent: dom.persistent,
     checkpoints: dom.checkpoints?.count() ?? 0,
     hasBackupJob: dom.backupJobs?.hasActiveJob() ?? false,
+  };
+}
+
+/**
+ * virDomainGetInfo's fields beyond the summary, from the definition QEMU runs
+ * (else the persistent one): <memory>, <currentMemory> (at most <memory>, as
+ * libvirt clamps it), <vcpu>; `cpuTimeNs` is the caller's (0 when shut off).
+ */
+export function domainInfo(dom: DomainObject, cpuTimeNs: number): DomainSummary {
+  const def = dom.liveDef ?? dom.def;
+  const current = def.extra.find((e) => e.name === 'currentMemory');
+  const maxMem = def.memoryKiB;
+  return {
+    ...summarize(dom),
+    maxMem,
+    memory: current === undefined ? maxMem : Math.min(parseMemoryKiB(current), maxMem),
+    nrVirtCpu: def.vcpu,
+    cpuTime: cpuTimeNs,
   };
 }
 

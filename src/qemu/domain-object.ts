@@ -13,9 +13,11 @@ export interface CheckpointStoreLike {
   count(): number;
 }
 
-/** What the backup module keeps per domain; the driver only asks whether a job is active (list filters). */
+/** What the backup module keeps per domain; the driver asks whether a job is active (list filters) and for block jobs. */
 export interface BackupJobTableLike {
   hasActiveJob(): boolean;
+  /** the QEMU job id of the backup block job running on disk `target`, or null */
+  diskBlockJob?(target: string): string | null;
 }
 
 export class DomainObject {
@@ -24,8 +26,12 @@ export class DomainObject {
   persistent: boolean;
   /** flags.DomainState */
   state: number = DomainState.SHUTOFF;
-  /** flags.ShutoffReason (or 0 while running) */
+  /** the reason of `state`: flags.RunningReason, PausedReason or ShutoffReason */
   reason: number = ShutoffReason.UNKNOWN;
+  /** started when virtbackd starts (autostart/<uuid> exists); persistent domains only */
+  autostart = false;
+  /** started with START_AUTODESTROY: destroyed when the driver that started it is closed */
+  autodestroy = false;
   /** the running QEMU (runtime.ts); null when shut off */
   run: QemuRuntime | null = null;
   /** the definition QEMU runs with; null when shut off */

@@ -10,6 +10,7 @@
 
 import path from 'node:path';
 import type {
+  BlockJobInfo,
   Driver,
   DomainRef,
   DomainSummary,
@@ -19,8 +20,17 @@ import type {
   UnknownBitmap,
 } from '../api/driver.js';
 import { virErr } from '../errors.js';
-import { checkFlags, DomainXMLFlags, MonitorCommandFlags, UndefineFlags } from '../flags.js';
-import { silentLogger, type Logger } from '../log.js';
+import {
+  BlockJobInfoFlags,
+  checkFlags,
+  DomainCreateFlags,
+  DomainDefineFlags,
+  DomainDestroyFlags,
+  DomainXMLFlags,
+  MonitorCommandFlags,
+  UndefineFlags,
+} from '../flags.js';
+import { errField, silentLogger, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML } from '../xml/domain.js';
 import { QemuBackups, type PushCompleteInfo } from './backup.js';
 import type { LocatePreviousBackup } from './backup-prepare.js';
@@ -28,13 +38,15 @@ import { QemuCheckpoints } from './checkpoints.js';
 import { QEMU_BINARY, type DiskNodes } from './command-line.js';
 import { DomainDefinitions } from './definitions.js';
 import type { DomainObject } from './domain-object.js';
-import { filterDomains, LIST_DOMAINS_FLAGS, summarize } from './domain-list.js';
+import { blockJobInfo } from './block-job-info.js';
+import { domainInfo, filterDomains, LIST_DOMAINS_FLAGS, summarize } from './domain-list.js';
 import { EventBus } from './event-bus.js';
 import { HookSet } from './hook-set.js';
 import type { BackupOps, CheckpointAccess, CheckpointOps, DomainHooks, DomainHost } from './host.js';
 import { DomainLifecycle } from './lifecycle.js';
 import { passMonitorCommand } from './monitor-command.js';
 import type { GuestAgentClient } from './qmp/agent.js';
+import { readProcCpuTimeNs } from './process.js';
 import type { QmpClient } from './qmp/client.js';
 import { DomainRegistry } from './registry.js';
 import { notRunning, type QemuRuntime } from './runtime.js';
@@ -52,6 +64,8 @@ export interface QemuDriverOptions {
   qmpTimeoutMs?: number;
   /** how long QEMU may take to start (60 s) */
   startTimeoutMs?: number;
+  /** how long a graceful destroy waits for QEMU after SIGTERM (libvirt's 15 s) */
+  gracefulDestroyMs?: number;
   /** subscribed before reconnecting, so it sees the events open() emits (domains found crashed) */
   listener?: EventListener;
   /**
@@ -94,6 +108,7 @@ export class QemuDriver implements Driver, DomainHost {
   private readonly registry: DomainRegistry;
   private readonly definitions: DomainDefinitions;
   private readonly lifecycle: DomainLifecycle;
+  private readonly gracefulDestroyMs: number;
   private closed = false;
 
   private constructor(opts: QemuDriverOptions) {
@@ -101,6 +116,7 @@ export class QemuDriver implements Driver, DomainHost {
     this.binary = opts.binary ?? QEMU_BINARY;
     this.uri = opts.uri ?? 'qemu:///embed';
     this.log = opts.log ?? silentLogger;
+    this.gracefulDestroyMs = opts.gracefulDestroyMs ?? 15_000;
     this.bus = new EventBus(this.log);
     if (opts.listener) this.bus.subscribe(opts.listener);
     this.hooks = new HookSet(this.log);
@@ -130,7 +146,7 @@ export class QemuDriver implements Driver, DomainHost {
       ...(opts.locatePreviousBackup ? { locatePreviousBackup: opts.locatePreviousBackup } : {}),
     })))(d, checkpoints);
     await d.paths.ensure();
-    for (const sub of ['domains', 'status', 'checkpoints', 'backups']) {
+    for (const sub of ['domains', 'status', 'autostart', 'checkpoints', 'backups']) {
       for (const file of await removeStaleTempFiles(path.join(d.paths.dirs.stateDir, sub))) {
         d.log.info({ file }, 'removed the temp file of a killed writer');
       }
@@ -227,15 +243,22 @@ export class QemuDriver implements Driver, DomainHost {
 
   // ------------------------------------------------------------ Driver: domains
 
+  /** Destroys the domains this driver started with START_AUTODESTROY, then detaches from every QEMU. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const dom of this.allDomains().filter((d) => d.autodestroy)) {
+      await this.withDomainLock(dom.uuid, async (d) => {
+        if (d.autodestroy && d.run) await this.lifecycle.destroy(d);
+      }).catch((e) => this.log.error({ ...errField(e), domain: dom.name }, 'cannot destroy an autodestroy domain'));
+    }
     await this.lifecycle.close();
     this.bus.clear();
   }
 
   async domainDefineXML(xml: string, flags: number): Promise<DomainRef> {
-    checkFlags(flags, 0, 'virDomainDefineXMLFlags');
+    // VALIDATE asks for the RelaxNG check, which parseDomainXML makes on every definition
+    checkFlags(flags, DomainDefineFlags.VALIDATE, 'virDomainDefineXMLFlags');
     return this.definitions.define(parseDomainXML(xml));
   }
 
@@ -244,14 +267,54 @@ export class QemuDriver implements Driver, DomainHost {
     await this.definitions.undefine(uuid, flags);
   }
 
+  /**
+   * PAUSED: CPUs never started (resume starts them). AUTODESTROY: destroyed
+   * when this driver is closed; a daemon serving it ties the domain to the
+   * client connection instead (AutoDestroyTracker). BYPASS_CACHE (no save
+   * images here), FORCE_BOOT and RESET_NVRAM are refused as libvirt's
+   * drivers refuse what they cannot do.
+   */
   async domainCreate(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, 0, 'virDomainCreateWithFlags');
-    await this.withDomainLock(uuid, (dom) => this.lifecycle.start(dom));
+    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY, 'virDomainCreateWithFlags');
+    await this.withDomainLock(uuid, async (dom) => {
+      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0 });
+      dom.autodestroy = (flags & DomainCreateFlags.AUTODESTROY) !== 0;
+    });
   }
 
   async domainDestroy(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, 0, 'virDomainDestroyFlags');
-    await this.withDomainLock(uuid, (dom) => this.lifecycle.destroy(dom));
+    checkFlags(flags, DomainDestroyFlags.GRACEFUL, 'virDomainDestroyFlags');
+    const graceful = flags & DomainDestroyFlags.GRACEFUL ? { ms: this.gracefulDestroyMs } : null;
+    await this.withDomainLock(uuid, (dom) => this.lifecycle.destroy(dom, graceful));
+  }
+
+  async domainSuspend(uuid: string): Promise<void> {
+    await this.withDomainLock(uuid, (dom) => this.lifecycle.suspend(dom));
+  }
+
+  async domainResume(uuid: string): Promise<void> {
+    await this.withDomainLock(uuid, (dom) => this.lifecycle.resume(dom));
+  }
+
+  async domainGetAutostart(uuid: string): Promise<boolean> {
+    return this.getDomain(uuid).autostart;
+  }
+
+  async domainSetAutostart(uuid: string, autostart: boolean): Promise<void> {
+    await this.definitions.setAutostart(uuid, autostart);
+  }
+
+  async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
+    checkFlags(flags, BlockJobInfoFlags.BANDWIDTH_BYTES, 'virDomainGetBlockJobInfo');
+    const dom = this.getDomain(uuid);
+    const run = this.running(uuid);
+    const def = dom.liveDef ?? dom.def;
+    const found = def.disks.find((d) => d.target === disk || (d.source !== null && d.source === disk));
+    if (!found) throw virErr('INVALID_ARG', 'QEMU', `invalid argument: disk '${disk}' not found in domain`);
+    const jobId = dom.backupJobs?.diskBlockJob?.(found.target) ?? null;
+    if (jobId === null) return blockJobInfo(null, flags);
+    const jobs = await (await run.monitor()).execute('query-block-jobs');
+    return blockJobInfo(jobs.find((j) => j.device === jobId) ?? null, flags);
   }
 
   async domainLookupByName(name: string): Promise<DomainRef> {
@@ -273,7 +336,8 @@ export class QemuDriver implements Driver, DomainHost {
   async domainGetInfo(uuid: string): Promise<DomainSummary> {
     const dom = this.getDomain(uuid);
     await this.lifecycle.refreshLiveness(dom);
-    return summarize(dom);
+    const cpuTime = dom.run ? ((await readProcCpuTimeNs(dom.run.pid)) ?? 0) : 0;
+    return domainInfo(dom, cpuTime);
   }
 
   async domainGetXMLDesc(uuid: string, flags: number): Promise<string> {

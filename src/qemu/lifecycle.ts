@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { isVirError, virErr } from '../errors.js';
-import { DomainState, ShutoffReason } from '../flags.js';
+import { DomainState, PausedReason, RunningReason, ShutoffReason } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML, type DomainDef } from '../xml/domain.js';
 import { buildCommandLine, type QemuCommandLine } from './command-line.js';
@@ -51,6 +51,12 @@ interface StartPlan {
   agentSocket: string | null;
   pidFile: string;
   commandLine: QemuCommandLine;
+  /** START_PAUSED: QEMU starts with -S and its CPUs are never started */
+  paused: boolean;
+}
+
+export interface StartOptions {
+  paused: boolean;
 }
 
 /** libvirt's shut-off reasons as event details */
@@ -81,12 +87,12 @@ export class DomainLifecycle {
 
   // ------------------------------------------------------------ start
 
-  /** Start QEMU for the domain's persistent definition. Lock held. */
-  async start(dom: DomainObject): Promise<void> {
+  /** Start QEMU for the domain's persistent definition (paused: its CPUs stay stopped). Lock held. */
+  async start(dom: DomainObject, opts: StartOptions = { paused: false }): Promise<void> {
     if (dom.run) {
       throw virErr('OPERATION_INVALID', 'QEMU', 'Requested operation is not valid: domain is already running');
     }
-    const plan = await this.planStart(dom);
+    const plan = await this.planStart(dom, opts);
     await this.refuseUnknownQemu(dom, plan.runDir);
     await rm(plan.runDir, { recursive: true, force: true });
     await mkdir(plan.runDir, { recursive: true, mode: 0o700 });
@@ -101,6 +107,7 @@ export class DomainLifecycle {
       });
       const run = this.newRuntime(dom, this.statusFor(dom, plan, launched));
       this.becomeRunning(dom, run, plan.def);
+      if (plan.paused) [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.USER];
       await run.connect().catch((e) => {
         throw qmpErrorToVirError(e, 'internal error: cannot connect to the QEMU monitor');
       });
@@ -114,7 +121,7 @@ export class DomainLifecycle {
   }
 
   /** The live definition, sockets and command line; refuses what QEMU could not start with. */
-  private async planStart(dom: DomainObject): Promise<StartPlan> {
+  private async planStart(dom: DomainObject, opts: StartOptions): Promise<StartPlan> {
     const runDir = this.env.paths.domainRunDir(dom.uuid);
     const qmpSocket = path.join(runDir, 'qmp.sock');
     const agentSocket = dom.def.agent ? dom.def.agent.path ?? path.join(runDir, 'qga.sock') : null;
@@ -129,8 +136,10 @@ export class DomainLifecycle {
     }
     const accel = def.type === 'kvm' && (await kvmUsable()) ? 'kvm' : 'tcg';
     const pidFile = path.join(runDir, 'qemu.pid');
-    const commandLine = buildCommandLine({ def, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log') });
-    return { def, runDir, qmpSocket, agentSocket, pidFile, commandLine };
+    const commandLine = buildCommandLine({
+      def, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log'), paused: opts.paused,
+    });
+    return { def, runDir, qmpSocket, agentSocket, pidFile, commandLine, paused: opts.paused };
   }
 
   /**
@@ -251,7 +260,8 @@ export class DomainLifecycle {
       try {
         const qmp = await run.connect();
         const st = (await qmp.executeRaw('query-status')) as { status?: string; running?: boolean };
-        if (st.running === false && st.status !== 'running') d.state = DomainState.PAUSED;
+        // the reason it was paused for is not kept across a driver restart
+        if (st.running === false && st.status !== 'running') [d.state, d.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
       } catch (e) {
         if (!(await run.alive())) {
           await this.becomeShutoff(d, ShutoffReason.CRASHED);
@@ -285,7 +295,7 @@ export class DomainLifecycle {
     dom.run = run;
     dom.liveDef = liveDef;
     dom.state = DomainState.RUNNING;
-    dom.reason = 0;
+    dom.reason = RunningReason.BOOTED;
   }
 
   /** Becoming running, told: the modules' hooks, the log, and (for a start) subscribers. */
@@ -295,7 +305,45 @@ export class DomainLifecycle {
     this.logFor(dom).info({ pid: run.pid, monitor: run.qmp !== null, paused: dom.state === DomainState.PAUSED },
       how === 'started' ? 'domain started' : 'domain reconnected');
     await this.env.hooks.run(dom, how === 'started' ? 'onStarted' : 'onReconnected');
-    if (how === 'started') this.env.bus.emit(lifecycleEvent(dom, 'started', 'booted'));
+    if (how !== 'started') return;
+    this.env.bus.emit(lifecycleEvent(dom, 'started', 'booted'));
+    // libvirt follows a paused start with its suspended event (qemuDomainObjStart)
+    if (dom.state === DomainState.PAUSED) this.env.bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));
+  }
+
+  // ------------------------------------------------------------ pause
+
+  /**
+   * virDomainSuspend: QMP stop, paused (user). State and reason are set before
+   * the command so the STOP event it causes is recognised as ours. Lock held.
+   */
+  async suspend(dom: DomainObject): Promise<void> {
+    const run = dom.run;
+    if (!run) throw notRunning();
+    if (dom.state === DomainState.PAUSED) return; // libvirt: nothing to do, no error
+    await this.switchCpus(dom, run, 'stop', [DomainState.PAUSED, PausedReason.USER], ['suspended', 'paused']);
+  }
+
+  /** virDomainResume: QMP cont, running (unpaused); a running domain is left alone. Lock held. */
+  async resume(dom: DomainObject): Promise<void> {
+    const run = dom.run;
+    if (!run) throw notRunning();
+    if (dom.state !== DomainState.PAUSED) return;
+    await this.switchCpus(dom, run, 'cont', [DomainState.RUNNING, RunningReason.UNPAUSED], ['resumed', 'unpaused']);
+  }
+
+  private async switchCpus(
+    dom: DomainObject, run: QemuRuntime, command: 'stop' | 'cont', [state, reason]: [number, number], [event, detail]: [string, string],
+  ): Promise<void> {
+    const before: [number, number] = [dom.state, dom.reason];
+    [dom.state, dom.reason] = [state, reason];
+    try {
+      await (await run.monitor()).execute(command);
+    } catch (e) {
+      if (dom.run === run) [dom.state, dom.reason] = before;
+      throw e;
+    }
+    this.env.bus.emit(lifecycleEvent(dom, event, detail));
   }
 
   /** Follow the monitor's state events and its end. */
@@ -304,12 +352,13 @@ export class DomainLifecycle {
     run.detach.push(
       qmp.on('STOP', () => {
         if (dom.run !== run || dom.state === DomainState.PAUSED) return;
-        dom.state = DomainState.PAUSED;
+        // not our suspend (that sets the state first): a monitor command or the guest
+        [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
         bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));
       }),
       qmp.on('RESUME', () => {
         if (dom.run !== run || dom.state !== DomainState.PAUSED) return;
-        dom.state = DomainState.RUNNING;
+        [dom.state, dom.reason] = [DomainState.RUNNING, RunningReason.UNPAUSED];
         bus.emit(lifecycleEvent(dom, 'resumed', 'unpaused'));
       }),
       qmp.on('SHUTDOWN', () => {
@@ -327,11 +376,19 @@ export class DomainLifecycle {
 
   // ------------------------------------------------------------ stop
 
-  /** Stop QEMU (quit, then signals) and shut off (destroyed). Lock held. */
-  async destroy(dom: DomainObject): Promise<void> {
+  /**
+   * Stop QEMU (quit, then signals) and shut off (destroyed). Graceful
+   * (DESTROY_GRACEFUL): SIGTERM only, waiting `gracefulMs` (libvirt's 15 s);
+   * a QEMU still there stays running and the destroy fails as libvirt's
+   * virProcessKillPainfully does. Lock held.
+   */
+  async destroy(dom: DomainObject, graceful: { ms: number } | null = null): Promise<void> {
     const run = dom.run;
     if (!run) throw notRunning();
-    await run.stopProcess();
+    if (graceful === null) await run.stopProcess();
+    else if (!(await run.terminateGracefully(graceful.ms))) {
+      throw virErr('SYSTEM_ERROR', 'QEMU', `Failed to terminate process ${run.pid} with SIGTERM: Device or resource busy`);
+    }
     await this.becomeShutoff(dom, ShutoffReason.DESTROYED);
   }
 
@@ -390,5 +447,6 @@ export class DomainLifecycle {
     dom.liveDef = null;
     dom.state = DomainState.SHUTOFF;
     dom.reason = reason;
+    dom.autodestroy = false;
   }
 }

@@ -80,6 +80,22 @@ export async function readProcStat(pid: number): Promise<ProcInfo | null> {
   return { state, startTime };
 }
 
+/** USER_HZ: the unit of /proc/PID/stat times (sysconf(_SC_CLK_TCK), 100 on Linux) */
+const CLK_TCK = 100;
+
+/** CPU time the process (all its threads) used, ns: utime + stime of /proc/PID/stat; null when it is gone. */
+export async function readProcCpuTimeNs(pid: number): Promise<number | null> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(rest[14 - 3]) + Number(rest[15 - 3]);
+  return Number.isFinite(ticks) ? ticks * (1e9 / CLK_TCK) : null;
+}
+
 export async function readProcCmdline(pid: number): Promise<string[] | null> {
   try {
     const raw = await readFile(`/proc/${pid}/cmdline`, 'utf8');

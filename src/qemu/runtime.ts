@@ -10,7 +10,7 @@ import { virErr } from '../errors.js';
 import { errField, type Logger } from '../log.js';
 import { nextNodeIndex, type DiskNodes } from './command-line.js';
 import { AsyncMutex } from './mutex.js';
-import { isOurQemu, processAlive, terminateProcess, waitForExit } from './process.js';
+import { isOurQemu, processAlive, signalProcess, terminateProcess, waitForExit } from './process.js';
 import { GuestAgentClient } from './qmp/agent.js';
 import { QmpClient, qmpErrorToVirError } from './qmp/client.js';
 import { removeFileDurably, writeStatus, type DomainStatus } from './state.js';
@@ -166,6 +166,18 @@ export class QemuRuntime {
       if (await waitForExit(this.pid, this.pidStartTime, 10_000)) return;
     }
     await terminateProcess(this.pid, this.pidStartTime);
+  }
+
+  /**
+   * SIGTERM only (DESTROY_GRACEFUL): true once the process is gone within
+   * `timeoutMs`; false when it is still there, and the runtime is ours again.
+   */
+  async terminateGracefully(timeoutMs: number): Promise<boolean> {
+    this.stopping = true;
+    await signalProcess(this.pid, this.pidStartTime, 'SIGTERM');
+    if (await waitForExit(this.pid, this.pidStartTime, timeoutMs)) return true;
+    this.stopping = false;
+    return false;
   }
 
   /** Make sure the process is gone after its monitor closed: wait a little, then kill it. */

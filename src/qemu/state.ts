@@ -3,6 +3,7 @@
 // stateDir (survives reboots):
 //   domains/<uuid>.xml     persistent domain definitions
 //   status/<uuid>.json     one per running domain: what reconnecting needs
+//   autostart/<uuid>       present while the domain is marked autostart (libvirt's autostart/ links)
 // runDir (sockets, pid files, logs; gone after a reboot, like libvirt's /run):
 //   <uuid>/qmp.sock, qga.sock, qemu.pid, qemu.log, console.log
 //
@@ -83,6 +84,13 @@ export class StatePaths {
   status(uuid: string): string {
     return path.join(this.statusDir, `${uuid}.json`);
   }
+  get autostartDir(): string {
+    return path.join(this.dirs.stateDir, 'autostart');
+  }
+  /** The autostart mark of a domain: an (empty) file. */
+  autostart(uuid: string): string {
+    return path.join(this.autostartDir, uuid);
+  }
   /** Per-domain run directory (sockets, pid file, logs). */
   domainRunDir(uuid: string): string {
     return path.join(this.dirs.runDir, uuid);
@@ -91,6 +99,7 @@ export class StatePaths {
   async ensure(): Promise<void> {
     await mkdir(this.domainsDir, { recursive: true, mode: 0o700 });
     await mkdir(this.statusDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.autostartDir, { recursive: true, mode: 0o700 });
     await mkdir(this.dirs.runDir, { recursive: true, mode: 0o700 });
   }
 }

@@ -22,12 +22,22 @@ export const MAX_READ_ONLY_FRAME_BYTES = 64 * 1024;
 export const MAX_JSON_DEPTH = 32;
 
 /**
- * Whether the JSON text in `payload` nests arrays/objects deeper than `max`,
- * found by one pass over the bytes (brackets inside strings do not count).
- * Malformed JSON is left to JSON.parse.
+ * Most values a call may hold (arrays and objects count their members): the
+ * largest call, fsFreeze, names 256 mount points; everything else has under
+ * a dozen. JSON.parse of 16 MiB of tiny values takes over a second, so the
+ * count is checked before parsing, like the depth.
  */
-export function jsonDepthExceeds(payload: Buffer, max: number = MAX_JSON_DEPTH): boolean {
+export const MAX_JSON_VALUES = 4096;
+
+/**
+ * Why the JSON text in `payload` is refused before parsing — nested deeper
+ * than `maxDepth` or holding more than `maxValues` values — found by one
+ * pass over the bytes (brackets and commas inside strings do not count);
+ * null when its shape is fine. Malformed JSON is left to JSON.parse.
+ */
+export function jsonShapeRefusal(payload: Buffer, maxDepth: number = MAX_JSON_DEPTH, maxValues: number = MAX_JSON_VALUES): string | null {
   let depth = 0;
+  let values = 1;
   let inString = false;
   for (let i = 0; i < payload.length; i++) {
     const c = payload[i]!;
@@ -36,10 +46,16 @@ export function jsonDepthExceeds(payload: Buffer, max: number = MAX_JSON_DEPTH):
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x5b || c === 0x7b) {
-      if (++depth > max) return true;
+      if (++depth > maxDepth) return `nested deeper than ${maxDepth} levels`;
     } else if (c === 0x5d || c === 0x7d) depth--;
+    else if (c === 0x2c && ++values > maxValues) return `more than ${maxValues} values`;
   }
-  return false;
+  return null;
+}
+
+/** Whether the JSON text in `payload` nests arrays/objects deeper than `max` (see jsonShapeRefusal). */
+export function jsonDepthExceeds(payload: Buffer, max: number = MAX_JSON_DEPTH): boolean {
+  return jsonShapeRefusal(payload, max, Infinity) !== null;
 }
 
 /** Length prefix + payload. Throws RPC if the payload is larger than `maxFrame`. */

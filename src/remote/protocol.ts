@@ -70,6 +70,18 @@ export const DomainSummarySchema = DomainRefSchema.extend({
   persistent: z.boolean(),
   checkpoints: Count,
   hasBackupJob: z.boolean(),
+  maxMem: Count.optional(),
+  memory: Count.optional(),
+  nrVirtCpu: Count.optional(),
+  cpuTime: Count.optional(),
+});
+
+export const BlockJobInfoSchema = z.object({
+  found: z.boolean(),
+  type: Int,
+  bandwidth: Count,
+  cur: Count,
+  end: Count,
 });
 
 export const JobStatsSchema = z.object({
@@ -163,6 +175,8 @@ const ARG_SCHEMAS = {
   command: Xml,
   mountpoints: z.array(Path).max(LIMITS.mountpoints),
   jobId: JobId,
+  boolean: z.boolean(),
+  disk: Path,
   flags: Flags,
 } satisfies { [K in ArgKind]: z.ZodType };
 
@@ -180,6 +194,8 @@ const RESULT_SCHEMAS = {
   jobIds: z.array(Count).max(LIMITS.listEntries),
   jobStats: JobStatsSchema,
   unknownBitmaps: z.array(z.object({ disk: Name, bitmap: Name })).max(LIMITS.listEntries),
+  boolean: z.boolean(),
+  blockJobInfo: BlockJobInfoSchema,
 } satisfies { [K in ResultKind]: z.ZodType };
 
 type WireResult<K extends ResultKind> = K extends 'void' ? undefined : ResultTypes[K];
@@ -271,6 +287,8 @@ const argsAgree: { [K in ArgKind]: Same<z.infer<(typeof ARG_SCHEMAS)[K]>, ArgTyp
   command: true,
   mountpoints: true,
   jobId: true,
+  boolean: true,
+  disk: true,
   flags: true,
 };
 const resultsAgree: { [K in ResultKind]: Same<z.infer<(typeof RESULT_SCHEMAS)[K]>, WireResult<K>> } = {
@@ -286,6 +304,8 @@ const resultsAgree: { [K in ResultKind]: Same<z.infer<(typeof RESULT_SCHEMAS)[K]
   jobIds: true,
   jobStats: true,
   unknownBitmaps: true,
+  boolean: true,
+  blockJobInfo: true,
 };
 void argsAgree;
 void resultsAgree;

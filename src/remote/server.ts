@@ -11,8 +11,9 @@ import type { Driver, DriverEvent } from '../api/driver.js';
 import { CheckedDriver, READ_ONLY_MESSAGE } from '../api/checked-driver.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { AutoDestroyTracker } from './autodestroy.js';
 import { ClientPool, FlowControl, type ClientLimitOptions, type LimitedClient } from './client-limits.js';
-import { FrameDecoder, MAX_FRAME_BYTES, MAX_JSON_DEPTH, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonDepthExceeds } from './frame.js';
+import { FrameDecoder, MAX_FRAME_BYTES, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, jsonShapeRefusal } from './frame.js';
 import {
   CallMessageSchema,
   HelloArgsSchema,
@@ -101,8 +102,9 @@ class ClientConnection implements LimitedClient {
   }
 
   private onFrame(frame: Buffer): void {
-    if (jsonDepthExceeds(frame)) {
-      this.sendError(0, virErr('RPC', 'RPC', `malformed message: nested deeper than ${MAX_JSON_DEPTH} levels`));
+    const refusal = jsonShapeRefusal(frame);
+    if (refusal !== null) {
+      this.sendError(0, virErr('RPC', 'RPC', `malformed message: ${refusal}`));
       return;
     }
     let raw: unknown;
@@ -167,6 +169,10 @@ class ClientConnection implements LimitedClient {
     const name = msg.proc as DriverProcName;
     const method = this.driver[name] as (...a: unknown[]) => Promise<unknown>;
     const result = await method.apply(this.driver, args.data as unknown[]);
+    if (name === 'domainCreate') {
+      const [uuid, flags] = args.data as [string, number];
+      await this.server.autoDestroy.domainStarted(this, uuid, flags);
+    }
     const checked = procedures[name].result.safeParse(result);
     if (!checked.success) {
       this.log.error({ proc: name, issues: describeIssues(checked.error.issues, 'result') }, 'procedure returned a result outside the protocol');
@@ -235,6 +241,8 @@ export class RemoteServer {
   readonly backlog: () => DriverEvent[];
   private readonly rw: CheckedDriver;
   private readonly ro: CheckedDriver;
+  /** START_AUTODESTROY domains, by the connection that started them */
+  readonly autoDestroy: AutoDestroyTracker;
   private readonly listeners: net.Server[] = [];
   private readonly socketPaths: string[] = [];
   private unsubscribe: (() => void) | null = null;
@@ -248,6 +256,7 @@ export class RemoteServer {
     this.backlog = opts.backlog ?? (() => []);
     this.rw = new CheckedDriver(driver, false);
     this.ro = new CheckedDriver(driver, true);
+    this.autoDestroy = new AutoDestroyTracker(driver, this.log);
     this.unsubscribe = driver.subscribe((event) => {
       for (const c of this.pool.all()) c.sendEvent(event);
     });
@@ -306,6 +315,7 @@ export class RemoteServer {
   /** @internal */
   forget(client: ClientConnection): void {
     this.pool.delete(client);
+    void this.autoDestroy.connectionClosed(client);
   }
 
   /** Stops listening, removes the socket files and disconnects every client. The driver stays open. */
@@ -316,9 +326,11 @@ export class RemoteServer {
     for (const c of this.pool.all()) {
       c.closed = true;
       c.socket.destroy();
+      void this.autoDestroy.connectionClosed(c);
     }
     this.pool.clear();
     await Promise.all(closing);
+    await this.autoDestroy.idle();
     this.listeners.length = 0;
     for (const p of this.socketPaths) {
       try {

@@ -3,7 +3,7 @@
 
 import { virErr } from '../errors.js';
 import { CHECKPOINT_XML_CHARS, DOMAIN_XML_CHARS, checkName, checkPath, checkXmlSize, clip } from './limits.js';
-import { parseAndValidate } from './schema.js';
+import { parseAndValidate, validateWithLibvirtDomainSchema } from './schema.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml } from './tree.js';
 import type { XmlElement } from './tree.js';
 import { domainElementUUID, stripDomainSecrets } from './domain.js';
@@ -61,6 +61,10 @@ export function parseCheckpointXML(xml: string, opts: ParseCheckpointOptions): C
     throw virErr('XML_ERROR', CHECKPOINT_DOMAIN, 'a redefined checkpoint must have a name');
   }
   const description = childText(root, 'description');
+  // libvirt validates the embedded <domain> with its full domain grammar;
+  // ours reads only the disks, so libvirt's installed schema judges the rest.
+  const embedded = internal ? null : firstChild(root, 'domain');
+  if (embedded !== null) validateWithLibvirtDomainSchema(formatXml(embedded));
 
   let creationTime: number;
   let parent: string | null = null;

@@ -205,6 +205,9 @@ function parseOs(osEl: XmlElement | null): OsDef {
       else osExtra.push(c);
     }
   }
+  // libvirt's post-parse default, and what command-line.ts runs: without it
+  // the <os> we print would not pass libvirt's own domain schema.
+  if (!osExtra.some((c) => c.name === 'type')) osExtra.push(element('type', [['arch', 'x86_64'], ['machine', 'q35']], ['hvm']));
   return os;
 }
 
@@ -252,7 +255,8 @@ function unitBytes(unit: string): bigint {
   return base ** BigInt(exp);
 }
 
-function parseMemoryKiB(el: XmlElement): number {
+/** A <memory>-like element (value + unit) in KiB, rounded up as libvirt does. */
+export function parseMemoryKiB(el: XmlElement): number {
   const text = textContent(el).trim();
   if (!/^[0-9]+$/.test(text)) {
     throw virErr('XML_ERROR', 'DOMAIN', `invalid value '${text}' for element 'memory'`);

@@ -53,18 +53,30 @@ export function schemaPath(name: SchemaName): string {
   return path.join(schemasDir(), SCHEMAS[name]);
 }
 
+/**
+ * Where libvirt installs its own schemas (Debian package libvirt0). The
+ * domain embedded in a checkpoint is checked against libvirt's full domain
+ * grammar from here, when installed: that document may describe a VM of a
+ * libvirt host, and libvirt's schema is the only faithful judge of it.
+ * VIRTBACK_LIBVIRT_SCHEMAS points elsewhere (tests use an empty folder to
+ * see the fallback).
+ */
+export function libvirtSchemasDir(): string {
+  return process.env.VIRTBACK_LIBVIRT_SCHEMAS || '/usr/share/libvirt/schemas';
+}
+
 let providerRegistered = false;
 
 // libxml2 (in wasm) cannot open files by itself; this provider serves
-// <include href=...> of our schema files and nothing else.
+// <include href=...> of our schema files and of libvirt's installed ones, nothing else.
 function registerSchemaProvider(): void {
   if (providerRegistered) return;
-  const dir = schemasDir() + path.sep;
   const toPath = (f: string): string => (f.startsWith('file://') ? fileURLToPath(f) : f);
   xmlRegisterInputProvider({
     match: (f) => {
       const p = path.resolve(toPath(f));
-      return p.startsWith(dir) && p.endsWith('.rng') && fs.existsSync(p);
+      const dirs = [schemasDir(), libvirtSchemasDir()].map((d) => path.resolve(d) + path.sep);
+      return dirs.some((dir) => p.startsWith(dir)) && p.endsWith('.rng') && fs.existsSync(p);
     },
     open: (f) => {
       try {
@@ -92,13 +104,17 @@ function registerSchemaProvider(): void {
   providerRegistered = true;
 }
 
-const validators = new Map<SchemaName, RelaxNGValidator>();
+/** Compiled validators by schema file (ours and libvirt's installed ones). */
+const validators = new Map<string, RelaxNGValidator>();
 
 function validator(name: SchemaName): RelaxNGValidator {
-  const cached = validators.get(name);
+  return validatorFor(schemaPath(name));
+}
+
+function validatorFor(file: string): RelaxNGValidator {
+  const cached = validators.get(file);
   if (cached) return cached;
   registerSchemaProvider();
-  const file = schemaPath(name);
   let rng: XmlDocument;
   try {
     rng = XmlDocument.fromString(fs.readFileSync(file, 'utf8'), { url: file });
@@ -107,7 +123,7 @@ function validator(name: SchemaName): RelaxNGValidator {
   }
   try {
     const v = RelaxNGValidator.fromDoc(rng);
-    validators.set(name, v);
+    validators.set(file, v);
     return v;
   } catch (e) {
     throw virErr('INTERNAL_ERROR', 'NONE', `cannot compile schema ${file}: ${e instanceof Error ? e.message.trim() : String(e)}`, e);
@@ -121,7 +137,10 @@ function validator(name: SchemaName): RelaxNGValidator {
  * complains about (libvirt's wording: "Unable to validate doc against ...").
  */
 export function validateDocument(doc: XmlDocument, name: SchemaName): void {
-  const v = validator(name);
+  validateWith(doc, validator(name), SCHEMAS[name]);
+}
+
+function validateWith(doc: XmlDocument, v: RelaxNGValidator, label: string): void {
   try {
     v.validate(doc);
   } catch (e) {
@@ -133,7 +152,7 @@ export function validateDocument(doc: XmlDocument, name: SchemaName): void {
       })
       .filter((m) => m !== '');
     const why = lines.length > 0 ? lines.join('; ') : e instanceof Error ? e.message.trim() : String(e);
-    throw virErr('XML_INVALID_SCHEMA', 'NONE', `XML document failed to validate against schema: Unable to validate doc against ${SCHEMAS[name]}: ${why}`, e);
+    throw virErr('XML_INVALID_SCHEMA', 'NONE', `XML document failed to validate against schema: Unable to validate doc against ${label}: ${why}`, e);
   }
 }
 
@@ -155,4 +174,18 @@ export function parseAndValidate(xml: string, root: string, schema: SchemaName |
 /** Validate a string against one of our schemas (well-formedness first). */
 export function validateXml(xml: string, schema: SchemaName): void {
   withXmlDocument(xml, (doc) => validateDocument(doc, schema));
+}
+
+/**
+ * Validate a `<domain>` document against libvirt's own installed domain
+ * schema, as libvirt checks the domain inside a checkpoint. Returns false,
+ * checking nothing, when libvirt's schemas are not installed (our own
+ * domain.rng has already checked the parts virtback reads).
+ */
+export function validateWithLibvirtDomainSchema(xml: string): boolean {
+  const file = path.join(libvirtSchemasDir(), 'domain.rng');
+  if (!fs.existsSync(file)) return false;
+  const v = validatorFor(file);
+  withXmlDocument(xml, (doc) => validateWith(doc, v, file));
+  return true;
 }

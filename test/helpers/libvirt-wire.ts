@@ -3,8 +3,14 @@
 // (events, keepalive) collected in arrival order. It does only what a test
 // asks: no handshake of its own, no keepalive answers.
 
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { once } from 'node:events';
+import type { TestContext } from 'node:test';
+import { TestDriver } from '../../src/api/test-driver.js';
+import { LibvirtServer, type LibvirtServerOptions } from '../../src/libvirt/server.js';
 import {
   KeepaliveProc,
   MessageStatus,
@@ -19,9 +25,37 @@ import {
 import { remoteError, remoteProcedures, type ProcArgs, type ProcRet, type RemoteProcedureName, type WireError } from '../../src/libvirt/procedures.js';
 import { decode, encode } from '../../src/libvirt/xdr.js';
 
+export interface LibvirtSetup {
+  driver: TestDriver;
+  server: LibvirtServer;
+  /** the read-write and read-only socket paths */
+  rw: string;
+  ro: string;
+}
+
+/** A LibvirtServer on both sockets in a scratch directory, serving `driver`; all closed after the test. */
+export async function startLibvirtServer(
+  t: TestContext,
+  opts: LibvirtServerOptions = {},
+  driver = new TestDriver({ pushDurationMs: 20 }),
+): Promise<LibvirtSetup> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-lvs-'));
+  const server = new LibvirtServer(driver, { hostname: 'host.example', hypervisorVersion: 7002022, ...opts });
+  const rw = path.join(dir, 'libvirt-sock');
+  const ro = path.join(dir, 'libvirt-sock-ro');
+  await server.listenUnix(rw, { readOnly: false, mode: 0o600 });
+  await server.listenUnix(ro, { readOnly: true, mode: 0o666 });
+  t.after(async () => {
+    await server.close();
+    await driver.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { driver, server, rw, ro };
+}
+
 export class WireClient {
   private readonly decoder = new PacketDecoder();
-  private readonly waiting = new Map<number, (p: Packet) => void>();
+  private readonly waiting = new Map<number, { resolve: (p: Packet) => void; reject: (e: Error) => void }>();
   /** MESSAGE packets received, in order */
   readonly messages: Packet[] = [];
   /** every packet received, in order */
@@ -37,7 +71,7 @@ export class WireClient {
         if (p.header.type === MessageType.REPLY) {
           const w = this.waiting.get(p.header.serial);
           this.waiting.delete(p.header.serial);
-          w?.(p);
+          w?.resolve(p);
         } else {
           this.messages.push(p);
           for (const w of this.messageWaiters.splice(0)) w();
@@ -47,6 +81,8 @@ export class WireClient {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       this.ended = true;
+      for (const w of this.waiting.values()) w.reject(new Error('connection closed before the reply'));
+      this.waiting.clear();
       for (const w of this.messageWaiters.splice(0)) w();
     });
   }
@@ -80,7 +116,7 @@ export class WireClient {
 
   /** The reply to `serial`, whenever it comes. */
   replyTo(serial: number): Promise<Packet> {
-    return new Promise((resolve) => this.waiting.set(serial, resolve));
+    return new Promise((resolve, reject) => this.waiting.set(serial, { resolve, reject }));
   }
 
   /** A CALL with a raw payload: the whole reply packet. */

@@ -6,11 +6,7 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { TestDriver } from '../../src/api/test-driver.js';
-import { LibvirtServer, type LibvirtServerOptions } from '../../src/libvirt/server.js';
 import { KeepaliveProc, MessageStatus, MessageType, Program, encodePacket } from '../../src/libvirt/packet.js';
 import {
   DomainEventId,
@@ -24,33 +20,11 @@ import {
 } from '../../src/libvirt/procedures.js';
 import { LIB_VERSION_NUMBER, bytesToUuid, uuidToBytes } from '../../src/libvirt/semantics.js';
 import { decode, encode } from '../../src/libvirt/xdr.js';
-import { WireClient } from '../helpers/libvirt-wire.js';
+import { WireClient, startLibvirtServer as setup } from '../helpers/libvirt-wire.js';
 
 const UUID = '2aa8cd4f-b7f1-4d6a-bcdf-8e036368adf6';
 const OTHER = '11111111-2222-4333-8444-555555555555';
 const domXml = (name: string, uuid: string) => `<domain><name>${name}</name><uuid>${uuid}</uuid></domain>`;
-
-interface Setup {
-  driver: TestDriver;
-  server: LibvirtServer;
-  rw: string;
-  ro: string;
-}
-
-async function setup(t: TestContext, opts: LibvirtServerOptions = {}, driver = new TestDriver({ pushDurationMs: 20 })): Promise<Setup> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-lvs-'));
-  const server = new LibvirtServer(driver, { hostname: 'host.example', hypervisorVersion: 7002022, ...opts });
-  const rw = path.join(dir, 'libvirt-sock');
-  const ro = path.join(dir, 'libvirt-sock-ro');
-  await server.listenUnix(rw, { readOnly: false, mode: 0o600 });
-  await server.listenUnix(ro, { readOnly: true, mode: 0o666 });
-  t.after(async () => {
-    await server.close();
-    await driver.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { driver, server, rw, ro };
-}
 
 async function client(t: TestContext, socket: string): Promise<WireClient> {
   const c = await WireClient.connect(socket);
@@ -420,4 +394,56 @@ test('a payload that does not decode is an error reply, and the connection stays
   assert.equal(bad.header.type, MessageType.REPLY);
   await c.call('connectOpen', { name: null, flags: 0 });
   assert.deepEqual(await c.call('connectGetType', undefined), { type: 'QEMU' });
+});
+
+test('suspend, resume, autostart (and the list filter on it), block job info, START_PAUSED', async (t) => {
+  const s = await setup(t);
+  await s.driver.domainDefineXML(domXml('d', UUID), 0);
+  await s.driver.domainDefineXML(domXml('o', OTHER), 0);
+  const c = await client(t, s.rw);
+  await c.handshake();
+  const dom = wireDom('d', UUID);
+  const paused = await c.call('domainCreateWithFlags', { dom, flags: 1 });
+  assert.ok(paused.dom.id > 0);
+  assert.deepEqual(await c.call('domainGetState', { dom, flags: 0 }), { state: 3, reason: 1 }, 'paused by the user');
+  await c.call('domainResume', { dom });
+  assert.deepEqual(await c.call('domainGetState', { dom, flags: 0 }), { state: 1, reason: 5 }, 'running, unpaused');
+  await c.call('domainSuspend', { dom });
+  assert.equal((await c.call('domainGetInfo', { dom })).state, 3);
+
+  assert.deepEqual(await c.call('domainGetAutostart', { dom }), { autostart: 0 });
+  await c.call('domainSetAutostart', { dom, autostart: 1 });
+  assert.deepEqual(await c.call('domainGetAutostart', { dom }), { autostart: 1 });
+  const list = async (flags: number) => (await c.call('connectListAllDomains', { need_results: 1, flags })).domains.map((d) => d.name).sort();
+  assert.deepEqual(await list(1 << 10), ['d'], 'AUTOSTART');
+  assert.deepEqual(await list(1 << 11), ['o'], 'NO_AUTOSTART');
+  assert.deepEqual(await list((1 << 10) | (1 << 11)), ['d', 'o'], 'both: no filter');
+
+  assert.deepEqual(await c.call('domainGetBlockJobInfo', { dom, path: 'vda', flags: 0 }), { found: 0, type: 0, bandwidth: 0n, cur: 0n, end: 0n });
+  await c.call('domainResume', { dom });
+  await c.call('domainBackupBegin', { dom, backup_xml: '<domainbackup/>', checkpoint_xml: null, flags: 0 });
+  const info = await c.call('domainGetBlockJobInfo', { dom, path: 'vda', flags: 0 });
+  assert.deepEqual([info.found, info.type, info.end], [1, 5, 1048576n], 'a push backup block job');
+  assert.equal((await c.error('domainGetBlockJobInfo', { dom, path: 'sdz', flags: 0 })).code, 8);
+});
+
+test('START_AUTODESTROY: the domain dies with the connection that started it, at EOF without CONNECT_CLOSE', async (t) => {
+  const s = await setup(t);
+  await s.driver.domainDefineXML(domXml('d', UUID), 0);
+  await s.driver.domainDefineXML(domXml('o', OTHER), 0);
+  const starter = await client(t, s.rw);
+  await starter.handshake();
+  await starter.call('domainCreateWithFlags', { dom: wireDom('d', UUID), flags: 2 });
+  await starter.call('domainCreateWithFlags', { dom: wireDom('o', OTHER), flags: 0 });
+  const watcher = await client(t, s.rw);
+  await watcher.handshake();
+  const id = (await watcher.call('connectDomainEventCallbackRegisterAny', { eventID: 0, dom: null })).callbackID;
+  assert.equal((await s.driver.domainGetInfo(UUID)).state, 1, 'running while its connection lives');
+
+  starter.close();
+  const msgs = await watcher.waitMessages((m) => m.length >= 1);
+  const stopped = decode(remoteEvents.lifecycle.body, msgs[0]!.payload);
+  assert.deepEqual([stopped.callbackID, stopped.dom.name, stopped.event, stopped.detail, stopped.dom.id], [id, 'd', 5, 1, -1], 'stopped/destroyed');
+  assert.equal((await s.driver.domainGetInfo(UUID)).state, 5, 'destroyed');
+  assert.equal((await s.driver.domainGetInfo(OTHER)).state, 1, 'started without the flag: still running');
 });

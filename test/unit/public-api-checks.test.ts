@@ -142,7 +142,8 @@ test('unknown flag bits and unknown option names are INVALID_ARG naming the func
   const { conn, dom, driver } = open();
   await refused(conn.listAllDomains(1 << 20), 8, 'unsupported flags (0x100000) in function virConnectListAllDomains');
   await refused(dom.getXMLDesc(DomainXMLFlags.SECURE | 8), 8, 'unsupported flags (0x8) in function virDomainGetXMLDesc');
-  await refused(dom.create(1), 8, 'unsupported flags (0x1) in function virDomainCreateWithFlags');
+  // bit 0 is START_PAUSED now; bit 4 (START_VALIDATE) is virDomainCreateXML's, not CreateWithFlags'
+  await refused(dom.create(1 << 4), 8, 'unsupported flags (0x10) in function virDomainCreateWithFlags');
   await refused(dom.abortJob(1), 8, 'unsupported flags (0x1) in function virDomainAbortJobFlags');
   await refused(dom.getJobStats(4), 8, 'unsupported flags (0x4) in function virDomainGetJobStats');
   await refused(dom.listAllCheckpoints(16), 8, 'unsupported flags (0x10) in function virDomainListAllCheckpoints');

@@ -4,6 +4,7 @@
 // slow clients cost only themselves.
 
 import { test, type TestContext } from 'node:test';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -129,6 +130,9 @@ test('read-only socket: every mutating procedure is refused even when the client
       'domainDestroy',
       'domainFSFreeze',
       'domainFSThaw',
+      'domainResume',
+      'domainSetAutostart',
+      'domainSuspend',
       'domainUndefine',
       'qemuMonitorCommand',
     ],
@@ -232,6 +236,18 @@ test('hostile frames: deep nesting is refused before parsing; the read-only sock
   assert.equal(tooDeep.serial, 0);
   assert.match(asError(tooDeep).message, /nested deeper than 32 levels/);
   assert.equal((await rwDeep.call(2, 'listJobIds', ['u'])).type, 'reply', 'still served');
+  // 1.5 million tiny values (JSON.parse alone took over a second on them): counted and refused before parsing,
+  // without stalling the event loop that every other client shares
+  const values = Buffer.from(`{"type":"call","serial":9,"proc":"listJobIds","args":[${'0,'.repeat(1_500_000)}0]}`);
+  const delay = monitorEventLoopDelay({ resolution: 5 });
+  delay.enable();
+  rwDeep.sendRaw(frame(values));
+  const tooMany = await rwDeep.waitFor((m) => m.type === 'error' && /values/.test(asError(m).message));
+  delay.disable();
+  assert.match(asError(tooMany).message, /more than 4096 values/);
+  // the scan costs a few ms; parsing took > 1 s (bound with slack for a loaded 2-core CI machine)
+  assert.ok(delay.max / 1e6 < 200, `event loop blocked ${(delay.max / 1e6).toFixed(0)} ms`);
+  assert.equal((await rwDeep.call(5, 'listJobIds', ['u'])).type, 'reply', 'still served');
   // the same on the read-only socket, small enough for its frame limit
   const roDeep = await raw(t, s.ro);
   roDeep.sendRaw(frame(Buffer.from('{"a":' + '['.repeat(40) + ']'.repeat(40) + '}')));

@@ -82,6 +82,7 @@ test('format: libvirt order and defaults; secrets only with secure; round trip i
   <memory unit='KiB'>65536</memory>
   <vcpu>2</vcpu>
   <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>/guest/vmlinuz</kernel>
     <initrd>/guest/initrd</initrd>
     <cmdline>console=ttyS0 quiet</cmdline>
@@ -125,6 +126,15 @@ test('the domain embedded in redefined-with-domain.xml keeps every element in li
   code(() => parseDomainXML(domainXml), ErrorCode.CONFIG_UNSUPPORTED, /bus 'ide' for disk 'hda'/);
   const virtio = domainXml.replace(/bus='ide'/g, "bus='sata'");
   assert.equal(formatDomainXML(parseDomainXML(virtio)), virtio);
+});
+
+test('<os> without <type> gets the machine virtback runs (libvirt fills it in too); a given <type> is kept', () => {
+  const out = formatDomainXML(parseDomainXML(TINY));
+  assert.match(out, /<os>\n {4}<type arch='x86_64' machine='q35'>hvm<\/type>\n {4}<kernel>/);
+  const given = TINY.replace('<os>', "<os>\n    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>");
+  const again = formatDomainXML(parseDomainXML(given));
+  assert.equal(again.match(/<type /g)?.length, 1);
+  assert.match(again, /machine='pc-q35-7.2'/);
 });
 
 test('uuid is generated when missing', () => {

@@ -1,6 +1,6 @@
-// Domain commands as in virsh: define, undefine, start, destroy, list,
-// dominfo, domstate, dumpxml, domblklist, qemu-monitor-command,
-// domfsfreeze, domfsthaw.
+// Domain commands as in virsh: define, undefine, start, destroy, suspend,
+// resume, autostart, list, dominfo, domstate, dumpxml, domblklist,
+// qemu-monitor-command, domfsfreeze, domfsthaw.
 
 import type { Command } from 'commander';
 import type { DomainSummary } from '../../api/driver.js';
@@ -90,6 +90,7 @@ export function formatDiskList(rows: DiskRow[], details: boolean): string {
 
 export function register(program: Command, table: EntryPointTable): void {
   registerDomainLifecycle(program, table);
+  registerDomainRunState(program);
   registerDomainList(program, table);
   registerDomainInfo(program);
   registerDomainXml(program, table);
@@ -123,27 +124,73 @@ function registerDomainLifecycle(program: Command, table: EntryPointTable): void
     });
   });
 
-  program
-    .command('start')
-    .description('start a (previously defined) inactive domain')
-    .argument('<domain>', 'name of the inactive domain')
-    .action(async (ref: string, _o: object, cmd: Command) => {
-      await withConnection(cmd, async (conn) => {
-        const dom = await lookupDomain(conn, ref);
-        await dom.create();
-        out(`Domain '${dom.name}' started\n`);
-      });
+  const start = program.command('start').description('start a (previously defined) inactive domain')
+    .argument('<domain>', 'name of the inactive domain');
+  const startFlags = CliFlagOptions.add(start, table, 'domainCreate', {
+    PAUSED: 'leave the guest paused after creation',
+    AUTODESTROY: 'automatically destroy the guest when virtback exits',
+    BYPASS_CACHE: 'avoid file system cache when loading',
+    FORCE_BOOT: 'force fresh boot by discarding any managed save',
+    RESET_NVRAM: 're-initialize NVRAM from its pristine template',
+  });
+  start.action(async (ref: string, _o: object, cmd: Command) => {
+    const flags = startFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const dom = await lookupDomain(conn, ref);
+      await dom.create(flags);
+      out(`Domain '${dom.name}' started\n`);
     });
+  });
 
+  const destroy = program.command('destroy').description('destroy (stop) a domain').argument('<domain>', 'domain name, id or uuid');
+  const destroyFlags = CliFlagOptions.add(destroy, table, 'domainDestroy', {
+    GRACEFUL: 'terminate gracefully',
+  });
+  destroy.action(async (ref: string, _o: object, cmd: Command) => {
+    const flags = destroyFlags.flags(cmd);
+    await withConnection(cmd, async (conn) => {
+      const dom = await lookupDomain(conn, ref);
+      await dom.destroy(flags);
+      out(`Domain '${dom.name}' destroyed\n`);
+    });
+  });
+}
+
+function registerDomainRunState(program: Command): void {
   program
-    .command('destroy')
-    .description('destroy (stop) a domain')
+    .command('suspend')
+    .description('suspend a domain')
     .argument('<domain>', 'domain name, id or uuid')
     .action(async (ref: string, _o: object, cmd: Command) => {
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
-        await dom.destroy();
-        out(`Domain '${dom.name}' destroyed\n`);
+        await dom.suspend();
+        out(`Domain '${dom.name}' suspended\n`);
+      });
+    });
+
+  program
+    .command('resume')
+    .description('resume a domain')
+    .argument('<domain>', 'domain name, id or uuid')
+    .action(async (ref: string, _o: object, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        await dom.resume();
+        out(`Domain '${dom.name}' resumed\n`);
+      });
+    });
+
+  program
+    .command('autostart')
+    .description('autostart a domain (started when virtbackd starts, once per boot)')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--disable', 'disable autostarting')
+    .action(async (ref: string, o: { disable?: boolean }, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const dom = await lookupDomain(conn, ref);
+        await dom.setAutostart(!o.disable);
+        out(o.disable ? `Domain '${dom.name}' unmarked as autostarted\n` : `Domain '${dom.name}' marked as autostarted\n`);
       });
     });
 }
@@ -203,11 +250,17 @@ function registerDomainInfo(program: Command): void {
         const root = parseXml(await dom.getXMLDesc());
         const os = firstChild(root, 'os');
         const osType = (os === null ? null : childText(os, 'type')) ?? 'hvm';
-        const vcpu = Number(childText(root, 'vcpu') ?? '1');
-        const maxMem = memoryKiB(firstChild(root, 'memory')) ?? 0;
-        const curMem = memoryKiB(firstChild(root, 'currentMemory')) ?? maxMem;
+        // virDomainInfo's fields when the driver fills them, else the XML's
+        const vcpu = s.nrVirtCpu ?? Number(childText(root, 'vcpu') ?? '1');
+        const maxMem = s.maxMem ?? memoryKiB(firstChild(root, 'memory')) ?? 0;
+        const curMem = s.memory ?? memoryKiB(firstChild(root, 'currentMemory')) ?? maxMem;
+        const autostart = await dom.getAutostart();
+        const cpuTime = s.cpuTime !== undefined && s.id > 0 ? s.cpuTime : null;
         if (o.json) {
-          json({ ...summaryJson(s), osType, cpus: vcpu, maxMemoryKiB: maxMem, usedMemoryKiB: curMem });
+          json({
+            ...summaryJson(s), osType, cpus: vcpu, maxMemoryKiB: maxMem, usedMemoryKiB: curMem, autostart,
+            ...(cpuTime !== null ? { cpuTimeNs: cpuTime } : {}),
+          });
           return;
         }
         out(
@@ -218,10 +271,11 @@ function registerDomainInfo(program: Command): void {
             ['OS Type:', osType],
             ['State:', domainStateString(s.state)],
             ['CPU(s):', vcpu],
+            ...(cpuTime !== null ? [['CPU time:', `${(cpuTime / 1e9).toFixed(1)}s`] as [string, string]] : []),
             ['Max memory:', `${maxMem} KiB`],
             ['Used memory:', `${curMem} KiB`],
             ['Persistent:', s.persistent ? 'yes' : 'no'],
-            ['Autostart:', 'disable'],
+            ['Autostart:', autostart ? 'enable' : 'disable'],
             ['Managed save:', 'no'],
             ['Security model:', 'none'],
             ['Security DOI:', '0'],
