@@ -11,16 +11,18 @@ import { readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
+import { DomainState } from '../../src/flags.js';
 import { LIB_VERSION_NUMBER } from '../../src/libvirt/semantics.js';
 import { qdevIdForDisk } from '../../src/qemu/command-line.js';
 import { parseDomainXML } from '../../src/xml/domain.js';
 import { libvirtPython, libvirtUri, runPythonJson } from '../helpers/libvirt-clients.js';
-import { exists, makeTestDomain, qemuProcessesFor } from '../helpers/qemu-env.js';
+import { exists, makeTestDomain, qemuProcessesFor, waitFor } from '../helpers/qemu-env.js';
 import { assertSameContent, DiskModel, MiB, run } from './backup-util.js';
 import { makeDaemonEnv } from './daemon-util.js';
 
 const SIZE = 16 * MiB;
 const script = path.resolve(import.meta.dirname, '..', 'python', 'virtback_workflow.py');
+const offlineScript = path.resolve(import.meta.dirname, '..', 'python', 'offline_backup.py');
 const skip = libvirtPython() === null ? 'python3-libvirt is not installed (Debian package python3-libvirt)' : undefined;
 
 type Line = Record<string, unknown> & { step: string };
@@ -143,4 +145,38 @@ test('python3-libvirt: events, checkpoints, push full + incremental, pull + abor
   assert.equal(await exists(path.join(env.stateDir, 'domains', `${td.uuid}.xml`)), false);
   assert.deepEqual(await readdir(path.join(env.stateDir, 'checkpoints', td.uuid)).catch(() => []), []);
   assert.deepEqual(await qemuProcessesFor(env.dir), []);
+});
+
+test('python3-libvirt: a shut-off domain started paused with START_AUTODESTROY, backed up, gone with the connection', { skip, timeout: 60_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  const td = await makeTestDomain(env.dir, { disks: 1, sizeMiB: SIZE / MiB });
+  const disk = td.disks[0]!;
+  // the guest's data, written while the domain is shut off
+  const m = new DiskModel(disk.target, SIZE);
+  for (let k = 0; k < 5; k++) {
+    await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(0x70 + k).toString(16)} ${k * 3 * MiB} ${MiB / 2}`, disk.path]);
+    m.apply(k * 3 * MiB, MiB / 2, 0x70 + k);
+  }
+  const conn = await env.connect();
+  await conn.defineXML(td.xml);
+
+  const r = await runPythonJson(offlineScript, [libvirtUri(env.runDir), td.name, env.dir], 50_000);
+  const lines = r.lines as Line[];
+  assert.equal(r.code, 0, `exit code; stderr: ${r.stderr}; lines ${JSON.stringify(lines)}`);
+  assert.deepEqual(one(lines, 'before'), { step: 'before', state: [5, 0], autostart: 0, lookup_id: -1 });
+  assert.equal(one(lines, 'autostart').on, 1);
+  const started = one(lines, 'started');
+  // paused (3) by the user (VIR_DOMAIN_PAUSED_USER 1); 128 MiB, 1 vCPU; no block job
+  assert.deepEqual([started.state, started.info, started.active, started.blockjob], [[3, 1], [3, 131072, 131072, 1], 1, {}]);
+  assert.equal(one(lines, 'begin').ret, 0);
+  assert.deepEqual([one(lines, 'completed').success, one(lines, 'completed').operation], [true, 9]);
+  assert.equal(lines.at(-1)?.step, 'exit');
+
+  // the connection that started it is gone: so is the domain (still defined, shut off)
+  const dom = await conn.lookupByName(td.name);
+  await waitFor(async () => (await dom.getInfo()).state === DomainState.SHUTOFF, 'the autodestroy domain shut off');
+  assert.equal((await dom.getInfo()).persistent, true);
+  await waitFor(async () => (await qemuProcessesFor(env.dir)).length === 0, 'its QEMU gone');
+  await assertSameContent(m.snapshot(), path.join(env.dir, 'offline-sda.qcow2'), path.join(env.dir, 'expected.raw'));
 });
