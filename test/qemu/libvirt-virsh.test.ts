@@ -30,7 +30,7 @@ import {
   virshOk,
   waitOutput,
 } from '../helpers/libvirt-clients.js';
-import { exists, makeTestDomain, qemuProcessesFor, type TestDomain } from '../helpers/qemu-env.js';
+import { exists, makeTestDomain, qemuProcessesFor, waitFor, type TestDomain } from '../helpers/qemu-env.js';
 import { assertSameContent, DiskModel, K64, MiB, run } from './backup-util.js';
 import { makeDaemonEnv, type DaemonEnv } from './daemon-util.js';
 
@@ -398,6 +398,9 @@ test('virsh on libvirt-sock-ro: every mutating command is refused and changes no
     [['backup-begin', d.name, '--backupxml', bx], 'virDomainBackupBegin'],
     [['domjobabort', d.name], 'virDomainAbortJob'],
     [['undefine', idle.name], 'virDomainUndefine'],
+    [['suspend', d.name], 'virDomainSuspend'],
+    [['resume', d.name], 'virDomainResume'],
+    [['autostart', d.name], 'virDomainSetAutostart'],
   ];
   for (const [args, api] of denied) {
     await virshFails(ro, args, new RegExp(`^error: operation forbidden: read only access prevents ${api}`, 'm'));
@@ -427,4 +430,34 @@ test('virsh on libvirt-sock-ro: every mutating command is refused and changes no
   assert.match(v.get('Using API') ?? '', /^QEMU \d/);
 
   await dominfo(uri, d);
+});
+
+test('virsh: start --paused, resume, suspend, autostart, blockjob --info, destroy --graceful, start --autodestroy', { skip, timeout: 60_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  const uri = libvirtUri(env.runDir);
+  const d = await defineAndStart(env, uri, { start: false });
+  const reason = () => virshOk(uri, 'domstate', d.name, '--reason').then((s) => s.trim());
+  assert.equal(await reason(), 'shut off (unknown)');
+  assert.equal((await virshOk(uri, 'start', d.name, '--paused')).trim(), `Domain '${d.name}' started`);
+  assert.equal(await reason(), 'paused (user)');
+  assert.equal((await virshOk(uri, 'resume', d.name)).trim(), `Domain '${d.name}' resumed`);
+  assert.equal(await reason(), 'running (unpaused)');
+  assert.equal((await virshOk(uri, 'suspend', d.name)).trim(), `Domain '${d.name}' suspended`);
+  assert.equal(await reason(), 'paused (user)');
+
+  assert.equal((await virshOk(uri, 'autostart', d.name)).trim(), `Domain '${d.name}' marked as autostarted`);
+  assert.equal(parseFields(await virshOk(uri, 'dominfo', d.name)).get('Autostart'), 'enable');
+  assert.deepEqual(parseTable(await virshOk(uri, 'list', '--all', '--autostart')).map((r) => r.Name), [d.name]);
+  assert.equal((await virshOk(uri, 'autostart', d.name, '--disable')).trim(), `Domain '${d.name}' unmarked as autostarted`);
+  assert.deepEqual(parseTable(await virshOk(uri, 'list', '--all', '--autostart')), []);
+
+  assert.equal((await virshOk(uri, 'blockjob', d.name, 'sda', '--info')).trim(), 'No current block job for sda');
+  assert.equal((await virshOk(uri, 'destroy', d.name, '--graceful')).trim(), `Domain '${d.name}' destroyed`);
+  assert.equal(await reason(), 'shut off (destroyed)');
+  // an autodestroy domain dies with the connection that started it: here the virsh process itself
+  assert.equal((await virshOk(uri, 'start', d.name, '--autodestroy')).trim(), `Domain '${d.name}' started`);
+  await waitFor(async () => (await reason()) === 'shut off (destroyed)', 'the autodestroy domain shut off');
+  await waitFor(async () => (await qemuProcessesFor(env.dir)).length === 0, 'its QEMU gone');
+  assert.ok((await listAll(uri)).some((r) => r.Name === d.name), 'still defined');
 });
