@@ -438,6 +438,13 @@ test('virsh: start --paused, resume, suspend, autostart, blockjob --info, destro
   const uri = libvirtUri(env.runDir);
   const d = await defineAndStart(env, uri, { start: false });
   const reason = () => virshOk(uri, 'domstate', d.name, '--reason').then((s) => s.trim());
+  const lifecycle = virshBackground(uri, ['event', '--domain', d.name, '--event', 'lifecycle', '--loop', '--timeout', '50']);
+  t.after(() => lifecycle.stop());
+  // registered once it prints the event of a redefinition (define again until it does)
+  await waitFor(async () => {
+    await virshOk(uri, 'define', path.join(env.dir, `${d.name}.xml`));
+    return parseEvents(lifecycle.stdout()).some((e) => e.event === 'lifecycle' && e.detail === 'Defined Updated');
+  }, 'the lifecycle watcher registered');
   assert.equal(await reason(), 'shut off (unknown)');
   assert.equal((await virshOk(uri, 'start', d.name, '--paused')).trim(), `Domain '${d.name}' started`);
   assert.equal(await reason(), 'paused (user)');
@@ -460,4 +467,14 @@ test('virsh: start --paused, resume, suspend, autostart, blockjob --info, destro
   await waitFor(async () => (await reason()) === 'shut off (destroyed)', 'the autodestroy domain shut off');
   await waitFor(async () => (await qemuProcessesFor(env.dir)).length === 0, 'its QEMU gone');
   assert.ok((await listAll(uri)).some((r) => r.Name === d.name), 'still defined');
+
+  const want = ['Started Booted', 'Resumed Unpaused', 'Suspended Paused', 'Stopped Destroyed', 'Started Booted', 'Stopped Destroyed'];
+  const seen = () => parseEvents(lifecycle.stdout()).filter((e) => e.event === 'lifecycle').map((e) => e.detail);
+  await waitFor(() => isSubsequence(want, seen()), `lifecycle events ${want.join(', ')} (got ${seen().join(', ')})`);
 });
+
+function isSubsequence(want: string[], got: string[]): boolean {
+  let i = 0;
+  for (const g of got) if (g === want[i]) i++;
+  return i === want.length;
+}
