@@ -181,9 +181,13 @@ export function virshBackground(uri: string, args: string[]): Background {
   return background('virsh', ['-c', uri, ...args], clientEnv());
 }
 
-/** Poll a background client's stdout until `pred` holds for it. */
-export function waitOutput(b: Background, pred: (out: string) => boolean, what: string, timeoutMs = 30_000): Promise<string> {
-  return waitFor(() => (pred(b.stdout()) ? b.stdout() : undefined), `${what} (stdout so far: ${b.stdout()}; stderr: ${b.stderr()})`, timeoutMs);
+/** Poll a background client's stdout until `pred` holds for it; the error shows what it printed by then. */
+export async function waitOutput(b: Background, pred: (out: string) => boolean, what: string, timeoutMs = 30_000): Promise<string> {
+  try {
+    return await waitFor(() => (pred(b.stdout()) ? b.stdout() : undefined), what, timeoutMs);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}; stdout: ${b.stdout()}; stderr: ${b.stderr()}`, { cause: e });
+  }
 }
 
 // ---------------------------------------------------------------- python3-libvirt
