@@ -469,8 +469,8 @@ test('virsh: start --paused, resume, suspend, autostart, blockjob --info, destro
   assert.ok((await listAll(uri)).some((r) => r.Name === d.name), 'still defined');
 
   const want = ['Started Booted', 'Resumed Unpaused', 'Suspended Paused', 'Stopped Destroyed', 'Started Booted', 'Stopped Destroyed'];
-  const seen = () => parseEvents(lifecycle.stdout()).filter((e) => e.event === 'lifecycle').map((e) => e.detail);
-  await waitFor(() => isSubsequence(want, seen()), `lifecycle events ${want.join(', ')} (got ${seen().join(', ')})`);
+  const seen = (out: string) => parseEvents(out).filter((e) => e.event === 'lifecycle').map((e) => e.detail);
+  await waitOutput(lifecycle, (out) => isSubsequence(want, seen(out)), `lifecycle events ${want.join(', ')}`);
 });
 
 function isSubsequence(want: string[], got: string[]): boolean {
