@@ -8,6 +8,7 @@
 
 import type * as net from 'node:net';
 import type { CheckedDriver } from '../api/checked-driver.js';
+import { entryPoints } from '../api/entry-points.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import type { Logger } from '../log.js';
 import { FlowControl, type ClientPool, type LimitedClient } from '../remote/client-limits.js';
@@ -168,7 +169,9 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     if (this.readOnly) {
       const flags = (args as { flags?: unknown } | undefined)?.flags;
       const denial = readOnlyDenial(row, typeof flags === 'number' ? flags : 0);
-      if (denial !== null) throw virErr('OPERATION_DENIED', 'DOMAIN', denial);
+      // libvirt's public wrapper refuses in its own error domain (checkpoint APIs: DOMAIN_CHECKPOINT)
+      const domain = typeof row.access === 'object' ? entryPoints[row.access.entry].errorDomain : 'DOMAIN';
+      if (denial !== null) throw virErr('OPERATION_DENIED', domain, denial);
     }
     return handler(this, args);
   }
@@ -284,6 +287,11 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
   drop(reason: string): void {
     if (this.closed) return;
     this.log.warn({ reason }, 'client dropped');
+    this.disconnect();
+  }
+
+  /** Ends the connection without blaming the client (the server is closing). */
+  disconnect(): void {
     this.socket.destroy();
     this.onClose();
   }

@@ -157,7 +157,7 @@ export class LibvirtServer implements ConnectionServer {
     this.unsubscribe?.();
     this.unsubscribe = null;
     const closing = this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
-    for (const c of this.pool.all()) c.drop('server closing');
+    for (const c of this.pool.all()) c.disconnect();
     this.pool.clear();
     await Promise.all(closing);
     await this.eventChain;

@@ -6,7 +6,12 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { TestDriver } from '../../src/api/test-driver.js';
+import { Daemon } from '../../src/daemon/daemon.js';
+import { silentLogger } from '../../src/log.js';
 import { KeepaliveProc, MessageStatus, MessageType, Program, encodePacket } from '../../src/libvirt/packet.js';
 import {
   DomainEventId,
@@ -190,6 +195,7 @@ test('the read-only socket refuses every mutating procedure with 29 and the API 
       const e = await c.error(n, args[n] as never);
       assert.equal(e.code, 29, n);
       assert.equal(e.message, `operation forbidden: read only access prevents ${remoteProcedures[n].api}`, n);
+      assert.equal(e.domain, n.startsWith('domainCheckpoint') ? 69 : 20, n);
     }
     for (const n of ['domainGetXMLDesc', 'domainCheckpointGetXMLDesc'] as const) {
       const e = await c.error(n, { ...args[n], flags: 1 } as never);
@@ -283,7 +289,7 @@ test('domain calls map onto the driver: start/destroy ids, state, info, checkpoi
   assert.equal((await c.error('domainLookupByName', { name: 'd' })).code, 42);
 });
 
-test('keepalive: PONG at once while a slow call is pending; idle clients that negotiated it are pinged, then dropped', async (t) => {
+test('keepalive: PONG at once (and other calls answered) while a slow call is pending; idle clients that negotiated it are pinged, then dropped', async (t) => {
   const driver = new TestDriver();
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
@@ -302,8 +308,10 @@ test('keepalive: PONG at once while a slow call is pending; idle clients that ne
   assert.deepEqual(pong[0]!.header, { prog: Program.KEEPALIVE, vers: 1, proc: KeepaliveProc.PONG, type: MessageType.MESSAGE, serial: 0, status: 0 });
   let done = false;
   void pending.then(() => (done = true));
-  await new Promise((r) => setTimeout(r, 20));
-  assert.equal(done, false, 'the slow call is still pending when the PONG came');
+  // calls run concurrently: a fast one overtakes the slow one, replies matched by serial
+  assert.deepEqual(await c.call('connectGetType', undefined), { type: 'QEMU' });
+  assert.deepEqual((await c.call('domainLookupByName', { name: 'd' })).dom, wireDom('d', UUID));
+  assert.equal(done, false, 'the slow call is still pending when the PONG and the fast replies came');
   release();
   assert.equal((await pending).xml, domXml('d', UUID));
 
@@ -446,4 +454,38 @@ test('START_AUTODESTROY: the domain dies with the connection that started it, at
   assert.deepEqual([stopped.callbackID, stopped.dom.name, stopped.event, stopped.detail, stopped.dom.id], [id, 'd', 5, 1, -1], 'stopped/destroyed');
   assert.equal((await s.driver.domainGetInfo(UUID)).state, 5, 'destroyed');
   assert.equal((await s.driver.domainGetInfo(OTHER)).state, 1, 'started without the flag: still running');
+});
+
+test('virtbackd listens on libvirt-sock (0600) and libvirt-sock-ro (0666) beside its own sockets, and removes them on stop', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtback-lvsd-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const driver = new TestDriver();
+  const daemon = await Daemon.start({
+    stateDir: path.join(dir, 'state'),
+    runDir: path.join(dir, 'run'),
+    logger: silentLogger,
+    openDriver: async () => driver,
+    libvirt: { hypervisorVersion: 7002022 },
+  });
+  let stopped = false;
+  t.after(async () => {
+    if (!stopped) await daemon.stop();
+  });
+  assert.equal(daemon.libvirtSocketPath, path.join(dir, 'run', 'libvirt-sock'));
+  assert.equal(fs.statSync(daemon.libvirtSocketPath).mode & 0o777, 0o600);
+  assert.equal(fs.statSync(daemon.libvirtRoSocketPath).mode & 0o777, 0o666);
+  await driver.domainDefineXML(domXml('d', UUID), 0);
+  for (const socket of [daemon.libvirtSocketPath, daemon.libvirtRoSocketPath]) {
+    const c = await client(t, socket);
+    await c.handshake();
+    assert.deepEqual(await c.call('connectGetVersion', undefined), { hv_ver: 7002022n });
+    assert.equal((await c.call('domainLookupByName', { name: 'd' })).dom.name, 'd');
+  }
+  const ro = await client(t, daemon.libvirtRoSocketPath);
+  await ro.handshake();
+  assert.equal((await ro.error('domainCreate', { dom: wireDom('d', UUID) })).code, 29);
+  await daemon.stop();
+  stopped = true;
+  assert.equal(fs.existsSync(daemon.libvirtSocketPath), false);
+  assert.equal(fs.existsSync(daemon.libvirtRoSocketPath), false);
 });
