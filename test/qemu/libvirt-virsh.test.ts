@@ -317,6 +317,10 @@ test('virsh: define, start, inspect, checkpoints, push full + incremental with e
 
   const full = await push(d, env, events, 1, 'full', null, 'c1');
   for (const [i, x] of d.td.disks.entries()) await assertSameContent(full.expected[i]!, path.join(env.dir, `full-${x.target}.qcow2`), path.join(env.dir, 'expected.raw'));
+  // the same targets again: libvirt's error for an existing store, and no job
+  await virshFails(uri, ['backup-begin', d.name, '--backupxml', path.join(env.dir, 'full-backup.xml')],
+    new RegExp(`^error: invalid argument: store '${path.join(env.dir, 'full-sda.qcow2')}' for backup of 'sda' exists$`, 'm'));
+  assert.equal(parseFields(await virshOk(uri, 'domjobinfo', d.name)).get('Job type'), 'None');
 
   for (const [i, m] of d.models.entries()) for (let k = 0; k < 6; k++) await d.write(m, (k * 5 + 1) * 512 * 1024, K64, 0x30 + 6 * i + k);
   const inc = await push(d, env, events, 2, 'inc', 'c1', 'c2');
