@@ -1,6 +1,8 @@
 // Unmodified Debian virsh drives virtbackd through its libvirt socket
-// (issue 12): a whole backup workflow on a 2-disk domain, read-only refusals
-// on libvirt-sock-ro, and undefine with checkpoint metadata. Guest data is
+// (issue 12): a whole backup workflow on a 2-disk domain ending in undefine
+// with checkpoint metadata; read-only refusals on libvirt-sock-ro; the
+// lifecycle commands backup tools use (paused start, autodestroy). Every text
+// asserted is what virsh printed against a real libvirtd 9.0. Guest data is
 // written with `qemu-monitor-command --hmp` qemu-io and mirrored in a
 // DiskModel (backup-util.ts), so every backup is compared with the disk as it
 // was at the backup's instant: the full push with qemu-img compare, the
