@@ -23,7 +23,7 @@ import {
   encodePacket,
   type Packet,
 } from './packet.js';
-import { CONNECT_RO, DriverFeature, readOnlyDenial, remoteError } from './procedures.js';
+import { CONNECT_RO, DriverFeature, readOnlyDenial, remoteError, type WireDomain } from './procedures.js';
 import { EventRegistrations, type WireEvent } from './server-events.js';
 import { SUPPORTED_FEATURES, qemuDispatch, remoteDispatch, type CallConnection, type Dispatch, type HostFacts } from './server-handlers.js';
 import { toWireError } from './semantics.js';
@@ -64,6 +64,12 @@ export interface ConnectionServer {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The programs served, by number (all version 1); keepalive messages are handled before dispatch. */
+const programs: ReadonlyMap<number, ReadonlyMap<number, Dispatch>> = new Map([
+  [Program.REMOTE, remoteDispatch],
+  [Program.QEMU, qemuDispatch],
+]);
 
 export class LibvirtConnection implements LimitedClient, CallConnection {
   private readonly decoder: PacketDecoder;
@@ -113,10 +119,6 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     return this.decoder.pendingBytes + this.socket.writableLength;
   }
 
-  get eventRegistrations(): number {
-    return this.events.size;
-  }
-
   // ---- input ----
 
   private onData(chunk: Buffer): void {
@@ -143,8 +145,8 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
       if (h.proc === KeepaliveProc.PING) this.sendKeepalive(KeepaliveProc.PONG);
       return; // a PONG: its arrival already counted as activity
     }
-    const table = h.vers !== PROGRAM_VERSION ? null : h.prog === Program.REMOTE ? remoteDispatch : h.prog === Program.QEMU ? qemuDispatch : null;
-    if (table === null) return this.replyError(h, virErr('RPC', 'RPC', `Cannot find program ${h.prog} version ${h.vers}`));
+    const table = programs.get(h.prog);
+    if (table === undefined || h.vers !== PROGRAM_VERSION) return this.replyError(h, virErr('RPC', 'RPC', `Cannot find program ${h.prog} version ${h.vers}`));
     if (h.type !== MessageType.CALL) {
       const what = h.type === MessageType.CALL_WITH_FDS ? 'file descriptor passing' : h.type === MessageType.STREAM ? 'streams' : `message type ${h.type}`;
       return this.replyError(h, virErr('RPC', 'RPC', `Unexpected message type ${h.type}: ${what} not supported`));
@@ -219,10 +221,15 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
     this.flow.wrote(this.socket.write(bytes));
   }
 
-  /** A driver event, already in wire form: one MESSAGE per matching registration, after the replies in flight. */
-  deliver(ev: WireEvent): void {
+  /** Whether this connection registered for `ev`. */
+  wantsEvent(ev: WireEvent): boolean {
+    return !this.closed && this.opened && this.events.wants(ev);
+  }
+
+  /** A driver event in wire form: one MESSAGE per matching registration, after the replies in flight. */
+  deliver(ev: WireEvent, dom: WireDomain): void {
     if (this.closed || !this.opened) return;
-    this.heldEvents.push(...this.events.messages(ev));
+    this.heldEvents.push(...this.events.messages(ev, dom));
     if (this.flow.callsInFlight === 0) this.flushEvents();
     else this.eventHold ??= setTimeout(() => this.flushEvents(), EVENT_HOLD_MS);
   }

@@ -18,7 +18,8 @@ const EVENT_SERIAL = 1;
 interface EventForm {
   eventID: number;
   proc: number;
-  payload(callbackID: number): Buffer;
+  /** `dom` carries the domain's id at the time of the event (−1 once stopped) */
+  payload(callbackID: number, dom: WireDomain): Buffer;
 }
 
 /** A driver event as the wire forms it can take (a block job is both BLOCK_JOB and BLOCK_JOB_2). */
@@ -27,25 +28,21 @@ export interface WireEvent {
   forms: EventForm[];
 }
 
-/**
- * `dom` is the event's domain reference with its id at the time of the
- * event (−1 once stopped): the caller resolves it once for all connections.
- */
-export function toWireEvent(ev: DriverEvent, dom: WireDomain): WireEvent {
+export function toWireEvent(ev: DriverEvent): WireEvent {
   const forms: EventForm[] = [];
   switch (ev.type) {
     case 'lifecycle': {
       const w = lifecycleToWire(ev);
       if (w) {
         const { proc, body } = remoteEvents.lifecycle;
-        forms.push({ eventID: DomainEventId.LIFECYCLE, proc, payload: (callbackID) => encode(body, { callbackID, dom, ...w }) });
+        forms.push({ eventID: DomainEventId.LIFECYCLE, proc, payload: (callbackID, dom) => encode(body, { callbackID, dom, ...w }) });
       }
       break;
     }
     case 'job-completed': {
       const { proc, body } = remoteEvents.jobCompleted;
       const params = jobStatsToParams(ev.stats);
-      forms.push({ eventID: DomainEventId.JOB_COMPLETED, proc, payload: (callbackID) => encode(body, { callbackID, dom, params }) });
+      forms.push({ eventID: DomainEventId.JOB_COMPLETED, proc, payload: (callbackID, dom) => encode(body, { callbackID, dom, params }) });
       break;
     }
     case 'block-job': {
@@ -53,8 +50,16 @@ export function toWireEvent(ev: DriverEvent, dom: WireDomain): WireEvent {
       const one = remoteEvents.blockJob;
       const two = remoteEvents.blockJob2;
       // BLOCK_JOB names the disk by its source path, BLOCK_JOB_2 by its target
-      forms.push({ eventID: DomainEventId.BLOCK_JOB, proc: one.proc, payload: (callbackID) => encode(one.body, { callbackID, dom, path: ev.path, ...job }) });
-      forms.push({ eventID: DomainEventId.BLOCK_JOB_2, proc: two.proc, payload: (callbackID) => encode(two.body, { callbackID, dom, dst: ev.disk, ...job }) });
+      forms.push({
+        eventID: DomainEventId.BLOCK_JOB,
+        proc: one.proc,
+        payload: (callbackID, dom) => encode(one.body, { callbackID, dom, path: ev.path, ...job }),
+      });
+      forms.push({
+        eventID: DomainEventId.BLOCK_JOB_2,
+        proc: two.proc,
+        payload: (callbackID, dom) => encode(two.body, { callbackID, dom, dst: ev.disk, ...job }),
+      });
       break;
     }
   }
@@ -93,15 +98,23 @@ export class EventRegistrations {
     this.byId.clear();
   }
 
-  /** The MESSAGE packets `ev` makes for these registrations, in registration order. */
-  messages(ev: WireEvent): Buffer[] {
+  /** Whether any registration wants `ev` (so the server resolves its domain id only when someone listens). */
+  wants(ev: WireEvent): boolean {
+    for (const reg of this.byId.values()) {
+      if ((reg.uuid === null || reg.uuid === ev.uuid) && ev.forms.some((f) => f.eventID === reg.eventID)) return true;
+    }
+    return false;
+  }
+
+  /** The MESSAGE packets `ev` of domain `dom` makes for these registrations, in registration order. */
+  messages(ev: WireEvent, dom: WireDomain): Buffer[] {
     const out: Buffer[] = [];
     for (const [callbackID, reg] of this.byId) {
       if (reg.uuid !== null && reg.uuid !== ev.uuid) continue;
       for (const form of ev.forms) {
         if (form.eventID !== reg.eventID) continue;
         const header = { prog: Program.REMOTE, vers: PROGRAM_VERSION, proc: form.proc, type: MessageType.MESSAGE, serial: EVENT_SERIAL, status: MessageStatus.OK };
-        out.push(encodePacket(header, form.payload(callbackID)));
+        out.push(encodePacket(header, form.payload(callbackID, dom)));
       }
     }
     return out;

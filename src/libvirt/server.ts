@@ -129,12 +129,17 @@ export class LibvirtServer implements ConnectionServer {
   // ---- events ----
 
   private publish(event: DriverEvent): void {
+    const wire = toWireEvent(event);
+    // nobody registered for it: no id lookup, no encoding
+    if (!this.pool.all().some((c) => c.wantsEvent(wire))) return;
     // Chained: events keep their order although each waits for its domain's id.
     // Resolving it also lets the reply to the call that caused the event go out first.
-    this.eventChain = this.eventChain.then(async () => {
-      const wire = toWireEvent(event, await this.eventDomain(event));
-      for (const c of this.pool.all()) c.deliver(wire);
-    }).catch((e: unknown) => this.log.warn(errField(e), 'event not delivered'));
+    this.eventChain = this.eventChain
+      .then(async () => {
+        const dom = await this.eventDomain(event);
+        for (const c of this.pool.all()) c.deliver(wire, dom);
+      })
+      .catch((e: unknown) => this.log.warn(errField(e), 'event not delivered'));
   }
 
   /** The event's domain with its id now; −1 once it stopped or is gone. */
