@@ -154,6 +154,7 @@ def workflow(conn):
     out("checkpoints", names=sorted(c.getName() for c in dom.listAllCheckpoints(0)))
     out("error", what="unknown checkpoint", **error_of(lambda: dom.checkpointLookupByName("nope")))
     out("error", what="parent of the root", **error_of(lambda: dom.checkpointLookupByName("c1").getParent()))
+    out("error", what="fsFreeze without an agent", **error_of(dom.fsFreeze))
 
     disks = "".join(f"<disk name='{t}' type='file'><scratch file='{CFG['dir']}/scratch-{t}.qcow2'/></disk>" for t in CFG["qdevs"])
     ret = dom.backupBegin(f"<domainbackup mode='pull'><server transport='unix' socket='{CFG['nbd']}'/><disks>{disks}</disks></domainbackup>", None, 0)

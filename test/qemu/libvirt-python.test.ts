@@ -83,6 +83,8 @@ test('python3-libvirt: events, checkpoints, push full + incremental, pull + abor
   assert.equal(errors.get('unknown checkpoint')?.code, 103);
   assert.match(String(errors.get('unknown checkpoint')?.message), /^Domain checkpoint not found: .*'nope'/);
   assert.equal(errors.get('parent of the root')?.code, 103);
+  assert.deepEqual([errors.get('fsFreeze without an agent')?.code, errors.get('fsFreeze without an agent')?.message],
+    [74, 'argument unsupported: QEMU guest agent is not configured']);
   assert.deepEqual([errors.get('abort without a job')?.code, errors.get('abort without a job')?.message],
     [55, 'Requested operation is not valid: no job is active on the domain']);
 
