@@ -45,6 +45,15 @@ process.on('SIGINT', () => {
   say('SIGINT: stopping after this cycle (again to exit at once, leaving the temp dir behind)');
 });
 
+// A promise rejected with nobody listening would end the run and lose its
+// evidence; it is counted as an anomaly instead (the run must report 0).
+const unhandled: string[] = [];
+process.on('unhandledRejection', (e) => {
+  const text = e instanceof Error ? (e.stack ?? e.message) : String(e);
+  unhandled.push(text);
+  say(`ANOMALY: unhandled rejection: ${text}`);
+});
+
 const result = await runSoak({
   stopRequested: () => interrupted,
   seed,
@@ -55,6 +64,7 @@ const result = await runSoak({
   keep: values.keep,
   say: values.quiet ? (m) => (m.startsWith('cycle') || m.startsWith('  ') ? undefined : say(m)) : say,
 });
+for (const text of unhandled) result.tally.find({ what: 'anomaly', cycle: -1, detail: `unhandled rejection: ${text.split('\n')[0]}` });
 for (const line of result.tally.report(seed, result.seconds)) process.stdout.write(`${line}\n`);
 if (result.unswept > 0) process.stdout.write(`not compared for lack of time: ${result.unswept} backups\n`);
 process.stdout.write(`replay: node --import tsx bench/soak.ts --seed ${seed} --cycles ${values.cycles}\n`);

@@ -18,7 +18,7 @@ export interface GlobalOptions {
 /** Register -c/--connect and -r/--readonly on the program (virsh's global options). */
 export function addGlobalOptions(program: Command): void {
   program
-    .option('-c, --connect <uri>', 'hypervisor connection URI (default: $VIRTBACK_URI, else virtback:///session, root: virtback:///system)')
+    .option('-c, --connect <uri>', 'hypervisor connection URI (default: $VIRTBACK_URI, else virtback:///session, root: virtback:///system; qemu:///system, qemu+unix:///system?socket=…, qemu+ssh://host/system: a libvirt daemon)')
     .option('-r, --readonly', 'connect read-only');
 }
 

@@ -29,7 +29,7 @@ const messagePrefix: Readonly<Record<number, string>> = {
   [ErrorCode.OPERATION_INVALID]: 'Requested operation is not valid',
   [ErrorCode.CONFIG_UNSUPPORTED]: 'unsupported configuration',
   [ErrorCode.OPERATION_TIMEOUT]: 'Timed out during operation',
-  74: 'argument unsupported',
+  [ErrorCode.ARGUMENT_UNSUPPORTED]: 'argument unsupported',
   78: 'operation aborted',
   [ErrorCode.OPERATION_UNSUPPORTED]: 'Operation not supported',
   [ErrorCode.AGENT_UNRESPONSIVE]: 'Guest agent is not responding',

@@ -286,7 +286,7 @@ export class QemuCheckpoints implements CheckpointOps, CheckpointAccess {
   /** Freeze the guest's file systems around `fn`, always thawing (QUIESCE). */
   async quiesced<T>(dom: DomainObject, fn: () => Promise<T>): Promise<T> {
     if (dom.liveDef?.agent == null) {
-      throw virErr('AGENT_UNRESPONSIVE', 'QEMU', 'QEMU guest agent is not configured: cannot quiesce the guest');
+      throw virErr('ARGUMENT_UNSUPPORTED', 'QEMU', 'QEMU guest agent is not configured: cannot quiesce the guest');
     }
     return this.driver.withAgent(dom.uuid, async (agent) => {
       await agent.fsfreezeFreeze();

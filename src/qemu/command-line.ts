@@ -17,14 +17,14 @@
 // Structured options use QEMU's JSON syntax, so paths need no comma escaping.
 
 import { virErr } from '../errors.js';
-import { AGENT_CHANNEL_NAME, type DiskDef, type DomainDef } from '../xml/domain.js';
+import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
 export interface CommandLineInput {
   def: DomainDef;
-  /** 'kvm' only when /dev/kvm is usable and the domain asks for it */
+  /** 'kvm' only when /dev/kvm is usable and the domain asks for it; type='kvm' without it is refused */
   accel: 'kvm' | 'tcg';
   qmpSocket: string;
   /** QEMU writes its pid here once it has daemonized */
@@ -156,6 +156,18 @@ function onRebootDestroy(def: DomainDef): boolean {
   return el !== undefined && textOf(el) === 'destroy';
 }
 
+/**
+ * type='kvm' runs on KVM or not at all (libvirt refuses it at define, when its
+ * capabilities show no /dev/kvm, with this message); type='qemu' is TCG.
+ */
+function checkAccel(def: DomainDef, accel: CommandLineInput['accel']): void {
+  if (def.type === 'kvm' && accel !== 'kvm') {
+    const emulator = def.devicesExtra?.find((e) => e.name === 'emulator');
+    const binary = emulator === undefined ? `/usr/bin/${QEMU_BINARY}` : textOf(emulator);
+    throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `Emulator '${binary}' does not support virt type 'kvm'`);
+  }
+}
+
 function checkDisks(def: DomainDef): void {
   const seenTarget = new Set<string>();
   const seenId = new Map<string, string>();
@@ -233,12 +245,13 @@ function deviceArg(disk: DiskDef, nodes: DiskNodes): string {
 /** argv (without the binary) for starting `def` daemonized, and the per-disk names it uses. */
 export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   const { def } = input;
+  checkAccel(def, input.accel);
   checkDisks(def);
   const disks = assignDiskNodes(def);
   const args: string[] = [
     '-name', `guest=${escapeOptValue(def.name)},debug-threads=on`,
     '-uuid', def.uuid,
-    '-machine', 'q35',
+    '-machine', osMachine(def.os),
     '-accel', input.accel,
     '-m', `size=${def.memoryKiB}k`,
     '-smp', String(def.vcpu),

@@ -119,13 +119,13 @@ export class QemuRuntime {
 
   /**
    * Run `fn` with a connected guest agent, one session at a time.
-   * OPERATION_UNSUPPORTED without an agent channel, AGENT_UNRESPONSIVE when it does not answer.
+   * ARGUMENT_UNSUPPORTED without an agent channel (libvirt's qemuDomainAgentAvailable), AGENT_UNRESPONSIVE when it does not answer.
    */
   withAgent<T>(fn: (agent: GuestAgentClient) => Promise<T>, opts?: { timeoutMs?: number }): Promise<T> {
     return this.agentLock.run(async () => {
       if (this.stopping) throw notRunning();
       if (this.status.agentSocket === null) {
-        throw virErr('OPERATION_UNSUPPORTED', 'QEMU', 'QEMU guest agent is not configured');
+        throw virErr('ARGUMENT_UNSUPPORTED', 'QEMU', 'QEMU guest agent is not configured');
       }
       const agent = await GuestAgentClient.connect(this.status.agentSocket, { timeoutMs: opts?.timeoutMs });
       try {

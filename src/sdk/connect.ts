@@ -7,6 +7,12 @@
 //   virtback+unix:///?socket=PATH      an explicit socket
 //   virtback+tls://HOST:PORT/?pkipath=DIR   TCP with TLS and a client certificate
 // `?readonly` (or opts.readOnly) selects the read-only socket of the pair.
+// libvirt's own URIs open the libvirt driver (src/libvirt/): VMs that a
+// libvirtd runs, or virtbackd's libvirt socket:
+//   qemu:///system, qemu+unix:///system   /run/libvirt/libvirt-sock (read-only: libvirt-sock-ro)
+//   qemu:///session                       $XDG_RUNTIME_DIR/libvirt/libvirt-sock
+//   qemu+unix:///system?socket=PATH       an explicit socket (read-only: its -ro sibling)
+//   qemu+ssh://[USER@]HOST[:PORT]/system[?socket=PATH]   ssh to HOST, bridged to the socket there
 // No URI: $VIRTBACK_URI, else system for root and session for others.
 
 import { spawn } from 'node:child_process';
@@ -17,6 +23,9 @@ import { fileURLToPath } from 'node:url';
 import type { Driver } from '../api/driver.js';
 import { Connect } from '../api/public.js';
 import { RemoteDriver } from '../remote/client.js';
+import { LibvirtDriver } from '../libvirt/driver.js';
+import { connectSshStream, connectUnixStream, type SshTarget } from '../libvirt/transport.js';
+import { findPushBackup, writePushManifests } from '../repository/push-manifests.js';
 import { VirError, virErr } from '../errors.js';
 import { RO_SOCKET_NAME, SOCKET_NAME, sessionRunDir, sessionStateDir, systemRunDir, type Env } from '../daemon/paths.js';
 
@@ -46,7 +55,70 @@ export interface ResolvedTlsURI {
   readOnly: boolean;
 }
 
-export type ResolvedURI = ResolvedUnixURI | ResolvedTlsURI;
+/** A libvirt URI: how to reach the daemon, and the name CONNECT_OPEN sends (transport and socket= stripped, as libvirt does). */
+export interface ResolvedLibvirtURI {
+  kind: 'libvirt';
+  uri: string;
+  openName: string;
+  readOnly: boolean;
+  transport: { type: 'unix'; socket: string } | ({ type: 'ssh' } & SshTarget);
+}
+
+export type ResolvedURI = ResolvedUnixURI | ResolvedTlsURI | ResolvedLibvirtURI;
+
+const LIBVIRT_SCHEMES = ['qemu', 'qemu+unix', 'qemu+ssh'];
+const LIBVIRT_SYSTEM_DIR = '/run/libvirt';
+
+/** libvirtd's socket of a system daemon in `dir`, else the modular virtqemud's; read-only: the -ro one. */
+function libvirtSystemSocket(dir: string, readOnly: boolean, exists: (p: string) => boolean): string {
+  const suffix = readOnly ? '-ro' : '';
+  const legacy = path.join(dir, `libvirt-sock${suffix}`);
+  const modular = path.join(dir, `virtqemud-sock${suffix}`);
+  return !exists(legacy) && exists(modular) ? modular : legacy;
+}
+
+/** Pure but for `exists`: a qemu[+unix|+ssh]:// URI as libvirt's remote driver reads it. */
+export function resolveLibvirtURI(
+  u: URL, uri: string, readOnly: boolean, env: Env = process.env, exists: (p: string) => boolean = fs.existsSync,
+): ResolvedLibvirtURI {
+  const scheme = u.protocol.replace(/:$/, '');
+  const name = u.pathname.replace(/^\/+/, '').replace(/\/+$/, '');
+  if (name !== 'system' && name !== 'session') {
+    throw virErr('INVALID_ARG', 'REMOTE', `URI '${uri}': the QEMU driver's paths are /system and /session`);
+  }
+  const openName = `qemu:///${name}`;
+  const explicit = u.searchParams.get('socket');
+  if (explicit !== null && !path.isAbsolute(explicit)) throw virErr('INVALID_ARG', 'REMOTE', `socket path '${explicit}' must be absolute`);
+  if (scheme === 'qemu+ssh') {
+    if (!u.hostname) throw virErr('INVALID_ARG', 'REMOTE', `URI '${uri}' needs a host`);
+    const defaultSocket = name === 'system' ? path.join(LIBVIRT_SYSTEM_DIR, readOnly ? 'libvirt-sock-ro' : 'libvirt-sock') : '$XDG_RUNTIME_DIR/libvirt/libvirt-sock';
+    return {
+      kind: 'libvirt', uri, openName, readOnly,
+      transport: {
+        type: 'ssh',
+        host: u.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: u.port ? Number(u.port) : null,
+        user: u.username ? decodeURIComponent(u.username) : null,
+        socket: explicit,
+        remoteUri: openName,
+        defaultSocket,
+      },
+    };
+  }
+  if (u.host !== '') throw virErr('INVALID_ARG', 'REMOTE', `URI '${uri}': a remote libvirt host is reached with qemu+ssh://`);
+  let socket: string;
+  if (explicit !== null) {
+    // the read-only socket of a default pair is its sibling; any other socket is taken as given (libvirt sends RO either way)
+    socket = readOnly && /^(libvirt|virtqemud)-sock$/.test(path.basename(explicit)) ? `${explicit}-ro` : explicit;
+  } else if (name === 'system') {
+    socket = libvirtSystemSocket(LIBVIRT_SYSTEM_DIR, readOnly, exists);
+  } else {
+    const runtime = env.XDG_RUNTIME_DIR;
+    if (!runtime) throw virErr('INVALID_ARG', 'REMOTE', `URI '${uri}': qemu:///session needs $XDG_RUNTIME_DIR, or give ?socket=PATH`);
+    socket = path.join(runtime, 'libvirt', 'libvirt-sock');
+  }
+  return { kind: 'libvirt', uri, openName, readOnly, transport: { type: 'unix', socket } };
+}
 
 function uid(): number {
   return typeof process.getuid === 'function' ? process.getuid() : -1;
@@ -67,6 +139,7 @@ export function resolveURI(uri: string, opts: { readOnly?: boolean } = {}, env: 
   }
   const scheme = u.protocol.replace(/:$/, '');
   const readOnly = opts.readOnly === true || u.searchParams.has('readonly');
+  if (LIBVIRT_SCHEMES.includes(scheme)) return resolveLibvirtURI(u, uri, readOnly, env);
   const name = u.pathname.replace(/^\/+/, '').replace(/\/+$/, '');
   if (scheme === 'virtback+tls') {
     if (!u.hostname || !u.port) throw virErr('INVALID_ARG', 'REMOTE', `URI '${uri}' needs a host and a port`);
@@ -127,9 +200,21 @@ function isAbsent(e: unknown): boolean {
   return cause?.code === 'ENOENT' || cause?.code === 'ECONNREFUSED';
 }
 
-/** Opens a connection to virtbackd. Resolves once the daemon has answered hello. */
+/**
+ * The libvirt driver over the URI's transport. On this host's sockets the
+ * backup files are ours to read: pushes get virtbackd's chain and manifests.
+ */
+async function connectLibvirt(target: ResolvedLibvirtURI): Promise<LibvirtDriver> {
+  const t = target.transport;
+  const stream = t.type === 'unix' ? await connectUnixStream(t.socket) : await connectSshStream(t);
+  const files = t.type === 'unix' ? { afterPushComplete: writePushManifests, locatePreviousBackup: findPushBackup } : {};
+  return LibvirtDriver.open(stream, { uri: target.uri, openName: target.openName, readOnly: target.readOnly, ...files });
+}
+
+/** Opens a connection to virtbackd, or to a libvirt daemon for qemu:// URIs. Resolves once the daemon has answered. */
 export async function connect(uri?: string, opts: ConnectOptions = {}): Promise<Connect> {
   const target = resolveURI(uri ?? defaultURI(), opts);
+  if (target.kind === 'libvirt') return new Connect(await connectLibvirt(target), target.readOnly);
   let driver: RemoteDriver;
   if (target.kind === 'tls') {
     const read = (f: string): Buffer => {

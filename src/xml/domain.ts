@@ -1,11 +1,17 @@
 // <domain>: the subset of libvirt's domain XML that virtback runs.
 // Parse and format live side by side here (like libvirt's domain_conf.c).
-// Elements we do not interpret are kept as raw XML nodes and written back.
+// Every element is honoured or refused at define (the table in
+// domain-support.ts); what is kept and written back is only what runs
+// (metadata, and defaults that ask for what the runtime does anyway).
 
 import { randomUUID } from 'node:crypto';
 import { virErr } from '../errors.js';
 import { DOMAIN_XML_CHARS, checkName, checkPath, checkXmlSize, clip } from './limits.js';
 import { parseAndValidate } from './schema.js';
+import {
+  DEVICE_ELEMENTS, DOMAIN_ELEMENTS, checkDiskParts, checkElement, checkOsChild, unexpectedAttr, unsupported, withoutDropped,
+  type SupportContext,
+} from './domain-support.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
 
@@ -23,19 +29,14 @@ export interface DiskDef {
   target: string;
   bus: DiskBus;
   readonly: boolean;
-  /** children of <disk> we do not interpret, in document order */
+  /** kept children of <disk> the runtime applies without a field of their own: <serial> */
   extra: XmlElement[];
-  /** attributes we do not interpret, kept and written back (e.g. driver cache='none') */
+  /** attributes that ask for what the runtime does anyway, kept and written back (driver discard='unmap') */
   extraAttrs?: DiskExtraAttrs;
-  /** children of <source> (e.g. <seclabel>), kept and written back */
-  sourceChildren?: XmlElement[];
 }
 
 export interface DiskExtraAttrs {
-  disk?: [string, string][];
   driver?: [string, string][];
-  source?: [string, string][];
-  target?: [string, string][];
 }
 
 /** A guest-agent channel: <channel type='unix'><source mode='bind' path=.../><target type='virtio' name='org.qemu.guest_agent.0'/></channel> */
@@ -49,9 +50,9 @@ export interface OsDef {
   kernel: string | null;
   initrd: string | null;
   cmdline: string | null;
-  /** other children of <os> (<type>, <boot>, ...), kept and written back */
+  /** <type> (its machine is run: see osMachine), <boot dev='hd'/>, <bootmenu enable='no'/>; kept and written back */
   extra?: XmlElement[];
-  /** attributes of <os> (e.g. firmware='efi'), kept and written back */
+  /** attributes of <os> (only firmware='bios'), kept and written back */
   attrs?: [string, string][];
 }
 
@@ -65,13 +66,17 @@ export interface DomainDef {
   os: OsDef;
   disks: DiskDef[];
   agent: AgentChannelDef | null;
-  /** top-level children of <domain> we do not interpret, in document order */
+  /**
+   * Other top-level children, kept and written back in document order:
+   * metadata, defaults (domain-support.ts), <currentMemory> and <on_reboot>
+   * (command-line.ts runs destroy as -no-reboot).
+   */
   extra: XmlElement[];
-  /** children of <devices> other than disks and the agent channel, in document order */
+  /** other children of <devices> the table accepts (emulator, default controllers, ...), without <address>/<alias> */
   devicesExtra?: XmlElement[];
-  /** attributes of <vcpu> (placement, cpuset, current), kept and written back */
+  /** attributes of <vcpu> (placement='static', current equal to the count), kept and written back */
   vcpuAttrs?: [string, string][];
-  /** attributes of <domain> other than type/id (e.g. xmlns:qemu), kept and written back */
+  /** namespace declarations on <domain> (e.g. xmlns:qemu), kept and written back */
   extraAttrs?: [string, string][];
 }
 
@@ -125,6 +130,8 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unexpected domain type ${type ?? '(none)'}, expecting one of these: qemu, kvm`);
   }
   const name = parseDomainName(root);
+  const rootWhy = unexpectedAttr(root, { type: null, id: null });
+  if (rootWhy !== null) throw unsupported('domain', element('domain', root.attrs), rootWhy);
 
   const uuidText = childText(root, 'uuid');
   const uuid = uuidText === null ? (opts.generateUUID ?? randomUUID)() : normaliseUUID(uuidText);
@@ -140,10 +147,7 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   const os = parseOs(firstChild(root, 'os'));
   const { disks, agent, devicesExtra } = parseDevices(firstChild(root, 'devices'));
   checkDuplicateTargets(disks);
-
-  const interpreted = new Set(['name', 'uuid', 'memory', 'vcpu', 'os', 'devices']);
-  const extra = childElements(root).filter((c) => !interpreted.has(c.name));
-  const extraAttrs = root.attrs.filter(([k]) => k !== 'type' && k !== 'id');
+  const extra = parseTopLevel(root, memoryKiB);
 
   const def: DomainDef = {
     type,
@@ -157,11 +161,37 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
     extra,
     devicesExtra,
     vcpuAttrs: vcpuEl === null ? [] : vcpuEl.attrs.map(([k, v]) => [k, v]),
-    extraAttrs,
+    extraAttrs: root.attrs.filter(([k]) => k === 'xmlns' || k.startsWith('xmlns:')),
   };
   // A checkpoint keeps a copy of it: it must fit in a reply beside the checkpoint's own XML.
   checkXmlSize('DOMAIN', `definition of domain '${name}'`, formatDomainXML(def, { secure: true }), DOMAIN_XML_CHARS);
   return def;
+}
+
+// parsed into their own DomainDef fields
+const INTERPRETED = new Set(['name', 'uuid', 'memory', 'vcpu', 'os', 'devices']);
+
+/**
+ * The other top-level elements, checked against the table; those kept
+ * (metadata, defaults, <on_reboot>, <currentMemory>) are returned in order.
+ */
+function parseTopLevel(root: XmlElement, memoryKiB: number): XmlElement[] {
+  const kept: XmlElement[] = [];
+  for (const c of childElements(root)) {
+    checkElement(DOMAIN_ELEMENTS, c.name, c, { scsiDisk: false, agentChannel: false });
+    if (INTERPRETED.has(c.name)) continue;
+    if (c.name === 'currentMemory') {
+      const cur = parseMemoryKiB(c);
+      if (cur < memoryKiB) {
+        throw unsupported('currentMemory', c, `${cur} KiB is below <memory> (${memoryKiB} KiB) and there is no balloon device to hold it there`);
+      }
+      // libvirt clamps a larger value to <memory>; print what runs
+      kept.push(element('currentMemory', [['unit', 'KiB']], [String(memoryKiB)]));
+      continue;
+    }
+    kept.push(c);
+  }
+  return kept;
 }
 
 /** <name>: present, short enough to quote, and usable as a file name. */
@@ -181,7 +211,7 @@ function parseDomainName(root: XmlElement): string {
   return name;
 }
 
-/** <vcpu>: a positive count that fits in 32 bits. */
+/** <vcpu>: a positive count that fits in 32 bits; all of them online, not pinned. */
 function parseVcpu(vcpuEl: XmlElement): number {
   const t = textContent(vcpuEl).trim();
   if (!/^[0-9]+$/.test(t) || Number(t) > 0xffffffff) {
@@ -189,20 +219,26 @@ function parseVcpu(vcpuEl: XmlElement): number {
   }
   const vcpu = Number(t);
   if (vcpu === 0) throw virErr('XML_ERROR', 'DOMAIN', 'at least one vCPU is required (<vcpu> is 0)');
+  const current = attr(vcpuEl, 'current');
+  const why = unexpectedAttr(vcpuEl, { placement: ['static'], current: null }) ??
+    (current !== null && current.trim() !== t ? `current='${current}' is not supported (vCPU hotplug): only all ${vcpu} online` : null);
+  if (why !== null) throw unsupported('vcpu', vcpuEl, why);
   return vcpu;
 }
 
-/** <os>: the direct kernel boot we interpret; the rest is kept. */
+/** <os>: BIOS boot from the first disk, or direct kernel boot; <type> names the machine. */
 function parseOs(osEl: XmlElement | null): OsDef {
   const osExtra: XmlElement[] = [];
   const os: OsDef = { kernel: null, initrd: null, cmdline: null, extra: osExtra, attrs: [] };
   if (osEl !== null) {
+    const why = unexpectedAttr(osEl, { firmware: ['bios'] });
+    if (why !== null) throw unsupported('os', element('os', osEl.attrs), why);
     os.attrs = osEl.attrs.map(([k, v]) => [k, v]);
     for (const c of childElements(osEl)) {
       if (c.name === 'kernel') os.kernel = textContent(c);
       else if (c.name === 'initrd') os.initrd = textContent(c);
       else if (c.name === 'cmdline') os.cmdline = textContent(c);
-      else osExtra.push(c);
+      else osExtra.push(checkOsChild(c, osExtra));
     }
   }
   // libvirt's post-parse default, and what command-line.ts runs: without it
@@ -211,25 +247,38 @@ function parseOs(osEl: XmlElement | null): OsDef {
   return os;
 }
 
-/** <devices>: the disks and the guest-agent channel; other devices are kept in document order. */
+/** The machine type QEMU runs: <os><type machine=...>, q35 when it names none. */
+export function osMachine(os: OsDef): string {
+  const type = (os.extra ?? []).find((e) => e.name === 'type');
+  return (type === undefined ? null : attr(type, 'machine')) ?? 'q35';
+}
+
+/** <devices>: disks, the guest-agent channel, and devices the table accepts (kept in document order). */
 function parseDevices(devicesEl: XmlElement | null): { disks: DiskDef[]; agent: AgentChannelDef | null; devicesExtra: XmlElement[] } {
   const disks: DiskDef[] = [];
-  const devicesExtra: XmlElement[] = [];
+  const others: XmlElement[] = [];
   let agent: AgentChannelDef | null = null;
   if (devicesEl !== null) {
     for (const c of childElements(devicesEl)) {
       if (c.name === 'disk') {
         disks.push(parseDisk(c));
-      } else if (c.name === 'channel' && isAgentChannel(c)) {
+      } else if (c.name === 'channel') {
+        if (!isAgentChannel(c)) throw unsupported('devices/channel', c, 'only the guest-agent channel is supported');
         if (agent !== null) {
           throw virErr('XML_ERROR', 'DOMAIN', `more than one guest agent channel named '${AGENT_CHANNEL_NAME}'`);
         }
         agent = parseAgentChannel(c);
       } else {
-        devicesExtra.push(c);
+        others.push(c);
       }
     }
   }
+  const ctx: SupportContext = { scsiDisk: disks.some((d) => d.bus === 'scsi'), agentChannel: agent !== null };
+  const devicesExtra = others.map((c) => {
+    const kept = withoutDropped(c);
+    checkElement(DEVICE_ELEMENTS, `devices/${c.name}`, kept, ctx);
+    return kept;
+  });
   return { disks, agent, devicesExtra };
 }
 
@@ -284,6 +333,14 @@ function parseAgentChannel(el: XmlElement): AgentChannelDef {
   if (mode !== null && mode !== 'bind') {
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `guest agent channel source mode must be 'bind', not '${mode}'`);
   }
+  const target = firstChild(el, 'target')!;
+  // state='connected' is libvirt's live report, not configuration
+  const why = unexpectedAttr(el, { type: null }) ??
+    (source === null ? null : unexpectedAttr(source, { mode: null, path: null })) ??
+    unexpectedAttr(target, { type: null, name: null, state: null }) ??
+    childElements(withoutDropped(el)).filter((c) => c.name !== 'source' && c.name !== 'target').map((c) => `child <${c.name}> is not supported`)[0] ??
+    null;
+  if (why !== null) throw unsupported('devices/channel', el, why);
   const path = source === null ? null : attr(source, 'path');
   if (path !== null && !path.startsWith('/')) {
     throw virErr('XML_ERROR', 'DOMAIN', `guest agent channel path '${path}' must be absolute`);
@@ -348,8 +405,8 @@ function parseDisk(el: XmlElement): DiskDef {
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk bus '${bus ?? '(none)'}' for disk '${target}'`);
   }
 
+  checkDiskParts(el, target, sourceAttr);
   const readonly = device === 'cdrom' || firstChild(el, 'readonly') !== null;
-  const interpreted = new Set(['driver', 'source', 'target', 'readonly']);
   return {
     type,
     device,
@@ -358,14 +415,8 @@ function parseDisk(el: XmlElement): DiskDef {
     target,
     bus,
     readonly,
-    extra: childElements(el).filter((c) => !interpreted.has(c.name)),
-    extraAttrs: {
-      disk: el.attrs.filter(([k]) => k !== 'type' && k !== 'device'),
-      driver: driverEl === null ? [] : driverEl.attrs.filter(([k]) => k !== 'name' && k !== 'type'),
-      source: sourceEl === null ? [] : sourceEl.attrs.filter(([k]) => k !== sourceAttr),
-      target: targetEl.attrs.filter(([k]) => k !== 'dev' && k !== 'bus'),
-    },
-    sourceChildren: sourceEl === null ? [] : childElements(sourceEl),
+    extra: childElements(el).filter((c) => c.name === 'serial'),
+    extraAttrs: { driver: driverEl === null ? [] : driverEl.attrs.filter(([k]) => k === 'discard') },
   };
 }
 
@@ -426,17 +477,13 @@ function devicesToElement(def: DomainDef): XmlElement {
 }
 
 function diskToElement(d: DiskDef): XmlElement {
-  const ea = d.extraAttrs ?? {};
   const sourceAttr = d.type === 'file' ? 'file' : 'dev';
-  const children: XmlElement[] = [element('driver', [['name', 'qemu'], ['type', d.format], ...(ea.driver ?? [])])];
-  const sourceChildren = (d.sourceChildren ?? []).map(cloneElement);
-  if (d.source !== null || (ea.source ?? []).length > 0 || sourceChildren.length > 0) {
-    children.push(element('source', [[sourceAttr, d.source], ...(ea.source ?? [])], sourceChildren));
-  }
-  children.push(element('target', [['dev', d.target], ['bus', d.bus], ...(ea.target ?? [])]));
+  const children: XmlElement[] = [element('driver', [['name', 'qemu'], ['type', d.format], ...(d.extraAttrs?.driver ?? [])])];
+  if (d.source !== null) children.push(element('source', [[sourceAttr, d.source]]));
+  children.push(element('target', [['dev', d.target], ['bus', d.bus]]));
   if (d.readonly) children.push(element('readonly'));
   children.push(...d.extra.map(cloneElement));
-  return element('disk', [['type', d.type], ['device', d.device], ...(ea.disk ?? [])], sortByRank(children, DISK_ORDER));
+  return element('disk', [['type', d.type], ['device', d.device]], sortByRank(children, DISK_ORDER));
 }
 
 function agentToElement(a: AgentChannelDef): XmlElement {

@@ -74,7 +74,7 @@ test('backup errors: codes, and nothing left behind after each failure', async (
     driver.backupBegin(uuid, null, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0));
 
   // QUIESCE without a guest agent: refused after nodes were prepared, which are undone
-  await fails('quiesce without agent', ErrorCode.AGENT_UNRESPONSIVE,
+  await fails('quiesce without agent', ErrorCode.ARGUMENT_UNSUPPORTED,
     driver.backupBegin(uuid, null, null, BackupBeginFlags.QUIESCE), /guest agent is not configured/);
 
   // an existing target is refused and left alone

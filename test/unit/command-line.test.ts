@@ -199,3 +199,15 @@ test('the builder is pure: same input, same argv', () => {
   const def = domain([disk('sda', 'scsi'), disk('vda', 'virtio')]);
   assert.deepEqual(buildCommandLine(input(def)), buildCommandLine(input(def)));
 });
+
+test("type='kvm' runs -accel kvm or not at all (libvirt's error); the machine of <os><type> is run", () => {
+  const kvm = domain([disk('sda', 'scsi')], { type: 'kvm' });
+  assert.deepEqual(values(buildCommandLine(input(kvm, { accel: 'kvm' })).args, '-accel'), ['kvm']);
+  throwsVir(() => buildCommandLine(input(kvm)), 'CONFIG_UNSUPPORTED',
+    /^Emulator '\/usr\/bin\/qemu-system-x86_64' does not support virt type 'kvm'$/);
+  const machine = (extra: DomainDef['os']['extra']) =>
+    values(buildCommandLine(input(domain([], { os: { kernel: null, initrd: null, cmdline: null, extra } }))).args, '-machine');
+  assert.deepEqual(machine(undefined), ['q35']);
+  assert.deepEqual(machine([{ name: 'type', attrs: [['machine', 'pc-q35-7.2']], children: ['hvm'] }]), ['pc-q35-7.2']);
+  assert.deepEqual(machine([{ name: 'type', attrs: [['arch', 'x86_64']], children: ['hvm'] }]), ['q35']);
+});

@@ -65,7 +65,8 @@ test("what libvirt's domain schema rejects is rejected, naming the culprit", { s
   // an unknown attribute on a disk's <source>
   schemaError(checkpoint(hostDomain().replace("<source file=", "<source colour='red' file=")), /devices|source|disk/); // libxml2 names the enclosing interleave
   // an unknown element
-  schemaError(checkpoint(hostDomain('<teleporter/>')), /teleporter|devices/);
+  // (our domain.rng, which the checkpoint schema includes, refuses names that are not libvirt's before libvirt's schema runs)
+  schemaError(checkpoint(hostDomain('<teleporter/>')), /teleporter|devices|domain/);
   schemaError(checkpoint(hostDomain().replace('<vcpu', '<flux/><vcpu')), /flux|domain/);
 });
 

@@ -286,7 +286,12 @@ async function printCheckpointList(
   topological: boolean,
 ): Promise<void> {
   // virtback: bitmaps no checkpoint knows are reported, never deleted behind the user's back
-  for (const u of await dom.listUnknownBitmaps()) {
+  // a driver that cannot see bitmaps (libvirt's) has nothing to warn about
+  const unknown = await dom.listUnknownBitmaps().catch((e: unknown) => {
+    if (isVirError(e, 'NO_SUPPORT')) return [];
+    throw e;
+  });
+  for (const u of unknown) {
     process.stderr.write(`warning: bitmap '${u.bitmap}' on disk '${u.disk}' belongs to no checkpoint ` +
       `(adopt it with 'checkpoint-create --redefine', or remove it with qemu-img bitmap --remove when the domain is off)\n`);
   }
