@@ -10,7 +10,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TestDriver } from '../../src/api/test-driver.js';
+import type { DriverEvent } from '../../src/api/driver.js';
 import { Daemon } from '../../src/daemon/daemon.js';
+import { LibvirtDriver } from '../../src/libvirt/driver.js';
+import { connectUnixStream } from '../../src/libvirt/transport.js';
 import { silentLogger } from '../../src/log.js';
 import { KeepaliveProc, MessageStatus, MessageType, Program, encodePacket } from '../../src/libvirt/packet.js';
 import {
@@ -25,6 +28,7 @@ import {
 } from '../../src/libvirt/procedures.js';
 import { LIB_VERSION_NUMBER, bytesToUuid, uuidToBytes } from '../../src/libvirt/semantics.js';
 import { decode, encode } from '../../src/libvirt/xdr.js';
+import { refused } from '../helpers/errors.js';
 import { WireClient, startLibvirtServer as setup } from '../helpers/libvirt-wire.js';
 
 const UUID = '2aa8cd4f-b7f1-4d6a-bcdf-8e036368adf6';
@@ -488,4 +492,34 @@ test('virtbackd listens on libvirt-sock (0600) and libvirt-sock-ro (0666) beside
   stopped = true;
   assert.equal(fs.existsSync(daemon.libvirtSocketPath), false);
   assert.equal(fs.existsSync(daemon.libvirtRoSocketPath), false);
+});
+
+test("virtback's own libvirt driver drives virtbackd's libvirt socket: both halves of the protocol agree", async (t) => {
+  const s = await setup(t);
+  const open = async (socket: string, readOnly: boolean) => {
+    const d = await LibvirtDriver.open(await connectUnixStream(socket), { uri: `qemu+unix:///system?socket=${socket}`, openName: 'qemu:///system', readOnly });
+    t.after(() => d.close());
+    return d;
+  };
+  const d = await open(s.rw, false);
+  const events: DriverEvent[] = [];
+  d.subscribe((e) => events.push(e));
+  const ref = await d.domainDefineXML(domXml('d', UUID), 0);
+  assert.deepEqual(ref, { name: 'd', uuid: UUID });
+  await d.domainCreate(UUID, 0);
+  const info = await d.domainGetInfo(UUID);
+  assert.deepEqual([info.state, info.id > 0], [1, true]);
+  assert.deepEqual((await d.listAllDomains(0)).map((x) => x.name), ['d']);
+  assert.equal(await d.checkpointCreateXML(UUID, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0), 'c1');
+  assert.deepEqual(await d.listAllCheckpoints(UUID, 0), ['c1']);
+  await refused(d.checkpointGetParent(UUID, 'c1', 0), 103, /does not have a parent/);
+  await refused(d.abortJob(UUID, 0), 55, /no job is active/);
+  await d.domainDestroy(UUID, 0);
+  const deadline = Date.now() + 2000;
+  while (!events.some((e) => e.type === 'lifecycle' && e.event === 'stopped') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(events.some((e) => e.type === 'lifecycle' && e.event === 'stopped' && e.detail === 'destroyed'), 'the stop event came through');
+
+  const ro = await open(s.ro, true);
+  assert.equal((await ro.domainGetInfo(UUID)).state, 5);
+  await refused(ro.domainCreate(UUID, 0), 29, /read only access/);
 });
