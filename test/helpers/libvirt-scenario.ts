@@ -247,7 +247,9 @@ async function slowDown(dom: Domain): Promise<boolean> {
     const r = JSON.parse(await dom.qemuMonitorCommand(JSON.stringify({ execute: 'block-job-set-speed', arguments: { device: j.device, speed: 1024 * 1024 } }))) as { return?: object };
     if (r.return === undefined) return false;
   }
-  return true;
+  // throttled in time only if enough is left to copy: ≥ 16 MiB is ≥ 16 s at 1 MiB/s (a loaded machine needs that)
+  const after = JSON.parse(await dom.qemuMonitorCommand('{"execute":"query-block-jobs"}')) as { return: { len: number; offset: number }[] };
+  return after.return.length > 0 && after.return.every((j) => j.len - j.offset >= 16 * 1024 * 1024);
 }
 
 /**

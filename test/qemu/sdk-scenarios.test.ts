@@ -193,6 +193,9 @@ test('SDK over virtbackd: domains, checkpoints, push full + incremental, pull, s
     domainUndefine: () => raw.domainUndefine(u, 0),
     domainCreate: () => raw.domainCreate(u, 0),
     domainDestroy: () => raw.domainDestroy(u, 0),
+    domainSuspend: () => raw.domainSuspend(u),
+    domainResume: () => raw.domainResume(u),
+    domainSetAutostart: () => raw.domainSetAutostart(u, true),
     qemuMonitorCommand: () => raw.qemuMonitorCommand(u, '{"execute":"quit"}', 0),
     domainFSFreeze: () => raw.domainFSFreeze(u, [], 0),
     domainFSThaw: () => raw.domainFSThaw(u, [], 0),
@@ -206,6 +209,7 @@ test('SDK over virtbackd: domains, checkpoints, push full + incremental, pull, s
   assert.deepEqual(Object.keys(rawCalls).sort(), mutating, 'every mutating procedure is tried');
   for (const [name, call] of Object.entries(rawCalls)) await rejectsWith(call(), denied, `daemon ${name} on the read-only socket`);
   assert.equal((await raw.domainGetInfo(u)).state, DomainState.RUNNING, 'still running: nothing was done');
+  assert.equal(await raw.domainGetAutostart(u), false, 'autostart unchanged');
   assert.deepEqual(await raw.listAllCheckpoints(u, 0).then((n) => n.sort()), ['c1', 'c2']);
 
   // ---- tear down
