@@ -79,6 +79,7 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
   private opened = false;
   /** CONNECT_OPEN asked for VIR_CONNECT_RO */
   private openedReadOnly = false;
+  openedUri = 'qemu:///system';
   private closed = false;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private lastReceived = Date.now();
@@ -250,6 +251,7 @@ export class LibvirtConnection implements LimitedClient, CallConnection {
       throw virErr('NO_CONNECT', 'RPC', `no connection driver available for ${name}`);
     }
     this.opened = true;
+    this.openedUri = name ?? 'qemu:///system';
     this.openedReadOnly = (flags & CONNECT_RO) !== 0;
     this.log.debug({ uri: name, readOnly: this.readOnly }, 'connection opened');
   }

@@ -39,6 +39,8 @@ export interface HostFacts {
   hostname: string;
   /** QEMU's version as major·10⁶ + minor·10³ + micro; 0 when unknown */
   hypervisorVersion: number;
+  /** /dev/kvm is usable: domains of type='kvm' can run */
+  kvm?: boolean;
 }
 
 /** The connection a call arrives on, as its handler sees it. */
@@ -48,6 +50,8 @@ export interface CallConnection {
   readonly host: HostFacts;
   /** CONNECT_OPEN: checks the URI and flags, moves the connection to open */
   open(name: string | null, flags: number): void;
+  /** the URI the connection was opened with (CONNECT_GET_URI); qemu:///system for a NULL name */
+  readonly openedUri: string;
   /** CONNECT_CLOSE: back to before open; registrations dropped */
   close(): void;
   /** CONNECT_SUPPORTS_FEATURE: noted (keepalive) and answered */
@@ -59,6 +63,32 @@ export interface CallConnection {
 }
 
 export type Handler<A, R> = (c: CallConnection, args: A) => Promise<R>;
+
+/**
+ * virConnectGetCapabilities: the host and the one guest kind virtbackd runs
+ * (x86_64 hvm on q35; kvm listed only where /dev/kvm is usable), in
+ * libvirt's capabilities format, for tools that look before they define.
+ */
+export function capabilitiesXml(host: HostFacts): string {
+  const kvm = host.kvm ? "\n      <domain type='kvm'/>" : '';
+  return `<capabilities>
+  <host>
+    <cpu>
+      <arch>x86_64</arch>
+    </cpu>
+  </host>
+  <guest>
+    <os_type>hvm</os_type>
+    <arch name='x86_64'>
+      <wordsize>64</wordsize>
+      <emulator>/usr/bin/qemu-system-x86_64</emulator>
+      <machine>q35</machine>
+      <domain type='qemu'/>${kvm}
+    </arch>
+  </guest>
+</capabilities>
+`;
+}
 
 /** The features CONNECT_SUPPORTS_FEATURE answers 1 for; anything else is 0. */
 export const SUPPORTED_FEATURES: ReadonlySet<number> = new Set([
@@ -131,6 +161,8 @@ export const remoteHandlers: RemoteHandlers = {
   connectGetVersion: async (c) => ({ hv_ver: BigInt(c.host.hypervisorVersion) }),
   connectGetLibVersion: async () => ({ lib_ver: BigInt(LIB_VERSION_NUMBER) }),
   connectGetHostname: async (c) => ({ hostname: c.host.hostname }),
+  connectGetURI: async (c) => ({ uri: c.openedUri }),
+  connectGetCapabilities: async (c) => ({ capabilities: capabilitiesXml(c.host) }),
   connectRegisterCloseCallback: async () => undefined,
   connectUnregisterCloseCallback: async () => undefined,
   connectDomainEventCallbackRegisterAny: async (c, a) => ({

@@ -6,6 +6,7 @@
 // connection state machine is libvirt/server-connection.ts, the procedures
 // libvirt/server-handlers.ts.
 
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type * as net from 'node:net';
 import type { Driver, DriverEvent } from '../api/driver.js';
@@ -19,6 +20,16 @@ import type { WireDomain } from './procedures.js';
 import { LibvirtConnection, type ConnectionServer, type KeepaliveOptions } from './server-connection.js';
 import { toWireEvent } from './server-events.js';
 import type { HostFacts } from './server-handlers.js';
+
+/** /dev/kvm opens read-write: what QEMU needs for -accel kvm. */
+function kvmUsable(): boolean {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
 import { uuidToBytes } from './semantics.js';
 
 /**
@@ -69,7 +80,7 @@ export class LibvirtServer implements ConnectionServer {
   ) {
     this.log = opts.logger ?? silentLogger;
     this.pool = new ClientPool(opts);
-    this.host = { hostname: opts.hostname ?? os.hostname(), hypervisorVersion: opts.hypervisorVersion ?? 0 };
+    this.host = { hostname: opts.hostname ?? os.hostname(), hypervisorVersion: opts.hypervisorVersion ?? 0, kvm: kvmUsable() };
     this.keepalive = { intervalMs: opts.keepalive?.intervalMs ?? 5000, count: opts.keepalive?.count ?? 6 };
     const rw = opts.maxMessage ?? MAX_MESSAGE_BYTES;
     this.maxMessage = { rw, ro: Math.min(rw, opts.maxReadOnlyMessage ?? MAX_READ_ONLY_MESSAGE_BYTES) };

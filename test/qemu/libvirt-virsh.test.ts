@@ -434,6 +434,9 @@ test('virsh on libvirt-sock-ro: every mutating command is refused and changes no
   assert.equal(v.get('Running hypervisor'), `QEMU ${qemuVersion}`);
   assert.equal(v.get('Running against daemon'), `${LIBVIRT_VERSION.major}.${LIBVIRT_VERSION.minor}.${LIBVIRT_VERSION.micro}`);
   assert.match(v.get('Using API') ?? '', /^QEMU \d/);
+  // what tools read before they define: the guest kind virtbackd runs
+  const caps = await virshOk(libvirtUri(env.runDir), 'capabilities');
+  assert.match(caps, /<os_type>hvm<\/os_type>[^]*<machine>q35<\/machine>[^]*<domain type='qemu'\/>/);
 
   await dominfo(uri, d);
 });

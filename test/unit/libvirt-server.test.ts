@@ -6,6 +6,7 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -116,6 +117,13 @@ test('before CONNECT_OPEN only the handshake is served; unknown URIs are refused
   assert.deepEqual(await c.call('connectGetVersion', undefined), { hv_ver: 7002022n });
   assert.deepEqual(await c.call('connectGetLibVersion', undefined), { lib_ver: BigInt(LIB_VERSION_NUMBER) });
   assert.deepEqual(await c.call('connectGetHostname', undefined), { hostname: 'host.example' });
+  assert.deepEqual(await c.call('connectGetURI', undefined), { uri: 'qemu:///session' }, 'the URI it was opened with');
+  const caps = (await c.call('connectGetCapabilities', undefined)).capabilities;
+  assert.match(caps, /<os_type>hvm<\/os_type>[^]*<arch name='x86_64'>[^]*<domain type='qemu'\/>/);
+  assert.equal(caps.includes("type='kvm'"), fs.existsSync('/dev/kvm'), 'kvm listed only where /dev/kvm exists');
+  // libvirt's own capabilities schema (libvirt0) accepts it
+  const rng = '/usr/share/libvirt/schemas/capability.rng';
+  if (fs.existsSync(rng)) execFileSync('xmllint', ['--noout', '--relaxng', rng, '-'], { input: caps, stdio: ['pipe', 'ignore', 'pipe'] });
   await c.call('connectClose', undefined);
   assert.equal((await c.error('connectGetType', undefined)).code, 1, 'closed again after CONNECT_CLOSE');
 });
@@ -143,6 +151,8 @@ function sampleArgs(dom: WireDomain): { [N in RemoteProcedureName]: ProcArgs<N> 
     domainSuspend: { dom },
     domainUndefine: { dom },
     connectGetHostname: undefined,
+    connectGetURI: undefined,
+    connectGetCapabilities: undefined,
     connectSupportsFeature: { feature: 10 },
     authList: undefined,
     domainIsActive: { dom },
