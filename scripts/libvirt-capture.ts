@@ -17,7 +17,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { startPrivateLibvirtd, type PrivateLibvirtd } from '../test/helpers/private-libvirtd.js';
+import { smallDomainXml, startPrivateLibvirtd, type PrivateLibvirtd } from '../test/helpers/private-libvirtd.js';
 
 const run = promisify(execFile);
 
@@ -156,26 +156,6 @@ async function virsh(s: Session, scenario: string, args: string[], fails = false
   }
 }
 
-function domainXml(name: string, disk: string): string {
-  return `<domain type='qemu'>
-  <name>${name}</name>
-  <uuid>5d1c2b9e-6f4a-4c8e-9b0a-3e7f1a2b4c6d</uuid>
-  <memory unit='MiB'>96</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
-
 const pushXml = (target: string) => `<domainbackup mode='push'>
   <disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks>
 </domainbackup>
@@ -192,7 +172,7 @@ async function domainScenarios(s: Session): Promise<void> {
   const disk = path.join(work, 'disk.qcow2');
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '32M']);
   const xml = path.join(work, 'domain.xml');
-  await writeFile(xml, domainXml(name, disk));
+  await writeFile(xml, smallDomainXml(name, disk, { uuid: '5d1c2b9e-6f4a-4c8e-9b0a-3e7f1a2b4c6d' }));
   await virsh(s, 'version', ['version']);
   await virsh(s, 'define', ['define', xml]);
   await virsh(s, 'start', ['start', name]);

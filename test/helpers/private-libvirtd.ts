@@ -273,3 +273,26 @@ export async function startPrivateLibvirtd(opts: PrivateLibvirtdOptions = {}): P
   }
   return { socket, roSocket: `${socket}-ro`, uri, dir, logFile, virsh, stop };
 }
+
+/**
+ * The small TCG domain the libvirt tests define: one virtio qcow2 disk 'vda',
+ * no devices beyond it. libvirt's default machine is 'pc'; virtbackd runs q35.
+ */
+export function smallDomainXml(name: string, disk: string, opts: { machine?: string; uuid?: string } = {}): string {
+  return `<domain type='qemu'>
+  <name>${name}</name>${opts.uuid ? `\n  <uuid>${opts.uuid}</uuid>` : ''}
+  <memory unit='MiB'>96</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='${opts.machine ?? 'pc'}'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='${disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`;
+}

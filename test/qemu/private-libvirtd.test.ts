@@ -35,7 +35,7 @@ import path from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { privateLibvirtdSkipReason, startPrivateLibvirtd, type PrivateLibvirtd } from '../helpers/private-libvirtd.js';
+import { privateLibvirtdSkipReason, smallDomainXml, startPrivateLibvirtd, type PrivateLibvirtd } from '../helpers/private-libvirtd.js';
 import { processesMentioning, sleep } from '../helpers/qemu-env.js';
 
 const run = promisify(execFile);
@@ -56,31 +56,12 @@ async function hostLibvirtFiles(): Promise<string[]> {
   return all.sort();
 }
 
-function domainXml(name: string, disk: string): string {
-  return `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>96</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
-
 /** Defines and starts a 32 MiB-disk domain in `lv`; returns its disk path. */
 async function startDomain(lv: PrivateLibvirtd, name: string): Promise<string> {
   const disk = path.join(lv.dir, `${name}.qcow2`);
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '32M']);
   const xml = path.join(lv.dir, `${name}.xml`);
-  await writeFile(xml, domainXml(name, disk));
+  await writeFile(xml, smallDomainXml(name, disk));
   assert.match(await lv.virsh('define', xml), new RegExp(`Domain '${name}' defined from ${xml}`));
   assert.match(await lv.virsh('start', name), new RegExp(`Domain '${name}' started`));
   return disk;
@@ -188,7 +169,7 @@ import { startPrivateLibvirtd } from ${JSON.stringify(helper)};
 const lv = await startPrivateLibvirtd();
 const disk = lv.dir + '/crash.qcow2';
 execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '16M']);
-writeFileSync(lv.dir + '/crash.xml', ${JSON.stringify(domainXml('lvd-crash', '__DISK__'))}.replace('__DISK__', disk));
+writeFileSync(lv.dir + '/crash.xml', ${JSON.stringify(smallDomainXml('lvd-crash', '__DISK__'))}.replace('__DISK__', disk));
 await lv.virsh('define', lv.dir + '/crash.xml');
 await lv.virsh('start', 'lvd-crash');
 writeFileSync(${JSON.stringify(out)}, lv.dir);
