@@ -4,9 +4,10 @@
 # Sourced by scripts/test.sh and scripts/demo.sh.
 set -euo pipefail
 
-# Used by the tests only: libvirt0 for libvirt's RelaxNG schemas in
-# /usr/share/libvirt/schemas (the XML conformance oracle; virtback itself ships
-# its own schemas), openssl and procps (test PKI, process checks; Debian images
+# libvirt0 for libvirt's RelaxNG schemas in /usr/share/libvirt/schemas: the
+# tests' XML conformance oracle, and what virtback judges the <domain> inside a
+# redefined checkpoint with (its own schemas serve everything else). Used by the
+# tests only: openssl and procps (test PKI, process checks; Debian images
 # usually have them). scripts/build-tiny-guest.sh, which builds the tests' guest,
 # adds nothing here: it fetches the guest's packages (kernel, busybox-static,
 # qemu-guest-agent, e2fsprogs) with apt-get download and installs none of them.
