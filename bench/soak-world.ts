@@ -43,6 +43,8 @@ export class World {
   smallMounted = false;
   private xml = '';
   private daemonStarts = 0;
+  /** SIGKILL sent to the current daemon: it counts as dead before its exit event arrives */
+  private daemonKilled = false;
 
   private constructor(readonly env: TestEnv, readonly dirs: WorldDirs, readonly diskMiB: number) {}
 
@@ -71,18 +73,24 @@ export class World {
 
   async startDaemon(): Promise<void> {
     this.daemon = await startVirtbackd({ stateDir: this.env.stateDir, runDir: this.env.runDir }, ['--log-level', 'warn']);
+    this.daemonKilled = false;
     this.daemonStarts++;
     this.conn = await connect(this.uri);
     this.dom = this.daemonStarts === 1 ? await this.conn.defineXML(this.xml) : await this.conn.lookupByName('soak');
   }
 
   daemonAlive(): boolean {
-    return this.daemon !== null && this.daemon.child.exitCode === null && this.daemon.child.signalCode === null;
+    // after a SIGKILL the child's exit event may still be on its way: a kill
+    // seen as "alive" would skip the restart and call through a dead socket
+    return this.daemon !== null && !this.daemonKilled && this.daemon.child.exitCode === null && this.daemon.child.signalCode === null;
   }
 
   /** SIGKILL the daemon now (no await: callers time it into a pending call). */
   killDaemonNow(): void {
-    if (this.daemonAlive()) this.daemon!.child.kill('SIGKILL');
+    if (this.daemonAlive()) {
+      this.daemon!.child.kill('SIGKILL');
+      this.daemonKilled = true;
+    }
   }
 
   /** Make sure the daemon is dead (SIGKILL), then start a new one and reconnect. */
