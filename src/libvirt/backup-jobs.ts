@@ -16,7 +16,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { FinishedPush, JobStats } from '../api/driver.js';
-import { ErrorCode, virErr } from '../errors.js';
+import { ErrorCode, isVirError, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, checkFlags, JobStatsFlags, JobType } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { alignBackupDisks, applyBackupDefaults, formatBackupXML, parseBackupXML, type BackupDef } from '../xml/backup.js';
@@ -353,7 +353,12 @@ export class BackupJobs {
       }
       rec.abortRequested = rec.mode === 'push';
       const dom = await this.host.wireDomain(uuid);
-      await this.host.client.call('domainAbortJob', { dom });
+      try {
+        await this.host.client.call('domainAbortJob', { dom });
+      } catch (e) {
+        // "no job is active": the job ended on its own before the abort reached it; its outcome decides
+        if (!isVirError(e, 'OPERATION_INVALID')) throw e;
+      }
       await this.awaitEnd(rec);
     }
     if (this.current.get(uuid) === rec) this.current.delete(uuid);
