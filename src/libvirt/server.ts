@@ -14,7 +14,7 @@ import { CheckedDriver } from '../api/checked-driver.js';
 import { errField, silentLogger, type Logger } from '../log.js';
 import { AutoDestroyTracker } from '../remote/autodestroy.js';
 import { ClientPool, type ClientLimitOptions } from '../remote/client-limits.js';
-import { listenUnixSocket, removeSocketFile } from '../remote/unix-socket.js';
+import { listenUnixSocket, removeSocketFiles } from '../remote/unix-socket.js';
 import { MAX_MESSAGE_BYTES } from './packet.js';
 import type { WireDomain } from './procedures.js';
 import { LibvirtConnection, type ConnectionServer, type KeepaliveOptions } from './server-connection.js';
@@ -179,13 +179,6 @@ export class LibvirtServer implements ConnectionServer {
     await this.eventChain;
     await this.autoDestroy.idle();
     this.listeners.length = 0;
-    for (const p of this.socketPaths) {
-      try {
-        removeSocketFile(p);
-      } catch {
-        // best effort: the listener is closed either way
-      }
-    }
-    this.socketPaths.length = 0;
+    removeSocketFiles(this.socketPaths);
   }
 }

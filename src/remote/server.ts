@@ -25,7 +25,7 @@ import {
   type DriverProcName,
   type ServerMessage,
 } from './protocol.js';
-import { listenUnixSocket, removeSocketFile } from './unix-socket.js';
+import { listenUnixSocket, removeSocketFiles } from './unix-socket.js';
 
 export interface ServerOptions extends ClientLimitOptions {
   /** Largest frame accepted or sent. */
@@ -332,13 +332,6 @@ export class RemoteServer {
     await Promise.all(closing);
     await this.autoDestroy.idle();
     this.listeners.length = 0;
-    for (const p of this.socketPaths) {
-      try {
-        removeSocketFile(p);
-      } catch {
-        // best effort: the listener is closed either way
-      }
-    }
-    this.socketPaths.length = 0;
+    removeSocketFiles(this.socketPaths);
   }
 }

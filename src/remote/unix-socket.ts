@@ -41,3 +41,15 @@ export function removeSocketFile(path: string): void {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
 }
+
+/** Removes the socket files a closing server listened on, best effort (the listeners are closed either way); empties the list. */
+export function removeSocketFiles(paths: string[]): void {
+  for (const p of paths) {
+    try {
+      removeSocketFile(p);
+    } catch {
+      // best effort: the listener is closed either way
+    }
+  }
+  paths.length = 0;
+}
