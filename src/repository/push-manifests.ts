@@ -8,6 +8,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { FinishedPush } from '../api/driver.js';
 import { MANIFEST_SUFFIX, readManifest, writeManifest } from './manifest.js';
+import { imageInfo } from './tools.js';
 
 /**
  * The push backup of `disk` taken together with `checkpoint`, found from the
@@ -34,7 +35,7 @@ export async function findPushBackup(q: {
 
 export async function writePushManifests(info: FinishedPush, liveSources: ReadonlySet<string>): Promise<void> {
   for (const d of info.disks) {
-    const backing = d.backingFile === null ? null : path.resolve(path.dirname(d.path), d.backingFile);
+    const backing = await actualBacking(d);
     await writeManifest({
       domain: { name: info.name, uuid: info.uuid },
       disk: d.target,
@@ -50,4 +51,19 @@ export async function writePushManifests(info: FinishedPush, liveSources: Readon
       mode: 'push',
     });
   }
+}
+
+/**
+ * The backing file in the finished target's header, which is what restore
+ * follows. The planned one is not enough for a target the caller created
+ * (REUSE_EXTERNAL): the daemon only knows what it would have chosen, while the
+ * libvirt client driver, writing the same manifest, chose the previous backup.
+ */
+async function actualBacking(d: FinishedPush['disks'][number]): Promise<string | null> {
+  const planned = d.backingFile === null ? null : path.resolve(path.dirname(d.path), d.backingFile);
+  if (d.format === 'raw') return planned;
+  const header = await imageInfo(d.path, 'qcow2').catch(() => null);
+  if (header === null) return planned;
+  const b = header['full-backing-filename'] ?? header['backing-filename'];
+  return b === undefined ? null : path.resolve(path.dirname(d.path), b);
 }
