@@ -65,12 +65,12 @@ export async function writePoint(repo: ChunkRepository, id: string, data: Buffer
   return p;
 }
 
-/** `n` bytes of a repeatable pseudo-random pattern (not all-zero, compressible only a little). */
+/** `n` bytes of a repeatable pseudo-random pattern (an LCG's high-quality words: not all-zero, barely compressible). */
 export function pattern(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n);
-  let x = seed * 2654435761 + 1;
+  let x = (Math.imul(seed, 2654435761) + 1) >>> 0;
   for (let i = 0; i + 4 <= n; i += 4) {
-    x = (x * 1103515245 + 12345) >>> 0;
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
     b.writeUInt32LE(x, i);
   }
   return b;
