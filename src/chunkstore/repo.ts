@@ -105,6 +105,9 @@ export function pointKey(domainName: string, id: string): string {
 export class ChunkRepository {
   readonly encrypted: boolean;
   readonly chunkSize: number;
+  /** Chunks written since the last flush when chunk syncs are batched (they are not visible in the store yet). */
+  private unflushed = new Set<ChunkId>();
+  private batchSync = false;
 
   private constructor(
     readonly store: ObjectStore,
@@ -113,6 +116,24 @@ export class ChunkRepository {
   ) {
     this.encrypted = keys !== null;
     this.chunkSize = config.chunkSize;
+  }
+
+  /**
+   * Batch chunk durability (when the store supports it): writeChunk then
+   * stores a chunk without syncing it, and flushChunks — which writePoint
+   * calls first — syncs them all at once. A crash before that leaves nothing
+   * visible, so no later run can deduplicate against a chunk that did not
+   * reach the disk. Until flushed, such chunks are not readable.
+   */
+  setBatchSync(on: boolean): void {
+    this.batchSync = on && this.store.putDeferred !== undefined && this.store.flush !== undefined;
+  }
+
+  /** Make the chunks of every writeChunk that has resolved durable and visible (a no-op without batched syncs). */
+  async flushChunks(): Promise<void> {
+    if (this.unflushed.size === 0) return;
+    this.unflushed = new Set();
+    await this.store.flush?.();
   }
 
   /** Writes the repository's config object; refuses a store that already holds one. */
@@ -172,10 +193,20 @@ export class ChunkRepository {
    */
   async writeChunk(data: Buffer): Promise<{ id: ChunkId; storedBytes: number }> {
     const id = chunkId(data, this.keys);
-    if (id === ZERO_CHUNK) return { id, storedBytes: 0 };
+    if (id === ZERO_CHUNK || this.unflushed.has(id)) return { id, storedBytes: 0 };
     if (await this.claimChunk(id)) return { id, storedBytes: 0 };
     const blob = encodeObject(id, data, this.keys, this.config.compression.level);
-    await this.store.put(chunkKey(id), blob);
+    if (this.batchSync) {
+      this.unflushed.add(id);
+      try {
+        await this.store.putDeferred!(chunkKey(id), blob);
+      } catch (e) {
+        this.unflushed.delete(id);
+        throw e;
+      }
+    } else {
+      await this.store.put(chunkKey(id), blob);
+    }
     return { id, storedBytes: blob.length };
   }
 
@@ -231,6 +262,7 @@ export class ChunkRepository {
   async writePoint(p: PointRecord): Promise<void> {
     const record = pointSchema.parse(p);
     const key = pointKey(record.domain.name, record.id);
+    await this.flushChunks();
     if (await this.store.stat(key)) throw virErr('OPERATION_INVALID', 'STORAGE', `point '${record.id}' of domain '${record.domain.name}' already exists`);
     await this.putMeta(key, Buffer.from(JSON.stringify(record)));
   }

@@ -137,3 +137,22 @@ test('pointDiskSource: random reads across chunk boundaries are exact; extents r
   await assert.rejects(pointDiskSource(repo, p, 'vdb'), /no disk 'vdb'/);
   await src.close();
 });
+
+test('batched chunk syncs: nothing is visible before the flush; writePoint flushes first', async () => {
+  const { dir, repo } = await newRepo({ chunkSize: 4096 });
+  repo.setBatchSync(true);
+  const data = Buffer.concat([pattern(4096, 1), pattern(4096, 2), pattern(4096, 1)]);
+  const disk = await writeDisk(repo, '2026-12-01T00:00:00.000Z', 'vda', data);
+  assert.equal(disk.bytesNew > 0, true);
+  const ids = (await repo.readIndex(disk.index)).chunks;
+  assert.equal(ids[0], ids[2]);
+  // "crash" here: only hidden temp files, no visible chunk a later run could deduplicate against
+  const files = await filesUnder(dir);
+  assert.deepEqual(files.filter((f) => f.startsWith('chunks/') && !path.basename(f).startsWith('.')), []);
+  assert.equal(files.filter((f) => f.startsWith('chunks/')).length, 2, 'the duplicate was not written twice');
+  assert.equal(await repo.hasChunk(ids[0]!), false);
+  await repo.writePoint(pointRecord('2026-12-01T00:00:00.000Z', [disk]));
+  assert.deepEqual((await chunkFiles(dir)).map((f) => path.basename(f)).sort(), [ids[0], ids[1]].sort());
+  const src = await pointDiskSource(repo, (await repo.listPoints())[0]!, 'vda');
+  assert.ok((await src.read(0, data.length)).equals(data));
+});
