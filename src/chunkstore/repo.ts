@@ -181,6 +181,27 @@ export class ChunkRepository {
     return new ChunkRepository(store, config, keys);
   }
 
+  /**
+   * What a worker thread needs to name and encode chunks off the main thread
+   * (chunkId and encodeObject of chunk-codec.ts are pure): the keys and the
+   * zstd level. The result goes back through storeEncodedChunk.
+   */
+  codecParams(): { keys: RepoKeys | null; level: number } {
+    return { keys: this.keys, level: this.config.compression.level };
+  }
+
+  /**
+   * Store a chunk a worker named and encoded (chunkId + encodeObject with
+   * codecParams()), unless present — writeChunk's second half, with the same
+   * touch of an existing chunk. Returns the bytes stored (0: deduplicated).
+   */
+  async storeEncodedChunk(id: ChunkId, blob: Buffer): Promise<number> {
+    if (!isChunkId(id)) throw virErr('INVALID_ARG', 'STORAGE', `'${id}' is not a chunk id`);
+    if (id === ZERO_CHUNK || this.unflushed.has(id) || (await this.claimChunk(id))) return 0;
+    await this.putChunk(id, blob);
+    return blob.length;
+  }
+
   /** The chunk's id without storing it (what writeChunk would name it). */
   idOf(data: Buffer): ChunkId {
     return chunkId(data, this.keys);
@@ -196,18 +217,19 @@ export class ChunkRepository {
     if (id === ZERO_CHUNK || this.unflushed.has(id)) return { id, storedBytes: 0 };
     if (await this.claimChunk(id)) return { id, storedBytes: 0 };
     const blob = encodeObject(id, data, this.keys, this.config.compression.level);
-    if (this.batchSync) {
-      this.unflushed.add(id);
-      try {
-        await this.store.putDeferred!(chunkKey(id), blob);
-      } catch (e) {
-        this.unflushed.delete(id);
-        throw e;
-      }
-    } else {
-      await this.store.put(chunkKey(id), blob);
-    }
+    await this.putChunk(id, blob);
     return { id, storedBytes: blob.length };
+  }
+
+  private async putChunk(id: ChunkId, blob: Buffer): Promise<void> {
+    if (!this.batchSync) return this.store.put(chunkKey(id), blob);
+    this.unflushed.add(id);
+    try {
+      await this.store.putDeferred!(chunkKey(id), blob);
+    } catch (e) {
+      this.unflushed.delete(id);
+      throw e;
+    }
   }
 
   async hasChunk(id: ChunkId): Promise<boolean> {

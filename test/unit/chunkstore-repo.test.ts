@@ -9,6 +9,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { openFolderStore } from '../../src/chunkstore/object-store.js';
+import { chunkId, encodeObject } from '../../src/chunkstore/chunk-codec.js';
 import { ChunkRepository, CHUNK_SIZE, ZERO_CHUNK } from '../../src/chunkstore/repo.js';
 import { collectGarbage } from '../../src/chunkstore/gc.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
@@ -155,4 +156,18 @@ test('batched chunk syncs: nothing is visible before the flush; writePoint flush
   assert.deepEqual((await chunkFiles(dir)).map((f) => path.basename(f)).sort(), [ids[0], ids[1]].sort());
   const src = await pointDiskSource(repo, (await repo.listPoints())[0]!, 'vda');
   assert.ok((await src.read(0, data.length)).equals(data));
+});
+
+test('chunks named and encoded elsewhere (a worker: codec params cloned) are stored by storeEncodedChunk', async () => {
+  const { repo } = await newRepo({ encryptKey: randomBytes(32), chunkSize: 65536 });
+  const params = structuredClone(repo.codecParams()) as ReturnType<typeof repo.codecParams>; // as a worker receives them
+  const data = pattern(65536, 11);
+  const id = chunkId(data, params.keys);
+  assert.equal(id, repo.idOf(data));
+  const blob = encodeObject(id, data, params.keys, params.level);
+  assert.equal(await repo.storeEncodedChunk(id, blob), blob.length);
+  assert.equal(await repo.storeEncodedChunk(id, blob), 0);
+  assert.ok((await repo.readChunk(id)).equals(data));
+  assert.equal((await repo.writeChunk(data)).storedBytes, 0);
+  await assert.rejects(repo.storeEncodedChunk('nope', blob), /not a chunk id/);
 });
