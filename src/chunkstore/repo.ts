@@ -57,6 +57,7 @@ export type RepoConfig = z.infer<typeof configSchema>;
 
 const verifySchema = z.object({ time: z.string(), ok: z.boolean(), firstBad: z.string().optional() });
 
+// passthrough: a field a newer virtback adds to a record survives a rewrite (recordVerify) by this one
 const pointSchema = z.object({
   id: z.string(),
   domain: z.object({ name: z.string(), uuid: z.string() }),
@@ -70,7 +71,7 @@ const pointSchema = z.object({
   durationMs: z.number(),
   toolVersion: z.string(),
   verify: verifySchema.optional(),
-});
+}).passthrough();
 export type PointRecord = z.infer<typeof pointSchema>;
 export type VerifyState = z.infer<typeof verifySchema>;
 
