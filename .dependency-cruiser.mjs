@@ -6,6 +6,7 @@
 //   sdk/                          connect(): URIs, session-daemon autostart, the remote driver
 //   daemon/                       virtbackd: serves the Driver it is handed (cli/virtbackd.ts assembles)
 //   qemu/  remote/  libvirt/  repository/   the drivers, the two wire protocols and the backup files, side by side
+//   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
 //   nbd/                          the NBD client
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
@@ -129,6 +130,16 @@ export default {
         'they use NBD and the contract, never a particular driver or the wire.',
       from: { path: '^src/repository/' },
       to: { path: '^src/(qemu|daemon|cli|remote)/' },
+    },
+    {
+      name: 'chunkstore-is-storage',
+      severity: 'error',
+      comment:
+        'The chunk repository (chunks, indexes, point records, prune, gc, verify) is storage: the backup and ' +
+        'restore flows, the NBD server and the CLI use it with any driver; it may use the base, xml/ and util/ ' +
+        '(and node fs/crypto), never a driver, the wire, the daemon or the CLI.',
+      from: { path: '^src/chunkstore/' },
+      to: { path: '^src/', pathNot: `${BASE}|^src/(chunkstore|xml|util)/` },
     },
     {
       name: 'remote-carries-driver-calls',
