@@ -11,6 +11,7 @@ import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { CliFlagOptions } from '../flag-options.js';
 import { registerPower } from './domain-power.js';
+import { registerDomxmlCheck } from './domxml-check.js';
 import {
   domainReasonString,
   domainStateString,
@@ -93,6 +94,7 @@ export function register(program: Command, table: EntryPointTable): void {
   registerDomainLifecycle(program, table);
   registerDomainRunState(program);
   registerPower(program);
+  registerDomxmlCheck(program);
   registerDomainList(program, table);
   registerDomainInfo(program);
   registerDomainXml(program, table);

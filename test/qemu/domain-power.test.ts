@@ -1,0 +1,111 @@
+// Asking a real guest to reboot and to power off (virDomainReboot,
+// virDomainShutdownFlags), over ACPI and over the guest agent, and
+// <on_poweroff>restart: the tiny guest boots again or ends, the domain's state,
+// reason and lifecycle events say so as libvirt's would.
+
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import test from 'node:test';
+import { ErrorCode } from '../../src/errors.js';
+import { DomainRebootFlags, DomainShutdownFlags, DomainState, RunningReason, ShutoffReason } from '../../src/flags.js';
+import { domainReasonString, domainStateString } from '../../src/cli/output.js';
+import type { QemuDriver } from '../../src/qemu/driver.js';
+import { refused } from '../helpers/errors.js';
+import { makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
+
+const { ACPI_POWER_BTN, GUEST_AGENT } = DomainShutdownFlags;
+
+/** How many times the guest has reached READY, from its serial console. */
+async function boots(env: TestEnv, uuid: string): Promise<number> {
+  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
+  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
+}
+
+function lifecycle(env: TestEnv): [string, string][] {
+  return env.events.flatMap((e) => (e.type === 'lifecycle' ? [[e.event, e.detail] as [string, string]] : []));
+}
+
+async function stateWords(driver: QemuDriver, uuid: string): Promise<string> {
+  const info = await driver.domainGetInfo(uuid);
+  return `${domainStateString(info.state)} (${domainReasonString(info.state, info.reason)})`;
+}
+
+async function poweredGuest(t: test.TestContext, domainXml = ''): Promise<{ env: TestEnv; driver: QemuDriver; uuid: string }> {
+  const guest = await tinyGuest();
+  const env = await makeTestEnv(t);
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 32, agent: true, osXml: tinyGuestOsXml(guest), domainXml });
+  const driver = await env.openDriver();
+  await driver.domainDefineXML(dom.xml, 0);
+  await driver.domainCreate(dom.uuid, 0);
+  await waitForAgent(driver, dom.uuid);
+  return { env, driver, uuid: dom.uuid };
+}
+
+test('reboot over ACPI and over the agent boots the guest again; shutdown over ACPI ends in "shut off (shutdown)"', { timeout: 600_000 }, async (t) => {
+  const { env, driver, uuid } = await poweredGuest(t);
+  assert.equal(await boots(env, uuid), 1);
+
+  // ACPI: the power button, the guest powers off, QEMU pauses, the driver resets it (libvirt's fake reboot)
+  env.events.length = 0;
+  await driver.domainReboot(uuid, DomainRebootFlags.ACPI_POWER_BTN);
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await waitForAgent(driver, uuid);
+  assert.equal(await stateWords(driver, uuid), 'running (booted)');
+  assert.deepEqual(lifecycle(env), [['resumed', 'unpaused']], 'no shutdown, no stop: the domain kept running');
+  // the shutdown action is poweroff again: the next power-off is a real one
+  const actions = await driver.qemuMonitorCommand(uuid, '{"execute":"query-status"}', 0);
+  assert.equal((JSON.parse(actions) as { return: { status: string } }).return.status, 'running');
+
+  // agent: guest-shutdown mode=reboot; QEMU resets the guest itself (<on_reboot> restart)
+  await driver.domainReboot(uuid, DomainRebootFlags.GUEST_AGENT);
+  await waitFor(async () => (await boots(env, uuid)) === 3, 'the third boot', 120_000);
+  await waitForAgent(driver, uuid);
+  assert.equal((await driver.domainGetInfo(uuid)).state, DomainState.RUNNING);
+
+  // a paused guest cannot see the button
+  await driver.domainSuspend(uuid);
+  await refused(driver.domainShutdown(uuid, ACPI_POWER_BTN), ErrorCode.OPERATION_INVALID, 'Requested operation is not valid: domain is not running');
+  await driver.domainResume(uuid);
+  await refused(driver.domainShutdown(uuid, DomainShutdownFlags.SIGNAL), ErrorCode.INVALID_ARG, /unsupported flags \(0x8\) in function virDomainShutdownFlags/);
+
+  // ACPI shutdown: the guest's acpid powers it off, QEMU exits
+  env.events.length = 0;
+  await driver.domainShutdown(uuid, ACPI_POWER_BTN);
+  await waitFor(async () => (await driver.domainGetInfo(uuid)).state === DomainState.SHUTOFF, 'shut off', 120_000);
+  assert.equal(await stateWords(driver, uuid), 'shut off (shutdown)');
+  assert.deepEqual(lifecycle(env), [['shutdown', 'guest'], ['stopped', 'shutdown']]);
+  await env.assertClean();
+
+  // destroy, for the other reason
+  await driver.domainCreate(uuid, 0);
+  await driver.domainDestroy(uuid, 0);
+  assert.equal(await stateWords(driver, uuid), 'shut off (destroyed)');
+  await env.assertClean();
+});
+
+test('shutdown over the agent; <on_poweroff>restart turns the guest powering off into a reboot', { timeout: 600_000 }, async (t) => {
+  const { env, driver, uuid } = await poweredGuest(t, '  <on_poweroff>restart</on_poweroff>\n');
+  env.events.length = 0;
+  await driver.domainShutdown(uuid, ACPI_POWER_BTN);
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the boot after powering off', 120_000);
+  await waitForAgent(driver, uuid);
+  const info = await driver.domainGetInfo(uuid);
+  assert.deepEqual([info.state, info.reason], [DomainState.RUNNING, RunningReason.BOOTED]);
+  assert.deepEqual(lifecycle(env), [['resumed', 'unpaused']]);
+
+  // destroy, then the default definition: the agent's powerdown ends the domain
+  await driver.domainDestroy(uuid, 0);
+  const xml = (await driver.domainGetXMLDesc(uuid, 0)).replace(/\s*<on_poweroff>restart<\/on_poweroff>/, '');
+  await driver.domainDefineXML(xml, 0);
+  await driver.domainCreate(uuid, 0);
+  await waitForAgent(driver, uuid);
+  env.events.length = 0;
+  await driver.domainShutdown(uuid, GUEST_AGENT);
+  await waitFor(async () => (await driver.domainGetInfo(uuid)).state === DomainState.SHUTOFF, 'shut off', 120_000);
+  const off = await driver.domainGetInfo(uuid);
+  assert.deepEqual([off.state, off.reason], [DomainState.SHUTOFF, ShutoffReason.SHUTDOWN]);
+  assert.deepEqual(lifecycle(env), [['shutdown', 'guest'], ['stopped', 'shutdown']]);
+  await env.assertClean();
+});
