@@ -1,7 +1,8 @@
 // Asking a real guest to reboot and to power off (virDomainReboot,
 // virDomainShutdownFlags), over ACPI and over the guest agent, and
 // <on_poweroff>restart: the tiny guest boots again or ends, the domain's state,
-// reason and lifecycle events say so as libvirt's would.
+// reason and lifecycle events say so as libvirt's would. Checkpoints and
+// incremental backups keep working across all of it.
 
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -14,6 +15,7 @@ import type { QemuDriver } from '../../src/qemu/driver.js';
 import { refused } from '../helpers/errors.js';
 import { makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
+import { assertSameContent, backingFile, DiskModel, MiB, run, scatter, waitJobCompleted, write } from './backup-util.js';
 
 const { ACPI_POWER_BTN, GUEST_AGENT } = DomainShutdownFlags;
 
@@ -107,5 +109,57 @@ test('shutdown over the agent; <on_poweroff>restart turns the guest powering off
   const off = await driver.domainGetInfo(uuid);
   assert.deepEqual([off.state, off.reason], [DomainState.SHUTOFF, ShutoffReason.SHUTDOWN]);
   assert.deepEqual(lifecycle(env), [['shutdown', 'guest'], ['stopped', 'shutdown']]);
+  await env.assertClean();
+});
+
+test('checkpoints and incremental backups across reboot, suspend/resume and shutdown/start: full, inc, inc, each chain equal to the disk', { timeout: 600_000 }, async (t) => {
+  const guest = await tinyGuest();
+  const env = await makeTestEnv(t);
+  // the guest leaves its disk alone (tg.disks=none): only the test writes to it, through qemu-io
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 32, agent: true, osXml: tinyGuestOsXml(guest, 'tg.disks=none') });
+  const driver = await env.openDriver();
+  const { uuid } = await driver.domainDefineXML(dom.xml, 0);
+  const disk = dom.disks[0]!;
+  const m = new DiskModel(disk.target, 32 * MiB);
+  const expectedRaw = path.join(env.dir, 'expected.raw');
+  const backup = async (incremental: string | null, checkpoint: string): Promise<void> => {
+    const expected = m.snapshot();
+    const xml = incremental === null ? null : `<domainbackup><incremental>${incremental}</incremental></domainbackup>`;
+    const id = await driver.backupBegin(uuid, xml, `<domaincheckpoint><name>${checkpoint}</name></domaincheckpoint>`, 0);
+    assert.equal((await waitJobCompleted(env.events, uuid, id)).stats.success, true);
+    assert.equal(await driver.backupEnd(uuid, id, 0), 1);
+    // the target's backing chain (full <- inc <- inc) read as one image is the disk at the backup instant
+    await assertSameContent(expected, `${disk.path}.${checkpoint}`, expectedRaw);
+  };
+
+  await driver.domainCreate(uuid, 0);
+  await waitForAgent(driver, uuid);
+  for (let i = 0; i < 4; i++) await write(driver, uuid, m, i * 4 * MiB, MiB, 0x20 + i);
+  await backup(null, 'c1');
+
+  // reboot (ACPI, the guest resets): the bitmaps live in QEMU throughout
+  await driver.domainReboot(uuid, DomainRebootFlags.ACPI_POWER_BTN);
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await scatter(driver, uuid, m, 30, 5);
+  await driver.domainSuspend(uuid);
+  await scatter(driver, uuid, m, 10, 6); // written while paused: still dirty
+  await driver.domainResume(uuid);
+  await backup('c1', 'c2');
+  assert.equal(await backingFile(`${disk.path}.c2`), `${path.basename(disk.path)}.c1`);
+
+  // shutdown (ACPI) and start: QEMU stored the persistent bitmaps in the image and loads them again
+  await driver.domainShutdown(uuid, ACPI_POWER_BTN);
+  await waitFor(async () => (await driver.domainGetInfo(uuid)).state === DomainState.SHUTOFF, 'shut off', 120_000);
+  assert.equal(await stateWords(driver, uuid), 'shut off (shutdown)');
+  const { stdout } = await run('qemu-img', ['info', '--output=json', '-U', disk.path]);
+  const bitmaps = (JSON.parse(stdout) as { 'format-specific': { data: { bitmaps?: { name: string }[] } } })['format-specific'].data.bitmaps ?? [];
+  assert.deepEqual(bitmaps.map((b) => b.name).sort(), ['c1', 'c2'], 'both bitmaps were stored in the image');
+  await driver.domainCreate(uuid, 0);
+  await waitForAgent(driver, uuid);
+  await scatter(driver, uuid, m, 30, 7);
+  await backup('c2', 'c3');
+  assert.equal(await backingFile(`${disk.path}.c3`), `${path.basename(disk.path)}.c2`);
+  assert.deepEqual(await driver.listAllCheckpoints(uuid, 0), ['c1', 'c2', 'c3']);
+  await driver.domainDestroy(uuid, 0);
   await env.assertClean();
 });
