@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'node:test';
 import { parseDomainXML } from '../../src/xml/domain.js';
+import { DEVICE_ELEMENTS, DOMAIN_ELEMENTS, type Handling } from '../../src/xml/domain-support.js';
 import { checkDomainXML, formatDomainCheck } from '../../src/xml/domain-check.js';
 import { runMain } from '../helpers/cli.js';
 
@@ -63,4 +64,23 @@ test('virtback domxml-check: exit 0 and no output when nothing changes; the repo
   const findings = JSON.parse(j.stdout) as { kind: string; path: string; element: string; reason: string }[];
   assert.deepEqual(findings, checkDomainXML(fs.readFileSync(typical, 'utf8')));
   assert.equal(j.code, 1);
+});
+
+/** The table of domain-support.ts as docs/domain.md shows it: one row per element, by handling. */
+function supportTableMarkdown(): string {
+  const order: Handling[] = ['honoured', 'metadata', 'default', 'refused'];
+  const rows = [
+    ...Object.entries(DOMAIN_ELEMENTS).map(([name, r]) => [name, r] as const),
+    ...Object.entries(DEVICE_ELEMENTS).map(([name, r]) => [`devices/${name}`, r] as const),
+  ].sort(([a, x], [b, y]) => order.indexOf(x.handling) - order.indexOf(y.handling) || (a < b ? -1 : a > b ? 1 : 0));
+  const cell = (s: string): string => s.replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  return ['| Element | Handling | Accepted |', '|---|---|---|',
+    ...rows.map(([name, r]) => `| \`${name}\` | ${r.handling} | ${cell(r.accepts ?? '')} |`)].join('\n');
+}
+
+test('docs/domain.md shows the support table as domain-support.ts has it', () => {
+  const doc = fs.readFileSync(path.join(import.meta.dirname, '..', '..', 'docs', 'domain.md'), 'utf8');
+  const m = /<!-- support-table:begin -->\n([^]*?)\n<!-- support-table:end -->/.exec(doc);
+  assert.ok(m, 'the table markers are in docs/domain.md');
+  assert.equal(m[1], supportTableMarkdown(), 'docs/domain.md is out of date: paste supportTableMarkdown() between the markers');
 });
