@@ -50,16 +50,19 @@ test('a definition that runs as written has no findings; cross-element checks ar
   assert.match(checkDomainXML(topo)[0]?.reason ?? '', /CPU topology doesn't match maximum vcpu count/);
 });
 
-test('virtback domxml-check: exit 0 and no output when nothing changes; the report and exit 1 otherwise; --json', async (t) => {
+test('virtback domxml-check: exit 0 and no output when nothing changes, exit 0 with the list when virtback only drops or clamps; the report and exit 1 when something is refused; --json', async (t) => {
   const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'vb-check-'));
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const clean = path.join(dir, 'clean.xml');
   fs.writeFileSync(clean, CLEAN);
   assert.deepEqual(await runMain(['domxml-check', clean]), { code: 0, stdout: '', stderr: '' });
+  const moved = await runMain(['domxml-check', path.join(fixtures, 'libvirt-typical.moved.xml')]);
+  assert.equal(moved.code, 0, moved.stderr);
+  assert.match(moved.stdout, /^changed: <address> \(devices\/\*\/address\): dropped from 4 devices: .*\nchanged: <alias> \(devices\/\*\/alias\): dropped from 7 devices: .*\n$/);
   const r = await runMain(['domxml-check', typical]);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, fs.readFileSync(path.join(fixtures, 'libvirt-typical.check.txt'), 'utf8'));
-  assert.equal(r.stderr, 'error: 21 parts of the definition would be refused or changed\n');
+  assert.equal(r.stderr, 'error: 19 parts of the definition would be refused\n');
   const j = await runMain(['domxml-check', '--json', typical]);
   const findings = JSON.parse(j.stdout) as { kind: string; path: string; element: string; reason: string }[];
   assert.deepEqual(findings, checkDomainXML(fs.readFileSync(typical, 'utf8')));
