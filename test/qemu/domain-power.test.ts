@@ -5,7 +5,7 @@
 // incremental backups keep working across all of it.
 
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
@@ -15,6 +15,8 @@ import type { QemuDriver } from '../../src/qemu/driver.js';
 import { refused } from '../helpers/errors.js';
 import { makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
+import { libvirtUri, virsh, virshMissing, virshOk } from '../helpers/libvirt-clients.js';
+import { makeDaemonEnv } from './daemon-util.js';
 import { assertSameContent, backingFile, DiskModel, MiB, run, scatter, waitJobCompleted, write } from './backup-util.js';
 
 const { ACPI_POWER_BTN, GUEST_AGENT } = DomainShutdownFlags;
@@ -162,4 +164,28 @@ test('checkpoints and incremental backups across reboot, suspend/resume and shut
   assert.deepEqual(await driver.listAllCheckpoints(uuid, 0), ['c1', 'c2', 'c3']);
   await driver.domainDestroy(uuid, 0);
   await env.assertClean();
+});
+
+test('virsh reboot --mode acpi and virsh shutdown through virtbackd\'s libvirt socket', { skip: virshMissing(), timeout: 600_000 }, async (t) => {
+  const guest = await tinyGuest();
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  const uri = libvirtUri(env.runDir);
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, osXml: tinyGuestOsXml(guest, 'tg.disks=none') });
+  const file = path.join(env.dir, 'dom.xml');
+  await writeFile(file, dom.xml);
+  await virshOk(uri, 'define', file);
+  await virshOk(uri, 'start', dom.name);
+  await waitFor(async () => (await boots(env, dom.uuid)) === 1, 'the first boot', 120_000);
+  // virDomainReboot (procedure 27) with ACPI_POWER_BTN
+  assert.equal((await virshOk(uri, 'reboot', dom.name, '--mode', 'acpi')).trim(), `Domain '${dom.name}' is being rebooted`);
+  await waitFor(async () => (await boots(env, dom.uuid)) === 2, 'the second boot', 120_000);
+  assert.equal((await virshOk(uri, 'domstate', dom.name, '--reason')).trim(), 'running (booted)');
+  // virDomainShutdown (procedure 33): no agent channel, so the power button
+  assert.equal((await virshOk(uri, 'shutdown', dom.name)).trim(), `Domain '${dom.name}' is being shutdown`);
+  await waitFor(async () => (await virshOk(uri, 'domstate', dom.name, '--reason')).trim() === 'shut off (shutdown)', 'shut off (shutdown)', 120_000);
+  // virDomainShutdownFlags (procedure 258) on a shut-off domain: libvirt's refusal
+  const r = await virsh(uri, ['shutdown', dom.name, '--mode', 'agent']);
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /Requested operation is not valid: domain is not running/);
 });
