@@ -12,7 +12,7 @@
 # Usage:   scripts/build-tiny-guest.sh OUTDIR
 # Output:  OUTDIR/vmlinuz, OUTDIR/initramfs.img, OUTDIR/manifest.txt
 # The tests call it through test/helpers/tiny-guest.ts, which keeps the
-# result in /var/tmp/virtback-tiny-guest (VIRTBACK_TINY_GUEST_DIR) and builds
+# result in /var/tmp/virtback-tiny-guest-<hash of this script> (VIRTBACK_TINY_GUEST_DIR) and builds
 # it only when that folder has no guest yet.
 #
 # Needs: amd64, apt access to the Debian 12 archive, and a user apt-get
@@ -53,7 +53,8 @@ USER_PKGS="busybox-static qemu-guest-agent e2fsprogs
 
 # Kernel modules wanted (their dependencies are added automatically).
 # ext4, jbd2, crc32c and devtmpfs are built into Debian's kernels.
-MODULES="virtio_pci virtio_blk virtio_console virtio_scsi sd_mod virtio_rng"
+# button + evdev: the ACPI power button reaches acpid as an input event (virsh shutdown).
+MODULES="virtio_pci virtio_blk virtio_console virtio_scsi sd_mod virtio_rng button evdev"
 
 START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tiny-guest-build.XXXXXX")
@@ -307,6 +308,10 @@ for b in /sys/block/vd* /sys/block/sd*; do
     fi
 done
 
+# ACPI power button (QMP system_powerdown): busybox acpid turns it into
+# /etc/acpi/PWRF/00000080, which shuts down like qemu-ga's guest-shutdown does
+acpid -c /etc/acpi -l /run/acpid.log || log "acpid failed"
+
 # qemu-ga, restarted if it ever exits
 QGA_OPTS="-m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga"
 [ "$HOOK" = 1 ] && QGA_OPTS="$QGA_OPTS -F/etc/qemu/fsfreeze-hook"
@@ -361,6 +366,14 @@ for mp in $(awk '$3 == "ext4" {print $2}' /proc/mounts); do umount "$mp" 2>/dev/
 $mode -f
 SHUT_EOF
 chmod 755 "$IR/sbin/shutdown"
+
+mkdir -p "$IR/etc/acpi/PWRF"
+cat > "$IR/etc/acpi/PWRF/00000080" <<'PWRF_EOF'
+#!/bin/sh
+echo "tiny-guest: power button: shutting down" > /dev/console
+exec /sbin/shutdown -h +0
+PWRF_EOF
+chmod 755 "$IR/etc/acpi/PWRF/00000080"
 
 cat > "$IR/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh

@@ -83,6 +83,18 @@ export const DomainDestroyFlags = {
   GRACEFUL: 1 << 0,
 } as const;
 
+/** virDomainShutdownFlags (VIR_DOMAIN_SHUTDOWN_*); virDomainReboot's VIR_DOMAIN_REBOOT_* have the same values */
+export const DomainShutdownFlags = {
+  ACPI_POWER_BTN: 1 << 0,
+  GUEST_AGENT: 1 << 1,
+  INITCTL: 1 << 2,
+  SIGNAL: 1 << 3,
+  PARAVIRT: 1 << 4,
+} as const;
+
+/** virDomainReboot (VIR_DOMAIN_REBOOT_*) */
+export const DomainRebootFlags = DomainShutdownFlags;
+
 /** virDomainGetBlockJobInfo (VIR_DOMAIN_BLOCK_JOB_INFO_*) */
 export const BlockJobInfoFlags = {
   BANDWIDTH_BYTES: 1 << 0,
@@ -151,6 +163,12 @@ export const RunningReason = {
 
 /** virDomainPausedReason (the ones this driver reports) */
 export const PausedReason = {
+  UNKNOWN: 0,
+  USER: 1,
+} as const;
+
+/** virDomainShutdownReason */
+export const ShutdownReason = {
   UNKNOWN: 0,
   USER: 1,
 } as const;

@@ -140,6 +140,10 @@ export interface Driver {
   domainSuspend(uuid: string): Promise<void>;
   /** QMP cont: running (unpaused). */
   domainResume(uuid: string): Promise<void>;
+  /** flags.DomainShutdownFlags: ACPI_POWER_BTN, GUEST_AGENT (0: the agent when configured, else ACPI). Returns once asked. */
+  domainShutdown(uuid: string, flags: number): Promise<void>;
+  /** flags.DomainRebootFlags, as domainShutdown; the guest resets instead of powering off. */
+  domainReboot(uuid: string, flags: number): Promise<void>;
   domainGetAutostart(uuid: string): Promise<boolean>;
   /** Persisted with the definition; OPERATION_INVALID for a transient domain. */
   domainSetAutostart(uuid: string, autostart: boolean): Promise<void>;

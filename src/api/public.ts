@@ -28,6 +28,8 @@ import type {
   CreateOptions,
   DefineOptions,
   DestroyOptions,
+  RebootOptions,
+  ShutdownOptions,
   DomainXMLOptions,
   JobStatsOptions,
   ListChildrenOptions,
@@ -221,6 +223,16 @@ export class Domain {
   /** `{ graceful: true }`: SIGTERM only, never SIGKILL. */
   async destroy(flags?: DestroyOptions): Promise<void> {
     return this.driver.domainDestroy(this.uuid, this.driver.flagsOf('domainDestroy', flags));
+  }
+
+  /** `{ acpiPowerBtn: true }` or `{ guestAgent: true }`; none: the agent when configured, else ACPI. */
+  async shutdown(flags?: ShutdownOptions): Promise<void> {
+    return this.driver.domainShutdown(this.uuid, this.driver.flagsOf('domainShutdown', flags));
+  }
+
+  /** As shutdown; the guest resets instead of powering off. */
+  async reboot(flags?: RebootOptions): Promise<void> {
+    return this.driver.domainReboot(this.uuid, this.driver.flagsOf('domainReboot', flags));
   }
 
   async suspend(): Promise<void> {

@@ -18,6 +18,8 @@ import {
   DomainCreateFlags,
   DomainDefineFlags,
   DomainDestroyFlags,
+  DomainRebootFlags,
+  DomainShutdownFlags,
   DomainState,
   JobOperation,
   JobStatsFlags,
@@ -199,6 +201,29 @@ export class TestDriver implements Driver {
     d.autodestroy = false;
     d.reason = ShutoffReason.DESTROYED;
     this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'stopped', detail: 'destroyed' });
+  }
+
+  /** libvirt's test driver: the guest powers off at once (shut off, shutdown). */
+  async domainShutdown(uuid: string, flags: number): Promise<void> {
+    checkFlags(flags, DomainShutdownFlags.ACPI_POWER_BTN | DomainShutdownFlags.GUEST_AGENT, 'virDomainShutdownFlags');
+    const d = this.dom(uuid);
+    this.requireActive(d);
+    if (d.job && d.job.outcome === null) this.finishJob(d, 'failed', 'domain was shut down');
+    d.active = false;
+    d.paused = false;
+    d.autodestroy = false;
+    d.reason = ShutoffReason.SHUTDOWN;
+    this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'shutdown', detail: 'finished' });
+    this.emit({ type: 'lifecycle', domain: this.ref(d), event: 'stopped', detail: 'shutdown' });
+  }
+
+  /** libvirt's test driver: the guest restarts at once (<on_reboot> restart): running (booted). */
+  async domainReboot(uuid: string, flags: number): Promise<void> {
+    checkFlags(flags, DomainRebootFlags.ACPI_POWER_BTN | DomainRebootFlags.GUEST_AGENT, 'virDomainReboot');
+    const d = this.dom(uuid);
+    this.requireActive(d);
+    d.paused = false;
+    d.reason = RunningReason.BOOTED;
   }
 
   async domainSuspend(uuid: string): Promise<void> {

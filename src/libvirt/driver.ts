@@ -122,6 +122,14 @@ export class LibvirtDriver implements Driver {
     await this.client.call('domainDestroyFlags', { dom: await this.wireDomain(uuid), flags });
   }
 
+  async domainShutdown(uuid: string, flags: number): Promise<void> {
+    await this.client.call('domainShutdownFlags', { dom: await this.wireDomain(uuid), flags });
+  }
+
+  async domainReboot(uuid: string, flags: number): Promise<void> {
+    await this.client.call('domainReboot', { dom: await this.wireDomain(uuid), flags });
+  }
+
   async domainSuspend(uuid: string): Promise<void> {
     await this.client.call('domainSuspend', { dom: await this.wireDomain(uuid) });
   }

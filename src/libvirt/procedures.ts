@@ -174,8 +174,10 @@ export const remoteProcedures = {
   domainLookupByID: p(22, 'virDomainLookupByID', struct({ id: int }), domainRet, 'read'),
   domainLookupByName: p(23, 'virDomainLookupByName', struct({ name: nonnullString }), domainRet, via('domainLookupByName')),
   domainLookupByUUID: p(24, 'virDomainLookupByUUID', struct({ uuid: uuidBytes }), domainRet, via('domainLookupByUUID')),
+  domainReboot: p(27, 'virDomainReboot', domFlags, none, via('domainReboot')),
   domainResume: p(28, 'virDomainResume', domOnly, none, via('domainResume')),
   domainSetAutostart: p(29, 'virDomainSetAutostart', struct({ dom: domain, autostart: int }), none, via('domainSetAutostart')),
+  domainShutdown: p(33, 'virDomainShutdown', domOnly, none, via('domainShutdown')),
   domainSuspend: p(34, 'virDomainSuspend', domOnly, none, via('domainSuspend')),
   domainUndefine: p(35, 'virDomainUndefine', domOnly, none, via('domainUndefine')),
   connectGetURI: p(110, 'virConnectGetURI', none, struct({ uri: nonnullString }), 'read'),
@@ -193,6 +195,7 @@ export const remoteProcedures = {
   domainGetState: p(212, 'virDomainGetState', domFlags, struct({ state: int, reason: int }), 'read'),
   domainUndefineFlags: p(231, 'virDomainUndefineFlags', domFlags, none, via('domainUndefine')),
   domainDestroyFlags: p(234, 'virDomainDestroyFlags', domFlags, none, via('domainDestroy')),
+  domainShutdownFlags: p(258, 'virDomainShutdownFlags', domFlags, none, via('domainShutdown')),
   domainGetBlockJobInfo: p(
     238,
     'virDomainGetBlockJobInfo',

@@ -17,6 +17,7 @@
 // Structured options use QEMU's JSON syntax, so paths need no comma escaping.
 
 import { virErr } from '../errors.js';
+import { cpuArgs, cpuOf } from '../xml/domain-cpu.js';
 import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
 
@@ -156,15 +157,21 @@ function onRebootDestroy(def: DomainDef): boolean {
   return el !== undefined && textOf(el) === 'destroy';
 }
 
+function onPoweroffRestart(def: DomainDef): boolean {
+  const el = def.extra.find((e) => e.name === 'on_poweroff');
+  return el !== undefined && textOf(el) === 'restart';
+}
+
 /**
- * type='kvm' runs on KVM or not at all (libvirt refuses it at define, when its
- * capabilities show no /dev/kvm, with this message); type='qemu' is TCG.
+ * type='kvm' runs on KVM or not at all: virtback accepts the definition (it may
+ * come from a KVM host) and refuses the start with the message of libvirt's
+ * start-time check (qemuProcessStartValidate); type='qemu' is TCG.
  */
 function checkAccel(def: DomainDef, accel: CommandLineInput['accel']): void {
   if (def.type === 'kvm' && accel !== 'kvm') {
-    const emulator = def.devicesExtra?.find((e) => e.name === 'emulator');
-    const binary = emulator === undefined ? `/usr/bin/${QEMU_BINARY}` : textOf(emulator);
-    throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `Emulator '${binary}' does not support virt type 'kvm'`);
+    throw virErr('CONFIG_UNSUPPORTED', 'QEMU',
+      'Domain requires KVM, but it is not available. Check that virtualization is enabled in the host BIOS, ' +
+      'and host configuration is setup to load the kvm modules.');
   }
 }
 
@@ -254,7 +261,7 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
     '-machine', osMachine(def.os),
     '-accel', input.accel,
     '-m', `size=${def.memoryKiB}k`,
-    '-smp', String(def.vcpu),
+    ...cpuArgs(cpuOf(def.extra), def.vcpu, input.accel),
     '-nodefaults', '-no-user-config', '-display', 'none',
     '-daemonize', '-pidfile', input.pidFile,
     '-chardev', `socket,id=charmonitor,path=${escapeOptValue(input.qmpSocket)},server=on,wait=off`,
@@ -262,6 +269,8 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   ];
   if (input.paused) args.push('-S');
   if (onRebootDestroy(def)) args.push('-no-reboot');
+  // <on_poweroff>restart: QEMU pauses at the guest's power-off and the driver resets it (power.ts)
+  if (onPoweroffRestart(def)) args.push('-action', 'shutdown=pause');
   if (def.os.kernel !== null) args.push('-kernel', def.os.kernel);
   if (def.os.initrd !== null) args.push('-initrd', def.os.initrd);
   if (def.os.cmdline !== null) args.push('-append', def.os.cmdline);

@@ -288,6 +288,15 @@ export class QemuDriver implements Driver, DomainHost {
     await this.withDomainLock(uuid, (dom) => this.lifecycle.destroy(dom, graceful));
   }
 
+  /** ACPI power button or guest agent (power.ts); returns once the guest was asked. */
+  async domainShutdown(uuid: string, flags: number): Promise<void> {
+    await this.withDomainLock(uuid, (dom) => this.lifecycle.power.shutdown(dom, flags));
+  }
+
+  async domainReboot(uuid: string, flags: number): Promise<void> {
+    await this.withDomainLock(uuid, (dom) => this.lifecycle.power.reboot(dom, flags));
+  }
+
   async domainSuspend(uuid: string): Promise<void> {
     await this.withDomainLock(uuid, (dom) => this.lifecycle.suspend(dom));
   }

@@ -24,6 +24,7 @@ import {
   terminateProcess,
   type LaunchedProcess,
 } from './process.js';
+import { DomainPower } from './power.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
 import type { DomainRegistry } from './registry.js';
 import { notRunning, QemuRuntime } from './runtime.js';
@@ -71,7 +72,12 @@ export class DomainLifecycle {
   /** set by close(): monitors closing from then on are ours, not QEMU dying */
   private closed = false;
 
-  constructor(private readonly env: LifecycleEnv) {}
+  /** shutdown and reboot, and the guest's power-off (power.ts) */
+  readonly power: DomainPower;
+
+  constructor(private readonly env: LifecycleEnv) {
+    this.power = new DomainPower({ bus: env.bus, log: env.log });
+  }
 
   private logFor(dom: DomainObject): Logger {
     return this.env.log.child({ domain: dom.name, uuid: dom.uuid });
@@ -351,7 +357,7 @@ export class DomainLifecycle {
     const { bus } = this.env;
     run.detach.push(
       qmp.on('STOP', () => {
-        if (dom.run !== run || dom.state === DomainState.PAUSED) return;
+        if (dom.run !== run || dom.state === DomainState.PAUSED || run.resetting) return;
         // not our suspend (that sets the state first): a monitor command or the guest
         [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
         bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));
@@ -361,9 +367,7 @@ export class DomainLifecycle {
         [dom.state, dom.reason] = [DomainState.RUNNING, RunningReason.UNPAUSED];
         bus.emit(lifecycleEvent(dom, 'resumed', 'unpaused'));
       }),
-      qmp.on('SHUTDOWN', () => {
-        run.shutdownSeen = true;
-      }),
+      qmp.on('SHUTDOWN', (ev) => this.power.onShutdownEvent(dom, run, ev.data)),
       qmp.onClose((err) => {
         // err undefined: we closed it ourselves (close(), destroy)
         if (err === undefined || run.stopping || this.closed || dom.run !== run) return;

@@ -42,6 +42,10 @@ export class QemuRuntime {
   stopping = false;
   /** QEMU announced a SHUTDOWN (guest power-off, quit, SIGTERM): its exit is a shutdown, not a crash */
   shutdownSeen = false;
+  /** an ACPI reboot was asked for: the guest's next power-off is reset instead (power.ts) */
+  fakeReboot = false;
+  /** a powered-off guest is being reset: QEMU's STOP and RESUME are not the user's */
+  resetting = false;
   /** unsubscribe functions for monitor listeners */
   readonly detach: (() => void)[] = [];
   /** qemu-ga serves one client at a time: sessions queue here (not on the domain lock, which a backup may hold while quiescing) */

@@ -16,6 +16,7 @@
 // - refused:  CONFIG_UNSUPPORTED at define.
 
 import { virErr, type VirError } from '../errors.js';
+import { checkCpu } from './domain-cpu.js';
 import { clip } from './limits.js';
 import { attr, childElements, element, firstChild, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
@@ -28,6 +29,8 @@ export interface SupportContext {
   scsiDisk: boolean;
   /** the guest-agent channel exists (the runtime then creates the virtio-serial controller) */
   agentChannel: boolean;
+  /** <domain type>: what <cpu> may ask for depends on it */
+  virtType?: string;
 }
 
 export interface ElementRule {
@@ -102,7 +105,12 @@ export const DOMAIN_ELEMENTS: Readonly<Record<string, ElementRule>> = {
   title: metadata,
   description: metadata,
   metadata,
-  on_poweroff: { handling: 'default', accepts: 'destroy', check: lifecycleAction(['destroy']) },
+  on_poweroff: {
+    handling: 'honoured',
+    accepts: 'destroy, or restart (the guest powering off is reset)',
+    check: lifecycleAction(['destroy', 'restart']),
+  },
+  // a guest crash is seen only through a <panic> device, which is refused: only QEMU dying is a crash here
   on_crash: { handling: 'default', accepts: 'destroy', check: lifecycleAction(['destroy']) },
   clock: {
     handling: 'default',
@@ -119,13 +127,9 @@ export const DOMAIN_ELEMENTS: Readonly<Record<string, ElementRule>> = {
     ),
   },
   cpu: {
-    handling: 'default',
-    accepts: "mode='custom' match='exact' check='none' with <model>qemu64</model> (QEMU's default CPU)",
-    check: (el) => all(
-      () => unexpectedAttr(el, { mode: ['custom'], match: ['exact'], check: ['none'] }),
-      () => unexpectedChild(el, ['model']),
-      () => childElements(el).map((m) => unexpectedAttr(m, { fallback: ['allow', 'forbid'] }) ?? textIs(m, ['qemu64'])).find((r) => r !== null) ?? null,
-    ),
+    handling: 'honoured',
+    accepts: "mode='custom' (<model>, <feature policy>), 'host-model' or 'host-passthrough' (KVM only), with <topology>",
+    check: (el, ctx) => checkCpu(el, ctx.virtType ?? 'qemu'),
   },
   seclabel: {
     handling: 'default',

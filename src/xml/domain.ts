@@ -6,6 +6,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { virErr } from '../errors.js';
+import { cpuOf, topologyCpus } from './domain-cpu.js';
 import { DOMAIN_XML_CHARS, checkName, checkPath, checkXmlSize, clip } from './limits.js';
 import { parseAndValidate } from './schema.js';
 import {
@@ -147,7 +148,8 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   const os = parseOs(firstChild(root, 'os'));
   const { disks, agent, devicesExtra } = parseDevices(firstChild(root, 'devices'));
   checkDuplicateTargets(disks);
-  const extra = parseTopLevel(root, memoryKiB);
+  const extra = parseTopLevel(root, memoryKiB, type);
+  checkCpuTopology(extra, vcpu);
 
   const def: DomainDef = {
     type,
@@ -175,10 +177,10 @@ const INTERPRETED = new Set(['name', 'uuid', 'memory', 'vcpu', 'os', 'devices'])
  * The other top-level elements, checked against the table; those kept
  * (metadata, defaults, <on_reboot>, <currentMemory>) are returned in order.
  */
-function parseTopLevel(root: XmlElement, memoryKiB: number): XmlElement[] {
+function parseTopLevel(root: XmlElement, memoryKiB: number, virtType: string): XmlElement[] {
   const kept: XmlElement[] = [];
   for (const c of childElements(root)) {
-    checkElement(DOMAIN_ELEMENTS, c.name, c, { scsiDisk: false, agentChannel: false });
+    checkElement(DOMAIN_ELEMENTS, c.name, c, { scsiDisk: false, agentChannel: false, virtType });
     if (INTERPRETED.has(c.name)) continue;
     if (c.name === 'currentMemory') {
       const cur = parseMemoryKiB(c);
@@ -192,6 +194,12 @@ function parseTopLevel(root: XmlElement, memoryKiB: number): XmlElement[] {
     kept.push(c);
   }
   return kept;
+}
+
+/** libvirt's domain_validate.c: a <cpu><topology> holds exactly the <vcpu> count. */
+function checkCpuTopology(extra: readonly XmlElement[], vcpu: number): void {
+  const t = cpuOf(extra)?.topology;
+  if (t && topologyCpus(t) !== vcpu) throw virErr('XML_ERROR', 'DOMAIN', "CPU topology doesn't match maximum vcpu count");
 }
 
 /** <name>: present, short enough to quote, and usable as a file name. */

@@ -4,7 +4,8 @@
 // data written by a file system. docs/tiny-guest.md describes the guest.
 
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -14,7 +15,10 @@ const run = promisify(execFile);
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const buildScript = path.join(repoRoot, 'scripts', 'build-tiny-guest.sh');
-const cacheDir = process.env.VIRTBACK_TINY_GUEST_DIR ?? '/var/tmp/virtback-tiny-guest';
+// keyed by the builder's content: a changed builder (a module, a guest script) builds a new guest
+// instead of reusing one that lacks the change
+const builderHash = createHash('sha256').update(readFileSync(buildScript)).digest('hex').slice(0, 12);
+const cacheDir = process.env.VIRTBACK_TINY_GUEST_DIR ?? `/var/tmp/virtback-tiny-guest-${builderHash}`;
 
 export interface TinyGuest {
   kernel: string;

@@ -10,7 +10,7 @@ import {
   qdevIdForDisk,
   type CommandLineInput,
 } from '../../src/qemu/command-line.js';
-import type { DiskDef, DomainDef } from '../../src/xml/domain.js';
+import { parseDomainXML, type DiskDef, type DomainDef } from '../../src/xml/domain.js';
 
 function disk(target: string, bus: DiskDef['bus'], more: Partial<DiskDef> = {}): DiskDef {
   return {
@@ -204,10 +204,27 @@ test("type='kvm' runs -accel kvm or not at all (libvirt's error); the machine of
   const kvm = domain([disk('sda', 'scsi')], { type: 'kvm' });
   assert.deepEqual(values(buildCommandLine(input(kvm, { accel: 'kvm' })).args, '-accel'), ['kvm']);
   throwsVir(() => buildCommandLine(input(kvm)), 'CONFIG_UNSUPPORTED',
-    /^Emulator '\/usr\/bin\/qemu-system-x86_64' does not support virt type 'kvm'$/);
+    /^Domain requires KVM, but it is not available\. Check that virtualization is enabled in the host BIOS, and host configuration is setup to load the kvm modules\.$/);
   const machine = (extra: DomainDef['os']['extra']) =>
     values(buildCommandLine(input(domain([], { os: { kernel: null, initrd: null, cmdline: null, extra } }))).args, '-machine');
   assert.deepEqual(machine(undefined), ['q35']);
   assert.deepEqual(machine([{ name: 'type', attrs: [['machine', 'pc-q35-7.2']], children: ['hvm'] }]), ['pc-q35-7.2']);
   assert.deepEqual(machine([{ name: 'type', attrs: [['arch', 'x86_64']], children: ['hvm'] }]), ['q35']);
+});
+
+test('<cpu> runs as -cpu and its topology as -smp; host-model is max under TCG and host under KVM; <on_poweroff>restart pauses QEMU', () => {
+  const cpu = (xml: string, vcpu: number, accel: 'kvm' | 'tcg' = 'tcg', type: 'kvm' | 'qemu' = 'qemu') => {
+    const def = parseDomainXML(`<domain type='${type}'><name>c</name><memory unit='MiB'>64</memory><vcpu>${vcpu}</vcpu>${xml}</domain>`);
+    const args = buildCommandLine(input(def, { accel })).args;
+    return { cpu: values(args, '-cpu'), smp: values(args, '-smp'), action: values(args, '-action') };
+  };
+  assert.deepEqual(cpu('', 2), { cpu: [], smp: ['2'], action: [] });
+  assert.deepEqual(cpu("<cpu mode='custom' match='exact'><model>Skylake-Client</model><feature policy='require' name='pcid'/><feature policy='disable' name='vmx'/></cpu>", 1).cpu,
+    ['Skylake-Client,pcid=on,vmx=off']);
+  assert.deepEqual(cpu("<cpu mode='host-model'/>", 1).cpu, ['max']);
+  assert.deepEqual(cpu("<cpu mode='host-model'/>", 1, 'kvm', 'kvm').cpu, ['host']);
+  assert.deepEqual(cpu("<cpu mode='host-passthrough'/>", 1, 'kvm', 'kvm').cpu, ['host']);
+  assert.deepEqual(cpu("<cpu><topology sockets='2' dies='1' cores='2' threads='1'/></cpu>", 4).smp, ['4,sockets=2,dies=1,cores=2,threads=1']);
+  assert.deepEqual(cpu('<on_poweroff>restart</on_poweroff>', 1).action, ['shutdown=pause']);
+  assert.deepEqual(cpu('<on_poweroff>destroy</on_poweroff>', 1).action, []);
 });

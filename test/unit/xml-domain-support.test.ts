@@ -33,14 +33,9 @@ function rows(table: typeof DOMAIN_ELEMENTS, handling: Handling): string[] {
 
 // [accepted (the default), refused (asks for something else)]
 const TOP_DEFAULTS: Record<string, [string, string]> = {
-  on_poweroff: ['<on_poweroff>destroy</on_poweroff>', '<on_poweroff>restart</on_poweroff>'],
   on_crash: ['<on_crash>destroy</on_crash>', '<on_crash>coredump-restart</on_crash>'],
   clock: ["<clock offset='utc'/>", "<clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock>"],
   features: ['<features><acpi/><apic/><pae/></features>', "<features><acpi/><hyperv mode='custom'/></features>"],
-  cpu: [
-    "<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model></cpu>",
-    "<cpu mode='host-passthrough' check='none'/>",
-  ],
   seclabel: ["<seclabel type='none'/>", "<seclabel type='dynamic' model='dac' relabel='yes'/>"],
 };
 
@@ -52,7 +47,7 @@ const DEVICE_DEFAULTS: Record<string, [string, string]> = {
 };
 
 // what the runtime interprets itself; a row moving here must come with the code that runs it
-const TOP_HONOURED = ['currentMemory', 'devices', 'memory', 'name', 'on_reboot', 'os', 'uuid', 'vcpu'];
+const TOP_HONOURED = ['cpu', 'currentMemory', 'devices', 'memory', 'name', 'on_poweroff', 'on_reboot', 'os', 'uuid', 'vcpu'];
 const DEVICE_HONOURED = ['channel', 'disk', 'emulator'];
 
 test('the table: honoured and default rows are the ones this test knows', () => {
@@ -98,7 +93,9 @@ test('the defaults in detail: lifecycle actions, features, controllers the runti
   refused(domain('<on_reboot>preserve</on_reboot>'), 'on_reboot', /'preserve' is not supported \(only restart, destroy\)/);
   refused(domain("<clock offset='localtime'/>"), 'clock', /offset='localtime'/);
   refused(domain("<features><apic eoi='on'/></features>"), 'features', /eoi/);
-  refused(domain("<cpu mode='custom' match='exact'><model>Skylake-Client</model></cpu>"), 'cpu', /Skylake/);
+  assert.match(accepted('<on_poweroff>restart</on_poweroff>'), /<on_poweroff>restart<\/on_poweroff>/);
+  refused(domain('<on_poweroff>preserve</on_poweroff>'), 'on_poweroff', /'preserve' is not supported \(only destroy, restart\)/);
+  refused(domain('<on_crash>restart</on_crash>'), 'on_crash', /'restart' is not supported \(only destroy\)/);
   // the controllers q35 or the runtime provide by themselves
   accepted('', "<controller type='sata' index='0'/><controller type='usb' index='0' model='none'/>");
   accepted('', "<controller type='scsi' index='0' model='virtio-scsi'/>");
@@ -188,4 +185,21 @@ test('names that are not libvirt\'s are schema errors; libvirt\'s we do not run 
     assert.throws(() => parseDomainXML(xml), (e: unknown) => e instanceof VirError && e.code === ErrorCode.XML_INVALID_SCHEMA);
   }
   refused(domain('', "<interface type='network'><source network='default'/></interface>"), 'devices/interface');
+});
+
+test('<cpu>: custom models with features, host-model, host-passthrough only for KVM, a topology that holds <vcpu>', () => {
+  const accepted = (top: string, type = 'qemu'): string =>
+    formatDomainXML(parseDomainXML(domain(top).replace("<domain type='qemu'>", `<domain type='${type}'>`))).replace(/\n\s*/g, '');
+  assert.match(accepted("<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>Skylake-Client</model><feature policy='disable' name='vmx'/></cpu>"),
+    /<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>Skylake-Client<\/model><feature policy='disable' name='vmx'\/><\/cpu>/);
+  accepted("<cpu mode='host-model' check='partial'/>");
+  accepted("<cpu mode='host-passthrough' check='none' migratable='on'/>", 'kvm');
+  refused(domain("<cpu mode='host-passthrough' check='none'/>"), 'cpu',
+    /CPU mode 'host-passthrough' for x86_64 qemu domain on x86_64 host is not supported by hypervisor/);
+  refused(domain("<cpu mode='custom'><model>qemu64</model><feature policy='optional' name='x2apic'/></cpu>"), 'cpu', /policy 'optional'/);
+  refused(domain("<cpu mode='custom'><model>qemu64</model><numa/></cpu>"), 'cpu', /child <numa>/);
+  refused(domain("<cpu mode='maximum'/>"), 'cpu', /mode='maximum'/);
+  accepted("<vcpu>4</vcpu><cpu><topology sockets='1' dies='1' cores='2' threads='2'/></cpu>");
+  assert.throws(() => parseDomainXML(domain("<vcpu>3</vcpu><cpu><topology sockets='1' cores='2' threads='2'/></cpu>")),
+    (e: unknown) => e instanceof VirError && e.code === ErrorCode.XML_ERROR && e.message === "CPU topology doesn't match maximum vcpu count");
 });

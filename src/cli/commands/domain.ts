@@ -10,6 +10,8 @@ import { attr, childText, firstChild, parseXml, textContent, type XmlElement } f
 import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { CliFlagOptions } from '../flag-options.js';
+import { registerPower } from './domain-power.js';
+import { registerDomxmlCheck } from './domxml-check.js';
 import {
   domainReasonString,
   domainStateString,
@@ -91,6 +93,8 @@ export function formatDiskList(rows: DiskRow[], details: boolean): string {
 export function register(program: Command, table: EntryPointTable): void {
   registerDomainLifecycle(program, table);
   registerDomainRunState(program);
+  registerPower(program);
+  registerDomxmlCheck(program);
   registerDomainList(program, table);
   registerDomainInfo(program);
   registerDomainXml(program, table);
