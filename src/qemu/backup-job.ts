@@ -15,6 +15,7 @@ import { JobOperation, JobType } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
+import { JobTimeline } from './backup-timeline.js';
 import type { JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
 
@@ -196,6 +197,8 @@ export class BackupJob {
   private resolveFinished!: () => void;
   /** the stats published when it ended */
   finalStats: JobStats | null = null;
+  /** how its completion was processed (logged at debug level) */
+  readonly timeline = new JobTimeline();
 
   constructor(public record: BackupJobRecord) {
     this.finished = new Promise((r) => (this.resolveFinished = r));

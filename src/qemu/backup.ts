@@ -27,7 +27,8 @@ import {
   type PushCompleteInfo,
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
-import { planBackup } from './backup-plan.js';
+import { TIMELINE_MSG } from './backup-timeline.js';
+import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
 import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
@@ -48,6 +49,8 @@ export interface QemuBackupsOptions {
   speed?: number;
   /** blockdev-backup x-perf options (default BACKUP_PERF; null = QEMU's defaults) */
   perf?: BackupPerf | null;
+  /** how push targets are opened and formatted (default PUSH_TARGET) */
+  pushTarget?: PushTargetOptions;
   /**
    * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem and
    * server-key.pem for pull exports with <server tls='yes'> (unset: refused)
@@ -189,6 +192,8 @@ export class QemuBackups implements BackupOps {
       const qemuTime = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
       this.driver.log.debug({ domain: dom.uuid, job: id, status, qemuTime }, 'qmp JOB_STATUS_CHANGE');
       if (status !== 'concluded' && status !== 'null') return;
+      const job = this.table(dom).current;
+      if (status === 'concluded' && job?.record.disks.some((d) => d.jobId === id)) job.timeline.concludedAt(qemuTime, Date.now());
       this.schedule(dom.uuid);
     });
     this.watchers.set(dom.uuid, { qmp, off });
@@ -233,7 +238,7 @@ export class QemuBackups implements BackupOps {
     if (dom.run) dom.run.status.extra[LAST_JOB_ID_KEY] = a.id; // saved with the write-ahead log's first entry
     const plan = planBackup({
       def: p.def, disks: a.disks, checkpointActions: p.checkpoint?.actions ?? [], reuseExternal: p.reuseExternal,
-      port: a.port, speed: this.opts.speed, perf: this.opts.perf, tls: a.tls,
+      port: a.port, speed: this.opts.speed, perf: this.opts.perf, pushTarget: this.opts.pushTarget, tls: a.tls,
     });
     p.def.id = a.id;
     p.def.tlsAlias = a.tls?.id ?? null;
@@ -297,9 +302,11 @@ export class QemuBackups implements BackupOps {
     const job = this.table(dom).current;
     if (!job || job.record.phase !== 'running' || !dom.run) return;
     const rec = job.record;
+    job.timeline.mark('lock taken');
     const qmp = await this.driver.monitor(dom.uuid);
     this.watch(dom, qmp);
     const jobs = await qmp.execute('query-jobs');
+    job.timeline.mark('query-jobs');
     let changed = false;
     for (const d of rec.disks) {
       if (d.state !== 'running' && d.state !== 'cancelling') continue;
@@ -317,6 +324,7 @@ export class QemuBackups implements BackupOps {
           d.error = q.error;
         } else d.state = 'complete';
         await qmp.execute('job-dismiss', { id: d.jobId });
+        job.timeline.mark('job-dismiss');
         rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && r.id === d.jobId));
         changed = true;
       }
@@ -330,7 +338,10 @@ export class QemuBackups implements BackupOps {
         changed = true;
       }
     }
-    if (changed) await this.persist(dom, rec);
+    if (changed) {
+      await this.persist(dom, rec);
+      job.timeline.mark('status saved (disks)');
+    }
     if (rec.disks.every((d) => d.state !== 'running' && d.state !== 'cancelling')) {
       await this.terminate(dom, job, qmp, null);
     }
@@ -348,7 +359,10 @@ export class QemuBackups implements BackupOps {
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
     try {
-      await undoSteps(rec, { qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets });
+      await undoSteps(rec, {
+        qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets,
+        undone: (s) => job.timeline.mark(`undo ${s.kind}`),
+      });
     } catch (e) {
       // a target that cannot be closed (flushed) is not a backup we can vouch for
       if (keepTargets) {
@@ -389,10 +403,14 @@ export class QemuBackups implements BackupOps {
     job.finalStats = stats;
     store.meta.lastCompleted = stats;
     await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
+    job.timeline.mark('meta saved');
     await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
+    job.timeline.mark('status saved (done)');
     this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
+    job.timeline.mark('published');
+    this.driver.log.debug({ domain: dom.uuid, jobId: rec.id, ...job.timeline.fields() }, TIMELINE_MSG);
     for (const d of rec.disks) {
       this.publish(dom, {
         type: 'block-job',
