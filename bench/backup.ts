@@ -36,6 +36,7 @@ const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTar
   { name: '  copy-range, target cache.direct', target: { cache: { direct: true } } },
   { name: '  no copy-range, cache.direct, aio=native', perf: {}, target: { cache: { direct: true }, aio: 'native' } },
   { name: '  no copy-range, 8 workers, 4 MiB chunks', perf: { 'max-workers': 8, 'max-chunk': 4 * MiB } },
+  { name: '  copy-range, 8 workers, 4 MiB chunks', perf: { 'use-copy-range': true, 'max-workers': 8, 'max-chunk': 4 * MiB } },
   { name: '  copy-range, 2 MiB clusters', target: { 'cluster-size': 2 * MiB } },
   { name: '  copy-range, preallocation=metadata', target: { preallocation: 'metadata' } },
 ];
@@ -92,13 +93,13 @@ async function main(): Promise<void> {
         await new Promise((r) => setTimeout(r, 5));
       }
     };
-    const pushFull = async (name: string): Promise<number> => {
+    const pushFull = async (name: string, keep = false): Promise<number> => {
       const t = await timed(async () => {
         const id = await drv.backupBegin(uuid, null, `<domaincheckpoint><name>${name}</name></domaincheckpoint>`, 0);
         await completed(id);
         await drv.backupEnd(uuid, id, 0);
       });
-      await rm(`${disk}.${name}`);
+      if (!keep) await rm(`${disk}.${name}`);
       return t;
     };
 
@@ -115,7 +116,7 @@ async function main(): Promise<void> {
         bopts.perf = v.perf;
         bopts.pushTarget = v.target;
         // the defaults go last: their checkpoint f<r> is the base of the incremental below
-        res[v.name]!.push(await pushFull(i === 0 ? `f${r}` : `v${i}r${r}`));
+        res[v.name]!.push(await pushFull(i === 0 ? `f${r}` : `v${i}r${r}`, i === 0));
       }
       bopts.perf = undefined;
       bopts.pushTarget = undefined;
@@ -131,6 +132,7 @@ async function main(): Promise<void> {
         await drv.backupEnd(uuid, id, 0);
       }));
       await rm(`${disk}.i${r}`);
+      await rm(`${disk}.f${r}`);
 
       const sock = path.join(dir, 'nbd.sock');
       const pullOut = path.join(dir, 'pull.raw');

@@ -85,7 +85,7 @@ async function main(): Promise<void> {
       }
       tds.push(td);
     }
-    const compiled = await builtDaemon();
+    const compiled = process.env.VBS_DAEMON ?? await builtDaemon();
     daemon = await startVirtbackd({ stateDir, runDir }, ['--log-level', 'debug', '--log-file', logFile], compiled ? { compiled } : {});
     const uri = `virtback+unix:///?socket=${path.join(runDir, 'virtbackd.sock')}`;
     const open = async (): Promise<Connect> => {

@@ -14,13 +14,15 @@ import path from 'node:path';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import { toVirError, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType, ShutoffReason } from '../flags.js';
-import { errField, type LogFields } from '../log.js';
+import { errField } from '../log.js';
 import {
   BackupJob,
   BackupJobTable,
   BackupMetaStore,
   decideEnd,
   firstError,
+  jobBytes,
+  jobFields,
   jobStats,
   readJobRecord,
   type BackupJobRecord,
@@ -66,24 +68,8 @@ const LAST_JOB_ID_KEY = 'lastBackupJobId';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function stoppedWhy(reason: number): string {
-  switch (reason) {
-    case ShutoffReason.CRASHED: return 'crashed';
-    case ShutoffReason.DESTROYED: return 'was destroyed';
-    case ShutoffReason.SHUTDOWN: return 'shut down';
-    default: return 'stopped';
-  }
-}
-
-/** The fields every job log line carries. */
-function jobFields(dom: DomainObject, rec: BackupJobRecord): LogFields {
-  return { domain: { name: dom.name, uuid: dom.uuid }, jobId: rec.id, mode: rec.mode, disks: rec.disks.map((d) => d.target) };
-}
-
-/** Bytes copied (push) or held in scratch files (pull) so far. */
-function jobBytes(rec: BackupJobRecord): number {
-  return rec.disks.reduce((n, d) => n + d.current, 0);
-}
+const STOPPED_WHY: Record<number, string> = { [ShutoffReason.CRASHED]: 'crashed', [ShutoffReason.DESTROYED]: 'was destroyed', [ShutoffReason.SHUTDOWN]: 'shut down' };
+const stoppedWhy = (reason: number): string => STOPPED_WHY[reason] ?? 'stopped';
 
 export class QemuBackups implements BackupOps {
   private readonly watchers = new Map<string, { qmp: QmpClient; off: () => void }>();
@@ -307,14 +293,13 @@ export class QemuBackups implements BackupOps {
     this.watch(dom, qmp);
     const jobs = await qmp.execute('query-jobs');
     job.timeline.mark('query-jobs');
-    let changed = false;
+    let cancelling = false;
     for (const d of rec.disks) {
       if (d.state !== 'running' && d.state !== 'cancelling') continue;
       const q = jobs.find((j) => j.id === d.jobId);
       if (!q) {
         d.state = d.state === 'cancelling' ? 'cancelled' : 'failed';
         if (d.state === 'failed') d.error ??= `QEMU job '${d.jobId}' vanished`;
-        changed = true;
       } else if (q.status === 'concluded') {
         d.current = q['current-progress'];
         d.total = q['total-progress'];
@@ -323,10 +308,6 @@ export class QemuBackups implements BackupOps {
           d.state = /cancel/i.test(q.error) ? 'cancelled' : 'failed';
           d.error = q.error;
         } else d.state = 'complete';
-        await qmp.execute('job-dismiss', { id: d.jobId });
-        job.timeline.mark('job-dismiss');
-        rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && r.id === d.jobId));
-        changed = true;
       }
     }
     // one disk failed or was cancelled: the others are cancelled too (libvirt)
@@ -335,16 +316,27 @@ export class QemuBackups implements BackupOps {
         if (d.state !== 'running') continue;
         await qmp.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => {});
         d.state = 'cancelling';
-        changed = true;
+        cancelling = true;
       }
     }
-    if (changed) {
-      await this.persist(dom, rec);
-      job.timeline.mark('status saved (disks)');
+    if (rec.disks.some((d) => d.state === 'running' || d.state === 'cancelling')) {
+      // A concluded disk's QEMU job is dismissed only once every disk is done:
+      // until then QEMU keeps its outcome for a recovering driver, and nothing
+      // needs writing (one status write per job, not per disk).
+      if (cancelling) await this.persist(dom, rec);
+      return;
     }
-    if (rec.disks.every((d) => d.state !== 'running' && d.state !== 'cancelling')) {
-      await this.terminate(dom, job, qmp, null);
-    }
+    // The outcome is durable before the QEMU jobs are dismissed: a driver killed
+    // in between must not find a finished disk's job vanished (= failed).
+    await this.persist(dom, rec);
+    job.timeline.mark('status saved (disks)');
+    const concluded = rec.disks.map((d) => d.jobId).filter((id) => jobs.some((j) => j.id === id && j.status === 'concluded'));
+    // sent together: QEMU runs them in order, we wait for one round trip
+    await Promise.all(concluded.map((id) => qmp.execute('job-dismiss', { id })));
+    job.timeline.mark('job-dismiss');
+    // saved with the next write of the record (until then recovery's undo finds them gone: fine)
+    rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && concluded.includes(r.id)));
+    await this.terminate(dom, job, qmp, null);
   }
 
   /**
@@ -402,10 +394,12 @@ export class QemuBackups implements BackupOps {
     const stats = jobStats(rec, rec.endedAt);
     job.finalStats = stats;
     store.meta.lastCompleted = stats;
-    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
-    job.timeline.mark('meta saved');
-    await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
-    job.timeline.mark('status saved (done)');
+    // two files in two folders, independent: written (and fsynced) at the same time
+    await Promise.all([
+      store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata')),
+      this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record')),
+    ]);
+    job.timeline.mark('meta and status saved (done)');
     this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
