@@ -2,18 +2,25 @@
 // flushed: a listener may open them at that instant. The listener below starts
 // `qemu-img check` on every target from inside the event callback (no -U: it
 // cannot open an image QEMU still holds for writing) and the targets must
-// then equal the disks, for a full and an incremental push, on two domains
+// then hold what the disks held, for a full and an incremental push, on two domains
 // whose jobs finish together.
 
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import test from 'node:test';
 import type { DriverEvent } from '../../src/api/driver.js';
-import { makeTestDomain, makeTestEnv, type TestDomain } from '../helpers/qemu-env.js';
-import { hmpWrite } from '../helpers/qemu-env.js';
+import { hmpWrite, imageHasPattern, makeTestDomain, makeTestEnv, type TestDomain } from '../helpers/qemu-env.js';
 import { run } from './backup-util.js';
 
 const MiB = 1024 * 1024;
+const SIZE = 32 * MiB;
+
+/** [pattern, offset, length] of disk k of domain i at the full and at the incremental backup */
+function expected(i: number, k: number, suffix: string): Array<[number, number, number]> {
+  const first = 0x21 + 2 * i + k;
+  if (suffix === 'full') return [[first, 0, 12 * MiB], [0, 12 * MiB, SIZE - 12 * MiB]];
+  return [[first, 0, 12 * MiB], [0, 12 * MiB, 8 * MiB], [0x61 + 2 * i + k, 20 * MiB, 4 * MiB], [0, 24 * MiB, SIZE - 24 * MiB]];
+}
 
 /** qemu-img check of the target, run at the instant of the event: { ok, output } */
 type Checked = Promise<{ ok: boolean; output: string }>;
@@ -25,11 +32,11 @@ function checkNow(file: string): Checked {
   );
 }
 
-test('push: at job-completed every target is closed, consistent and equal to its disk', async (t) => {
+test('push: at job-completed every target is closed, consistent and holds the disk at the backup instant', async (t) => {
   const env = await makeTestEnv(t);
   const doms: TestDomain[] = [];
   for (let i = 0; i < 2; i++) {
-    const td = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 32, name: `order-${i}` });
+    const td = await makeTestDomain(env.dir, { disks: 2, sizeMiB: SIZE / MiB, name: `order-${i}` });
     for (const [k, d] of td.disks.entries()) {
       await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(0x21 + 2 * i + k).toString(16)} 0 12M`, d.path]);
     }
@@ -70,8 +77,13 @@ test('push: at job-completed every target is closed, consistent and equal to its
         assert.ok(checked, `a check ran at the event for ${d.path}.${suffix}`);
         assert.equal(checked.ok, true, `qemu-img check at job-completed: ${checked.output}`);
         assert.match(checked.output, /No errors were found/);
-        // the guest runs no OS: the disk holds what it held at the backup's instant
-        await run('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', `${d.path}.${suffix}`, d.path]);
+      }
+      for (const [k, d] of td.disks.entries()) {
+        // what the disk held at the backup's instant (the guest runs no OS; the live disk's
+        // qcow2 metadata may still sit in QEMU's cache, so the model is checked, not the file)
+        for (const [pattern, offset, len] of expected(i, k, suffix)) {
+          assert.ok(await imageHasPattern(`${d.path}.${suffix}`, pattern, offset, len), `${d.path}.${suffix}: 0x${pattern.toString(16)} at ${offset}+${len}`);
+        }
       }
       assert.equal(await driver.backupEnd(td.uuid, ids[i]!, 0), 1);
     }
