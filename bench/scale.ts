@@ -12,7 +12,11 @@
 //     at debug level; read by bench/job-log.ts) to our job-completed event
 //     reaching the client (goal p99 < 50 ms).
 //
+//   - where that time goes: the backup module's per-job timeline and the
+//     daemon's event-loop delay and memory reports (debug log; docs/performance.md).
+//
 //   node --import tsx bench/scale.ts [rounds=3]
+//   VBS_DAEMON=wrapper.mjs: run that script as the daemon (e.g. a profiler around dist/src/cli/virtbackd.js)
 
 import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
