@@ -45,20 +45,15 @@ export class StepLog {
       }
       throw e instanceof FileCreateError ? e.error : e;
     }
-    // Not saved now: undo treats 'intended' and 'done' alike, so the mark
-    // rides along with the next save (one status write per step, not two).
     for (const s of steps) s.state = 'done';
+    await this.save();
     return out;
   }
 
-  /**
-   * Drop entries that are undone or handed over (a dismissed create job, the
-   * committed checkpoint's bitmaps). `save: false` when an undo of the entry
-   * would be harmless anyway (a dismissed job is "not found").
-   */
-  async drop(pred: (s: BackupStep) => boolean, opts: { save?: boolean } = {}): Promise<void> {
+  /** Drop entries that are undone or handed over (a dismissed create job, the committed checkpoint's bitmaps). */
+  async drop(pred: (s: BackupStep) => boolean): Promise<void> {
     this.rec.steps = this.rec.steps.filter((s) => !pred(s));
-    if (opts.save !== false) await this.save();
+    await this.save();
   }
 }
 
