@@ -6,8 +6,9 @@
 //
 //   node --import tsx bench/backup.ts [runs=5]
 //
-// Push full is measured with our default blockdev-backup x-perf options and
-// with QEMU's defaults (libvirt's choice), to show what they buy.
+// Push full is measured with our defaults (BACKUP_PERF, PUSH_TARGET) and with
+// each alternative below (QEMU's defaults are libvirt's choice), to show what
+// each buys; the incremental and pull runs use the defaults.
 
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -18,6 +19,8 @@ import { promisify } from 'node:util';
 import type { DriverEvent } from '../src/api/driver.js';
 import { MonitorCommandFlags } from '../src/flags.js';
 import { QemuBackups, type QemuBackupsOptions } from '../src/qemu/backup.js';
+import type { PushTargetOptions } from '../src/qemu/backup-plan.js';
+import type { BackupPerf } from '../src/qemu/qmp/commands.js';
 import { QemuDriver } from '../src/qemu/driver.js';
 
 const run = promisify(execFile);
@@ -25,6 +28,18 @@ const MiB = 1024 * 1024;
 const DATA_MIB = 1024;
 const INC_MIB = 64;
 const runs = Number(process.argv[2] ?? 5);
+
+/** Push full variants: blockdev-backup x-perf (undefined: BACKUP_PERF; null: QEMU's) and the target's options. */
+const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTargetOptions }> = [
+  { name: 'push full (our defaults)' },
+  { name: 'push full (QEMU defaults)', perf: null },
+  { name: '  copy-range, target cache.direct', target: { cache: { direct: true } } },
+  { name: '  no copy-range, cache.direct, aio=native', perf: {}, target: { cache: { direct: true }, aio: 'native' } },
+  { name: '  no copy-range, 8 workers, 4 MiB chunks', perf: { 'max-workers': 8, 'max-chunk': 4 * MiB } },
+  { name: '  copy-range, 8 workers, 4 MiB chunks', perf: { 'use-copy-range': true, 'max-workers': 8, 'max-chunk': 4 * MiB } },
+  { name: '  copy-range, 2 MiB clusters', target: { 'cluster-size': 2 * MiB } },
+  { name: '  copy-range, preallocation=metadata', target: { preallocation: 'metadata' } },
+];
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -78,17 +93,18 @@ async function main(): Promise<void> {
         await new Promise((r) => setTimeout(r, 5));
       }
     };
-    const pushFull = async (name: string): Promise<number> => {
+    const pushFull = async (name: string, keep = false): Promise<number> => {
       const t = await timed(async () => {
         const id = await drv.backupBegin(uuid, null, `<domaincheckpoint><name>${name}</name></domaincheckpoint>`, 0);
         await completed(id);
         await drv.backupEnd(uuid, id, 0);
       });
-      await rm(`${disk}.${name}`);
+      if (!keep) await rm(`${disk}.${name}`);
       return t;
     };
 
-    const res: Record<string, number[]> = { convertQcow2: [], convertRaw: [], pushFull: [], pushFullNoPerf: [], pushInc: [], pullFull: [] };
+    const res: Record<string, number[]> = { convertQcow2: [], convertRaw: [], pushInc: [], pullFull: [] };
+    for (const v of VARIANTS) res[v.name] = [];
     for (let r = 0; r < runs; r++) {
       const out = path.join(dir, 'conv.out');
       res.convertQcow2!.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'qcow2', disk, out])));
@@ -96,11 +112,14 @@ async function main(): Promise<void> {
       res.convertRaw!.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'raw', disk, out])));
       await rm(out);
 
+      for (const [i, v] of [...VARIANTS.entries()].reverse()) {
+        bopts.perf = v.perf;
+        bopts.pushTarget = v.target;
+        // the defaults go last: their checkpoint f<r> is the base of the incremental below
+        res[v.name]!.push(await pushFull(i === 0 ? `f${r}` : `v${i}r${r}`, i === 0));
+      }
       bopts.perf = undefined;
-      res.pushFull!.push(await pushFull(`f${r}`));
-      bopts.perf = null;
-      res.pushFullNoPerf!.push(await pushFull(`n${r}`));
-      bopts.perf = undefined;
+      bopts.pushTarget = undefined;
 
       // 64 MiB of random 64 KiB writes since checkpoint f<r>, then push incremental
       for (let i = 0; i < (INC_MIB * MiB) / 65536; i++) {
@@ -113,6 +132,7 @@ async function main(): Promise<void> {
         await drv.backupEnd(uuid, id, 0);
       }));
       await rm(`${disk}.i${r}`);
+      await rm(`${disk}.f${r}`);
 
       const sock = path.join(dir, 'nbd.sock');
       const pullOut = path.join(dir, 'pull.raw');
@@ -128,12 +148,11 @@ async function main(): Promise<void> {
 
     const m = Object.fromEntries(Object.entries(res).map(([k, v]) => [k, median(v)])) as Record<string, number>;
     const line = (what: string, secs: number, mib: number, ref: number, refName: string): string =>
-      `${what.padEnd(34)} ${secs.toFixed(3).padStart(7)} s ${(mib / secs).toFixed(0).padStart(6)} MiB/s   ${(ref / secs * 100).toFixed(0).padStart(4)}% of ${refName}`;
+      `${what.padEnd(42)} ${secs.toFixed(3).padStart(7)} s ${(mib / secs).toFixed(0).padStart(6)} MiB/s   ${(ref / secs * 100).toFixed(0).padStart(4)}% of ${refName}`;
     console.log(`medians of ${runs} interleaved runs; 2 GiB qcow2, ${DATA_MIB} MiB random data`);
-    console.log(`${'qemu-img convert -O qcow2'.padEnd(34)} ${m.convertQcow2!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertQcow2!).toFixed(0).padStart(6)} MiB/s`);
-    console.log(`${'qemu-img convert -O raw'.padEnd(34)} ${m.convertRaw!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertRaw!).toFixed(0).padStart(6)} MiB/s`);
-    console.log(line('push full (x-perf use-copy-range)', m.pushFull!, DATA_MIB, m.convertQcow2!, 'convert -O qcow2'));
-    console.log(line('push full (QEMU defaults)', m.pushFullNoPerf!, DATA_MIB, m.convertQcow2!, 'convert -O qcow2'));
+    console.log(`${'qemu-img convert -O qcow2'.padEnd(42)} ${m.convertQcow2!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertQcow2!).toFixed(0).padStart(6)} MiB/s`);
+    console.log(`${'qemu-img convert -O raw'.padEnd(42)} ${m.convertRaw!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertRaw!).toFixed(0).padStart(6)} MiB/s`);
+    for (const v of VARIANTS) console.log(line(v.name, m[v.name]!, DATA_MIB, m.convertQcow2!, 'convert -O qcow2'));
     console.log(line(`push incremental (${INC_MIB} MiB written)`, m.pushInc!, INC_MIB, m.convertQcow2! * INC_MIB / DATA_MIB, 'convert, scaled to 64 MiB'));
     console.log(line('pull full, nbdcopy (begin..end)', m.pullFull!, DATA_MIB, m.convertRaw!, 'convert -O raw'));
     await drv.domainDestroy(uuid, 0);

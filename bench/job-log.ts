@@ -27,3 +27,31 @@ export function statusTimes(log: string, status: string): Map<string, Map<string
   }
   return out;
 }
+
+/** The lines of one msg (virtbackd's JSON-lines log), parsed; lines cut short are skipped. */
+export function logRecords(log: string, msg: string): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of log.split('\n')) {
+    if (!line.includes(msg)) continue;
+    try {
+      const rec = JSON.parse(line) as Record<string, unknown>;
+      if (rec.msg === msg) out.push(rec);
+    } catch {
+      // a line cut short by a crash
+    }
+  }
+  return out;
+}
+
+/**
+ * The backup module's 'backup job timeline' lines (src/qemu/backup-timeline.ts):
+ * per domain uuid and job id, each step's ms after QEMU concluded the job's last disk job.
+ */
+export function jobTimelines(log: string): Map<string, Array<[string, number]>> {
+  const out = new Map<string, Array<[string, number]>>();
+  for (const rec of logRecords(log, 'backup job timeline')) {
+    if (typeof rec.domain !== 'string' || !Array.isArray(rec.steps)) continue;
+    out.set(`${rec.domain}/${String(rec.jobId)}`, rec.steps as Array<[string, number]>);
+  }
+  return out;
+}

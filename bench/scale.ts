@@ -12,7 +12,11 @@
 //     at debug level; read by bench/job-log.ts) to our job-completed event
 //     reaching the client (goal p99 < 50 ms).
 //
+//   - where that time goes: the backup module's per-job timeline and the
+//     daemon's event-loop delay and memory reports (debug log; docs/performance.md).
+//
 //   node --import tsx bench/scale.ts [rounds=3]
+//   VBS_DAEMON=wrapper.mjs: run that script as the daemon (e.g. a profiler around dist/src/cli/virtbackd.js)
 
 import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -25,7 +29,7 @@ import type { JobCompletedEvent } from '../src/api/driver.js';
 import type { Connect, Domain } from '../src/api/public.js';
 import { killQemuFor, makeTestDomain, type TestDomain } from '../test/helpers/qemu-env.js';
 import { startVirtbackd, stopVirtbackd, type Virtbackd } from '../test/qemu/daemon-util.js';
-import { statusTimes } from './job-log.js';
+import { jobTimelines, logRecords, statusTimes } from './job-log.js';
 
 const run = promisify(execFile);
 const DOMAINS = 10;
@@ -85,7 +89,7 @@ async function main(): Promise<void> {
       }
       tds.push(td);
     }
-    const compiled = await builtDaemon();
+    const compiled = process.env.VBS_DAEMON ?? await builtDaemon();
     daemon = await startVirtbackd({ stateDir, runDir }, ['--log-level', 'debug', '--log-file', logFile], compiled ? { compiled } : {});
     const uri = `virtback+unix:///?socket=${path.join(runDir, 'virtbackd.sock')}`;
     const open = async (): Promise<Connect> => {
@@ -114,6 +118,10 @@ async function main(): Promise<void> {
     const reconcileLat: number[] = [];
     /** dismissed -> event at the client: closing targets, manifests, publishing */
     const terminateLat: number[] = [];
+    /** step of the completion -> its ms after QEMU concluded, one per job (src/qemu/backup-timeline.ts) */
+    const stepLat = new Map<string, number[]>();
+    /** the daemon's published -> the client received it */
+    const deliverLat: number[] = [];
     const rssIdle = await vmRSS(daemon.pid);
     let failures = 0;
 
@@ -159,6 +167,7 @@ async function main(): Promise<void> {
       const log = await readFile(logFile, 'utf8');
       const concluded = statusTimes(log, 'concluded');
       const dismissed = statusTimes(log, 'null');
+      const timelines = jobTimelines(log);
       // a job id is reused by the next round: keep the latest time before our event
       // the log names a domain by name or uuid
       const latest = (m: Map<string, Map<string, number>>, td: TestDomain, before: number): number => {
@@ -174,6 +183,11 @@ async function main(): Promise<void> {
         eventLat.push(got.at - end);
         reconcileLat.push(gone - end);
         terminateLat.push(got.at - gone);
+        const steps = timelines.get(`${td.uuid}/${got.ev.jobId}`);
+        if (!steps) throw new Error(`no job timeline logged for domain ${td.name} job ${got.ev.jobId}`);
+        for (const [step, ms] of steps) stepLat.set(step, [...(stepLat.get(step) ?? []), ms]);
+        const published = steps.find(([step]) => step === 'published')?.[1];
+        if (published !== undefined) deliverLat.push(got.at - end - published);
       }
       for (const td of tds) for (const d of td.disks) await rm(path.join(dir, `r${r}-${td.name}-${d.target}.qcow2`), { force: true });
     }
@@ -183,6 +197,8 @@ async function main(): Promise<void> {
     for (const d of doms) await d.undefine();
     for (const c of conns.splice(0)) await c.close();
     await stopVirtbackd(daemon, 'SIGTERM');
+    const load = logRecords(await readFile(logFile, 'utf8'), 'daemon load');
+    const maxOf = (k: string): number => Math.max(...load.map((l) => Number(l[k])));
 
     const statsP50 = pct(statsLat, 50);
     const qmpP50 = pct(qmpLat, 50);
@@ -198,6 +214,11 @@ async function main(): Promise<void> {
     console.log(`  QEMU job concluded -> job-completed at client  p50 ${fmt(pct(eventLat, 50))}   p99 ${fmt(e99)}   max ${fmt(Math.max(...eventLat))}   (n=${eventLat.length}; goal p99 < 50 ms: ${e99 < 50 ? 'met' : 'NOT met'})`);
     console.log(`    of which concluded -> dismissed (reconcile)          p50 ${fmt(pct(reconcileLat, 50))}   p99 ${fmt(pct(reconcileLat, 99))}`);
     console.log(`    of which dismissed -> client (close targets, manifests, publish)  p50 ${fmt(pct(terminateLat, 50))}   p99 ${fmt(pct(terminateLat, 99))}`);
+    console.log(`    completion steps, ms after QEMU concluded the last disk job (cumulative; p50 / p99 over jobs):`);
+    for (const [step, ms] of stepLat) console.log(`      ${step.padEnd(28)} p50 ${fmt(pct(ms, 50))}   p99 ${fmt(pct(ms, 99))}`);
+    console.log(`      ${'client received'.padEnd(28)} p50 ${fmt(pct(eventLat, 50))}   p99 ${fmt(e99)}   (published -> client p50 ${fmt(pct(deliverLat, 50))}, p99 ${fmt(pct(deliverLat, 99))})`);
+    console.log(`  daemon event-loop delay (${load.length} reports of ~5 s)  worst p99 ${fmt(maxOf('loopDelayP99'))}   max ${fmt(maxOf('loopDelayMax'))}`);
+    console.log(`  daemon memory, largest reported     rss ${maxOf('rssMiB').toFixed(1)} MiB   heap used ${maxOf('heapUsedMiB').toFixed(1)} MiB   heap total ${maxOf('heapTotalMiB').toFixed(1)} MiB   external ${maxOf('externalMiB').toFixed(1)} MiB (array buffers ${maxOf('arrayBuffersMiB').toFixed(1)} MiB)`);
     if (failures > 0) console.log(`  FAILURES: ${failures} jobs did not complete successfully`);
   } finally {
     for (const c of conns) await c.close().catch(() => {});

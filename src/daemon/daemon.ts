@@ -19,6 +19,7 @@ import { errField, type Logger } from '../log.js';
 import { LibvirtServer, type LibvirtServerOptions } from '../libvirt/server.js';
 import { RemoteServer, type ServerOptions } from '../remote/server.js';
 import { EventBacklog, drainRecoveredEvents, type BacklogOptions } from './backlog.js';
+import { startLoadReport } from './load-report.js';
 import { PidLock } from './lock.js';
 import {
   LIBVIRT_RO_SOCKET_NAME,
@@ -53,6 +54,7 @@ export interface DaemonOptions {
 
 export class Daemon {
   private stopping: Promise<void> | null = null;
+  private readonly stopLoadReport: () => void;
 
   private constructor(
     readonly opts: DaemonOptions,
@@ -62,7 +64,9 @@ export class Daemon {
     private readonly locks: PidLock[],
     /** events recovered at startup, replayed to each client that subscribes */
     readonly backlog: EventBacklog,
-  ) {}
+  ) {
+    this.stopLoadReport = startLoadReport(opts.logger);
+  }
 
   get socketPath(): string {
     return path.join(this.opts.runDir, SOCKET_NAME);
@@ -147,6 +151,7 @@ export class Daemon {
         log.error(errField(e), 'closing the driver failed');
       }
       for (const l of this.locks) l.release();
+      this.stopLoadReport();
       log.info('stopped');
     })();
     return this.stopping;

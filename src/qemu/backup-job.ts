@@ -12,9 +12,10 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FinishedPush, JobStats } from '../api/driver.js';
 import { JobOperation, JobType } from '../flags.js';
-import { errField, type Logger } from '../log.js';
+import { errField, type LogFields, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
+import { JobTimeline } from './backup-timeline.js';
 import type { JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
 
@@ -196,6 +197,8 @@ export class BackupJob {
   private resolveFinished!: () => void;
   /** the stats published when it ended */
   finalStats: JobStats | null = null;
+  /** how its completion was processed (logged at debug level) */
+  readonly timeline = new JobTimeline();
 
   constructor(public record: BackupJobRecord) {
     this.finished = new Promise((r) => (this.resolveFinished = r));
@@ -232,6 +235,16 @@ export class BackupJobTable implements BackupJobTableLike {
     const disk = job.record.disks.find((d) => d.target === target && (d.state === 'running' || d.state === 'cancelling'));
     return disk?.jobId ?? null;
   }
+}
+
+/** The fields every job log line carries. */
+export function jobFields(dom: { name: string; uuid: string }, rec: BackupJobRecord): LogFields {
+  return { domain: { name: dom.name, uuid: dom.uuid }, jobId: rec.id, mode: rec.mode, disks: rec.disks.map((d) => d.target) };
+}
+
+/** Bytes copied (push) or held in scratch files (pull) so far. */
+export function jobBytes(rec: BackupJobRecord): number {
+  return rec.disks.reduce((n, d) => n + d.current, 0);
 }
 
 /** libvirt's qemuBackupJobTerminate decision from the disks' states. */

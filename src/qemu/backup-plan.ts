@@ -35,6 +35,17 @@ export const TARGET_CLUSTER_SIZE = 65536;
  */
 export const BACKUP_PERF: BackupPerf = { 'use-copy-range': true };
 
+/** How a push target's file node is opened and its qcow2 made (bench/backup.ts measures the choices; docs/performance.md). */
+export interface PushTargetOptions {
+  cache?: { direct?: boolean; 'no-flush'?: boolean };
+  aio?: 'threads' | 'native' | 'io_uring';
+  'cluster-size'?: number;
+  preallocation?: 'off' | 'metadata';
+}
+
+/** The default: QEMU's own (cache=writeback, aio=threads, 64 KiB clusters as libvirt). */
+export const PUSH_TARGET: PushTargetOptions = {};
+
 /** What the planner needs to know of one disk taking part in the backup. */
 export interface PlanDiskInput {
   target: string;
@@ -66,6 +77,8 @@ export interface PlanInput {
   /** resolved TCP port for a pull over tcp (the caller picked a free one when none was given) */
   port: number | null;
   perf?: BackupPerf | null;
+  /** push targets' file node and qcow2 options (default PUSH_TARGET) */
+  pushTarget?: PushTargetOptions;
   /** initial rate limit of each disk job in bytes/s (block-job-set-speed changes it later); 0/undefined = none */
   speed?: number;
   /** pull with <server tls='yes'>: the x509 credentials object to create (qemu.conf backup_tls_x509_*) */
@@ -201,6 +214,7 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
     backingFile = backingFileName(path, prev.path);
     backingFmt = prev.format;
   }
+  const { cache, aio, ...createOpts } = pull ? {} : input.pushTarget ?? PUSH_TARGET;
   const create: PlannedDisk['create'] =
     format === 'qcow2' && !input.reuseExternal
       ? {
@@ -210,6 +224,7 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
             file: storageNode,
             size: d.virtualSize,
             'cluster-size': TARGET_CLUSTER_SIZE,
+            ...createOpts,
             ...(backingFile !== null ? { 'backing-file': backingFile, 'backing-fmt': backingFmt ?? 'qcow2' } : {}),
           },
         }
@@ -231,7 +246,10 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
     storageNode,
     formatNode,
     createFile: !input.reuseExternal,
-    addStorage: { driver: 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap' },
+    addStorage: {
+      driver: 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap',
+      ...(cache ? { cache } : {}), ...(aio ? { aio } : {}),
+    },
     create,
     addFormat,
     tempBitmap,

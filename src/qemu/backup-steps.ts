@@ -114,6 +114,8 @@ export interface UndoOptions {
    * before that is an error, not "nothing left to undo".
    */
   mustClose?: boolean;
+  /** told of each step once undone (the job's timeline) */
+  undone?: (s: BackupStep) => void;
 }
 
 /**
@@ -129,6 +131,7 @@ export async function undoSteps(rec: BackupJobRecord, o: UndoOptions): Promise<v
       const kept = s.kind === 'bitmap' && s.checkpoint !== undefined && o.checkpointKept ? await o.checkpointKept(s) : false;
       if (!kept) await undoOne(o.qmp, s, o.mustClose === true);
       rec.steps = rec.steps.filter((x) => x !== s);
+      o.undone?.(s);
     } catch (e) {
       first ??= e;
       o.log.warn({ jobId: rec.id, step: s.kind, ...errField(e) }, 'cannot undo a backup step');

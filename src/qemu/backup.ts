@@ -14,20 +14,23 @@ import path from 'node:path';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import { toVirError, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType, ShutoffReason } from '../flags.js';
-import { errField, type LogFields } from '../log.js';
+import { errField } from '../log.js';
 import {
   BackupJob,
   BackupJobTable,
   BackupMetaStore,
   decideEnd,
   firstError,
+  jobBytes,
+  jobFields,
   jobStats,
   readJobRecord,
   type BackupJobRecord,
   type PushCompleteInfo,
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
-import { planBackup } from './backup-plan.js';
+import { TIMELINE_MSG } from './backup-timeline.js';
+import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
 import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
@@ -48,6 +51,8 @@ export interface QemuBackupsOptions {
   speed?: number;
   /** blockdev-backup x-perf options (default BACKUP_PERF; null = QEMU's defaults) */
   perf?: BackupPerf | null;
+  /** how push targets are opened and formatted (default PUSH_TARGET) */
+  pushTarget?: PushTargetOptions;
   /**
    * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem and
    * server-key.pem for pull exports with <server tls='yes'> (unset: refused)
@@ -63,24 +68,8 @@ const LAST_JOB_ID_KEY = 'lastBackupJobId';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function stoppedWhy(reason: number): string {
-  switch (reason) {
-    case ShutoffReason.CRASHED: return 'crashed';
-    case ShutoffReason.DESTROYED: return 'was destroyed';
-    case ShutoffReason.SHUTDOWN: return 'shut down';
-    default: return 'stopped';
-  }
-}
-
-/** The fields every job log line carries. */
-function jobFields(dom: DomainObject, rec: BackupJobRecord): LogFields {
-  return { domain: { name: dom.name, uuid: dom.uuid }, jobId: rec.id, mode: rec.mode, disks: rec.disks.map((d) => d.target) };
-}
-
-/** Bytes copied (push) or held in scratch files (pull) so far. */
-function jobBytes(rec: BackupJobRecord): number {
-  return rec.disks.reduce((n, d) => n + d.current, 0);
-}
+const STOPPED_WHY: Record<number, string> = { [ShutoffReason.CRASHED]: 'crashed', [ShutoffReason.DESTROYED]: 'was destroyed', [ShutoffReason.SHUTDOWN]: 'shut down' };
+const stoppedWhy = (reason: number): string => STOPPED_WHY[reason] ?? 'stopped';
 
 export class QemuBackups implements BackupOps {
   private readonly watchers = new Map<string, { qmp: QmpClient; off: () => void }>();
@@ -189,6 +178,8 @@ export class QemuBackups implements BackupOps {
       const qemuTime = ev.timestamp.seconds * 1000 + ev.timestamp.microseconds / 1000;
       this.driver.log.debug({ domain: dom.uuid, job: id, status, qemuTime }, 'qmp JOB_STATUS_CHANGE');
       if (status !== 'concluded' && status !== 'null') return;
+      const job = this.table(dom).current;
+      if (status === 'concluded' && job?.record.disks.some((d) => d.jobId === id)) job.timeline.concludedAt(qemuTime, Date.now());
       this.schedule(dom.uuid);
     });
     this.watchers.set(dom.uuid, { qmp, off });
@@ -233,7 +224,7 @@ export class QemuBackups implements BackupOps {
     if (dom.run) dom.run.status.extra[LAST_JOB_ID_KEY] = a.id; // saved with the write-ahead log's first entry
     const plan = planBackup({
       def: p.def, disks: a.disks, checkpointActions: p.checkpoint?.actions ?? [], reuseExternal: p.reuseExternal,
-      port: a.port, speed: this.opts.speed, perf: this.opts.perf, tls: a.tls,
+      port: a.port, speed: this.opts.speed, perf: this.opts.perf, pushTarget: this.opts.pushTarget, tls: a.tls,
     });
     p.def.id = a.id;
     p.def.tlsAlias = a.tls?.id ?? null;
@@ -297,17 +288,18 @@ export class QemuBackups implements BackupOps {
     const job = this.table(dom).current;
     if (!job || job.record.phase !== 'running' || !dom.run) return;
     const rec = job.record;
+    job.timeline.mark('lock taken');
     const qmp = await this.driver.monitor(dom.uuid);
     this.watch(dom, qmp);
     const jobs = await qmp.execute('query-jobs');
-    let changed = false;
+    job.timeline.mark('query-jobs');
+    let cancelling = false;
     for (const d of rec.disks) {
       if (d.state !== 'running' && d.state !== 'cancelling') continue;
       const q = jobs.find((j) => j.id === d.jobId);
       if (!q) {
         d.state = d.state === 'cancelling' ? 'cancelled' : 'failed';
         if (d.state === 'failed') d.error ??= `QEMU job '${d.jobId}' vanished`;
-        changed = true;
       } else if (q.status === 'concluded') {
         d.current = q['current-progress'];
         d.total = q['total-progress'];
@@ -316,9 +308,6 @@ export class QemuBackups implements BackupOps {
           d.state = /cancel/i.test(q.error) ? 'cancelled' : 'failed';
           d.error = q.error;
         } else d.state = 'complete';
-        await qmp.execute('job-dismiss', { id: d.jobId });
-        rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && r.id === d.jobId));
-        changed = true;
       }
     }
     // one disk failed or was cancelled: the others are cancelled too (libvirt)
@@ -327,13 +316,27 @@ export class QemuBackups implements BackupOps {
         if (d.state !== 'running') continue;
         await qmp.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => {});
         d.state = 'cancelling';
-        changed = true;
+        cancelling = true;
       }
     }
-    if (changed) await this.persist(dom, rec);
-    if (rec.disks.every((d) => d.state !== 'running' && d.state !== 'cancelling')) {
-      await this.terminate(dom, job, qmp, null);
+    if (rec.disks.some((d) => d.state === 'running' || d.state === 'cancelling')) {
+      // A concluded disk's QEMU job is dismissed only once every disk is done:
+      // until then QEMU keeps its outcome for a recovering driver, and nothing
+      // needs writing (one status write per job, not per disk).
+      if (cancelling) await this.persist(dom, rec);
+      return;
     }
+    // The outcome is durable before the QEMU jobs are dismissed: a driver killed
+    // in between must not find a finished disk's job vanished (= failed).
+    await this.persist(dom, rec);
+    job.timeline.mark('status saved (disks)');
+    const concluded = rec.disks.map((d) => d.jobId).filter((id) => jobs.some((j) => j.id === id && j.status === 'concluded'));
+    // sent together: QEMU runs them in order, we wait for one round trip
+    await Promise.all(concluded.map((id) => qmp.execute('job-dismiss', { id })));
+    job.timeline.mark('job-dismiss');
+    // saved with the next write of the record (until then recovery's undo finds them gone: fine)
+    rec.steps = rec.steps.filter((r) => !(r.kind === 'job' && concluded.includes(r.id)));
+    await this.terminate(dom, job, qmp, null);
   }
 
   /**
@@ -348,7 +351,10 @@ export class QemuBackups implements BackupOps {
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
     try {
-      await undoSteps(rec, { qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets });
+      await undoSteps(rec, {
+        qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets,
+        undone: (s) => job.timeline.mark(`undo ${s.kind}`),
+      });
     } catch (e) {
       // a target that cannot be closed (flushed) is not a backup we can vouch for
       if (keepTargets) {
@@ -388,11 +394,17 @@ export class QemuBackups implements BackupOps {
     const stats = jobStats(rec, rec.endedAt);
     job.finalStats = stats;
     store.meta.lastCompleted = stats;
-    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
-    await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
+    // two files in two folders, independent: written (and fsynced) at the same time
+    await Promise.all([
+      store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata')),
+      this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record')),
+    ]);
+    job.timeline.mark('meta and status saved (done)');
     this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
+    job.timeline.mark('published');
+    this.driver.log.debug({ domain: dom.uuid, jobId: rec.id, ...job.timeline.fields() }, TIMELINE_MSG);
     for (const d of rec.disks) {
       this.publish(dom, {
         type: 'block-job',
