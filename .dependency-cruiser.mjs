@@ -7,6 +7,7 @@
 //   daemon/                       virtbackd: serves the Driver it is handed (cli/virtbackd.ts assembles)
 //   qemu/  remote/  libvirt/  repository/  vmbackup/   the drivers, the two wire protocols, the backup files and
 //                                 whole-VM backups into the chunk store, side by side
+//   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
 //   nbd/                          the NBD client
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
@@ -140,6 +141,16 @@ export default {
         'chunkstore/. Of repository/ only its tool runner (qemu-img) is shared.',
       from: { path: '^src/vmbackup/' },
       to: { path: '^src/(qemu|remote|libvirt|daemon|sdk|cli)/|^src/repository/(?!tools\\.ts$)' },
+    },
+    {
+      name: 'chunkstore-is-storage',
+      severity: 'error',
+      comment:
+        'The chunk repository (chunks, indexes, point records, prune, gc, verify) is storage: the backup and ' +
+        'restore flows, the NBD server and the CLI use it with any driver; it may use the base, xml/ and util/ ' +
+        '(and node fs/crypto), never a driver, the wire, the daemon or the CLI.',
+      from: { path: '^src/chunkstore/' },
+      to: { path: '^src/', pathNot: `${BASE}|^src/(chunkstore|xml|util)/` },
     },
     {
       name: 'remote-carries-driver-calls',

@@ -78,7 +78,7 @@ test('the job XML parses as a pull backup with scratch files, and the checkpoint
   assert.deepEqual([inc.server?.transport, inc.server?.socket], ['unix', '/tmp/x/nbd.sock']);
   assert.deepEqual(inc.disks.map((d) => [d.name, d.backup, d.path]), [['vda', true, '/tmp/x/vda.scratch'], ['vdb', true, '/tmp/x/vdb.scratch'], ['vdc', false, null]]);
   assert.equal(parseBackupXML(backupXml({ checkpoint: 'c2', incremental: null, socket: '/s', scratch, skipped: [] })).incremental, null);
-  const cp = parseCheckpointXML(checkpointXml('c2', ['vda', 'vdb'], ['vdc'], 'virtback repository r'), {});
+  const cp = parseCheckpointXML(checkpointXml('c2', ['vda', 'vdb'], ['vdc'], 'virtback repository r'), { redefine: false });
   assert.equal(cp.name, 'c2');
   assert.equal(cp.description, 'virtback repository r');
   assert.deepEqual(cp.disks.map((d) => [d.name, d.checkpoint]), [['vda', 'bitmap'], ['vdb', 'bitmap'], ['vdc', 'no']]);
