@@ -21,6 +21,7 @@ import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
+import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
 
 export const TOOL_VERSION = 'virtback 0.1.0';
 
@@ -136,9 +137,11 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   const started = Date.now();
   const domainXml = await dom.getXMLDesc({ inactive: true });
   const { disks, skipped } = selectDisks(await dom.getXMLDesc(), opts.exclude ?? []);
+  await endStaleJobs(dom, log);
   const d = await decide(dom, repo, opts.level, disks);
   const name = checkpointName(repoId, at);
-  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'vbk-'));
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), RUN_DIR_PREFIX));
+  await markRunDir(tmp);
   const socket = path.join(tmp, 'nbd.sock');
   const scratch = new Map(disks.map((t) => [t, path.join(tmp, `${t}.scratch`)]));
   let jobId = 0;
