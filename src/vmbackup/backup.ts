@@ -211,7 +211,7 @@ interface PulledDisk {
 
 /** Read every disk of the job; a disk resized since the base is read in full (its export is the whole disk). */
 async function pullDisks(dom: Domain, repo: ChunkRepository, jobId: number, d: Decided, opts: VmBackupOptions): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
-  const job = parseBackupXML(await dom.backupGetXMLDesc(jobId));
+  const job = parseBackupXML(await dom.backupGetXMLDesc(jobId), { internal: true });
   const server = job.server;
   if (server === null || server.socket === null) throw virErr('INTERNAL_ERROR', 'STORAGE', `backup job ${jobId} has no unix socket server`);
   const nbd: NbdTarget = { socketPath: server.socket };

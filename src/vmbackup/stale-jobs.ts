@@ -30,7 +30,7 @@ function alive(pid: number): boolean {
 
 /** The dead run that owns job `xml`'s folder, or null when the job is not a dead run's. */
 async function deadRunDir(xml: string): Promise<string | null> {
-  const socket = parseBackupXML(xml).server?.socket ?? null;
+  const socket = parseBackupXML(xml, { internal: true }).server?.socket ?? null;
   if (socket === null) return null;
   const dir = path.dirname(socket);
   if (!path.basename(dir).startsWith(RUN_DIR_PREFIX)) return null;
