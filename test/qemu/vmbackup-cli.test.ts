@@ -39,13 +39,20 @@ async function cliOnQemu(t: TestContext) {
   return { env, cli, driver: () => qemu! };
 }
 
-/** `virtback backup` in a child process, SIGKILLed after `ms`; resolves when it is gone (or ended by itself). */
-function killedBackup(uri: string, name: string, repo: string, ms: number): Promise<{ killed: boolean; code: number | null }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/virtback.ts'), '-c', uri, 'backup', name, '--repo', repo, '--quiet', '--level', 'full'], {
-    cwd: ROOT,
-    stdio: ['ignore', 'ignore', 'ignore'],
+/**
+ * `virtback backup` in a child process, SIGKILLed `ms` after its first progress
+ * line (the pull job is running then), or after `ms` from its start when
+ * `early`; resolves when it is gone (or ended by itself).
+ */
+function killedBackup(uri: string, name: string, repo: string, logFile: string, ms: number, early: boolean): Promise<{ killed: boolean; code: number | null }> {
+  const args = ['--import', 'tsx', path.join(ROOT, 'src/cli/virtback.ts'), '-c', uri, 'backup', name, '--repo', repo, '--level', 'full', '--log-file', logFile];
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), ms));
+  if (early) arm();
+  child.stderr.on('data', (b: Buffer) => {
+    if (b.toString().includes('sda: ')) arm();
   });
-  const timer = setTimeout(() => child.kill('SIGKILL'), ms);
   return new Promise((resolve) => {
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
@@ -82,15 +89,19 @@ test('virtback backup/restore through virtbackd: killed clients leave no half po
 
   // clients killed at random moments: every point that exists is complete and exact
   const outcomes: string[] = [];
-  for (const ms of [400, 1500, 2500, 3500, 5000].map((x) => x + Math.floor(Math.random() * 500))) {
-    const k = await killedBackup(cli.uri, 'vbk-cli', repoDir, ms);
-    outcomes.push(k.killed ? `killed@${ms}` : `exit ${k.code}`);
+  const rounds = [[300, true], [0, false], [50, false], [150, false], [300, false]] as const;
+  for (const [base, early] of rounds) {
+    const ms = base + Math.floor(Math.random() * (early ? 2000 : 100));
+    const k = await killedBackup(cli.uri, 'vbk-cli', repoDir, logFile, ms, early);
+    outcomes.push(`${k.killed ? 'killed' : `exit ${k.code}`} ${ms} ms ${early ? 'after start' : 'into the read'}`);
   }
-  t.diagnostic(`killed clients: ${outcomes.join(', ')}`);
-  r = await cli.run('backup', 'vbk-cli', '--repo', repoDir, '--json');
+  t.diagnostic(`backup clients: ${outcomes.join(', ')}`);
+  r = await cli.run('backup', 'vbk-cli', '--repo', repoDir, '--json', '--log-file', logFile);
   assert.equal(r.code, 0, r.stderr);
   const after = JSON.parse(r.stdout) as { pointId: string; level: string };
   assert.deepEqual(await driver().listJobIds(def.uuid), [], 'orphaned pull jobs were ended');
+  const lines = (await fs.readFile(logFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { msg: string });
+  assert.ok(lines.some((l) => l.msg === 'ended the pull job of a backup run that died'), 'a run killed mid-read left a job that the next run ended');
   const points = await repo.listPoints('vbk-cli');
   assert.ok(points.some((p) => p.id === after.pointId));
   for (const p of points) await assertRestores(repo, 'vbk-cli', p.id, snap, env.dir);
