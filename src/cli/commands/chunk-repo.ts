@@ -1,0 +1,173 @@
+// Chunk repository commands (docs/repository.md): repo-init, backup-list,
+// prune, gc and verify work on the repository folder alone (no daemon
+// connection). The file-based backups of backup-pull/backup-restore/
+// backup-verify (commands/repository.ts) are a different thing and keep
+// their verbs.
+
+import { InvalidArgumentError, type Command } from 'commander';
+import fs from 'node:fs/promises';
+import { virErr } from '../../errors.js';
+import {
+  applyPrune,
+  ChunkRepository,
+  checkpointsReferenced,
+  collectGarbage,
+  DEFAULT_GC_GRACE_MS,
+  openFolderStore,
+  planPrune,
+  PRUNE_RULES,
+  verifyRepository,
+  type KeepPolicy,
+  type PointRecord,
+  type VerifyReport,
+} from '../../chunkstore/index.js';
+import { formatCapacity, formatTable, json, out, usageError } from '../output.js';
+
+interface RepoOptions {
+  repo: string;
+  encryptKey?: string;
+  json?: boolean;
+}
+
+/** The key file's bytes (the whole file is the key material). */
+async function readKeyFile(file: string): Promise<Buffer> {
+  try {
+    return await fs.readFile(file);
+  } catch (e) {
+    throw virErr('INVALID_ARG', 'STORAGE', `cannot read encryption key file '${file}': ${(e as Error).message}`, e);
+  }
+}
+
+/** Open the chunk repository in folder `dir`, with the key in `keyFile` when it is encrypted (also for the backup flows). */
+export async function openChunkRepository(dir: string, keyFile?: string): Promise<ChunkRepository> {
+  const encryptKey = keyFile === undefined ? undefined : await readKeyFile(keyFile);
+  return ChunkRepository.open(await openFolderStore(dir), encryptKey ? { encryptKey } : {});
+}
+
+function repoCommand(program: Command, name: string, description: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .requiredOption('--repo <dir>', 'the chunk repository folder')
+    .option('--encrypt-key <file>', "the repository's key file (an encrypted repository)")
+    .option('--json', 'print the result as JSON');
+}
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('not a non-negative integer');
+  return n;
+}
+
+const pointSize = (p: PointRecord): number => p.disks.reduce((s, d) => s + d.size, 0);
+const pointNew = (p: PointRecord): number => p.disks.reduce((s, d) => s + d.bytesNew, 0);
+const verifyState = (p: PointRecord): string => (p.verify ? (p.verify.ok ? 'ok' : `FAILED (${p.verify.firstBad ?? '?'})`) : '-');
+
+export function formatPointList(points: PointRecord[]): string {
+  const rows = points.map((p) => [p.domain.name, p.id, p.level, p.time, formatCapacity(pointSize(p)), formatCapacity(pointNew(p)), verifyState(p)]);
+  return formatTable(['Domain', 'Point', 'Level', 'Time', 'Size', 'New data', 'Verify'], rows);
+}
+
+export function formatVerifyReport(r: VerifyReport): string[] {
+  const lines = r.points.map((v) => `${v.domain} ${v.id}: ${v.ok ? 'ok' : `FAILED, first bad: ${v.firstBad}`}${v.checked ? '' : ' (affected, not checked in this run)'}`);
+  for (const b of r.badChunks) {
+    lines.push(`bad chunk ${b.id}: ${b.error}; ${b.setAside ? `set aside as ${b.setAside}` : 'missing'}; affects ${b.points.join(', ')}`);
+  }
+  lines.push(r.ok ? `${r.points.length} points verified, ${r.chunksChecked} chunks ok` : `verify failed: ${r.badChunks.length} bad chunks affect ${r.points.filter((v) => !v.ok).length} points`);
+  return lines;
+}
+
+function registerInit(program: Command): void {
+  program
+    .command('repo-init')
+    .description('Create a deduplicating chunk repository in a folder (virtback)')
+    .requiredOption('--repo <dir>', 'the folder (created when missing)')
+    .option('--encrypt-key <file>', 'encrypt chunks and metadata with the key in this file (at least 16 bytes, e.g. head -c 32 /dev/urandom)')
+    .option('--json', 'print the repository config as JSON')
+    .action(async (o: RepoOptions) => {
+      const encryptKey = o.encryptKey === undefined ? undefined : await readKeyFile(o.encryptKey);
+      const repo = await ChunkRepository.init(await openFolderStore(o.repo), encryptKey ? { encryptKey } : {});
+      if (o.json) json(repo.config);
+      else out(`Chunk repository created in '${o.repo}'${repo.encrypted ? ' (encrypted)' : ''}\n`);
+    });
+}
+
+function registerList(program: Command): void {
+  repoCommand(program, 'backup-list', 'List the backup points of a chunk repository (virtback)')
+    .argument('[domain]', 'only this domain')
+    .action(async (domain: string | undefined, o: RepoOptions) => {
+      const points = await (await openChunkRepository(o.repo, o.encryptKey)).listPoints(domain);
+      if (o.json) {
+        json(points.map((p) => ({ domain: p.domain.name, id: p.id, level: p.level, time: p.time, base: p.base, reason: p.reason, size: pointSize(p), bytesNew: pointNew(p), verify: p.verify ?? null })));
+      } else {
+        out(formatPointList(points));
+      }
+    });
+}
+
+function registerPrune(program: Command): void {
+  const cmd = repoCommand(program, 'prune', "Remove a domain's backup points that no keep rule keeps (virtback; chunks go at the next gc)")
+    .argument('<domain>', 'the domain')
+    .option('--dry-run', 'only show what would be kept and removed');
+  for (const rule of PRUNE_RULES) cmd.option(`--keep-${rule} <n>`, `keep the newest point of the ${rule === 'last' ? 'N newest points' : `last N ${rule} periods (UTC)`}`, count);
+  cmd.action(async (domain: string, o: RepoOptions & { dryRun?: boolean } & Record<string, unknown>, self: Command) => {
+    const policy: KeepPolicy = {};
+    for (const rule of PRUNE_RULES) {
+      const n = o[`keep${rule[0]!.toUpperCase()}${rule.slice(1)}`];
+      if (typeof n === 'number') policy[rule] = n;
+    }
+    if (!Object.values(policy).some((n) => n! > 0)) usageError(self, 'prune needs at least one --keep-… rule above 0');
+    const repo = await openChunkRepository(o.repo, o.encryptKey);
+    const plan = planPrune(await repo.listPoints(domain), policy);
+    if (!o.dryRun) await applyPrune(repo, plan);
+    const remaining = plan.keep.map((k) => k.point);
+    if (o.json) {
+      json({ domain, dryRun: o.dryRun === true, keep: plan.keep.map((k) => ({ id: k.point.id, rule: k.rule })), remove: plan.remove.map((p) => p.id), checkpointsReferenced: [...checkpointsReferenced(remaining)] });
+      return;
+    }
+    const rows = [...plan.keep.map((k) => [k.point.id, 'keep', k.rule]), ...plan.remove.map((p) => [p.id, o.dryRun ? 'would remove' : 'removed', ''])];
+    rows.sort((a, b) => (a[0]! < b[0]! ? 1 : -1));
+    out(formatTable(['Point', 'Action', 'Rule'], rows));
+  });
+}
+
+function registerGc(program: Command): void {
+  repoCommand(program, 'gc', 'Remove chunks no backup point references, older than a grace period (virtback)')
+    .option('--grace <seconds>', `spare unreferenced chunks touched this recently (default ${DEFAULT_GC_GRACE_MS / 1000})`, count)
+    .action(async (o: RepoOptions & { grace?: number }) => {
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const r = await collectGarbage(repo, o.grace === undefined ? {} : { graceMs: o.grace * 1000 });
+      if (o.json) {
+        json(r);
+        return;
+      }
+      out(`${r.points} points reference ${r.referencedChunks} chunks\n`);
+      out(`removed ${r.removedChunks} chunks (${formatCapacity(r.removedBytes)}) and ${r.removedIndexes} unreferenced indexes; ${r.pendingChunks} unreferenced chunks are within the grace period\n`);
+      if (r.missingChunks.length > 0) out(`warning: ${r.missingChunks.length} referenced chunks are missing; run verify to see which points they break\n`);
+    });
+}
+
+function registerVerify(program: Command): void {
+  repoCommand(program, 'verify', 'Re-hash every chunk the backup points reference; set bad chunks aside (virtback)')
+    .argument('[domain]', 'only this domain')
+    .argument('[point]', 'only this point of the domain')
+    .action(async (domain: string | undefined, point: string | undefined, o: RepoOptions) => {
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const r = await verifyRepository(repo, { ...(domain !== undefined ? { domain } : {}), ...(point !== undefined ? { point } : {}) });
+      const lines = formatVerifyReport(r);
+      const verdict = lines.pop()!;
+      if (o.json) json(r);
+      else for (const l of lines) out(`${l}\n`);
+      // the verdict: on stdout when good, as the error (exit 1) when not
+      if (!r.ok) throw virErr('OPERATION_FAILED', 'STORAGE', verdict);
+      if (!o.json) out(`${verdict}\n`);
+    });
+}
+
+export function register(program: Command): void {
+  registerInit(program);
+  registerList(program);
+  registerPrune(program);
+  registerGc(program);
+  registerVerify(program);
+}
