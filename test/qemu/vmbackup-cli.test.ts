@@ -18,6 +18,7 @@ import { startCliDaemon } from '../helpers/cli.js';
 import { makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
 import { DiskModel, run, write } from './backup-util.js';
+import { checkpointName, repositoryId } from '../../src/vmbackup/index.js';
 import { MiB, assertRestores, sha } from './vmbackup-helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -107,6 +108,18 @@ test('virtback backup/restore through virtbackd: killed clients leave no half po
   for (const p of points) await assertRestores(repo, 'vbk-cli', p.id, snap, env.dir);
   const cps = (await driver().listAllCheckpoints(def.uuid, 0)).filter((n) => n.startsWith('vb-'));
   assert.equal(cps.length, 1, `one checkpoint of this repository is left: ${cps.join(', ')}`);
+
+  // prune --checkpoints: older points go, and so do this repository's checkpoints no kept point needs (not another's)
+  const stale = checkpointName(repositoryId(repo.config), new Date(0));
+  const foreign = 'vb-00000000-19700101T000000000Z';
+  for (const n of [stale, foreign]) await driver().checkpointCreateXML(def.uuid, `<domaincheckpoint><name>${n}</name></domaincheckpoint>`, 0);
+  r = await cli.run('prune', 'vbk-cli', '--repo', repoDir, '--keep-last', '1', '--checkpoints', '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const pruned = JSON.parse(r.stdout) as { keep: { id: string }[]; remove: string[]; checkpointsDeleted: string[] };
+  assert.deepEqual(pruned.keep.map((k) => k.id), [after.pointId]);
+  assert.equal(pruned.remove.length, points.length - 1);
+  assert.deepEqual(pruned.checkpointsDeleted, [stale]);
+  assert.deepEqual((await driver().listAllCheckpoints(def.uuid, 0)).sort(), [...cps, foreign].sort());
 
   // restore under a new name: a second domain with its own identity that boots from the restored disk
   const out = path.join(env.dir, 'restored');

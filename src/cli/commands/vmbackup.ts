@@ -5,32 +5,15 @@
 // appends one JSON log line per run with its result (for timers).
 
 import { Option, type Command } from 'commander';
-import fs from 'node:fs/promises';
-import { ChunkRepository } from '../../chunkstore/repo.js';
-import { openFolderStore } from '../../chunkstore/object-store.js';
 import { openDaemonLogger } from '../../daemon/logger.js';
-import { virErr } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { backupDomain, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
+import { openChunkRepository } from './chunk-repo.js';
 import { out } from '../output.js';
 import { jsonLine, progressView, type ProgressView } from '../progress.js';
 
 const MiB = 1024 * 1024;
-
-async function readKey(file: string | undefined): Promise<Buffer | undefined> {
-  if (file === undefined) return undefined;
-  try {
-    return await fs.readFile(file);
-  } catch (e) {
-    throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot read encryption key file '${file}': ${(e as Error).message}`, e);
-  }
-}
-
-export async function openRepository(dir: string, keyFile: string | undefined): Promise<ChunkRepository> {
-  const encryptKey = await readKey(keyFile);
-  return ChunkRepository.open(await openFolderStore(dir), encryptKey === undefined ? {} : { encryptKey });
-}
 
 /** Per-disk progress on stderr. */
 function diskProgress(quiet: boolean): { view: ProgressView; update(disk: string, done: number, total: number): void } {
@@ -66,7 +49,7 @@ function registerBackup(program: Command): void {
     .option('--quiet', 'no progress display')
     .option('--log-file <file>', 'append one JSON log line per run with its result')
     .action(async (ref: string, o: BackupOptions, cmd: Command) => {
-      const repo = await openRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
       const log: Logger & { close?(): void } = o.logFile === undefined ? silentLogger : openDaemonLogger({ level: 'info', file: o.logFile });
       const progress = diskProgress(o.quiet === true);
       try {
@@ -114,7 +97,7 @@ function registerRestore(program: Command): void {
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display')
     .action(async (domain: string, o: RestoreOptions, cmd: Command) => {
-      const repo = await openRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
       const progress = diskProgress(o.quiet === true);
       try {
         const opts = {
