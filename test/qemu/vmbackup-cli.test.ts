@@ -62,6 +62,35 @@ function killedBackup(uri: string, name: string, repo: string, logFile: string, 
   });
 }
 
+/**
+ * The ExecStart lines of a systemd unit as argv lists, expanded as systemd
+ * does: %i is the instance, ${VAR} one word, $VAR split at spaces; `env`
+ * overrides the unit's Environment= defaults.
+ */
+async function unitCommands(file: string, instance: string, env: Record<string, string>): Promise<string[][]> {
+  const vars: Record<string, string> = {};
+  const lines = (await fs.readFile(file, 'utf8')).split('\n');
+  for (const l of lines) {
+    const m = /^Environment="?([A-Z_]+)=(.*?)"?$/.exec(l);
+    if (m) vars[m[1]!] = m[2]!;
+  }
+  Object.assign(vars, env);
+  return lines
+    .filter((l) => l.startsWith('ExecStart='))
+    .map((l) =>
+      l
+        .slice('ExecStart='.length)
+        .split(' ')
+        .flatMap((w) => {
+          const braced = /^\$\{([A-Z_]+)\}$/.exec(w);
+          if (braced) return [vars[braced[1]!]!];
+          const bare = /^\$([A-Z_]+)$/.exec(w);
+          if (bare) return vars[bare[1]!]!.split(' ');
+          return [w.replaceAll('%i', instance)];
+        }),
+    );
+}
+
 test('virtback backup/restore through virtbackd: killed clients leave no half point, restore --define boots', { timeout: 600_000 }, async (t) => {
   const { env, cli, driver } = await cliOnQemu(t);
   const guest = await tinyGuest();
@@ -121,12 +150,25 @@ test('virtback backup/restore through virtbackd: killed clients leave no half po
   assert.deepEqual(pruned.checkpointsDeleted, [stale]);
   assert.deepEqual((await driver().listAllCheckpoints(def.uuid, 0)).sort(), [...cps, foreign].sort());
 
+  // the timer's service: its commands, as systemd would expand them with this test's settings, all succeed
+  const unit = path.join(ROOT, 'contrib/systemd/virtback-backup@.service');
+  const cmds = await unitCommands(unit, 'vbk-cli', { VIRTBACK_REPO: repoDir, VIRTBACK_LOG: logFile, VIRTBACK_KEEP: '--keep-last 2' });
+  assert.deepEqual(cmds.map((c) => c.slice(0, 2).join(' ')), ['/usr/local/bin/virtback backup', '/usr/local/bin/virtback prune', '/usr/local/bin/virtback gc']);
+  for (const c of cmds) {
+    r = await cli.run(...c.slice(1));
+    assert.equal(r.code, 0, `${c.join(' ')}: ${r.stderr}`);
+  }
+  const unitLog = (await fs.readFile(logFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: string; point: string });
+  assert.deepEqual([unitLog.at(-1)!.msg, unitLog.at(-1)!.level], ['backup complete', 'inc']);
+  const kept = await repo.listPoints('vbk-cli');
+  assert.deepEqual(kept.map((p) => p.id), [after.pointId, unitLog.at(-1)!.point]);
+
   // restore under a new name: a second domain with its own identity that boots from the restored disk
   const out = path.join(env.dir, 'restored');
   r = await cli.run('restore', 'vbk-cli', '--repo', repoDir, '--output-dir', out, '--define', 'vbk-copy', '--json');
   assert.equal(r.code, 0, r.stderr);
   const res = JSON.parse(r.stdout) as { pointId: string; disks: { target: string; path: string }[]; defined: { name: string; uuid: string } };
-  assert.equal(res.pointId, after.pointId);
+  assert.equal(res.pointId, kept[1]!.id);
   assert.equal(res.defined.name, 'vbk-copy');
   assert.notEqual(res.defined.uuid, def.uuid);
   const image = res.disks[0]!.path;
