@@ -4,6 +4,7 @@
 export { openFolderStore, type ObjectInfo, type ObjectStore } from './object-store.js';
 export { CHUNK_SIZE, ChunkRepository, chunkKey, newPointId, ZERO_CHUNK, type ChunkId, type DiskIndex, type PointRecord, type RepoConfig, type VerifyState } from './repo.js';
 export { chunkCount, chunkLength } from './disk-index.js';
+export { chunkId, encodeObject, type RepoKeys } from './chunk-codec.js';
 export { applyPrune, checkpointsReferenced, planPrune, PRUNE_RULES, type KeepPolicy, type PrunePlan, type PruneRule } from './prune.js';
 export { collectGarbage, DEFAULT_GC_GRACE_MS, type GcOptions, type GcResult } from './gc.js';
 export { verifyRepository, type BadChunk, type PointVerdict, type VerifyOptions, type VerifyReport } from './verify.js';

@@ -27,6 +27,15 @@ export interface ObjectStore {
   delete(key: string): Promise<void>;
   /** Refresh mtime (gc's mark phase / "chunk in use"); folder: utimes. Throws NO_STORAGE_VOL when absent. */
   touch(key: string): Promise<void>;
+  /**
+   * Optional batched durability: an object put this way is neither durable
+   * nor visible (get/stat/list) until flush(); a crash before the flush loses
+   * it whole and leaves nothing visible. Lets a backup write many chunks with
+   * one round of syncs instead of one each.
+   */
+  putDeferred?(key: string, data: Buffer): Promise<void>;
+  /** Make every putDeferred before this call durable and visible. */
+  flush?(): Promise<void>;
 }
 
 /** A key segment: no empty, '.' or '..' parts, nothing hidden (temp files start with '.'), no separators. */
@@ -50,9 +59,63 @@ function isErrno(e: unknown, code: string): boolean {
 
 let tmpCounter = 0;
 
+/** How many files flush() syncs at once (the device serves parallel fsyncs far faster than serial ones). */
+const FLUSH_PARALLEL = 8;
+
 /** The folder backend. Objects are files under `root`; directories are created on demand. */
 class FolderStore implements ObjectStore {
+  /** putDeferred objects not yet flushed: key → their hidden temp file. */
+  private pending = new Map<string, string>();
+
   constructor(private readonly root: string) {}
+
+  private tempFor(file: string): string {
+    // beside the target (rename is atomic only within a file system), hidden from list
+    return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${++tmpCounter}-${randomBytes(4).toString('hex')}`);
+  }
+
+  async putDeferred(key: string, data: Buffer): Promise<void> {
+    const file = this.file(key);
+    const tmp = this.tempFor(file);
+    try {
+      await fs.mkdir(path.dirname(file), { recursive: true });
+      await fs.writeFile(tmp, data, { flag: 'wx', mode: 0o600 });
+    } catch (e) {
+      await fs.rm(tmp, { force: true });
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot write object '${key}': ${(e as Error).message}`, e);
+    }
+    const before = this.pending.get(key);
+    this.pending.set(key, tmp);
+    if (before) await fs.rm(before, { force: true });
+  }
+
+  async flush(): Promise<void> {
+    const batch = [...this.pending];
+    this.pending = new Map();
+    const dirs = new Set<string>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < batch.length) {
+        const [key, tmp] = batch[next++]!;
+        const file = this.file(key);
+        try {
+          const fh = await fs.open(tmp, 'r+');
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+          await fs.rename(tmp, file);
+        } catch (e) {
+          await fs.rm(tmp, { force: true });
+          throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot write object '${key}': ${(e as Error).message}`, e);
+        }
+        dirs.add(path.dirname(file));
+      }
+    };
+    await Promise.all(Array.from({ length: FLUSH_PARALLEL }, worker));
+    for (const dir of dirs) await syncDir(dir);
+  }
 
   private file(key: string): string {
     checkKey(key);
@@ -62,8 +125,7 @@ class FolderStore implements ObjectStore {
   async put(key: string, data: Buffer): Promise<void> {
     const file = this.file(key);
     const dir = path.dirname(file);
-    // the temp file sits beside the target (rename is atomic only within a file system) and is hidden from list
-    const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${++tmpCounter}-${randomBytes(4).toString('hex')}`);
+    const tmp = this.tempFor(file);
     await fs.mkdir(dir, { recursive: true });
     try {
       const fh = await fs.open(tmp, 'wx', 0o600);

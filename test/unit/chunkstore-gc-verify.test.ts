@@ -138,3 +138,13 @@ test('verify: a missing chunk and an unreadable index fail their points', async 
   assert.equal(r.badChunks[0]!.setAside, null);
   assert.match(r.badChunks[0]!.error, /missing/);
 });
+
+test('verify keeps fields of a point record it does not know when it records its result', async () => {
+  const { repo } = await newRepo({ chunkSize: CS });
+  const p = { ...pointRecord('2026-12-01T00:00:00.000Z', [await writeDisk(repo, '2026-12-01T00:00:00.000Z', 'vda', pattern(CS, 1))]), excluded: ['vdb'] };
+  await repo.writePoint(p);
+  await verifyRepository(repo);
+  const back = (await repo.readPoint(DOMAIN.name, p.id)) as typeof p & { verify?: { ok: boolean } };
+  assert.deepEqual(back.excluded, ['vdb']);
+  assert.equal(back.verify?.ok, true);
+});

@@ -113,7 +113,11 @@ function registerPrune(program: Command): void {
     .argument('<domain>', 'the domain')
     .option('--dry-run', 'only show what would be kept and removed')
     .option('--checkpoints', "also delete the domain's checkpoints of this repository that no kept point needs (connects to the daemon)");
-  for (const rule of PRUNE_RULES) cmd.option(`--keep-${rule} <n>`, `keep the newest point of the ${rule === 'last' ? 'N newest points' : `last N ${rule} periods (UTC)`}`, count);
+  const period = { hourly: 'hour', daily: 'day', weekly: 'ISO week', monthly: 'month', yearly: 'year' } as const;
+  for (const rule of PRUNE_RULES) {
+    const help = rule === 'last' ? 'keep the N newest points' : `keep the newest point of each of the N newest ${period[rule]}s with points (UTC)`;
+    cmd.option(`--keep-${rule} <n>`, help, count);
+  }
   cmd.action(async (domain: string, o: RepoOptions & { dryRun?: boolean; checkpoints?: boolean } & Record<string, unknown>, self: Command) => {
     const policy: KeepPolicy = {};
     for (const rule of PRUNE_RULES) {
