@@ -20,6 +20,7 @@ import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
+import { ChunkEncoderPool, pooledChunkWriter } from './chunk-encoder.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
 import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
 
@@ -147,12 +148,13 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let jobId = 0;
   let created = false;
   let ok = false;
+  const pool = ChunkEncoderPool.start(repo.codecParams());
   try {
     const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
     jobId = await dom.backupBegin(bxml, cxml, { quiesce: opts.quiesce === true });
     created = true;
-    const pulled = await pullDisks(dom, repo, jobId, d, opts);
+    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, repo));
     const ended = await dom.backupEnd(jobId);
     jobId = 0;
     if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
@@ -193,6 +195,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
       disks: pulled.disks.map(({ target, size, bytesRead, bytesNew, chunksRead }) => ({ target, size, bytesRead, bytesNew, chunksRead })),
     };
   } finally {
+    await pool.close();
     if (jobId !== 0) await dom.backupEnd(jobId).catch((e: unknown) => log.warn(errField(e), 'ending the backup job failed'));
     // a checkpoint no point refers to would only make the next run's bitmaps bigger
     if (created && !ok) await dom.checkpointLookupByName(name).then((c) => c.delete()).catch((e: unknown) => log.warn(errField(e), `deleting checkpoint ${name} of the failed run failed`));
@@ -210,7 +213,14 @@ interface PulledDisk {
 }
 
 /** Read every disk of the job; a disk resized since the base is read in full (its export is the whole disk). */
-async function pullDisks(dom: Domain, repo: ChunkRepository, jobId: number, d: Decided, opts: VmBackupOptions): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
+async function pullDisks(
+  dom: Domain,
+  repo: ChunkRepository,
+  jobId: number,
+  d: Decided,
+  opts: VmBackupOptions,
+  writeChunk: (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }>,
+): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
   const job = parseBackupXML(await dom.backupGetXMLDesc(jobId), { internal: true });
   const server = job.server;
   if (server === null || server.socket === null) throw virErr('INTERNAL_ERROR', 'STORAGE', `backup job ${jobId} has no unix socket server`);
@@ -228,7 +238,7 @@ async function pullDisks(dom: Domain, repo: ChunkRepository, jobId: number, d: D
         resized.push(`${jd.name} (${baseSize} → ${client.size} bytes)`);
         base = null;
       }
-      const r = await readDisk({ client, repo, chunkSize: repo.chunkSize, base, bitmap: base === null ? null : bitmap, concurrency: opts.concurrency, onProgress: (p) => opts.onProgress?.(jd.name, p) });
+      const r = await readDisk({ client, repo, chunkSize: repo.chunkSize, base, bitmap: base === null ? null : bitmap, concurrency: opts.concurrency, writeChunk, onProgress: (p) => opts.onProgress?.(jd.name, p) });
       out.push({ target: jd.name, size: client.size, ...r });
       await client.disconnect();
     } catch (e) {

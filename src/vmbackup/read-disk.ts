@@ -29,6 +29,8 @@ export interface ReadDiskInput {
   bitmap: string | null;
   /** chunks in flight (default 8) */
   concurrency?: number;
+  /** how chunks are stored (default repo.writeChunk; the backup passes its worker pool's) */
+  writeChunk?: (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }>;
   onProgress?: (p: DiskProgress) => void;
 }
 
@@ -76,6 +78,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
     throw virErr('OPERATION_FAILED', 'NBD', `export ${client.uri} did not negotiate ${CONTEXT_BASE_ALLOCATION}`);
   }
   const todo = await chunksToRead(inp, count);
+  const writeChunk = inp.writeChunk ?? ((data: Buffer) => repo.writeChunk(data));
   const chunks: ChunkId[] = inp.base === null ? new Array<ChunkId>(count).fill(ZERO_CHUNK) : [...inp.base];
   const bytesTotal = todo.reduce((n, i) => n + Math.min(chunkSize, client.size - i * chunkSize), 0);
   let bytesDone = 0;
@@ -95,7 +98,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
         if (got.data === null) {
           chunks[i] = ZERO_CHUNK;
         } else {
-          const w = await repo.writeChunk(got.data);
+          const w = await writeChunk(got.data);
           chunks[i] = w.id;
           bytesNew += w.storedBytes;
         }
