@@ -36,6 +36,8 @@ export interface GcResult {
   pendingChunks: number;
   /** Index objects no point references (an interrupted run), removed after the grace period too. */
   removedIndexes: number;
+  /** What interrupted writes left (folder: hidden temp files), older than the grace period. */
+  removedStale: number;
   durationMs: number;
 }
 
@@ -70,6 +72,7 @@ export async function collectGarbage(repo: ChunkRepository, opts: GcOptions = {}
     removedBytes: 0,
     pendingChunks: 0,
     removedIndexes: 0,
+    removedStale: 0,
     durationMs: 0,
   };
   const store = repo.store;
@@ -93,6 +96,7 @@ export async function collectGarbage(repo: ChunkRepository, opts: GcOptions = {}
     await store.delete(o.key);
     result.removedIndexes++;
   }
+  result.removedStale = (await store.removeStale?.(cutoff)) ?? 0;
   result.durationMs = Date.now() - started;
   log.info({ ...result, missingChunks: missing.length }, 'gc done');
   return result;

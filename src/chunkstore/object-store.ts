@@ -36,7 +36,12 @@ export interface ObjectStore {
   putDeferred?(key: string, data: Buffer): Promise<void>;
   /** Make every putDeferred before this call durable and visible. */
   flush?(): Promise<void>;
+  /** Remove what interrupted puts left (folder: hidden temp files) older than `cutoffMs` (epoch ms); returns how many. */
+  removeStale?(cutoffMs: number): Promise<number>;
 }
+
+/** The hidden temp files put and putDeferred write beside their targets. */
+const TEMP_FILE = /^\..+\.tmp-\d+-\d+-[0-9a-f]{8}$/;
 
 /** A key segment: no empty, '.' or '..' parts, nothing hidden (temp files start with '.'), no separators. */
 const SEGMENT = /^[^/\\\0.][^/\\\0]*$/;
@@ -196,6 +201,33 @@ class FolderStore implements ObjectStore {
     }
   }
 
+  async removeStale(cutoffMs: number): Promise<number> {
+    let removed = 0;
+    const visit = async (dir: string): Promise<void> => {
+      let handle: import('node:fs').Dir;
+      try {
+        handle = await fs.opendir(dir, { bufferSize: 64 });
+      } catch (e) {
+        if (isErrno(e, 'ENOENT')) return;
+        throw e;
+      }
+      for await (const ent of handle) {
+        const file = path.join(dir, ent.name);
+        if (ent.isDirectory()) {
+          await visit(file);
+        } else if (ent.isFile() && TEMP_FILE.test(ent.name)) {
+          const st = await fs.stat(file).catch(() => null);
+          if (st && st.mtimeMs < cutoffMs) {
+            await fs.rm(file, { force: true });
+            removed++;
+          }
+        }
+      }
+    };
+    await visit(this.root);
+    return removed;
+  }
+
   async delete(key: string): Promise<void> {
     try {
       await fs.unlink(this.file(key));
@@ -229,7 +261,7 @@ async function syncDir(dir: string): Promise<void> {
 /**
  * A folder as an object store; created when missing. A put interrupted by a
  * crash leaves a hidden temp file ('.NAME.tmp-…') beside its target, which
- * list never shows.
+ * list never shows and removeStale removes.
  */
 export async function openFolderStore(dir: string): Promise<ObjectStore> {
   const root = path.resolve(dir);

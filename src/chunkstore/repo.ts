@@ -124,7 +124,8 @@ export class ChunkRepository {
    * stores a chunk without syncing it, and flushChunks — which writePoint
    * calls first — syncs them all at once. A crash before that leaves nothing
    * visible, so no later run can deduplicate against a chunk that did not
-   * reach the disk. Until flushed, such chunks are not readable.
+   * reach the disk. Until flushed, such chunks are not readable. Use one
+   * repository object per backup run: a failed flush fails that run's point.
    */
   setBatchSync(on: boolean): void {
     this.batchSync = on && this.store.putDeferred !== undefined && this.store.flush !== undefined;
@@ -285,8 +286,8 @@ export class ChunkRepository {
   async writePoint(p: PointRecord): Promise<void> {
     const record = pointSchema.parse(p);
     const key = pointKey(record.domain.name, record.id);
-    await this.flushChunks();
     if (await this.store.stat(key)) throw virErr('OPERATION_INVALID', 'STORAGE', `point '${record.id}' of domain '${record.domain.name}' already exists`);
+    await this.flushChunks();
     await this.putMeta(key, Buffer.from(JSON.stringify(record)));
   }
 

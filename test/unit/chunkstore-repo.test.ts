@@ -77,15 +77,22 @@ test('encrypted repository: names are not SHA-256 of content, nothing is readabl
 test('a point exists only once its record is written; gc then removes what an interrupted run left', async () => {
   const { dir, repo } = await newRepo({ chunkSize: 65536 });
   const kept = await writePoint(repo, '2026-12-01T00:00:00.000Z', pattern(3 * 65536, 4));
-  // the "crash": chunks and index written, no point record
+  // the "crash": chunks and index written, no point record, and a put cut short (its hidden temp file)
   await writeDisk(repo, '2026-12-02T00:00:00.000Z', 'vda', pattern(2 * 65536, 5));
+  await fs.writeFile(path.join(dir, 'chunks', '.stale.tmp-99999-7-89abcdef'), 'crashed');
+  const young = path.join(dir, 'chunks', '.young.tmp-1-1-0123abcd');
+  await fs.writeFile(young, 'x');
   assert.deepEqual((await repo.listPoints()).map((p) => p.id), [kept.id]);
   const before = await filesUnder(dir);
-  assert.equal(before.filter((f) => f.startsWith('chunks/')).length, 5);
+  assert.equal(before.filter((f) => f.startsWith('chunks/') && !/\.tmp-/.test(f)).length, 5);
   assert.equal(before.filter((f) => f.startsWith('indexes/')).length, 2);
-  const r = await collectGarbage(repo, { graceMs: -60_000 });
-  assert.equal(r.removedChunks, 2);
-  assert.equal(r.removedIndexes, 1);
+  assert.equal(before.filter((f) => /\.tmp-/.test(f)).length, 2);
+  const hourAgo = new Date(Date.now() - 3600_000);
+  for (const f of before) if (!f.endsWith('.tmp-1-1-0123abcd')) await fs.utimes(path.join(dir, f), hourAgo, hourAgo);
+  const r = await collectGarbage(repo, { graceMs: 60_000 });
+  assert.deepEqual([r.removedChunks, r.removedIndexes, r.removedStale], [2, 1, 1]);
+  assert.deepEqual((await filesUnder(dir)).filter((f) => /\.tmp-/.test(f)), ['chunks/.young.tmp-1-1-0123abcd'], 'a young temp file may be a write in progress');
+  await fs.rm(young);
   assert.equal((await chunkFiles(dir)).length, 3);
   const src = await pointDiskSource(repo, kept, 'vda');
   assert.ok((await src.read(0, src.size)).equals(pattern(3 * 65536, 4)));

@@ -154,7 +154,7 @@ function registerGc(program: Command): void {
         return;
       }
       out(`${r.points} points reference ${r.referencedChunks} chunks\n`);
-      out(`removed ${r.removedChunks} chunks (${formatCapacity(r.removedBytes)}) and ${r.removedIndexes} unreferenced indexes; ${r.pendingChunks} unreferenced chunks are within the grace period\n`);
+      out(`removed ${r.removedChunks} chunks (${formatCapacity(r.removedBytes)}), ${r.removedIndexes} unreferenced indexes and ${r.removedStale} leftover temp files; ${r.pendingChunks} unreferenced chunks are within the grace period\n`);
       if (r.missingChunks.length > 0) out(`warning: ${r.missingChunks.length} referenced chunks are missing; run verify to see which points they break\n`);
     });
 }
