@@ -21,6 +21,9 @@ import {
   type PointRecord,
   type VerifyReport,
 } from '../../chunkstore/index.js';
+import { silentLogger } from '../../log.js';
+import { pruneRepoCheckpoints, repositoryId } from '../../vmbackup/index.js';
+import { lookupDomain, withConnection } from '../connection.js';
 import { formatCapacity, formatTable, json, out, usageError } from '../output.js';
 
 interface RepoOptions {
@@ -108,13 +111,14 @@ function registerList(program: Command): void {
 function registerPrune(program: Command): void {
   const cmd = repoCommand(program, 'prune', "Remove a domain's backup points that no keep rule keeps (virtback; chunks go at the next gc)")
     .argument('<domain>', 'the domain')
-    .option('--dry-run', 'only show what would be kept and removed');
+    .option('--dry-run', 'only show what would be kept and removed')
+    .option('--checkpoints', "also delete the domain's checkpoints of this repository that no kept point needs (connects to the daemon)");
   const period = { hourly: 'hour', daily: 'day', weekly: 'ISO week', monthly: 'month', yearly: 'year' } as const;
   for (const rule of PRUNE_RULES) {
     const help = rule === 'last' ? 'keep the N newest points' : `keep the newest point of each of the N newest ${period[rule]}s with points (UTC)`;
     cmd.option(`--keep-${rule} <n>`, help, count);
   }
-  cmd.action(async (domain: string, o: RepoOptions & { dryRun?: boolean } & Record<string, unknown>, self: Command) => {
+  cmd.action(async (domain: string, o: RepoOptions & { dryRun?: boolean; checkpoints?: boolean } & Record<string, unknown>, self: Command) => {
     const policy: KeepPolicy = {};
     for (const rule of PRUNE_RULES) {
       const n = o[`keep${rule[0]!.toUpperCase()}${rule.slice(1)}`];
@@ -124,11 +128,15 @@ function registerPrune(program: Command): void {
     const repo = await openChunkRepository(o.repo, o.encryptKey);
     const plan = planPrune(await repo.listPoints(domain), policy);
     if (!o.dryRun) await applyPrune(repo, plan);
+    const deleted = o.checkpoints && !o.dryRun
+      ? await withConnection(self, async (conn) => pruneRepoCheckpoints(await lookupDomain(conn, domain), repo, repositoryId(repo.config), silentLogger))
+      : [];
     const remaining = plan.keep.map((k) => k.point);
     if (o.json) {
-      json({ domain, dryRun: o.dryRun === true, keep: plan.keep.map((k) => ({ id: k.point.id, rule: k.rule })), remove: plan.remove.map((p) => p.id), checkpointsReferenced: [...checkpointsReferenced(remaining)] });
+      json({ domain, dryRun: o.dryRun === true, keep: plan.keep.map((k) => ({ id: k.point.id, rule: k.rule })), remove: plan.remove.map((p) => p.id), checkpointsReferenced: [...checkpointsReferenced(remaining)], ...(o.checkpoints ? { checkpointsDeleted: deleted } : {}) });
       return;
     }
+    for (const name of deleted) out(`checkpoint ${name} deleted\n`);
     const rows = [...plan.keep.map((k) => [k.point.id, 'keep', k.rule]), ...plan.remove.map((p) => [p.id, o.dryRun ? 'would remove' : 'removed', ''])];
     rows.sort((a, b) => (a[0]! < b[0]! ? 1 : -1));
     out(formatTable(['Point', 'Action', 'Rule'], rows));
