@@ -5,7 +5,9 @@
 //   cli/, demo.ts, index.ts       entry points; nothing imports them
 //   sdk/                          connect(): URIs, session-daemon autostart, the remote driver
 //   daemon/                       virtbackd: serves the Driver it is handed (cli/virtbackd.ts assembles)
-//   qemu/  remote/  libvirt/  repository/   the drivers, the two wire protocols and the backup files, side by side
+//   qemu/  remote/  libvirt/  repository/  vmbackup/   the drivers, the two wire protocols, the backup files and
+//                                 whole-VM backups into the chunk store, side by side
+//   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
 //   nbd/                          the NBD client
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
@@ -129,6 +131,26 @@ export default {
         'they use NBD and the contract, never a particular driver or the wire.',
       from: { path: '^src/repository/' },
       to: { path: '^src/(qemu|daemon|cli|remote)/' },
+    },
+    {
+      name: 'vmbackup-through-the-contract',
+      severity: 'error',
+      comment:
+        'Whole-VM backup and restore (src/vmbackup/) drive a domain through the public API, so they work over any ' +
+        'Driver (in-process QEMU, virtbackd, libvirt); they read exports with the NBD client and store chunks in ' +
+        'chunkstore/. Of repository/ only its tool runner (qemu-img) is shared.',
+      from: { path: '^src/vmbackup/' },
+      to: { path: '^src/(qemu|remote|libvirt|daemon|sdk|cli)/|^src/repository/(?!tools\\.ts$)' },
+    },
+    {
+      name: 'chunkstore-is-storage',
+      severity: 'error',
+      comment:
+        'The chunk repository (chunks, indexes, point records, prune, gc, verify) is storage: the backup and ' +
+        'restore flows, the NBD server and the CLI use it with any driver; it may use the base, xml/ and util/ ' +
+        '(and node fs/crypto), never a driver, the wire, the daemon or the CLI.',
+      from: { path: '^src/chunkstore/' },
+      to: { path: '^src/', pathNot: `${BASE}|^src/(chunkstore|xml|util)/` },
     },
     {
       name: 'remote-carries-driver-calls',

@@ -26,6 +26,7 @@ export const ErrorCode = {
   CHECKPOINT_INCONSISTENT: 109,
   RPC: 39,
   NO_CONNECT: 5,
+  NO_STORAGE_VOL: 50,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;

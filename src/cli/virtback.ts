@@ -16,6 +16,7 @@ import { register as registerDomain } from './commands/domain.js';
 import { register as registerEvent } from './commands/event.js';
 import { register as registerJob } from './commands/job.js';
 import { register as registerRepository } from './commands/repository.js';
+import { register as registerVmBackup } from './commands/vmbackup.js';
 import { register as registerXml } from './commands/xml.js';
 import { addGlobalOptions } from './connection.js';
 
@@ -30,6 +31,7 @@ const COMMAND_GROUPS: ((program: Command, table: EntryPointTable) => void)[] = [
   registerBackup,
   registerJob,
   registerRepository,
+  registerVmBackup,
   registerEvent,
   registerXml,
 ];

@@ -1,0 +1,178 @@
+// The one small interface every chunk-repository backend implements, and its
+// first implementation: a local folder. Keys are '/'-separated relative names
+// ('chunks/ab/cd/<id>', 'points/<domain>/<id>.json'); the folder maps them to
+// files one to one, so an object-store backend (S3 and the like) can follow
+// with the same keys and nothing above this file changes.
+
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { virErr } from '../errors.js';
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  mtimeMs: number;
+}
+
+export interface ObjectStore {
+  /** Atomic: readers see the whole object or nothing (folder: write temp + fsync + rename). */
+  put(key: string, data: Buffer): Promise<void>;
+  /** Throws VirError NO_STORAGE_VOL ('not found') when absent. */
+  get(key: string): Promise<Buffer>;
+  stat(key: string): Promise<{ size: number; mtimeMs: number } | null>;
+  /** Every object whose key starts with `prefix`, streamed (no full listing in memory), in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Missing is fine. */
+  delete(key: string): Promise<void>;
+  /** Refresh mtime (gc's mark phase / "chunk in use"); folder: utimes. Throws NO_STORAGE_VOL when absent. */
+  touch(key: string): Promise<void>;
+}
+
+/** A key segment: no empty, '.' or '..' parts, nothing hidden (temp files start with '.'), no separators. */
+const SEGMENT = /^[^/\\\0.][^/\\\0]*$/;
+
+/** Throws INVALID_ARG unless `key` is a relative '/'-separated name that stays inside the store. */
+export function checkKey(key: string): void {
+  const parts = key.split('/');
+  if (key.length === 0 || key.length > 1024 || !parts.every((p) => SEGMENT.test(p))) {
+    throw virErr('INVALID_ARG', 'STORAGE', `object key '${key}' is not a relative name of the store (no '..', '.', leading '/' or empty parts)`);
+  }
+}
+
+export function notFound(what: string): never {
+  throw virErr('NO_STORAGE_VOL', 'STORAGE', `${what} not found`);
+}
+
+function isErrno(e: unknown, code: string): boolean {
+  return (e as NodeJS.ErrnoException | null)?.code === code;
+}
+
+let tmpCounter = 0;
+
+/** The folder backend. Objects are files under `root`; directories are created on demand. */
+class FolderStore implements ObjectStore {
+  constructor(private readonly root: string) {}
+
+  private file(key: string): string {
+    checkKey(key);
+    return path.join(this.root, ...key.split('/'));
+  }
+
+  async put(key: string, data: Buffer): Promise<void> {
+    const file = this.file(key);
+    const dir = path.dirname(file);
+    // the temp file sits beside the target (rename is atomic only within a file system) and is hidden from list
+    const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${++tmpCounter}-${randomBytes(4).toString('hex')}`);
+    await fs.mkdir(dir, { recursive: true });
+    try {
+      const fh = await fs.open(tmp, 'wx', 0o600);
+      try {
+        await fh.writeFile(data);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fs.rename(tmp, file);
+      await syncDir(dir);
+    } catch (e) {
+      await fs.rm(tmp, { force: true });
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot write object '${key}': ${(e as Error).message}`, e);
+    }
+  }
+
+  async get(key: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.file(key));
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) notFound(`object '${key}'`);
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot read object '${key}': ${(e as Error).message}`, e);
+    }
+  }
+
+  async stat(key: string): Promise<{ size: number; mtimeMs: number } | null> {
+    try {
+      const st = await fs.stat(this.file(key));
+      return st.isFile() ? { size: st.size, mtimeMs: st.mtimeMs } : null;
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return null;
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot stat object '${key}': ${(e as Error).message}`, e);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    // start in the deepest folder the prefix names, then filter by the rest of it
+    const cut = prefix.lastIndexOf('/');
+    const dirKey = cut < 0 ? '' : prefix.slice(0, cut);
+    const namePrefix = prefix.slice(cut + 1);
+    if (dirKey !== '') checkKey(dirKey);
+    yield* this.walk(dirKey, namePrefix);
+  }
+
+  /** Depth-first with opendir: memory is one directory handle per level, never a whole listing. */
+  private async *walk(dirKey: string, namePrefix: string): AsyncIterable<ObjectInfo> {
+    const dir = dirKey === '' ? this.root : path.join(this.root, ...dirKey.split('/'));
+    let handle: import('node:fs').Dir;
+    try {
+      handle = await fs.opendir(dir, { bufferSize: 64 });
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return;
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot list '${dirKey}': ${(e as Error).message}`, e);
+    }
+    for await (const ent of handle) {
+      if (ent.name.startsWith('.') || !ent.name.startsWith(namePrefix)) continue;
+      const key = dirKey === '' ? ent.name : `${dirKey}/${ent.name}`;
+      if (ent.isDirectory()) {
+        yield* this.walk(key, '');
+      } else if (ent.isFile()) {
+        const st = await fs.stat(path.join(dir, ent.name)).catch((e: unknown) => {
+          if (isErrno(e, 'ENOENT')) return null; // deleted while listing
+          throw e;
+        });
+        if (st) yield { key, size: st.size, mtimeMs: st.mtimeMs };
+      }
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await fs.unlink(this.file(key));
+    } catch (e) {
+      if (isErrno(e, 'ENOENT')) return;
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot delete object '${key}': ${(e as Error).message}`, e);
+    }
+  }
+
+  async touch(key: string): Promise<void> {
+    const now = new Date();
+    try {
+      await fs.utimes(this.file(key), now, now);
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) notFound(`object '${key}'`);
+      throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot touch object '${key}': ${(e as Error).message}`, e);
+    }
+  }
+}
+
+/** fsync a directory so a rename in it survives a crash. */
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * A folder as an object store; created when missing. A put interrupted by a
+ * crash leaves a hidden temp file ('.NAME.tmp-…') beside its target, which
+ * list never shows.
+ */
+export async function openFolderStore(dir: string): Promise<ObjectStore> {
+  const root = path.resolve(dir);
+  await fs.mkdir(root, { recursive: true });
+  const st = await fs.stat(root);
+  if (!st.isDirectory()) throw virErr('INVALID_ARG', 'STORAGE', `repository '${dir}' is not a folder`);
+  return new FolderStore(root);
+}

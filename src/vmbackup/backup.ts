@@ -1,0 +1,239 @@
+// `virtback backup DOM --repo DIR`: every disk at one instant through a pull
+// job with a new checkpoint of this repository, read into chunks, then one
+// point record (written last: a point exists only when complete). Everything
+// goes through the public Domain handle, so the flow works over any Driver
+// (in-process QEMU, virtbackd, a libvirt daemon).
+
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Domain } from '../api/public.js';
+import type { ChunkId, ChunkRepository, PointRecord } from '../chunkstore/repo.js';
+import { ZERO_CHUNK } from '../chunkstore/repo.js';
+import { isVirError, toVirError, virErr } from '../errors.js';
+import { errField, silentLogger, type Logger } from '../log.js';
+import { NbdClient, type NbdTarget } from '../nbd/client.js';
+import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP } from '../nbd/protocol.js';
+import { parseBackupXML } from '../xml/backup.js';
+import { domainDiskRefs } from '../xml/domain.js';
+import { attr, firstChild, parseXml } from '../xml/tree.js';
+import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
+import { readDisk, type DiskProgress } from './read-disk.js';
+import { deleteRepoCheckpoints } from './checkpoints.js';
+
+export const TOOL_VERSION = 'virtback 0.1.0';
+
+export interface VmBackupOptions {
+  level: RequestedLevel;
+  quiesce?: boolean;
+  /** disk targets not to back up */
+  exclude?: readonly string[];
+  /** chunks in flight per disk (default 8) */
+  concurrency?: number;
+  onProgress?: (disk: string, p: DiskProgress) => void;
+  log?: Logger;
+  /** the run's instant (tests) */
+  now?: () => Date;
+}
+
+export interface VmBackupResult {
+  pointId: string;
+  level: 'full' | 'inc';
+  reason: string;
+  base: string | null;
+  checkpoint: string;
+  bytesRead: number;
+  bytesNew: number;
+  durationMs: number;
+  disks: Array<{ target: string; size: number; bytesRead: number; bytesNew: number; chunksRead: number }>;
+}
+
+/** The domain's disks a run backs up (writable, with a source, not excluded) and the ones it skips. */
+export function selectDisks(domainXml: string, exclude: readonly string[]): { disks: string[]; skipped: string[] } {
+  const refs = domainDiskRefs(parseXml(domainXml));
+  for (const x of exclude) {
+    if (!refs.some((r) => r.target === x)) throw virErr('INVALID_ARG', 'STORAGE', `--exclude ${x}: the domain has no disk '${x}'`);
+  }
+  const usable = refs.filter((r) => r.device === 'disk' && !r.readonly && r.source !== null);
+  const disks = usable.filter((r) => !exclude.includes(r.target)).map((r) => r.target);
+  if (disks.length === 0) throw virErr('OPERATION_INVALID', 'STORAGE', 'the domain has no disk left to back up');
+  return { disks, skipped: usable.filter((r) => exclude.includes(r.target)).map((r) => r.target) };
+}
+
+/** What the domain says about checkpoint `name` (null name: nothing to ask). */
+async function checkpointState(dom: Domain, name: string | null): Promise<BaseCheckpointState | null> {
+  if (name === null) return null;
+  const unknownBitmaps = await dom.listUnknownBitmaps().then(
+    (l) => l.map((b) => `${b.disk}/${b.bitmap}`),
+    () => [] as string[], // a libvirt host has no such call: nothing known to be orphaned
+  );
+  try {
+    const xml = await (await dom.checkpointLookupByName(name)).getXMLDesc({ noDomain: true });
+    const mark = firstChild(parseXml(xml), 'inconsistent');
+    return { exists: true, inconsistent: mark === null ? null : (attr(mark, 'reason') ?? 'marked inconsistent'), unknownBitmaps };
+  } catch (e) {
+    if (isVirError(e, 'NO_DOMAIN_CHECKPOINT')) return { exists: false, inconsistent: null, unknownBitmaps };
+    throw e;
+  }
+}
+
+/** The base point's disk indexes, after checking every chunk they name is in the repository. */
+async function baseIndexes(repo: ChunkRepository, base: PointRecord): Promise<{ indexes: Map<string, ChunkId[]>; missing: string | null }> {
+  const indexes = new Map<string, ChunkId[]>();
+  const seen = new Set<ChunkId>();
+  for (const d of base.disks) {
+    const idx = await repo.readIndex(d.index);
+    indexes.set(d.target, idx.chunks);
+    for (const c of idx.chunks) {
+      if (c === ZERO_CHUNK || seen.has(c)) continue;
+      seen.add(c);
+      // claim (touch) rather than look: gc's sweep spares recently touched chunks
+      if (!(await repo.claimChunk(c))) return { indexes, missing: `chunk ${c} of point ${base.id} (disk ${d.target}) is missing from the repository` };
+    }
+  }
+  return { indexes, missing: null };
+}
+
+interface Decided extends LevelDecision {
+  basePoint: PointRecord | null;
+  baseIndexes: Map<string, ChunkId[]>;
+}
+
+async function decide(dom: Domain, repo: ChunkRepository, level: RequestedLevel, disks: string[]): Promise<Decided> {
+  const points = await repo.listPoints(dom.name);
+  const last = points.at(-1) ?? null;
+  const cp = await checkpointState(dom, last?.checkpoint?.name ?? null);
+  const basePoint = last === null ? null : { id: last.id, domainUuid: last.domain.uuid, checkpoint: last.checkpoint?.name ?? null, disks: last.disks, verifyOk: last.verify?.ok ?? null };
+  const d = decideLevel(level, dom.uuid, basePoint, cp, disks.map((target) => ({ target })));
+  if (d.level === 'full' || last === null) return { ...d, basePoint: null, baseIndexes: new Map() };
+  const got = await baseIndexes(repo, last);
+  if (got.missing === null) return { ...d, basePoint: last, baseIndexes: got.indexes };
+  if (level === 'inc') throw virErr('OPERATION_INVALID', 'STORAGE', `cannot back up incrementally: ${got.missing}`);
+  return { level: 'full', base: null, reason: got.missing, basePoint: null, baseIndexes: new Map() };
+}
+
+/** Sortable, unique per domain: the run's instant plus a little randomness. */
+function pointId(at: Date): string {
+  return `${at.toISOString()}-${randomBytes(2).toString('hex')}`;
+}
+
+export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: string, opts: VmBackupOptions): Promise<VmBackupResult> {
+  const log = (opts.log ?? silentLogger).child({ domain: dom.name, repo: repoId.slice(0, 8) });
+  const started = Date.now();
+  const at = opts.now?.() ?? new Date();
+  try {
+    const r = await runBackup(dom, repo, repoId, at, opts, log);
+    log.info({ point: r.pointId, level: r.level, reason: r.reason, bytesRead: r.bytesRead, bytesNew: r.bytesNew, durationMs: r.durationMs }, 'backup complete');
+    return r;
+  } catch (e) {
+    log.error({ ...errField(e), durationMs: Date.now() - started }, 'backup failed');
+    throw toVirError(e, 'STORAGE');
+  }
+}
+
+async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger): Promise<VmBackupResult> {
+  const started = Date.now();
+  const domainXml = await dom.getXMLDesc({ inactive: true });
+  const { disks, skipped } = selectDisks(await dom.getXMLDesc(), opts.exclude ?? []);
+  const d = await decide(dom, repo, opts.level, disks);
+  const name = checkpointName(repoId, at);
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'vbk-'));
+  const socket = path.join(tmp, 'nbd.sock');
+  const scratch = new Map(disks.map((t) => [t, path.join(tmp, `${t}.scratch`)]));
+  let jobId = 0;
+  let created = false;
+  let ok = false;
+  try {
+    const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
+    const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
+    jobId = await dom.backupBegin(bxml, cxml, { quiesce: opts.quiesce === true });
+    created = true;
+    const pulled = await pullDisks(dom, repo, jobId, d, opts);
+    const ended = await dom.backupEnd(jobId);
+    jobId = 0;
+    if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
+    const cpXml = await (await dom.checkpointLookupByName(name)).getXMLDesc({ noDomain: true });
+    const id = pointId(at);
+    const entries = [];
+    for (const p of pulled.disks) {
+      const index = await repo.writeIndex(dom.uuid, id, { target: p.target, size: p.size, chunkSize: repo.chunkSize, chunks: p.chunks });
+      entries.push({ target: p.target, size: p.size, index, bytesRead: p.bytesRead, bytesNew: p.bytesNew });
+    }
+    const reason = pulled.reason;
+    const durationMs = Date.now() - started;
+    await repo.writePoint({
+      id,
+      domain: { name: dom.name, uuid: dom.uuid },
+      time: at.toISOString(),
+      level: pulled.level,
+      base: pulled.level === 'inc' ? (d.basePoint?.id ?? null) : null,
+      reason,
+      checkpoint: { name, xml: cpXml },
+      domainXml,
+      disks: entries,
+      durationMs,
+      toolVersion: TOOL_VERSION,
+    });
+    ok = true;
+    await deleteRepoCheckpoints(dom, repoId, name, log);
+    const sum = (k: 'bytesRead' | 'bytesNew') => pulled.disks.reduce((n, x) => n + x[k], 0);
+    return {
+      pointId: id,
+      level: pulled.level,
+      reason,
+      base: pulled.level === 'inc' ? (d.basePoint?.id ?? null) : null,
+      checkpoint: name,
+      bytesRead: sum('bytesRead'),
+      bytesNew: sum('bytesNew'),
+      durationMs,
+      disks: pulled.disks.map(({ target, size, bytesRead, bytesNew, chunksRead }) => ({ target, size, bytesRead, bytesNew, chunksRead })),
+    };
+  } finally {
+    if (jobId !== 0) await dom.backupEnd(jobId).catch((e: unknown) => log.warn(errField(e), 'ending the backup job failed'));
+    // a checkpoint no point refers to would only make the next run's bitmaps bigger
+    if (created && !ok) await dom.checkpointLookupByName(name).then((c) => c.delete()).catch((e: unknown) => log.warn(errField(e), `deleting checkpoint ${name} of the failed run failed`));
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+}
+
+interface PulledDisk {
+  target: string;
+  size: number;
+  chunks: ChunkId[];
+  bytesRead: number;
+  bytesNew: number;
+  chunksRead: number;
+}
+
+/** Read every disk of the job; a disk resized since the base is read in full (its export is the whole disk). */
+async function pullDisks(dom: Domain, repo: ChunkRepository, jobId: number, d: Decided, opts: VmBackupOptions): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
+  const job = parseBackupXML(await dom.backupGetXMLDesc(jobId));
+  const server = job.server;
+  if (server === null || server.socket === null) throw virErr('INTERNAL_ERROR', 'STORAGE', `backup job ${jobId} has no unix socket server`);
+  const nbd: NbdTarget = { socketPath: server.socket };
+  const out: PulledDisk[] = [];
+  const resized: string[] = [];
+  for (const jd of job.disks.filter((x) => x.backup)) {
+    const bitmap = d.level === 'inc' ? jd.exportbitmap : null;
+    const contexts = [CONTEXT_BASE_ALLOCATION, ...(bitmap === null ? [] : [`${CONTEXT_QEMU_DIRTY_BITMAP}${bitmap}`])];
+    const client = await NbdClient.connect(nbd, { exportName: jd.exportname ?? jd.name, metaContexts: contexts });
+    try {
+      let base = d.baseIndexes.get(jd.name) ?? null;
+      const baseSize = d.basePoint?.disks.find((x) => x.target === jd.name)?.size;
+      if (base !== null && baseSize !== client.size) {
+        resized.push(`${jd.name} (${baseSize} → ${client.size} bytes)`);
+        base = null;
+      }
+      const r = await readDisk({ client, repo, chunkSize: repo.chunkSize, base, bitmap: base === null ? null : bitmap, concurrency: opts.concurrency, onProgress: (p) => opts.onProgress?.(jd.name, p) });
+      out.push({ target: jd.name, size: client.size, ...r });
+      await client.disconnect();
+    } catch (e) {
+      client.destroy();
+      throw e;
+    }
+  }
+  if (d.level === 'inc' && resized.length === out.length) return { disks: out, level: 'full', reason: `every disk resized since point ${d.basePoint?.id}: ${resized.join(', ')}` };
+  const reason = resized.length === 0 ? d.reason : `${d.reason}; read in full, resized: ${resized.join(', ')}`;
+  return { disks: out, level: d.level, reason };
+}

@@ -1,0 +1,148 @@
+// `virtback restore --repo DIR DOM`: every disk of a point as a sparse
+// standalone image, each chunk re-hashed as it is read (readChunk), written to
+// a temporary name and renamed only when complete; plus the point's domain
+// definition pointed at the new images (and, with a new name, defined through
+// the Driver under a new UUID and MACs).
+
+import { randomBytes, randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Connect } from '../api/public.js';
+import type { ChunkRepository, DiskIndex, PointRecord } from '../chunkstore/repo.js';
+import { ZERO_CHUNK } from '../chunkstore/repo.js';
+import { toVirError, virErr } from '../errors.js';
+import { nonZeroRuns } from '../nbd/copy.js';
+import { runTool } from '../repository/tools.js';
+import { macFromBytes, rewriteDomainXml, type RestoredDisk } from './domain-rewrite.js';
+import type { DiskProgress } from './read-disk.js';
+
+export interface VmRestoreOptions {
+  domain: string;
+  /** point id (default: the newest point of the domain) */
+  point?: string;
+  outputDir: string;
+  format: 'qcow2' | 'raw';
+  /** define the restored domain under this new name (needs `conn`) */
+  define?: string;
+  /** chunks in flight (default 4) */
+  concurrency?: number;
+  onProgress?: (disk: string, p: DiskProgress) => void;
+}
+
+export interface VmRestoreResult {
+  pointId: string;
+  disks: Array<{ target: string; path: string; format: 'qcow2' | 'raw'; size: number }>;
+  /** the rewritten definition, also written to `xmlPath` */
+  domainXml: string;
+  xmlPath: string;
+  /** the new domain's name and UUID when defined */
+  defined: { name: string; uuid: string } | null;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.lstat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Write the index's chunks into a new sparse raw file `file` (must not exist). */
+async function writeRaw(repo: ChunkRepository, index: DiskIndex, file: string, concurrency: number, onProgress?: (p: DiskProgress) => void): Promise<void> {
+  const fh = await fs.open(file, 'wx', 0o600);
+  try {
+    await fh.truncate(index.size);
+    const todo = index.chunks.map((id, i) => ({ id, i })).filter((c) => c.id !== ZERO_CHUNK);
+    const bytesTotal = index.size;
+    let bytesDone = index.size - todo.reduce((n, c) => n + Math.min(index.chunkSize, index.size - c.i * index.chunkSize), 0);
+    let next = 0;
+    let failed = false;
+    onProgress?.({ bytesDone, bytesTotal });
+    const worker = async () => {
+      while (!failed && next < todo.length) {
+        const { id, i } = todo[next++]!;
+        const offset = i * index.chunkSize;
+        const length = Math.min(index.chunkSize, index.size - offset);
+        try {
+          const data = await repo.readChunk(id);
+          if (data.length !== length) throw virErr('INTERNAL_ERROR', 'STORAGE', `chunk ${id} (disk ${index.target}, chunk ${i}) holds ${data.length} bytes, the index expects ${length}`);
+          for (const [s, e] of nonZeroRuns(data)) await fh.write(data, s, e - s, offset + s);
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
+        bytesDone += length;
+        onProgress?.({ bytesDone, bytesTotal });
+      }
+    };
+    const results = await Promise.allSettled(Array.from({ length: concurrency }, worker));
+    const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (bad) throw bad.reason;
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** One disk into `final` via a temporary name; qcow2 is converted from a sparse raw (-S keeps holes). */
+async function restoreDisk(repo: ChunkRepository, index: DiskIndex, final: string, format: 'qcow2' | 'raw', concurrency: number, onProgress?: (p: DiskProgress) => void): Promise<void> {
+  const tmpRaw = `${final}.part-raw`;
+  const tmpOut = `${final}.part`;
+  try {
+    await writeRaw(repo, index, tmpRaw, concurrency, onProgress);
+    if (format === 'raw') {
+      await fs.rename(tmpRaw, final);
+      return;
+    }
+    await runTool('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-S', '4k', tmpRaw, tmpOut], `converting restored disk ${index.target} to qcow2`);
+    await fs.chmod(tmpOut, 0o600);
+    await fs.rename(tmpOut, final);
+  } finally {
+    await fs.rm(tmpRaw, { force: true });
+    await fs.rm(tmpOut, { force: true });
+  }
+}
+
+async function findPoint(repo: ChunkRepository, domain: string, id: string | undefined): Promise<PointRecord> {
+  if (id !== undefined) return repo.readPoint(domain, id);
+  const last = (await repo.listPoints(domain)).at(-1);
+  if (last === undefined) throw virErr('NO_DOMAIN', 'STORAGE', `the repository has no point of domain '${domain}'`);
+  return last;
+}
+
+export async function restoreDomain(repo: ChunkRepository, conn: Connect | null, opts: VmRestoreOptions): Promise<VmRestoreResult> {
+  if (opts.define !== undefined && conn === null) throw virErr('INVALID_ARG', 'STORAGE', 'defining the restored domain needs a connection');
+  const point = await findPoint(repo, opts.domain, opts.point);
+  const dir = path.resolve(opts.outputDir);
+  await fs.mkdir(dir, { recursive: true });
+  const base = opts.define ?? point.domain.name;
+  const plan = point.disks.map((d) => ({ ...d, path: path.join(dir, `${base}-${d.target}.${opts.format}`) }));
+  const xmlPath = path.join(dir, `${base}.xml`);
+  for (const p of [...plan.map((x) => x.path), xmlPath]) {
+    if (await exists(p)) throw virErr('INVALID_ARG', 'STORAGE', `restore output '${p}' already exists`);
+  }
+  const done: string[] = [];
+  try {
+    for (const d of plan) {
+      const index = await repo.readIndex(d.index);
+      await restoreDisk(repo, index, d.path, opts.format, opts.concurrency ?? 4, (p) => opts.onProgress?.(d.target, p));
+      done.push(d.path);
+    }
+    const restored = new Map<string, RestoredDisk>(plan.map((d) => [d.target, { path: d.path, format: opts.format }]));
+    const identity = opts.define === undefined ? null : { name: opts.define, uuid: randomUUID(), mac: () => macFromBytes(randomBytes(3)) };
+    const domainXml = rewriteDomainXml(point.domainXml, restored, identity);
+    await fs.writeFile(`${xmlPath}.part`, domainXml, { mode: 0o600 });
+    await fs.rename(`${xmlPath}.part`, xmlPath);
+    done.push(xmlPath);
+    let defined: VmRestoreResult['defined'] = null;
+    if (identity !== null) {
+      const dom = await conn!.defineXML(domainXml);
+      defined = { name: dom.name, uuid: dom.uuid };
+    }
+    return { pointId: point.id, disks: plan.map((d) => ({ target: d.target, path: d.path, format: opts.format, size: d.size })), domainXml, xmlPath, defined };
+  } catch (e) {
+    // half a VM is no restore: remove what this run wrote
+    for (const f of done) await fs.rm(f, { force: true });
+    await fs.rm(`${xmlPath}.part`, { force: true });
+    throw toVirError(e, 'STORAGE');
+  }
+}
