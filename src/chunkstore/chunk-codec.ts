@@ -111,6 +111,7 @@ export function decodeObject(name: string, blob: Buffer, keys: RepoKeys | null, 
   if (blob.length < HEADER || !blob.subarray(0, 4).equals(MAGIC)) corrupt(what, 'no chunk header');
   if (blob[4] !== VERSION) corrupt(what, `format version ${blob[4]} is not ${VERSION}`);
   const flags = blob[5]!;
+  if ((flags & ~(FLAG_ZSTD | FLAG_AES_GCM)) !== 0 || blob[6] !== 0 || blob[7] !== 0) corrupt(what, `unknown flags ${flags} or reserved bytes set`);
   const rawLength = blob.readUInt32BE(8);
   const payloadLength = blob.readUInt32BE(12);
   const encrypted = (flags & FLAG_AES_GCM) !== 0;

@@ -1,0 +1,10 @@
+// The chunk repository's public surface (docs/repository.md): storage for
+// backup points, used by the backup/restore flows, the NBD server and the CLI.
+
+export { openFolderStore, type ObjectInfo, type ObjectStore } from './object-store.js';
+export { CHUNK_SIZE, ChunkRepository, chunkKey, newPointId, ZERO_CHUNK, type ChunkId, type DiskIndex, type PointRecord, type RepoConfig, type VerifyState } from './repo.js';
+export { chunkCount, chunkLength } from './disk-index.js';
+export { applyPrune, checkpointsReferenced, planPrune, PRUNE_RULES, type KeepPolicy, type PrunePlan, type PruneRule } from './prune.js';
+export { collectGarbage, DEFAULT_GC_GRACE_MS, type GcOptions, type GcResult } from './gc.js';
+export { verifyRepository, type BadChunk, type PointVerdict, type VerifyOptions, type VerifyReport } from './verify.js';
+export { pointDiskSource, type Extent, type PointDiskSource } from './source.js';
