@@ -60,7 +60,8 @@ export async function servePoint(repo: ChunkRepository, opts: ServePointOptions)
       const source = await pointDiskSource(repo, point, d.target);
       opened.push(source);
       // The chunk is the unit a read decodes; a client that reads in chunks reads each once.
-      exports.set(d.target, { source, preferredBlockSize: source.index.chunkSize });
+      const cs = source.index.chunkSize;
+      exports.set(d.target, { source, preferredBlockSize: cs >= 512 && cs <= 1 << 25 && (cs & (cs - 1)) === 0 ? cs : 4096 });
     }
     const server = new NbdServer(exports, opts.limits ?? {}, (opts.log ?? silentLogger).child({ domain: opts.domain, point: point.id }));
     const at = await server.listen(opts.listen);
