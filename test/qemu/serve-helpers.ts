@@ -28,16 +28,23 @@ export async function writeTestPoint(
   const id = newPointId();
   const written: PointRecord['disks'] = [];
   for (const d of disks) {
-    const data = fs.readFileSync(d.file);
+    const size = fs.statSync(d.file).size;
+    const fd = fs.openSync(d.file, 'r');
     const chunks: string[] = [];
     let bytesNew = 0;
-    for (let at = 0; at < data.length; at += CHUNK_SIZE) {
-      const r = await repo.writeChunk(data.subarray(at, Math.min(data.length, at + CHUNK_SIZE)));
-      chunks.push(r.id);
-      bytesNew += r.storedBytes;
+    try {
+      for (let at = 0; at < size; at += CHUNK_SIZE) {
+        const buf = Buffer.alloc(Math.min(CHUNK_SIZE, size - at));
+        fs.readSync(fd, buf, 0, buf.length, at);
+        const r = await repo.writeChunk(buf);
+        chunks.push(r.id);
+        bytesNew += r.storedBytes;
+      }
+    } finally {
+      fs.closeSync(fd);
     }
-    const index = await repo.writeIndex(uuid, id, { target: d.target, size: data.length, chunkSize: CHUNK_SIZE, chunks });
-    written.push({ target: d.target, size: data.length, index, bytesRead: data.length, bytesNew });
+    const index = await repo.writeIndex(uuid, id, { target: d.target, size, chunkSize: CHUNK_SIZE, chunks });
+    written.push({ target: d.target, size, index, bytesRead: size, bytesNew });
   }
   const point: PointRecord = {
     id,
