@@ -125,4 +125,35 @@ describe('NBD server with real clients', () => {
     }
     assert.equal(fs.existsSync(pidfile), false, 'pidfile removed at exit');
   });
+
+  test('an encrypted repository is served with --encrypt-key and refused without it', async () => {
+    const key = randomBytes(32);
+    const keyFile = path.join(dir, 'repo.key');
+    fs.writeFileSync(keyFile, key, { mode: 0o600 });
+    const { repoDir, point } = await writeTestPoint(dir, 'secret', [{ target: 'sdb', file }], { repoDir: path.join(dir, 'enc-repo'), encryptKey: key });
+    const cli = ['--import', 'tsx', 'src/cli/virtback.ts', 'backup-serve', '--repo', repoDir, 'secret', '--point', point.id];
+    const refused = await run(process.execPath, [...cli, '--socket', path.join(dir, 'no.sock')]).then(
+      () => assert.fail('served an encrypted repository without its key'),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /key/i);
+    const sock = path.join(dir, 'enc.sock');
+    const pidfile = path.join(dir, 'enc.pid');
+    const child = spawn(process.execPath, [...cli, '--socket', sock, '--pidfile', pidfile, '--encrypt-key', keyFile], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!fs.existsSync(pidfile)) {
+        assert.ok(Date.now() < deadline && child.exitCode === null, 'backup-serve did not start');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const copy = path.join(dir, 'enc.raw');
+      await run('nbdcopy', [nbdUri({ socket: sock }, 'sdb'), copy]);
+      assert.equal(sha(fs.readFileSync(copy)), sha(image));
+    } finally {
+      child.kill('SIGINT');
+      assert.equal(await exited, 0);
+    }
+  });
 });

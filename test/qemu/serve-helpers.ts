@@ -18,12 +18,13 @@ export async function writeTestPoint(
   dir: string,
   domain: string,
   disks: Array<{ target: string; file: string }>,
-  opts: { domainXml?: string; uuid?: string; repoDir?: string } = {},
+  opts: { domainXml?: string; uuid?: string; repoDir?: string; encryptKey?: Buffer } = {},
 ): Promise<TestPoint> {
   const repoDir = opts.repoDir ?? path.join(dir, 'repo');
   fs.mkdirSync(repoDir, { recursive: true });
   const store = await openFolderStore(repoDir);
-  const repo = fs.readdirSync(repoDir).length === 0 ? await ChunkRepository.init(store) : await ChunkRepository.open(store);
+  const key = opts.encryptKey === undefined ? {} : { encryptKey: opts.encryptKey };
+  const repo = fs.readdirSync(repoDir).length === 0 ? await ChunkRepository.init(store, key) : await ChunkRepository.open(store, key);
   const uuid = opts.uuid ?? randomUUID();
   const id = newPointId();
   const written: PointRecord['disks'] = [];
