@@ -11,6 +11,8 @@ import { NbdDecoder, encodeClientFlags, encodeInfoRequest, encodeMetaContextRequ
 import * as P from '../../src/nbd/protocol.js';
 import { zeroRuns, type BlockSource } from '../../src/nbd/block-source.js';
 import { NbdServer, type NbdServerLimits } from '../../src/nbd/server.js';
+import { parseListen } from '../../src/cli/commands/serve.js';
+import { nbdUri } from '../../src/vmbackup/serve.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nbd-server-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -216,6 +218,40 @@ test('connection cap, handshake timeout, and the in-flight cap still answers eve
     a.sock.destroy();
     await server.close();
   }
+});
+
+test('an idle connection is closed after idleTimeoutMs; a busy one is not', async () => {
+  const { server, socket } = await serve({ idleTimeoutMs: 300 });
+  const idle = new RawPeer(socket);
+  const busy = new RawPeer(socket);
+  try {
+    await idle.open();
+    await busy.open();
+    const t0 = Date.now();
+    for (let i = 0; i < 8; i++) {
+      busy.request(P.NBD_CMD_READ, BigInt(i), 0, 512);
+      assert.equal(errorOf(await busy.reply(BigInt(i))), undefined);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await idle.closed;
+    assert.ok(Date.now() - t0 >= 250, 'not before the timeout');
+    busy.request(P.NBD_CMD_READ, 99n, 0, 512);
+    assert.equal(errorOf(await busy.reply(99n)), undefined, 'the busy connection lives on');
+  } finally {
+    busy.sock.destroy();
+    await server.close();
+  }
+});
+
+test('NBD URIs and --listen addresses', () => {
+  assert.equal(nbdUri({ socket: '/run/a b/x.sock' }, 'vda'), 'nbd+unix:///vda?socket=/run/a%20b/x.sock');
+  assert.equal(nbdUri({ host: '127.0.0.1', port: 10809 }, 'sdb'), 'nbd://127.0.0.1:10809/sdb');
+  assert.equal(nbdUri({ host: '::1', port: 1 }, 'vda'), 'nbd://[::1]:1/vda');
+  assert.deepEqual(parseListen('0.0.0.0:10809'), { host: '0.0.0.0', port: 10809 });
+  assert.deepEqual(parseListen(':0'), { host: '127.0.0.1', port: 0 }, 'loopback unless an address is given');
+  assert.deepEqual(parseListen('[::1]:99'), { host: '::1', port: 99 });
+  assert.throws(() => parseListen('10809'), /not ADDR:PORT/);
+  assert.throws(() => parseListen('h:70000'), /not ADDR:PORT/);
 });
 
 test('a unix socket is created 0600 and a non-socket file at the path is refused', async () => {
