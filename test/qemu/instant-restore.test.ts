@@ -132,6 +132,7 @@ test('instant-restore runs the tiny guest from a point; --stream frees it from t
   pidfiles.push(path.join(d2, 'serve.pid'));
   r = await cli.run('instant-restore', '--repo', repoDir, 'origin', '--point', point.id, '--define', 'inst2', '--overlay-dir', d2, '--stream');
   assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /^vda: completed$/m, 'stream progress per disk');
   const s2 = readInstantState(d2);
   assert.equal(s2.streamed, true);
   assert.equal(fs.existsSync(s2.pidfile), false, 'serving stopped after the stream');

@@ -16,7 +16,7 @@ import { instantRestore, stopInstantServe } from '../../vmbackup/instant.js';
 import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
-import { jsonLine } from '../progress.js';
+import { jsonLine, progressView } from '../progress.js';
 import { openRepository } from './vmbackup.js';
 
 interface ServeOptions {
@@ -113,6 +113,7 @@ interface InstantOptions {
   overlayDir?: string;
   encryptKey?: string;
   json?: boolean;
+  quiet?: boolean;
 }
 
 function registerInstant(program: Command): void {
@@ -127,8 +128,11 @@ function registerInstant(program: Command): void {
     .option('--overlay-dir <dir>', 'overlays, serve socket, pidfile and log (default: ./NAME.instant)')
     .option('--encrypt-key <file>', 'the key file of an encrypted repository')
     .option('--json', 'print the result as one JSON line')
+    .option('--quiet', 'no progress display while streaming')
     .action(async (domain: string, o: InstantOptions, cmd: Command) => {
       const repo = await openRepository(o.repo, o.encryptKey);
+      // stream progress per disk on stderr, as backup and restore show theirs
+      const view = progressView({ quiet: o.quiet === true }, process.stderr, (t) => process.stderr.write(t));
       const s = await withConnection(cmd, (conn) =>
         instantRestore(repo, conn, {
           repoDir: o.repo,
@@ -139,8 +143,9 @@ function registerInstant(program: Command): void {
           ...(o.point === undefined ? {} : { point: o.point }),
           ...(o.overlayDir === undefined ? {} : { overlayDir: o.overlayDir }),
           ...(o.encryptKey === undefined ? {} : { encryptKeyFile: o.encryptKey }),
+          onStreamProgress: (p) => view.update([{ disk: p.target, processed: p.done, total: p.total, state: p.total > 0 && p.done >= p.total ? 'completed' : 'running' }]),
         }),
-      );
+      ).finally(() => view.stop());
       const dir = path.dirname(s.pidfile);
       if (o.json) out(jsonLine({ ...s, overlayDir: dir }));
       else {
