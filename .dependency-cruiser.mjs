@@ -8,7 +8,7 @@
 //   qemu/  remote/  libvirt/  repository/  vmbackup/   the drivers, the two wire protocols, the backup files and
 //                                 whole-VM backups into the chunk store, side by side
 //   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
-//   nbd/                          the NBD client
+//   nbd/                          the NBD client, and the read-only NBD server (backup-serve)
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
 //   errors.ts flags.ts log.ts     the base
@@ -26,6 +26,7 @@ const BASE = files(['errors\\.ts', 'flags\\.ts', 'log\\.ts']);
 const CODECS = files([
   'qemu/qmp/codec\\.ts',
   'nbd/codec\\.ts',
+  'nbd/server-codec\\.ts',
   'nbd/protocol\\.ts',
   'remote/frame\\.ts',
   'libvirt/xdr\\.ts',

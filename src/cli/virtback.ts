@@ -17,6 +17,7 @@ import { register as registerDomain } from './commands/domain.js';
 import { register as registerEvent } from './commands/event.js';
 import { register as registerJob } from './commands/job.js';
 import { register as registerRepository } from './commands/repository.js';
+import { register as registerServe } from './commands/serve.js';
 import { register as registerVmBackup } from './commands/vmbackup.js';
 import { register as registerXml } from './commands/xml.js';
 import { addGlobalOptions } from './connection.js';
@@ -34,6 +35,7 @@ const COMMAND_GROUPS: ((program: Command, table: EntryPointTable) => void)[] = [
   registerRepository,
   registerVmBackup,
   registerChunkRepo,
+  registerServe,
   registerEvent,
   registerXml,
 ];

@@ -1,0 +1,105 @@
+// The `backup-serve` process behind an instant restore: started detached (it
+// must outlive the command that started it, and serve the running VM), found
+// again through its pidfile, and stopped by pid only after checking that the
+// pid is still that serve process (pids are reused).
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { virErr } from '../errors.js';
+
+export interface ServeProcessSpec {
+  /** argv that runs the virtback CLI, e.g. [node, ...execArgv, '/usr/lib/virtback/cli/virtback.js'] */
+  virtbackCommand: string[];
+  repoDir: string;
+  domain: string;
+  pointId: string;
+  socket: string;
+  pidfile: string;
+  logFile: string;
+  encryptKeyFile?: string;
+  /** how long to wait for the pidfile (written once the exports listen) */
+  readyTimeoutMs?: number;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function logTail(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim().split('\n').slice(-5).join(' | ');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Starts `virtback backup-serve` detached; resolves with its pid once its pidfile says it listens. */
+export async function startServeProcess(s: ServeProcessSpec): Promise<number> {
+  const [cmd, ...pre] = s.virtbackCommand;
+  if (cmd === undefined) throw virErr('INTERNAL_ERROR', 'STORAGE', 'no command to run backup-serve with');
+  const args = [...pre, 'backup-serve', '--repo', s.repoDir, s.domain, '--point', s.pointId, '--socket', s.socket, '--pidfile', s.pidfile];
+  if (s.encryptKeyFile !== undefined) args.push('--encrypt-key', s.encryptKeyFile);
+  const log = fs.openSync(s.logFile, 'a', 0o600);
+  let exited: string | undefined;
+  try {
+    const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log] });
+    child.once('exit', (code, signal) => (exited = signal ?? `status ${code}`));
+    child.once('error', (e) => (exited = e.message));
+    child.unref();
+  } finally {
+    fs.closeSync(log);
+  }
+  const deadline = Date.now() + (s.readyTimeoutMs ?? 60_000);
+  for (;;) {
+    const pid = readPidfile(s.pidfile);
+    if (pid !== undefined) return pid;
+    if (exited !== undefined) {
+      throw virErr('OPERATION_FAILED', 'STORAGE', `backup-serve exited (${exited}) before serving: ${logTail(s.logFile)}`);
+    }
+    if (Date.now() > deadline) throw virErr('OPERATION_TIMEOUT', 'STORAGE', `backup-serve did not start serving in time: ${logTail(s.logFile)}`);
+    await sleep(100);
+  }
+}
+
+export function readPidfile(file: string): number | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const pid = Number(text.trim());
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** True when `pid` runs backup-serve on `socket` (so a reused pid is never signalled). */
+function isServeProcess(pid: number, socket: string): boolean {
+  try {
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return argv.includes('backup-serve') && argv.includes(socket);
+  } catch {
+    return false;
+  }
+}
+
+/** Stops the serve process of `pidfile` (SIGTERM, then SIGKILL after `graceMs`); a process already gone is fine. */
+export async function stopServeProcess(pidfile: string, socket: string, graceMs = 10_000): Promise<void> {
+  const pid = readPidfile(pidfile);
+  if (pid === undefined || !alive(pid) || !isServeProcess(pid, socket)) {
+    fs.rmSync(pidfile, { force: true });
+    return;
+  }
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await sleep(100);
+  if (alive(pid)) process.kill(pid, 'SIGKILL');
+  while (alive(pid)) await sleep(50);
+  fs.rmSync(pidfile, { force: true });
+}
