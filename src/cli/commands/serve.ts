@@ -17,7 +17,7 @@ import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { jsonLine, progressView } from '../progress.js';
-import { openRepository } from './vmbackup.js';
+import { openChunkRepository } from './chunk-repo.js';
 
 interface ServeOptions {
   repo: string;
@@ -69,7 +69,7 @@ function registerServe(program: Command): void {
     .option('--pidfile <file>', 'write the process id here once serving (removed at exit)')
     .option('--json', 'print the exports as one JSON line')
     .action(async (domain: string, o: ServeOptions) => {
-      const repo = await openRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
       const serving = await servePoint(repo, { domain, ...(o.point === undefined ? {} : { point: o.point }), listen: listenOf(o, domain) });
       const stop = untilSignal();
       try {
@@ -130,7 +130,7 @@ function registerInstant(program: Command): void {
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display while streaming')
     .action(async (domain: string, o: InstantOptions, cmd: Command) => {
-      const repo = await openRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey);
       // stream progress per disk on stderr, as backup and restore show theirs
       const view = progressView({ quiet: o.quiet === true }, process.stderr, (t) => process.stderr.write(t));
       const s = await withConnection(cmd, (conn) =>
