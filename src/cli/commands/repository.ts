@@ -236,7 +236,7 @@ function registerPull(program: Command): void {
               virtualSize: r.size,
               jobId: id,
               mode: 'pull',
-            });
+            }, r.digests ? { digests: r.digests } : {});
             const what = p.parent === null ? 'full' : `incremental from ${p.incremental}, backed by ${path.basename(p.parent)}`;
             if (o.json) out(jsonLine({ type: 'pulled', disk: p.disk, output: p.output, format: p.format, incrementalFrom: p.incremental, parentBackup: p.parent, bytesRead: r.bytesRead }));
             else out(`${p.disk}: ${p.output} (${what}; ${(r.bytesRead / MiB).toFixed(1)} MiB read)\n`);
