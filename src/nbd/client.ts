@@ -94,24 +94,17 @@ export class NbdClient {
   private attach(socket: net.Socket): void {
     this.socket = socket;
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', this.listeners.data);
-    socket.on('error', this.listeners.error);
-    socket.on('close', this.listeners.close);
+    for (const [event, fn] of Object.entries(this.listeners)) socket.on(event, fn);
   }
 
   /** After the ACK to NBD_OPT_STARTTLS: the plain socket now carries TLS records, read by the TLS socket alone. */
   private async upgrade(tlsOpts: NbdTlsOptions, host: string | undefined): Promise<void> {
     const raw = this.socket;
-    raw.off('data', this.listeners.data);
-    raw.off('error', this.listeners.error);
-    raw.off('close', this.listeners.close);
-    let secure: TLSSocket;
-    try {
-      secure = await startTls(raw, tlsOpts, host, this.uri);
-    } catch (e) {
+    for (const [event, fn] of Object.entries(this.listeners)) raw.off(event, fn);
+    const secure: TLSSocket = await startTls(raw, tlsOpts, host, this.uri).catch((e: NbdError) => {
       raw.destroy();
-      throw this.fail(e as NbdError);
-    }
+      throw this.fail(e);
+    });
     this.attach(secure);
   }
 
@@ -144,7 +137,7 @@ export class NbdClient {
       await client.waitConnected();
       if (!('socketPath' in target)) socket.setNoDelay(true);
       const tlsOpts = opts.tls;
-      const upgrade = tlsOpts ? () => client.upgrade(tlsOpts, 'host' in target ? target.host : undefined) : undefined;
+      const upgrade = tlsOpts && (() => client.upgrade(tlsOpts, 'host' in target ? target.host : undefined));
       await client.negotiate(opts.metaContexts ?? [], upgrade);
       return client;
     } catch (e) {
@@ -350,13 +343,13 @@ export class NbdClient {
   }
 
   /**
-   * Read `into.length` bytes at `offset` into `into` (the pull's preallocated
-   * buffers): data is decoded straight from the socket into it, holes are
-   * zero-filled. Long reads are split into pipelined requests of at most `maxRead`.
+   * Read `into.length` bytes at `offset` into `into` (a reused buffer): data is decoded straight
+   * from the socket into it, holes zero-filled; long reads become pipelined requests of `maxRead`.
    */
-  async readInto(offset: number, into: Buffer): Promise<void> {
+  async readInto(offset: number, into: Buffer, maxRequest = this.maxRead): Promise<void> {
     this.checkRange('read', offset, into.length);
-    const max = this.maxRead;
+    const min = this.blockSizes.minimum;
+    const max = Math.max(min, Math.min(maxRequest, this.maxRead) - (Math.min(maxRequest, this.maxRead) % min));
     if (into.length <= max) return this.readOne(offset, into);
     const parts: Promise<void>[] = [];
     for (let o = 0; o < into.length; o += max) parts.push(this.readOne(offset + o, into.subarray(o, Math.min(into.length, o + max))));

@@ -44,6 +44,11 @@ export interface CopyOptions {
    * slower per byte with very large requests (32 MiB: 10x slower than 1 MiB).
    */
   chunkSize?: number;
+  /**
+   * Bytes per READ request (default 256 KiB, as nbdcopy): a chunk is read as several
+   * pipelined requests. Over TCP qemu-nbd answered 256 KiB requests ~3x faster than 1 MiB ones.
+   */
+  requestSize?: number;
   /** More connections to the same export (multi-conn): reads are spread over all of them. */
   connections?: NbdClient[];
   /**
@@ -74,6 +79,8 @@ export interface CopyResult {
   /** Bytes actually written (all-zero blocks inside data ranges are skipped). */
   bytesWritten: number;
 }
+
+const REQUEST_SIZE = 256 * 1024;
 
 /** Granularity at which all-zero blocks inside read data are left as holes. */
 const ZERO_SCAN_BLOCK = 4096;
@@ -218,7 +225,7 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
       const [offset, length] = n.value;
       const view = buf.subarray(0, length);
       try {
-        await from.readInto(offset, view);
+        await from.readInto(offset, view, opts.requestSize ?? REQUEST_SIZE);
         opts.onData?.(offset, view);
         await writeRuns(offset, view);
       } catch (e) {

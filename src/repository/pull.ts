@@ -34,7 +34,7 @@ export interface PullBackupOptions {
   parentBackup?: string;
   /** Reads in flight, over all connections (default 16). */
   concurrency?: number;
-  /** Connections to open when the export advertises multi-conn (default 4; 1 without multi-conn). */
+  /** Connections to open when the export advertises multi-conn (default 1: more measured slower against qemu-nbd, see docs/performance.md). */
   connections?: number;
   onProgress?: (p: PullProgress) => void;
 }
@@ -66,7 +66,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   }
   const concurrency = opts.concurrency ?? 16;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw virErr('INVALID_ARG', 'STORAGE', `concurrency must be a positive integer, got ${concurrency}`);
-  const wantConnections = opts.connections ?? 4;
+  const wantConnections = opts.connections ?? 1;
   if (!Number.isInteger(wantConnections) || wantConnections < 1) throw virErr('INVALID_ARG', 'STORAGE', `connections must be a positive integer, got ${wantConnections}`);
   const dirty = opts.bitmap === undefined ? undefined : opts.bitmap.startsWith(CONTEXT_QEMU_DIRTY_BITMAP) ? opts.bitmap : `${CONTEXT_QEMU_DIRTY_BITMAP}${opts.bitmap}`;
   const exists = await fs.lstat(output).then(
@@ -75,14 +75,14 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   );
   if (exists) throw virErr('INVALID_ARG', 'STORAGE', `pull backup output '${output}' already exists`);
 
-  const connectOpts = { exportName: opts.exportName, metaContexts: [CONTEXT_BASE_ALLOCATION, ...(dirty ? [dirty] : [])], ...(opts.tls ? { tls: opts.tls } : {}) };
+  const connectOpts = { exportName: opts.exportName, maxInFlight: 64, metaContexts: [CONTEXT_BASE_ALLOCATION, ...(dirty ? [dirty] : [])], ...(opts.tls ? { tls: opts.tls } : {}) };
   const source = await NbdClient.connect(opts.nbd, connectOpts);
   const extra: NbdClient[] = [];
   let created = false;
   try {
     // Several connections only where the server promises they see the same data (NBD_FLAG_CAN_MULTI_CONN).
     const n = source.flags & NBD_FLAG_CAN_MULTI_CONN ? wantConnections : 1;
-    for (let i = 1; i < n; i++) extra.push(await NbdClient.connect(opts.nbd, { exportName: opts.exportName, ...(opts.tls ? { tls: opts.tls } : {}) }));
+    for (let i = 1; i < n; i++) extra.push(await NbdClient.connect(opts.nbd, { exportName: opts.exportName, maxInFlight: 64, ...(opts.tls ? { tls: opts.tls } : {}) }));
     // 0600 like push targets; qemu-img create and copyToFile keep the mode of the file made here.
     await (await fs.open(output, 'wx', 0o600)).close();
     created = true;
