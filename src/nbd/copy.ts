@@ -193,8 +193,10 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
   if (windows && opts.onlyDirty !== undefined) throw virErr('INVALID_ARG', 'NBD', 'onData (aligned windows) is for full copies, not onlyDirty');
   const clients = [client, ...(opts.connections ?? [])];
   const min = Math.max(...clients.map((c) => c.blockSizes.minimum));
-  let chunk = Math.min(opts.chunkSize ?? 1 << 20, ...clients.map((c) => c.maxRead));
+  // Not clamped to the server's maximum: readInto splits a chunk into requests of at most that.
+  let chunk = opts.chunkSize ?? 1 << 20;
   chunk = Math.max(min, chunk - (chunk % min));
+  if (windows && opts.chunkSize !== undefined && chunk !== opts.chunkSize) throw virErr('INVALID_ARG', 'NBD', `onData windows of ${String(opts.chunkSize)} bytes are not a multiple of the export's minimum block size ${min}`);
 
   const ranges = await planCopy(client, opts);
   const bytesTotal = ranges.reduce((n, r) => n + (r.zero ? 0 : r.length), 0);
