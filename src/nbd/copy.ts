@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { toVirError, virErr } from '../errors.js';
-import type { NbdClient } from './client.js';
+import type { Extent, NbdClient } from './client.js';
 import { extents } from './extents.js';
 import * as P from './protocol.js';
 
@@ -85,7 +85,11 @@ const REQUEST_SIZE = 256 * 1024;
 /** Granularity at which all-zero blocks inside read data are left as holes. */
 const ZERO_SCAN_BLOCK = 4096;
 
-/** Ranges to copy: dirty (if asked) ∩ export, classified by the allocation context. */
+/**
+ * Ranges to copy: dirty (if asked) ∩ export, classified by the allocation context.
+ * Both contexts are walked over the whole export with parallel windows and then
+ * intersected: one query per dirty extent would cost a round trip each.
+ */
 export async function planCopy(client: NbdClient, opts: Pick<CopyOptions, 'onlyDirty' | 'allocationContext'> = {}): Promise<CopiedRange[]> {
   const alloc = opts.allocationContext ?? (client.metaContexts.has(P.CONTEXT_BASE_ALLOCATION) ? P.CONTEXT_BASE_ALLOCATION : undefined);
   const out: CopiedRange[] = [];
@@ -94,19 +98,27 @@ export async function planCopy(client: NbdClient, opts: Pick<CopyOptions, 'onlyD
     if (prev && prev.zero === r.zero && prev.offset + prev.length === r.offset) prev.length += r.length;
     else out.push({ ...r });
   };
-  const classify = async (offset: number, length: number) => {
-    if (!alloc) return push({ offset, length, zero: false });
-    for await (const e of extents(client, alloc, { offset, length })) {
-      // HOLE without ZERO may read as anything: it must be read.
-      push({ offset: e.offset, length: e.length, zero: (e.flags & P.NBD_STATE_ZERO) !== 0 });
-    }
+  if (client.size === 0) return out;
+  const collect = async (context: string) => {
+    const list: Extent[] = [];
+    for await (const e of extents(client, context)) list.push(e);
+    return list;
   };
-  if (opts.onlyDirty !== undefined) {
-    for await (const d of extents(client, opts.onlyDirty)) {
-      if (d.flags & P.NBD_STATE_DIRTY) await classify(d.offset, d.length);
+  const [dirty, allocation] = await Promise.all([
+    opts.onlyDirty === undefined ? [{ offset: 0, length: client.size, flags: P.NBD_STATE_DIRTY }] : collect(opts.onlyDirty),
+    alloc === undefined ? [{ offset: 0, length: client.size, flags: 0 }] : collect(alloc),
+  ]);
+  let k = 0;
+  for (const d of dirty) {
+    if (!(d.flags & P.NBD_STATE_DIRTY)) continue;
+    const end = d.offset + d.length;
+    while (k < allocation.length && allocation[k]!.offset + allocation[k]!.length <= d.offset) k++;
+    for (let j = k; j < allocation.length && allocation[j]!.offset < end; j++) {
+      const a = allocation[j]!;
+      const s = Math.max(a.offset, d.offset);
+      // HOLE without ZERO may read as anything: it must be read.
+      push({ offset: s, length: Math.min(end, a.offset + a.length) - s, zero: (a.flags & P.NBD_STATE_ZERO) !== 0 });
     }
-  } else if (client.size > 0) {
-    await classify(0, client.size);
   }
   return out;
 }
