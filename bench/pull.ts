@@ -87,11 +87,13 @@ async function incremental(dir: string): Promise<void> {
   await run('qemu-img', ['bitmap', '--add', '--enable', disk, 'b1']);
   const stride = (1 << 40) / 16384;
   const cmds = Array.from({ length: 16384 }, (_v, i) => `write -P ${(i % 250) + 1} ${i * stride + ((i * 7919) % 1024) * 65536} 64k`).join('\n');
+  const cmdFile = path.join(dir, 'writes.qemu-io');
+  await writeFile(cmdFile, `${cmds}\nquit\n`);
+  const input = await open(cmdFile, 'r');
   await new Promise<void>((resolve, reject) => {
-    const p = spawn('qemu-io', ['-f', 'qcow2', disk], { stdio: ['pipe', 'ignore', 'inherit'] });
+    const p = spawn('qemu-io', ['-f', 'qcow2', disk], { stdio: [input.fd, 'ignore', 'inherit'] });
     p.once('exit', (c) => (c === 0 ? resolve() : reject(new Error(`qemu-io exited ${c}`))));
-    p.stdin!.end(`${cmds}\nquit\n`);
-  });
+  }).finally(() => input.close());
   const sock = path.join(dir, 'big.sock');
   await serve(['--read-only', `--socket=${sock}`, '--bitmap=b1', disk], { socketPath: sock });
   const query: number[] = [];
