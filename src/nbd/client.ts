@@ -4,37 +4,25 @@
 // fill new images). Wire details live in codec.ts; this file is the socket edge.
 
 import * as net from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { virErr } from '../errors.js';
 import { NbdDecoder, chunkTypeName, encodeRequest, type Chunk, type Extent32, type NbdMessage } from './codec.js';
 import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
 import { DEFAULT_BLOCK_SIZES, Handshake, type BlockSizes } from './handshake.js';
 import * as P from './protocol.js';
+import { describeTarget, type NbdTarget } from './target.js';
+import { checkTlsOptions, startTls, type NbdTlsOptions } from './tls.js';
 
 export type { BlockSizes } from './handshake.js';
+export type { NbdTlsOptions } from './tls.js';
 
-export type NbdTarget = { socketPath: string } | { host: string; port: number };
-
-/**
- * Reserved for NBD_OPT_STARTTLS (x509 like QEMU's tls-creds-x509 or PSK).
- * Not implemented yet: passing it makes connect() fail with CONFIG_UNSUPPORTED
- * rather than silently talking in clear text.
- */
-export interface NbdTlsOptions {
-  /** PEM CA bundle used to verify the server. */
-  ca?: string | Buffer;
-  /** PEM client certificate and key, for servers that verify clients. */
-  cert?: string | Buffer;
-  key?: string | Buffer;
-  /** Name to verify in the server certificate (default: host). */
-  servername?: string;
-  /** TLS-PSK identity and key, as nbdkit/qemu-nbd --tls-creds-psk use. */
-  psk?: { identity: string; key: Buffer };
-}
+export { describeTarget, type NbdTarget } from './target.js';
 
 export interface NbdConnectOptions {
   exportName: string;
   /** Exact context names to negotiate, e.g. 'base:allocation', 'qemu:dirty-bitmap:b1'. */
   metaContexts?: string[];
+  /** Speak TLS (NBD_OPT_STARTTLS, x509) before anything else; the server must agree. */
   tls?: NbdTlsOptions;
   /** Requests in flight at once (default 16). */
   maxInFlight?: number;
@@ -52,17 +40,14 @@ interface Pending {
   command: number;
   offset: number;
   length: number;
+  /** readInto's destination: OFFSET_DATA payloads are decoded straight into it. */
+  into?: Buffer;
   onChunk(msg: { done: boolean; chunk: Chunk }): void;
   onSimple(error: number, data: Buffer | undefined): void;
   reject(e: NbdError): void;
 }
 
 const MAX_U32 = 0xffffffff;
-
-export function describeTarget(target: NbdTarget, exportName: string): string {
-  const name = encodeURIComponent(exportName);
-  return 'socketPath' in target ? `nbd+unix:///${name}?socket=${target.socketPath}` : `nbd://${target.host}:${target.port}/${name}`;
-}
 
 export class NbdClient {
   readonly uri: string;
@@ -76,7 +61,7 @@ export class NbdClient {
   blockSizes: BlockSizes = DEFAULT_BLOCK_SIZES;
   structuredReplies = false;
 
-  private readonly socket: net.Socket;
+  private socket: net.Socket;
   private readonly decoder = new NbdDecoder();
   private readonly maxInFlight: number;
   private readonly pending = new Map<bigint, Pending>();
@@ -90,17 +75,37 @@ export class NbdClient {
   private dead: NbdError | undefined;
   private wakeHandshake: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
-  private readonly closed: Promise<void>;
+  private closed!: Promise<void>;
+  private readonly listeners = {
+    data: (b: Buffer) => this.onData(b),
+    error: (e: Error) => this.fail(this.lost(`failed (${e.message})`, e)),
+    close: () => this.fail(this.closing && this.outstanding === 0 ? connectionError(`NBD connection to ${this.uri} is closed`) : this.lost('closed unexpectedly')),
+  };
 
   private constructor(socket: net.Socket, uri: string, exportName: string, maxInFlight: number) {
     this.socket = socket;
     this.uri = uri;
     this.exportName = exportName;
     this.maxInFlight = maxInFlight;
+    this.attach(socket);
+  }
+
+  /** Read replies from `socket` (the plain one, then the TLS one wrapping it). */
+  private attach(socket: net.Socket): void {
+    this.socket = socket;
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (b: Buffer) => this.onData(b));
-    socket.on('error', (e) => this.fail(this.lost(`failed (${e.message})`, e)));
-    socket.on('close', () => this.fail(this.closing && this.outstanding === 0 ? connectionError(`NBD connection to ${this.uri} is closed`) : this.lost('closed unexpectedly')));
+    for (const [event, fn] of Object.entries(this.listeners)) socket.on(event, fn);
+  }
+
+  /** After the ACK to NBD_OPT_STARTTLS: the plain socket now carries TLS records, read by the TLS socket alone. */
+  private async upgrade(tlsOpts: NbdTlsOptions, host: string | undefined): Promise<void> {
+    const raw = this.socket;
+    for (const [event, fn] of Object.entries(this.listeners)) raw.off(event, fn);
+    const secure: TLSSocket = await startTls(raw, tlsOpts, host, this.uri).catch((e: NbdError) => {
+      raw.destroy();
+      throw this.fail(e);
+    });
+    this.attach(secure);
   }
 
   private lost(how: string, cause?: unknown): NbdError {
@@ -111,9 +116,7 @@ export class NbdClient {
   /** Connect, negotiate, and enter transmission phase. */
   static async connect(target: NbdTarget, opts: NbdConnectOptions): Promise<NbdClient> {
     const uri = describeTarget(target, opts.exportName);
-    if (opts.tls) {
-      throw virErr('CONFIG_UNSUPPORTED', 'NBD', `TLS for NBD connection to ${uri} is not supported yet`);
-    }
+    if (opts.tls) checkTlsOptions(opts.tls, uri);
     const maxInFlight = opts.maxInFlight ?? 16;
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
       throw virErr('INVALID_ARG', 'NBD', `maxInFlight must be a positive integer, got ${maxInFlight}`);
@@ -133,7 +136,9 @@ export class NbdClient {
     try {
       await client.waitConnected();
       if (!('socketPath' in target)) socket.setNoDelay(true);
-      await client.negotiate(opts.metaContexts ?? []);
+      const tlsOpts = opts.tls;
+      const upgrade = tlsOpts && (() => client.upgrade(tlsOpts, 'host' in target ? target.host : undefined));
+      await client.negotiate(opts.metaContexts ?? [], upgrade);
       return client;
     } catch (e) {
       socket.destroy();
@@ -190,8 +195,8 @@ export class NbdClient {
   }
 
   /** The handshake's steps (handshake.ts), then the switch to transmission. */
-  private async negotiate(contexts: string[]): Promise<void> {
-    const io = { write: (b: Buffer) => void this.socket.write(b), next: () => this.nextMessage(), fail: (e: NbdError) => this.fail(e) };
+  private async negotiate(contexts: string[], startTls?: () => Promise<void>): Promise<void> {
+    const io = { write: (b: Buffer) => void this.socket.write(b), next: () => this.nextMessage(), fail: (e: NbdError) => this.fail(e), ...(startTls ? { startTls } : {}) };
     const agreed = await new Handshake(io, this.uri, this.exportName).run(contexts);
     this.structuredReplies = agreed.structuredReplies;
     for (const [name, id] of agreed.metaContexts) this.metaContexts.set(name, id);
@@ -204,6 +209,12 @@ export class NbdClient {
         const p = this.pending.get(cookie);
         if (!p) return undefined;
         return p.command === P.NBD_CMD_READ && !this.structuredReplies ? p.length : 0;
+      },
+      dataSink: (cookie, offset, length) => {
+        const p = this.pending.get(cookie);
+        // Out-of-range chunks get no sink, so the read's own checks name the violation.
+        if (!p?.into || offset < p.offset || offset + length > p.offset + p.length) return undefined;
+        return p.into.subarray(offset - p.offset, offset - p.offset + length);
       },
     });
     this.transmission = true;
@@ -291,6 +302,7 @@ export class NbdClient {
     length: number,
     make: (resolve: (v: T) => void, reject: (e: NbdError) => void) => Omit<Pending, 'command' | 'offset' | 'length' | 'reject'>,
     payload?: Buffer,
+    into?: Buffer,
   ): Promise<T> {
     if (this.dead) throw this.dead;
     if (this.closing) throw connectionError(`NBD connection to ${this.uri} is being closed`);
@@ -300,7 +312,7 @@ export class NbdClient {
       const cookie = this.nextCookie++;
       return await new Promise<T>((resolve, reject) => {
         const handlers = make(resolve, reject);
-        this.pending.set(cookie, { command, offset, length, reject, ...handlers });
+        this.pending.set(cookie, { command, offset, length, reject, ...handlers, ...(into ? { into } : {}) });
         this.socket.write(encodeRequest({ flags, type: command, cookie, offset, length }));
         if (payload) this.socket.write(payload);
       });
@@ -325,73 +337,85 @@ export class NbdClient {
   /** Read `length` bytes at `offset`; long reads are split into pipelined requests of at most `maxRead`. */
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange('read', offset, length);
-    if (length === 0) return Buffer.alloc(0);
-    const max = this.maxRead;
-    if (length <= max) return this.readOne(offset, length);
     const out = Buffer.allocUnsafe(length);
-    const parts: Promise<void>[] = [];
-    for (let o = 0; o < length; o += max) {
-      const n = Math.min(max, length - o);
-      parts.push(this.readOne(offset + o, n).then((b) => void b.copy(out, o)));
-    }
-    await Promise.all(parts);
+    await this.readInto(offset, out);
     return out;
   }
 
-  private readOne(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Read `into.length` bytes at `offset` into `into` (a reused buffer): data is decoded straight
+   * from the socket into it, holes zero-filled; long reads become pipelined requests of `maxRead`.
+   */
+  async readInto(offset: number, into: Buffer, maxRequest = this.maxRead): Promise<void> {
+    this.checkRange('read', offset, into.length);
+    const min = this.blockSizes.minimum;
+    const max = Math.max(min, Math.min(maxRequest, this.maxRead) - (Math.min(maxRequest, this.maxRead) % min));
+    if (into.length <= max) return this.readOne(offset, into);
+    const parts: Promise<void>[] = [];
+    for (let o = 0; o < into.length; o += max) parts.push(this.readOne(offset + o, into.subarray(o, Math.min(into.length, o + max))));
+    await Promise.all(parts);
+  }
+
+  private readOne(offset: number, into: Buffer): Promise<void> {
+    const length = into.length;
+    if (length === 0) return Promise.resolve();
     const what = `read of ${length} bytes at offset ${offset} from ${this.uri}`;
-    return this.submit<Buffer>(P.NBD_CMD_READ, 0, offset, length, (resolve, reject) => {
-      let buf: Buffer | undefined;
-      const pieces: Array<[number, number]> = [];
-      let failure: NbdError | undefined;
-      const within = (start: number, n: number, kind: string) => {
-        if (start < offset || start + n > offset + length) {
-          throw protocolError(`${kind} chunk ${start}+${n} lies outside the ${what}`);
-        }
-        pieces.push([start, n]);
-      };
-      return {
-        onSimple: (error, data) => {
-          if (error !== 0) return reject(this.replyError(what, error, ''));
-          if (this.structuredReplies) throw protocolError(`simple reply with data to the ${what} although structured replies were negotiated`);
-          resolve(data!);
-        },
-        onChunk: ({ done, chunk }) => {
-          switch (chunk.type) {
-            case 'offsetData':
-              within(chunk.offset, chunk.data.length, 'data');
-              if (chunk.offset === offset && chunk.data.length === length && !buf) buf = chunk.data;
-              else {
-                buf ??= Buffer.alloc(length);
-                chunk.data.copy(buf, chunk.offset - offset);
-              }
-              break;
-            case 'offsetHole':
-              within(chunk.offset, chunk.length, 'hole');
-              buf ??= Buffer.alloc(length); // holes read as zeroes
-              break;
-            case 'none':
-              break;
-            case 'error':
-            case 'errorOffset':
-              failure ??= this.replyError(what, chunk.error, chunk.message);
-              break;
-            default:
-              throw protocolError(`${chunkTypeName(P.NBD_REPLY_TYPE_BLOCK_STATUS)} chunk in reply to the ${what}`);
+    return this.submit<void>(
+      P.NBD_CMD_READ,
+      0,
+      offset,
+      length,
+      (resolve, reject) => {
+        const pieces: Array<[number, number]> = [];
+        let failure: NbdError | undefined;
+        const within = (start: number, n: number, kind: string) => {
+          if (start < offset || start + n > offset + length) {
+            throw protocolError(`${kind} chunk ${start}+${n} lies outside the ${what}`);
           }
-          if (!done) return;
-          if (failure) return reject(failure);
-          pieces.sort((a, b) => a[0] - b[0]);
-          let at = offset;
-          for (const [s, n] of pieces) {
-            if (s !== at) throw protocolError(`reply to the ${what} ${s < at ? 'overlaps itself' : 'leaves a gap'} at offset ${Math.min(s, at)}`);
-            at = s + n;
-          }
-          if (at !== offset + length) throw protocolError(`reply to the ${what} ends at offset ${at}`);
-          resolve(buf!);
-        },
-      };
-    });
+          pieces.push([start, n]);
+        };
+        return {
+          onSimple: (error, data) => {
+            if (error !== 0) return reject(this.replyError(what, error, ''));
+            if (this.structuredReplies) throw protocolError(`simple reply with data to the ${what} although structured replies were negotiated`);
+            data!.copy(into);
+            resolve();
+          },
+          onChunk: ({ done, chunk }) => {
+            switch (chunk.type) {
+              case 'offsetData':
+                within(chunk.offset, chunk.data.length, 'data');
+                if (!chunk.inPlace) chunk.data.copy(into, chunk.offset - offset);
+                break;
+              case 'offsetHole':
+                within(chunk.offset, chunk.length, 'hole');
+                into.fill(0, chunk.offset - offset, chunk.offset - offset + chunk.length); // holes read as zeroes
+                break;
+              case 'none':
+                break;
+              case 'error':
+              case 'errorOffset':
+                failure ??= this.replyError(what, chunk.error, chunk.message);
+                break;
+              default:
+                throw protocolError(`${chunkTypeName(P.NBD_REPLY_TYPE_BLOCK_STATUS)} chunk in reply to the ${what}`);
+            }
+            if (!done) return;
+            if (failure) return reject(failure);
+            pieces.sort((a, b) => a[0] - b[0]);
+            let at = offset;
+            for (const [s, n] of pieces) {
+              if (s !== at) throw protocolError(`reply to the ${what} ${s < at ? 'overlaps itself' : 'leaves a gap'} at offset ${Math.min(s, at)}`);
+              at = s + n;
+            }
+            if (at !== offset + length) throw protocolError(`reply to the ${what} ends at offset ${at}`);
+            resolve();
+          },
+        };
+      },
+      undefined,
+      into,
+    );
   }
 
   /**

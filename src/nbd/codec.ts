@@ -150,7 +150,8 @@ export interface Extent32 {
 
 export type Chunk =
   | { type: 'none' }
-  | { type: 'offsetData'; offset: number; data: Buffer }
+  /** `inPlace`: the bytes were copied into the buffer the transmission's `dataSink` gave for them (data is that buffer). */
+  | { type: 'offsetData'; offset: number; data: Buffer; inPlace?: boolean }
   | { type: 'offsetHole'; offset: number; length: number }
   | { type: 'blockStatus'; contextId: number; descriptors: Extent32[] }
   | { type: 'error'; replyType: number; error: number; message: string }
@@ -179,6 +180,22 @@ export interface TransmissionSetup {
    * Simple replies cannot be framed without it.
    */
   simpleReplyLength: (cookie: bigint) => number | undefined;
+  /**
+   * Optional: where the data of an OFFSET_DATA chunk should land. Given the
+   * chunk's cookie, offset and data length, return a buffer of exactly that
+   * length and the decoder copies the payload into it as it arrives (no
+   * whole-payload buffering, one copy); undefined decodes as usual.
+   */
+  dataSink?: (cookie: bigint, offset: number, length: number) => Buffer | undefined;
+}
+
+/** An OFFSET_DATA payload being copied into a sink buffer as bytes arrive. */
+interface Streaming {
+  cookie: bigint;
+  flags: number;
+  offset: number;
+  target: Buffer;
+  filled: number;
 }
 
 type Phase = 'greeting' | 'options' | 'transmission';
@@ -195,6 +212,7 @@ export class NbdDecoder {
   private failed: Error | undefined;
   private transmission: TransmissionSetup | undefined;
   private pendingHeader: Buffer | undefined;
+  private streaming: Streaming | undefined;
   private readonly maxOptionReply: number;
   private readonly maxData: number;
   private readonly maxBlockStatus: number;
@@ -211,6 +229,14 @@ export class NbdDecoder {
   }
 
   feed(chunk: Buffer): void {
+    const s = this.streaming;
+    if (s && this.bytes.length === 0 && !this.failed) {
+      // The common case while a large read streams in: straight from the socket's chunk into the sink.
+      const n = Math.min(chunk.length, s.target.length - s.filled);
+      chunk.copy(s.target, s.filled, 0, n);
+      s.filled += n;
+      chunk = chunk.subarray(n);
+    }
     this.bytes.push(chunk);
   }
 
@@ -267,6 +293,7 @@ export class NbdDecoder {
 
   private decodeReply(): NbdMessage | undefined {
     const setup = this.transmission!;
+    if (this.streaming) return this.continueStreaming();
     // Both reply kinds start with a 32-bit magic; peek it to know the header size.
     if (!this.pendingHeader) {
       const m = this.bytes.peek(4);
@@ -306,10 +333,38 @@ export class NbdDecoder {
     const length = h.readUInt32BE(16);
     const done = (flags & P.NBD_REPLY_FLAG_DONE) !== 0;
     this.checkChunkLength(type, length, done, cookie);
+    if (type === P.NBD_REPLY_TYPE_OFFSET_DATA && setup.dataSink) {
+      const head = this.bytes.peek(8);
+      if (!head) return undefined;
+      const offset = safeOffset(head.readBigUInt64BE(0), `offset in ${chunkTypeName(type)} chunk for cookie ${cookie}`);
+      const target = setup.dataSink(cookie, offset, length - 8);
+      if (target) {
+        if (target.length !== length - 8) throw virErr('INTERNAL_ERROR', 'NBD', `NBD data sink gave ${target.length} bytes for a ${length - 8}-byte payload`);
+        this.bytes.take(8);
+        this.pendingHeader = undefined;
+        this.streaming = { cookie, flags, offset, target, filled: 0 };
+        return this.continueStreaming();
+      }
+      // No sink for this one: decoded whole below (asking again is cheap while it arrives).
+    }
     const payload = length > 0 ? this.bytes.take(length) : Buffer.alloc(0);
     if (!payload) return undefined;
     this.pendingHeader = undefined;
     return { kind: 'chunk', cookie, flags, done, chunk: parseChunk(type, payload, cookie) };
+  }
+
+  /** Move queued bytes into the sink buffer; the chunk is complete once it is full. */
+  private continueStreaming(): NbdMessage | undefined {
+    const s = this.streaming!;
+    while (s.filled < s.target.length && this.bytes.length > 0) {
+      const part = this.bytes.take(Math.min(this.bytes.length, s.target.length - s.filled))!;
+      part.copy(s.target, s.filled);
+      s.filled += part.length;
+    }
+    if (s.filled < s.target.length) return undefined;
+    this.streaming = undefined;
+    const done = (s.flags & P.NBD_REPLY_FLAG_DONE) !== 0;
+    return { kind: 'chunk', cookie: s.cookie, flags: s.flags, done, chunk: { type: 'offsetData', offset: s.offset, data: s.target, inPlace: true } };
   }
 
   /** Reject impossible or oversized lengths before buffering the payload. */

@@ -38,6 +38,8 @@ export interface HandshakeIo {
   next(): Promise<NbdMessage>;
   /** Kills the connection with `e` and returns the error that stuck (to throw). */
   fail(e: NbdError): NbdError;
+  /** Present when TLS is wanted: wrap the connection once the server ACKed NBD_OPT_STARTTLS. */
+  startTls?(): Promise<void>;
 }
 
 type OptionReply = NbdMessage & { kind: 'optionReply' };
@@ -68,6 +70,7 @@ export class Handshake {
   /** The whole handshake: the export opened, with `contexts` negotiated. */
   async run(contexts: string[]): Promise<Negotiated> {
     await this.greeting();
+    if (this.io.startTls) await this.optStartTls(this.io.startTls);
     await this.optStructuredReply(contexts.length > 0);
     if (contexts.length > 0) await this.optSetMetaContext(contexts);
     await this.optGo();
@@ -84,6 +87,15 @@ export class Handshake {
     let clientFlags = P.NBD_FLAG_C_FIXED_NEWSTYLE;
     if (greeting.handshakeFlags & P.NBD_FLAG_NO_ZEROES) clientFlags |= P.NBD_FLAG_C_NO_ZEROES;
     this.io.write(encodeClientFlags(clientFlags));
+  }
+
+  /** NBD_OPT_STARTTLS: after its ACK everything, the remaining options included, runs over TLS. */
+  async optStartTls(upgrade: () => Promise<void>): Promise<void> {
+    this.io.write(encodeOption(P.NBD_OPT_STARTTLS));
+    const r = await this.optionReply(P.NBD_OPT_STARTTLS);
+    if (P.isRepError(r.reply)) throw this.io.fail(connectionError(`NBD server ${this.uri} refused TLS (${errorReplyText(r)} to NBD_OPT_STARTTLS)`));
+    if (r.reply !== P.NBD_REP_ACK) throw this.io.fail(protocolError(`unexpected ${errorReplyText(r)} to NBD_OPT_STARTTLS`));
+    await upgrade();
   }
 
   /** Structured replies: needed for sparse reads and for block status (`required` when contexts are wanted). */

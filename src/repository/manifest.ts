@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { virErr } from '../errors.js';
-import { CHECKSUM_ALGORITHM, type ContentChecksum } from './checksum.js';
+import { CHECKSUM_ALGORITHM, type BlockDigests, type ContentChecksum } from './checksum.js';
 import { readDigests, type ContentProgress } from './content.js';
 
 export interface BackupManifestInput {
@@ -93,6 +93,8 @@ export function parseManifest(text: string, file: string): BackupManifest {
 
 export interface WriteManifestOptions {
   onProgress?: (p: ContentProgress) => void;
+  /** The content checksum already computed while the backup was written (a full pull): no read-back. */
+  digests?: BlockDigests;
 }
 
 /**
@@ -104,7 +106,12 @@ export async function writeManifest(input: BackupManifestInput, opts: WriteManif
   // backup point is gone (and QEMU holds the disk locked), so there is nothing to checksum.
   const backedByLiveDisk = input.incrementalFrom !== null && input.parentBackup === null;
   let checksum: BackupManifest['checksum'] = null;
-  if (!backedByLiveDisk) {
+  if (opts.digests) {
+    if (opts.digests.size !== input.virtualSize) {
+      throw virErr('OPERATION_FAILED', 'STORAGE', `checksum of backup '${input.target}' of disk '${input.disk}' covers ${opts.digests.size} bytes, not the expected ${input.virtualSize}`);
+    }
+    checksum = { ...opts.digests.toChecksum(), computedFrom: 'data read from the NBD export while it was written (pull)' };
+  } else if (!backedByLiveDisk) {
     const { digests } = await readDigests({ image: input.target, format: input.format, onProgress: opts.onProgress });
     if (digests.size !== input.virtualSize) {
       throw virErr('OPERATION_FAILED', 'STORAGE', `backup '${input.target}' of disk '${input.disk}' has virtual size ${digests.size}, not the expected ${input.virtualSize}`);

@@ -2,14 +2,17 @@
 // file. A full backup becomes a sparse raw file or a qcow2 without backing; an
 // incremental one becomes a qcow2 overlay on the previous backup holding exactly
 // the dirty ranges. qcow2 files are written through a writable qemu-nbd export
-// of the new image, so QEMU lays out the format and we only speak NBD.
+// of the new image, so QEMU lays out the format and we only speak NBD. A full
+// pull also checksums the content while it streams past (the manifest's
+// sha256-blocks-1MiB), so the manifest needs no second read.
 
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { toVirError, virErr } from '../errors.js';
-import { NbdClient, type NbdTarget } from '../nbd/client.js';
-import { copyToFile, nonZeroRuns, planCopy, type CopiedRange } from '../nbd/copy.js';
-import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP } from '../nbd/protocol.js';
+import { NbdClient, type NbdTarget, type NbdTlsOptions } from '../nbd/client.js';
+import { copyToFile, copyToSink, type CopiedRange, type CopyOptions, type CopySink } from '../nbd/copy.js';
+import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP, NBD_FLAG_CAN_MULTI_CONN } from '../nbd/protocol.js';
+import { BlockDigests, CHECKSUM_BLOCK, blockDigest } from './checksum.js';
 import { imageInfo, runTool, startExport } from './tools.js';
 
 export interface PullProgress {
@@ -19,6 +22,8 @@ export interface PullProgress {
 
 export interface PullBackupOptions {
   nbd: NbdTarget;
+  /** The export speaks TLS (<server tls='yes'>): x509 credentials for NBD_OPT_STARTTLS. */
+  tls?: NbdTlsOptions;
   exportName: string;
   /** Bitmap of an incremental export: its name ('backup-vda') or context ('qemu:dirty-bitmap:backup-vda'). */
   bitmap?: string;
@@ -27,8 +32,10 @@ export interface PullBackupOptions {
   format: 'qcow2' | 'raw';
   /** The previous backup of the chain, the new overlay's backing file (incremental only, qcow2 only). */
   parentBackup?: string;
-  /** Reads in flight (default 4). */
+  /** Reads in flight, over all connections (default 16). */
   concurrency?: number;
+  /** Connections to open when the export advertises multi-conn (default 1: more measured slower against qemu-nbd, see docs/performance.md). */
+  connections?: number;
   onProgress?: (p: PullProgress) => void;
 }
 
@@ -39,9 +46,11 @@ export interface PullBackupResult {
   bytesRead: number;
   /** Ranges considered: the whole disk for a full backup, the dirty ranges for an incremental; zero=true ranges were not read. */
   ranges: CopiedRange[];
+  /** Content checksum blocks of a full pull, computed as the data streamed past (incrementals: undefined). */
+  digests?: BlockDigests;
+  /** Connections the data was read over. */
+  connections: number;
 }
-
-const CHUNK = 1 << 20;
 
 export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupResult> {
   const output = path.resolve(opts.output);
@@ -55,8 +64,10 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   if (opts.parentBackup !== undefined && opts.format !== 'qcow2') {
     throw virErr('INVALID_ARG', 'STORAGE', `incremental pull backup '${output}' must be qcow2 (a raw file cannot have a backing file)`);
   }
-  const concurrency = opts.concurrency ?? 4;
+  const concurrency = opts.concurrency ?? 16;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw virErr('INVALID_ARG', 'STORAGE', `concurrency must be a positive integer, got ${concurrency}`);
+  const wantConnections = opts.connections ?? 1;
+  if (!Number.isInteger(wantConnections) || wantConnections < 1) throw virErr('INVALID_ARG', 'STORAGE', `connections must be a positive integer, got ${wantConnections}`);
   const dirty = opts.bitmap === undefined ? undefined : opts.bitmap.startsWith(CONTEXT_QEMU_DIRTY_BITMAP) ? opts.bitmap : `${CONTEXT_QEMU_DIRTY_BITMAP}${opts.bitmap}`;
   const exists = await fs.lstat(output).then(
     () => true,
@@ -64,38 +75,65 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   );
   if (exists) throw virErr('INVALID_ARG', 'STORAGE', `pull backup output '${output}' already exists`);
 
-  const source = await NbdClient.connect(opts.nbd, { exportName: opts.exportName, metaContexts: [CONTEXT_BASE_ALLOCATION, ...(dirty ? [dirty] : [])] });
+  const connectOpts = { exportName: opts.exportName, maxInFlight: 64, metaContexts: [CONTEXT_BASE_ALLOCATION, ...(dirty ? [dirty] : [])], ...(opts.tls ? { tls: opts.tls } : {}) };
+  const source = await NbdClient.connect(opts.nbd, connectOpts);
+  const extra: NbdClient[] = [];
   let created = false;
   try {
+    // Several connections only where the server promises they see the same data (NBD_FLAG_CAN_MULTI_CONN).
+    const n = source.flags & NBD_FLAG_CAN_MULTI_CONN ? wantConnections : 1;
+    for (let i = 1; i < n; i++) extra.push(await NbdClient.connect(opts.nbd, { exportName: opts.exportName, maxInFlight: 64, ...(opts.tls ? { tls: opts.tls } : {}) }));
     // 0600 like push targets; qemu-img create and copyToFile keep the mode of the file made here.
     await (await fs.open(output, 'wx', 0o600)).close();
     created = true;
+    const digests = dirty === undefined ? new BlockDigests(source.size, CHECKSUM_BLOCK) : undefined;
+    const copyOpts: CopyOptions = {
+      concurrency,
+      connections: extra,
+      onProgress: opts.onProgress,
+      ...(dirty === undefined ? {} : { onlyDirty: dirty }),
+      ...(digests ? checksumHooks(digests) : {}),
+    };
+    let r;
     if (opts.format === 'raw') {
-      const r = await copyToFile(source, output, { concurrency, onProgress: opts.onProgress });
-      await source.disconnect();
-      return { output, size: r.size, bytesRead: r.bytesRead, ranges: r.ranges };
+      r = await copyToFile(source, output, copyOpts);
+    } else {
+      await createImage(source, output, opts);
+      r = await copyIntoImage(source, output, copyOpts);
     }
-    const createArgs = ['create', '-q', '-f', 'qcow2'];
-    if (opts.parentBackup !== undefined) {
-      const parent = path.resolve(opts.parentBackup);
-      const info = await imageInfo(parent);
-      if (info['virtual-size'] !== source.size) {
-        throw virErr('INVALID_ARG', 'STORAGE', `parent backup '${parent}' has virtual size ${info['virtual-size']}, but export '${opts.exportName}' has ${source.size}`);
-      }
-      // Relative when side by side, so the backup folder can move as a whole.
-      const backing = path.dirname(parent) === path.dirname(output) ? path.basename(parent) : parent;
-      createArgs.push('-b', backing, '-F', info.format);
-    }
-    createArgs.push(output, String(source.size));
-    await runTool('qemu-img', createArgs, `creating pull backup '${output}'`);
-    const r = await copyIntoImage(source, output, dirty, concurrency, opts.onProgress);
-    await source.disconnect();
-    return { output, size: source.size, ...r };
+    await Promise.all([source, ...extra].map((c) => c.disconnect()));
+    return { output, size: source.size, bytesRead: r.bytesRead, ranges: r.ranges, connections: 1 + extra.length, ...(digests ? { digests } : {}) };
   } catch (e) {
-    source.destroy();
+    for (const c of [source, ...extra]) c.destroy();
     if (created) await fs.rm(output, { force: true });
     throw toVirError(e, 'STORAGE');
   }
+}
+
+/** Copy hooks that fill `d` from the 1 MiB windows as they are read (window = checksum block). */
+function checksumHooks(d: BlockDigests): Pick<CopyOptions, 'onData' | 'onZero' | 'chunkSize'> {
+  return {
+    chunkSize: d.blockSize,
+    onData: (offset, data) => d.set(offset / d.blockSize, blockDigest(data)),
+    onZero: (offset) => d.setZero(offset / d.blockSize),
+  };
+}
+
+/** The new qcow2: standalone for a full pull, an overlay on the parent backup for an incremental one. */
+async function createImage(source: NbdClient, output: string, opts: PullBackupOptions): Promise<void> {
+  const createArgs = ['create', '-q', '-f', 'qcow2'];
+  if (opts.parentBackup !== undefined) {
+    const parent = path.resolve(opts.parentBackup);
+    const info = await imageInfo(parent);
+    if (info['virtual-size'] !== source.size) {
+      throw virErr('INVALID_ARG', 'STORAGE', `parent backup '${parent}' has virtual size ${info['virtual-size']}, but export '${opts.exportName}' has ${source.size}`);
+    }
+    // Relative when side by side, so the backup folder can move as a whole.
+    const backing = path.dirname(parent) === path.dirname(output) ? path.basename(parent) : parent;
+    createArgs.push('-b', backing, '-F', info.format);
+  }
+  createArgs.push(output, String(source.size));
+  await runTool('qemu-img', createArgs, `creating pull backup '${output}'`);
 }
 
 /**
@@ -103,58 +141,24 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
  * incremental overlay every dirty byte must be written, zeroes included, or the
  * parent's old data would show through; a full image already reads as zeroes.
  */
-async function copyIntoImage(
-  source: NbdClient,
-  image: string,
-  dirty: string | undefined,
-  concurrency: number,
-  onProgress?: (p: PullProgress) => void,
-): Promise<{ bytesRead: number; ranges: CopiedRange[] }> {
+async function copyIntoImage(source: NbdClient, image: string, copyOpts: CopyOptions): Promise<{ bytesRead: number; ranges: CopiedRange[] }> {
   const exp = await startExport({ image, format: 'qcow2', readOnly: false });
   let sink: NbdClient | undefined;
   try {
-    sink = await NbdClient.connect({ socketPath: exp.socketPath }, { exportName: exp.exportName });
+    sink = await NbdClient.connect({ socketPath: exp.socketPath }, { exportName: exp.exportName, maxInFlight: 64 });
     const writer = sink;
-    const zeroFill = dirty !== undefined;
-    const ranges = await planCopy(source, { onlyDirty: dirty });
-    const bytesTotal = ranges.reduce((n, r) => n + (r.zero ? 0 : r.length), 0);
-    const jobs: Array<() => Promise<void>> = [];
-    let bytesDone = 0;
-    for (const r of ranges) {
-      if (r.zero) {
-        if (zeroFill) jobs.push(() => writer.writeZeroes(r.offset, r.length));
-        continue;
-      }
-      for (let o = r.offset; o < r.offset + r.length; o += CHUNK) {
-        const offset = o;
-        const length = Math.min(CHUNK, r.offset + r.length - o);
-        jobs.push(async () => {
-          const buf = await source.read(offset, length);
-          const writes: Promise<void>[] = [];
-          let at = 0;
-          for (const [s, e] of nonZeroRuns(buf)) {
-            if (zeroFill && s > at) writes.push(writer.writeZeroes(offset + at, s - at));
-            writes.push(writer.write(offset + s, buf.subarray(s, e)));
-            at = e;
-          }
-          if (zeroFill && at < length) writes.push(writer.writeZeroes(offset + at, length - at));
-          await Promise.all(writes);
-          bytesDone += length;
-          onProgress?.({ bytesDone, bytesTotal });
-        });
-      }
-    }
-    onProgress?.({ bytesDone, bytesTotal });
-    let next = 0;
-    const worker = async () => {
-      while (next < jobs.length) await jobs[next++]!();
+    const target: CopySink = {
+      zeroFill: copyOpts.onlyDirty !== undefined,
+      where: `'${image}'`,
+      write: (offset, data) => writer.write(offset, data),
+      zero: (offset, length) => writer.writeZeroes(offset, length),
+      finish: () => writer.flush(),
     };
-    await Promise.all(Array.from({ length: concurrency }, worker));
-    await writer.flush();
+    const r = await copyToSink(source, target, copyOpts);
     await writer.disconnect();
     sink = undefined;
     await exp.close();
-    return { bytesRead: bytesDone, ranges };
+    return { bytesRead: r.bytesRead, ranges: r.ranges };
   } finally {
     sink?.destroy();
     await exp.close().catch(() => undefined);

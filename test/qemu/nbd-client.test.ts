@@ -267,8 +267,13 @@ describe('NBD client against qemu-nbd', { timeout: 120_000 }, () => {
       NbdClient.connect({ socketPath: path.join(dir, 'absent.sock') }, { exportName: '' }),
       (e) => assertNbdError(e, ErrorCode.INTERNAL_ERROR, /cannot connect to NBD server/, false),
     );
+    // TLS asked of a server without it: refused, never a silent fall back to clear text.
     await assert.rejects(
       NbdClient.connect({ socketPath: sock }, { exportName: '', tls: {} }),
+      (e) => assertNbdError(e, ErrorCode.INTERNAL_ERROR, /refused TLS \(NBD_REP_ERR_POLICY.*to NBD_OPT_STARTTLS\)/, false),
+    );
+    await assert.rejects(
+      NbdClient.connect({ socketPath: sock }, { exportName: '', tls: { psk: { identity: 'a', key: Buffer.alloc(16) } } }),
       (e: { code: number }) => e.code === ErrorCode.CONFIG_UNSUPPORTED,
     );
   });

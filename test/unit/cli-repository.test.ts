@@ -21,6 +21,7 @@ test('parsePullJob: unix socket, full and incremental disks, backup=no left out'
 </domainbackup>`;
   assert.deepEqual(parsePullJob(xml, 4), {
     nbd: { socketPath: '/run/x/nbd.sock' },
+    tls: false,
     disks: [
       { disk: 'sda', exportName: 'sda', bitmap: 'backup-sda', incremental: 'c1' },
       { disk: 'sdb', exportName: 'sdb-export', bitmap: null, incremental: null },
@@ -31,12 +32,14 @@ test('parsePullJob: unix socket, full and incremental disks, backup=no left out'
 test('parsePullJob: TCP with the resolved port; tcp is the default transport', () => {
   const xml = "<domainbackup mode='pull' id='2'><server name='127.0.0.1' port='10809'/><disks><disk name='vda' backup='yes' exportname='vda'/></disks></domainbackup>";
   assert.deepEqual(parsePullJob(xml, 2).nbd, { host: '127.0.0.1', port: 10809 });
+  // TLS exports are read now (backup-pull --tls-certs): the job says so instead of being refused
+  const tls = parsePullJob("<domainbackup mode='pull'><server transport='tcp' tls='yes' name='h' port='1'/><disks><disk name='a'/></disks></domainbackup>", 1);
+  assert.deepEqual([tls.nbd, tls.tls], [{ host: 'h', port: 1 }, true]);
 });
 
-test('parsePullJob refuses a push job, TLS, fd transport, a missing bitmap and no disks, naming the job', () => {
+test('parsePullJob refuses a push job, fd transport, a missing bitmap and no disks, naming the job', () => {
   assert.throws(() => parsePullJob("<domainbackup mode='push' id='3'/>", 3), (e) => code(ErrorCode.OPERATION_INVALID)(e) && /backup job 3 is not a pull backup/.test((e as Error).message));
   assert.throws(() => parsePullJob("<domainbackup id='3'/>", 3), code(ErrorCode.OPERATION_INVALID));
-  assert.throws(() => parsePullJob("<domainbackup mode='pull'><server transport='tcp' tls='yes' name='h' port='1'/><disks><disk name='a'/></disks></domainbackup>", 1), code(ErrorCode.CONFIG_UNSUPPORTED));
   assert.throws(() => parsePullJob("<domainbackup mode='pull'><server transport='fd' fdgroup='g'/><disks><disk name='a'/></disks></domainbackup>", 1), /transport 'fd'/);
   assert.throws(
     () => parsePullJob("<domainbackup mode='pull'><incremental>c1</incremental><server transport='unix' socket='/s'/><disks><disk name='a' exportname='a'/></disks></domainbackup>", 1),

@@ -7,7 +7,9 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { ErrorCode } from '../../src/errors.js';
+import { createHash } from 'node:crypto';
+import { ErrorCode, VirError } from '../../src/errors.js';
+import { pullBackup } from '../../src/repository/pull.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { NbdError } from '../../src/nbd/errors.js';
 import { extents } from '../../src/nbd/extents.js';
@@ -387,4 +389,57 @@ test('handshake timeout: a server that never greets', async (t) => {
     NbdClient.connect({ socketPath: sock }, { exportName: 'disk', handshakeTimeoutMs: 100 }),
     isNbdError(/NBD handshake with nbd\+unix:\/\/\/disk\?socket=.* timed out after 100 ms/, false),
   );
+});
+
+// ---------------------------------------------------------------- the pull client against a failing server
+
+/** A 4 MiB export with data everywhere; `fault` may answer a read instead (return true when it did). */
+async function pullServer(t: TestContext, fault?: (r: Req, c: Conn, reads: number) => boolean) {
+  let reads = 0;
+  return fakeServer(t, {
+    size: 4 << 20,
+    contexts: { [P.CONTEXT_BASE_ALLOCATION]: 7 },
+    onRequest: (r, c) => {
+      if (r.type === P.NBD_CMD_BLOCK_STATUS) return c.status(r.cookie, 7, [[r.length, 0]]);
+      if (fault?.(r, c, ++reads)) return;
+      c.data(r.cookie, r.offset, pattern(r.offset, r.length));
+    },
+  });
+}
+
+async function pullInto(t: TestContext, sock: string) {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-pullfault-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const output = path.join(dir, 'full.raw');
+  return { dir, output, pull: () => pullBackup({ nbd: { socketPath: sock }, exportName: 'disk', output, format: 'raw' }) };
+}
+
+test('pull with a 64 KiB maximum request size: every read within it, content and streamed checksum exact', async (t) => {
+  const srv = await pullServer(t);
+  const p = await pullInto(t, srv.sock);
+  const r = await p.pull();
+  const want = pattern(0, 4 << 20);
+  assert.ok((await fs.readFile(p.output)).equals(want));
+  const reads = srv.conns.flatMap((c) => c.requests).filter((q) => q.type === P.NBD_CMD_READ);
+  assert.equal(reads.reduce((n, q) => n + q.length, 0), 4 << 20);
+  assert.ok(reads.every((q) => q.length <= 65536), 'no read beyond the advertised maximum');
+  const top = createHash('sha256');
+  for (let o = 0; o < want.length; o += 1 << 20) top.update(createHash('sha256').update(want.subarray(o, o + (1 << 20))).digest());
+  assert.equal(r.digests!.toChecksum().sha256, top.digest('hex'));
+});
+
+test('pull: a server that disconnects mid-copy or fails one read leaves no file behind', async (t) => {
+  for (const [name, fault] of [
+    ['disconnect', (_r: Req, c: Conn, n: number) => n === 20 && (c.socket.destroy(), true)],
+    ['error', (r: Req, c: Conn, n: number) => n === 20 && (c.error(r.cookie, P.NBD_EIO, 'medium error'), true)],
+  ] as const) {
+    const srv = await pullServer(t, fault);
+    const p = await pullInto(t, srv.sock);
+    await assert.rejects(p.pull(), (e: unknown) => {
+      assert.ok(e instanceof VirError, String(e));
+      assert.match(e.message, name === 'error' ? /failed the read of 65536 bytes at offset \d+ .*: EIO: medium error/ : /closed unexpectedly|connection/);
+      return true;
+    });
+    assert.deepEqual(await fs.readdir(p.dir), [], `${name}: the partial output is removed`);
+  }
 });

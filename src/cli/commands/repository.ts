@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Domain } from '../../api/public.js';
 import type { NbdTarget } from '../../nbd/client.js';
+import { loadTlsDir } from '../../nbd/tls.js';
 import { formatVerifyResult, pullBackup, readManifest, restoreBackup, verifyBackup, writeManifest, type BackupManifest } from '../../repository/index.js';
 import { toVirError, virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
@@ -78,6 +79,8 @@ export interface PullDisk {
 
 export interface PullJob {
   nbd: NbdTarget;
+  /** <server tls='yes'>: the export speaks only TLS. */
+  tls: boolean;
   disks: PullDisk[];
 }
 
@@ -88,7 +91,6 @@ export function parsePullJob(xml: string, id: number): PullJob {
   const server = firstChild(root, 'server');
   if (server === null) throw virErr('INTERNAL_ERROR', 'NONE', `backup job ${id} has no <server>`);
   const transport = attr(server, 'transport') ?? 'tcp';
-  if (attr(server, 'tls') === 'yes') throw virErr('CONFIG_UNSUPPORTED', 'NONE', `backup job ${id} exports over TLS, which backup-pull cannot read yet`);
   let nbd: NbdTarget;
   if (transport === 'unix') {
     const socketPath = attr(server, 'socket');
@@ -114,7 +116,7 @@ export function parsePullJob(xml: string, id: number): PullJob {
       return { disk, exportName: attr(d, 'exportname') ?? disk, bitmap: incremental === null ? null : bitmap, incremental };
     });
   if (disks.length === 0) throw virErr('OPERATION_INVALID', 'NONE', `backup job ${id} exports no disk`);
-  return { nbd, disks };
+  return { nbd, tls: attr(server, 'tls') === 'yes', disks };
 }
 
 /** The pull backup of `disk` in `dir` that holds checkpoint `checkpoint` (the newest, when several do). */
@@ -154,6 +156,8 @@ interface PullOptions extends OutputOptions {
   id?: string;
   format: 'qcow2' | 'raw';
   checkpoint?: string;
+  tlsCerts?: string;
+  connections?: string;
 }
 
 /** One disk of a pull backup: where it goes, and the backup it is incremental on. */
@@ -190,7 +194,9 @@ function registerPull(program: Command): void {
     .requiredOption('--output <dir>', 'folder for the backup files (incrementals find their parent backup there)')
     .option('--id <id>', 'job id (default: the current job)')
     .addOption(new Option('--format <format>', 'format of a full backup (an incremental one is always qcow2)').choices(['qcow2', 'raw']).default('qcow2'))
-    .option('--checkpoint <name>', 'the checkpoint the job created (default: the newest one created since the job began)');
+    .option('--checkpoint <name>', 'the checkpoint the job created (default: the newest one created since the job began)')
+    .option('--tls-certs <dir>', "client credentials for a job with <server tls='yes'>: ca-cert.pem, client-cert.pem, client-key.pem (as nbdcopy's tls-certificates)")
+    .option('--connections <n>', 'NBD connections per disk when the export allows multi-conn (default 1)');
   addOutputOptions(cmd, 'print JSON lines: progress, {"type":"pulled"} per disk, then {"type":"completed"}')
     .action(async (ref: string, o: PullOptions, cmd: Command) => {
       const given = parseJobId(cmd, o.id);
@@ -201,6 +207,9 @@ function registerPull(program: Command): void {
         const dom = await lookupDomain(conn, ref);
         const id = given !== 0 ? given : ((await dom.listJobIds())[0] ?? 0);
         const job = parsePullJob(await dom.backupGetXMLDesc(id), id);
+        if (job.tls && o.tlsCerts === undefined) throw virErr('INVALID_ARG', 'NONE', `backup job ${id} exports over TLS: give its client credentials with --tls-certs <dir>`);
+        const tls = job.tls ? await loadTlsDir(path.resolve(o.tlsCerts!)) : undefined;
+        const connections = o.connections === undefined ? undefined : Number(o.connections);
         const stats = await dom.getJobStats();
         const running = (stats.type === JobType.UNBOUNDED || stats.type === JobType.BOUNDED) && (stats.id === undefined || stats.id === id);
         const startSec = Math.floor((Date.now() - (running ? (stats.time_elapsed ?? 0) : 0)) / 1000);
@@ -215,6 +224,8 @@ function registerPull(program: Command): void {
           for (const p of plans) {
             const r = await pullBackup({
               nbd: job.nbd,
+              ...(tls ? { tls } : {}),
+              ...(connections === undefined ? {} : { connections }),
               exportName: p.exportName,
               ...(p.bitmap === null ? {} : { bitmap: p.bitmap }),
               ...(p.parent === null ? {} : { parentBackup: p.parent }),
@@ -236,7 +247,7 @@ function registerPull(program: Command): void {
               virtualSize: r.size,
               jobId: id,
               mode: 'pull',
-            });
+            }, r.digests ? { digests: r.digests } : {});
             const what = p.parent === null ? 'full' : `incremental from ${p.incremental}, backed by ${path.basename(p.parent)}`;
             if (o.json) out(jsonLine({ type: 'pulled', disk: p.disk, output: p.output, format: p.format, incrementalFrom: p.incremental, parentBackup: p.parent, bytesRead: r.bytesRead }));
             else out(`${p.disk}: ${p.output} (${what}; ${(r.bytesRead / MiB).toFixed(1)} MiB read)\n`);
