@@ -51,6 +51,8 @@ function interact(stream: ConsoleStream): Promise<void> {
       stdin.off('end', onEnd);
       if (raw) stdin.setRawMode(false);
       stdin.pause();
+      // a paused pipe still holds the event loop: the command is over
+      (stdin as { unref?: () => void }).unref?.();
       stream.close();
       if (err) reject(err);
       else resolve();
