@@ -6,12 +6,15 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import net from 'node:net';
 import test from 'node:test';
 import { promisify } from 'node:util';
-import { isVirError } from '../../src/errors.js';
-import { makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
-import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
+import { existsSync } from 'node:fs';
+import { ErrorCode, type VirError } from '../../src/errors.js';
+import { QemuDriver } from '../../src/qemu/driver.js';
+import { startCliDaemon } from '../helpers/cli.js';
+import { makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
 
 const run = promisify(execFile);
 
@@ -70,5 +73,108 @@ test('VNC autoport: the port QEMU took is in the live XML and answers RFB; the p
   assert.match(live, new RegExp(`<console type='pty' tty='${pty}'>\\s*<source path='${pty}'/>`));
   await driver.domainDestroy(dom.uuid, 0);
   assert.doesNotMatch(await driver.domainGetXMLDesc(dom.uuid, 0), /port='59/);
+  await env.assertClean();
+});
+
+/** `ip` as root; the test's own bridge and tap. */
+async function ip(...args: string[]): Promise<string> {
+  return (await run('ip', args)).stdout;
+}
+
+function sysNet(dev: string, file: string): Promise<string> {
+  return readFile(`/sys/class/net/${dev}/${file}`, 'utf8').then((s) => s.trim());
+}
+
+/** Whether something listens on 127.0.0.1:`port` (TCP). */
+async function listening(port: number): Promise<boolean> {
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  const table = await readFile('/proc/net/tcp', 'utf8');
+  return table.split('\n').some((l) => l.includes(`:${hex} `) && / 0A /.test(l) && l.trim().split(/\s+/)[1]?.endsWith(`:${hex}`));
+}
+
+test('user, bridge and ethernet interfaces: taps attached, forwarded port listening, domiflist, vncdisplay; MACs kept across a daemon restart', { timeout: 180_000 }, async (t) => {
+  const tag = Math.random().toString(16).slice(2, 8);
+  const bridge = `vbbr${tag}`;
+  const tap = `vbtap${tag}`;
+  await ip('link', 'add', 'name', bridge, 'type', 'bridge');
+  t.after(() => ip('link', 'del', 'dev', bridge).catch(() => {}));
+  await ip('tuntap', 'add', 'dev', tap, 'mode', 'tap');
+  t.after(() => ip('link', 'del', 'dev', tap).catch(() => {}));
+  await ip('link', 'set', 'dev', tap, 'up');
+
+  const env = await makeTestEnv(t);
+  const fwd = await freePort();
+  const dom = await makeTestDomain(env.dir, {
+    devicesXml:
+      `    <interface type='user'><model type='virtio'/><portForward proto='tcp' address='127.0.0.1'><range start='${fwd}' to='22'/></portForward></interface>\n` +
+      `    <interface type='bridge'><source bridge='${bridge}'/><model type='e1000'/></interface>\n` +
+      `    <interface type='ethernet'><target dev='${tap}' managed='no'/><model type='rtl8139'/></interface>\n` +
+      "    <graphics type='vnc' autoport='yes'/>\n",
+  });
+  const xmlFile = path.join(env.dir, 'net.xml');
+  await (await import('node:fs/promises')).writeFile(xmlFile, dom.xml);
+  const dirs = { stateDir: env.stateDir, runDir: env.runDir };
+  const openDriver = () => QemuDriver.open(dirs);
+  let cli = await startCliDaemon(t, { dir: env.dir, openDriver });
+  assert.equal((await cli.run('define', xmlFile)).code, 0);
+  const inactive = await cli.driver.domainGetXMLDesc(dom.uuid, 0);
+  const macs = [...inactive.matchAll(/<mac address='(52:54:00(?::[0-9a-f]{2}){3})'\/>/g)].map((m) => m[1]);
+  assert.equal(macs.length, 3, `a MAC for each interface: ${inactive}`);
+  const inactiveList = await cli.run('domiflist', dom.name, '--inactive');
+  assert.equal(inactiveList.code, 0, inactiveList.stderr);
+  assert.deepEqual(inactiveList.stdout.trim().split('\n').slice(2).map((l) => l.trim().split(/\s+/)), [
+    ['-', 'user', '-', 'virtio', macs[0]],
+    ['-', 'bridge', bridge, 'e1000', macs[1]],
+    [tap, 'ethernet', '-', 'rtl8139', macs[2]],
+  ]);
+
+  assert.equal((await cli.run('start', dom.name)).code, 0);
+  const live = await cli.driver.domainGetXMLDesc(dom.uuid, 0);
+  const vnet = /<interface type='bridge'>[\s\S]*?<target dev='(vnet\d+)'\/>/.exec(live)?.[1];
+  assert.ok(vnet !== undefined, `the bridge interface names its tap: ${live}`);
+  assert.match(await ip('-o', 'link', 'show', 'dev', vnet), new RegExp(`master ${bridge} `));
+  assert.match(await ip('-o', 'link', 'show', 'dev', vnet), /<[^>]*\bUP\b/);
+  assert.equal(await sysNet(vnet, 'carrier'), '1', 'QEMU holds the bridge tap');
+  assert.equal(await sysNet(tap, 'carrier'), '1', 'QEMU holds the ethernet tap');
+  assert.equal(await listening(fwd), true, `the forwarded port ${fwd} listens on 127.0.0.1`);
+  const liveList = await cli.run('domiflist', dom.name);
+  assert.match(liveList.stdout, new RegExp(`^ ${vnet}\\s+bridge\\s+${bridge}\\s+e1000\\s+${macs[1]}$`, 'm'));
+  const port = Number(/<graphics type='vnc' port='(\d+)'/.exec(live)?.[1]);
+  assert.equal((await cli.run('vncdisplay', dom.name)).stdout.trim(), `127.0.0.1:${port - 5900}`);
+
+  assert.equal((await cli.run('destroy', dom.name)).code, 0);
+  assert.equal(existsSync(`/sys/class/net/${vnet}`), false, 'the bridge tap is removed with the domain');
+  assert.equal(existsSync(`/sys/class/net/${tap}`), true, "the ethernet tap is not ours: it stays");
+  assert.equal(await listening(fwd), false);
+  const stopped = await cli.run('vncdisplay', dom.name);
+  assert.match(stopped.stderr, /domain is not running/);
+
+  // a daemon restart: the MACs are the stored definition's
+  await cli.daemon.stop();
+  cli = await startCliDaemon(t, { dir: env.dir, openDriver });
+  const again = await cli.driver.domainGetXMLDesc(dom.uuid, 0);
+  assert.deepEqual([...again.matchAll(/<mac address='([^']+)'\/>/g)].map((m) => m[1]), macs);
+  await cli.daemon.stop();
+});
+
+test('interfaces virtback does not run are refused at define naming them; a missing bridge fails the start and leaves no tap', { timeout: 60_000 }, async (t) => {
+  const env = await makeTestEnv(t);
+  const dom = await makeTestDomain(env.dir);
+  const driver = await env.openDriver();
+  const refused = async (iface: string, re: RegExp): Promise<void> => {
+    await assert.rejects(driver.domainDefineXML(dom.xml.replace('</devices>', `${iface}</devices>`), 0),
+      (e: VirError) => e.code === ErrorCode.CONFIG_UNSUPPORTED && re.test(e.message), iface);
+  };
+  await refused("<interface type='network'><source network='default'/></interface>", /^<interface type='network'> \(devices\/interface\).*libvirt's network driver/);
+  await refused("<interface type='direct'><source dev='eth0' mode='bridge'/></interface>", /^<interface type='direct'> .*macvtap/);
+  await refused("<interface type='ethernet'/>", /needs an existing tap/);
+  await refused("<interface type='user'><model type='ne2k_pci'/></interface>", /<model type='ne2k_pci'> \(devices\/interface\/model\)/);
+  await refused("<interface type='user'><backend type='passt'/></interface>", /<backend type='passt'>/);
+  assert.deepEqual(await driver.listAllDomains(0), []);
+
+  const before = (await readFile('/proc/net/dev', 'utf8')).match(/vnet\d+/g) ?? [];
+  await driver.domainDefineXML(dom.xml.replace('</devices>', "<interface type='bridge'><source bridge='vbnosuchbr0'/></interface></devices>"), 0);
+  await assert.rejects(driver.domainCreate(dom.uuid, 0), (e: VirError) => /Unable to add bridge vbnosuchbr0 port: No such device/.test(e.message));
+  assert.deepEqual((await readFile('/proc/net/dev', 'utf8')).match(/vnet\d+/g) ?? [], before);
   await env.assertClean();
 });
