@@ -5,7 +5,7 @@
 
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +28,9 @@ export function tinyGuest(): Promise<TinyGuest> {
   building ??= (async () => {
     const kernel = path.join(cacheDir, 'vmlinuz');
     const initrd = path.join(cacheDir, 'initramfs.img');
-    if (!existsSync(kernel) || !existsSync(initrd)) {
+    // a guest from before virtio-net (tg.net=dhcp) is rebuilt
+    const current = existsSync(kernel) && existsSync(initrd) && (await readFile(path.join(cacheDir, 'manifest.txt'), 'utf8').catch(() => '')).includes('virtio_net.ko');
+    if (!current) {
       mkdirSync(path.dirname(cacheDir), { recursive: true });
       const tmp = `${cacheDir}.tmp-${process.pid}`;
       await rm(tmp, { recursive: true, force: true });

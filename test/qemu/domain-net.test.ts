@@ -14,7 +14,9 @@ import { existsSync } from 'node:fs';
 import { ErrorCode, type VirError } from '../../src/errors.js';
 import { QemuDriver } from '../../src/qemu/driver.js';
 import { startCliDaemon } from '../helpers/cli.js';
-import { makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
+import { makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import http from 'node:http';
 
 const run = promisify(execFile);
 
@@ -176,5 +178,41 @@ test('interfaces virtback does not run are refused at define naming them; a miss
   await driver.domainDefineXML(dom.xml.replace('</devices>', "<interface type='bridge'><source bridge='vbnosuchbr0'/></interface></devices>"), 0);
   await assert.rejects(driver.domainCreate(dom.uuid, 0), (e: VirError) => /Unable to add bridge vbnosuchbr0 port: No such device/.test(e.message));
   assert.deepEqual((await readFile('/proc/net/dev', 'utf8')).match(/vnet\d+/g) ?? [], before);
+  await env.assertClean();
+});
+
+test('the tiny guest on user networking takes a DHCP lease from slirp and fetches a file the test serves on the host', { timeout: 300_000 }, async (t) => {
+  const guest = await tinyGuest();
+  const token = `token-${Math.random().toString(16).slice(2)}`;
+  const server = http.createServer((req, res) => res.end(req.url === '/token' ? `${token}\n` : 'no\n'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+
+  const env = await makeTestEnv(t);
+  const log = path.join(env.dir, 'serial.log');
+  const dom = await makeTestDomain(env.dir, {
+    disks: 0,
+    memoryMiB: 256,
+    osXml: tinyGuestOsXml(guest, 'tg.debug=1 tg.net=dhcp tg.disks=none'),
+    devicesXml: `    <interface type='user'><model type='virtio'/></interface>\n    <serial type='pty'><log file='${log}'/></serial>\n`,
+    domainXml: '  <on_reboot>destroy</on_reboot>\n',
+  });
+  const driver = await env.openDriver();
+  await driver.domainDefineXML(dom.xml, 0);
+  await driver.domainCreate(dom.uuid, 0);
+  const guestLog = () => readFile(log, 'utf8').catch(() => '');
+  await waitFor(async () => (await guestLog()).includes('tiny-guest: READY'), 'the guest to boot', 240_000);
+  assert.match(await guestLog(), /tiny-guest: eth0 10\.0\.2\.15\/24/, 'the lease slirp hands out');
+
+  const console = await driver.openConsole(dom.uuid, null, 0);
+  let out = '';
+  console.onData((d) => (out += Buffer.from(d).toString('latin1')));
+  // 10.0.2.2 is slirp's gateway: the host's loopback
+  console.write(Buffer.from(`\rwget -q -O - http://10.0.2.2:${port}/token; echo fetched-$?\r`));
+  await waitFor(() => out.includes('fetched-0'), 'wget in the guest', 60_000);
+  assert.match(out, new RegExp(`\\r?\\n${token}\\r?\\n`));
+  console.close();
+  await driver.domainDestroy(dom.uuid, 0);
   await env.assertClean();
 });
