@@ -54,7 +54,7 @@ USER_PKGS="busybox-static qemu-guest-agent e2fsprogs
 # Kernel modules wanted (their dependencies are added automatically).
 # ext4, jbd2, crc32c and devtmpfs are built into Debian's kernels.
 # button + evdev: the ACPI power button reaches acpid as an input event (virsh shutdown).
-MODULES="virtio_pci virtio_blk virtio_console virtio_scsi sd_mod virtio_rng button evdev"
+MODULES="virtio_pci virtio_blk virtio_console virtio_scsi sd_mod virtio_rng button evdev virtio_net"
 
 START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tiny-guest-build.XXXXXX")
@@ -189,6 +189,8 @@ cat > "$IR/init" <<'INIT_EOF'
 #   tg.hook=0                        do not give qemu-ga the fsfreeze hook (default:
 #                                    /etc/qemu/fsfreeze-hook logs each freeze/thaw)
 #   tg.debug=1                       start a shell on the console at the end
+#   tg.net=dhcp                      bring eth0 (virtio-net) up with an address from
+#                                    DHCP (QEMU's user networking serves one)
 /bin/busybox --install -s /bin
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 export HOME=/root
@@ -212,7 +214,7 @@ log "init start (uptime $(uptime_s))"
 dd if=/dev/random of=/dev/null bs=1 count=1 2>/dev/null &
 RNG_PID=$!
 
-DISKS=all MKFS=blank WRITER= WINT=1 HOOK=1 DEBUG=0
+DISKS=all MKFS=blank WRITER= WINT=1 HOOK=1 DEBUG=0 NET=
 for arg in $(cat /proc/cmdline); do
     case $arg in
         tg.disks=*) DISKS=${arg#*=} ;;
@@ -221,6 +223,7 @@ for arg in $(cat /proc/cmdline); do
         tg.writer_interval=*) WINT=${arg#*=} ;;
         tg.hook=*) HOOK=${arg#*=} ;;
         tg.debug=*) DEBUG=${arg#*=} ;;
+        tg.net=*) NET=${arg#*=} ;;
     esac
 done
 
@@ -312,6 +315,15 @@ done
 # /etc/acpi/PWRF/00000080, which shuts down like qemu-ga's guest-shutdown does
 acpid -c /etc/acpi -l /run/acpid.log || log "acpid failed"
 
+if [ "$NET" = dhcp ]; then
+    ip link set lo up
+    if ip link set eth0 up && udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 10 -T 1 >/dev/null 2>&1; then
+        log "eth0 $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
+    else
+        log "dhcp on eth0 failed"
+    fi
+fi
+
 # qemu-ga, restarted if it ever exits
 QGA_OPTS="-m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga"
 [ "$HOOK" = 1 ] && QGA_OPTS="$QGA_OPTS -F/etc/qemu/fsfreeze-hook"
@@ -344,6 +356,20 @@ fi
 while :; do sleep 3600; done
 INIT_EOF
 chmod 755 "$IR/init"
+
+# udhcpc's hook (tg.net=dhcp): configure the lease it got
+cat > "$IR/etc/udhcpc.script" <<'DHCP_EOF'
+#!/bin/sh
+case $1 in
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+        ;;
+esac
+exit 0
+DHCP_EOF
+chmod 755 "$IR/etc/udhcpc.script"
 
 # qemu-ga runs this with "freeze" before FIFREEZE and "thaw" after FITHAW
 mkdir -p "$IR/etc/qemu"

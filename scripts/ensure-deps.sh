@@ -15,8 +15,9 @@ set -euo pipefail
 # the tests drive virtbackd with; libvirt-daemon-driver-qemu brings the real
 # libvirtd that test/helpers/private-libvirtd.ts starts for the libvirt driver's
 # tests (libvirt-daemon-system, which would run one for the host, is not needed).
+# iproute2: `ip` creates and removes the taps of type='bridge' interfaces (src/qemu/net.ts).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
-  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu)
+  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2)
 
 virtback_missing_packages() {
   local pkg missing=()

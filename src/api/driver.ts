@@ -8,6 +8,8 @@
 // Domains are addressed by UUID (stable across renames and redefinitions, like
 // libvirt's virDomainPtr); checkpoints by (domain UUID, checkpoint name).
 
+import type { ConsoleStream } from './console-stream.js';
+
 export interface DomainRef {
   name: string;
   uuid: string;
@@ -188,4 +190,11 @@ export interface Driver {
    * subscribe. Drains them; virtbackd replays them to later subscribers.
    */
   recoveredEvents?(): DriverEvent[];
+
+  /**
+   * Optional capability: virDomainOpenConsole. `devName` null = the first
+   * console; flags ConsoleFlags. Not an entry point: a stream is no
+   * serialisable result (remote/stream.ts carries it over the wire).
+   */
+  openConsole?(uuid: string, devName: string | null, flags: number): Promise<ConsoleStream>;
 }

@@ -503,7 +503,7 @@ export function secureDenial(e: EntryPoint, args: readonly unknown[]): string | 
 // wire schemas.)
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 /** Driver members that are not entry points: the connection's own. */
-export type DriverMethodName = Exclude<keyof Driver, 'uri' | 'close' | 'subscribe' | 'recoveredEvents'>;
+export type DriverMethodName = Exclude<keyof Driver, 'uri' | 'close' | 'subscribe' | 'recoveredEvents' | 'openConsole'>;
 type Agreement = {
   [M in DriverMethodName]: M extends EntryPointName
     ? Same<Parameters<Driver[M]>, EntryArgs<M>> extends true

@@ -20,6 +20,7 @@ import { virErr } from '../errors.js';
 import { cpuArgs, cpuOf } from '../xml/domain-cpu.js';
 import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
+import { peripheralArgs } from './console-args.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -274,9 +275,7 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   if (def.os.kernel !== null) args.push('-kernel', def.os.kernel);
   if (def.os.initrd !== null) args.push('-initrd', def.os.initrd);
   if (def.os.cmdline !== null) args.push('-append', def.os.cmdline);
-  if (input.consoleLog !== null) {
-    args.push('-chardev', `file,id=charserial0,path=${escapeOptValue(input.consoleLog)}`, '-serial', 'chardev:charserial0');
-  }
+  args.push(...peripheralArgs(def.devicesExtra ?? [], input.consoleLog));
   if (def.disks.some((d) => d.bus === 'scsi')) {
     args.push('-device', json({ driver: 'virtio-scsi-pci', id: 'scsi0' }));
   }

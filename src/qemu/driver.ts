@@ -42,6 +42,8 @@ import { blockJobInfo } from './block-job-info.js';
 import { domainInfo, filterDomains, LIST_DOMAINS_FLAGS, summarize } from './domain-list.js';
 import { EventBus } from './event-bus.js';
 import { HookSet } from './hook-set.js';
+import { ConsoleSessions } from './console.js';
+import { ConsoleFlags, type ConsoleStream } from '../api/console-stream.js';
 import type { BackupOps, CheckpointAccess, CheckpointOps, DomainHooks, DomainHost } from './host.js';
 import { DomainLifecycle } from './lifecycle.js';
 import { passMonitorCommand } from './monitor-command.js';
@@ -109,6 +111,7 @@ export class QemuDriver implements Driver, DomainHost {
   private readonly definitions: DomainDefinitions;
   private readonly lifecycle: DomainLifecycle;
   private readonly gracefulDestroyMs: number;
+  private readonly consoles: ConsoleSessions;
   private closed = false;
 
   private constructor(opts: QemuDriverOptions) {
@@ -117,6 +120,7 @@ export class QemuDriver implements Driver, DomainHost {
     this.uri = opts.uri ?? 'qemu:///embed';
     this.log = opts.log ?? silentLogger;
     this.gracefulDestroyMs = opts.gracefulDestroyMs ?? 15_000;
+    this.consoles = new ConsoleSessions(this.log);
     this.bus = new EventBus(this.log);
     if (opts.listener) this.bus.subscribe(opts.listener);
     this.hooks = new HookSet(this.log);
@@ -354,6 +358,12 @@ export class QemuDriver implements Driver, DomainHost {
     const dom = this.getDomain(uuid);
     const def = flags & DomainXMLFlags.INACTIVE || !dom.liveDef ? dom.def : dom.liveDef;
     return formatDomainXML(def, { secure: (flags & DomainXMLFlags.SECURE) !== 0 });
+  }
+
+  async openConsole(uuid: string, devName: string | null, flags: number): Promise<ConsoleStream> {
+    checkFlags(flags, ConsoleFlags.FORCE | ConsoleFlags.SAFE, 'virDomainOpenConsole');
+    const dom = this.getDomain(uuid);
+    return this.consoles.open(dom.uuid, dom.liveDef, devName, flags);
   }
 
   async qemuMonitorCommand(uuid: string, command: string, flags: number): Promise<string> {

@@ -11,6 +11,8 @@ import { DomainState, PausedReason, RunningReason, ShutoffReason } from '../flag
 import { errField, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML, type DomainDef } from '../xml/domain.js';
 import { buildCommandLine, type QemuCommandLine } from './command-line.js';
+import { withLiveConsoles } from './console.js';
+import { bridgeTaps, prepareTaps, removeTaps } from './net.js';
 import { DomainObject } from './domain-object.js';
 import { lifecycleEvent, type EventBus } from './event-bus.js';
 import type { HookSet } from './hook-set.js';
@@ -54,6 +56,8 @@ interface StartPlan {
   commandLine: QemuCommandLine;
   /** START_PAUSED: QEMU starts with -S and its CPUs are never started */
   paused: boolean;
+  /** taps created for type='bridge' interfaces (removed again if the start fails) */
+  taps: string[];
 }
 
 export interface StartOptions {
@@ -98,8 +102,8 @@ export class DomainLifecycle {
     if (dom.run) {
       throw virErr('OPERATION_INVALID', 'QEMU', 'Requested operation is not valid: domain is already running');
     }
+    await this.refuseUnknownQemu(dom, this.env.paths.domainRunDir(dom.uuid));
     const plan = await this.planStart(dom, opts);
-    await this.refuseUnknownQemu(dom, plan.runDir);
     await rm(plan.runDir, { recursive: true, force: true });
     await mkdir(plan.runDir, { recursive: true, mode: 0o700 });
     let launched: LaunchedProcess | null = null;
@@ -114,9 +118,12 @@ export class DomainLifecycle {
       const run = this.newRuntime(dom, this.statusFor(dom, plan, launched));
       this.becomeRunning(dom, run, plan.def);
       if (plan.paused) [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.USER];
-      await run.connect().catch((e) => {
+      const qmp = await run.connect().catch((e) => {
         throw qmpErrorToVirError(e, 'internal error: cannot connect to the QEMU monitor');
       });
+      // the pty and VNC port QEMU chose, in the live XML as libvirt shows them
+      const live = await withLiveConsoles(qmp, plan.def);
+      if (live !== plan.def) [dom.liveDef, run.status.liveXml] = [live, formatDomainXML(live, { secure: true })];
       await run.save();
     } catch (e) {
       await this.abortStart(dom, launched, plan);
@@ -142,10 +149,18 @@ export class DomainLifecycle {
     }
     const accel = def.type === 'kvm' && (await kvmUsable()) ? 'kvm' : 'tcg';
     const pidFile = path.join(runDir, 'qemu.pid');
-    const commandLine = buildCommandLine({
-      def, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log'), paused: opts.paused,
-    });
-    return { def, runDir, qmpSocket, agentSocket, pidFile, commandLine, paused: opts.paused };
+    // last: the taps are the first thing a start makes
+    const net = await prepareTaps(def.devicesExtra ?? [], this.logFor(dom));
+    const liveDef: DomainDef = { ...def, devicesExtra: net.devices };
+    try {
+      const commandLine = buildCommandLine({
+        def: liveDef, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log'), paused: opts.paused,
+      });
+      return { def: liveDef, runDir, qmpSocket, agentSocket, pidFile, commandLine, paused: opts.paused, taps: net.created };
+    } catch (e) {
+      await removeTaps(net.created, this.logFor(dom));
+      throw e;
+    }
   }
 
   /**
@@ -195,6 +210,7 @@ export class DomainLifecycle {
     else await this.killFromPidFile(plan.pidFile, dom.uuid);
     await rm(plan.runDir, { recursive: true, force: true }).catch(() => {});
     await removeFileDurably(this.env.paths.status(dom.uuid)).catch(() => {});
+    await removeTaps(plan.taps, this.logFor(dom));
   }
 
   /** A QEMU that daemonized although its launch failed (timeout): find it by its pid file and stop it. */
@@ -439,6 +455,7 @@ export class DomainLifecycle {
     await this.env.bus.holding(dom.uuid, async () => {
       await this.env.hooks.run(dom, 'onStopped', reason);
       await run.removeFiles();
+      await removeTaps(bridgeTaps(dom.liveDef?.devicesExtra ?? []), log);
       this.clearRun(dom, reason);
     });
     this.env.bus.emit(lifecycleEvent(dom, 'stopped', detail));

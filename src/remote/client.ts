@@ -9,7 +9,9 @@ import type { Driver, DriverEvent, EventListener } from '../api/driver.js';
 import { entryPointNames, type EntryMethods } from '../api/entry-points.js';
 import { VirError, toVirError, virErr } from '../errors.js';
 import { PendingCalls } from '../util/pending-calls.js';
+import type { ConsoleStream } from '../api/console-stream.js';
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js';
+import { ClientStreams } from './stream.js';
 import {
   DriverEventSchema,
   PROTOCOL_VERSION,
@@ -56,6 +58,10 @@ export class RemoteDriver implements Driver {
   private subscription: Promise<void> = Promise.resolve();
   private daemonUri = '';
   private daemonReadOnly = false;
+  /** console streams open on this connection */
+  private readonly streams = new ClientStreams((msg) => {
+    if (!this.closed) this.socket.write(encodeFrame(Buffer.from(JSON.stringify(msg), 'utf8'), this.opts.maxFrame));
+  });
 
   private constructor(
     private readonly socket: net.Socket,
@@ -174,6 +180,10 @@ export class RemoteDriver implements Driver {
       return;
     }
     const msg = parsed.data;
+    if (msg.type === 'stream' || msg.type === 'stream-end') {
+      this.streams.receive(msg);
+      return;
+    }
     if (msg.type === 'event') {
       const ev = DriverEventSchema.safeParse(msg.event);
       if (!ev.success) return; // an event kind newer than us: ignore it
@@ -205,6 +215,12 @@ export class RemoteDriver implements Driver {
     this.closed = true;
     this.closeError = err;
     this.pending.rejectAll(err);
+    this.streams.failAll(err);
+  }
+
+  /** virDomainOpenConsole over the daemon's socket (remote/stream.ts). */
+  async openConsole(uuid: string, devName: string | null, flags: number): Promise<ConsoleStream> {
+    return this.streams.attach(await this.call('domainOpenConsole', uuid, devName, flags));
   }
 
   async close(): Promise<void> {

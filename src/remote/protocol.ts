@@ -135,18 +135,35 @@ export const ReplyMessageSchema = z.object({ type: z.literal('reply'), serial: S
 export const ErrorMessageSchema = z.object({ type: z.literal('error'), serial: Serial, error: VirErrorSchema });
 export const EventMessageSchema = z.object({ type: z.literal('event'), event: z.unknown() });
 
+// Console streams (remote/stream.ts): bytes both ways, base64, in bounded chunks.
+/** Most bytes one stream message carries. */
+export const STREAM_CHUNK_BYTES = 64 * 1024;
+const StreamId = z.number().int().min(1).max(0x7fffffff);
+export const StreamDataSchema = z.object({
+  type: z.literal('stream'),
+  id: StreamId,
+  data: z.string().max(Math.ceil(STREAM_CHUNK_BYTES / 3) * 4),
+});
+/** Either side ends a stream; the daemon says why when it was not asked to. */
+export const StreamEndSchema = z.object({ type: z.literal('stream-end'), id: StreamId, error: VirErrorSchema.optional() });
+/** What a client may send besides calls. */
+export const StreamMessageSchema = z.discriminatedUnion('type', [StreamDataSchema, StreamEndSchema]);
+export type StreamMessage = z.infer<typeof StreamMessageSchema>;
+
 /** What a client may receive. */
 export const ServerMessageSchema = z.discriminatedUnion('type', [
   ReplyMessageSchema,
   ErrorMessageSchema,
   EventMessageSchema,
+  StreamDataSchema,
+  StreamEndSchema,
 ]);
 
 export type CallMessage = z.infer<typeof CallMessageSchema>;
 export type ReplyMessage = z.infer<typeof ReplyMessageSchema>;
 export type ErrorMessage = z.infer<typeof ErrorMessageSchema>;
 export type EventMessage = { type: 'event'; event: DriverEvent };
-export type ServerMessage = ReplyMessage | ErrorMessage | EventMessage;
+export type ServerMessage = ReplyMessage | ErrorMessage | EventMessage | StreamMessage;
 
 // ---- procedures ----------------------------------------------------------
 
@@ -256,6 +273,13 @@ const connectionProcedures = {
     result: Void,
     mutating: false,
     doc: 'stop receiving event messages on this connection',
+  }),
+  domainOpenConsole: proc({
+    args: z.tuple([Uuid, Name.nullable(), Flags]),
+    result: StreamId,
+    // a console is a shell on the guest: never for the read-only socket
+    mutating: true,
+    doc: "virDomainOpenConsole: opens the domain's console as a stream on this connection; returns the stream id",
   }),
 };
 

@@ -17,6 +17,7 @@ import { FrameDecoder, MAX_FRAME_BYTES, MAX_READ_ONLY_FRAME_BYTES, encodeFrame, 
 import {
   CallMessageSchema,
   HelloArgsSchema,
+  StreamMessageSchema,
   LIMITS,
   PROTOCOL_VERSION,
   isProcName,
@@ -25,6 +26,7 @@ import {
   type DriverProcName,
   type ServerMessage,
 } from './protocol.js';
+import { ServerStreams, isStreamMessage } from './stream.js';
 import { listenUnixSocket, removeSocketFiles } from './unix-socket.js';
 
 export interface ServerOptions extends ClientLimitOptions {
@@ -67,6 +69,8 @@ class ClientConnection implements LimitedClient {
   /** the backlog was sent (each connection gets it once) */
   private replayed = false;
   private readonly log: Logger;
+  /** console streams open on this connection */
+  private readonly streams: ServerStreams;
 
   constructor(
     private readonly server: RemoteServer,
@@ -78,6 +82,13 @@ class ClientConnection implements LimitedClient {
     this.decoder = new FrameDecoder(readOnly ? Math.min(server.maxFrame, server.maxReadOnlyFrame) : server.maxFrame);
     this.log = server.log.child({ client: id });
     this.flow = new FlowControl(socket, server.pool, this);
+    this.streams = new ServerStreams({
+      send: (msg) => this.send(msg),
+      get queuedBytes() {
+        return socket.writableLength;
+      },
+      onDrain: (fn) => socket.once('drain', fn),
+    });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (e) => this.log.debug({ error: e.message }, 'client socket error'));
     socket.on('close', () => this.onClose());
@@ -112,6 +123,12 @@ class ClientConnection implements LimitedClient {
       raw = JSON.parse(frame.toString('utf8'));
     } catch {
       this.sendError(0, virErr('RPC', 'RPC', 'malformed message: not JSON'));
+      return;
+    }
+    if (isStreamMessage(raw)) {
+      const msg = StreamMessageSchema.safeParse(raw);
+      if (msg.success) this.streams.receive(msg.data);
+      else this.sendError(0, virErr('RPC', 'RPC', `malformed stream message: ${describeIssues(msg.error.issues, 'message')}`));
       return;
     }
     const parsed = CallMessageSchema.safeParse(raw);
@@ -165,6 +182,10 @@ class ClientConnection implements LimitedClient {
       case 'unsubscribe':
         this.subscribed = false;
         return undefined;
+      case 'domainOpenConsole': {
+        const [uuid, devName, flags] = args.data as [string, string | null, number];
+        return this.streams.openConsole(this.driver.inner, uuid, devName, flags);
+      }
     }
     const name = msg.proc as DriverProcName;
     const method = this.driver[name] as (...a: unknown[]) => Promise<unknown>;
@@ -222,12 +243,14 @@ class ClientConnection implements LimitedClient {
     this.log.warn({ reason }, 'client dropped');
     this.closed = true;
     this.socket.destroy();
+    this.streams.closeAll();
     this.server.forget(this);
   }
 
   private onClose(): void {
     if (!this.closed) this.log.debug('client disconnected');
     this.closed = true;
+    this.streams.closeAll();
     this.server.forget(this);
   }
 }

@@ -13,6 +13,9 @@ import {
   DEVICE_ELEMENTS, DOMAIN_ELEMENTS, checkDiskParts, checkElement, checkOsChild, unexpectedAttr, unsupported, withoutDropped,
   type SupportContext,
 } from './domain-support.js';
+import { completeDisplay } from './domain-graphics.js';
+import { completeInterfaces } from './domain-net.js';
+import { completeSerials } from './domain-serial.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
 
@@ -287,6 +290,10 @@ function parseDevices(devicesEl: XmlElement | null): { disks: DiskDef[]; agent: 
     checkElement(DEVICE_ELEMENTS, `devices/${c.name}`, kept, ctx);
     return kept;
   });
+  // network, serial and display devices: checked, and completed as libvirt does at define (MACs, console pairing, default video)
+  completeInterfaces(devicesExtra);
+  completeSerials(devicesExtra);
+  completeDisplay(devicesExtra);
   return { disks, agent, devicesExtra };
 }
 

@@ -50,8 +50,8 @@ test('a refused element leaves nothing defined, on disk or in the list', async (
   const dom = await makeTestDomain(env.dir);
   const driver = await env.openDriver();
   const cases: [string, string][] = [
-    [dom.xml.replace('</devices>', "<interface type='user'><model type='virtio'/></interface></devices>"), "<interface type='user'> (devices/interface)"],
-    [dom.xml.replace('</devices>', "<graphics type='vnc' autoport='yes'/></devices>"), "<graphics type='vnc' autoport='yes'> (devices/graphics)"],
+    [dom.xml.replace('</devices>', "<interface type='network'><source network='default'/></interface></devices>"), "<interface type='network'> (devices/interface)"],
+    [dom.xml.replace('</devices>', "<graphics type='spice' autoport='yes'/></devices>"), "<graphics type='spice' autoport='yes'> (devices/graphics)"],
     [dom.xml.replace('</domain>', "<currentMemory unit='MiB'>64</currentMemory></domain>"), "<currentMemory unit='MiB'>64</currentMemory> (currentMemory)"],
     [dom.xml.replace("type='qcow2'/>", "type='qcow2' cache='none'/>"), "<driver name='qemu' type='qcow2' cache='none'> (devices/disk/driver)"],
     [dom.xml.replace('</domain>', "<on_poweroff>preserve</on_poweroff></domain>"), '<on_poweroff>preserve</on_poweroff> (on_poweroff)'],
