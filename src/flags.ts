@@ -61,6 +61,10 @@ export const ListDomainsFlags = {
 } as const;
 
 export const UndefineFlags = {
+  /** remove the domain's UEFI variable store */
+  NVRAM: 1 << 2,
+  /** keep it (without either flag, undefine is refused while it exists) */
+  KEEP_NVRAM: 1 << 3,
   CHECKPOINTS_METADATA: 1 << 4,
 } as const;
 

@@ -157,6 +157,7 @@ export const entryPoints = {
     result: 'void',
     flags: UndefineFlags,
     flagPrefix: 'VIR_DOMAIN_UNDEFINE_',
+    exclusive: [['NVRAM', 'KEEP_NVRAM']],
     mutates: true,
   }),
   domainCreate: entry({
@@ -164,7 +165,7 @@ export const entryPoints = {
     errorDomain: 'DOMAIN',
     args: [uuid, flags],
     result: 'void',
-    // BYPASS_CACHE, FORCE_BOOT and RESET_NVRAM are part of the API; the QEMU driver refuses them itself.
+    // BYPASS_CACHE and FORCE_BOOT are part of the API; the QEMU driver refuses them itself.
     flags: DomainCreateFlags,
     flagPrefix: 'VIR_DOMAIN_START_',
     mutates: true,

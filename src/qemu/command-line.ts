@@ -17,8 +17,10 @@
 // Structured options use QEMU's JSON syntax, so paths need no comma escaping.
 
 import { virErr } from '../errors.js';
+import { diskBootIndexes } from '../xml/domain-boot.js';
 import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
+import { pflashArgs, type FirmwareFiles } from './firmware.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -35,6 +37,8 @@ export interface CommandLineInput {
   consoleLog: string | null;
   /** START_PAUSED: -S, the CPUs wait for QMP cont */
   paused?: boolean;
+  /** UEFI code and NVRAM as pflash (firmware.ts); null/absent for BIOS */
+  firmware?: FirmwareFiles | null;
 }
 
 /** Where a disk lives inside QEMU. */
@@ -156,6 +160,12 @@ function onRebootDestroy(def: DomainDef): boolean {
   return el !== undefined && textOf(el) === 'destroy';
 }
 
+/** <os><bootmenu enable='yes'/>: the firmware offers its boot menu. */
+function bootMenu(def: DomainDef): boolean {
+  const el = def.os.extra?.find((e) => e.name === 'bootmenu');
+  return el !== undefined && el.attrs.some(([k, v]) => k === 'enable' && v === 'yes');
+}
+
 /**
  * type='kvm' runs on KVM or not at all (libvirt refuses it at define, when its
  * capabilities show no /dev/kvm, with this message); type='qemu' is TCG.
@@ -219,11 +229,11 @@ function blockdevArgs(disk: DiskDef, nodes: DiskNodes): string[] {
   return ['-blockdev', json(storage), '-blockdev', json(format)];
 }
 
-function deviceArg(disk: DiskDef, nodes: DiskNodes): string {
+function deviceArg(disk: DiskDef, nodes: DiskNodes, bootindex: number | undefined): string {
   const idx = targetIndex(disk);
   const drive = nodes.formatNode !== null ? { drive: nodes.formatNode } : {};
   const serial = diskSerial(disk);
-  const extra = serial !== null ? { serial } : {};
+  const extra = { ...(serial !== null ? { serial } : {}), ...(bootindex !== undefined ? { bootindex } : {}) };
   switch (disk.bus) {
     case 'scsi':
       return json({
@@ -248,10 +258,11 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   checkAccel(def, input.accel);
   checkDisks(def);
   const disks = assignDiskNodes(def);
+  const pflash = input.firmware ? pflashArgs(input.firmware) : null;
   const args: string[] = [
     '-name', `guest=${escapeOptValue(def.name)},debug-threads=on`,
     '-uuid', def.uuid,
-    '-machine', osMachine(def.os),
+    '-machine', `${osMachine(def.os)}${pflash?.machineProps ?? ''}`,
     '-accel', input.accel,
     '-m', `size=${def.memoryKiB}k`,
     '-smp', String(def.vcpu),
@@ -260,6 +271,8 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
     '-chardev', `socket,id=charmonitor,path=${escapeOptValue(input.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=charmonitor,id=monitor,mode=control',
   ];
+  if (pflash) args.push(...pflash.blockdevs);
+  if (bootMenu(def)) args.push('-boot', 'menu=on');
   if (input.paused) args.push('-S');
   if (onRebootDestroy(def)) args.push('-no-reboot');
   if (def.os.kernel !== null) args.push('-kernel', def.os.kernel);
@@ -271,9 +284,10 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   if (def.disks.some((d) => d.bus === 'scsi')) {
     args.push('-device', json({ driver: 'virtio-scsi-pci', id: 'scsi0' }));
   }
+  const bootIndexes = diskBootIndexes(def.disks, def.os.extra ?? []);
   def.disks.forEach((disk, i) => {
     const nodes = disks[i]!;
-    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes));
+    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes, bootIndexes.get(disk.target)));
   });
   if (def.agent !== null) {
     if (input.agentSocket === null) {

@@ -263,7 +263,7 @@ export class QemuDriver implements Driver, DomainHost {
   }
 
   async domainUndefine(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, UndefineFlags.CHECKPOINTS_METADATA, 'virDomainUndefineFlags');
+    checkFlags(flags, UndefineFlags.CHECKPOINTS_METADATA | UndefineFlags.NVRAM | UndefineFlags.KEEP_NVRAM, 'virDomainUndefineFlags');
     await this.definitions.undefine(uuid, flags);
   }
 
@@ -271,13 +271,13 @@ export class QemuDriver implements Driver, DomainHost {
    * PAUSED: CPUs never started (resume starts them). AUTODESTROY: destroyed
    * when this driver is closed; a daemon serving it ties the domain to the
    * client connection instead (AutoDestroyTracker). BYPASS_CACHE (no save
-   * images here), FORCE_BOOT and RESET_NVRAM are refused as libvirt's
+   * images here) and FORCE_BOOT are refused as libvirt's
    * drivers refuse what they cannot do.
    */
   async domainCreate(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY, 'virDomainCreateWithFlags');
+    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY | DomainCreateFlags.RESET_NVRAM, 'virDomainCreateWithFlags');
     await this.withDomainLock(uuid, async (dom) => {
-      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0 });
+      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0, resetNvram: (flags & DomainCreateFlags.RESET_NVRAM) !== 0 });
       dom.autodestroy = (flags & DomainCreateFlags.AUTODESTROY) !== 0;
     });
   }

@@ -268,12 +268,13 @@ export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlE
       break;
     }
     case 'boot':
-      // SeaBIOS boots the first hard disk when nothing sets a boot order: that is <boot dev='hd'/>
-      why = unexpectedAttr(c, { dev: ['hd'] }) ?? noChildren ??
-        (before.some((b) => b.name === 'boot') ? 'only one <boot dev=\'hd\'/> is supported' : null);
+      // the first disk (hd) or CD-ROM drive (cdrom) of the domain gets the next bootindex (domain-boot.ts)
+      why = unexpectedAttr(c, { dev: ['hd', 'cdrom'] }) ?? noChildren ??
+        (attr(c, 'dev') === null ? "dev='hd' or dev='cdrom' is required" : null) ??
+        (before.filter((b) => b.name === 'boot').length >= 4 ? 'at most 4 <boot dev> elements' : null);
       break;
     case 'bootmenu':
-      why = unexpectedAttr(c, { enable: ['no'] }) ?? noChildren;
+      why = unexpectedAttr(c, { enable: ['yes', 'no'] }) ?? noChildren;
       break;
     default:
       throw unsupported(path, c);
@@ -286,7 +287,7 @@ export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlE
 // Children of <disk> the runtime applies; <address>/<alias> are dropped, an
 // empty <backingStore/> (libvirt's "no backing chain") too: QEMU opens the
 // image's own chain from its header.
-const DISK_CHILDREN = ['driver', 'source', 'target', 'readonly', 'serial'];
+const DISK_CHILDREN = ['driver', 'source', 'target', 'readonly', 'serial', 'boot'];
 
 /** Attributes and children of a disk that the runtime would not apply. */
 export function checkDiskParts(el: XmlElement, target: string, sourceAttr: string): void {
