@@ -12,7 +12,9 @@
 //   libvirt's virDiskNameToIndex: bus scsi `scsi0-0-0-<unit>` (one virtio-scsi
 //   controller `scsi0`, unit = target index: matches libvirt for sda..sdg,
 //   where libvirt would move on to controller scsi1), bus sata `sata0-0-<port>`
-//   (the q35 built-in AHCI, ports 0..5), bus virtio `virtio-disk<index>`.
+//   (the q35 built-in AHCI, ports 0..5; on i440fx an ich9-ahci `sata0`), bus
+//   ide `ide0-<bus>-<unit>` (the i440fx built-in IDE: hda/hdb on bus 0, hdc/hdd
+//   on bus 1; q35 has none), bus virtio `virtio-disk<index>`.
 //   HMP `qemu-io -d <qdev id>` works for scsi and sata disks, not virtio-blk.
 // Structured options use QEMU's JSON syntax, so paths need no comma escaping.
 
@@ -77,6 +79,12 @@ export function diskNameToIndex(name: string): number {
 }
 
 const SATA_PORTS = 6;
+const IDE_UNITS = 4;
+
+/** The i440fx machines ('pc'): built-in IDE, no built-in AHCI. */
+function isI440fx(def: DomainDef): boolean {
+  return /^pc($|-i440fx-)/.test(osMachine(def.os));
+}
 
 function targetIndex(disk: DiskDef): number {
   const idx = diskNameToIndex(disk.target);
@@ -105,6 +113,8 @@ function qdevIdOf(disk: DiskDef): string {
       return `sata0-0-${idx}`;
     case 'virtio':
       return `virtio-disk${idx}`;
+    case 'ide':
+      return `ide0-${Math.floor(idx / 2)}-${idx % 2}`;
   }
 }
 
@@ -197,13 +207,20 @@ function checkDisks(def: DomainDef): void {
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU',
         `disk '${disk.target}': the q35 SATA controller has ports 0..${SATA_PORTS - 1} only (sda..sdf)`);
     }
+    if (disk.bus === 'ide' && !isI440fx(def)) {
+      // libvirt's words for an IDE disk on q35
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'IDE controllers are unsupported for this QEMU binary or machine type');
+    }
+    if (disk.bus === 'ide' && idx >= IDE_UNITS) {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': the IDE controller has units hda..hdd only`);
+    }
     if (disk.device === 'cdrom' && disk.bus === 'virtio') {
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': cdrom on bus virtio is not supported`);
     }
     if (disk.device === 'disk' && disk.source === null) {
       throw virErr('XML_ERROR', 'DOMAIN', `disk '${disk.target}' has no source`);
     }
-    if (disk.device === 'disk' && disk.readonly && disk.bus === 'sata') {
+    if (disk.device === 'disk' && disk.readonly && (disk.bus === 'sata' || disk.bus === 'ide')) {
       // ide-hd refuses a read-only block backend; libvirt rejects it the same way
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': readonly ide disks are not supported`);
     }
@@ -229,7 +246,7 @@ function blockdevArgs(disk: DiskDef, nodes: DiskNodes): string[] {
   return ['-blockdev', json(storage), '-blockdev', json(format)];
 }
 
-function deviceArg(disk: DiskDef, nodes: DiskNodes, bootindex: number | undefined): string {
+function deviceArg(disk: DiskDef, nodes: DiskNodes, bootindex: number | undefined, i440fx: boolean): string {
   const idx = targetIndex(disk);
   const drive = nodes.formatNode !== null ? { drive: nodes.formatNode } : {};
   const serial = diskSerial(disk);
@@ -244,7 +261,13 @@ function deviceArg(disk: DiskDef, nodes: DiskNodes, bootindex: number | undefine
     case 'sata':
       return json({
         driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
-        bus: `ide.${idx}`,
+        bus: i440fx ? `sata0.${idx}` : `ide.${idx}`,
+        ...drive, id: nodes.qdevId, ...extra,
+      });
+    case 'ide':
+      return json({
+        driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
+        bus: `ide.${Math.floor(idx / 2)}`, unit: idx % 2,
         ...drive, id: nodes.qdevId, ...extra,
       });
     case 'virtio':
@@ -284,10 +307,13 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   if (def.disks.some((d) => d.bus === 'scsi')) {
     args.push('-device', json({ driver: 'virtio-scsi-pci', id: 'scsi0' }));
   }
+  if (isI440fx(def) && def.disks.some((d) => d.bus === 'sata')) {
+    args.push('-device', json({ driver: 'ich9-ahci', id: 'sata0' }));
+  }
   const bootIndexes = diskBootIndexes(def.disks, def.os.extra ?? []);
   def.disks.forEach((disk, i) => {
     const nodes = disks[i]!;
-    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes, bootIndexes.get(disk.target)));
+    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes, bootIndexes.get(disk.target), isI440fx(def)));
   });
   if (def.agent !== null) {
     if (input.agentSocket === null) {

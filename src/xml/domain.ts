@@ -16,7 +16,7 @@ import { checkBootOrder, firmwareToElements, parseBootOrder, parseFirmware, type
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
 
-export type DiskBus = 'scsi' | 'sata' | 'virtio';
+export type DiskBus = 'scsi' | 'sata' | 'virtio' | 'ide';
 export type DiskFormat = 'qcow2' | 'raw';
 
 export interface DiskDef {
@@ -360,6 +360,7 @@ function parseAgentChannel(el: XmlElement): AgentChannelDef {
 function defaultBus(target: string): DiskBus | null {
   if (target.startsWith('vd')) return 'virtio';
   if (target.startsWith('sd')) return 'scsi';
+  if (target.startsWith('hd')) return 'ide';
   return null;
 }
 
@@ -409,7 +410,7 @@ function parseDisk(el: XmlElement): DiskDef {
 
   const busAttr = attr(targetEl, 'bus');
   const bus = busAttr ?? defaultBus(target);
-  if (bus !== 'scsi' && bus !== 'sata' && bus !== 'virtio') {
+  if (bus !== 'scsi' && bus !== 'sata' && bus !== 'virtio' && bus !== 'ide') {
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk bus '${bus ?? '(none)'}' for disk '${target}'`);
   }
 
