@@ -107,7 +107,8 @@ test('the defaults in detail: lifecycle actions, features, controllers the runti
   refused(domain('', "<controller type='sata' index='1'/>"), 'devices/controller', /index='1'/);
   refused(domain('', "<controller type='usb' index='0' model='qemu-xhci'/>"), 'devices/controller', /qemu-xhci/);
   refused(domain('', "<controller type='usb' index='0'/>"), 'devices/controller', /model='none' is required/);
-  refused(domain('', "<controller type='ide' index='0'/>"), 'devices/controller', /type='ide'/);
+  parseDomainXML(domain('', "<controller type='ide' index='0'/>"));
+  refused(domain('', "<controller type='ide' index='1'/>"), 'devices/controller', /index='1'/);
   accepted('', `${AGENT}<controller type='virtio-serial' index='0'/>`);
   refused(domain('', "<controller type='virtio-serial' index='0'/>"), 'devices/controller', /guest-agent channel/);
   accepted('', "<input type='keyboard' bus='ps2'/><input type='mouse'/>");
@@ -153,7 +154,8 @@ test('inside honoured elements: what runs is accepted, the rest refused by its p
   // <os>: hvm on q35 (versioned or not), BIOS booting the first disk, or a kernel
   const os = (inner: string, attrs = ''): string => d({ top: `<os${attrs}>${inner}</os>` });
   parseDomainXML(os("<type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/><bootmenu enable='no'/>", " firmware='bios'"));
-  refused(os("<type machine='pc-i440fx-7.2'>hvm</type>"), 'os/type', /pc-i440fx-7.2/);
+  parseDomainXML(os("<type machine='pc-i440fx-7.2'>hvm</type>"));
+  refused(os("<type machine='microvm'>hvm</type>"), 'os/type', /microvm/);
   refused(os("<type arch='aarch64'>hvm</type>"), 'os/type', /aarch64/);
   refused(os('<type>xen</type>'), 'os/type', /'xen'/);
   // boot order and UEFI (issue 13): what runs is accepted
