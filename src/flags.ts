@@ -68,6 +68,14 @@ export const UndefineFlags = {
   CHECKPOINTS_METADATA: 1 << 4,
 } as const;
 
+/** virDomainUpdateDeviceFlags (VIR_DOMAIN_DEVICE_MODIFY_*; 0 is CURRENT: live when running, else the definition) */
+export const DeviceModifyFlags = {
+  LIVE: 1 << 0,
+  CONFIG: 1 << 1,
+  /** eject even when the guest has locked the tray */
+  FORCE: 1 << 2,
+} as const;
+
 /** virDomainDefineXMLFlags (VIR_DOMAIN_DEFINE_*) */
 export const DomainDefineFlags = {
   VALIDATE: 1 << 0,

@@ -30,6 +30,7 @@ import {
   ListDomainsFlags,
   MonitorCommandFlags,
   UndefineFlags,
+  DeviceModifyFlags,
 } from '../flags.js';
 
 /** Named flag bits, e.g. `{ NO_METADATA: 1, QUIESCE: 2 }`. */
@@ -213,6 +214,16 @@ export const entryPoints = {
     flags: NoFlags,
     mutates: true,
     doc: 'started when virtbackd starts (once per boot)',
+  }),
+  domainUpdateDevice: entry({
+    libvirt: 'virDomainUpdateDeviceFlags',
+    errorDomain: 'DOMAIN',
+    args: [uuid, arg('xml', 'xml'), flags],
+    result: 'void',
+    flags: DeviceModifyFlags,
+    flagPrefix: 'VIR_DOMAIN_DEVICE_MODIFY_',
+    mutates: true,
+    doc: "a cdrom's medium: the drive's <disk> with a new <source>, or none to eject",
   }),
   domainLookupByName: entry({
     libvirt: 'virDomainLookupByName',

@@ -55,6 +55,7 @@ export type DefineOptions = OptionsOf<'domainDefineXML'>;
 export type CreateOptions = OptionsOf<'domainCreate'>;
 export type DestroyOptions = OptionsOf<'domainDestroy'>;
 export type BlockJobInfoOptions = OptionsOf<'domainGetBlockJobInfo'>;
+export type UpdateDeviceOptions = OptionsOf<'domainUpdateDevice'>;
 export type UndefineOptions = OptionsOf<'domainUndefine'>;
 export type ListDomainsOptions = OptionsOf<'listAllDomains'>;
 export type DomainXMLOptions = OptionsOf<'domainGetXMLDesc'>;

@@ -26,6 +26,7 @@ import {
   DomainCreateFlags,
   DomainDefineFlags,
   DomainDestroyFlags,
+  DeviceModifyFlags,
   DomainXMLFlags,
   MonitorCommandFlags,
   UndefineFlags,
@@ -42,6 +43,7 @@ import { blockJobInfo } from './block-job-info.js';
 import { domainInfo, filterDomains, LIST_DOMAINS_FLAGS, summarize } from './domain-list.js';
 import { EventBus } from './event-bus.js';
 import { HookSet } from './hook-set.js';
+import { changeMediaLive, modificationImpact, parseMediaChange, withMedia } from './media.js';
 import type { BackupOps, CheckpointAccess, CheckpointOps, DomainHooks, DomainHost } from './host.js';
 import { DomainLifecycle } from './lifecycle.js';
 import { passMonitorCommand } from './monitor-command.js';
@@ -302,6 +304,30 @@ export class QemuDriver implements Driver, DomainHost {
 
   async domainSetAutostart(uuid: string, autostart: boolean): Promise<void> {
     await this.definitions.setAutostart(uuid, autostart);
+  }
+
+  /** A cdrom's medium (media.ts): live through QMP, and/or in the persistent definition. */
+  async domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void> {
+    checkFlags(flags, DeviceModifyFlags.LIVE | DeviceModifyFlags.CONFIG | DeviceModifyFlags.FORCE, 'virDomainUpdateDeviceFlags');
+    const change = parseMediaChange(xml);
+    const persistent = await this.withDomainLock(uuid, async (dom) => {
+      const { live, config } = modificationImpact(dom, flags);
+      const def = config ? withMedia(dom.def, change) : null;
+      if (live) {
+        const run = dom.run!;
+        dom.liveDef = await changeMediaLive(dom, {
+          qmp: await run.monitor(),
+          allocateNodeIndex: () => run.allocateNodeIndex(),
+          save: async (liveDef, disks) => {
+            run.status.disks = disks;
+            run.status.liveXml = formatDomainXML(liveDef, { secure: true });
+            await run.save();
+          },
+        }, change, (flags & DeviceModifyFlags.FORCE) !== 0);
+      }
+      return def;
+    });
+    if (persistent !== null) await this.definitions.define(persistent);
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {

@@ -60,7 +60,32 @@ test('sata and ide disks on i440fx: checkpoints and push backups; cdroms read-on
     assert.equal(await backingFile(`${base}.c2`), path.basename(`${base}.c1`));
     await assertSameContent(expected2[i]!, `${base}.c2`, img(`e2-${m.target}.raw`));
   }
+
+  // ---- change-media (virDomainUpdateDeviceFlags with the drive's <disk>): live by default while running
+  await writeFile(img('disc2.iso'), Buffer.alloc(MiB, 0x6b));
+  const media = async () => Object.fromEntries(((await qmp(driver, uuid, 'query-block')) as { qdev: string; inserted?: { file: string; ro: boolean } }[])
+    .filter((b) => /ide0-1-0|sata0-0-1/.test(b.qdev)).map((b) => [b.qdev, b.inserted ? `${b.inserted.file}${b.inserted.ro ? ' ro' : ''}` : null]));
+  await driver.domainUpdateDevice(uuid, "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>", 0);
+  await driver.domainUpdateDevice(uuid, `<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${img('disc2.iso')}'/><target dev='sdb' bus='sata'/><readonly/><address type='drive' controller='0' bus='0' target='0' unit='1'/></disk>`, 0);
+  assert.deepEqual(await media(), { 'ide0-1-0': null, 'sata0-0-1': `${img('disc2.iso')} ro` });
+  assert.match(await driver.domainGetXMLDesc(uuid, 0), new RegExp(`<source file='${img('disc2.iso')}'/>\\s*<target dev='sdb' bus='sata'/>`));
+  assert.match(await driver.domainGetXMLDesc(uuid, 2), new RegExp(`<source file='${img('disc.iso')}'/>\\s*<target dev='hdc' bus='ide'/>`), 'the definition unchanged');
+  // the old image's nodes are gone, the new one's are there, read-only
+  const nodeFiles = ((await qmp(driver, uuid, 'query-named-block-nodes', { flat: true })) as { file: string; drv: string }[])
+    .filter((n) => n.drv === 'raw' && n.file.endsWith('.iso')).map((n) => n.file);
+  assert.deepEqual(nodeFiles, [img('disc2.iso')]);
+  // CONFIG: the definition only; applied at the next start
+  await driver.domainUpdateDevice(uuid, `<disk type='file' device='cdrom'><source file='${img('disc2.iso')}'/><target dev='hdc' bus='ide'/></disk>`, 2);
+  assert.equal((await media())['ide0-1-0'], null);
+  await refused(driver.domainUpdateDevice(uuid, `<disk type='file' device='disk'><source file='${img('x.qcow2')}'/><target dev='sda' bus='sata'/></disk>`, 0),
+    84, "disk 'sda': only the media of a cdrom can be changed");
+  await refused(driver.domainUpdateDevice(uuid, "<disk type='file' device='cdrom'><target dev='hdd' bus='ide'/></disk>", 0), 8, "disk 'hdd' not found in domain");
   await driver.domainDestroy(uuid, 0);
+  await driver.domainCreate(uuid, 0);
+  assert.deepEqual(await media(), { 'ide0-1-0': `${img('disc2.iso')} ro`, 'sata0-0-1': null });
+  await refused(driver.domainUpdateDevice(uuid, "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>", 1 << 3), 8, /unsupported flags \(0x8\)/);
+  await driver.domainDestroy(uuid, 0);
+  await refused(driver.domainUpdateDevice(uuid, "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>", 1), 55, 'Requested operation is not valid: domain is not running');
 });
 
 test('an IDE disk on q35 is refused at start with libvirt\'s words', async (t) => {

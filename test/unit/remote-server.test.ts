@@ -134,6 +134,7 @@ test('read-only socket: every mutating procedure is refused even when the client
       'domainSetAutostart',
       'domainSuspend',
       'domainUndefine',
+      'domainUpdateDevice',
       'qemuMonitorCommand',
     ],
   );

@@ -10,6 +10,7 @@ import { attr, childText, firstChild, parseXml, textContent, type XmlElement } f
 import { domainDiskRefs } from '../../xml/domain.js';
 import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { CliFlagOptions } from '../flag-options.js';
+import { registerChangeMedia } from './media.js';
 import {
   domainReasonString,
   domainStateString,
@@ -96,6 +97,7 @@ export function register(program: Command, table: EntryPointTable): void {
   registerDomainXml(program, table);
   registerMonitorCommand(program, table);
   registerFsFreeze(program);
+  registerChangeMedia(program, table);
 }
 
 function registerDomainLifecycle(program: Command, table: EntryPointTable): void {
@@ -114,6 +116,8 @@ function registerDomainLifecycle(program: Command, table: EntryPointTable): void
   const undefine = program.command('undefine').description('undefine a domain').argument('<domain>', 'domain name, id or uuid');
   const undefineFlags = CliFlagOptions.add(undefine, table, 'domainUndefine', {
     CHECKPOINTS_METADATA: 'remove all domain checkpoint metadata (vm must be inactive)',
+    NVRAM: 'remove nvram file',
+    KEEP_NVRAM: 'keep nvram file',
   });
   undefine.action(async (ref: string, _o: object, cmd: Command) => {
     const flags = undefineFlags.flags(cmd);
