@@ -9,9 +9,12 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
+import { runMain } from '../helpers/cli.js';
 import { refused } from '../helpers/errors.js';
-import { makeTestEnv } from '../helpers/qemu-env.js';
+import { libvirtUri, parseTable, virshFails, virshMissing, virshOk } from '../helpers/libvirt-clients.js';
+import { exists, makeTestEnv } from '../helpers/qemu-env.js';
 import { assertSameContent, backingFile, DiskModel, MiB, qmp, run, scatter, waitJobCompleted, write } from './backup-util.js';
+import { makeDaemonEnv } from './daemon-util.js';
 
 const SIZE = 32 * MiB;
 
@@ -97,4 +100,36 @@ test('an IDE disk on q35 is refused at start with libvirt\'s words', async (t) =
     <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${file}'/><target dev='hda' bus='ide'/></disk></devices></domain>`, 0);
   await refused(driver.domainCreate(uuid, 0), 67, 'IDE controllers are unsupported for this QEMU binary or machine type');
   await env.assertClean();
+});
+
+test('virsh change-media and undefine --nvram through virtbackd (virDomainUpdateDeviceFlags on the wire); virtback change-media', { skip: virshMissing() ?? false, timeout: 120_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  const uri = libvirtUri(env.runDir);
+  const iso = path.join(env.dir, 'disc.iso');
+  await writeFile(iso, Buffer.alloc(MiB, 0x11));
+  const name = `cd-${path.basename(env.dir)}`;
+  const xmlFile = path.join(env.dir, 'dom.xml');
+  await writeFile(xmlFile, `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory>
+    <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>
+    <devices><disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${iso}'/><target dev='sdc' bus='sata'/><readonly/></disk></devices></domain>`);
+  await virshOk(uri, 'define', xmlFile);
+  await virshOk(uri, 'start', name);
+  const sources = async () => parseTable(await virshOk(uri, 'domblklist', name)).map((r) => [r.Target, r.Source]);
+  assert.deepEqual(await sources(), [['sdc', iso]]);
+  assert.equal((await virshOk(uri, 'change-media', name, 'sdc', '--eject')).trim(), 'Successfully ejected media.');
+  assert.deepEqual(await sources(), [['sdc', '-']]);
+  assert.equal((await virshOk(uri, 'change-media', name, 'sdc', iso, '--insert')).trim(), 'Successfully inserted media.');
+  assert.deepEqual(await sources(), [['sdc', iso]]);
+  // our own CLI, over virtbackd's socket
+  const cli = await runMain(['-c', env.uri, 'change-media', name, 'sdc', '--eject']);
+  assert.equal(cli.stdout, 'Successfully ejected media.\n', cli.stderr);
+  assert.deepEqual(await sources(), [['sdc', '-']]);
+  await virshOk(uri, 'destroy', name);
+  // the UEFI domain's NVRAM: libvirt's refusal, then --nvram removes it
+  await virshFails(uri, ['undefine', name], /^error: Requested operation is not valid: cannot undefine domain with nvram$/m);
+  const nvram = path.join(env.stateDir, 'nvram', `${name}_VARS.fd`);
+  assert.equal(await exists(nvram), true);
+  await virshOk(uri, 'undefine', name, '--nvram');
+  assert.equal(await exists(nvram), false);
 });
