@@ -5,10 +5,10 @@
 // An explicit <loader>/<nvram> pair is run as given. BIOS stays the default.
 
 import assert from 'node:assert/strict';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
-import { UndefineFlags } from '../../src/flags.js';
+import { DomainCreateFlags, UndefineFlags } from '../../src/flags.js';
 import { OVMF_CODE, OVMF_VARS } from '../../src/qemu/firmware.js';
 import { refused } from '../helpers/errors.js';
 import { exists, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
@@ -85,6 +85,13 @@ test('explicit pflash <loader> and <nvram template>: run as given; BIOS by defau
   });
   assert.deepEqual(await readFile(vars).then((b) => b.length), (await stat(OVMF_VARS)).size);
   await driver.domainDestroy(uuid, 0);
+  // an existing store is kept at start; START_RESET_NVRAM copies the template again
+  await writeFile(vars, 'not a variable store');
+  await assert.rejects(driver.domainCreate(uuid, 0), /size must be a non-zero multiple of 0x1000/, 'QEMU refuses the damaged store');
+  assert.equal(await readFile(vars, 'utf8'), 'not a variable store', 'kept as it was');
+  await driver.domainCreate(uuid, DomainCreateFlags.RESET_NVRAM);
+  await driver.domainDestroy(uuid, 0);
+  assert.equal((await stat(vars)).size, (await stat(OVMF_VARS)).size);
   await driver.domainUndefine(uuid, UndefineFlags.NVRAM);
   assert.equal(await exists(vars), false);
 
