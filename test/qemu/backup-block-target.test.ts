@@ -11,9 +11,10 @@ import { stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { restoreBackup } from '../../src/repository/restore.js';
+import { verifyBackup } from '../../src/repository/verify.js';
 import { blockDevicesUnusable, makeBlockDevices, makeLoopDevice } from '../helpers/block-devices.js';
 import { refused } from '../helpers/errors.js';
-import { makeTestEnv } from '../helpers/qemu-env.js';
+import { exists, makeTestEnv } from '../helpers/qemu-env.js';
 import { assertSameContent, backingFile, DiskModel, hammer, MiB, qemuState, run, scatter, waitJobCompleted, write } from './backup-util.js';
 
 const SIZE = 64 * MiB;
@@ -78,6 +79,10 @@ test('disk, push targets and pull scratch on block devices; restore onto a loop 
   const r = await restoreBackup({ target: incr, output: restoreDev, format: 'raw' });
   assert.deepEqual(r.chain, [incr, full]);
   assert.ok((await stat(restoreDev)).isBlockDevice());
+  // verify reads a chain on devices (no manifest beside a device: nothing to check against)
+  const v = await verifyBackup({ target: incr });
+  assert.deepEqual(v.chain.map((l) => [l.file, l.status, l.manifest]), [[incr, 'unverified', null], [full, 'unverified', null]]);
+  assert.equal(await exists(`${full}.manifest.json`), false, 'no manifest written into /dev');
   await assertSameContent(expected2, restoreDev, path.join(env.dir, 'expected2b.raw'));
 
   // ---- pull with block scratch while the disk is written; the scratch device stays
