@@ -16,8 +16,11 @@ set -euo pipefail
 # libvirtd that test/helpers/private-libvirtd.ts starts for the libvirt driver's
 # tests (libvirt-daemon-system, which would run one for the host, is not needed).
 # iproute2: `ip` creates and removes the taps of type='bridge' interfaces (src/qemu/net.ts).
+# ovmf: the UEFI firmware <os firmware='efi'> selects (/usr/share/OVMF). lvm2
+# and util-linux (losetup): the block-device tests build a volume group on loop
+# devices (as root; skipped otherwise).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
-  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2)
+  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux)
 
 virtback_missing_packages() {
   local pkg missing=()

@@ -61,7 +61,19 @@ export const ListDomainsFlags = {
 } as const;
 
 export const UndefineFlags = {
+  /** remove the domain's UEFI variable store */
+  NVRAM: 1 << 2,
+  /** keep it (without either flag, undefine is refused while it exists) */
+  KEEP_NVRAM: 1 << 3,
   CHECKPOINTS_METADATA: 1 << 4,
+} as const;
+
+/** virDomainUpdateDeviceFlags (VIR_DOMAIN_DEVICE_MODIFY_*; 0 is CURRENT: live when running, else the definition) */
+export const DeviceModifyFlags = {
+  LIVE: 1 << 0,
+  CONFIG: 1 << 1,
+  /** eject even when the guest has locked the tray */
+  FORCE: 1 << 2,
 } as const;
 
 /** virDomainDefineXMLFlags (VIR_DOMAIN_DEFINE_*) */

@@ -149,6 +149,8 @@ export interface Driver {
   domainGetAutostart(uuid: string): Promise<boolean>;
   /** Persisted with the definition; OPERATION_INVALID for a transient domain. */
   domainSetAutostart(uuid: string, autostart: boolean): Promise<void>;
+  /** virDomainUpdateDeviceFlags: a CD-ROM drive's medium changed or ejected (virsh change-media). */
+  domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void>;
   /** `disk` is a target ('sda') or a source path; INVALID_ARG when the domain has no such disk. */
   domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo>;
   domainLookupByName(name: string): Promise<DomainRef>;

@@ -32,6 +32,7 @@ import {
   ListDomainsFlags,
   MonitorCommandFlags,
   UndefineFlags,
+  DeviceModifyFlags,
 } from '../flags.js';
 
 /** Named flag bits, e.g. `{ NO_METADATA: 1, QUIESCE: 2 }`. */
@@ -159,6 +160,7 @@ export const entryPoints = {
     result: 'void',
     flags: UndefineFlags,
     flagPrefix: 'VIR_DOMAIN_UNDEFINE_',
+    exclusive: [['NVRAM', 'KEEP_NVRAM']],
     mutates: true,
   }),
   domainCreate: entry({
@@ -166,7 +168,7 @@ export const entryPoints = {
     errorDomain: 'DOMAIN',
     args: [uuid, flags],
     result: 'void',
-    // BYPASS_CACHE, FORCE_BOOT and RESET_NVRAM are part of the API; the QEMU driver refuses them itself.
+    // BYPASS_CACHE and FORCE_BOOT are part of the API; the QEMU driver refuses them itself.
     flags: DomainCreateFlags,
     flagPrefix: 'VIR_DOMAIN_START_',
     mutates: true,
@@ -235,6 +237,16 @@ export const entryPoints = {
     flags: NoFlags,
     mutates: true,
     doc: 'started when virtbackd starts (once per boot)',
+  }),
+  domainUpdateDevice: entry({
+    libvirt: 'virDomainUpdateDeviceFlags',
+    errorDomain: 'DOMAIN',
+    args: [uuid, arg('xml', 'xml'), flags],
+    result: 'void',
+    flags: DeviceModifyFlags,
+    flagPrefix: 'VIR_DOMAIN_DEVICE_MODIFY_',
+    mutates: true,
+    doc: "a cdrom's medium: the drive's <disk> with a new <source>, or none to eject",
   }),
   domainLookupByName: entry({
     libvirt: 'virDomainLookupByName',

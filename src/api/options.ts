@@ -57,6 +57,7 @@ export type DestroyOptions = OptionsOf<'domainDestroy'>;
 export type ShutdownOptions = OptionsOf<'domainShutdown'>;
 export type RebootOptions = OptionsOf<'domainReboot'>;
 export type BlockJobInfoOptions = OptionsOf<'domainGetBlockJobInfo'>;
+export type UpdateDeviceOptions = OptionsOf<'domainUpdateDevice'>;
 export type UndefineOptions = OptionsOf<'domainUndefine'>;
 export type ListDomainsOptions = OptionsOf<'listAllDomains'>;
 export type DomainXMLOptions = OptionsOf<'domainGetXMLDesc'>;

@@ -22,6 +22,7 @@ import type {
   BackupBeginOptions,
   BackupEndOptions,
   BlockJobInfoOptions,
+  UpdateDeviceOptions,
   CheckpointCreateOptions,
   CheckpointDeleteOptions,
   CheckpointXMLOptions,
@@ -249,6 +250,11 @@ export class Domain {
 
   async setAutostart(autostart: boolean): Promise<void> {
     return this.driver.domainSetAutostart(this.uuid, autostart);
+  }
+
+  /** virDomainUpdateDeviceFlags: a cdrom's `<disk>` with a new `<source>` (or none: eject). */
+  async updateDevice(xml: string, flags?: UpdateDeviceOptions): Promise<void> {
+    return this.driver.domainUpdateDevice(this.uuid, xml, this.driver.flagsOf('domainUpdateDevice', flags));
   }
 
   /** The block job of a disk (target or source path); `found` false when it has none. */

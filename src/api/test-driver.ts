@@ -252,6 +252,12 @@ export class TestDriver implements Driver {
     this.dom(uuid).autostart = autostart;
   }
 
+  async domainUpdateDevice(uuid: string, _xml: string, flags: number): Promise<void> {
+    checkFlags(flags, 0, 'virDomainUpdateDeviceFlags');
+    this.dom(uuid);
+    throw virErr('NO_SUPPORT', 'DOMAIN', 'this function is not supported by the connection driver: virDomainUpdateDeviceFlags');
+  }
+
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
     checkFlags(flags, BlockJobInfoFlags.BANDWIDTH_BYTES, 'virDomainGetBlockJobInfo');
     const d = this.dom(uuid);

@@ -146,6 +146,10 @@ export class LibvirtDriver implements Driver {
     await this.client.call('domainSetAutostart', { dom: await this.wireDomain(uuid), autostart: autostart ? 1 : 0 });
   }
 
+  async domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void> {
+    await this.client.call('domainUpdateDeviceFlags', { dom: await this.wireDomain(uuid), xml, flags });
+  }
+
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
     const r = await this.client.call('domainGetBlockJobInfo', { dom: await this.wireDomain(uuid), path: disk, flags });
     return { found: r.found !== 0, type: r.type, bandwidth: Number(r.bandwidth), cur: Number(r.cur), end: Number(r.end) };

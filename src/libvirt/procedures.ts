@@ -178,6 +178,7 @@ export const remoteProcedures = {
   domainResume: p(28, 'virDomainResume', domOnly, none, via('domainResume')),
   domainSetAutostart: p(29, 'virDomainSetAutostart', struct({ dom: domain, autostart: int }), none, via('domainSetAutostart')),
   domainShutdown: p(33, 'virDomainShutdown', domOnly, none, via('domainShutdown')),
+  domainUpdateDeviceFlags: p(174, 'virDomainUpdateDeviceFlags', struct({ dom: domain, xml: nonnullString, flags: uint }), none, via('domainUpdateDevice')),
   domainSuspend: p(34, 'virDomainSuspend', domOnly, none, via('domainSuspend')),
   domainUndefine: p(35, 'virDomainUndefine', domOnly, none, via('domainUndefine')),
   connectGetURI: p(110, 'virConnectGetURI', none, struct({ uri: nonnullString }), 'read'),

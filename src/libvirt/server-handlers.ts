@@ -196,6 +196,7 @@ export const remoteHandlers: RemoteHandlers = {
   domainSuspend: (c, a) => c.driver.domainSuspend(uuidOf(a.dom)),
   domainResume: (c, a) => c.driver.domainResume(uuidOf(a.dom)),
   domainGetAutostart: async (c, a) => ({ autostart: (await c.driver.domainGetAutostart(uuidOf(a.dom))) ? 1 : 0 }),
+  domainUpdateDeviceFlags: (c, a) => c.driver.domainUpdateDevice(uuidOf(a.dom), a.xml, a.flags),
   domainSetAutostart: (c, a) => c.driver.domainSetAutostart(uuidOf(a.dom), a.autostart !== 0),
   domainGetBlockJobInfo: async (c, a) => {
     const info = await c.driver.domainGetBlockJobInfo(uuidOf(a.dom), a.path, a.flags);

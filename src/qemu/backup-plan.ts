@@ -65,6 +65,8 @@ export interface PlanDiskInput {
    * is known and still exists; null = name the live disk (as libvirt does).
    */
   previous: { path: string; format: string } | null;
+  /** size in bytes of a block-device target or scratch (<target dev>, <scratch dev>); null for a file */
+  storeSize?: number | null;
 }
 
 export interface PlanInput {
@@ -106,7 +108,7 @@ export interface PlannedDisk {
   virtualSize: number;
   storageNode: string;
   formatNode: string;
-  /** create the (empty) file ourselves, mode 0600; for raw also size it */
+  /** create the (empty) file ourselves, mode 0600; for raw also size it (never for a block device) */
   createFile: boolean;
   addStorage: BlockdevOptions;
   /** blockdev-create job (qcow2 only, not with REUSE_EXTERNAL) */
@@ -136,8 +138,13 @@ function tcpAddr(server: BackupServerDef, port: number | null): SocketAddressLeg
   return { type: 'inet', data: { host: server.name ?? 'localhost', port: String(p) } };
 }
 
-/** The backing-file string for a new image at `file`: relative when both live in one folder. */
-export function backingFileName(file: string, backing: string): string {
+/**
+ * The backing-file string for a new image at `file`: relative when both live
+ * in one folder, except on a block device (/dev/VG/LV is a symlink whose
+ * folder is no place to resolve names against).
+ */
+export function backingFileName(file: string, backing: string, onDevice = false): string {
+  if (onDevice) return path.resolve(backing);
   return path.dirname(path.resolve(file)) === path.dirname(path.resolve(backing)) ? path.basename(backing) : backing;
 }
 
@@ -153,9 +160,6 @@ export function checkBackupDef(def: BackupDef, opts: { tlsConfigured: boolean })
     if (!bd.backup) continue;
     if (bd.path === null || bd.format === null || (pull && bd.exportname === null)) {
       throw virErr('INTERNAL_ERROR', 'QEMU', `backup defaults not applied to disk '${bd.name}'`);
-    }
-    if (bd.type === 'block') {
-      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `backup store of disk '${bd.name}' on a block device is not supported`);
     }
     if (pull && bd.format !== 'qcow2') {
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `pull mode backup for disk '${bd.name}' requires qcow2 driver`);
@@ -198,6 +202,8 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
   // checked by checkBackupDef
   const path = bd.path as string;
   const format = bd.format as 'qcow2' | 'raw';
+  // libvirt: a block device is written onto as it is, never created (nor deleted)
+  const onDevice = bd.type === 'block';
   const incremental = bd.backupmode === 'incremental' ? bd.incremental : null;
   if (incremental !== null && d.base === null) {
     throw virErr('INTERNAL_ERROR', 'QEMU', `no bitmap for the incremental backup of disk '${bd.name}'`);
@@ -211,7 +217,7 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
   let backingFmt: string | null = null;
   if (backed) {
     const prev = !pull && d.previous ? d.previous : { path: d.diskPath, format: d.diskFormat };
-    backingFile = backingFileName(path, prev.path);
+    backingFile = backingFileName(path, prev.path, onDevice);
     backingFmt = prev.format;
   }
   const { cache, aio, ...createOpts } = pull ? {} : input.pushTarget ?? PUSH_TARGET;
@@ -232,7 +238,7 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
   const addFormat: BlockdevOptions =
     format === 'qcow2'
       ? { driver: 'qcow2', 'node-name': formatNode, 'read-only': false, file: storageNode, backing: backed ? d.diskNode : null }
-      : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode };
+      : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode, ...rawWindow(d) };
   const bitmapName = pull ? bd.exportbitmap : backupBitmapName(bd.name);
   if (incremental !== null && bitmapName === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no export bitmap for disk '${bd.name}'`);
   const tempBitmap = incremental !== null && bitmapName !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
@@ -245,9 +251,9 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
     virtualSize: d.virtualSize,
     storageNode,
     formatNode,
-    createFile: !input.reuseExternal,
+    createFile: !input.reuseExternal && !onDevice,
     addStorage: {
-      driver: 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap',
+      driver: onDevice ? 'host_device' : 'file', filename: path, 'node-name': storageNode, 'auto-read-only': true, discard: 'unmap',
       ...(cache ? { cache } : {}), ...(aio ? { aio } : {}),
     },
     create,
@@ -266,6 +272,14 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
         }
       : null,
   };
+}
+
+/**
+ * A raw target on a block device larger than the disk (LVs come in whole
+ * extents) shows only the disk's size: blockdev-backup wants equal sizes.
+ */
+function rawWindow(d: PlanDiskInput): { size?: number } {
+  return d.storeSize != null && d.storeSize > d.virtualSize ? { size: d.virtualSize } : {};
 }
 
 /** The disk's part of the transaction: [temporary bitmap + merge from the checkpoint's] + blockdev-backup. */

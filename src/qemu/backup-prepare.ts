@@ -13,6 +13,7 @@ import { virErr } from '../errors.js';
 import { BackupBeginFlags } from '../flags.js';
 import { alignBackupDisks, applyBackupDefaults, parseBackupXML, type BackupDef } from '../xml/backup.js';
 import { previousBackup, type FinishedTarget } from './backup-job.js';
+import { blockDeviceSize } from './block-device.js';
 import { checkBackupDef, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
 import type { DomainObject } from './domain-object.js';
 import type { CheckpointAccess, DomainHost, PreparedCheckpoint } from './host.js';
@@ -111,7 +112,9 @@ export async function prepareBackup(
     const base = incremental !== null ? await checkpoints.ensureUsable(dom, incremental, bd.name) : null;
     const node = nodes.find((n) => n['node-name'] === dn.formatNode);
     if (!node) throw virErr('INTERNAL_ERROR', 'QEMU', `block node '${dn.formatNode}' of disk '${bd.name}' not found`);
-    if (!reuse && bd.path !== null && existsSync(bd.path)) {
+    const virtualSize = node.image['virtual-size'];
+    const storeSize = bd.type === 'block' ? await checkBlockStore(bd.path as string, bd.name, bd.format, virtualSize) : null;
+    if (!reuse && bd.type === 'file' && bd.path !== null && existsSync(bd.path)) {
       throw virErr('INVALID_ARG', 'QEMU', `store '${bd.path}' for backup of '${bd.name}' exists`);
     }
     const prev = !pull && !reuse && incremental !== null && bd.format === 'qcow2'
@@ -122,9 +125,10 @@ export async function prepareBackup(
       diskNode: dn.formatNode,
       diskPath: ld.source,
       diskFormat: ld.format,
-      virtualSize: node.image['virtual-size'],
+      virtualSize,
       base,
       previous: prev ? { path: prev.path, format: prev.format } : null,
+      storeSize,
     });
   }
   return {
@@ -136,6 +140,22 @@ export async function prepareBackup(
     tls: pull && def.server?.tls === true && req.tls.dir !== null ? { dir: path.resolve(req.tls.dir), verifyPeer: req.tls.verify } : null,
     autoPort: pull && def.server?.transport === 'tcp' && (def.server.port ?? 0) === 0,
   };
+}
+
+/**
+ * A block-device target or scratch must exist (it is never created) and be a
+ * block device; a raw one must hold the whole disk. A qcow2 one is not
+ * measured: it grows as clusters are written, and an incremental needs only
+ * the changed ones. Its size in bytes.
+ */
+async function checkBlockStore(dev: string, disk: string, format: string | null, virtualSize: number): Promise<number> {
+  const size = await blockDeviceSize(dev);
+  if (size === 'missing') throw virErr('INVALID_ARG', 'QEMU', `block device '${dev}' for backup of '${disk}' does not exist`);
+  if (size === 'not-block') throw virErr('INVALID_ARG', 'QEMU', `'${dev}' for backup of '${disk}' is not a block device`);
+  if (format === 'raw' && size < virtualSize) {
+    throw virErr('INVALID_ARG', 'QEMU', `block device '${dev}' (${size} bytes) is smaller than disk '${disk}' (${virtualSize} bytes)`);
+  }
+  return size;
 }
 
 /**

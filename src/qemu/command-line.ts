@@ -12,15 +12,19 @@
 //   libvirt's virDiskNameToIndex: bus scsi `scsi0-0-0-<unit>` (one virtio-scsi
 //   controller `scsi0`, unit = target index: matches libvirt for sda..sdg,
 //   where libvirt would move on to controller scsi1), bus sata `sata0-0-<port>`
-//   (the q35 built-in AHCI, ports 0..5), bus virtio `virtio-disk<index>`.
+//   (the q35 built-in AHCI, ports 0..5; on i440fx an ich9-ahci `sata0`), bus
+//   ide `ide0-<bus>-<unit>` (the i440fx built-in IDE: hda/hdb on bus 0, hdc/hdd
+//   on bus 1; q35 has none), bus virtio `virtio-disk<index>`.
 //   HMP `qemu-io -d <qdev id>` works for scsi and sata disks, not virtio-blk.
 // Structured options use QEMU's JSON syntax, so paths need no comma escaping.
 
 import { virErr } from '../errors.js';
 import { cpuArgs, cpuOf } from '../xml/domain-cpu.js';
+import { diskBootIndexes } from '../xml/domain-boot.js';
 import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
 import { peripheralArgs } from './console-args.js';
+import { pflashArgs, type FirmwareFiles } from './firmware.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -37,6 +41,8 @@ export interface CommandLineInput {
   consoleLog: string | null;
   /** START_PAUSED: -S, the CPUs wait for QMP cont */
   paused?: boolean;
+  /** UEFI code and NVRAM as pflash (firmware.ts); null/absent for BIOS */
+  firmware?: FirmwareFiles | null;
 }
 
 /** Where a disk lives inside QEMU. */
@@ -75,6 +81,12 @@ export function diskNameToIndex(name: string): number {
 }
 
 const SATA_PORTS = 6;
+const IDE_UNITS = 4;
+
+/** The i440fx machines ('pc'): built-in IDE, no built-in AHCI. */
+function isI440fx(def: DomainDef): boolean {
+  return /^pc($|-i440fx-)/.test(osMachine(def.os));
+}
 
 function targetIndex(disk: DiskDef): number {
   const idx = diskNameToIndex(disk.target);
@@ -103,6 +115,8 @@ function qdevIdOf(disk: DiskDef): string {
       return `sata0-0-${idx}`;
     case 'virtio':
       return `virtio-disk${idx}`;
+    case 'ide':
+      return `ide0-${Math.floor(idx / 2)}-${idx % 2}`;
   }
 }
 
@@ -163,6 +177,12 @@ function onPoweroffRestart(def: DomainDef): boolean {
   return el !== undefined && textOf(el) === 'restart';
 }
 
+/** <os><bootmenu enable='yes'/>: the firmware offers its boot menu. */
+function bootMenu(def: DomainDef): boolean {
+  const el = def.os.extra?.find((e) => e.name === 'bootmenu');
+  return el !== undefined && el.attrs.some(([k, v]) => k === 'enable' && v === 'yes');
+}
+
 /**
  * type='kvm' runs on KVM or not at all: virtback accepts the definition (it may
  * come from a KVM host) and refuses the start with the message of libvirt's
@@ -195,13 +215,20 @@ function checkDisks(def: DomainDef): void {
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU',
         `disk '${disk.target}': the q35 SATA controller has ports 0..${SATA_PORTS - 1} only (sda..sdf)`);
     }
+    if (disk.bus === 'ide' && !isI440fx(def)) {
+      // libvirt's words for an IDE disk on q35
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', 'IDE controllers are unsupported for this QEMU binary or machine type');
+    }
+    if (disk.bus === 'ide' && idx >= IDE_UNITS) {
+      throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': the IDE controller has units hda..hdd only`);
+    }
     if (disk.device === 'cdrom' && disk.bus === 'virtio') {
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': cdrom on bus virtio is not supported`);
     }
     if (disk.device === 'disk' && disk.source === null) {
       throw virErr('XML_ERROR', 'DOMAIN', `disk '${disk.target}' has no source`);
     }
-    if (disk.device === 'disk' && disk.readonly && disk.bus === 'sata') {
+    if (disk.device === 'disk' && disk.readonly && (disk.bus === 'sata' || disk.bus === 'ide')) {
       // ide-hd refuses a read-only block backend; libvirt rejects it the same way
       throw virErr('CONFIG_UNSUPPORTED', 'QEMU', `disk '${disk.target}': readonly ide disks are not supported`);
     }
@@ -227,11 +254,11 @@ function blockdevArgs(disk: DiskDef, nodes: DiskNodes): string[] {
   return ['-blockdev', json(storage), '-blockdev', json(format)];
 }
 
-function deviceArg(disk: DiskDef, nodes: DiskNodes): string {
+function deviceArg(disk: DiskDef, nodes: DiskNodes, bootindex: number | undefined, i440fx: boolean): string {
   const idx = targetIndex(disk);
   const drive = nodes.formatNode !== null ? { drive: nodes.formatNode } : {};
   const serial = diskSerial(disk);
-  const extra = serial !== null ? { serial } : {};
+  const extra = { ...(serial !== null ? { serial } : {}), ...(bootindex !== undefined ? { bootindex } : {}) };
   switch (disk.bus) {
     case 'scsi':
       return json({
@@ -242,7 +269,13 @@ function deviceArg(disk: DiskDef, nodes: DiskNodes): string {
     case 'sata':
       return json({
         driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
-        bus: `ide.${idx}`,
+        bus: i440fx ? `sata0.${idx}` : `ide.${idx}`,
+        ...drive, id: nodes.qdevId, ...extra,
+      });
+    case 'ide':
+      return json({
+        driver: disk.device === 'cdrom' ? 'ide-cd' : 'ide-hd',
+        bus: `ide.${Math.floor(idx / 2)}`, unit: idx % 2,
         ...drive, id: nodes.qdevId, ...extra,
       });
     case 'virtio':
@@ -256,10 +289,11 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   checkAccel(def, input.accel);
   checkDisks(def);
   const disks = assignDiskNodes(def);
+  const pflash = input.firmware ? pflashArgs(input.firmware) : null;
   const args: string[] = [
     '-name', `guest=${escapeOptValue(def.name)},debug-threads=on`,
     '-uuid', def.uuid,
-    '-machine', osMachine(def.os),
+    '-machine', `${osMachine(def.os)}${pflash?.machineProps ?? ''}`,
     '-accel', input.accel,
     '-m', `size=${def.memoryKiB}k`,
     ...cpuArgs(cpuOf(def.extra), def.vcpu, input.accel),
@@ -268,6 +302,8 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
     '-chardev', `socket,id=charmonitor,path=${escapeOptValue(input.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=charmonitor,id=monitor,mode=control',
   ];
+  if (pflash) args.push(...pflash.blockdevs);
+  if (bootMenu(def)) args.push('-boot', 'menu=on');
   if (input.paused) args.push('-S');
   if (onRebootDestroy(def)) args.push('-no-reboot');
   // <on_poweroff>restart: QEMU pauses at the guest's power-off and the driver resets it (power.ts)
@@ -279,9 +315,13 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   if (def.disks.some((d) => d.bus === 'scsi')) {
     args.push('-device', json({ driver: 'virtio-scsi-pci', id: 'scsi0' }));
   }
+  if (isI440fx(def) && def.disks.some((d) => d.bus === 'sata')) {
+    args.push('-device', json({ driver: 'ich9-ahci', id: 'sata0' }));
+  }
+  const bootIndexes = diskBootIndexes(def.disks, def.os.extra ?? []);
   def.disks.forEach((disk, i) => {
     const nodes = disks[i]!;
-    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes));
+    args.push(...blockdevArgs(disk, nodes), '-device', deviceArg(disk, nodes, bootIndexes.get(disk.target), isI440fx(def)));
   });
   if (def.agent !== null) {
     if (input.agentSocket === null) {

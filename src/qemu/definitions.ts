@@ -11,6 +11,7 @@ import { UndefineFlags } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML, type DomainDef } from '../xml/domain.js';
 import { DomainObject } from './domain-object.js';
+import { undefineNvram } from './firmware.js';
 import { lifecycleEvent, type EventBus } from './event-bus.js';
 import type { CheckpointOps } from './host.js';
 import type { DomainRegistry } from './registry.js';
@@ -120,6 +121,7 @@ export class DomainDefinitions {
       }
       // libvirt refuses only for an inactive domain: a running one keeps its
       // checkpoints in memory until it stops (qemuDomainUndefineFlags).
+      await undefineNvram(dom.def, this.env.paths.nvramDir, flags);
       if (!dom.active) await this.dropCheckpoints(dom, flags);
       // libvirt drops the autostart link with the definition
       await removeFileDurably(this.env.paths.autostart(dom.uuid));

@@ -26,6 +26,7 @@ import {
   DomainCreateFlags,
   DomainDefineFlags,
   DomainDestroyFlags,
+  DeviceModifyFlags,
   DomainXMLFlags,
   MonitorCommandFlags,
   UndefineFlags,
@@ -44,6 +45,7 @@ import { EventBus } from './event-bus.js';
 import { HookSet } from './hook-set.js';
 import { ConsoleSessions } from './console.js';
 import { ConsoleFlags, type ConsoleStream } from '../api/console-stream.js';
+import { changeMediaLive, modificationImpact, parseMediaChange, withMedia } from './media.js';
 import type { BackupOps, CheckpointAccess, CheckpointOps, DomainHooks, DomainHost } from './host.js';
 import { DomainLifecycle } from './lifecycle.js';
 import { passMonitorCommand } from './monitor-command.js';
@@ -267,7 +269,7 @@ export class QemuDriver implements Driver, DomainHost {
   }
 
   async domainUndefine(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, UndefineFlags.CHECKPOINTS_METADATA, 'virDomainUndefineFlags');
+    checkFlags(flags, UndefineFlags.CHECKPOINTS_METADATA | UndefineFlags.NVRAM | UndefineFlags.KEEP_NVRAM, 'virDomainUndefineFlags');
     await this.definitions.undefine(uuid, flags);
   }
 
@@ -275,13 +277,13 @@ export class QemuDriver implements Driver, DomainHost {
    * PAUSED: CPUs never started (resume starts them). AUTODESTROY: destroyed
    * when this driver is closed; a daemon serving it ties the domain to the
    * client connection instead (AutoDestroyTracker). BYPASS_CACHE (no save
-   * images here), FORCE_BOOT and RESET_NVRAM are refused as libvirt's
+   * images here) and FORCE_BOOT are refused as libvirt's
    * drivers refuse what they cannot do.
    */
   async domainCreate(uuid: string, flags: number): Promise<void> {
-    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY, 'virDomainCreateWithFlags');
+    checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY | DomainCreateFlags.RESET_NVRAM, 'virDomainCreateWithFlags');
     await this.withDomainLock(uuid, async (dom) => {
-      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0 });
+      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0, resetNvram: (flags & DomainCreateFlags.RESET_NVRAM) !== 0 });
       dom.autodestroy = (flags & DomainCreateFlags.AUTODESTROY) !== 0;
     });
   }
@@ -315,6 +317,30 @@ export class QemuDriver implements Driver, DomainHost {
 
   async domainSetAutostart(uuid: string, autostart: boolean): Promise<void> {
     await this.definitions.setAutostart(uuid, autostart);
+  }
+
+  /** A cdrom's medium (media.ts): live through QMP, and/or in the persistent definition. */
+  async domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void> {
+    checkFlags(flags, DeviceModifyFlags.LIVE | DeviceModifyFlags.CONFIG | DeviceModifyFlags.FORCE, 'virDomainUpdateDeviceFlags');
+    const change = parseMediaChange(xml);
+    const persistent = await this.withDomainLock(uuid, async (dom) => {
+      const { live, config } = modificationImpact(dom, flags);
+      const def = config ? withMedia(dom.def, change) : null;
+      if (live) {
+        const run = dom.run!;
+        dom.liveDef = await changeMediaLive(dom, {
+          qmp: await run.monitor(),
+          allocateNodeIndex: () => run.allocateNodeIndex(),
+          save: async (liveDef, disks) => {
+            run.status.disks = disks;
+            run.status.liveXml = formatDomainXML(liveDef, { secure: true });
+            await run.save();
+          },
+        }, change, (flags & DeviceModifyFlags.FORCE) !== 0);
+      }
+      return def;
+    });
+    if (persistent !== null) await this.definitions.define(persistent);
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {

@@ -14,6 +14,7 @@ import { buildCommandLine, type QemuCommandLine } from './command-line.js';
 import { withLiveConsoles } from './console.js';
 import { bridgeTaps, prepareTaps, removeTaps } from './net.js';
 import { DomainObject } from './domain-object.js';
+import { prepareNvram, resolveFirmware, withFirmwareFiles } from './firmware.js';
 import { lifecycleEvent, type EventBus } from './event-bus.js';
 import type { HookSet } from './hook-set.js';
 import {
@@ -62,6 +63,8 @@ interface StartPlan {
 
 export interface StartOptions {
   paused: boolean;
+  /** START_RESET_NVRAM: a fresh copy of the UEFI variable store's template */
+  resetNvram?: boolean;
 }
 
 /** libvirt's shut-off reasons as event details */
@@ -139,8 +142,13 @@ export class DomainLifecycle {
     const qmpSocket = path.join(runDir, 'qmp.sock');
     const agentSocket = dom.def.agent ? dom.def.agent.path ?? path.join(runDir, 'qga.sock') : null;
     // the live definition names the socket the driver chose, as libvirt's live XML does
-    const def: DomainDef = agentSocket === null ? dom.def : { ...dom.def, agent: { path: agentSocket } };
+    let def: DomainDef = agentSocket === null ? dom.def : { ...dom.def, agent: { path: agentSocket } };
     await checkDiskSources(def);
+    const firmware = resolveFirmware(def, this.env.paths.nvramDir);
+    if (firmware !== null) {
+      await prepareNvram(firmware, { reset: opts.resetNvram === true });
+      def = withFirmwareFiles(def, firmware);
+    }
     for (const s of [qmpSocket, agentSocket]) {
       if (s !== null && Buffer.byteLength(s) > MAX_SOCKET_PATH) {
         throw virErr('CONFIG_UNSUPPORTED', 'QEMU',
@@ -154,7 +162,7 @@ export class DomainLifecycle {
     const liveDef: DomainDef = { ...def, devicesExtra: net.devices };
     try {
       const commandLine = buildCommandLine({
-        def: liveDef, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log'), paused: opts.paused,
+        def: liveDef, accel, qmpSocket, pidFile, agentSocket, consoleLog: path.join(runDir, 'console.log'), paused: opts.paused, firmware,
       });
       return { def: liveDef, runDir, qmpSocket, agentSocket, pidFile, commandLine, paused: opts.paused, taps: net.created };
     } catch (e) {

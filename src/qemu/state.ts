@@ -91,6 +91,10 @@ export class StatePaths {
   autostart(uuid: string): string {
     return path.join(this.autostartDir, uuid);
   }
+  /** UEFI variable stores of the domains (firmware.ts), NAME_VARS.fd: they outlive runs. */
+  get nvramDir(): string {
+    return path.join(this.dirs.stateDir, 'nvram');
+  }
   /** Per-domain run directory (sockets, pid file, logs). */
   domainRunDir(uuid: string): string {
     return path.join(this.dirs.runDir, uuid);

@@ -4,7 +4,7 @@
 // whoever assembles it (virtbackd, the tests).
 
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { FinishedPush } from '../api/driver.js';
 import { MANIFEST_SUFFIX, readManifest, writeManifest } from './manifest.js';
@@ -35,6 +35,10 @@ export async function findPushBackup(q: {
 
 export async function writePushManifests(info: FinishedPush, liveSources: ReadonlySet<string>): Promise<void> {
   for (const d of info.disks) {
+    // A manifest lives beside its target: beside /dev/VG/LV it would be a file in
+    // devtmpfs, gone at the next boot. A block-device target has none (restore
+    // and verify then read it unchecked).
+    if ((await stat(d.path).catch(() => null))?.isBlockDevice() === true) continue;
     const backing = await actualBacking(d);
     await writeManifest({
       domain: { name: info.name, uuid: info.uuid },

@@ -28,7 +28,7 @@ export interface RestoreOptions {
   target: string;
   output: string;
   format: 'qcow2' | 'raw';
-  /** Write onto an existing image or block device of at least the backup's size, instead of creating `output`. */
+  /** Write onto an existing image of at least the backup's size, instead of creating `output` (a block device always is). */
   inPlace?: boolean;
   onProgress?: (p: RestoreProgress) => void;
 }
@@ -63,7 +63,10 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
       if ((await fs.realpath(l.file)) === real) throw virErr('INVALID_ARG', 'STORAGE', `restore output '${output}' is backup '${l.file}' of the chain being restored`);
     }
   }
-  if (opts.inPlace) {
+  // A block device cannot be created nor renamed into place: it is always written in place
+  // (never truncated nor unlinked), and must hold the whole backup.
+  const inPlace = opts.inPlace === true || st?.isBlockDevice() === true;
+  if (inPlace) {
     if (!st) throw virErr('INVALID_ARG', 'STORAGE', `in-place restore target '${output}' does not exist`);
     const info = await imageInfo(output, opts.format);
     if (info['virtual-size'] < top.virtualSize) {
@@ -86,7 +89,7 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
       `backup '${top.file}' does not match its manifest '${checkedAgainst}': first bad range offset ${bad.offset} length ${bad.length}; ${outcome} ` +
         `(backup-verify names the damaged image)`,
     );
-  if (opts.inPlace) {
+  if (inPlace) {
     const bad = await writeChecked({ ...copy, output, zeroFill: true });
     if (bad) throw damaged(bad, `'${output}' was partly overwritten and does not hold the backup`);
   } else {

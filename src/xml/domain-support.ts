@@ -179,8 +179,9 @@ function checkController(el: XmlElement, ctx: SupportContext): string | null {
     all(() => unexpectedAttr(el, allowed), () => indexZero(el), () => unexpectedChild(el, []));
   switch (type) {
     case 'pci':
-      return plain({ type: null, index: null, model: ['pcie-root'] }) ?? (model === null ? "model='pcie-root' is required" : null);
+      return plain({ type: null, index: null, model: ['pcie-root', 'pci-root'] }) ?? (model === null ? "model='pcie-root' or 'pci-root' is required" : null);
     case 'sata':
+    case 'ide':
       return plain({ type: null, index: null });
     case 'usb':
       return plain({ type: null, index: null, model: ['none'] }) ?? (model === null ? "model='none' is required (there is no USB controller)" : null);
@@ -207,7 +208,7 @@ export const DEVICE_ELEMENTS: Readonly<Record<string, ElementRule>> = {
   channel: { handling: 'honoured', accepts: "the guest-agent channel (type='unix', target name 'org.qemu.guest_agent.0')" },
   controller: {
     handling: 'default',
-    accepts: "pci pcie-root; sata index 0; usb model='none'; scsi model='virtio-scsi' with a scsi disk; virtio-serial with the agent channel",
+    accepts: "pci pcie-root (q35) or pci-root (pc); sata or ide index 0; usb model='none'; scsi model='virtio-scsi' with a scsi disk; virtio-serial with the agent channel",
     check: checkController,
   },
   input: {
@@ -256,8 +257,9 @@ export const DROPPED_DEVICE_CHILDREN: readonly string[] = ['address', 'alias'];
 
 // ---------------------------------------------------------------- parts of <os> and <disk>
 
-// The machines command-line.ts runs: q35, the latest or a versioned one.
-const MACHINE = /^(q35|pc-q35-[0-9]+\.[0-9]+)$/;
+// The machines command-line.ts runs: q35 or i440fx ('pc', which has the IDE
+// controller), the latest or a versioned one.
+const MACHINE = /^(q35|pc-q35-[0-9]+\.[0-9]+|pc|pc-i440fx-[0-9]+\.[0-9]+)$/;
 
 export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlElement {
   const path = `os/${c.name}`;
@@ -268,16 +270,17 @@ export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlE
       const machine = attr(c, 'machine');
       why = unexpectedAttr(c, { arch: ['x86_64'], machine: null }) ?? noChildren ??
         (textContent(c).trim() === 'hvm' ? null : `os type '${textContent(c).trim()}' is not supported (only hvm)`) ??
-        (machine === null || MACHINE.test(machine) ? null : `machine '${machine}' is not supported (only q35 or pc-q35-X.Y)`);
+        (machine === null || MACHINE.test(machine) ? null : `machine '${machine}' is not supported (only q35, pc-q35-X.Y, pc or pc-i440fx-X.Y)`);
       break;
     }
     case 'boot':
-      // SeaBIOS boots the first hard disk when nothing sets a boot order: that is <boot dev='hd'/>
-      why = unexpectedAttr(c, { dev: ['hd'] }) ?? noChildren ??
-        (before.some((b) => b.name === 'boot') ? 'only one <boot dev=\'hd\'/> is supported' : null);
+      // the first disk (hd) or CD-ROM drive (cdrom) of the domain gets the next bootindex (domain-boot.ts)
+      why = unexpectedAttr(c, { dev: ['hd', 'cdrom'] }) ?? noChildren ??
+        (attr(c, 'dev') === null ? "dev='hd' or dev='cdrom' is required" : null) ??
+        (before.filter((b) => b.name === 'boot').length >= 4 ? 'at most 4 <boot dev> elements' : null);
       break;
     case 'bootmenu':
-      why = unexpectedAttr(c, { enable: ['no'] }) ?? noChildren;
+      why = unexpectedAttr(c, { enable: ['yes', 'no'] }) ?? noChildren;
       break;
     default:
       throw unsupported(path, c);
@@ -290,7 +293,7 @@ export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlE
 // Children of <disk> the runtime applies; <address>/<alias> are dropped, an
 // empty <backingStore/> (libvirt's "no backing chain") too: QEMU opens the
 // image's own chain from its header.
-const DISK_CHILDREN = ['driver', 'source', 'target', 'readonly', 'serial'];
+const DISK_CHILDREN = ['driver', 'source', 'target', 'readonly', 'serial', 'boot'];
 
 /** Attributes and children of a disk that the runtime would not apply. */
 export function checkDiskParts(el: XmlElement, target: string, sourceAttr: string): void {

@@ -16,10 +16,11 @@ import {
 import { completeDisplay } from './domain-graphics.js';
 import { completeInterfaces } from './domain-net.js';
 import { completeSerials } from './domain-serial.js';
+import { checkBootOrder, firmwareToElements, parseBootOrder, parseFirmware, type FirmwareDef } from './domain-boot.js';
 import { attr, childElements, childText, cloneElement, element, firstChild, formatXml, sortByRank, textContent } from './tree.js';
 import type { XmlElement } from './tree.js';
 
-export type DiskBus = 'scsi' | 'sata' | 'virtio';
+export type DiskBus = 'scsi' | 'sata' | 'virtio' | 'ide';
 export type DiskFormat = 'qcow2' | 'raw';
 
 export interface DiskDef {
@@ -37,6 +38,8 @@ export interface DiskDef {
   extra: XmlElement[];
   /** attributes that ask for what the runtime does anyway, kept and written back (driver discard='unmap') */
   extraAttrs?: DiskExtraAttrs;
+  /** <boot order='N'/> (domain-boot.ts) */
+  bootOrder?: number | null;
 }
 
 export interface DiskExtraAttrs {
@@ -56,8 +59,10 @@ export interface OsDef {
   cmdline: string | null;
   /** <type> (its machine is run: see osMachine), <boot dev='hd'/>, <bootmenu enable='no'/>; kept and written back */
   extra?: XmlElement[];
-  /** attributes of <os> (only firmware='bios'), kept and written back */
+  /** attributes of <os> (firmware='bios' or 'efi'), kept and written back */
   attrs?: [string, string][];
+  /** UEFI: <os firmware='efi'>, <loader>, <nvram> (domain-boot.ts); null for BIOS */
+  firmware?: FirmwareDef | null;
 }
 
 export interface DomainDef {
@@ -151,6 +156,7 @@ export function parseDomainElement(root: XmlElement, opts: ParseDomainOptions = 
   const os = parseOs(firstChild(root, 'os'));
   const { disks, agent, devicesExtra } = parseDevices(firstChild(root, 'devices'));
   checkDuplicateTargets(disks);
+  checkBootOrder(disks, os.extra ?? []);
   const extra = parseTopLevel(root, memoryKiB, type);
   checkCpuTopology(extra, vcpu);
 
@@ -242,10 +248,12 @@ function parseOs(osEl: XmlElement | null): OsDef {
   const osExtra: XmlElement[] = [];
   const os: OsDef = { kernel: null, initrd: null, cmdline: null, extra: osExtra, attrs: [] };
   if (osEl !== null) {
-    const why = unexpectedAttr(osEl, { firmware: ['bios'] });
+    const why = unexpectedAttr(osEl, { firmware: ['bios', 'efi'] });
     if (why !== null) throw unsupported('os', element('os', osEl.attrs), why);
     os.attrs = osEl.attrs.map(([k, v]) => [k, v]);
+    os.firmware = parseFirmware(attr(osEl, 'firmware'), firstChild(osEl, 'loader'), firstChild(osEl, 'nvram'));
     for (const c of childElements(osEl)) {
+      if (c.name === 'loader' || c.name === 'nvram') continue;
       if (c.name === 'kernel') os.kernel = textContent(c);
       else if (c.name === 'initrd') os.initrd = textContent(c);
       else if (c.name === 'cmdline') os.cmdline = textContent(c);
@@ -367,6 +375,7 @@ function parseAgentChannel(el: XmlElement): AgentChannelDef {
 function defaultBus(target: string): DiskBus | null {
   if (target.startsWith('vd')) return 'virtio';
   if (target.startsWith('sd')) return 'scsi';
+  if (target.startsWith('hd')) return 'ide';
   return null;
 }
 
@@ -416,11 +425,12 @@ function parseDisk(el: XmlElement): DiskDef {
 
   const busAttr = attr(targetEl, 'bus');
   const bus = busAttr ?? defaultBus(target);
-  if (bus !== 'scsi' && bus !== 'sata' && bus !== 'virtio') {
+  if (bus !== 'scsi' && bus !== 'sata' && bus !== 'virtio' && bus !== 'ide') {
     throw virErr('CONFIG_UNSUPPORTED', 'DOMAIN', `unsupported disk bus '${bus ?? '(none)'}' for disk '${target}'`);
   }
 
   checkDiskParts(el, target, sourceAttr);
+  const bootEl = firstChild(el, 'boot');
   const readonly = device === 'cdrom' || firstChild(el, 'readonly') !== null;
   return {
     type,
@@ -432,6 +442,7 @@ function parseDisk(el: XmlElement): DiskDef {
     readonly,
     extra: childElements(el).filter((c) => c.name === 'serial'),
     extraAttrs: { driver: driverEl === null ? [] : driverEl.attrs.filter(([k]) => k === 'discard') },
+    bootOrder: bootEl === null ? null : parseBootOrder(bootEl, 'disk'),
   };
 }
 
@@ -478,6 +489,7 @@ function osToElement(os: OsDef): XmlElement {
   if (os.kernel !== null) children.push(element('kernel', [], [os.kernel]));
   if (os.initrd !== null) children.push(element('initrd', [], [os.initrd]));
   if (os.cmdline !== null) children.push(element('cmdline', [], [os.cmdline]));
+  children.push(...firmwareToElements(os.firmware));
   return element('os', os.attrs ?? [], sortByRank(children, OS_ORDER));
 }
 
@@ -497,6 +509,7 @@ function diskToElement(d: DiskDef): XmlElement {
   if (d.source !== null) children.push(element('source', [[sourceAttr, d.source]]));
   children.push(element('target', [['dev', d.target], ['bus', d.bus]]));
   if (d.readonly) children.push(element('readonly'));
+  if (d.bootOrder != null) children.push(element('boot', [['order', String(d.bootOrder)]]));
   children.push(...d.extra.map(cloneElement));
   return element('disk', [['type', d.type], ['device', d.device]], sortByRank(children, DISK_ORDER));
 }

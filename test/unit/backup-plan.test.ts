@@ -142,3 +142,33 @@ test('backing file names, previous backup lookup, end decision, stats', () => {
   const done = { ...rec('push', ['failed']), phase: 'done' as const, end: 'failed' as const, errmsg: 'EIO', endedAt: 3000 };
   assert.deepEqual(jobStats(done, 9999), { type: 4, operation: 9, id: 3, time_elapsed: 2000, disk_total: 100, disk_processed: 40, disk_remaining: 60, success: false, errmsg: 'EIO' });
 });
+
+test('block-device targets and scratch: host_device, never created, raw shows the disk size, absolute backing file', () => {
+  const raw = planBackup({
+    def: aligned("<domainbackup><disks><disk name='sda' type='block'><driver type='raw'/><target dev='/dev/vg/full'/></disk><disk name='sdb' backup='no'/></disks></domainbackup>"),
+    disks: [disk('sda', 3, { storeSize: 68 << 20 })], checkpointActions: [], reuseExternal: false, port: null,
+  }).disks[0]!;
+  assert.equal(raw.createFile, false);
+  assert.deepEqual(raw.addStorage, { driver: 'host_device', filename: '/dev/vg/full', 'node-name': 'libvirt-3-storage', 'auto-read-only': true, discard: 'unmap' });
+  assert.deepEqual(raw.addFormat, { driver: 'raw', 'node-name': 'libvirt-3-format', 'read-only': false, file: 'libvirt-3-storage', size: 64 << 20 });
+  assert.equal(raw.create, null);
+
+  const incr = planBackup({
+    def: aligned("<domainbackup><incremental>c1</incremental><disks><disk name='sda' type='block'><target dev='/dev/vg/incr'/></disk><disk name='sdb' backup='no'/></disks></domainbackup>"),
+    disks: [disk('sda', 4, { base: { bitmap: 'c1', granularity: 65536 }, previous: { path: '/dev/vg/full', format: 'raw' }, storeSize: 72 << 20 })],
+    checkpointActions: [], reuseExternal: false, port: null,
+  }).disks[0]!;
+  assert.equal(incr.createFile, false);
+  assert.equal(incr.backingFile, '/dev/vg/full', 'not relative to /dev/vg');
+  assert.deepEqual(incr.create?.options, {
+    driver: 'qcow2', file: 'libvirt-4-storage', size: 64 << 20, 'cluster-size': 65536, 'backing-file': '/dev/vg/full', 'backing-fmt': 'raw',
+  });
+
+  const pull = planBackup({
+    def: aligned("<domainbackup mode='pull'><server transport='unix' socket='/run/s'/><disks><disk name='sda' type='block'><scratch dev='/dev/vg/s'/></disk><disk name='sdb' backup='no'/></disks></domainbackup>"),
+    disks: [disk('sda', 5, { storeSize: 72 << 20 })], checkpointActions: [], reuseExternal: false, port: null,
+  }).disks[0]!;
+  assert.equal(pull.createFile, false);
+  assert.equal(pull.addStorage.driver, 'host_device');
+  assert.equal(pull.backingFile, '/v/a.qcow2');
+});

@@ -148,6 +148,7 @@ function sampleArgs(dom: WireDomain): { [N in RemoteProcedureName]: ProcArgs<N> 
     domainLookupByUUID: { uuid: dom.uuid },
     domainResume: { dom },
     domainSetAutostart: { dom, autostart: 1 },
+    domainUpdateDeviceFlags: { dom, xml: "<disk type='file' device='cdrom'><target dev='sdb' bus='sata'/></disk>", flags: 0 },
     domainSuspend: { dom },
     domainShutdown: { dom },
     domainReboot: { dom, flags: 0 },

@@ -136,6 +136,7 @@ test('read-only socket: every mutating procedure is refused even when the client
       'domainShutdown',
       'domainSuspend',
       'domainUndefine',
+      'domainUpdateDevice',
       'qemuMonitorCommand',
     ],
   );

@@ -109,7 +109,8 @@ test('the defaults in detail: lifecycle actions, features, controllers the runti
   refused(domain('', "<controller type='sata' index='1'/>"), 'devices/controller', /index='1'/);
   refused(domain('', "<controller type='usb' index='0' model='qemu-xhci'/>"), 'devices/controller', /qemu-xhci/);
   refused(domain('', "<controller type='usb' index='0'/>"), 'devices/controller', /model='none' is required/);
-  refused(domain('', "<controller type='ide' index='0'/>"), 'devices/controller', /type='ide'/);
+  parseDomainXML(domain('', "<controller type='ide' index='0'/>"));
+  refused(domain('', "<controller type='ide' index='1'/>"), 'devices/controller', /index='1'/);
   accepted('', `${AGENT}<controller type='virtio-serial' index='0'/>`);
   refused(domain('', "<controller type='virtio-serial' index='0'/>"), 'devices/controller', /guest-agent channel/);
   accepted('', "<input type='keyboard' bus='ps2'/><input type='mouse'/>");
@@ -155,14 +156,21 @@ test('inside honoured elements: what runs is accepted, the rest refused by its p
   // <os>: hvm on q35 (versioned or not), BIOS booting the first disk, or a kernel
   const os = (inner: string, attrs = ''): string => d({ top: `<os${attrs}>${inner}</os>` });
   parseDomainXML(os("<type arch='x86_64' machine='pc-q35-7.2'>hvm</type><boot dev='hd'/><bootmenu enable='no'/>", " firmware='bios'"));
-  refused(os("<type machine='pc-i440fx-7.2'>hvm</type>"), 'os/type', /pc-i440fx-7.2/);
+  parseDomainXML(os("<type machine='pc-i440fx-7.2'>hvm</type>"));
+  refused(os("<type machine='microvm'>hvm</type>"), 'os/type', /microvm/);
   refused(os("<type arch='aarch64'>hvm</type>"), 'os/type', /aarch64/);
   refused(os('<type>xen</type>'), 'os/type', /'xen'/);
-  refused(os("<boot dev='cdrom'/>"), 'os/boot', /cdrom/);
-  refused(os("<boot dev='hd'/><boot dev='network'/>"), 'os/boot');
-  refused(os("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"), 'os/loader');
-  refused(os("<bootmenu enable='yes'/>"), 'os/bootmenu', /enable='yes'/);
-  refused(os('', " firmware='efi'"), 'os', /firmware='efi'/);
+  // boot order and UEFI (issue 13): what runs is accepted
+  parseDomainXML(os("<boot dev='cdrom'/><boot dev='hd'/><bootmenu enable='yes'/>"));
+  parseDomainXML(os('', " firmware='efi'"));
+  parseDomainXML(os("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"));
+  refused(os("<boot dev='hd'/><boot dev='network'/>"), 'os/boot', /network/);
+  refused(os("<loader type='rom'>/usr/share/seabios/bios.bin</loader>"), 'os/loader', /type='rom'/);
+  refused(os("<loader type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"), 'os/loader', /readonly='yes' is required/);
+  refused(os("<loader readonly='yes' type='pflash' secure='yes'>/usr/share/OVMF/OVMF_CODE.fd</loader>"), 'os/loader', /secure='yes'/);
+  refused(os("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>", " firmware='bios'"), 'os/loader', /firmware='bios'/);
+  refused(os('<nvram>/var/a_VARS.fd</nvram>'), 'os/nvram', /needs UEFI/);
+  refused(os('', " firmware='xen'"), 'os', /firmware='xen'/);
   // <emulator>: the binary the runtime starts
   parseDomainXML(d({ devices: '<emulator>/usr/bin/qemu-system-x86_64</emulator>' }));
   refused(d({ devices: '<emulator>/opt/qemu/bin/qemu-system-x86_64</emulator>' }), 'devices/emulator', /\/opt\/qemu/);
@@ -178,7 +186,8 @@ test('inside honoured elements: what runs is accepted, the rest refused by its p
   refused(disk("<disk type='file' device='disk'>", "<disk type='file' device='disk' snapshot='no'>"), 'devices/disk', /snapshot/);
   refused(disk("<source file='/img/a.qcow2'/>", "<source file='/img/a.qcow2' startupPolicy='optional'/>"), 'devices/disk/source', /startupPolicy/);
   refused(disk("bus='scsi'/>", "bus='scsi' rotation_rate='1'/>"), 'devices/disk/target', /rotation_rate/);
-  refused(disk('</disk>', "<boot order='1'/></disk>"), 'devices/disk/boot', /disk 'sda'/);
+  assert.match(formatDomainXML(parseDomainXML(disk('</disk>', "<boot order='1'/></disk>"))), /<boot order='1'\/>/);
+  refused(disk('</disk>', "<boot order='1' loadparm='x'/></disk>"), 'devices/disk/boot', /loadparm/);
   refused(disk('</disk>', '<shareable/></disk>'), 'devices/disk/shareable');
   refused(disk('</disk>', "<iotune><total_bytes_sec>1</total_bytes_sec></iotune></disk>"), 'devices/disk/iotune');
   refused(disk('</disk>', "<backingStore type='file'><format type='qcow2'/><source file='/img/base.qcow2'/></backingStore></disk>"), 'devices/disk/backingStore');

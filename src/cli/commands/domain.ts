@@ -12,6 +12,7 @@ import { lookupDomain, readFileArg, withConnection } from '../connection.js';
 import { CliFlagOptions } from '../flag-options.js';
 import { registerPower } from './domain-power.js';
 import { registerDomxmlCheck } from './domxml-check.js';
+import { registerChangeMedia } from './media.js';
 import {
   domainReasonString,
   domainStateString,
@@ -100,6 +101,7 @@ export function register(program: Command, table: EntryPointTable): void {
   registerDomainXml(program, table);
   registerMonitorCommand(program, table);
   registerFsFreeze(program);
+  registerChangeMedia(program, table);
 }
 
 function registerDomainLifecycle(program: Command, table: EntryPointTable): void {
@@ -118,6 +120,8 @@ function registerDomainLifecycle(program: Command, table: EntryPointTable): void
   const undefine = program.command('undefine').description('undefine a domain').argument('<domain>', 'domain name, id or uuid');
   const undefineFlags = CliFlagOptions.add(undefine, table, 'domainUndefine', {
     CHECKPOINTS_METADATA: 'remove all domain checkpoint metadata (vm must be inactive)',
+    NVRAM: 'remove nvram file',
+    KEEP_NVRAM: 'keep nvram file',
   });
   undefine.action(async (ref: string, _o: object, cmd: Command) => {
     const flags = undefineFlags.flags(cmd);

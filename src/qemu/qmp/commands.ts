@@ -339,6 +339,11 @@ export interface QmpCommands {
   transaction: Cmd<{ actions: TransactionAction[]; properties?: { 'completion-mode'?: 'individual' | 'grouped' } }, Empty>;
   'query-named-block-nodes': Cmd<{ flat?: boolean } | undefined, BlockDeviceInfo[]>;
   'query-block': Cmd<undefined, BlockInfo[]>;
+  // removable media (qemu/media.ts): the tray of a CD-ROM drive, by qdev id
+  'blockdev-open-tray': Cmd<{ id: string; force?: boolean }, Empty>;
+  'blockdev-close-tray': Cmd<{ id: string }, Empty>;
+  'blockdev-remove-medium': Cmd<{ id: string }, Empty>;
+  'blockdev-insert-medium': Cmd<{ id: string; 'node-name': string }, Empty>;
 
   'block-dirty-bitmap-add': Cmd<BlockDirtyBitmapAdd, Empty>;
   'block-dirty-bitmap-remove': Cmd<BlockDirtyBitmap, Empty>;
