@@ -62,7 +62,7 @@ test('virtback domxml-check: exit 0 and no output when nothing changes, exit 0 w
   const r = await runMain(['domxml-check', typical]);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, fs.readFileSync(path.join(fixtures, 'libvirt-typical.check.txt'), 'utf8'));
-  assert.equal(r.stderr, 'error: 19 parts of the definition would be refused\n');
+  assert.equal(r.stderr, 'error: 17 parts of the definition would be refused\n');
   const j = await runMain(['domxml-check', '--json', typical]);
   const findings = JSON.parse(j.stdout) as { kind: string; path: string; element: string; reason: string }[];
   assert.deepEqual(findings, checkDomainXML(fs.readFileSync(typical, 'utf8')));
