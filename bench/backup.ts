@@ -22,6 +22,7 @@ import { QemuBackups, type QemuBackupsOptions } from '../src/qemu/backup.js';
 import type { PushTargetOptions } from '../src/qemu/backup-plan.js';
 import type { BackupPerf } from '../src/qemu/qmp/commands.js';
 import { QemuDriver } from '../src/qemu/driver.js';
+import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -41,17 +42,6 @@ const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTar
   { name: '  copy-range, preallocation=metadata', target: { preallocation: 'metadata' } },
 ];
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vbb-'));

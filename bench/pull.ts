@@ -22,20 +22,11 @@ import { planCopy } from '../src/nbd/copy.js';
 import { loadTlsDir, type NbdTlsOptions } from '../src/nbd/tls.js';
 import type { NbdTarget } from '../src/nbd/target.js';
 import { pullBackup, writeManifest } from '../src/repository/index.js';
+import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const runs = Number(process.argv[2] ?? 3);
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 const procs: ChildProcess[] = [];
 async function serve(args: string[], probe: NbdTarget): Promise<void> {

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { servePoint } from '../src/vmbackup/serve.js';
 import { writeTestPoint } from '../test/qemu/serve-helpers.js';
+import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -21,17 +22,6 @@ const runs = Number(process.argv[2] ?? 3);
 const DATA_MIB = Number(process.argv[3] ?? 1024);
 const DISK_MIB = 2 * DATA_MIB;
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
-
-async function timed(fn: () => Promise<unknown>): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  await fn();
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
 
 /** Per 16 MiB: 8 random, 4 of repeated text, 4 zero; the second half of the disk is empty. */
 function writeMixed(file: string): void {

@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { virErr } from '../errors.js';
+import { pidAlive } from './pid.js';
 
 export interface ServeProcessSpec {
   /** argv that runs the virtback CLI, e.g. [node, ...execArgv, '/usr/lib/virtback/cli/virtback.js'] */
@@ -22,15 +23,6 @@ export interface ServeProcessSpec {
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function logTail(file: string): string {
   try {
@@ -92,14 +84,14 @@ function isServeProcess(pid: number, socket: string): boolean {
 /** Stops the serve process of `pidfile` (SIGTERM, then SIGKILL after `graceMs`); a process already gone is fine. */
 export async function stopServeProcess(pidfile: string, socket: string, graceMs = 10_000): Promise<void> {
   const pid = readPidfile(pidfile);
-  if (pid === undefined || !alive(pid) || !isServeProcess(pid, socket)) {
+  if (pid === undefined || !pidAlive(pid) || !isServeProcess(pid, socket)) {
     fs.rmSync(pidfile, { force: true });
     return;
   }
   process.kill(pid, 'SIGTERM');
   const deadline = Date.now() + graceMs;
-  while (alive(pid) && Date.now() < deadline) await sleep(100);
-  if (alive(pid)) process.kill(pid, 'SIGKILL');
-  while (alive(pid)) await sleep(50);
+  while (pidAlive(pid) && Date.now() < deadline) await sleep(100);
+  if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+  while (pidAlive(pid)) await sleep(50);
   fs.rmSync(pidfile, { force: true });
 }

@@ -10,6 +10,7 @@ import path from 'node:path';
 import type { Domain } from '../api/public.js';
 import { errField, type Logger } from '../log.js';
 import { parseBackupXML } from '../xml/backup.js';
+import { pidAlive } from './pid.js';
 
 const OWNER = 'owner.json';
 export const RUN_DIR_PREFIX = 'vbk-';
@@ -17,15 +18,6 @@ export const RUN_DIR_PREFIX = 'vbk-';
 /** Mark `dir` as this run's. */
 export async function markRunDir(dir: string): Promise<void> {
   await fs.writeFile(path.join(dir, OWNER), JSON.stringify({ host: os.hostname(), pid: process.pid }), { mode: 0o600 });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** The dead run that owns job `xml`'s folder, or null when the job is not a dead run's. */
@@ -39,7 +31,7 @@ async function deadRunDir(xml: string): Promise<string | null> {
     () => null,
   );
   if (owner === null || owner.host !== os.hostname() || typeof owner.pid !== 'number') return null;
-  return alive(owner.pid) ? null : dir;
+  return pidAlive(owner.pid) ? null : dir;
 }
 
 /** End the pull jobs of dead runs on `dom`; returns their ids. */
