@@ -17,7 +17,7 @@ set -euo pipefail
 # tests (libvirt-daemon-system, which would run one for the host, is not needed).
 # iproute2: `ip` creates and removes the taps of type='bridge' interfaces (src/qemu/net.ts).
 # ovmf: the UEFI firmware <os firmware='efi'> selects (/usr/share/OVMF). lvm2
-# and util-linux (losetup): the block-device tests build a volume group on loop
+# and util-linux (losetup; setpriv ties every qemu-nbd we start to our life): the block-device tests build a volume group on loop
 # devices (as root; skipped otherwise).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
   libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux)

@@ -69,7 +69,10 @@ export async function startExport(opts: ExportOptions): Promise<NbdExport> {
     ...(opts.allocationDepth ? ['--allocation-depth'] : []),
     opts.image,
   ];
-  const proc: ChildProcess = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // setpriv execs qemu-nbd with PR_SET_PDEATHSIG: if we are killed (a daemon
+  // SIGKILLed while writing a manifest), the kernel ends our --persistent
+  // qemu-nbd too instead of leaving it serving the image for ever
+  const proc: ChildProcess = spawn('setpriv', ['--pdeathsig', 'TERM', '--', 'qemu-nbd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => {
