@@ -106,6 +106,10 @@ test('SDK over virtbackd: domains, checkpoints, push full + incremental, pull, s
   assert.ok(inc > full);
   const ev2 = await waitEvent(events, completed(inc), 'job-completed of the incremental');
   assert.equal(ev2.stats.success, true, ev2.stats.errmsg);
+  // one block-job event per disk; they follow job-completed and may arrive in a later read
+  for (const d of td.disks) {
+    await waitEvent(events, (e): e is DriverEvent => e.type === 'block-job' && e.jobId === inc && e.disk === d.target, `block-job event of ${d.target}`);
+  }
   const blockJobs = events.filter((e) => e.type === 'block-job' && e.jobId === inc);
   assert.equal(blockJobs.length, 2);
   assert.equal(await dom.backupEnd(inc), 1);
