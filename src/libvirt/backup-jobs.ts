@@ -384,6 +384,15 @@ export class BackupJobs {
     const r = await this.host.client.call('domainGetJobStats', { dom, flags });
     const stats = paramsToJobStats(r.type, r.params);
     const rec = this.current.get(uuid);
+    if (flags & JobStatsFlags.COMPLETED && rec && rec.end === null && stats.type !== JobType.NONE) {
+      // Our job's event may still be on its way while a poller (virtback backup-begin
+      // --wait) already sees it over: when libvirt runs no job any more, these stats
+      // are ours, and the job ends here so its manifests are written before close.
+      const active = await this.host.client.call('domainGetJobStats', { dom, flags: 0 });
+      if (paramsToJobStats(active.type, active.params).type === JobType.NONE) {
+        this.finish(rec, stats.success === true ? 'completed' : rec.abortRequested ? 'cancelled' : 'failed', stats.errmsg ?? null);
+      }
+    }
     const id = flags & JobStatsFlags.COMPLETED ? this.lastCompleted.get(uuid) : rec && rec.end === null ? rec.id : undefined;
     if (id !== undefined && stats.type !== JobType.NONE) stats.id = id;
     return stats;
