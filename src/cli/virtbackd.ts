@@ -190,6 +190,7 @@ async function serve(
     process.stderr.write(`virtbackd: ${msg}\n`);
     return 1;
   }
+  const signals = watchSignals(logger);
   let daemon: Daemon;
   try {
     const hypervisorVersion = await qemuVersion(logger);
@@ -209,35 +210,50 @@ async function serve(
     return 1;
   }
   tell('ready');
-  const code = await untilSignalled(daemon, logger);
+  const code = await signals.until(daemon);
   logger.close();
   return code;
 }
 
-/** SIGTERM/SIGINT stop the daemon (exit 0); a second one exits at once (1). SIGHUP is ignored. */
-function untilSignalled(daemon: Daemon, logger: Logger): Promise<number> {
-  return new Promise<number>((resolve) => {
-    let signalled = false;
-    const onSignal = (sig: NodeJS.Signals): void => {
-      if (signalled) {
-        logger.warn({ signal: sig }, `${sig} again: exiting without waiting`);
+/**
+ * SIGTERM/SIGINT stop the daemon (exit 0); a second one exits at once (1). SIGHUP is ignored.
+ * Installed before the daemon starts: its sockets answer before start() resolves, and
+ * a signal then must stop it cleanly, not kill it with the default action.
+ */
+function watchSignals(logger: Logger): { until(daemon: Daemon): Promise<number> } {
+  let daemon: Daemon | null = null;
+  let signalled = false;
+  let resolve!: (code: number) => void;
+  const done = new Promise<number>((r) => (resolve = r));
+  const stop = (d: Daemon): void => {
+    d.stop().then(
+      () => resolve(0),
+      (e: unknown) => {
+        logger.error(errField(e), 'shutdown failed');
         resolve(1);
-        return;
-      }
-      signalled = true;
-      logger.info({ signal: sig }, `${sig} received`);
-      daemon.stop().then(
-        () => resolve(0),
-        (e: unknown) => {
-          logger.error(errField(e), 'shutdown failed');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
-  });
+      },
+    );
+  };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled) {
+      logger.warn({ signal: sig }, `${sig} again: exiting without waiting`);
+      resolve(1);
+      return;
+    }
+    signalled = true;
+    logger.info({ signal: sig }, `${sig} received`);
+    if (daemon) stop(daemon);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
+  return {
+    until(d: Daemon): Promise<number> {
+      daemon = d;
+      if (signalled) stop(d);
+      return done;
+    },
+  };
 }
 
 main(process.argv.slice(2)).then(
