@@ -4,35 +4,17 @@
 // against virsh's formats; a push backup followed with --wait is checked
 // byte-wise in its target.
 
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { QemuDriver } from '../../src/qemu/driver.js';
-import { startCliDaemon } from '../helpers/cli.js';
-import { hmpWrite, imageHasPattern, makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
+import { cliOnQemu } from '../helpers/cli-qemu.js';
+import { hmpWrite, imageHasPattern, makeTestDomain } from '../helpers/qemu-env.js';
 
 const run = promisify(execFile);
 
-/** A test env, and an in-process daemon serving the real QEMU driver to the CLI; both cleaned up after the test. */
-async function cliOnQemu(t: TestContext) {
-  const env = await makeTestEnv();
-  let qemu: QemuDriver | null = null;
-  const cli = await startCliDaemon<QemuDriver>(t, {
-    dir: env.dir,
-    openDriver: async (dirs) => {
-      const { QemuDriver: Q } = await import('../../src/qemu/driver.js');
-      return (qemu = await Q.open(dirs));
-    },
-  });
-  t.after(async () => {
-    await cli.daemon.stop();
-    await env.cleanup();
-  });
-  return { env, cli, qemu: () => qemu! };
-}
 
 test('domain and checkpoint commands on real QEMU', { timeout: 90_000 }, async (t) => {
   const { env, cli, qemu: driverOf } = await cliOnQemu(t);

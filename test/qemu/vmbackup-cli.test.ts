@@ -5,7 +5,7 @@
 // and succeeds; every point restores exact; `restore --define NEWNAME` defines
 // a copy under a new identity that boots (its guest agent answers).
 
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -13,9 +13,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChunkRepository } from '../../src/chunkstore/repo.js';
 import { openFolderStore } from '../../src/chunkstore/object-store.js';
-import type { QemuDriver } from '../../src/qemu/driver.js';
-import { startCliDaemon } from '../helpers/cli.js';
-import { makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
+import { cliOnQemu } from '../helpers/cli-qemu.js';
+import { makeTestDomain } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
 import { DiskModel, run, write } from './backup-util.js';
 import { checkpointName, repositoryId } from '../../src/vmbackup/index.js';
@@ -23,22 +22,6 @@ import { MiB, assertRestores, sha } from './vmbackup-helpers.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-async function cliOnQemu(t: TestContext) {
-  const env = await makeTestEnv();
-  let qemu: QemuDriver | null = null;
-  const cli = await startCliDaemon<QemuDriver>(t, {
-    dir: env.dir,
-    openDriver: async (dirs) => {
-      const { QemuDriver: Q } = await import('../../src/qemu/driver.js');
-      return (qemu = await Q.open(dirs));
-    },
-  });
-  t.after(async () => {
-    await cli.daemon.stop();
-    await env.cleanup();
-  });
-  return { env, cli, driver: () => qemu! };
-}
 
 /**
  * `virtback backup` in a child process, SIGKILLed `ms` after its first progress
@@ -92,7 +75,7 @@ async function unitCommands(file: string, instance: string, env: Record<string, 
 }
 
 test('virtback backup/restore through virtbackd: killed clients leave no half point, restore --define boots', { timeout: 600_000 }, async (t) => {
-  const { env, cli, driver } = await cliOnQemu(t);
+  const { env, cli, qemu: driver } = await cliOnQemu(t);
   const guest = await tinyGuest();
   const def = await makeTestDomain(env.dir, { name: 'vbk-cli', sizeMiB: 64, agent: true, osXml: tinyGuestOsXml(guest) });
   const xmlFile = path.join(env.dir, 'vbk-cli.xml');
