@@ -195,6 +195,7 @@ export const ShutoffReason = {
 
 export const EventId = {
   LIFECYCLE: 0,
+  REBOOT: 1,
   BLOCK_JOB: 8,
   BLOCK_JOB_2: 16,
   JOB_COMPLETED: 21,

@@ -123,7 +123,13 @@ export interface FinishedPush {
   }[];
 }
 
-export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent;
+/** The guest reset (libvirt's VIR_DOMAIN_EVENT_ID_REBOOT: every QEMU RESET, the guest's own or a fake reboot's). */
+export interface RebootEvent {
+  type: 'reboot';
+  domain: DomainRef;
+}
+
+export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent | RebootEvent;
 
 export type EventListener = (event: DriverEvent) => void;
 

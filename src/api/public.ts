@@ -15,6 +15,7 @@ import type {
   JobCompletedEvent,
   JobStats,
   LifecycleEvent,
+  RebootEvent,
   UnknownBitmap,
 } from './driver.js';
 import { CheckedDriver } from './checked-driver.js';
@@ -46,6 +47,7 @@ export interface EventMap {
   'job-completed': JobCompletedEvent;
   'block-job': BlockJobEvent;
   lifecycle: LifecycleEvent;
+  reboot: RebootEvent;
 }
 export type EventName = keyof EventMap;
 export type EventCallback<K extends EventName> = (event: EventMap[K], domain: Domain) => void;

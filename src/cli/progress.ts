@@ -216,7 +216,7 @@ export async function waitForBackup(dom: Domain, jobId: number, opts: WaitOption
 
   let finished: JobStats | null = null;
   let wake: (() => void) | null = null;
-  const mine = (ev: DriverEvent): boolean => ev.type !== 'lifecycle' && ev.domain.uuid === dom.uuid && ev.jobId === jobId;
+  const mine = (ev: DriverEvent): boolean => (ev.type === 'job-completed' || ev.type === 'block-job') && ev.domain.uuid === dom.uuid && ev.jobId === jobId;
   const offs = [
     conn.on('job-completed', (ev) => {
       if (!mine(ev)) return;

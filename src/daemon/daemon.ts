@@ -212,5 +212,7 @@ function describeEvent(ev: DriverEvent): string {
       return `block-job of disk '${ev.disk}' of domain '${ev.domain.name}' (status ${ev.status})`;
     case 'lifecycle':
       return `lifecycle ${ev.event}/${ev.detail} of domain '${ev.domain.name}'`;
+    case 'reboot':
+      return `reboot of domain '${ev.domain.name}'`;
   }
 }

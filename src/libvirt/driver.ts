@@ -31,7 +31,7 @@ export interface LibvirtDriverOptions extends BackupJobHooks, Omit<LibvirtClient
 const CLIENT_SIDE_FILTERS = ListDomainsFlags.HAS_BACKUP_JOB | ListDomainsFlags.NO_BACKUP_JOB;
 
 /** The events a listener gets: registered for all domains when the first listener subscribes. */
-const LISTENED_EVENTS = [EventId.LIFECYCLE, EventId.BLOCK_JOB, EventId.JOB_COMPLETED] as const;
+const LISTENED_EVENTS = [EventId.LIFECYCLE, EventId.REBOOT, EventId.BLOCK_JOB, EventId.JOB_COMPLETED] as const;
 
 function noSupport(what: string): Error {
   return virErr('NO_SUPPORT', 'DOMAIN', `this function is not supported by the connection driver: ${what}`);
@@ -339,6 +339,10 @@ export class LibvirtDriver implements Driver {
       const m = decode(remoteEvents.lifecycle.body, payload, 'lifecycle event');
       if (!this.ours(m.callbackID, EventId.LIFECYCLE)) return;
       event = { type: 'lifecycle', domain: this.remember(m.dom), ...lifecycleFromWire(m.event, m.detail) };
+    } else if (proc === remoteEvents.reboot.proc) {
+      const m = decode(remoteEvents.reboot.body, payload, 'reboot event');
+      if (!this.ours(m.callbackID, EventId.REBOOT)) return;
+      event = { type: 'reboot', domain: this.remember(m.dom) };
     } else if (proc === remoteEvents.blockJob.proc) {
       const m = decode(remoteEvents.blockJob.body, payload, 'block-job event');
       if (!this.ours(m.callbackID, EventId.BLOCK_JOB)) return;

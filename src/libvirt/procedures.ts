@@ -292,6 +292,7 @@ export const qemuProcedures = {
 /** Asynchronous MESSAGEs of the REMOTE program: events, in their callback form (callbackID first). */
 export const remoteEvents = {
   lifecycle: { proc: 318, body: struct({ callbackID: int, dom: domain, event: int, detail: int }) },
+  reboot: { proc: 319, body: struct({ callbackID: int, dom: domain }) },
   blockJob: { proc: 326, body: struct({ callbackID: int, dom: domain, path: nonnullString, type: int, status: int }) },
   blockJob2: { proc: 339, body: struct({ callbackID: int, dom: domain, dst: nonnullString, type: int, status: int }) },
   connectionClosed: { proc: 362, body: struct({ reason: int }) },
@@ -304,6 +305,7 @@ export type EventBody<N extends RemoteEventName> = Infer<(typeof remoteEvents)[N
 /** VIR_DOMAIN_EVENT_ID_*: what a client registers for with procedure 316. */
 export const DomainEventId = {
   LIFECYCLE: 0,
+  REBOOT: 1,
   BLOCK_JOB: 8,
   BLOCK_JOB_2: 16,
   JOB_COMPLETED: 21,

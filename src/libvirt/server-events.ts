@@ -39,6 +39,11 @@ export function toWireEvent(ev: DriverEvent): WireEvent {
       }
       break;
     }
+    case 'reboot': {
+      const { proc, body } = remoteEvents.reboot;
+      forms.push({ eventID: DomainEventId.REBOOT, proc, payload: (callbackID, dom) => encode(body, { callbackID, dom }) });
+      break;
+    }
     case 'job-completed': {
       const { proc, body } = remoteEvents.jobCompleted;
       const params = jobStatsToParams(ev.stats);

@@ -292,6 +292,7 @@ export class DomainLifecycle {
         const st = (await qmp.executeRaw('query-status')) as { status?: string; running?: boolean };
         // the reason it was paused for is not kept across a driver restart
         if (st.running === false && st.status !== 'running') [d.state, d.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
+        await this.power.finishPowerOff(d, run, st.status);
       } catch (e) {
         if (!(await run.alive())) {
           await this.becomeShutoff(d, ShutoffReason.CRASHED);
@@ -392,6 +393,10 @@ export class DomainLifecycle {
         bus.emit(lifecycleEvent(dom, 'resumed', 'unpaused'));
       }),
       qmp.on('SHUTDOWN', (ev) => this.power.onShutdownEvent(dom, run, ev.data)),
+      // qemuProcessHandleReset: every reset is libvirt's reboot event, the guest's own and a fake reboot's system_reset
+      qmp.on('RESET', () => {
+        if (dom.run === run) bus.emit({ type: 'reboot', domain: { name: dom.name, uuid: dom.uuid } });
+      }),
       qmp.onClose((err) => {
         // err undefined: we closed it ourselves (close(), destroy)
         if (err === undefined || run.stopping || this.closed || dom.run !== run) return;

@@ -36,6 +36,11 @@ export function lifecycleActionOf(def: DomainDef, name: ActionElement): Lifecycl
 }
 
 /** What the QEMU driver accepts of virDomainShutdownFlags / virDomainReboot's flags (qemuDomainShutdownFlags). */
+/** Whether the guest's power-off is to be reset into a boot: a fake reboot, or <on_poweroff>restart. */
+function rebootsOnPowerOff(dom: DomainObject, run: QemuRuntime): boolean {
+  return run.fakeReboot || lifecycleActionOf(dom.liveDef ?? dom.def, 'on_poweroff') === 'restart';
+}
+
 const POWER_FLAGS = DomainShutdownFlags.ACPI_POWER_BTN | DomainShutdownFlags.GUEST_AGENT;
 
 type Mode = 'powerdown' | 'reboot';
@@ -87,6 +92,7 @@ export class DomainPower {
     const qmp = await run.monitor();
     if (mode === 'reboot') {
       run.fakeReboot = true;
+      await run.save();
       await qmp.executeRaw('set-action', { shutdown: 'pause' });
     }
     await qmp.execute('system_powerdown');
@@ -118,10 +124,9 @@ export class DomainPower {
    */
   onShutdownEvent(dom: DomainObject, run: QemuRuntime, data: { guest?: boolean; reason?: string }): void {
     if (dom.run !== run) return;
-    const def = dom.liveDef ?? dom.def;
-    if (data.reason === 'guest-shutdown' && (run.fakeReboot || lifecycleActionOf(def, 'on_poweroff') === 'restart')) {
+    if (data.reason === 'guest-shutdown' && rebootsOnPowerOff(dom, run)) {
       run.resetting = true;
-      dom.lock.run(() => this.restart(dom, run, def))
+      dom.lock.run(() => this.restart(dom, run))
         .catch((e) => this.env.log.error({ ...errField(e), domain: dom.name }, 'reboot after the guest powered off failed'));
       return;
     }
@@ -132,9 +137,22 @@ export class DomainPower {
     this.env.bus.emit(lifecycleEvent(dom, 'shutdown', detail));
   }
 
+  /**
+   * At reconnect: QEMU sits paused at a guest power-off (status 'shutdown')
+   * that happened while no driver watched, and it was to become a reboot:
+   * finish it, as libvirt's qemuProcessReconnect does. Lock held.
+   */
+  async finishPowerOff(dom: DomainObject, run: QemuRuntime, qemuStatus: string | undefined): Promise<void> {
+    if (qemuStatus !== 'shutdown' || !rebootsOnPowerOff(dom, run)) return;
+    this.env.log.info({ domain: dom.name }, 'the guest powered off while the driver was away: rebooting it');
+    run.resetting = true;
+    await this.restart(dom, run);
+  }
+
   /** qemuProcessFakeReboot: reset the powered-off guest and let it run again. Lock held. */
-  private async restart(dom: DomainObject, run: QemuRuntime, def: DomainDef): Promise<void> {
+  private async restart(dom: DomainObject, run: QemuRuntime): Promise<void> {
     if (dom.run !== run || run.stopping) return;
+    const def = dom.liveDef ?? dom.def;
     let qmp: QmpClient;
     try {
       qmp = await run.monitor();
@@ -143,6 +161,7 @@ export class DomainPower {
         await qmp.executeRaw('set-action', { shutdown: 'poweroff' });
       }
       run.fakeReboot = false;
+      await run.save();
       await qmp.execute('cont');
     } catch (e) {
       if (isVirError(e, 'OPERATION_INVALID')) return; // QEMU went away meanwhile: its exit is handled there

@@ -42,8 +42,6 @@ export class QemuRuntime {
   stopping = false;
   /** QEMU announced a SHUTDOWN (guest power-off, quit, SIGTERM): its exit is a shutdown, not a crash */
   shutdownSeen = false;
-  /** an ACPI reboot was asked for: the guest's next power-off is reset instead (power.ts) */
-  fakeReboot = false;
   /** a powered-off guest is being reset: QEMU's STOP and RESUME are not the user's */
   resetting = false;
   /** unsubscribe functions for monitor listeners */
@@ -68,6 +66,19 @@ export class QemuRuntime {
   /** disk target -> node names and qdev id (a copy) */
   get disks(): DiskNodes[] {
     return this.status.disks.map((d) => ({ ...d }));
+  }
+
+  /**
+   * An ACPI reboot was asked for: the guest's next power-off is reset instead
+   * (power.ts). Kept in the status file (libvirt's <fakereboot/>) so that a
+   * driver restarted meanwhile still boots the guest instead of letting it end.
+   */
+  get fakeReboot(): boolean {
+    return this.status.extra.fakeReboot === true;
+  }
+  set fakeReboot(on: boolean) {
+    if (on) this.status.extra.fakeReboot = true;
+    else delete this.status.extra.fakeReboot;
   }
 
   /** The process is still there (same pid and start time, not a zombie). */

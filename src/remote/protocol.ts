@@ -110,6 +110,7 @@ export const DriverEventSchema = z.discriminatedUnion('type', [
     status: Int,
   }),
   z.object({ type: z.literal('lifecycle'), domain: DomainRefSchema, event: Name, detail: Name }),
+  z.object({ type: z.literal('reboot'), domain: DomainRefSchema }),
 ]);
 
 export const VirErrorSchema = z.object({

@@ -55,9 +55,76 @@ export interface ExportOptions {
   allocationDepth?: boolean;
 }
 
+// ---- socket folders
+// Each export's socket lives in its own folder under one parent per user,
+// marked with its maker's host and pid. close() removes it; a maker that is
+// SIGKILLed cannot, so every new export first removes the folders whose
+// maker (on this host) is gone.
+
+const OWNER = 'owner.json';
+
+/** The parent of every export's socket folder: $TMPDIR/virtback-nbd-<uid>, ours and private. */
+export function exportSocketRoot(): string {
+  return path.join(os.tmpdir(), `virtback-nbd-${process.getuid?.() ?? 0}`);
+}
+
+async function ensureSocketRoot(): Promise<string> {
+  const root = exportSocketRoot();
+  await fs.mkdir(root, { mode: 0o700 }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EEXIST') throw e;
+  });
+  // a shared /tmp: never put sockets in a folder (or through a link) someone else made
+  const st = await fs.lstat(root);
+  if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid) || (st.mode & 0o077) !== 0) {
+    throw virErr('OPERATION_FAILED', 'STORAGE', `'${root}' is not a private folder of this user: remove it`);
+  }
+  return root;
+}
+
+function processGone(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
+
+async function readOwner(dir: string): Promise<{ host?: unknown; pid?: unknown } | null> {
+  try {
+    return JSON.parse(await fs.readFile(path.join(dir, OWNER), 'utf8')) as { host?: unknown; pid?: unknown };
+  } catch {
+    return null;
+  }
+}
+
+/** Remove the socket folders under `root` whose maker, on this host, no longer runs; returns them. */
+export async function removeDeadExportDirs(root = exportSocketRoot()): Promise<string[]> {
+  const removed: string[] = [];
+  const names = await fs.readdir(root).catch(() => [] as string[]);
+  for (const name of names) {
+    const dir = path.join(root, name);
+    const owner = await readOwner(dir);
+    // unmarked (or half-written): being made right now, the mark follows mkdtemp at once
+    if (owner === null || owner.host !== os.hostname() || typeof owner.pid !== 'number' || !processGone(owner.pid)) continue;
+    await fs.rm(dir, { recursive: true, force: true });
+    removed.push(dir);
+  }
+  return removed;
+}
+
+/** A fresh socket folder, marked as this process's. */
+async function makeSocketDir(): Promise<string> {
+  const root = await ensureSocketRoot();
+  await removeDeadExportDirs(root);
+  const dir = await fs.mkdtemp(path.join(root, 'nbd-'));
+  await fs.writeFile(path.join(dir, OWNER), JSON.stringify({ host: os.hostname(), pid: process.pid }), { mode: 0o600 });
+  return dir;
+}
+
 /** Serve `image` (with its backing chain) on a private unix socket with qemu-nbd. */
 export async function startExport(opts: ExportOptions): Promise<NbdExport> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-nbd-'));
+  const dir = await makeSocketDir();
   const socketPath = path.join(dir, 'nbd.sock');
   const args = [
     '--persistent', // our readiness probe must not count as the one client

@@ -1,6 +1,6 @@
 // `event [DOM] --event NAME [--loop] [--timeout S] [--timestamp]`: virsh's
-// event watcher for the events we deliver: job-completed, block-job and
-// lifecycle. Without --loop it ends after the first event; it ends with
+// event watcher for the events we deliver: job-completed, block-job,
+// lifecycle and reboot. Without --loop it ends after the first event; it ends with
 // "events received: N", except with --json: then stdout holds only the
 // events, one JSON object per line.
 
@@ -12,7 +12,7 @@ import { lookupDomain, withConnection } from '../connection.js';
 import { blockJobStatusString, blockJobTypeString, capitalise, formatTimestamp, out, usageError } from '../output.js';
 import { jsonLine } from '../progress.js';
 
-export const EVENT_NAMES = ['lifecycle', 'block-job', 'job-completed'] as const;
+export const EVENT_NAMES = ['lifecycle', 'reboot', 'block-job', 'job-completed'] as const;
 type EventName = (typeof EVENT_NAMES)[number];
 
 /** The raw (typed-parameter) form of job-completed stats, in libvirt's order. */
@@ -24,6 +24,8 @@ export function formatEvent(ev: DriverEvent): string {
   switch (ev.type) {
     case 'lifecycle':
       return `${head}: ${capitalise(ev.event)} ${capitalise(ev.detail)}\n`;
+    case 'reboot':
+      return `${head}\n`;
     case 'block-job':
       return `${head}: ${blockJobTypeString(ev.blockJobType)} for ${ev.path} ${blockJobStatusString(ev.status)}\n`;
     case 'job-completed': {

@@ -1,0 +1,120 @@
+// A guest's reboot as libvirt reports it, and libvirt's fake reboot surviving
+// a daemon restart, against the tiny guest under virtbackd:
+// - VIR_DOMAIN_EVENT_ID_REBOOT (every QEMU RESET: the guest's own reboot and
+//   the fake reboot's system_reset) reaches the SDK over virtbackd's socket,
+//   `virsh event --event reboot` and libvirt-python's domainEventRegisterAny
+//   over its libvirt socket (procedure 319).
+// - an ACPI reboot in progress when virtbackd is killed still ends in a boot:
+//   the status file says so, and the restarted daemon resets the guest QEMU
+//   paused at its power-off.
+
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import test from 'node:test';
+import type { RebootEvent } from '../../src/api/driver.js';
+import { QmpClient } from '../../src/qemu/qmp/client.js';
+import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import {
+  libvirtPython, libvirtUri, parseEvents, runPythonJson, virsh, virshBackground, virshMissing, virshOk, waitOutput,
+} from '../helpers/libvirt-clients.js';
+import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
+
+const script = path.resolve(import.meta.dirname, '..', 'python', 'reboot_event.py');
+
+/** How many times the guest has reached READY, from its serial console. */
+async function boots(env: DaemonEnv, uuid: string): Promise<number> {
+  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
+  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
+}
+
+async function definedGuest(env: DaemonEnv, opts: { agent: boolean }): Promise<{ name: string; uuid: string }> {
+  const guest = await tinyGuest();
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, agent: opts.agent, osXml: tinyGuestOsXml(guest, 'tg.disks=none') });
+  const file = path.join(env.dir, 'dom.xml');
+  await writeFile(file, dom.xml);
+  await virshOk(libvirtUri(env.runDir), 'define', file);
+  return { name: dom.name, uuid: dom.uuid };
+}
+
+const whyNot = virshMissing() ?? (libvirtPython() === null ? 'python3-libvirt is not installed' : undefined);
+
+test('the reboot event: SDK, virsh event --event reboot and libvirt-python see each reboot once', { skip: whyNot, timeout: 600_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  const uri = libvirtUri(env.runDir);
+  const { name, uuid } = await definedGuest(env, { agent: true });
+  const conn = await env.connect();
+  const sdk: RebootEvent[] = [];
+  conn.on('reboot', (ev) => sdk.push(ev));
+  const watcher = virshBackground(uri, ['event', name, '--event', 'reboot', '--loop']);
+  t.after(() => watcher.stop());
+  await virshOk(uri, 'start', name);
+  await waitFor(async () => (await boots(env, uuid)) === 1, 'the first boot', 120_000);
+  assert.equal(sdk.length, 0, 'booting is no reboot');
+
+  // the guest's own reboot (agent guest-shutdown mode=reboot: QEMU resets it, RESET guest=true);
+  // qemu-ga may not answer yet right after READY
+  const agentReboot = await waitFor(async () => {
+    const r = await virsh(uri, ['reboot', name, '--mode', 'agent']);
+    return r.code === 0 ? r.stdout : undefined;
+  }, 'an agent reboot', 60_000);
+  assert.equal(agentReboot.trim(), `Domain '${name}' is being rebooted`);
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await waitFor(() => sdk.length >= 1 || undefined, 'the SDK reboot event', 10_000);
+  const afterAgent = sdk.length;
+  const out = await waitOutput(watcher, (o) => parseEvents(o).length >= afterAgent, 'virsh\'s reboot event');
+  assert.deepEqual(parseEvents(out)[0], { event: 'reboot', domain: name, detail: '', params: new Map() });
+
+  // libvirt-python registers VIR_DOMAIN_EVENT_ID_REBOOT and asks for an ACPI (fake) reboot: the driver's system_reset
+  const r = await runPythonJson(script, [uri, name], 150_000);
+  assert.equal(r.code, 0, `reboot_event.py failed: ${r.stderr}`);
+  assert.deepEqual(r.lines.map((l) => l.step), ['registered', 'rebooting', 'reboot']);
+  assert.equal(r.lines[2]!.domain, name);
+  await waitFor(async () => (await boots(env, uuid)) === 3, 'the third boot', 120_000);
+  assert.ok(sdk.length > afterAgent, 'the fake reboot\'s reset is a reboot event too');
+
+  // one event per QEMU RESET, the same on every client (SeaBIOS may reset a warm-rebooted guest once more: libvirt reports that too)
+  await virshOk(uri, 'destroy', name);
+  const total = sdk.length;
+  await waitOutput(watcher, (o) => parseEvents(o).length >= total, 'virsh\'s reboot events');
+  assert.deepEqual(sdk.map((e) => [e.type, e.domain.name]), Array.from({ length: total }, () => ['reboot', name]));
+  assert.deepEqual(parseEvents(watcher.stdout()).map((e) => e.event), Array.from({ length: total }, () => 'reboot'), 'destroy is no reboot');
+});
+
+test('an ACPI reboot survives a virtbackd restart: the guest powers off while no daemon runs and boots again', { skip: virshMissing(), timeout: 600_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  const first = await env.start();
+  const uri = libvirtUri(env.runDir);
+  const { name, uuid } = await definedGuest(env, { agent: false });
+  await virshOk(uri, 'start', name);
+  await waitFor(async () => (await boots(env, uuid)) === 1, 'the first boot', 120_000);
+
+  // the power button is pressed, and virtbackd dies before the guest has powered off
+  await virshOk(uri, 'reboot', name, '--mode', 'acpi');
+  await stopVirtbackd(first, 'SIGKILL');
+  const status = JSON.parse(await readFile(path.join(env.stateDir, 'status', `${uuid}.json`), 'utf8')) as { extra: Record<string, unknown> };
+  assert.equal(status.extra.fakeReboot, true, 'the status file records the reboot in progress');
+
+  // no daemon: QEMU pauses at the guest's power-off (shutdown action pause) and waits
+  const qmp = await QmpClient.connect(path.join(env.runDir, uuid, 'qmp.sock'), { timeoutMs: 10_000 });
+  try {
+    await waitFor(async () => ((await qmp.executeRaw('query-status')) as { status: string }).status === 'shutdown' || undefined,
+      'QEMU paused at the guest\'s power-off', 120_000);
+  } finally {
+    await qmp.close();
+  }
+  assert.equal(await boots(env, uuid), 1, 'no boot while no daemon runs');
+
+  // the restarted daemon finishes the reboot
+  await env.start();
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the boot after the restart', 120_000);
+  assert.equal((await virshOk(uri, 'domstate', name, '--reason')).trim(), 'running (booted)');
+  const after = JSON.parse(await readFile(path.join(env.stateDir, 'status', `${uuid}.json`), 'utf8')) as { extra: Record<string, unknown> };
+  assert.equal(after.extra.fakeReboot, undefined, 'the reboot is over');
+
+  // the next power-off is a real one again
+  await virshOk(uri, 'shutdown', name, '--mode', 'acpi');
+  await waitFor(async () => (await virshOk(uri, 'domstate', name, '--reason')).trim() === 'shut off (shutdown)', 'shut off (shutdown)', 120_000);
+});
