@@ -20,7 +20,7 @@
 
 import { virErr } from '../errors.js';
 import { cpuArgs, cpuOf } from '../xml/domain-cpu.js';
-import { diskBootIndexes } from '../xml/domain-boot.js';
+import { diskBootIndexes, networkBootIndex } from '../xml/domain-boot.js';
 import { AGENT_CHANNEL_NAME, osMachine, type DiskDef, type DomainDef } from '../xml/domain.js';
 import type { XmlElement } from '../xml/tree.js';
 import { peripheralArgs } from './console-args.js';
@@ -311,7 +311,7 @@ export function buildCommandLine(input: CommandLineInput): QemuCommandLine {
   if (def.os.kernel !== null) args.push('-kernel', def.os.kernel);
   if (def.os.initrd !== null) args.push('-initrd', def.os.initrd);
   if (def.os.cmdline !== null) args.push('-append', def.os.cmdline);
-  args.push(...peripheralArgs(def.devicesExtra ?? [], input.consoleLog));
+  args.push(...peripheralArgs(def.devicesExtra ?? [], input.consoleLog, networkBootIndex(def.os.extra ?? [])));
   if (def.disks.some((d) => d.bus === 'scsi')) {
     args.push('-device', json({ driver: 'virtio-scsi-pci', id: 'scsi0' }));
   }

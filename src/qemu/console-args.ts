@@ -51,14 +51,15 @@ export function videoArgs(video: VideoDef): string[] {
 /**
  * Arguments for the serial ports, network, display and video of `devices`
  * (a definition's other devices); `consoleLog` is the runtime's own serial
- * log, used when the definition has no serial port of its own.
+ * log, used when the definition has no serial port of its own;
+ * `nicBootIndex` is the first interface's bootindex.
  */
-export function peripheralArgs(devices: readonly XmlElement[], consoleLog: string | null): string[] {
+export function peripheralArgs(devices: readonly XmlElement[], consoleLog: string | null, nicBootIndex?: number): string[] {
   const serials = serialsOf(devices);
   const args: string[] = serials.length > 0 || consoleLog === null
     ? serialArgs(serials)
     : ['-chardev', `file,id=charserial0,path=${opt(consoleLog)}`, '-serial', 'chardev:charserial0'];
-  args.push(...netArgs(interfacesOf(devices)));
+  args.push(...netArgs(interfacesOf(devices), nicBootIndex));
   const vnc = vncOf(devices);
   if (vnc !== null) args.push(...vncArgs(vnc));
   const video = videoOf(devices);

@@ -16,8 +16,8 @@ function hostfwd(i: InterfaceDef): { str: string }[] {
   return i.portForwards.map((f) => ({ str: `${f.proto}:${f.address ?? ''}:${f.hostPort}-:${f.guestPort}` }));
 }
 
-/** -netdev and -device for each interface. */
-export function netArgs(ifaces: readonly InterfaceDef[]): string[] {
+/** -netdev and -device for each interface; `bootIndex` goes on the first (<boot dev='network'/>). */
+export function netArgs(ifaces: readonly InterfaceDef[], bootIndex?: number): string[] {
   const args: string[] = [];
   ifaces.forEach((i, n) => {
     const id = `hostnet${n}`;
@@ -30,6 +30,7 @@ export function netArgs(ifaces: readonly InterfaceDef[]): string[] {
     }
     args.push('-netdev', JSON.stringify(netdev), '-device', JSON.stringify({
       driver: DEVICE_OF_MODEL[i.model], netdev: id, id: `net${n}`, mac: i.mac,
+      ...(n === 0 && bootIndex !== undefined ? { bootindex: bootIndex } : {}),
     }));
   });
   return args;

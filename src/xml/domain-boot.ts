@@ -7,10 +7,12 @@
 // <nvram template='VARS'>PATH</nvram> names them. The NVRAM is the domain's
 // own copy of the template, made at its first start.
 //
-// Boot order: <os><boot dev='hd'|'cdrom'/> in order, or <boot order='N'/> on
-// devices (never both, libvirt's rule). Both become QEMU's per-device
-// bootindex (libvirt does the same since QEMU has it): the first disk of each
-// named kind gets the next index.
+// Boot order: <os><boot dev='hd'|'cdrom'|'network'/> in order, or <boot
+// order='N'/> on devices (never both, libvirt's rule). Both become QEMU's
+// per-device bootindex (libvirt does the same since QEMU has it): the first
+// disk of each named kind, or the first <interface> for 'network', gets the
+// next index. A NIC boots through its option ROM: QEMU's iPXE (Debian's
+// ipxe-qemu, a dependency of qemu-system-x86).
 
 import { virErr } from '../errors.js';
 import { checkPath } from './limits.js';
@@ -136,10 +138,16 @@ export function diskBootIndexes(disks: readonly BootDisk[], osExtra: readonly Xm
   }
   let index = 1;
   for (const dev of osBootDevs(osExtra)) {
-    const kind = dev === 'hd' ? 'disk' : dev === 'cdrom' ? 'cdrom' : null;
+    const kind = dev === 'hd' ? 'disk' : dev === 'cdrom' ? 'cdrom' : null; // 'network': networkBootIndex
     const disk = disks.find((d) => d.device === kind && !out.has(d.target));
     if (disk !== undefined) out.set(disk.target, index);
     index++;
   }
   return out;
+}
+
+/** The bootindex of the domain's first <interface>: where <os><boot dev='network'/> stands in the order, if it does. */
+export function networkBootIndex(osExtra: readonly XmlElement[]): number | undefined {
+  const at = osBootDevs(osExtra).indexOf('network');
+  return at < 0 ? undefined : at + 1;
 }

@@ -274,9 +274,9 @@ export function checkOsChild(c: XmlElement, before: readonly XmlElement[]): XmlE
       break;
     }
     case 'boot':
-      // the first disk (hd) or CD-ROM drive (cdrom) of the domain gets the next bootindex (domain-boot.ts)
-      why = unexpectedAttr(c, { dev: ['hd', 'cdrom'] }) ?? noChildren ??
-        (attr(c, 'dev') === null ? "dev='hd' or dev='cdrom' is required" : null) ??
+      // the first disk (hd), CD-ROM drive (cdrom) or interface (network) gets the next bootindex (domain-boot.ts)
+      why = unexpectedAttr(c, { dev: ['hd', 'cdrom', 'network'] }) ?? noChildren ??
+        (attr(c, 'dev') === null ? "dev='hd', dev='cdrom' or dev='network' is required" : null) ??
         (before.filter((b) => b.name === 'boot').length >= 4 ? 'at most 4 <boot dev> elements' : null);
       break;
     case 'bootmenu':

@@ -40,7 +40,7 @@ async function definedGuest(env: DaemonEnv, opts: { agent: boolean }): Promise<{
 
 const whyNot = virshMissing() ?? (libvirtPython() === null ? 'python3-libvirt is not installed' : undefined);
 
-test('the reboot event: SDK, virsh event --event reboot and libvirt-python see each reboot once', { skip: whyNot, timeout: 600_000 }, async (t) => {
+test('the reboot event: SDK, virsh event --event reboot and libvirt-python see every reset', { skip: whyNot, timeout: 600_000 }, async (t) => {
   const env = await makeDaemonEnv(t);
   await env.start();
   const uri = libvirtUri(env.runDir);

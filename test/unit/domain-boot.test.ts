@@ -29,6 +29,17 @@ test('<os><boot dev> in order: the first disk of each kind gets the next bootind
   assert.deepEqual(devices(dom('', hd('sda'))).map((x) => x.bootindex), [undefined]);
 });
 
+test("<boot dev='network'>: the first interface gets its place in the order, the disks theirs", () => {
+  const nic = (n: number): string => `<interface type='user'><mac address='52:54:00:00:00:0${n}'/><model type='virtio'/></interface>`;
+  const d = devices(dom("<boot dev='network'/><boot dev='hd'/>", hd('sda') + nic(1) + nic(2)));
+  assert.deepEqual(d.map((x) => [x.id, x.driver, x.bootindex]), [
+    ['net0', 'virtio-net-pci', 1], ['net1', 'virtio-net-pci', undefined], ['sata0-0-0', 'ide-hd', 2],
+  ]);
+  assert.deepEqual(devices(dom("<boot dev='hd'/><boot dev='network'/>", hd('sda') + nic(1))).map((x) => [x.id, x.bootindex]), [['net0', 2], ['sata0-0-0', 1]]);
+  // no network boot asked for: the NIC has no bootindex (SeaBIOS never runs its ROM)
+  assert.deepEqual(devices(dom("<boot dev='hd'/>", hd('sda') + nic(1))).map((x) => [x.id, x.bootindex]), [['net0', undefined], ['sata0-0-0', 1]]);
+});
+
 test('per-device <boot order>: taken as is; never together with <os><boot>; unique', () => {
   assert.deepEqual(devices(dom('', hd('sda', "<boot order='2'/>") + cd('sdb', "<boot order='1'/>"))).map((x) => x.bootindex), [2, 1]);
   assert.throws(() => parseDomainXML(dom("<boot dev='hd'/>", hd('sda', "<boot order='1'/>"))),

@@ -164,7 +164,8 @@ test('inside honoured elements: what runs is accepted, the rest refused by its p
   parseDomainXML(os("<boot dev='cdrom'/><boot dev='hd'/><bootmenu enable='yes'/>"));
   parseDomainXML(os('', " firmware='efi'"));
   parseDomainXML(os("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"));
-  refused(os("<boot dev='hd'/><boot dev='network'/>"), 'os/boot', /network/);
+  parseDomainXML(os("<boot dev='hd'/><boot dev='network'/>"));
+  refused(os("<boot dev='hd'/><boot dev='fd'/>"), 'os/boot', /fd/);
   refused(os("<loader type='rom'>/usr/share/seabios/bios.bin</loader>"), 'os/loader', /type='rom'/);
   refused(os("<loader type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"), 'os/loader', /readonly='yes' is required/);
   refused(os("<loader readonly='yes' type='pflash' secure='yes'>/usr/share/OVMF/OVMF_CODE.fd</loader>"), 'os/loader', /secure='yes'/);
