@@ -1,0 +1,120 @@
+// virtbackd restarted (SIGKILL) under a running guest with a pty console, a
+// VNC display on an autoport and a tap on a bridge: the restarted daemon
+// reconnects to all of it — `virtback console` still types into the guest,
+// `vncdisplay` gives the same port (and RFB answers there), `domiflist` the
+// same tap and MAC — and `destroy` afterwards removes the tap it made before
+// the restart. The bridge is made by the test (root only; skipped otherwise).
+
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import test from 'node:test';
+import { promisify } from 'node:util';
+import { waitFor } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
+
+const run = promisify(execFile);
+const cliScript = path.resolve(import.meta.dirname, '..', '..', 'src', 'cli', 'virtback.ts');
+
+function ip(...args: string[]): Promise<string> {
+  return run('ip', args).then((r) => r.stdout);
+}
+
+const notRoot = process.getuid?.() === 0 ? undefined : 'making a bridge needs root';
+
+async function virtback(env: DaemonEnv, ...args: string[]): Promise<string> {
+  const { stdout } = await run(process.execPath, ['--import', 'tsx', cliScript, '-c', env.uri, ...args]);
+  return stdout;
+}
+
+/** The server's first 12 bytes: an RFB server greets with its version. */
+function rfbGreeting(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection(port, '127.0.0.1');
+    let got = Buffer.alloc(0);
+    s.on('data', (d) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= 12) {
+        s.destroy();
+        resolve(got.subarray(0, 12).toString('latin1'));
+      }
+    });
+    s.on('error', reject);
+    setTimeout(() => {
+      s.destroy();
+      reject(new Error('no RFB greeting'));
+    }, 10_000).unref();
+  });
+}
+
+/** `virtback console NAME` in a child: type `command`, wait for `expect` in its output, leave with ^]. */
+async function throughConsole(t: test.TestContext, env: DaemonEnv, name: string, command: string, expect: string): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', cliScript, '-c', env.uri, 'console', name], { stdio: ['pipe', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString('latin1')));
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString('latin1')));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  await waitFor(() => stderr.includes('Escape character is ^]'), 'the console to connect', 60_000);
+  child.stdin.write(`\r${command}\r`);
+  await waitFor(() => stdout.includes(expect), `'${expect}' on the console`, 60_000);
+  child.stdin.write(Buffer.from([0x1d]));
+  assert.equal(await exited, 0, '^] leaves');
+}
+
+test('a daemon restart keeps the pty console, the VNC port and the bridge tap; destroy then removes the tap', { skip: notRoot, timeout: 600_000 }, async (t) => {
+  const bridge = `vbrc${Math.random().toString(16).slice(2, 8)}`;
+  await ip('link', 'add', 'name', bridge, 'type', 'bridge');
+  t.after(() => ip('link', 'del', 'dev', bridge).catch(() => {}));
+
+  const guest = await tinyGuest();
+  const env = await makeDaemonEnv(t);
+  const first = await env.start();
+  const log = path.join(env.dir, 'serial.log');
+  const name = 'recon1';
+  const xml = `<domain type='qemu'><name>${name}</name><memory unit='MiB'>256</memory>` +
+    tinyGuestOsXml(guest, 'tg.debug=1 tg.disks=none') +
+    `<devices><serial type='pty'><log file='${log}' append='off'/></serial><console type='pty'/>` +
+    "<graphics type='vnc' autoport='yes' listen='127.0.0.1'/>" +
+    `<interface type='bridge'><source bridge='${bridge}'/><model type='virtio'/></interface></devices>` +
+    '<on_reboot>destroy</on_reboot></domain>';
+  const file = path.join(env.dir, 'dom.xml');
+  await writeFile(file, xml);
+  await virtback(env, 'define', file);
+  await virtback(env, 'start', name);
+  await waitFor(async () => (await readFile(log, 'utf8').catch(() => '')).includes('tiny-guest: READY'), 'the guest to boot', 240_000);
+
+  const display = (await virtback(env, 'vncdisplay', name)).trim();
+  assert.match(display, /^127\.0\.0\.1:\d+$/);
+  const ifaces = (await virtback(env, 'domiflist', name)).trim().split('\n').slice(2).map((l) => l.trim().split(/\s+/));
+  assert.equal(ifaces.length, 1);
+  const [tap, type, source, model, mac] = ifaces[0]!;
+  assert.match(tap!, /^vnet\d+$/);
+  assert.deepEqual([type, source, model], ['bridge', bridge, 'virtio']);
+  assert.match(await ip('-o', 'link', 'show', 'dev', tap!), new RegExp(`master ${bridge} `));
+  const liveXml = await virtback(env, 'dumpxml', name);
+  const livePty = /<serial type='pty' tty='(\/dev\/pts\/\d+)'>/.exec(liveXml)?.[1];
+  assert.ok(livePty, `the live XML names the pty: ${liveXml}`);
+
+  // the daemon dies without a word; QEMU, its pty, its VNC server and the tap stay
+  await stopVirtbackd(first, 'SIGKILL');
+  await env.start();
+
+  assert.equal((await virtback(env, 'vncdisplay', name)).trim(), display, 'the same VNC display');
+  assert.equal(await rfbGreeting(5900 + Number(display.split(':')[1])), 'RFB 003.008\n');
+  assert.deepEqual((await virtback(env, 'domiflist', name)).trim().split('\n').slice(2).map((l) => l.trim().split(/\s+/)),
+    [[tap, 'bridge', bridge, 'virtio', mac]], 'the same tap and MAC');
+  assert.match(await virtback(env, 'dumpxml', name), new RegExp(`<serial type='pty' tty='${livePty}'>`), 'the same pty');
+  await throughConsole(t, env, name, 'echo after-restart-$((6*7))', 'after-restart-42');
+
+  await virtback(env, 'destroy', name);
+  assert.equal(existsSync(`/sys/class/net/${tap}`), false, 'the tap made before the restart is removed by destroy');
+  assert.equal(existsSync(`/sys/class/net/${bridge}`), true, 'the bridge is not ours');
+});
