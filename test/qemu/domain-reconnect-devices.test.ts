@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import test from 'node:test';
@@ -85,36 +85,32 @@ test('a daemon restart keeps the pty console, the VNC port and the bridge tap; d
     "<graphics type='vnc' autoport='yes' listen='127.0.0.1'/>" +
     `<interface type='bridge'><source bridge='${bridge}'/><model type='virtio'/></interface></devices>` +
     '<on_reboot>destroy</on_reboot></domain>';
-  const file = path.join(env.dir, 'dom.xml');
-  await writeFile(file, xml);
-  await virtback(env, 'define', file);
-  await virtback(env, 'start', name);
+  const dom = await (await env.connect()).defineXML(xml);
+  await dom.create();
   await waitFor(async () => (await readFile(log, 'utf8').catch(() => '')).includes('tiny-guest: READY'), 'the guest to boot', 240_000);
 
-  const display = (await virtback(env, 'vncdisplay', name)).trim();
-  assert.match(display, /^127\.0\.0\.1:\d+$/);
-  const ifaces = (await virtback(env, 'domiflist', name)).trim().split('\n').slice(2).map((l) => l.trim().split(/\s+/));
-  assert.equal(ifaces.length, 1);
-  const [tap, type, source, model, mac] = ifaces[0]!;
-  assert.match(tap!, /^vnet\d+$/);
-  assert.deepEqual([type, source, model], ['bridge', bridge, 'virtio']);
-  assert.match(await ip('-o', 'link', 'show', 'dev', tap!), new RegExp(`master ${bridge} `));
-  const liveXml = await virtback(env, 'dumpxml', name);
+  // what the first daemon ran, from its live XML
+  const liveXml = await dom.getXMLDesc();
+  const port = Number(/<graphics type='vnc' port='(\d+)'/.exec(liveXml)?.[1]);
+  const tap = /<interface type='bridge'>[\s\S]*?<target dev='(vnet\d+)'\/>/.exec(liveXml)?.[1];
+  const mac = /<mac address='([0-9a-f:]+)'\/>/.exec(liveXml)?.[1];
   const livePty = /<serial type='pty' tty='(\/dev\/pts\/\d+)'>/.exec(liveXml)?.[1];
-  assert.ok(livePty, `the live XML names the pty: ${liveXml}`);
+  assert.ok(port >= 5900 && tap !== undefined && mac !== undefined && livePty !== undefined, `VNC port, tap, MAC and pty in the live XML: ${liveXml}`);
+  assert.match(await ip('-o', 'link', 'show', 'dev', tap), new RegExp(`master ${bridge} `));
 
   // the daemon dies without a word; QEMU, its pty, its VNC server and the tap stay
   await stopVirtbackd(first, 'SIGKILL');
   await env.start();
 
-  assert.equal((await virtback(env, 'vncdisplay', name)).trim(), display, 'the same VNC display');
-  assert.equal(await rfbGreeting(5900 + Number(display.split(':')[1])), 'RFB 003.008\n');
+  assert.equal((await virtback(env, 'vncdisplay', name)).trim(), `127.0.0.1:${port - 5900}`, 'the same VNC display');
+  assert.equal(await rfbGreeting(port), 'RFB 003.008\n');
   assert.deepEqual((await virtback(env, 'domiflist', name)).trim().split('\n').slice(2).map((l) => l.trim().split(/\s+/)),
     [[tap, 'bridge', bridge, 'virtio', mac]], 'the same tap and MAC');
-  assert.match(await virtback(env, 'dumpxml', name), new RegExp(`<serial type='pty' tty='${livePty}'>`), 'the same pty');
+  const again = await (await env.connect()).lookupByName(name);
+  assert.match(await again.getXMLDesc(), new RegExp(`<serial type='pty' tty='${livePty}'>`), 'the same pty');
   await throughConsole(t, env, name, 'echo after-restart-$((6*7))', 'after-restart-42');
 
-  await virtback(env, 'destroy', name);
+  await again.destroy();
   assert.equal(existsSync(`/sys/class/net/${tap}`), false, 'the tap made before the restart is removed by destroy');
   assert.equal(existsSync(`/sys/class/net/${bridge}`), true, 'the bridge is not ours');
 });
