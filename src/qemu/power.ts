@@ -12,7 +12,8 @@
 //   pause (set-action), the button is pressed, and once the guest has powered
 //   off, system_reset + cont boot it again. <on_poweroff>restart</on_poweroff>
 //   does that on every guest power-off (the command line's -action
-//   shutdown=pause).
+//   shutdown=pause). A fake reboot in progress is in the status file, so a
+//   restarted driver finishes it (finishPowerOff at reconnect).
 
 import { isVirError, virErr } from '../errors.js';
 import { DomainShutdownFlags, DomainState, RunningReason, ShutdownReason, checkFlags } from '../flags.js';
@@ -35,12 +36,12 @@ export function lifecycleActionOf(def: DomainDef, name: ActionElement): Lifecycl
   return el === undefined ? DEFAULT_ACTION[name] : (textContent(el).trim() as LifecycleAction);
 }
 
-/** What the QEMU driver accepts of virDomainShutdownFlags / virDomainReboot's flags (qemuDomainShutdownFlags). */
 /** Whether the guest's power-off is to be reset into a boot: a fake reboot, or <on_poweroff>restart. */
 function rebootsOnPowerOff(dom: DomainObject, run: QemuRuntime): boolean {
   return run.fakeReboot || lifecycleActionOf(dom.liveDef ?? dom.def, 'on_poweroff') === 'restart';
 }
 
+/** What the QEMU driver accepts of virDomainShutdownFlags / virDomainReboot's flags (qemuDomainShutdownFlags). */
 const POWER_FLAGS = DomainShutdownFlags.ACPI_POWER_BTN | DomainShutdownFlags.GUEST_AGENT;
 
 type Mode = 'powerdown' | 'reboot';
