@@ -1,0 +1,65 @@
+// libvirt's fake reboot surviving a daemon restart, against the tiny guest
+// under virtbackd: an ACPI reboot in progress when virtbackd is killed still
+// ends in a boot. The status file says so, and the restarted daemon resets
+// the guest QEMU paused at its power-off.
+
+import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import test from 'node:test';
+import { QmpClient } from '../../src/qemu/qmp/client.js';
+import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import { libvirtUri, virshMissing, virshOk } from '../helpers/libvirt-clients.js';
+import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
+
+/** How many times the guest has reached READY, from its serial console. */
+async function boots(env: DaemonEnv, uuid: string): Promise<number> {
+  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
+  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
+}
+
+async function definedGuest(env: DaemonEnv, opts: { agent: boolean }): Promise<{ name: string; uuid: string }> {
+  const guest = await tinyGuest();
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, agent: opts.agent, osXml: tinyGuestOsXml(guest, 'tg.disks=none') });
+  const file = path.join(env.dir, 'dom.xml');
+  await writeFile(file, dom.xml);
+  await virshOk(libvirtUri(env.runDir), 'define', file);
+  return { name: dom.name, uuid: dom.uuid };
+}
+
+test('an ACPI reboot survives a virtbackd restart: the guest powers off while no daemon runs and boots again', { skip: virshMissing(), timeout: 600_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  const first = await env.start();
+  const uri = libvirtUri(env.runDir);
+  const { name, uuid } = await definedGuest(env, { agent: false });
+  await virshOk(uri, 'start', name);
+  await waitFor(async () => (await boots(env, uuid)) === 1, 'the first boot', 120_000);
+
+  // the power button is pressed, and virtbackd dies before the guest has powered off
+  await virshOk(uri, 'reboot', name, '--mode', 'acpi');
+  await stopVirtbackd(first, 'SIGKILL');
+  const status = JSON.parse(await readFile(path.join(env.stateDir, 'status', `${uuid}.json`), 'utf8')) as { extra: Record<string, unknown> };
+  assert.equal(status.extra.fakeReboot, true, 'the status file records the reboot in progress');
+
+  // no daemon: QEMU pauses at the guest's power-off (shutdown action pause) and waits
+  const qmp = await QmpClient.connect(path.join(env.runDir, uuid, 'qmp.sock'), { timeoutMs: 10_000 });
+  try {
+    await waitFor(async () => ((await qmp.executeRaw('query-status')) as { status: string }).status === 'shutdown' || undefined,
+      'QEMU paused at the guest\'s power-off', 120_000);
+  } finally {
+    await qmp.close();
+  }
+  assert.equal(await boots(env, uuid), 1, 'no boot while no daemon runs');
+
+  // the restarted daemon finishes the reboot
+  await env.start();
+  await waitFor(async () => (await boots(env, uuid)) === 2, 'the boot after the restart', 120_000);
+  assert.equal((await virshOk(uri, 'domstate', name, '--reason')).trim(), 'running (booted)');
+  const after = JSON.parse(await readFile(path.join(env.stateDir, 'status', `${uuid}.json`), 'utf8')) as { extra: Record<string, unknown> };
+  assert.equal(after.extra.fakeReboot, undefined, 'the reboot is over');
+
+  // the next power-off is a real one again
+  await virshOk(uri, 'shutdown', name, '--mode', 'acpi');
+  await waitFor(async () => (await virshOk(uri, 'domstate', name, '--reason')).trim() === 'shut off (shutdown)', 'shut off (shutdown)', 120_000);
+});
