@@ -6,7 +6,8 @@
 
 import type { NbdClient } from '../nbd/client.js';
 import { nonZeroRuns } from '../nbd/copy.js';
-import { BlockDigests, CHECKSUM_BLOCK, ZERO_BLOCK_MARKER, blockDigest } from './checksum.js';
+import { BlockDigests, CHECKSUM_BLOCK, ZERO_BLOCK_MARKER } from './checksum.js';
+import { hashBlocks } from './hash-pool.js';
 import { dataBlocks, groupReads } from './content.js';
 import type { BadRange } from './verify.js';
 
@@ -84,10 +85,8 @@ export async function copyChecked(opts: CheckedCopyOptions): Promise<BadRange | 
         if (ok && zeroFill) await sink.writeZeroes(start, length);
       } else {
         const buf = await source.read(start, length);
-        for (let i = job.first; i < job.first + job.count; i++) {
-          const r = d.range(i);
-          ok = check(i, blockDigest(buf.subarray(r.offset - start, r.offset - start + r.length))) && ok;
-        }
+        const entries = await hashBlocks(buf, d.blockSize);
+        for (let i = job.first; i < job.first + job.count; i++) ok = check(i, entries[i - job.first]!) && ok;
         if (ok) await writeData(sink, start, buf, zeroFill);
       }
       bytesDone += length;
