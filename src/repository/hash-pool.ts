@@ -84,7 +84,9 @@ export class HashPool {
     if (this.load.get(worker) === 1) worker.ref();
     return new Promise((resolve, reject) => {
       this.jobs.set(seq, { worker, resolve, reject });
-      worker.postMessage({ seq, data, blockSize } satisfies HashRequest);
+      // a plain view: a Buffer is cloned through a slower path (Buffer subclass), same bytes
+      const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      worker.postMessage({ seq, data: view, blockSize } satisfies HashRequest);
     });
   }
 

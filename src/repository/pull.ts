@@ -39,7 +39,7 @@ export interface PullBackupOptions {
   connections?: number;
   onProgress?: (p: PullProgress) => void;
   /** Threads hashing the full pull's checksum blocks (default: the process's shared pool). */
-  hashPool?: HashPool;
+  hashPool?: Pick<HashPool, 'blockDigests'>;
 }
 
 export interface PullBackupResult {
@@ -117,7 +117,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
  * Copy hooks that fill `d` from the 1 MiB windows as they are read (window =
  * checksum block), hashed on the pool's threads while the window is written.
  */
-function checksumHooks(d: BlockDigests, pool?: HashPool): Pick<CopyOptions, 'onData' | 'onZero' | 'chunkSize'> {
+function checksumHooks(d: BlockDigests, pool?: Pick<HashPool, 'blockDigests'>): Pick<CopyOptions, 'onData' | 'onZero' | 'chunkSize'> {
   const hash = pool ? (data: Buffer) => pool.blockDigests(data, d.blockSize) : (data: Buffer) => hashBlocks(data, d.blockSize);
   return {
     chunkSize: d.blockSize,
