@@ -104,7 +104,7 @@ async function digestsFrom(client: NbdClient, opts: ReadDigestsOptions): Promise
   let next = 0;
   // One reused buffer per reader, hashed in place on the pool's threads.
   const worker = async () => {
-    const buf = sharedBuffer(READ_BLOCKS * d.blockSize);
+    const buf = sharedBuffer(Math.min(READ_BLOCKS * d.blockSize, d.size));
     while (next < reads.length) {
       const [first, n] = reads[next++]!;
       const start = d.range(first).offset;
