@@ -5,8 +5,6 @@
 // (copy.ts's read buffers, sharedBuffer()) reach a worker without a copy.
 
 import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { virErr, type VirError } from '../errors.js';
 import { ZERO_BLOCK_MARKER } from './checksum.js';
@@ -22,7 +20,7 @@ export type HashReply = { seq: number; entries: Uint8Array } | { seq: number; er
 export interface HashPoolOptions {
   /** Worker threads (default: one per core, at most 4). */
   threads?: number;
-  /** The worker's module; tests substitute one that crashes. */
+  /** A worker module to run instead of the built-in one (tests: one that crashes). */
   workerFile?: string;
 }
 
@@ -157,15 +155,41 @@ export function hashBlocks(data: Buffer, blockSize: number): Promise<Buffer[]> {
 }
 
 /**
- * The worker is a sibling file of the same kind as this one: .js when built;
- * .ts when run from the sources under tsx, whose loader hooks do not reach a
- * worker in Node 20, so the worker loads it through tsx's tsImport.
+ * The worker: checksum.ts's blockDigest per block (all-zero: the 32-byte zero
+ * marker; else sha256), as plain JS run with `eval`, so a thread starts in
+ * milliseconds with no module to resolve — under tsx a .ts worker would load
+ * the compiler in every thread (seconds per process). test/unit/hash-pool.test.ts
+ * holds it equal to blockDigest.
  */
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const ZERO_PAGE = Buffer.alloc(65536);
+function isAllZero(b) {
+  for (let s = 0; s < b.length; s += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, b.length - s);
+    if (ZERO_PAGE.compare(b, s, s + n, 0, n) !== 0) return false;
+  }
+  return true;
+}
+parentPort.on('message', (m) => {
+  let reply;
+  try {
+    const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    const n = Math.ceil(data.length / m.blockSize);
+    const entries = Buffer.alloc(32 * n);
+    for (let i = 0; i < n; i++) {
+      const block = data.subarray(i * m.blockSize, Math.min(data.length, (i + 1) * m.blockSize));
+      if (!isAllZero(block)) createHash('sha256').update(block).digest().copy(entries, 32 * i);
+    }
+    reply = { seq: m.seq, entries };
+  } catch (e) {
+    reply = { seq: m.seq, error: e instanceof Error ? e.message : String(e) };
+  }
+  parentPort.postMessage(reply);
+});
+`;
+
 function startWorker(workerFile?: string): Worker {
-  const here = fileURLToPath(import.meta.url);
-  const file = workerFile ?? path.join(path.dirname(here), `hash-worker${path.extname(here)}`);
-  if (path.extname(file) !== '.ts') return new Worker(file);
-  const api = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(pathToFileURL(file).href)}, { parentURL: ${JSON.stringify(import.meta.url)} }))`;
-  return new Worker(boot, { eval: true });
+  return workerFile === undefined ? new Worker(WORKER_SOURCE, { eval: true }) : new Worker(workerFile);
 }
