@@ -8,7 +8,7 @@ import { NbdClient } from '../nbd/client.js';
 import { extents } from '../nbd/extents.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_STATE_ZERO } from '../nbd/protocol.js';
 import { BlockDigests, CHECKSUM_BLOCK } from './checksum.js';
-import { hashBlocks, sharedBuffer } from './hash-pool.js';
+import { hashBlocks, leaseSharedBuffer, releaseSharedBuffer } from './hash-pool.js';
 import { startExport } from './tools.js';
 
 /** Blocks per read request. */
@@ -104,7 +104,14 @@ async function digestsFrom(client: NbdClient, opts: ReadDigestsOptions): Promise
   let next = 0;
   // One reused buffer per reader, hashed in place on the pool's threads.
   const worker = async () => {
-    const buf = sharedBuffer(Math.min(READ_BLOCKS * d.blockSize, d.size));
+    const buf = leaseSharedBuffer(READ_BLOCKS * d.blockSize);
+    try {
+      await readAll(buf);
+    } finally {
+      releaseSharedBuffer(buf);
+    }
+  };
+  const readAll = async (buf: Buffer) => {
     while (next < reads.length) {
       const [first, n] = reads[next++]!;
       const start = d.range(first).offset;
