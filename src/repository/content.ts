@@ -12,7 +12,7 @@ import { hashBlocks, leaseSharedBuffer, releaseSharedBuffer } from './hash-pool.
 import { startExport } from './tools.js';
 
 /** Blocks per read request. */
-const READ_BLOCKS = 4;
+export const READ_BLOCKS = 4;
 
 export interface ContentProgress {
   bytesDone: number;
