@@ -2,7 +2,7 @@
 // manifests a daemon computes after job-completed, would otherwise hash on the
 // main thread (~650 MB/s per core), capping throughput and stalling the event
 // loop for the other domains' events. Buffers backed by a SharedArrayBuffer
-// (copy.ts's read buffers, sharedBuffer()) reach a worker without a copy.
+// (copy.ts's read buffers, leaseSharedBuffer()) reach a worker without a copy.
 
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
