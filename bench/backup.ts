@@ -5,6 +5,11 @@
 // interleaved and medians reported (the machine is noisy).
 //
 //   node --import tsx bench/backup.ts [runs=5]
+//   VBB_ONLY=incremental: only the default push full (the base) and the incremental
+//
+// The incremental is also run with every status save of the backup module
+// done twice (about what backupBegin's write-ahead log cost before it saved
+// each step once: intent, then done), the same-run baseline of that change.
 //
 // Push full is measured with our defaults (BACKUP_PERF, PUSH_TARGET) and with
 // each alternative below (QEMU's defaults are libvirt's choice), to show what
@@ -22,6 +27,7 @@ import { QemuBackups, type QemuBackupsOptions } from '../src/qemu/backup.js';
 import type { PushTargetOptions } from '../src/qemu/backup-plan.js';
 import type { BackupPerf } from '../src/qemu/qmp/commands.js';
 import { QemuDriver } from '../src/qemu/driver.js';
+import type { DomainHost } from '../src/qemu/host.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -29,6 +35,22 @@ const MiB = 1024 * 1024;
 const DATA_MIB = 1024;
 const INC_MIB = 64;
 const runs = Number(process.argv[2] ?? 5);
+const onlyIncremental = process.env.VBB_ONLY === 'incremental';
+
+/** The driver's host with saveStatus counted, and done twice while `s.twice`. */
+function countingSaves(host: DomainHost, s: { twice: boolean; count: number }): DomainHost {
+  return new Proxy(host, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if (prop !== 'saveStatus' || typeof v !== 'function') return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
+      return async (dom: Parameters<DomainHost['saveStatus']>[0]) => {
+        s.count++;
+        await target.saveStatus(dom);
+        if (s.twice) await target.saveStatus(dom);
+      };
+    },
+  });
+}
 
 /** Push full variants: blockdev-backup x-perf (undefined: BACKUP_PERF; null: QEMU's) and the target's options. */
 const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTargetOptions }> = [
@@ -63,10 +85,11 @@ async function main(): Promise<void> {
       `<source file='${disk}'/><target dev='sda' bus='scsi'/></disk></devices></domain>`;
     const events: DriverEvent[] = [];
     const bopts: QemuBackupsOptions = {};
+    const saves = { twice: false, count: 0 };
     driver = await QemuDriver.open({
       stateDir: path.join(dir, 'state'), runDir: path.join(dir, 'run'),
       listener: (e) => events.push(e),
-      backups: (d, cps) => new QemuBackups(d, cps, bopts),
+      backups: (d, cps) => new QemuBackups(countingSaves(d, saves), cps, bopts),
     });
     const drv = driver;
     await drv.domainDefineXML(xml, 0);
@@ -93,8 +116,9 @@ async function main(): Promise<void> {
       return t;
     };
 
-    const res: Record<string, number[]> = { convertQcow2: [], convertRaw: [], pushInc: [], pullFull: [] };
-    for (const v of VARIANTS) res[v.name] = [];
+    const res: Record<string, number[]> = { convertQcow2: [], convertRaw: [], pushInc: [], pushIncTwice: [], incBegin: [], incSaves: [], incTwiceSaves: [], pullFull: [] };
+    const variants = onlyIncremental ? VARIANTS.slice(0, 1) : VARIANTS;
+    for (const v of variants) res[v.name] = [];
     for (let r = 0; r < runs; r++) {
       const out = path.join(dir, 'conv.out');
       res.convertQcow2!.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'qcow2', disk, out])));
@@ -102,7 +126,7 @@ async function main(): Promise<void> {
       res.convertRaw!.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'raw', disk, out])));
       await rm(out);
 
-      for (const [i, v] of [...VARIANTS.entries()].reverse()) {
+      for (const [i, v] of [...variants.entries()].reverse()) {
         bopts.perf = v.perf;
         bopts.pushTarget = v.target;
         // the defaults go last: their checkpoint f<r> is the base of the incremental below
@@ -116,22 +140,35 @@ async function main(): Promise<void> {
         const off = Math.floor(Math.random() * (2048 * 16)) * 65536;
         await drv.qemuMonitorCommand(uuid, `qemu-io -d ${qdev} "write -P ${1 + (i % 250)} ${off} 64k"`, MonitorCommandFlags.HMP);
       }
-      res.pushInc!.push(await timed(async () => {
-        const id = await drv.backupBegin(uuid, `<domainbackup><incremental>f${r}</incremental><disks><disk name='sda' type='file'><target file='${disk}.i${r}'/></disk></disks></domainbackup>`, null, 0);
-        await completed(id);
-        await drv.backupEnd(uuid, id, 0);
-      }));
-      await rm(`${disk}.i${r}`);
+      const pushInc = async (name: string, twice: boolean): Promise<void> => {
+        saves.twice = twice;
+        saves.count = 0;
+        const target = `${disk}.i${r}${twice ? 't' : ''}`;
+        let begun = 0;
+        res[name]!.push(await timed(async () => {
+          const t0 = Date.now();
+          const id = await drv.backupBegin(uuid, `<domainbackup><incremental>f${r}</incremental><disks><disk name='sda' type='file'><target file='${target}'/></disk></disks></domainbackup>`, null, 0);
+          begun = (Date.now() - t0) / 1000;
+          await completed(id);
+          await drv.backupEnd(uuid, id, 0);
+        }));
+        res[twice ? 'incTwiceSaves' : 'incSaves']!.push(saves.count);
+        if (!twice) res.incBegin!.push(begun);
+        saves.twice = false;
+        await rm(target);
+      };
+      // same dirty data (the bitmap of f<r> stays), alternating which goes first
+      for (const twice of r % 2 ? [true, false] : [false, true]) await pushInc(twice ? 'pushIncTwice' : 'pushInc', twice);
       await rm(`${disk}.f${r}`);
 
       const sock = path.join(dir, 'nbd.sock');
       const pullOut = path.join(dir, 'pull.raw');
-      res.pullFull!.push(await timed(async () => {
+      if (!onlyIncremental) res.pullFull!.push(await timed(async () => {
         const id = await drv.backupBegin(uuid, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks><disk name='sda'><scratch file='${dir}/scratch.qcow2'/></disk></disks></domainbackup>`, null, 0);
         await run('nbdcopy', [`nbd+unix:///sda?socket=${sock}`, pullOut]);
         await drv.backupEnd(uuid, id, 0);
       }));
-      await rm(pullOut);
+      await rm(pullOut, { force: true });
       for (const cp of await drv.listAllCheckpoints(uuid, 0)) await drv.checkpointDelete(uuid, cp, 0);
       process.stderr.write(`run ${r + 1}/${runs} done\n`);
     }
@@ -142,9 +179,11 @@ async function main(): Promise<void> {
     console.log(`medians of ${runs} interleaved runs; 2 GiB qcow2, ${DATA_MIB} MiB random data`);
     console.log(`${'qemu-img convert -O qcow2'.padEnd(42)} ${m.convertQcow2!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertQcow2!).toFixed(0).padStart(6)} MiB/s`);
     console.log(`${'qemu-img convert -O raw'.padEnd(42)} ${m.convertRaw!.toFixed(3).padStart(7)} s ${(DATA_MIB / m.convertRaw!).toFixed(0).padStart(6)} MiB/s`);
-    for (const v of VARIANTS) console.log(line(v.name, m[v.name]!, DATA_MIB, m.convertQcow2!, 'convert -O qcow2'));
+    for (const v of variants) console.log(line(v.name, m[v.name]!, DATA_MIB, m.convertQcow2!, 'convert -O qcow2'));
     console.log(line(`push incremental (${INC_MIB} MiB written)`, m.pushInc!, INC_MIB, m.convertQcow2! * INC_MIB / DATA_MIB, 'convert, scaled to 64 MiB'));
-    console.log(line('pull full, nbdcopy (begin..end)', m.pullFull!, DATA_MIB, m.convertRaw!, 'convert -O raw'));
+    console.log(`  of which backupBegin ${m.incBegin!.toFixed(3)} s; ${m.incSaves} status saves (goal: whole incremental <= 0.2 s)`);
+    console.log(`  every save twice (${m.incTwiceSaves} saves): ${m.pushIncTwice!.toFixed(3)} s = ${(m.pushIncTwice! / m.pushInc!).toFixed(2)}x the time`);
+    if (!onlyIncremental) console.log(line('pull full, nbdcopy (begin..end)', m.pullFull!, DATA_MIB, m.convertRaw!, 'convert -O raw'));
     await drv.domainDestroy(uuid, 0);
   } finally {
     await driver?.close().catch(() => {});

@@ -2,7 +2,9 @@
 // 1 GiB of random data (read-only, as a pull job's export), and in the same
 // run, interleaved, medians printed with ratios:
 //   - backup-pull's work to a raw file, manifest checksum included (pullBackup
-//     + writeManifest, fdatasync'ed) vs `nbdcopy` (no flush) and `nbdcopy --flush`
+//     + writeManifest, fdatasync'ed) vs `nbdcopy` (no flush) and `nbdcopy --flush`,
+//     and the same with the checksum hashed on the main thread (as before the
+//     hash pool) vs on the pool's threads
 //   - the same to qcow2 vs `qemu-img convert -O qcow2` from the NBD URI
 //   - over TLS (x509, client certificate) vs plain TCP
 //   - incremental: a 1 TiB sparse qcow2 with 1 GiB dirty in scattered 64 KiB
@@ -11,6 +13,7 @@
 //   node --import tsx bench/pull.ts [runs=3]
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -21,7 +24,8 @@ import { NbdClient } from '../src/nbd/client.js';
 import { planCopy } from '../src/nbd/copy.js';
 import { loadTlsDir, type NbdTlsOptions } from '../src/nbd/tls.js';
 import type { NbdTarget } from '../src/nbd/target.js';
-import { pullBackup, writeManifest } from '../src/repository/index.js';
+import { blockDigest, pullBackup, writeManifest } from '../src/repository/index.js';
+import type { HashPool } from '../src/repository/hash-pool.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -44,6 +48,12 @@ async function serve(args: string[], probe: NbdTarget): Promise<void> {
   throw new Error(`qemu-nbd ${args.join(' ')} did not listen`);
 }
 
+/** CPU seconds of this process's main thread alone (not the hash pool's): /proc/self/task/<pid>/stat utime + stime. */
+function mainThreadCpu(): number {
+  const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
 async function certs(dir: string): Promise<{ server: string; client: string }> {
   const server = path.join(dir, 'server');
   const client = path.join(dir, 'client');
@@ -61,9 +71,12 @@ async function certs(dir: string): Promise<{ server: string; client: string }> {
   return { server, client };
 }
 
-async function pull(dir: string, nbd: NbdTarget, format: 'raw' | 'qcow2', tls?: NbdTlsOptions): Promise<void> {
+/** The checksum as before the pool: SHA-256 of each 1 MiB window on the main thread. */
+const mainThread: Pick<HashPool, 'blockDigests'> = { blockDigests: (data) => Promise.resolve([blockDigest(data)]) };
+
+async function pull(dir: string, nbd: NbdTarget, format: 'raw' | 'qcow2', tls?: NbdTlsOptions, hashPool?: Pick<HashPool, 'blockDigests'>): Promise<void> {
   const output = path.join(dir, `out.${format}`);
-  const r = await pullBackup({ nbd, ...(tls ? { tls } : {}), exportName: '', output, format });
+  const r = await pullBackup({ nbd, ...(tls ? { tls } : {}), exportName: '', output, format, ...(hashPool ? { hashPool } : {}) });
   await writeManifest({ domain: { name: 'b', uuid: 'u' }, disk: 'sda', target: output, format, checkpoint: null, incrementalFrom: null, parentBackup: null, time: 0, virtualSize: r.size, jobId: 1, mode: 'pull' }, { digests: r.digests! });
   await rm(output);
   await rm(`${output}.manifest.json`);
@@ -126,10 +139,16 @@ async function main(): Promise<void> {
     await serve(['--read-only', '--object', `tls-creds-x509,id=t0,dir=${pki.server},endpoint=server,verify-peer=on`, '--tls-creds=t0', '-b', '127.0.0.1', '-p', String(tlsTarget.port), disk], { host: '127.0.0.1', port: tlsTarget.port });
     const uri = `nbd+unix:///?socket=${sock}`;
     const t: Record<string, number[]> = {};
-    const add = async (k: string, fn: () => Promise<unknown>) => (t[k] ??= []).push(await timed(fn));
+    const cpu: Record<string, number[]> = {};
+    const add = async (k: string, fn: () => Promise<unknown>) => {
+      const c0 = mainThreadCpu();
+      (t[k] ??= []).push(await timed(fn));
+      (cpu[k] ??= []).push(mainThreadCpu() - c0);
+    };
     const rmOut = (f: string) => rm(path.join(dir, f), { force: true });
     for (let i = 0; i < runs; i++) {
       await add('ours raw', () => pull(dir, { socketPath: sock }, 'raw'));
+      await add('ours raw, main-thread hash', () => pull(dir, { socketPath: sock }, 'raw', undefined, mainThread));
       await add('nbdcopy', async () => (await run('nbdcopy', [uri, path.join(dir, 'n.raw')]), await rmOut('n.raw')));
       await add('nbdcopy --flush', async () => (await run('nbdcopy', ['--flush', uri, path.join(dir, 'n.raw')]), await rmOut('n.raw')));
       await add('ours qcow2', () => pull(dir, { socketPath: sock }, 'qcow2'));
@@ -139,7 +158,8 @@ async function main(): Promise<void> {
     }
     const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]));
     const rate = (s: number) => `${(1024 / s).toFixed(0)} MiB/s`;
-    for (const [k, v] of Object.entries(m)) console.log(`${k.padEnd(18)} ${v.toFixed(2)} s  ${rate(v)} (of data)`);
+    for (const [k, v] of Object.entries(m)) console.log(`${k.padEnd(28)} ${v.toFixed(2)} s  ${rate(v)} (of data)  main-thread CPU ${median(cpu[k]!).toFixed(2)} s`);
+    console.log(`hash pool: ${(m['ours raw, main-thread hash']! / m['ours raw']!).toFixed(2)}x the main-thread hashing rate`);
     console.log(`full raw: ${(m['nbdcopy']! / m['ours raw']!).toFixed(2)}x nbdcopy, ${(m['nbdcopy --flush']! / m['ours raw']!).toFixed(2)}x nbdcopy --flush (goal >= 1.0)`);
     console.log(`full qcow2: ${(m['qemu-img convert']! / m['ours qcow2']!).toFixed(2)}x qemu-img convert (goal >= 1.0)`);
     console.log(`TLS: ${(m['ours raw tcp']! / m['ours raw tls']!).toFixed(2)}x its plain TCP rate (goal >= 0.8)`);

@@ -6,9 +6,15 @@
 // detached daemon has no one to flush for it after process.exit).
 
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import { pino, type DestinationStream } from 'pino';
-import { prettyFactory } from 'pino-pretty';
+import type { prettyFactory as PrettyFactory } from 'pino-pretty';
 import type { Logger } from '../log.js';
+
+/** pino-pretty only for a terminal: a detached daemon (JSON to a file) never pays its memory. */
+function loadPrettyFactory(): typeof PrettyFactory {
+  return (createRequire(import.meta.url)('pino-pretty') as { prettyFactory: typeof PrettyFactory }).prettyFactory;
+}
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -36,7 +42,7 @@ export function openDaemonLogger(opts: DaemonLogOptions): DaemonLogger {
   const out = pino.destination({ fd, sync: true });
   out.on('error', () => {}); // a log that cannot be written has nowhere left to report it
   const pretty = opts.pretty ?? (opts.file === null && process.stderr.isTTY === true);
-  const format = pretty ? prettyFactory({ colorize: true, singleLine: true, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l' }) : null;
+  const format = pretty ? loadPrettyFactory()({ colorize: true, singleLine: true, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l' }) : null;
   let open = true;
   const dest: DestinationStream = {
     write(line: string) {

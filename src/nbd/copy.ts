@@ -53,12 +53,13 @@ export interface CopyOptions {
   connections?: NbdClient[];
   /**
    * Called with each chunkSize-aligned window that holds data, as read (holes
-   * inside it zero-filled), before it is written; `data` is only valid during
-   * the call. Switches reading to whole aligned windows (zero windows are
+   * inside it zero-filled), while it is written; `data` (backed by a
+   * SharedArrayBuffer, so a worker thread can read it in place) is only valid
+   * until the returned promise settles. Switches reading to whole aligned windows (zero windows are
    * reported to onZero instead), so a caller can checksum blocks while the
    * data streams past. Full copies only.
    */
-  onData?: (offset: number, data: Buffer) => void;
+  onData?: (offset: number, data: Buffer) => void | Promise<void>;
   /** With onData: an aligned window (or the export's short tail) that reads as zeroes and was not read. */
   onZero?: (offset: number, length: number) => void;
   /** fdatasync the file before returning (default true). */
@@ -229,9 +230,10 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
     await Promise.all(writes);
   };
   // Each worker owns one reusable buffer and one connection: no allocation per read.
+  // Shared memory so onData can hand the window to a hashing thread without a copy.
   const worker = async (k: number) => {
     const from = clients[k % clients.length]!;
-    const buf = Buffer.allocUnsafe(chunk);
+    const buf = windows ? Buffer.from(new SharedArrayBuffer(chunk)) : Buffer.allocUnsafe(chunk);
     for (;;) {
       if (stop) return;
       const n = queue.next();
@@ -240,8 +242,7 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
       const view = buf.subarray(0, length);
       try {
         await from.readInto(offset, view, opts.requestSize ?? REQUEST_SIZE);
-        opts.onData?.(offset, view);
-        await writeRuns(offset, view);
+        await Promise.all([opts.onData?.(offset, view), writeRuns(offset, view)]);
       } catch (e) {
         stop = true;
         throw e;

@@ -85,7 +85,7 @@ async function attachTargets({ qmp, plan, log }: ExecuteInput): Promise<void> {
     const create = d.create;
     if (create) {
       await log.run([{ kind: 'job', id: create.jobId }], () => runCreateJob(qmp, create.jobId, create.options));
-      await log.drop((s) => s.kind === 'job' && s.id === create.jobId); // dismissed
+      log.drop((s) => s.kind === 'job' && s.id === create.jobId); // dismissed
     }
     await log.run([{ kind: 'node', name: d.formatNode }], () => qmp.execute('blockdev-add', d.addFormat), atomic);
   }
@@ -133,6 +133,6 @@ async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInp
   }), atomic);
   if (checkpoint) {
     await checkpoint.commit();
-    await log.drop((s) => s.kind === 'bitmap' && s.checkpoint !== undefined);
+    log.drop((s) => s.kind === 'bitmap' && s.checkpoint !== undefined);
   }
 }

@@ -33,8 +33,9 @@ export type BackupResource =
 
 /**
  * A write-ahead log entry: saved as 'intended' (in the status file) before the
- * step touches QEMU or the disk, marked 'done' after. Recovery undoes both: an
- * intended step may have happened before the driver died.
+ * step touches QEMU or the disk, marked 'done' after (saved with the next
+ * step's intent). Recovery undoes both: an intended step may have happened
+ * before the driver died.
  */
 export type BackupStep = BackupResource & { state: 'intended' | 'done' };
 

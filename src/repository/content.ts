@@ -7,11 +7,12 @@
 import { NbdClient } from '../nbd/client.js';
 import { extents } from '../nbd/extents.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_ALLOCATION_DEPTH, NBD_STATE_ZERO } from '../nbd/protocol.js';
-import { BlockDigests, CHECKSUM_BLOCK, blockDigest } from './checksum.js';
+import { BlockDigests, CHECKSUM_BLOCK } from './checksum.js';
+import { hashBlocks, leaseSharedBuffer, releaseSharedBuffer } from './hash-pool.js';
 import { startExport } from './tools.js';
 
 /** Blocks per read request. */
-const READ_BLOCKS = 4;
+export const READ_BLOCKS = 4;
 
 export interface ContentProgress {
   bytesDone: number;
@@ -101,16 +102,24 @@ async function digestsFrom(client: NbdClient, opts: ReadDigestsOptions): Promise
   let bytesDone = 0;
   opts.onProgress?.({ bytesDone, bytesTotal });
   let next = 0;
+  // One reused buffer per reader, hashed in place on the pool's threads.
   const worker = async () => {
+    const buf = leaseSharedBuffer(READ_BLOCKS * d.blockSize);
+    try {
+      await readAll(buf);
+    } finally {
+      releaseSharedBuffer(buf);
+    }
+  };
+  const readAll = async (buf: Buffer) => {
     while (next < reads.length) {
       const [first, n] = reads[next++]!;
       const start = d.range(first).offset;
       const end = d.range(first + n - 1).offset + d.range(first + n - 1).length;
-      const buf = await client.read(start, end - start);
-      for (let i = first; i < first + n; i++) {
-        const { offset, length } = d.range(i);
-        d.set(i, blockDigest(buf.subarray(offset - start, offset - start + length)));
-      }
+      const view = buf.subarray(0, end - start);
+      await client.readInto(start, view);
+      const entries = await hashBlocks(view, d.blockSize);
+      entries.forEach((e, k) => d.set(first + k, e));
       bytesDone += end - start;
       opts.onProgress?.({ bytesDone, bytesTotal });
     }

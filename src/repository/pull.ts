@@ -12,7 +12,8 @@ import { toVirError, virErr } from '../errors.js';
 import { NbdClient, type NbdTarget, type NbdTlsOptions } from '../nbd/client.js';
 import { copyToFile, copyToSink, type CopiedRange, type CopyOptions, type CopySink } from '../nbd/copy.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP, NBD_FLAG_CAN_MULTI_CONN } from '../nbd/protocol.js';
-import { BlockDigests, CHECKSUM_BLOCK, blockDigest } from './checksum.js';
+import { BlockDigests, CHECKSUM_BLOCK } from './checksum.js';
+import { hashBlocks, type HashPool } from './hash-pool.js';
 import { imageInfo, runTool, startExport } from './tools.js';
 
 export interface PullProgress {
@@ -37,6 +38,8 @@ export interface PullBackupOptions {
   /** Connections to open when the export advertises multi-conn (default 1: more measured slower against qemu-nbd, see docs/performance.md). */
   connections?: number;
   onProgress?: (p: PullProgress) => void;
+  /** Threads hashing the full pull's checksum blocks (default: the process's shared pool). */
+  hashPool?: Pick<HashPool, 'blockDigests'>;
 }
 
 export interface PullBackupResult {
@@ -92,7 +95,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
       connections: extra,
       onProgress: opts.onProgress,
       ...(dirty === undefined ? {} : { onlyDirty: dirty }),
-      ...(digests ? checksumHooks(digests) : {}),
+      ...(digests ? checksumHooks(digests, opts.hashPool) : {}),
     };
     let r;
     if (opts.format === 'raw') {
@@ -110,11 +113,15 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
   }
 }
 
-/** Copy hooks that fill `d` from the 1 MiB windows as they are read (window = checksum block). */
-function checksumHooks(d: BlockDigests): Pick<CopyOptions, 'onData' | 'onZero' | 'chunkSize'> {
+/**
+ * Copy hooks that fill `d` from the 1 MiB windows as they are read (window =
+ * checksum block), hashed on the pool's threads while the window is written.
+ */
+function checksumHooks(d: BlockDigests, pool?: Pick<HashPool, 'blockDigests'>): Pick<CopyOptions, 'onData' | 'onZero' | 'chunkSize'> {
+  const hash = pool ? (data: Buffer) => pool.blockDigests(data, d.blockSize) : (data: Buffer) => hashBlocks(data, d.blockSize);
   return {
     chunkSize: d.blockSize,
-    onData: (offset, data) => d.set(offset / d.blockSize, blockDigest(data)),
+    onData: async (offset, data) => d.set(offset / d.blockSize, (await hash(data))[0]!),
     onZero: (offset) => d.setZero(offset / d.blockSize),
   };
 }

@@ -6,8 +6,9 @@
 
 import type { NbdClient } from '../nbd/client.js';
 import { nonZeroRuns } from '../nbd/copy.js';
-import { BlockDigests, CHECKSUM_BLOCK, ZERO_BLOCK_MARKER, blockDigest } from './checksum.js';
-import { dataBlocks, groupReads } from './content.js';
+import { BlockDigests, CHECKSUM_BLOCK, ZERO_BLOCK_MARKER } from './checksum.js';
+import { hashBlocks, leaseSharedBuffer, releaseSharedBuffer } from './hash-pool.js';
+import { READ_BLOCKS, dataBlocks, groupReads } from './content.js';
 import type { BadRange } from './verify.js';
 
 /** Zero blocks per write-zeroes request (and progress step). */
@@ -72,7 +73,16 @@ export async function copyChecked(opts: CheckedCopyOptions): Promise<BadRange | 
   let bytesDone = 0;
   opts.onProgress?.({ bytesDone, bytesTotal: d.size });
   let next = 0;
+  // one reused shared buffer per reader: hashed in place on the pool's threads, then written
   const worker = async () => {
+    const buf = leaseSharedBuffer(READ_BLOCKS * d.blockSize);
+    try {
+      await copyJobs(buf);
+    } finally {
+      releaseSharedBuffer(buf);
+    }
+  };
+  const copyJobs = async (buf: Buffer) => {
     while (bad.length === 0 && next < jobs.length) {
       const job = jobs[next++]!;
       const start = d.range(job.first).offset;
@@ -83,12 +93,11 @@ export async function copyChecked(opts: CheckedCopyOptions): Promise<BadRange | 
         for (let i = job.first; i < job.first + job.count; i++) ok = check(i, ZERO_BLOCK_MARKER) && ok;
         if (ok && zeroFill) await sink.writeZeroes(start, length);
       } else {
-        const buf = await source.read(start, length);
-        for (let i = job.first; i < job.first + job.count; i++) {
-          const r = d.range(i);
-          ok = check(i, blockDigest(buf.subarray(r.offset - start, r.offset - start + r.length))) && ok;
-        }
-        if (ok) await writeData(sink, start, buf, zeroFill);
+        const view = buf.subarray(0, length);
+        await source.readInto(start, view);
+        const entries = await hashBlocks(view, d.blockSize);
+        for (let i = job.first; i < job.first + job.count; i++) ok = check(i, entries[i - job.first]!) && ok;
+        if (ok) await writeData(sink, start, view, zeroFill);
       }
       bytesDone += length;
       opts.onProgress?.({ bytesDone, bytesTotal: d.size });

@@ -1,39 +1,91 @@
 // Child process of backup-recovery.test.ts: open a driver on the test's
-// state/run dirs, start a backup, and SIGKILL itself at the n-th status save
-// of the backup module (before it lands or right after) — a daemon killed at
-// a step boundary inside backupBegin, for real. Argument: one JSON object.
+// state/run dirs, start a backup, and SIGKILL itself at a named step of
+// backupBegin (before the step or right after it) — a daemon killed at a step
+// boundary inside backupBegin, for real. Steps are the backup module's status
+// saves, named by the write-ahead entry each one first records (`file#1`: the
+// first target file's intent, `node#3`, `job#2`, `nbd-server#1`, `export#1`;
+// `record`: the bare record; `transaction`: the save that intends the backup
+// jobs; `running`), and `checkpoint-commit` (the checkpoint's metadata, which
+// is no status save). Every save's name is printed ("save NAME") as it lands.
+// Argument: one JSON object.
 
 import { QemuDriver } from '../../src/qemu/driver.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
-import type { DomainHost } from '../../src/qemu/host.js';
+import type { BackupJobRecord } from '../../src/qemu/backup-job.js';
+import type { CheckpointAccess, DomainHost } from '../../src/qemu/host.js';
 
-interface Args { stateDir: string; runDir: string; uuid: string; save: number; when: 'before' | 'after'; backupXml: string; checkpointXml: string | null }
+interface Args { stateDir: string; runDir: string; uuid: string; at: string; when: 'before' | 'after'; backupXml: string; checkpointXml: string | null }
 
 const a = JSON.parse(process.argv[2] ?? '{}') as Args;
 
-/** The driver's host, with a saveStatus that kills this process at save `a.save`. */
-function killing(host: DomainHost): DomainHost {
-  let saves = 0;
-  return new Proxy(host, {
-    get(target, prop) {
-      if (prop === 'saveStatus') {
-        return async (...args: Parameters<DomainHost['saveStatus']>) => {
-          saves++;
-          if (saves === a.save && a.when === 'before') process.kill(process.pid, 'SIGKILL');
-          await target.saveStatus(...args);
-          if (saves === a.save && a.when === 'after') process.kill(process.pid, 'SIGKILL');
-        };
-      }
-      const v = Reflect.get(target, prop, target) as unknown;
-      return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
+function killIf(at: string, when: 'before' | 'after'): void {
+  if (at === a.at && when === a.when) process.kill(process.pid, 'SIGKILL');
+}
+
+/** Forward everything but `name`, which `wrap` replaces. */
+function intercept<T extends object>(target: T, name: string, wrap: (orig: (...x: unknown[]) => unknown) => unknown): T {
+  return new Proxy(target, {
+    get(t, prop) {
+      const v = Reflect.get(t, prop, t) as unknown;
+      if (typeof v !== 'function') return v;
+      const bound = (v as (...x: unknown[]) => unknown).bind(t);
+      return prop === name ? wrap(bound) : bound;
     },
+  });
+}
+
+/** Names each status save by what it first records (see the header). */
+function saveNamer(): (rec: BackupJobRecord | undefined) => string {
+  const seen = new Set<string>();
+  const counts = new Map<string, number>();
+  let saves = 0;
+  return (rec) => {
+    saves++;
+    if (rec === undefined) return `cleared#${saves}`;
+    if (rec.phase !== 'starting') return rec.phase;
+    const fresh = rec.steps.filter((s) => !seen.has(JSON.stringify({ ...s, state: undefined })));
+    for (const s of fresh) seen.add(JSON.stringify({ ...s, state: undefined }));
+    if (saves === 1 && fresh.length === 0) return 'record';
+    if (fresh.some((s) => s.kind === 'job' && s.id.startsWith('backup-'))) return 'transaction';
+    const first = fresh[0];
+    if (first === undefined) return `again#${saves}`;
+    const n = (counts.get(first.kind) ?? 0) + 1;
+    counts.set(first.kind, n);
+    return `${first.kind}#${n}`;
+  };
+}
+
+/** The driver's host, with a saveStatus that kills this process at the named save. */
+function killing(host: DomainHost): DomainHost {
+  const name = saveNamer();
+  return intercept(host, 'saveStatus', (orig) => async (...args: Parameters<DomainHost['saveStatus']>) => {
+    const at = name(args[0].run?.status.extra.backupJob as BackupJobRecord | undefined);
+    killIf(at, 'before');
+    await orig(...args);
+    process.stdout.write(`save ${at}\n`);
+    killIf(at, 'after');
+  });
+}
+
+/** The checkpoint access, with a commit that kills this process when asked. */
+function killingCommit(cps: CheckpointAccess): CheckpointAccess {
+  return intercept(cps, 'prepare', (orig) => (...args: unknown[]) => {
+    const prepared = orig(...args) as ReturnType<CheckpointAccess['prepare']>;
+    return {
+      ...prepared,
+      commit: async () => {
+        killIf('checkpoint-commit', 'before');
+        await prepared.commit();
+        killIf('checkpoint-commit', 'after');
+      },
+    };
   });
 }
 
 const driver = await QemuDriver.open({
   stateDir: a.stateDir,
   runDir: a.runDir,
-  backups: (host, cps) => new QemuBackups(killing(host), cps, { speed: 1024 * 1024 }),
+  backups: (host, cps) => new QemuBackups(killing(host), killingCommit(cps), { speed: 1024 * 1024 }),
 });
 const id = await driver.backupBegin(a.uuid, a.backupXml, a.checkpointXml, 0);
 process.stdout.write(`begun ${id}\n`);

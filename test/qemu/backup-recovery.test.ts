@@ -1,5 +1,5 @@
 // A daemon SIGKILLed inside backupBegin on real QEMU (a child process that
-// kills itself at a chosen status save of the backup module, see
+// kills itself at a named step of the backup module, see
 // backup-kill-child.ts), then a new driver opens: QEMU is left with no backup
 // job, node, temporary bitmap, export or NBD server of the interrupted begin,
 // no target or scratch file or socket remains, and the next backup works
@@ -31,32 +31,37 @@ async function files(env: TestEnv): Promise<string[]> {
   return (await readdir(env.dir)).filter((f) => f !== 'state' && f !== 'run').sort();
 }
 
-interface KillPoint { save: number; when: 'before' | 'after'; what: string }
+interface KillPoint { at: string; when: 'before' | 'after'; what: string }
 
 /**
- * Kill points of a begin on two qcow2 disks, by status save: 1 the record;
- * per disk 9 (file, storage node, create job + its drop, format node: each
- * intended then done); pull: the NBD server (2); the transaction (2); the
- * checkpoint's drop (1); pull: an export per disk (2 each); 'running' (1).
+ * The status saves of a begin on two qcow2 disks, named by the step each
+ * first records (backup-kill-child.ts): the record; per disk the target (or
+ * scratch) file, its storage node, its blockdev-create job and its format
+ * node, each saved once as intended (done is saved with the next intent);
+ * pull: the NBD server; the transaction; pull: an export per disk; 'running'.
  */
-function killPoints(pull: boolean): { points: KillPoint[]; saves: number } {
-  const attached = 1 + 2 * 9;
-  const tx = attached + (pull ? 2 : 0) + 1;
-  const saves = tx + 2 + (pull ? 4 : 0) + 1;
-  const points: KillPoint[] = [
-    { save: 1, when: 'after', what: 'the record, nothing created yet' },
-    { save: 2, when: 'after', what: 'the first target file intended' },
-    { save: 4, when: 'before', what: 'a storage node added, not marked done' },
-    { save: 7, when: 'after', what: 'blockdev-create intended' },
-    { save: 15, when: 'before', what: "the second disk's format job done, not dropped" },
-    ...(pull ? [{ save: attached + 2, when: 'before' as const, what: 'the NBD server started, not marked done' }] : []),
-    { save: tx, when: 'after', what: 'the transaction intended' },
-    { save: tx + 1, when: 'before', what: 'the transaction ran (jobs, bitmaps), not marked done' },
-    { save: tx + 2, when: 'before', what: 'the checkpoint committed, its bitmaps not yet dropped from the log' },
-    ...(pull ? [{ save: tx + 4, when: 'before' as const, what: 'the first export added, not marked done' }] : []),
-    { save: saves, when: 'before', what: "everything created, 'running' not saved" },
+function saveNames(pull: boolean): string[] {
+  return [
+    'record', 'file#1', 'node#1', 'job#1', 'node#2', 'file#2', 'node#3', 'job#2', 'node#4',
+    ...(pull ? ['nbd-server#1'] : []), 'transaction', ...(pull ? ['export#1', 'export#2'] : []), 'running',
   ];
-  return { points, saves };
+}
+
+/** Kill points of that begin: after each intent and between each step's run and the next save. */
+function killPoints(pull: boolean): KillPoint[] {
+  return [
+    { at: 'record', when: 'after', what: 'the record, nothing created yet' },
+    { at: 'file#1', when: 'after', what: 'the first target file intended' },
+    { at: 'job#1', when: 'before', what: 'a storage node added, not saved done' },
+    { at: 'job#1', when: 'after', what: 'blockdev-create intended' },
+    { at: 'node#4', when: 'before', what: "the second disk's create job dismissed, its drop not saved" },
+    ...(pull ? [{ at: 'transaction', when: 'before' as const, what: 'the NBD server started, not saved done' }] : []),
+    { at: 'transaction', when: 'after', what: 'the transaction intended' },
+    { at: 'checkpoint-commit', when: 'before', what: 'the transaction ran (jobs, bitmaps), not saved done' },
+    { at: 'checkpoint-commit', when: 'after', what: 'the checkpoint committed, its bitmaps not yet dropped from the log' },
+    ...(pull ? [{ at: 'export#2', when: 'before' as const, what: 'the first export added, not saved done' }] : []),
+    { at: 'running', when: 'before', what: "everything created, 'running' not saved" },
+  ];
 }
 
 for (const mode of ['push', 'pull'] as const) {
@@ -73,14 +78,12 @@ for (const mode of ['push', 'pull'] as const) {
       ? '<domainbackup/>'
       : `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/></domainbackup>`;
 
-    const { points, saves } = killPoints(mode === 'pull');
-    for (const [i, p] of points.entries()) {
-      const { save } = p;
-      const at = `${mode}: kill ${p.when} save ${save}/${saves} (${p.what})`;
+    for (const [i, p] of killPoints(mode === 'pull').entries()) {
+      const at = `${mode}: kill ${p.when} ${p.at} (${p.what})`;
       await driver.close();
       const cp = `k${i}`;
       const r = await runChild({
-        stateDir: env.stateDir, runDir: env.runDir, uuid, save, when: p.when, backupXml,
+        stateDir: env.stateDir, runDir: env.runDir, uuid, at: p.at, when: p.when, backupXml,
         checkpointXml: `<domaincheckpoint><name>${cp}</name></domaincheckpoint>`,
       });
       assert.equal(r.signal, 'SIGKILL', `${at}: the child was killed (${r.stdout}${r.stderr})`);
@@ -93,11 +96,12 @@ for (const mode of ['push', 'pull'] as const) {
       assert.deepEqual(await files(env), baseFiles, `${at}: no target, scratch file or socket left`);
       if (kept) await driver.checkpointDelete(uuid, cp, 0);
     }
-    // the count is right: a child killed after the last save has a running job to pick up
+    // the saves are those named (one per step), and a child killed after the last has a running job to pick up
     await driver.close();
-    const last = await runChild({ stateDir: env.stateDir, runDir: env.runDir, uuid, save: saves, when: 'after', backupXml,
+    const last = await runChild({ stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'running', when: 'after', backupXml,
       checkpointXml: '<domaincheckpoint><name>last</name></domaincheckpoint>' });
     assert.equal(last.signal, 'SIGKILL');
+    assert.deepEqual([...last.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]), saveNames(mode === 'pull'));
     driver = await env.openDriver();
     const [running] = await driver.listJobIds(uuid);
     assert.ok(running !== undefined, 'the started job is recovered');

@@ -7,9 +7,11 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createHash } from 'node:crypto';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { pullBackup } from '../../src/repository/pull.js';
+import { HashPool } from '../../src/repository/hash-pool.js';
 import { NbdClient } from '../../src/nbd/client.js';
 import { NbdError } from '../../src/nbd/errors.js';
 import { extents } from '../../src/nbd/extents.js';
@@ -442,4 +444,18 @@ test('pull: a server that disconnects mid-copy or fails one read leaves no file 
     });
     assert.deepEqual(await fs.readdir(p.dir), [], `${name}: the partial output is removed`);
   }
+});
+
+test('pull: a checksum thread that dies fails the pull and leaves no file behind', async (t) => {
+  const srv = await pullServer(t);
+  const p = await pullInto(t, srv.sock);
+  const crashing = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/hash-pool/crashing-worker.mjs');
+  const pool = HashPool.start({ threads: 1, workerFile: crashing });
+  t.after(() => pool.close());
+  await assert.rejects(pullBackup({ nbd: { socketPath: srv.sock }, exportName: 'disk', output: p.output, format: 'raw', hashPool: pool }), (e: unknown) => {
+    assert.ok(e instanceof VirError, String(e));
+    assert.match(e.message, /checksum thread exited with code 7/);
+    return true;
+  });
+  assert.deepEqual(await fs.readdir(p.dir), [], 'the partial output is removed');
 });
