@@ -64,7 +64,7 @@ function registerBackup(program: Command): void {
         );
         progress.view.stop();
         if (o.json) out(jsonLine(r));
-        else out(`Point ${r.pointId} (${r.level}: ${r.reason}): ${(r.bytesRead / MiB).toFixed(1)} MiB read, ${(r.bytesNew / MiB).toFixed(1)} MiB new, ${(r.durationMs / 1000).toFixed(1)} s\n`);
+        else out(`Point ${r.pointId} (${r.level}${r.offline ? ', offline' : ''}: ${r.reason}): ${(r.bytesRead / MiB).toFixed(1)} MiB read, ${(r.bytesNew / MiB).toFixed(1)} MiB new, ${(r.durationMs / 1000).toFixed(1)} s\n`);
       } finally {
         progress.view.stop();
         log.close?.();
