@@ -20,7 +20,7 @@ import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
-import { ChunkEncoderPool, pooledChunkWriter } from './chunk-encoder.js';
+import { ChunkCodecPool, pooledChunkWriter } from './chunk-codec-pool.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
 import { openForBackup } from './offline.js';
 import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
@@ -157,7 +157,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let jobId = 0;
   let created = false;
   let ok = false;
-  const pool = ChunkEncoderPool.start(repo.codecParams());
+  const pool = ChunkCodecPool.start(repo.codecParams());
   try {
     const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
