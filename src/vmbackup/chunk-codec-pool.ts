@@ -12,6 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { chunkKey, ZERO_CHUNK, type ChunkId, type ChunkRepository } from '../chunkstore/repo.js';
 import { isVirError, virErr } from '../errors.js';
+import { ownedBuffer } from './owned-buffer.js';
 
 /** What a worker needs (ChunkRepository.codecParams(), as structured clone carries it). */
 export interface EncoderParams {
@@ -65,18 +66,19 @@ export class ChunkCodecPool {
 
   /** The content of chunk `id` from its stored form, re-hashed (a mismatch rejects naming the chunk). */
   async decode(id: ChunkId, blob: Buffer): Promise<Buffer> {
-    const r = await this.call((seq) => ({ seq, op: 'decode', id, blob }));
+    const r = await this.call((seq) => ({ seq, op: 'decode', id, blob }), ownedBuffer(blob));
     if (!('data' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
     return asBuffer(r.data);
   }
 
-  private call(request: (seq: number) => CodecRequest): Promise<CodecReply> {
+  /** `transfer`: an ArrayBuffer the caller gives up, moved to the worker instead of copied */
+  private call(request: (seq: number) => CodecRequest, transfer: ArrayBuffer | null = null): Promise<CodecReply> {
     if (this.broken) return Promise.reject(this.broken);
     const seq = ++this.seq;
     const w = this.workers[this.next++ % this.workers.length]!;
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { resolve, reject });
-      w.postMessage(request(seq));
+      w.postMessage(request(seq), transfer === null ? [] : [transfer]);
     });
   }
 

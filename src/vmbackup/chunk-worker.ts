@@ -5,6 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { chunkId, decodeChunk, encodeObject, ZERO_CHUNK, type RepoKeys } from '../chunkstore/chunk-codec.js';
 import type { CodecReply, CodecRequest, EncoderParams } from './chunk-codec-pool.js';
+import { ownedBuffer } from './owned-buffer.js';
 
 const params = workerData as EncoderParams;
 const buf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -23,5 +24,7 @@ parentPort!.on('message', (m: CodecRequest) => {
   } catch (e) {
     reply = { seq: m.seq, error: e instanceof Error ? e.message : String(e) };
   }
-  parentPort!.postMessage(reply);
+  // a decoded chunk is moved back, not copied (4 MiB each)
+  const out = 'data' in reply ? ownedBuffer(reply.data) : null;
+  parentPort!.postMessage(reply, out === null ? [] : [out]);
 });
