@@ -3,16 +3,20 @@
 // power off → offline incremental → start → online incremental), a start is
 // refused while the offline run holds the images, and a bitmap left
 // inconsistent by a killed QEMU makes the offline run read in full with the
-// reason. Every point is restored and compared with the disks rebuilt from the
-// write log.
+// reason; the same through virtbackd and the CLI. Every point is restored and
+// compared with the disks rebuilt from the write log.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
 import path from 'node:path';
+import { ChunkRepository } from '../../src/chunkstore/repo.js';
+import { openFolderStore } from '../../src/chunkstore/object-store.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { DomainState } from '../../src/flags.js';
-import { waitFor } from '../helpers/qemu-env.js';
-import { run } from './backup-util.js';
+import { cliOnQemu } from '../helpers/cli-qemu.js';
+import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
+import { DiskModel, run, write } from './backup-util.js';
 import { MiB, assertRestores, backup, checkpoints, initRepo, startVm, type Vm } from './vmbackup-helpers.js';
 
 const K64 = 64 * 1024;
@@ -124,4 +128,30 @@ test('an offline backup over a bitmap a killed QEMU left inconsistent reads in f
   const p3 = await backup(vm, r);
   assert.deepEqual([p3.offline, p3.level, p3.base], [false, 'inc', p2.pointId]);
   await assertRestores(r.repo, vm.dom.name, p3.pointId, s3, vm.env.dir);
+});
+
+test('virtback backup of a shut-off domain through virtbackd: offline point, the domain shut off again', { timeout: 180_000 }, async (t) => {
+  const { env, cli, qemu: driver } = await cliOnQemu(t);
+  const def = await makeTestDomain(env.dir, { name: 'vbk-off', sizeMiB: 64 });
+  const xmlFile = path.join(env.dir, 'vbk-off.xml');
+  await fs.writeFile(xmlFile, def.xml);
+  assert.equal((await cli.run('define', xmlFile)).code, 0);
+  assert.equal((await cli.run('start', 'vbk-off')).code, 0);
+  const model = new DiskModel('sda', 64 * MiB);
+  await write(driver(), def.uuid, model, 3 * MiB, MiB, 0x71);
+  const repoDir = path.join(env.dir, 'repo');
+  const repo = await ChunkRepository.init(await openFolderStore(repoDir));
+  let r = await cli.run('backup', 'vbk-off', '--repo', repoDir, '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const p1 = JSON.parse(r.stdout) as { pointId: string; level: string; offline: boolean };
+  assert.deepEqual([p1.level, p1.offline], ['full', false]);
+  await write(driver(), def.uuid, model, 20 * MiB, K64, 0x72);
+  assert.equal((await cli.run('destroy', 'vbk-off')).code, 0);
+
+  r = await cli.run('backup', 'vbk-off', '--repo', repoDir, '--json');
+  assert.equal(r.code, 0, r.stderr);
+  const p2 = JSON.parse(r.stdout) as { pointId: string; level: string; offline: boolean; base: string; disks: { chunksRead: number }[] };
+  assert.deepEqual([p2.level, p2.offline, p2.base, p2.disks[0]!.chunksRead], ['inc', true, p1.pointId, 1]);
+  assert.match((await cli.run('domstate', 'vbk-off')).stdout, /shut off/);
+  await assertRestores(repo, 'vbk-off', p2.pointId, new Map([['sda', model.snapshot()]]), env.dir);
 });
