@@ -1,11 +1,12 @@
 // One disk of a point as a random-access block source (the shape of the NBD
 // server's BlockSource, declared here structurally so storage does not import
 // the NBD layer): reads across chunk boundaries, a small LRU of decoded
-// chunks, allocation from the index (zero chunks report zero).
+// chunks, optional read-ahead for sequential readers, allocation from the
+// index (zero chunks report zero).
 
 import { virErr } from '../errors.js';
 import { chunkLength, type DiskIndex } from './disk-index.js';
-import { ZERO_CHUNK, type ChunkRepository, type PointRecord } from './repo.js';
+import { ZERO_CHUNK, type ChunkId, type ChunkRepository, type PointRecord } from './repo.js';
 
 export interface Extent {
   offset: number;
@@ -63,17 +64,27 @@ export async function pointDiskSource(
   repo: ChunkRepository,
   point: PointRecord,
   target: string,
-  opts: { cacheChunks?: number } = {},
+  opts: {
+    cacheChunks?: number;
+    /** how a chunk is read (default repo.readChunk; backup-serve decodes on a worker pool) */
+    readChunk?: (id: ChunkId) => Promise<Buffer>;
+    /** chunks read ahead of a sequential reader (default 0); the cache grows to hold them */
+    readAhead?: number;
+  } = {},
 ): Promise<PointDiskSource> {
   const disk = point.disks.find((d) => d.target === target);
   if (!disk) throw virErr('INVALID_ARG', 'STORAGE', `point '${point.id}' of domain '${point.domain.name}' has no disk '${target}'`);
   const index = await repo.readIndex(disk.index);
   if (index.size !== disk.size) throw virErr('OPERATION_FAILED', 'STORAGE', `disk index '${disk.index}' has ${index.size} bytes, the point says ${disk.size}`);
-  const cache = new ChunkCache(opts.cacheChunks ?? DEFAULT_CACHE_CHUNKS);
+  const readAhead = opts.readAhead ?? 0;
+  const cache = new ChunkCache(Math.max(opts.cacheChunks ?? DEFAULT_CACHE_CHUNKS, 2 * readAhead + 2));
   const cs = index.chunkSize;
+  const readChunk = opts.readChunk ?? ((id: ChunkId) => repo.readChunk(id));
+  /** the chunk after the last one read: a read starting at or just before it is sequential */
+  let nextChunk = -1;
 
   const loadChunk = async (i: number): Promise<Buffer> => {
-    const data = await repo.readChunk(index.chunks[i]!);
+    const data = await readChunk(index.chunks[i]!);
     const want = chunkLength(index, i);
     if (data.length < want) throw virErr('OPERATION_FAILED', 'STORAGE', `chunk ${index.chunks[i]} has ${data.length} bytes; disk '${target}' needs ${want} at chunk ${i}`);
     return data;
@@ -94,6 +105,13 @@ export async function pointDiskSource(
         const to = Math.min(offset + length, (i + 1) * cs);
         parts.push(cache.get(i, () => loadChunk(i)).then((c) => void c.copy(out, from - offset, from - i * cs, to - i * cs)));
       }
+      if (readAhead > 0 && (first === nextChunk || first === nextChunk - 1)) {
+        // started, not awaited: a failure is dropped from the cache and met again by the reader that needs it
+        for (let i = last + 1; i <= Math.min(last + readAhead, index.chunks.length - 1); i++) {
+          if (index.chunks[i] !== ZERO_CHUNK) void cache.get(i, () => loadChunk(i)).catch(() => {});
+        }
+      }
+      nextChunk = last + 1;
       await Promise.all(parts);
       return out;
     },

@@ -20,8 +20,9 @@ import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
-import { ChunkEncoderPool, pooledChunkWriter } from './chunk-encoder.js';
+import { ChunkCodecPool, pooledChunkWriter } from './chunk-codec-pool.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
+import { openForBackup } from './offline.js';
 import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
 
 export const TOOL_VERSION = 'virtback 0.1.0';
@@ -45,6 +46,8 @@ export interface VmBackupResult {
   reason: string;
   base: string | null;
   checkpoint: string;
+  /** the domain was shut off: a paused QEMU opened its images for this run (offline.ts) */
+  offline: boolean;
   bytesRead: number;
   bytesNew: number;
   durationMs: number;
@@ -125,8 +128,14 @@ export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: s
   const started = Date.now();
   const at = opts.now?.() ?? new Date();
   try {
-    const r = await runBackup(dom, repo, repoId, at, opts, log);
-    log.info({ point: r.pointId, level: r.level, reason: r.reason, bytesRead: r.bytesRead, bytesNew: r.bytesNew, durationMs: r.durationMs }, 'backup complete');
+    const open = await openForBackup(dom, log);
+    let r: VmBackupResult;
+    try {
+      r = { ...(await runBackup(dom, repo, repoId, at, opts, log)), offline: open.offline };
+    } finally {
+      await open.close();
+    }
+    log.info({ point: r.pointId, level: r.level, reason: r.reason, offline: r.offline, bytesRead: r.bytesRead, bytesNew: r.bytesNew, durationMs: r.durationMs }, 'backup complete');
     return r;
   } catch (e) {
     log.error({ ...errField(e), durationMs: Date.now() - started }, 'backup failed');
@@ -134,7 +143,7 @@ export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: s
   }
 }
 
-async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger): Promise<VmBackupResult> {
+async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger): Promise<Omit<VmBackupResult, 'offline'>> {
   const started = Date.now();
   const domainXml = await dom.getXMLDesc({ inactive: true });
   const { disks, skipped } = selectDisks(await dom.getXMLDesc(), opts.exclude ?? []);
@@ -148,7 +157,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let jobId = 0;
   let created = false;
   let ok = false;
-  const pool = ChunkEncoderPool.start(repo.codecParams());
+  const pool = ChunkCodecPool.start(repo.codecParams());
   try {
     const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);

@@ -11,6 +11,8 @@ import { attr, childElements, element, firstChild, formatXml, parseXml, type Xml
 export interface RestoredDisk {
   path: string;
   format: 'qcow2' | 'raw';
+  /** `path` is a host block device (type='block', <source dev>) */
+  block?: boolean;
 }
 
 export interface NewIdentity {
@@ -38,11 +40,11 @@ function isWritableDisk(d: XmlElement): boolean {
 }
 
 function rewriteDisk(d: XmlElement, r: RestoredDisk): void {
-  setAttr(d, 'type', 'file');
+  setAttr(d, 'type', r.block === true ? 'block' : 'file');
   const driver = firstChild(d, 'driver');
   if (driver === null) d.children.unshift(element('driver', [['name', 'qemu'], ['type', r.format]]));
   else setAttr(driver, 'type', r.format);
-  const source = element('source', [['file', r.path]]);
+  const source = element('source', [[r.block === true ? 'dev' : 'file', r.path]]);
   const i = d.children.findIndex((c) => typeof c !== 'string' && c.name === 'source');
   if (i >= 0) d.children[i] = source;
   else d.children.splice(d.children.findIndex((c) => typeof c !== 'string' && c.name === 'driver') + 1, 0, source);

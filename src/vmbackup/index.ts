@@ -6,3 +6,4 @@ export { rewriteDomainXml, macFromBytes, type NewIdentity, type RestoredDisk } f
 export { checkpointName, checkpointPrefix, decideLevel, repositoryId, type RequestedLevel } from './plan.js';
 export { readDisk, type DiskProgress } from './read-disk.js';
 export { restoreDomain, type VmRestoreOptions, type VmRestoreResult } from './restore.js';
+export { parseTargetDevs, type TargetDevices } from './restore-device.js';

@@ -13,6 +13,8 @@ import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { toVirError, virErr } from '../errors.js';
 import { nonZeroRuns } from '../nbd/copy.js';
 import { runTool } from '../repository/tools.js';
+import { forEachDataChunk } from './restore-chunks.js';
+import { checkTargetDevices, writeDevice, type TargetDevices } from './restore-device.js';
 import { macFromBytes, rewriteDomainXml, type RestoredDisk } from './domain-rewrite.js';
 import type { DiskProgress } from './read-disk.js';
 
@@ -22,6 +24,8 @@ export interface VmRestoreOptions {
   point?: string;
   outputDir: string;
   format: 'qcow2' | 'raw';
+  /** disks written onto host block devices (target → device) instead of into images */
+  devices?: TargetDevices;
   /** define the restored domain under this new name (needs `conn`) */
   define?: string;
   /** chunks in flight (default 4) */
@@ -31,7 +35,8 @@ export interface VmRestoreOptions {
 
 export interface VmRestoreResult {
   pointId: string;
-  disks: Array<{ target: string; path: string; format: 'qcow2' | 'raw'; size: number }>;
+  /** `block`: written onto the block device `path` (raw) */
+  disks: Array<{ target: string; path: string; format: 'qcow2' | 'raw'; size: number; block: boolean }>;
   /** the rewritten definition, also written to `xmlPath` */
   domainXml: string;
   xmlPath: string;
@@ -51,32 +56,13 @@ async function writeRaw(repo: ChunkRepository, index: DiskIndex, file: string, c
   const fh = await fs.open(file, 'wx', 0o600);
   try {
     await fh.truncate(index.size);
-    const todo = index.chunks.map((id, i) => ({ id, i })).filter((c) => c.id !== ZERO_CHUNK);
-    const bytesTotal = index.size;
-    let bytesDone = index.size - todo.reduce((n, c) => n + Math.min(index.chunkSize, index.size - c.i * index.chunkSize), 0);
-    let next = 0;
-    let failed = false;
-    onProgress?.({ bytesDone, bytesTotal });
-    const worker = async () => {
-      while (!failed && next < todo.length) {
-        const { id, i } = todo[next++]!;
-        const offset = i * index.chunkSize;
-        const length = Math.min(index.chunkSize, index.size - offset);
-        try {
-          const data = await repo.readChunk(id);
-          if (data.length !== length) throw virErr('INTERNAL_ERROR', 'STORAGE', `chunk ${id} (disk ${index.target}, chunk ${i}) holds ${data.length} bytes, the index expects ${length}`);
-          for (const [s, e] of nonZeroRuns(data)) await fh.write(data, s, e - s, offset + s);
-        } catch (e) {
-          failed = true;
-          throw e;
-        }
-        bytesDone += length;
-        onProgress?.({ bytesDone, bytesTotal });
-      }
-    };
-    const results = await Promise.allSettled(Array.from({ length: concurrency }, worker));
-    const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (bad) throw bad.reason;
+    let bytesDone = index.size - index.chunks.reduce((n, id, i) => (id === ZERO_CHUNK ? n : n + Math.min(index.chunkSize, index.size - i * index.chunkSize)), 0);
+    onProgress?.({ bytesDone, bytesTotal: index.size });
+    await forEachDataChunk(repo, index, concurrency, async (data, offset) => {
+      for (const [s, e] of nonZeroRuns(data)) await fh.write(data, s, e - s, offset + s);
+      bytesDone += data.length;
+      onProgress?.({ bytesDone, bytesTotal: index.size });
+    });
     await fh.datasync();
   } finally {
     await fh.close();
@@ -115,19 +101,30 @@ export async function restoreDomain(repo: ChunkRepository, conn: Connect | null,
   const dir = path.resolve(opts.outputDir);
   await fs.mkdir(dir, { recursive: true });
   const base = opts.define ?? point.domain.name;
-  const plan = point.disks.map((d) => ({ ...d, path: path.join(dir, `${base}-${d.target}.${opts.format}`) }));
+  const devices = opts.devices ?? new Map<string, string>();
+  await checkTargetDevices(point, devices);
+  const plan = point.disks.map((d) => {
+    const dev = devices.get(d.target);
+    if (dev !== undefined) return { ...d, path: dev, format: 'raw' as const, block: true };
+    return { ...d, path: path.join(dir, `${base}-${d.target}.${opts.format}`), format: opts.format, block: false };
+  });
   const xmlPath = path.join(dir, `${base}.xml`);
-  for (const p of [...plan.map((x) => x.path), xmlPath]) {
+  for (const p of [...plan.filter((x) => !x.block).map((x) => x.path), xmlPath]) {
     if (await exists(p)) throw virErr('INVALID_ARG', 'STORAGE', `restore output '${p}' already exists`);
   }
   const done: string[] = [];
   try {
     for (const d of plan) {
       const index = await repo.readIndex(d.index);
-      await restoreDisk(repo, index, d.path, opts.format, opts.concurrency ?? 4, (p) => opts.onProgress?.(d.target, p));
-      done.push(d.path);
+      const progress = (p: DiskProgress) => opts.onProgress?.(d.target, p);
+      // a device's old content is gone once written to: nothing to remove on failure
+      if (d.block) await writeDevice(repo, index, d.path, opts.concurrency ?? 4, progress);
+      else {
+        await restoreDisk(repo, index, d.path, d.format, opts.concurrency ?? 4, progress);
+        done.push(d.path);
+      }
     }
-    const restored = new Map<string, RestoredDisk>(plan.map((d) => [d.target, { path: d.path, format: opts.format }]));
+    const restored = new Map<string, RestoredDisk>(plan.map((d) => [d.target, { path: d.path, format: d.format, block: d.block }]));
     const identity = opts.define === undefined ? null : { name: opts.define, uuid: randomUUID(), mac: () => macFromBytes(randomBytes(3)) };
     const domainXml = rewriteDomainXml(point.domainXml, restored, identity);
     await fs.writeFile(`${xmlPath}.part`, domainXml, { mode: 0o600 });
@@ -138,7 +135,7 @@ export async function restoreDomain(repo: ChunkRepository, conn: Connect | null,
       const dom = await conn!.defineXML(domainXml);
       defined = { name: dom.name, uuid: dom.uuid };
     }
-    return { pointId: point.id, disks: plan.map((d) => ({ target: d.target, path: d.path, format: opts.format, size: d.size })), domainXml, xmlPath, defined };
+    return { pointId: point.id, disks: plan.map((d) => ({ target: d.target, path: d.path, format: d.format, size: d.size, block: d.block })), domainXml, xmlPath, defined };
   } catch (e) {
     // half a VM is no restore: remove what this run wrote
     for (const f of done) await fs.rm(f, { force: true });

@@ -9,6 +9,7 @@ import { pointDiskSource } from '../chunkstore/source.js';
 import { virErr } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { BlockSource } from '../nbd/block-source.js';
+import { ChunkCodecPool, pooledChunkReader } from './chunk-codec-pool.js';
 import { NbdServer, type NbdListen, type NbdServerLimits, type ServedExport } from '../nbd/server.js';
 
 export interface ServePointOptions {
@@ -55,9 +56,13 @@ export async function servePoint(repo: ChunkRepository, opts: ServePointOptions)
   const point = await choosePoint(repo, opts.domain, opts.point);
   const exports = new Map<string, ServedExport>();
   const opened: BlockSource[] = [];
+  // decoding (zstd, AES-GCM, the re-hash) on every core, a few chunks ahead of a sequential
+  // reader: memory stays bounded by each export's cache (at least 2 × read-ahead + 2 chunks)
+  const pool = ChunkCodecPool.start(repo.codecParams());
+  const readChunk = pooledChunkReader(pool, repo);
   try {
     for (const d of point.disks) {
-      const source = await pointDiskSource(repo, point, d.target);
+      const source = await pointDiskSource(repo, point, d.target, { readChunk, readAhead: pool.size + 1 });
       opened.push(source);
       // The chunk is the unit a read decodes; a client that reads in chunks reads each once.
       const cs = source.index.chunkSize;
@@ -69,10 +74,11 @@ export async function servePoint(repo: ChunkRepository, opts: ServePointOptions)
       point,
       disks: point.disks.map((d) => ({ target: d.target, size: d.size, uri: nbdUri(at, d.target) })),
       server,
-      close: () => server.close(),
+      close: () => server.close().finally(() => pool.close()),
     };
   } catch (e) {
     for (const s of opened) await s.close?.();
+    await pool.close();
     throw e;
   }
 }

@@ -2,7 +2,8 @@
 // lasts until someone ends it) and would block every later run of the domain.
 // Each run marks its temporary folder (the job's NBD socket and scratch files
 // live there) with its host and pid; a later run ends a job whose folder names
-// a process of this host that is gone, and removes the folder.
+// a process of this host that is gone, or whose folder is gone (the run ended
+// without ending its job: the daemon was killed under it), and removes the folder.
 
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -26,6 +27,9 @@ async function deadRunDir(xml: string): Promise<string | null> {
   if (socket === null) return null;
   const dir = path.dirname(socket);
   if (!path.basename(dir).startsWith(RUN_DIR_PREFIX)) return null;
+  // a run removes its folder only when it is over: a job whose folder is gone
+  // outlived its run, which could not end it (the daemon was killed meanwhile)
+  if (!(await fs.stat(dir).then(() => true, () => false))) return dir;
   const owner = await fs.readFile(path.join(dir, OWNER), 'utf8').then(
     (s) => JSON.parse(s) as { host?: unknown; pid?: unknown },
     () => null,

@@ -30,7 +30,7 @@ function scriptedDomain(jobs: Map<number, string>): { dom: Domain; ended: number
   return { dom, ended };
 }
 
-test("ends only the jobs of dead runs of this host, and removes their folders", async (t) => {
+test("ends only the jobs of dead runs of this host (or of runs whose folder is gone), and removes their folders", async (t) => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'vbk-stale-test-'));
   t.after(() => fs.rm(root, { recursive: true, force: true }));
   const mk = async (name: string, owner: object | null) => {
@@ -46,16 +46,19 @@ test("ends only the jobs of dead runs of this host, and removes their folders", 
   const foreign = await mk('foreign', { host: `not-${os.hostname()}`, pid: deadPid });
   const unowned = await mk('unowned', null);
   const other = path.join(root, 'someone-elses', 'nbd.sock');
+  // its run is over (the folder removed) but the job was not ended: the daemon died under the run
+  const gone = path.join(root, `${RUN_DIR_PREFIX}gone`, 'nbd.sock');
   const jobs = new Map([
     [1, pullXml(dead, 1)],
     [2, pullXml(live, 2)],
     [3, pullXml(foreign, 3)],
     [4, pullXml(unowned, 4)],
     [5, pullXml(other, 5)],
+    [6, pullXml(gone, 6)],
   ]);
   const { dom, ended } = scriptedDomain(jobs);
-  assert.deepEqual(await endStaleJobs(dom, silentLogger), [1]);
-  assert.deepEqual(ended, [1]);
+  assert.deepEqual(await endStaleJobs(dom, silentLogger), [1, 6]);
+  assert.deepEqual(ended, [1, 6]);
   await assert.rejects(fs.stat(path.dirname(dead)), { code: 'ENOENT' });
   for (const s of [live, foreign, unowned]) await fs.stat(path.dirname(s));
   assert.deepEqual(JSON.parse(await fs.readFile(path.join(path.dirname(live), 'owner.json'), 'utf8')), { host: os.hostname(), pid: process.pid });

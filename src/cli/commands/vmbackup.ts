@@ -7,7 +7,7 @@
 import { Option, type Command } from 'commander';
 import { openDaemonLogger } from '../../daemon/logger.js';
 import { silentLogger, type Logger } from '../../log.js';
-import { backupDomain, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
+import { backupDomain, parseTargetDevs, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { openChunkRepository } from './chunk-repo.js';
 import { out } from '../output.js';
@@ -64,7 +64,7 @@ function registerBackup(program: Command): void {
         );
         progress.view.stop();
         if (o.json) out(jsonLine(r));
-        else out(`Point ${r.pointId} (${r.level}: ${r.reason}): ${(r.bytesRead / MiB).toFixed(1)} MiB read, ${(r.bytesNew / MiB).toFixed(1)} MiB new, ${(r.durationMs / 1000).toFixed(1)} s\n`);
+        else out(`Point ${r.pointId} (${r.level}${r.offline ? ', offline' : ''}: ${r.reason}): ${(r.bytesRead / MiB).toFixed(1)} MiB read, ${(r.bytesNew / MiB).toFixed(1)} MiB new, ${(r.durationMs / 1000).toFixed(1)} s\n`);
       } finally {
         progress.view.stop();
         log.close?.();
@@ -77,6 +77,7 @@ interface RestoreOptions {
   point?: string;
   outputDir: string;
   format: 'qcow2' | 'raw';
+  targetDev: string[];
   define?: string;
   encryptKey?: string;
   json?: boolean;
@@ -92,6 +93,7 @@ function registerRestore(program: Command): void {
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--output-dir <dir>', 'where the images and <name>.xml go', '.')
     .addOption(new Option('--format <format>', 'format of the images').choices(['qcow2', 'raw']).default('qcow2'))
+    .option('--target-dev <disk=device>', 'write disk DISK onto host block device DEVICE instead of an image (repeatable; the device must be at least as large)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--define <name>', 'define the restored domain under this new name (new UUID and MAC addresses)')
     .option('--encrypt-key <file>', 'the key file of an encrypted repository')
     .option('--json', 'print the result as one JSON line')
@@ -104,6 +106,7 @@ function registerRestore(program: Command): void {
           domain,
           outputDir: o.outputDir,
           format: o.format,
+          devices: parseTargetDevs(o.targetDev),
           ...(o.point === undefined ? {} : { point: o.point }),
           ...(o.define === undefined ? {} : { define: o.define }),
           onProgress: (disk: string, p: { bytesDone: number; bytesTotal: number }) => progress.update(disk, p.bytesDone, p.bytesTotal),
@@ -113,7 +116,7 @@ function registerRestore(program: Command): void {
         if (o.json) {
           out(jsonLine({ pointId: r.pointId, disks: r.disks, xmlPath: r.xmlPath, defined: r.defined }));
         } else {
-          for (const d of r.disks) out(`${d.target}: ${d.path} (${d.format}, ${(d.size / MiB).toFixed(1)} MiB)\n`);
+          for (const d of r.disks) out(`${d.target}: ${d.path} (${d.block ? 'block device' : d.format}, ${(d.size / MiB).toFixed(1)} MiB)\n`);
           out(`Point ${r.pointId} of '${domain}' restored; definition in '${r.xmlPath}'${r.defined ? `, defined as '${r.defined.name}' (${r.defined.uuid})` : ''}\n`);
         }
       } finally {

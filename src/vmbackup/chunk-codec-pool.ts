@@ -1,0 +1,142 @@
+// The chunk codec on every core: SHA-256 (or HMAC), zstd and AES-GCM are CPU
+// work, so a backup's main thread would otherwise hash and compress one chunk
+// at a time between NBD reads, and backup-serve would decode one chunk at a
+// time between NBD replies. A pool of worker threads (one per core) runs the
+// pure chunk codec both ways; the main thread moves the bytes: it reads the
+// export and stores the blobs (ChunkRepository.storeEncodedChunk), or fetches
+// the blobs that the workers decode and re-hash (decodeChunk).
+
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { chunkKey, ZERO_CHUNK, type ChunkId, type ChunkRepository } from '../chunkstore/repo.js';
+import { isVirError, virErr } from '../errors.js';
+import { ownedBuffer } from './owned-buffer.js';
+
+/** What a worker needs (ChunkRepository.codecParams(), as structured clone carries it). */
+export interface EncoderParams {
+  keys: { idKey: Uint8Array; encKey: Uint8Array; verifier: string } | null;
+  level: number;
+}
+
+export type CodecRequest = { seq: number; op: 'encode'; data: Uint8Array } | { seq: number; op: 'decode'; id: ChunkId; blob: Uint8Array };
+
+export type CodecReply =
+  | { seq: number; id: ChunkId; blob: Uint8Array | null }
+  | { seq: number; data: Uint8Array }
+  | { seq: number; error: string };
+
+interface Pending {
+  resolve(r: CodecReply): void;
+  reject(e: Error): void;
+}
+
+export class ChunkCodecPool {
+  private readonly pending = new Map<number, Pending>();
+  private seq = 0;
+  private next = 0;
+  private broken: Error | null = null;
+
+  private constructor(private readonly workers: Worker[]) {
+    for (const w of workers) {
+      w.on('message', (r: CodecReply) => this.settle(r));
+      w.on('error', (e) => this.fail(e));
+      w.on('exit', (code) => {
+        if (code !== 0) this.fail(new Error(`chunk encoder thread exited with code ${code}`));
+      });
+    }
+  }
+
+  /** One worker per core (at least one). */
+  static start(params: EncoderParams, size = Math.max(1, os.availableParallelism())): ChunkCodecPool {
+    return new ChunkCodecPool(Array.from({ length: size }, () => startWorker(params)));
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  /** The chunk's id and its stored form (null for an all-zero chunk). */
+  async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null }> {
+    const r = await this.call((seq) => ({ seq, op: 'encode', data }));
+    if (!('id' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk encoder thread answered out of kind');
+    return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob) };
+  }
+
+  /** The content of chunk `id` from its stored form, re-hashed (a mismatch rejects naming the chunk). */
+  async decode(id: ChunkId, blob: Buffer): Promise<Buffer> {
+    const r = await this.call((seq) => ({ seq, op: 'decode', id, blob }), ownedBuffer(blob));
+    if (!('data' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
+    return asBuffer(r.data);
+  }
+
+  /** `transfer`: an ArrayBuffer the caller gives up, moved to the worker instead of copied */
+  private call(request: (seq: number) => CodecRequest, transfer: ArrayBuffer | null = null): Promise<CodecReply> {
+    if (this.broken) return Promise.reject(this.broken);
+    const seq = ++this.seq;
+    const w = this.workers[this.next++ % this.workers.length]!;
+    return new Promise((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject });
+      w.postMessage(request(seq), transfer === null ? [] : [transfer]);
+    });
+  }
+
+  private settle(r: CodecReply): void {
+    const p = this.pending.get(r.seq);
+    if (!p) return;
+    this.pending.delete(r.seq);
+    // the worker's message is the codec's own (it names the chunk and what is wrong)
+    if ('error' in r) p.reject(virErr('INTERNAL_ERROR', 'STORAGE', r.error));
+    else p.resolve(r);
+  }
+
+  private fail(e: Error): void {
+    this.broken ??= virErr('INTERNAL_ERROR', 'STORAGE', `chunk encoder thread failed: ${e.message}`, e);
+    for (const p of this.pending.values()) p.reject(this.broken);
+    this.pending.clear();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/**
+ * The worker is a sibling file of the same kind as this one: .js when built;
+ * .ts when run from the sources under tsx, whose loader hooks do not reach a
+ * worker in Node 20, so the worker loads it through tsx's tsImport.
+ */
+function startWorker(params: EncoderParams): Worker {
+  const here = fileURLToPath(import.meta.url);
+  const file = path.join(path.dirname(here), `chunk-worker${path.extname(here)}`);
+  if (path.extname(here) !== '.ts') return new Worker(file, { workerData: params });
+  const api = import.meta.resolve('tsx/esm/api');
+  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(pathToFileURL(file).href)}, { parentURL: ${JSON.stringify(import.meta.url)} }))`;
+  return new Worker(boot, { eval: true, workerData: params });
+}
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+/** writeChunk with the CPU work in the pool: encode there, store here (unless present). */
+export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
+  return async (data) => {
+    const e = await pool.encode(data);
+    return { id: e.id, storedBytes: e.blob === null ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
+  };
+}
+
+/** readChunk with the CPU work in the pool: fetch the blob here, decode and re-hash there. */
+export function pooledChunkReader(pool: ChunkCodecPool, repo: ChunkRepository): (id: ChunkId) => Promise<Buffer> {
+  return async (id) => {
+    if (id === ZERO_CHUNK) return Buffer.alloc(repo.chunkSize);
+    let blob: Buffer;
+    try {
+      blob = await repo.store.get(chunkKey(id));
+    } catch (e) {
+      if (isVirError(e, 'NO_STORAGE_VOL')) throw virErr('NO_STORAGE_VOL', 'STORAGE', `chunk ${id} is missing from the repository`, e);
+      throw e;
+    }
+    return pool.decode(id, blob);
+  };
+}
