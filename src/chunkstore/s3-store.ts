@@ -51,11 +51,11 @@ export interface S3StoreOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** putDeferred uploads in flight at once (default 8): also the most chunk buffers held */
   parallel?: number;
-  /** attempts of the SDK's own retry strategy per try of ours (default 4) */
+  /** attempts of the SDK's own retry strategy per try of ours (default 3) */
   sdkAttempts?: number;
   /** how long our retries keep trying a transient failure (default 60 s; 0: only the SDK's) */
   retryBudgetMs?: number;
-  /** per-request timeout (default 120 s) and connect timeout (default 10 s) */
+  /** a request idle this long fails (default 60 s); connect timeout (default 10 s) */
   requestTimeoutMs?: number;
   connectTimeoutMs?: number;
   log?: Logger;
@@ -356,12 +356,12 @@ function normalizePrefix(prefix: string): string {
 export function makeS3Client(opts: S3StoreOptions): S3Client {
   const config: S3ClientConfig = {
     forcePathStyle: opts.forcePathStyle ?? opts.endpoint !== undefined,
-    maxAttempts: opts.sdkAttempts ?? 4,
+    maxAttempts: opts.sdkAttempts ?? 3,
     retryMode: 'standard',
     // the CRC trailers newer SDKs add by default are not understood by every gateway (Ceph 16.2)
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    requestHandler: { requestTimeout: opts.requestTimeoutMs ?? 120_000, connectionTimeout: opts.connectTimeoutMs ?? 10_000 },
+    requestHandler: { requestTimeout: opts.requestTimeoutMs ?? 60_000, connectionTimeout: opts.connectTimeoutMs ?? 10_000 },
   };
   if (opts.endpoint !== undefined) config.endpoint = opts.endpoint;
   // the SDK's region chain (AWS_REGION, the profile's config), else us-east-1 (on-site gateways do not care)

@@ -28,6 +28,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
+// the SDK's notice that it will drop Node 20 next year is noise in every test's output
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const SCRIPT = fileURLToPath(new URL('../../scripts/ceph-test-cluster.sh', import.meta.url));
 
 export interface CephS3 {
