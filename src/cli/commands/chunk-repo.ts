@@ -27,7 +27,7 @@ import { pruneRepoCheckpoints, repositoryId } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { formatCapacity, formatTable, json, out, usageError } from '../output.js';
 
-/** Where the repository is: --repo plus the S3 options (see s3Options). */
+/** Where the repository is: --repo plus --s3-endpoint / --s3-path-style. */
 export interface RepoLocation {
   repo: string;
   s3Endpoint?: string;
@@ -41,17 +41,13 @@ interface RepoOptions extends RepoLocation {
 
 export const REPO_HELP = 'the chunk repository: a folder, or s3://BUCKET[/PREFIX]';
 
-/** --s3-endpoint and --s3-path-style, for every command that takes --repo (cmd.addOption(...s3Options())). */
-export function s3Options(): Option[] {
-  return [
-    new Option('--s3-endpoint <url>', 'S3 endpoint of an s3:// repository (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile, AWS)'),
-    new Option('--s3-path-style', 'path-style S3 addressing (default: on when an endpoint is given)'),
-  ];
-}
+/** --s3-endpoint and --s3-path-style: every command that takes --repo adds both. */
+export const s3EndpointOption = (): Option =>
+  new Option('--s3-endpoint <url>', 'S3 endpoint of an s3:// repository (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile, AWS)');
+export const s3PathStyleOption = (): Option => new Option('--s3-path-style', 'path-style S3 addressing (default: on when an endpoint is given)');
 
 function addS3Options(cmd: Command): Command {
-  for (const o of s3Options()) cmd.addOption(o);
-  return cmd;
+  return cmd.addOption(s3EndpointOption()).addOption(s3PathStyleOption());
 }
 
 function storeOptions(where: RepoLocation): StoreUrlOptions {

@@ -17,7 +17,7 @@ import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { jsonLine, progressView } from '../progress.js';
-import { openChunkRepository, REPO_HELP, s3Options } from './chunk-repo.js';
+import { openChunkRepository, REPO_HELP, s3EndpointOption, s3PathStyleOption } from './chunk-repo.js';
 
 interface ServeOptions {
   repo: string;
@@ -62,8 +62,8 @@ function registerServe(program: Command): void {
     .description("Serve a point's disks as read-only NBD exports named by target (vda, sdb), until SIGINT/SIGTERM (virtback)")
     .argument('<domain>', 'the domain name the points were taken of')
     .requiredOption('--repo <url>', REPO_HELP)
-    .addOption(s3Options()[0]!)
-    .addOption(s3Options()[1]!)
+    .addOption(s3EndpointOption())
+    .addOption(s3PathStyleOption())
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--socket <path>', 'unix socket to listen on, mode 0600 (default: a new one in the temp folder)')
     .option('--listen <addr:port>', 'TCP address to listen on instead (e.g. 127.0.0.1:10809)')
@@ -124,8 +124,8 @@ function registerInstant(program: Command): void {
     .description('Run a domain from a backup point at once: qcow2 overlays backed by backup-serve exports, defined under a new name and started (virtback)')
     .argument('<domain>', 'the domain name the points were taken of')
     .requiredOption('--repo <url>', REPO_HELP)
-    .addOption(s3Options()[0]!)
-    .addOption(s3Options()[1]!)
+    .addOption(s3EndpointOption())
+    .addOption(s3PathStyleOption())
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .requiredOption('--define <name>', 'the new domain (new UUID and MAC addresses)')
     .option('--stream', 'copy the data into the overlays while the guest runs (QEMU block-stream), then stop serving')
