@@ -13,21 +13,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestEnv, sleep, waitFor } from '../helpers/qemu-env.js';
 import { stopVirtbackd } from '../qemu/daemon-util.js';
-import { startConsoleDaemon, type WebClient } from './web-client.js';
+import { MUTATING_ROUTES, startConsoleDaemon, type WebClient } from './web-client.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const UUID = '6f0c3c2e-8d7b-4a55-9d38-000000000001';
 
-/** Every mutating route of the API (docs/web-console.md ## API), with a plausible body. */
-export const MUTATING_ROUTES: Array<[string, unknown]> = [
-  [`/api/domains/${UUID}/backup`, { repo: '0', level: 'auto', quiesce: false }],
-  [`/api/domains/${UUID}/jobs`, { backupXml: "<domainbackup mode='pull'/>" }],
-  [`/api/domains/${UUID}/jobs/1/abort`, {}],
-  ['/api/repos/0/verify', {}],
-  ['/api/repos/0/points/d/p/restore', { destDir: '/tmp/x' }],
-  ['/api/repos/0/points/d/p/instant-restore', { name: 'x' }],
-  ['/api/tasks/0123456789abcdef/stop', {}],
-];
 
 type ErrorReply = { error: { code: number; name: string; message: string } };
 
