@@ -195,6 +195,23 @@ test('web console on QEMU: backup full then inc, verify, restore byte-exact, raw
   assert.deepEqual([prune.json.keep.map((k) => k.id), prune.json.remove.map((k) => k.id)], [[inc.result!.pointId], [full.result!.pointId]]);
   assert.equal((await repo.listPoints()).length, 2);
 
+  // instant restore: a new domain runs on the served point; stopping is refused while it runs, then ends the serving
+  const ir = await admin.post<{ task: string; nbdUri: string }>(`/api/repos/0/points/web-vm/${encodeURIComponent(inc.result!.pointId!)}/instant-restore`, { name: 'web-vm-ir' });
+  assert.equal(ir.status, 202, ir.text);
+  assert.match(ir.json.nbdUri, /^nbd\+unix:\/\/\/sda\?socket=/);
+  const irRow = (await admin.get<Row[]>('/api/domains')).json.find((r) => r.name === 'web-vm-ir');
+  assert.equal(irRow?.state, 'running');
+  assert.equal((await admin.get<Task>(`/api/tasks/${ir.json.task}`)).json.state, 'running', 'the task lasts while it serves');
+  assert.equal((await admin.post(`/api/tasks/${ir.json.task}/stop`)).status, 409, 'refused while the domain runs on the served point');
+  const copy = await conn.lookupByName('web-vm-ir');
+  await copy.destroy();
+  const stopped = await admin.post<Task>(`/api/tasks/${ir.json.task}/stop`);
+  assert.equal(stopped.status, 200, stopped.text);
+  assert.equal(stopped.json.state, 'completed');
+  const socket = decodeURIComponent(/socket=(.*)$/.exec(ir.json.nbdUri)![1]!);
+  assert.equal(fs.existsSync(socket), false, 'the serve process is gone');
+  await copy.undefine();
+
   stream.close();
   await dom.destroy();
 });
