@@ -9,10 +9,9 @@ import { Option, InvalidArgumentError, type Command } from 'commander';
 import type { Driver } from '../api/driver.js';
 import { virErr } from '../errors.js';
 import type { Logger } from '../log.js';
-import { TOOL_VERSION } from '../vmbackup/index.js';
-import { rotateTokens } from '../web/auth.js';
-import { isLoopback, WEB_DIR, WebConsole } from '../web/server.js';
-import { virtbackCommand } from './commands/serve.js';
+import { isLoopback } from '../web/address.js';
+import { rotateTokens, WEB_DIR } from '../web/auth.js';
+import type { WebConsole } from '../web/server.js';
 
 export interface WebOptions {
   web?: string;
@@ -74,11 +73,17 @@ export function rotateWebTokens(stateDir: string): void {
   process.stdout.write('a running virtbackd keeps accepting the old tokens until it restarts\n');
 }
 
-export function startWebConsole(
+/** Loaded only with --web: a daemon without the console does not load its server, nor the backup flows. */
+export async function startWebConsole(
   o: WebOptions,
   at: { host: string; port: number },
   d: { stateDir: string; driver: Driver; clients: () => number; log: Logger },
 ): Promise<WebConsole> {
+  const [{ WebConsole }, { TOOL_VERSION }, { virtbackCommand }] = await Promise.all([
+    import('../web/server.js'),
+    import('../vmbackup/index.js'),
+    import('./commands/serve.js'),
+  ]);
   return WebConsole.start({
     ...at,
     stateDir: d.stateDir,

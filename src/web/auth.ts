@@ -10,6 +10,9 @@ import { virErr } from '../errors.js';
 
 export type Role = 'admin' | 'readonly';
 
+/** The console's folder in the state directory: tokens, certificate, instant-restore overlays. */
+export const WEB_DIR = 'web';
+
 export const TOKEN_FILES: Record<Role, string> = { admin: 'admin.token', readonly: 'readonly.token' };
 
 export interface Tokens {

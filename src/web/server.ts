@@ -13,8 +13,9 @@ import type { Driver } from '../api/driver.js';
 import { Connect } from '../api/public.js';
 import { virErr } from '../errors.js';
 import { errField, type Logger } from '../log.js';
+import { isLoopback } from './address.js';
 import { createApp } from './app.js';
-import { ensureTokens, LoginLimiter, Sessions } from './auth.js';
+import { ensureTokens, LoginLimiter, Sessions, WEB_DIR } from './auth.js';
 import { loadOrCreateCert } from './cert.js';
 import type { WebState } from './context.js';
 import { domainEventView, EventHub } from './events.js';
@@ -44,11 +45,8 @@ export interface WebConsoleOptions {
   log: Logger;
 }
 
-export const WEB_DIR = 'web';
+export { WEB_DIR };
 
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
 
 export class WebConsole {
   private closing: Promise<void> | null = null;
