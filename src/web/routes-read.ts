@@ -50,7 +50,11 @@ export function registerReads(app: Hono<Env>, st: WebState): void {
     });
   });
   app.get('/api/domains', async (c) => c.json(await listDomains(ctx(c))));
-  app.get('/api/domains/:uuid', async (c) => c.json(await domainDetail(ctx(c), c.req.param('uuid'))));
+  app.get('/api/domains/:uuid', async (c) => {
+    const d = await domainDetail(ctx(c), c.req.param('uuid'));
+    // the console's own work on this domain beside the driver's jobs (newest first)
+    return c.json({ ...d, tasks: st.tasks.list().filter((t) => t.domain === d.name) });
+  });
   app.get('/api/domains/:uuid/xml', async (c) => {
     const dom = await connOf(st, c).lookupByUUID(c.req.param('uuid'));
     return c.json({ xml: await dom.getXMLDesc() });

@@ -109,9 +109,11 @@ test('web console on QEMU: backup full then inc, verify, restore byte-exact, raw
   assert.equal(detail.checkpointTree.length, 1);
 
   // verify: both points ok, recorded in the points
-  await runTask(admin, '/api/repos/0/verify', { domain: 'web-vm' });
+  const ver = await runTask(admin, '/api/repos/0/verify', { domain: 'web-vm' });
   detail = (await admin.get<Detail>(`/api/domains/${dom.uuid}`)).json;
   assert.deepEqual(detail.points.map((p) => p.verified), ['ok', 'ok']);
+  const domTasks = (detail as unknown as { tasks: Task[] }).tasks;
+  assert.deepEqual(domTasks.map((x) => [x.task, x.state]), [[ver.task, 'completed'], [inc.task, 'completed'], [full.task, 'completed']], 'the console tasks of this domain, newest first');
 
   // restore: preview, then each point into a new folder equals the disk at its instant; an existing file is refused
   for (const [point, expected] of [[inc.result!.pointId!, atInc], [full.result!.pointId!, atFull]] as const) {
