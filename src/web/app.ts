@@ -122,7 +122,8 @@ export function createApp(st: WebState, assetsDir: string | null): Hono<Env> {
   });
   app.use('/api/*', bodyLimit({ maxSize: MAX_BODY_BYTES, onError: (c) => errorResponse(c, virErr('INVALID_ARG', 'NONE', `request body over ${MAX_BODY_BYTES} bytes`), 413) }));
   app.onError((err, c) => errorResponse(c, err));
-  app.use('/api/*', async (c, next) => (c.req.path === '/api/login' ? next() : sessionCheck(st)(c, next)));
+  const check = sessionCheck(st);
+  app.use('/api/*', async (c, next) => (c.req.path === '/api/login' ? next() : check(c, next)));
   registerLogin(app, st);
   registerEvents(app, st);
   registerReads(app, st);

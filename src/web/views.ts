@@ -170,11 +170,6 @@ export async function listDomains(ctx: ViewContext): Promise<DomainRow[]> {
   return rows;
 }
 
-export async function domainSummary(ctx: ViewContext, uuid: string): Promise<DomainSummary> {
-  const dom = await ctx.conn.lookupByUUID(uuid);
-  return dom.getInfo();
-}
-
 export async function domainDetail(ctx: ViewContext, uuid: string): Promise<DomainDetail> {
   const dom = await ctx.conn.lookupByUUID(uuid);
   const s = await dom.getInfo();
