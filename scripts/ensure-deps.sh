@@ -57,6 +57,7 @@ virtback_ensure_node_modules() {
 
 virtback_ensure_build() {
   npx tsc -p tsconfig.build.json
+  node scripts/build-web.mjs
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
