@@ -61,7 +61,7 @@ function onTaskEvent(msg: MessageEvent<string>): void {
   tasks.set(next);
   // the list records a task's start and end, not each progress step
   if (!before || before.state !== t.state) {
-    const detail = t.state === 'running' ? '' : t.error ?? detailText(t.result);
+    const detail = t.state === 'running' ? '' : t.error ? `${t.error.name}: ${t.error.message}` : detailText(t.result);
     push({ channel: 'task', type: `${t.kind} ${t.state}`, domain: t.domain ?? '', detail, time: t.endedAt ?? t.startedAt });
   }
   if (t.state !== 'running') bumpDomains();

@@ -3,6 +3,7 @@ import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { get, post, session, sessionExpired } from './api.js';
 import { loadTasks, openStream, resetLive, streamState } from './events.js';
+import { loadRepos } from './repos.js';
 import { useStore } from './store.js';
 import type { Session } from './types.js';
 import { LoginPage } from './pages/login.js';
@@ -82,6 +83,7 @@ function App() {
     if (!s) return;
     openStream();
     loadTasks().catch(() => undefined);
+    loadRepos().catch(() => undefined);
   }, [s]);
   if (!checked) return <div class="loading">Loading…</div>;
   if (!s || hash === '#/login') return <LoginPage />;

@@ -27,7 +27,8 @@ export interface DomainSummary {
   uuid: string;
   name: string;
   state: string;
-  stateReason?: string;
+  /** libvirt's state reason number */
+  stateReason?: number | string;
   checkpoints: number;
   currentCheckpoint: string | null;
   lastPoint: PointRef | null;
@@ -66,7 +67,7 @@ export interface PointRecord {
 }
 
 export interface DomainDetail extends DomainSummary {
-  description: string;
+  description: string | null;
   checkpointTree: CheckpointNode[];
   jobs: JobRecord[];
   points: PointRecord[];
@@ -100,10 +101,11 @@ export interface Task {
   startedAt: string;
   endedAt: string | null;
   result: unknown;
-  error: string | null;
+  error: { code: number; name: string; message: string } | null;
 }
 
 export interface RestorePreview {
+  format?: 'raw' | 'qcow2';
   disks: { target: string; size: number; dest: string; exists: boolean; willOverwrite: boolean }[];
 }
 

@@ -1,14 +1,15 @@
 // One domain: its checkpoint tree, job history, backup points per repository, and the actions on them.
+import { useState } from 'preact/hooks';
 import { enc, get, post } from '../api.js';
 import { ActionButton, Badge, ErrorLine, Panel, ProgressBar, useLoad, useTick } from '../components.js';
 import { domainsChanged, tasks } from '../events.js';
 import { age, bytes, duration, time } from '../format.js';
+import { repos } from '../repos.js';
 import { useStore } from '../store.js';
-import type { CheckpointNode, DaemonInfo, DomainDetail, JobRecord, Task } from '../types.js';
+import type { CheckpointNode, DomainDetail, JobRecord, Task } from '../types.js';
 import { BackupForm, RawJobForm } from './domain-actions.js';
 import { PointsPanel } from './points.js';
 import { PrunePanel } from './prune.js';
-import { useState } from 'preact/hooks';
 
 function CheckpointTree(props: { nodes: CheckpointNode[]; current: string | null }) {
   const names = new Set(props.nodes.map((n) => n.name));
@@ -54,7 +55,7 @@ function JobsTable(props: { uuid: string; jobs: JobRecord[]; onError: (e: unknow
             <td class="num">{String(j.id)}</td>
             <td>{j.kind}</td>
             <td><Badge value={j.result} /></td>
-            <td>{time(j.startedAt)}</td>
+            <td class="time">{time(j.startedAt)}</td>
             <td>{j.result === 'running' ? '…' : duration(j.durationMs)}</td>
             <td class="num">{bytes(j.bytes)}</td>
             <td class="error-text">{j.error ?? ''}</td>
@@ -90,8 +91,8 @@ function TasksTable(props: { list: Task[]; onError: (e: unknown) => void }) {
             <td class="mono">{t.task}</td>
             <td>{t.kind}</td>
             <td class="jobcell"><ProgressBar processed={t.processed} total={t.total} state={t.state} /></td>
-            <td>{time(t.startedAt)}</td>
-            <td class={t.error ? 'error-text' : undefined}>{t.error ?? (t.result === null || t.result === undefined ? '' : JSON.stringify(t.result))}</td>
+            <td class="time">{time(t.startedAt)}</td>
+            <td class={t.error ? 'error-text detail' : 'detail'}>{t.error ? `${t.error.name}: ${t.error.message}` : t.result === null || t.result === undefined ? '' : JSON.stringify(t.result)}</td>
             <td>
               {t.state === 'running' && (
                 <ActionButton label="Stop" name="stop-task" danger onError={props.onError} run={() => post(`/api/tasks/${enc(t.task)}/stop`)} />
@@ -110,7 +111,7 @@ function DomainHeader(props: { d: DomainDetail; now: number }) {
     <div class="domain-head">
       <h1 id="domain-name">{d.name}</h1>
       <div class="facts">
-        <Badge value={d.state} /> {d.stateReason && <span class="muted">{d.stateReason}</span>}
+        <Badge value={d.state} />
         <span class="muted mono"> {d.uuid}</span>
         {d.lastPoint && (
           <span>
@@ -130,12 +131,11 @@ export function DomainPage(props: { uuid: string }) {
   const now = useTick(15_000);
   const [actionError, setActionError] = useState<unknown>(null);
   const { data: d, error } = useLoad(() => get<DomainDetail>(`/api/domains/${enc(props.uuid)}`), [props.uuid, changed]);
-  const { data: daemon } = useLoad(() => get<DaemonInfo>('/api/daemon'), []);
+  const repoList = useStore(repos);
   if (!d) return <div><ErrorLine error={error} />{!error && <p class="muted">Loading…</p>}</div>;
   const mine = [...all.values()]
     .filter((t) => t.domain === d.uuid || t.domain === d.name)
     .sort((a, b) => String(b.startedAt).localeCompare(String(a.startedAt)));
-  const repos = daemon?.repos ?? [];
   return (
     <div>
       <p class="crumbs"><a href="#/domains">Domains</a> / {d.name}</p>
@@ -144,14 +144,14 @@ export function DomainPage(props: { uuid: string }) {
       <ErrorLine error={actionError} />
       <div class="cols">
         <Panel title="Start a backup" id="backup-panel">
-          <BackupForm uuid={d.uuid} repos={repos} onError={setActionError} />
+          <BackupForm uuid={d.uuid} repos={repoList} onError={setActionError} />
         </Panel>
         <Panel title="Console tasks" id="tasks-panel">
           <TasksTable list={mine} onError={setActionError} />
         </Panel>
       </div>
       <Panel title="Backup points" id="points-panel">
-        <PointsPanel domain={d} onError={setActionError} />
+        <PointsPanel domain={d} repos={repoList} onError={setActionError} />
       </Panel>
       <div class="cols">
         <Panel title="Checkpoints" id="checkpoints-panel">
@@ -166,7 +166,7 @@ export function DomainPage(props: { uuid: string }) {
           <RawJobForm uuid={d.uuid} name={d.name} onError={setActionError} />
         </Panel>
         <Panel title="Prune preview" id="prune-panel">
-          <PrunePanel domain={d} repos={repos} onError={setActionError} />
+          <PrunePanel domain={d} repos={repoList} onError={setActionError} />
         </Panel>
       </div>
     </div>

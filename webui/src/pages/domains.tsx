@@ -3,6 +3,7 @@ import { enc, get } from '../api.js';
 import { Badge, ErrorLine, ProgressBar, useLoad, useTick } from '../components.js';
 import { domainsChanged, latestTaskOf, tasks } from '../events.js';
 import { age, time } from '../format.js';
+import { repoName, repos } from '../repos.js';
 import { useStore } from '../store.js';
 import type { DomainSummary, Task } from '../types.js';
 
@@ -27,6 +28,7 @@ function JobCell(props: { d: DomainSummary; task: Task | null }) {
 
 function DomainRow(props: { d: DomainSummary; task: Task | null; now: number }) {
   const { d, now } = props;
+  const repoList = useStore(repos);
   return (
     <tr data-uuid={d.uuid}>
       <td class="name">
@@ -34,7 +36,6 @@ function DomainRow(props: { d: DomainSummary; task: Task | null; now: number }) 
       </td>
       <td>
         <Badge value={d.state} />
-        {d.stateReason ? <span class="muted"> {d.stateReason}</span> : null}
       </td>
       <td class="num">{d.checkpoints}</td>
       <td>{d.currentCheckpoint ?? <span class="muted">—</span>}</td>
@@ -42,7 +43,7 @@ function DomainRow(props: { d: DomainSummary; task: Task | null; now: number }) 
         {d.lastPoint ? (
           <span title={time(d.lastPoint.time)}>
             {d.lastPoint.id} <span class={`level level-${d.lastPoint.level}`}>{d.lastPoint.level}</span>{' '}
-            <span class="muted">in {d.lastPoint.repo}</span>
+            <span class="muted">in {repoName(repoList, d.lastPoint.repo)}</span>
           </span>
         ) : (
           <span class="muted">never</span>

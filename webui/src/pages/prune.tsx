@@ -7,8 +7,9 @@ const KEEPS = ['keepLast', 'keepDaily', 'keepWeekly', 'keepMonthly'] as const;
 
 function label(x: unknown): string {
   if (typeof x === 'string') return x;
-  const p = x as { id?: string; time?: string; level?: string };
-  return p.id !== undefined ? `${p.id}${p.level ? ` (${p.level})` : ''}` : JSON.stringify(x);
+  const p = x as { id?: string; level?: string; rule?: string };
+  if (p.id === undefined) return JSON.stringify(x);
+  return `${p.id}${p.level ? ` (${p.level})` : ''}${p.rule ? ` — ${p.rule}` : ''}`;
 }
 
 export function PrunePanel(props: { domain: DomainDetail; repos: Repo[]; onError: (e: unknown) => void }) {
