@@ -37,8 +37,20 @@ function detailText(detail: unknown): string {
 interface DomainEventData {
   type: string;
   domain?: { uuid?: string; name?: string };
-  detail?: unknown;
+  detail?: Record<string, unknown>;
   time?: string;
+}
+
+/** A driver event's detail as a line: lifecycle and job ends read as words, others as their fields. */
+function domainDetailText(d: DomainEventData): string {
+  const x = d.detail ?? {};
+  if (d.type === 'lifecycle') return `${String(x.event ?? '')}${x.detail ? ` (${String(x.detail)})` : ''}`;
+  if (d.type === 'job-completed') {
+    const stats = (x.stats ?? {}) as { success?: boolean; errmsg?: string; disk_processed?: number; disk_total?: number };
+    const how = stats.success === false ? `failed: ${stats.errmsg ?? 'unknown error'}` : 'completed';
+    return `job ${String(x.jobId ?? '?')} ${how}${stats.disk_total !== undefined ? `, ${stats.disk_processed ?? 0}/${stats.disk_total} bytes` : ''}`;
+  }
+  return detailText(x);
 }
 
 function onDomainEvent(msg: MessageEvent<string>): void {
@@ -47,7 +59,7 @@ function onDomainEvent(msg: MessageEvent<string>): void {
     channel: 'domain',
     type: d.type,
     domain: d.domain?.name ?? d.domain?.uuid ?? '',
-    detail: detailText(d.detail),
+    detail: domainDetailText(d),
     time: d.time ?? new Date().toISOString(),
   });
   bumpDomains();
