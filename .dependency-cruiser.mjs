@@ -5,6 +5,7 @@
 //   cli/, demo.ts, index.ts       entry points; nothing imports them
 //   sdk/                          connect(): URIs, session-daemon autostart, the remote driver
 //   daemon/                       virtbackd: serves the Driver it is handed (cli/virtbackd.ts assembles)
+//   web/                          virtbackd's web console: the public API and the backup flows over HTTPS
 //   qemu/  remote/  libvirt/  repository/  vmbackup/   the drivers, the two wire protocols, the backup files and
 //                                 whole-VM backups into the chunk store, side by side
 //   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
@@ -154,6 +155,16 @@ export default {
       to: { path: '^src/', pathNot: `${BASE}|^src/(chunkstore|xml|util)/` },
     },
     {
+      name: 'web-console-through-the-public-api',
+      severity: 'error',
+      comment:
+        "virtbackd's web console (src/web/) calls the same public API (Connect over the Driver it is handed) and the " +
+        'same backup flows (vmbackup/, chunkstore/) as the CLI: no second path to the driver, the wire or QEMU. ' +
+        'cli/virtbackd.ts assembles it.',
+      from: { path: '^src/web/' },
+      to: { path: '^src/', pathNot: `${BASE}|^src/(web|api|vmbackup|chunkstore|xml|util)/` },
+    },
+    {
       name: 'remote-carries-driver-calls',
       severity: 'error',
       comment:
@@ -217,6 +228,8 @@ export default {
     tsPreCompilationDeps: true,
     // NodeNext-style specifiers ('./x.js') resolve to the .ts sources through the tsconfig.
     tsConfig: { fileName: 'tsconfig.json' },
+    // package subpaths ('hono/cookie') resolve through their package.json "exports", as node resolves them
+    enhancedResolveOptions: { exportsFields: ['exports'], conditionNames: ['import', 'node', 'default'] },
     reporterOptions: { text: { highlightFocused: true } },
   },
 };

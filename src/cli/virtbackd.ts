@@ -16,8 +16,10 @@ import { LOG_LEVELS, isLogLevel, openDaemonLogger, type DaemonLogger, type LogLe
 import { daemonDirs, prepareRunDir } from '../daemon/paths.js';
 import { virErr } from '../errors.js';
 import { errField, type Logger } from '../log.js';
+import type { WebConsole } from '../web/server.js';
+import { addWebOptions, checkWebOptions, rotateWebTokens, startWebConsole, type WebOptions } from './virtbackd-web.js';
 
-interface Options {
+interface Options extends WebOptions {
   daemon?: boolean;
   stateDir?: string;
   runDir?: string;
@@ -108,7 +110,7 @@ async function detach(argv: string[], o: Options, dirs: { stateDir: string; runD
 }
 
 function commandLine(): Command {
-  return new Command('virtbackd')
+  return addWebOptions(new Command('virtbackd'))
     .description('virtback daemon: checkpoints and incremental backups for QEMU VMs')
     .option('--daemon', 'detach once the sockets are listening')
     .option('--state-dir <dir>', 'state directory (env VIRTBACK_STATE_DIR)')
@@ -155,8 +157,10 @@ async function main(argv: string[]): Promise<number> {
   };
 
   let tlsOpts: DaemonTlsOptions | undefined;
+  let web: { host: string; port: number } | null;
   try {
     tlsOpts = parseTls(o);
+    web = checkWebOptions(o);
   } catch (e) {
     process.stderr.write(`virtbackd: ${(e as Error).message}\n`);
     return 2;
@@ -166,10 +170,14 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const dirs = daemonDirs({ stateDir: o.stateDir, runDir: o.runDir });
+  if (o.webRotateTokens) {
+    rotateWebTokens(dirs.stateDir);
+    return 0;
+  }
   if (o.daemon) return detach(argv, o, dirs);
 
   if (!isLogLevel(o.logLevel)) return 2;
-  return serve(o, o.logLevel, dirs, tlsOpts, tell);
+  return serve(o, o.logLevel, dirs, tlsOpts, web, tell);
 }
 
 /** The daemon in this process: open the log, start, tell the parent, serve until a signal. */
@@ -178,6 +186,7 @@ async function serve(
   level: LogLevel,
   dirs: { stateDir: string; runDir: string },
   tls: DaemonTlsOptions | undefined,
+  webAt: { host: string; port: number } | null,
   tell: (line: string) => void,
 ): Promise<number> {
   let logger: DaemonLogger;
@@ -192,6 +201,7 @@ async function serve(
   }
   const signals = watchSignals(logger);
   let daemon: Daemon;
+  let web: WebConsole | null = null;
   try {
     const hypervisorVersion = await qemuVersion(logger);
     daemon = await Daemon.start({
@@ -201,6 +211,14 @@ async function serve(
       tls,
       libvirt: { hypervisorVersion },
     });
+    const d = daemon;
+    if (webAt) {
+      web = await startWebConsole(o, webAt, { stateDir: dirs.stateDir, driver: d.driver, clients: () => d.server.clientCount + d.libvirtServer.clientCount, log: logger })
+        .catch(async (e: unknown) => {
+          await d.stop();
+          throw e;
+        });
+    }
   } catch (e) {
     const msg = (e as Error).message;
     logger.error(`cannot start: ${msg}`);
@@ -210,7 +228,7 @@ async function serve(
     return 1;
   }
   tell('ready');
-  const code = await signals.until(daemon);
+  const code = await signals.until(daemon, web);
   logger.close();
   return code;
 }
@@ -220,13 +238,15 @@ async function serve(
  * Installed before the daemon starts: its sockets answer before start() resolves, and
  * a signal then must stop it cleanly, not kill it with the default action.
  */
-function watchSignals(logger: Logger): { until(daemon: Daemon): Promise<number> } {
+function watchSignals(logger: Logger): { until(daemon: Daemon, web: WebConsole | null): Promise<number> } {
   let daemon: Daemon | null = null;
+  let webConsole: WebConsole | null = null;
   let signalled = false;
   let resolve!: (code: number) => void;
   const done = new Promise<number>((r) => (resolve = r));
   const stop = (d: Daemon): void => {
-    d.stop().then(
+    // the console first: its streams end cleanly before the driver goes
+    (webConsole?.close() ?? Promise.resolve()).catch((e: unknown) => logger.warn(errField(e), 'closing the web console failed')).then(() => d.stop()).then(
       () => resolve(0),
       (e: unknown) => {
         logger.error(errField(e), 'shutdown failed');
@@ -248,8 +268,9 @@ function watchSignals(logger: Logger): { until(daemon: Daemon): Promise<number> 
   process.on('SIGINT', onSignal);
   process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored'));
   return {
-    until(d: Daemon): Promise<number> {
+    until(d: Daemon, web: WebConsole | null): Promise<number> {
       daemon = d;
+      webConsole = web;
       if (signalled) stop(d);
       return done;
     },

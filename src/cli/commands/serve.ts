@@ -92,7 +92,7 @@ function registerServe(program: Command): void {
  * The argv that runs this CLI in a new process: node, its module loader flags
  * (tsx in development), and virtback's own entry file next to this one.
  */
-function virtbackCommand(): string[] {
+export function virtbackCommand(): string[] {
   const self = fileURLToPath(import.meta.url);
   const entry = path.join(path.dirname(self), '..', `virtback${path.extname(self)}`);
   const keep: string[] = [];
