@@ -2,6 +2,7 @@
 import type { ComponentChildren } from 'preact';
 import { useCallback, useEffect, useState } from 'preact/hooks';
 import { errorText, session } from './api.js';
+import { domainsChanged } from './events.js';
 import { percent } from './format.js';
 import { useStore } from './store.js';
 
@@ -99,7 +100,12 @@ export function useReadOnly(): boolean {
   return useStore(session)?.role !== 'admin';
 }
 
-/** A button for a mutating action: disabled for a read-only session, busy while its call runs. */
+/** Tells the pages to refetch: an action's effect (a job started) may come with no driver event. */
+export function refreshAfterAction(): void {
+  domainsChanged.set(domainsChanged.get() + 1);
+}
+
+/** A button for a mutating action: disabled for a read-only session, busy while its call runs, the page refetched after. */
 export function ActionButton(props: {
   label: string;
   run: () => Promise<unknown>;
@@ -115,7 +121,7 @@ export function ActionButton(props: {
     setBusy(true);
     props.onError(null);
     props.run().then(
-      () => (setBusy(false), props.onDone?.()),
+      () => (setBusy(false), refreshAfterAction(), props.onDone?.()),
       (e: unknown) => (setBusy(false), props.onError(e)),
     );
   };
