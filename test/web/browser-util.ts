@@ -25,8 +25,14 @@ export async function buildAssets(dir: string): Promise<string> {
   return dir;
 }
 
+/** Debian's chromium, headless; the caller closes it. */
+export function launchBrowserAt(executablePath = '/usr/bin/chromium'): Promise<Browser> {
+  return chromium.launch({ executablePath, args: CHROMIUM_ARGS });
+}
+
+/** The browser of a test, closed after it. */
 export async function launchBrowser(t: TestContext): Promise<Browser> {
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  const browser = await launchBrowserAt();
   t.after(() => browser.close().catch(() => {}));
   return browser;
 }

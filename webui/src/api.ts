@@ -47,7 +47,8 @@ export async function request<T>(method: string, path: string, body?: unknown): 
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (res.status === 401 && path !== '/api/login') {
-    sessionExpired('Your session has expired; log in again.');
+    // a session we had ended (idle expiry, logout elsewhere); none at all is just the login page
+    sessionExpired(s ? 'Your session has expired; log in again.' : '');
     throw await errorOf(res);
   }
   if (!res.ok) throw await errorOf(res);

@@ -2,6 +2,7 @@
 // events page and tell the open page its data changed; task events carry console tasks' progress.
 import { get } from './api.js';
 import { store } from './store.js';
+import { taskSummary } from './task-summary.js';
 import type { LiveEvent, Task } from './types.js';
 
 const KEEP_EVENTS = 500;
@@ -50,6 +51,7 @@ function domainDetailText(d: DomainEventData): string {
     const how = stats.success === false ? `failed: ${stats.errmsg ?? 'unknown error'}` : 'completed';
     return `job ${String(x.jobId ?? '?')} ${how}${stats.disk_total !== undefined ? `, ${stats.disk_processed ?? 0}/${stats.disk_total} bytes` : ''}`;
   }
+  if (d.type === 'block-job') return `disk ${String(x.disk ?? '?')}, job ${String(x.jobId ?? '?')}, block job type ${String(x.blockJobType)} status ${String(x.status)}`;
   return detailText(x);
 }
 
@@ -73,7 +75,7 @@ function onTaskEvent(msg: MessageEvent<string>): void {
   tasks.set(next);
   // the list records a task's start and end, not each progress step
   if (!before || before.state !== t.state) {
-    const detail = t.state === 'running' ? '' : t.error ? `${t.error.name}: ${t.error.message}` : detailText(t.result);
+    const detail = t.state === 'running' ? '' : taskSummary(t);
     push({ channel: 'task', type: `${t.kind} ${t.state}`, domain: t.domain ?? '', detail, time: t.endedAt ?? t.startedAt });
   }
   if (t.state !== 'running') bumpDomains();

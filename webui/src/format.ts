@@ -41,7 +41,8 @@ export function time(t: string | number | null | undefined): string {
 export function age(t: string | number | null | undefined, now = Date.now()): string {
   const d = toDate(t);
   if (!d) return '—';
-  return `${duration(Math.max(0, now - d.getTime()))} ago`;
+  const ms = now - d.getTime();
+  return ms < 1000 ? 'just now' : `${duration(ms)} ago`;
 }
 
 export function percent(processed: number, total: number): number {

@@ -7,6 +7,7 @@ import { age, bytes, duration, time } from '../format.js';
 import { repos } from '../repos.js';
 import { useStore } from '../store.js';
 import type { CheckpointNode, DomainDetail, JobRecord, Task } from '../types.js';
+import { taskSummary } from '../task-summary.js';
 import { BackupForm, RawJobForm } from './domain-actions.js';
 import { PointsPanel } from './points.js';
 import { PrunePanel } from './prune.js';
@@ -92,7 +93,7 @@ function TasksTable(props: { list: Task[]; onError: (e: unknown) => void }) {
             <td>{t.kind}</td>
             <td class="jobcell"><ProgressBar processed={t.processed} total={t.total} state={t.state} /></td>
             <td class="time">{time(t.startedAt)}</td>
-            <td class={t.error ? 'error-text detail' : 'detail'}>{t.error ? `${t.error.name}: ${t.error.message}` : t.result === null || t.result === undefined ? '' : JSON.stringify(t.result)}</td>
+            <td class={t.error ? 'error-text' : undefined}>{taskSummary(t)}</td>
             <td>
               {t.state === 'running' && (
                 <ActionButton label="Stop" name="stop-task" danger onError={props.onError} run={() => post(`/api/tasks/${enc(t.task)}/stop`)} />

@@ -7,21 +7,22 @@ import { repoName, repos } from '../repos.js';
 import { useStore } from '../store.js';
 import type { DomainSummary, Task } from '../types.js';
 
+/** The running job or console task with its bar; else the last finished console task. */
 function JobCell(props: { d: DomainSummary; task: Task | null }) {
   const { d, task } = props;
-  if (task && (task.state === 'running' || !d.job)) {
+  if (d.job && task?.state !== 'running') {
     return (
       <div class="job">
-        <span class="job-kind">{task.kind}</span>
-        <ProgressBar processed={task.processed} total={task.total} state={task.state} />
+        <span class="job-kind">{d.job.kind} job {String(d.job.id)}</span>
+        <ProgressBar processed={d.job.processed} total={d.job.total} />
       </div>
     );
   }
-  if (!d.job) return <span class="muted">—</span>;
+  if (!task) return <span class="muted">—</span>;
   return (
     <div class="job">
-      <span class="job-kind">{d.job.kind} #{String(d.job.id)}</span>
-      <ProgressBar processed={d.job.processed} total={d.job.total} />
+      <span class="job-kind">{task.kind}</span>
+      <ProgressBar processed={task.processed} total={task.total} state={task.state} />
     </div>
   );
 }

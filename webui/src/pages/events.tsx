@@ -27,7 +27,7 @@ export function EventsPage() {
             <tr key={e.seq} class={`ev ev-${e.channel}`} data-type={e.type}>
               <td class="time">{time(e.time)}</td>
               <td>{e.channel === 'domain' ? 'driver' : 'task'}</td>
-              <td class="type">{e.type}</td>
+              <td class="type nowrap">{e.type}</td>
               <td>{e.domain}</td>
               <td class="detail">{e.detail}</td>
             </tr>

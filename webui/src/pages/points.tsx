@@ -141,7 +141,7 @@ export function PointsPanel(props: { domain: DomainDetail; repos: Repo[]; onErro
           <h3>Repository {repoName(props.repos, repo)}</h3>
           <table class="grid points">
             <thead>
-              <tr><th>Point</th><th>Time</th><th>Level</th><th>Size</th><th>New data</th><th>Verified</th><th>Actions</th></tr>
+              <tr><th>Point</th><th>Time</th><th>Level</th><th>Size</th><th title="bytes this point added to the repository (after deduplication and compression)">New stored</th><th>Verified</th><th>Actions</th></tr>
             </thead>
             <tbody>
               {points.map((p) => (
