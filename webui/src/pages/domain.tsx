@@ -147,29 +147,27 @@ export function DomainPage(props: { uuid: string }) {
         <Panel title="Start a backup" id="backup-panel">
           <BackupForm uuid={d.uuid} repos={repoList} onError={setActionError} />
         </Panel>
-        <Panel title="Console tasks" id="tasks-panel">
-          <TasksTable list={mine} onError={setActionError} />
+        <Panel title="Checkpoints" id="checkpoints-panel">
+          <CheckpointTree nodes={d.checkpointTree} current={d.currentCheckpoint} />
         </Panel>
       </div>
+      <Panel title="Console tasks" id="tasks-panel">
+        <TasksTable list={mine} onError={setActionError} />
+      </Panel>
       <Panel title="Backup points" id="points-panel">
         <PointsPanel domain={d} repos={repoList} onError={setActionError} />
       </Panel>
       <div class="cols">
-        <Panel title="Checkpoints" id="checkpoints-panel">
-          <CheckpointTree nodes={d.checkpointTree} current={d.currentCheckpoint} />
-        </Panel>
         <Panel title="Jobs" id="jobs-panel">
           <JobsTable uuid={d.uuid} jobs={d.jobs} onError={setActionError} />
-        </Panel>
-      </div>
-      <div class="cols">
-        <Panel title="Raw push/pull job" id="raw-panel">
-          <RawJobForm uuid={d.uuid} name={d.name} onError={setActionError} />
         </Panel>
         <Panel title="Prune preview" id="prune-panel">
           <PrunePanel domain={d} repos={repoList} onError={setActionError} />
         </Panel>
       </div>
+      <Panel title="Raw push/pull job" id="raw-panel">
+        <RawJobForm uuid={d.uuid} name={d.name} onError={setActionError} />
+      </Panel>
     </div>
   );
 }
