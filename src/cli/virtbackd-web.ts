@@ -11,7 +11,7 @@ import { virErr } from '../errors.js';
 import type { Logger } from '../log.js';
 import { TOOL_VERSION } from '../vmbackup/index.js';
 import { rotateTokens } from '../web/auth.js';
-import { WEB_DIR, WebConsole } from '../web/server.js';
+import { isLoopback, WEB_DIR, WebConsole } from '../web/server.js';
 import { virtbackCommand } from './commands/serve.js';
 
 export interface WebOptions {
@@ -62,7 +62,9 @@ export function checkWebOptions(o: WebOptions): { host: string; port: number } |
   if (!m || Number(m[2]) > 65535 || m[1] === '') throw virErr('INVALID_ARG', 'NONE', `--web wants ADDRESS:PORT, not '${o.web}'`);
   if (Boolean(o.webCert) !== Boolean(o.webKey)) throw virErr('INVALID_ARG', 'NONE', '--web-cert and --web-key go together');
   if (o.webInsecureHttp && o.webCert) throw virErr('INVALID_ARG', 'NONE', '--web-insecure-http and --web-cert exclude each other');
-  return { host: m[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(m[2]) };
+  const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
+  if (o.webInsecureHttp && !isLoopback(host)) throw virErr('INVALID_ARG', 'NONE', `--web-insecure-http is refused on '${host}': only a loopback address may serve the console without TLS`);
+  return { host, port: Number(m[2]) };
 }
 
 /** `virtbackd --web-rotate-tokens`: new tokens on stdout, nothing started. */

@@ -87,6 +87,14 @@ function registerEvents(app: Hono<Env>, st: WebState): void {
           wake();
         },
       });
+      // an idle session's stream ends when the session expires, not at the next event
+      let timer: NodeJS.Timeout | undefined;
+      const watch = (): void => {
+        const s = st.sessions.peek(session);
+        if (!s || s.expiresAt <= Date.now()) st.sessions.end(session);
+        else timer = setTimeout(watch, s.expiresAt - Date.now() + 50);
+      };
+      watch();
       stream.onAbort(() => {
         closed = true;
         remove();
@@ -94,6 +102,7 @@ function registerEvents(app: Hono<Env>, st: WebState): void {
       });
       await stream.writeSSE({ event: 'ping', data: JSON.stringify({ time: new Date().toISOString() }) });
       await done;
+      clearTimeout(timer);
       remove();
     });
   });

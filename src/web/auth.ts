@@ -124,6 +124,11 @@ export class Sessions {
     return s !== undefined && s.expiresAt > this.now();
   }
 
+  /** The session as it is, expired or not, without moving its expiry. */
+  peek(id: string): Readonly<Session> | null {
+    return this.byId.get(id) ?? null;
+  }
+
   end(id: string): void {
     if (!this.byId.delete(id)) return;
     for (const f of this.ended) f(id);

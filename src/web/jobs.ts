@@ -31,6 +31,8 @@ export function jobResult(stats: JobStats): JobResult {
 
 export class JobHistory {
   private readonly byDomain = new Map<string, JobRecord[]>();
+  /** results told by backupEnd (a pull job ended with ABORT reports success in its event: its data was whole) */
+  private readonly told = new Map<string, JobResult>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -49,10 +51,13 @@ export class JobHistory {
     const elapsed = ev.stats.time_elapsed ?? null;
     const prev = this.find(ev.domain.uuid, ev.jobId);
     const startedAt = prev?.startedAt ?? new Date(t - (elapsed ?? 0)).toISOString();
+    const key = `${ev.domain.uuid}/${ev.jobId}`;
+    const told = this.told.get(key);
+    this.told.delete(key);
     const rec: JobRecord = {
       id: ev.jobId,
       kind: prev?.kind ?? 'backup',
-      result: jobResult(ev.stats),
+      result: told ?? jobResult(ev.stats),
       startedAt,
       endedAt: new Date(t).toISOString(),
       durationMs: elapsed ?? t - Date.parse(startedAt),
@@ -62,6 +67,17 @@ export class JobHistory {
     if (prev) Object.assign(prev, rec);
     else this.add(ev.domain.uuid, rec);
     return prev ?? rec;
+  }
+
+  /** backupEnd's answer for a job the console ended: 1 complete, 0 aborted (its event may come before or after). */
+  endedBy(uuid: string, id: number, complete: boolean): void {
+    const result: JobResult = complete ? 'completed' : 'aborted';
+    const rec = this.find(uuid, id);
+    if (rec && rec.result !== 'running') rec.result = result;
+    else {
+      if (this.told.size > 1000) this.told.clear();
+      this.told.set(`${uuid}/${id}`, result);
+    }
   }
 
   /** Newest first. */

