@@ -42,6 +42,10 @@ interface DomainEventData {
   time?: string;
 }
 
+// libvirt's virDomainBlockJobType and virConnectDomainEventBlockJobStatus
+const BLOCK_JOB_TYPES = ['unknown', 'pull', 'copy', 'commit', 'active commit', 'backup'];
+const BLOCK_JOB_STATUS = ['completed', 'failed', 'canceled', 'ready'];
+
 /** A driver event's detail as a line: lifecycle and job ends read as words, others as their fields. */
 function domainDetailText(d: DomainEventData): string {
   const x = d.detail ?? {};
@@ -51,7 +55,11 @@ function domainDetailText(d: DomainEventData): string {
     const how = stats.success === false ? `failed: ${stats.errmsg ?? 'unknown error'}` : 'completed';
     return `job ${String(x.jobId ?? '?')} ${how}${stats.disk_total !== undefined ? `, ${stats.disk_processed ?? 0}/${stats.disk_total} bytes` : ''}`;
   }
-  if (d.type === 'block-job') return `disk ${String(x.disk ?? '?')}, job ${String(x.jobId ?? '?')}, block job type ${String(x.blockJobType)} status ${String(x.status)}`;
+  if (d.type === 'block-job') {
+    const kind = BLOCK_JOB_TYPES[Number(x.blockJobType)] ?? `type ${String(x.blockJobType)}`;
+    const status = BLOCK_JOB_STATUS[Number(x.status)] ?? `status ${String(x.status)}`;
+    return `disk ${String(x.disk ?? '?')}: ${kind} block job of job ${String(x.jobId ?? '?')} ${status}`;
+  }
   return detailText(x);
 }
 
