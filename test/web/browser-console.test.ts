@@ -12,7 +12,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { Page } from 'playwright-core';
-import type { Domain } from '../../src/api/public.js';
+import type { Connect, Domain } from '../../src/api/public.js';
 import { ChunkRepository, openFolderStore } from '../../src/chunkstore/index.js';
 import { makeTestDomain } from '../helpers/qemu-env.js';
 import { hmpWriteVia, makeDaemonEnv, type DaemonEnv } from '../qemu/daemon-util.js';
@@ -29,6 +29,7 @@ const xmlEsc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').rep
 interface Setup {
   env: DaemonEnv;
   base: string;
+  conn: Connect;
   dom: Domain;
   evil: Domain;
   /** the disk's content as written so far (the guest boots nothing: only our writes change it) */
@@ -56,6 +57,7 @@ async function setup(t: TestContext): Promise<Setup> {
   return {
     env,
     base: `https://127.0.0.1:${port}`,
+    conn,
     dom,
     evil,
     expected,
@@ -186,6 +188,31 @@ test('web console: backup, events, abort, verify, restore, read-only, escaping, 
     await page.locator('[data-action=restore-preview]').click();
     await row.locator('.badge', { hasText: 'exists' }).waitFor();
     assert.equal(await page.locator('[data-action=restore]').isDisabled(), true);
+  });
+
+  await t.test('prune preview: keep the last point, the older would go (nothing is deleted)', async () => {
+    const points = await page.locator('#points-panel tr[data-point]').evaluateAll((rows: { getAttribute(n: string): string | null }[]) => rows.map((r) => r.getAttribute('data-point')));
+    await page.locator('#prune-form input[name=keepLast]').fill('1');
+    await page.locator('#prune-form button[type=submit]').click();
+    await page.locator('#prune-result').waitFor();
+    assert.deepEqual(await page.locator('#prune-result li.keep').allTextContents(), [`${points[0]} (inc) — last`]);
+    assert.deepEqual(await page.locator('#prune-result li.remove').allTextContents(), [`${points[1]} (full)`]);
+    assert.equal(await page.locator('#points-panel tr[data-point]').count(), 2);
+  });
+
+  await t.test('instant restore: a new domain runs on the served point; its task is stopped from the console', async () => {
+    await page.locator('#points-panel tr[data-point]').first().locator('[data-action=instant-open]').click();
+    await page.locator('#instant-panel input[name=instantName]').fill('web-vm-ir');
+    await page.locator('[data-action=instant-restore]').click();
+    assert.match((await page.locator('#instant-restore .mono').first().textContent()) ?? '', /^nbd\+unix:\/\/\/sda\?socket=/);
+    const row = page.locator('#tasks tr[data-kind=instant-restore][data-state=running]');
+    await row.waitFor();
+    const copy = await s.conn.lookupByName('web-vm-ir');
+    // the server refuses to stop the serving under a running domain; the copy goes first
+    await copy.destroy();
+    await row.locator('[data-action=stop-task]').click();
+    await page.locator('#tasks tr[data-kind=instant-restore][data-state=completed], #tasks tr[data-kind=instant-restore][data-state=aborted]').waitFor();
+    await copy.undefine();
   });
 
   const tasksNow = async () => JSON.parse((await pageFetch(page, 'GET', '/api/tasks')).body) as unknown[];

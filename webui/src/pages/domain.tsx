@@ -95,7 +95,7 @@ function TasksTable(props: { list: Task[]; onError: (e: unknown) => void }) {
             <td class="time">{time(t.startedAt)}</td>
             <td class={t.error ? 'error-text' : undefined}>{taskSummary(t)}</td>
             <td>
-              {t.state === 'running' && (
+              {t.state === 'running' && t.kind === 'instant-restore' && (
                 <ActionButton label="Stop" name="stop-task" danger onError={props.onError} run={() => post(`/api/tasks/${enc(t.task)}/stop`)} />
               )}
             </td>
