@@ -19,6 +19,8 @@ import { serveAsset } from './static.js';
 export const SESSION_COOKIE = 'vb_session';
 /** Requests carry small JSON (XML documents included: libvirt's own limit is 10 MiB, ours is tighter). */
 export const MAX_BODY_BYTES = 1024 * 1024;
+/** events queued for one stream before its reader counts as gone */
+const MAX_UNWRITTEN_EVENTS = 1000;
 
 function sessionCheck(st: WebState) {
   return async (c: Context<Env>, next: Next): Promise<Response | void> => {
@@ -73,6 +75,7 @@ function registerEvents(app: Hono<Env>, st: WebState): void {
       let closed = false;
       let wake = (): void => {};
       const done = new Promise<void>((r) => (wake = r));
+      let unwritten = 0;
       const remove = st.hub.add({
         session,
         send: (event, data) => {
@@ -80,7 +83,10 @@ function registerEvents(app: Hono<Env>, st: WebState): void {
             st.sessions.end(session); // an expired session's stream ends at its next event
             return;
           }
-          void stream.writeSSE({ event, data: JSON.stringify(data) }).catch(() => wake());
+          // a reader that does not read is dropped, not buffered for without end
+          if (unwritten >= MAX_UNWRITTEN_EVENTS) throw virErr('OPERATION_FAILED', 'NONE', 'event stream reader too slow');
+          unwritten++;
+          stream.writeSSE({ event, data: JSON.stringify(data) }).then(() => unwritten--, () => wake());
         },
         close: () => {
           closed = true;

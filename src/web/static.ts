@@ -33,7 +33,12 @@ async function readFileIn(root: string, rel: string): Promise<Buffer | null> {
 export async function serveAsset(c: Context, assetsDir: string | null): Promise<Response> {
   if (assetsDir === null) return c.text('virtbackd web console: no browser files configured (build them with node scripts/build-web.mjs)', 404);
   const root = path.resolve(assetsDir);
-  let rel = decodeURIComponent(c.req.path);
+  let rel: string;
+  try {
+    rel = decodeURIComponent(c.req.path);
+  } catch {
+    return c.text('bad path', 400);
+  }
   if (rel === '/' || rel === '') rel = '/index.html';
   let data = await readFileIn(root, rel);
   let ext = path.extname(rel);
