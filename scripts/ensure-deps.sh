@@ -20,7 +20,7 @@ set -euo pipefail
 # and util-linux (losetup; setpriv ties every qemu-nbd we start to our life): the block-device tests build a volume group on loop
 # devices (as root; skipped otherwise).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
-  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux)
+  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux chromium)  # chromium: the web console's browser tests (test/web/browser-*.test.ts, playwright-core)
 
 virtback_missing_packages() {
   local pkg missing=()
