@@ -1,6 +1,6 @@
 // Small pieces every page uses: progress bars, state badges, error lines, loading data.
 import type { ComponentChildren } from 'preact';
-import { useCallback, useEffect, useState } from 'preact/hooks';
+import { useCallback, useEffect, useRef, useState } from 'preact/hooks';
 import { errorText, session } from './api.js';
 import { domainsChanged } from './events.js';
 import { percent } from './format.js';
@@ -44,9 +44,12 @@ export function Badge(props: { value: string | null | undefined; label?: string 
 }
 
 export function ErrorLine(props: { error: unknown }) {
+  const ref = useRef<HTMLDivElement>(null);
+  // an action's refusal is shown at the top of the page: bring it into view
+  useEffect(() => ref.current?.scrollIntoView({ block: 'nearest' }), [props.error]);
   if (!props.error) return null;
   return (
-    <div class="error" role="alert">
+    <div class="error" role="alert" ref={ref}>
       {errorText(props.error)}
     </div>
   );

@@ -101,7 +101,12 @@ export function openStream(): void {
   streamState.set('connecting');
   const es = new EventSource('/api/events');
   source = es;
-  es.addEventListener('open', () => streamState.set('open'));
+  es.addEventListener('open', () => {
+    streamState.set('open');
+    // after a reconnect, what happened meanwhile is not replayed: refetch instead
+    bumpDomains();
+    loadTasks().catch(() => undefined);
+  });
   es.addEventListener('domain', onDomainEvent as EventListener);
   es.addEventListener('task', onTaskEvent as EventListener);
   es.addEventListener('error', () => {
