@@ -23,7 +23,8 @@ set -euo pipefail
 # (scripts/ceph-test-cluster.sh).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
   libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux
-  ceph-mon ceph-osd radosgw ceph-common)
+  ceph-mon ceph-osd radosgw ceph-common
+  chromium)  # chromium: the web console's browser tests (test/web/browser-*.test.ts, playwright-core)
 
 virtback_missing_packages() {
   local pkg missing=()
@@ -60,6 +61,7 @@ virtback_ensure_node_modules() {
 
 virtback_ensure_build() {
   npx tsc -p tsconfig.build.json
+  node scripts/build-web.mjs
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

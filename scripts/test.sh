@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/ensure-deps.sh"
 
 echo "== type check" >&2
 npx tsc --noEmit -p tsconfig.json
+npx tsc --noEmit -p webui/tsconfig.json  # the web console's browser code: its own project (DOM libs, JSX)
 echo "== lint" >&2
 npx eslint .
 echo "== layers" >&2
