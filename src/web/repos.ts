@@ -4,7 +4,8 @@
 // console task ended), not on every page view.
 
 import path from 'node:path';
-import { ChunkRepository, openFolderStore, type PointRecord } from '../chunkstore/index.js';
+import { ChunkRepository, type PointRecord } from '../chunkstore/index.js';
+import { openObjectStore, parseS3Url } from '../chunkstore/store-url.js';
 import { virErr } from '../errors.js';
 
 export interface RepoInfo {
@@ -15,6 +16,7 @@ export interface RepoInfo {
 }
 
 interface Entry extends RepoInfo {
+  /** the folder, or the s3:// URL */
   dir: string;
   repo: Promise<ChunkRepository> | null;
   points: Promise<PointRecord[]> | null;
@@ -25,8 +27,13 @@ export class RepoSet {
 
   constructor(locations: readonly string[]) {
     this.entries = locations.map((loc, i) => {
+      const s3 = parseS3Url(loc);
+      if (s3 !== null) {
+        // endpoint and credentials as the CLI takes them (environment, AWS config files)
+        return { id: String(i), name: (s3.prefix || s3.bucket).split('/').filter(Boolean).pop() ?? s3.bucket, url: loc, dir: loc, repo: null, points: null };
+      }
       if (/^[a-z][a-z0-9+.-]*:\/\//i.test(loc) && !loc.startsWith('file://')) {
-        throw virErr('CONFIG_UNSUPPORTED', 'STORAGE', `--web-repo '${loc}': only folder repositories are served by the console so far`);
+        throw virErr('CONFIG_UNSUPPORTED', 'STORAGE', `--web-repo '${loc}': a folder or s3://BUCKET/PREFIX`);
       }
       const dir = path.resolve(loc.replace(/^file:\/\//, ''));
       return { id: String(i), name: path.basename(dir), url: dir, dir, repo: null, points: null };
@@ -45,7 +52,7 @@ export class RepoSet {
 
   async open(ref: string): Promise<ChunkRepository> {
     const e = this.entry(ref);
-    e.repo ??= openFolderStore(e.dir).then((s) => ChunkRepository.open(s));
+    e.repo ??= openObjectStore(e.dir).then((s) => ChunkRepository.open(s));
     try {
       return await e.repo;
     } catch (err) {

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Hono } from 'hono';
 import { z } from 'zod';
-import { ChunkRepository, openFolderStore, verifyRepository } from '../chunkstore/index.js';
+import { ChunkRepository, verifyRepository } from '../chunkstore/index.js';
+import { openObjectStore } from '../chunkstore/store-url.js';
 import { virErr } from '../errors.js';
 import { backupDomain, repositoryId, restoreDomain } from '../vmbackup/index.js';
 import { instantRestore, stopInstantServe } from '../vmbackup/instant.js';
@@ -37,7 +38,7 @@ function diskSums(t: TaskContext): (disk: string, p: { bytesDone: number; bytesT
 
 /** A repository object of its own per run (a backup batches its chunk syncs on it). */
 async function openRun(st: WebState, ref: string): Promise<ChunkRepository> {
-  return ChunkRepository.open(await openFolderStore(st.repos.find(ref).dir));
+  return ChunkRepository.open(await openObjectStore(st.repos.find(ref).dir));
 }
 
 function registerBackup(app: Hono<Env>, st: WebState): void {
