@@ -20,7 +20,8 @@ export interface ObjectStore {
   put(key: string, data: Buffer): Promise<void>;
   /** Throws VirError NO_STORAGE_VOL ('not found') when absent. */
   get(key: string): Promise<Buffer>;
-  stat(key: string): Promise<{ size: number; mtimeMs: number } | null>;
+  /** `retainUntilMs`: the end of the object's lock retention, when the store has object lock (S3). */
+  stat(key: string): Promise<{ size: number; mtimeMs: number; retainUntilMs?: number } | null>;
   /** Every object whose key starts with `prefix`, streamed (no full listing in memory), in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Missing is fine. */

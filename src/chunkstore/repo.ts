@@ -7,6 +7,7 @@
 //   indexes/<domain uuid>/<point id>/<target>.idx   a disk's fixed index (disk-index.ts)
 //   points/<domain name>/<point id>.json     the point record; its presence is what makes a point exist
 //   bad/<id>                                 chunks verify set aside
+//   leases/<domain name>/<host>~<run>.json   a running backup's claim on its domain, also its in-flight record (lease.ts)
 //
 // In an encrypted repository the indexes and point records are sealed too
 // (their key is the GCM additional data); only config.json is plain.
@@ -89,7 +90,7 @@ function checkName(what: string, value: string, re: RegExp): void {
 }
 
 /** A domain name as one key segment (libvirt allows almost anything in a name). */
-function domainSegment(name: string): string {
+export function domainSegment(name: string): string {
   if (name.length === 0) throw virErr('INVALID_ARG', 'STORAGE', 'empty domain name');
   return encodeURIComponent(name).replace(/^\./, '%2E');
 }
@@ -319,9 +320,15 @@ export class ChunkRepository {
 
   /** Removes the point record and then its indexes; its chunks stay until gc. */
   async deletePoint(domainName: string, id: string): Promise<void> {
+    const p = await this.deletePointRecord(domainName, id);
+    for (const d of p.disks) await this.store.delete(d.index);
+  }
+
+  /** Removes only the point record (prune then decides about its indexes); returns what it held. */
+  async deletePointRecord(domainName: string, id: string): Promise<PointRecord> {
     const p = await this.readPoint(domainName, id);
     await this.store.delete(pointKey(domainName, id));
-    for (const d of p.disks) await this.store.delete(d.index);
+    return p;
   }
 
   private async readPointKey(key: string): Promise<PointRecord> {

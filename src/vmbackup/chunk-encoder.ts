@@ -94,10 +94,10 @@ function startWorker(params: EncoderParams): Worker {
   return new Worker(boot, { eval: true, workerData: params });
 }
 
-/** writeChunk with the CPU work in the pool: encode there, store here (unless present). */
-export function pooledChunkWriter(pool: ChunkEncoderPool, repo: ChunkRepository): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
+/** writeChunk with the CPU work in the pool: encode there, store here (unless present, or `known` to be stored: no request then). */
+export function pooledChunkWriter(pool: ChunkEncoderPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
   return async (data) => {
     const e = await pool.encode(data);
-    return { id: e.id, storedBytes: e.blob === null ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
+    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
   };
 }
