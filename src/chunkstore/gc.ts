@@ -32,13 +32,13 @@ export interface GcOptions {
 
 export interface GcResult {
   points: number;
-  /** Distinct chunks marked: those the points, live runs' bases and young indexes reference. */
+  /** Distinct chunks the points reference. */
   referencedChunks: number;
   /** Referenced chunks that are absent (verify reports which points they break). */
   missingChunks: ChunkId[];
   removedChunks: number;
   removedBytes: number;
-  /** Unreferenced, but within the grace period (or written since a live run started). */
+  /** Unreferenced by points, but within the grace period, written since a live run started, or named by a live run's base or a young index. */
   pendingChunks: number;
   /** Index objects no point references (an interrupted run), removed after the grace period too. */
   removedIndexes: number;
@@ -55,24 +55,27 @@ export interface GcResult {
 
 /** What the mark found: chunks and index objects to keep. */
 class Mark {
+  /** chunks the points reference */
   readonly chunks = new Set<ChunkId>();
+  /** chunks only live runs' bases or young indexes name: kept, counted as pending */
+  readonly spared = new Set<ChunkId>();
   readonly indexes = new Set<string>();
 
   constructor(private readonly repo: ChunkRepository) {}
 
-  /** Mark an index object and its chunks; `optional`: an index that vanished meanwhile is skipped. */
-  async index(key: string, optional = false): Promise<void> {
+  /** Mark an index object and its chunks; `spare`: not a point's (an index that vanished meanwhile is skipped). */
+  async index(key: string, spare = false): Promise<void> {
     if (this.indexes.has(key)) return;
     this.indexes.add(key);
     let ids: readonly ChunkId[];
     try {
       ids = (await this.repo.readIndex(key)).chunks;
     } catch (e) {
-      if (optional && (await this.repo.store.stat(key)) === null) return;
+      if (spare && (await this.repo.store.stat(key)) === null) return;
       throw e;
     }
     for (const id of ids) {
-      if (id !== ZERO_CHUNK) this.chunks.add(id);
+      if (id !== ZERO_CHUNK) (spare ? this.spared : this.chunks).add(id);
     }
   }
 }
@@ -140,6 +143,10 @@ async function sweepChunks(repo: ChunkRepository, mark: Mark, cutoff: number, re
     if (!isChunkId(id) || o.key !== chunkKey(id)) continue;
     if (mark.chunks.has(id)) {
       unseen.delete(id);
+      continue;
+    }
+    if (mark.spared.has(id)) {
+      r.pendingChunks++;
       continue;
     }
     const now = await store.stat(o.key);

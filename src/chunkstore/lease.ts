@@ -71,7 +71,7 @@ export async function listClaims(store: ObjectStore, domain?: string, nowMs = Da
   const out: ListedClaim[] = [];
   for await (const o of store.list(claimsPrefix(domain))) {
     if (!o.key.endsWith('.json')) continue;
-    let claim: Claim | null = null;
+    let claim: Claim | null;
     try {
       claim = claimSchema.parse(JSON.parse((await store.get(o.key)).toString('utf8')));
     } catch (e) {

@@ -10,7 +10,6 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Domain } from '../api/public.js';
 import type { ChunkId, ChunkRepository, PointRecord } from '../chunkstore/repo.js';
-import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { withDomainLease, type DomainLease, type LeaseOptions } from '../chunkstore/lease.js';
 import { isVirError, toVirError, virErr } from '../errors.js';
 import { errField, silentLogger, type Logger } from '../log.js';
