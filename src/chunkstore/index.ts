@@ -11,3 +11,4 @@ export { describeRetention, type RetentionReport } from './retention.js';
 export { collectGarbage, DEFAULT_GC_GRACE_MS, type GcOptions, type GcResult } from './gc.js';
 export { verifyRepository, type BadChunk, type PointVerdict, type VerifyOptions, type VerifyReport } from './verify.js';
 export { pointDiskSource, type Extent, type PointDiskSource } from './source.js';
+export { checkCompatible, DEFAULT_SYNC_PARALLEL, openSyncTarget, syncRepositories, type SyncOptions, type SyncResult } from './sync.js';
