@@ -45,7 +45,7 @@ export interface ListedClaim {
 }
 
 export interface LeaseOptions {
-  /** who this host is in the fleet (default: the host name) */
+  /** who this host is in the fleet (default: $VIRTBACK_HOST_ID, else the host name) */
   hostId?: string;
   renewMs?: number;
   timeoutMs?: number;
@@ -112,7 +112,7 @@ export class DomainLease {
    */
   static async acquire(repo: ChunkRepository, domain: string, opts: LeaseOptions = {}): Promise<DomainLease> {
     const store = repo.store;
-    const host = opts.hostId ?? os.hostname();
+    const host = opts.hostId ?? process.env.VIRTBACK_HOST_ID ?? os.hostname();
     const run = `${process.pid}-${randomBytes(4).toString('hex')}`;
     const key = `${claimsPrefix(domain)}${hostSegment(host)}~${run}.json`;
     const log = (opts.log ?? silentLogger).child({ lease: key });
