@@ -18,9 +18,12 @@ set -euo pipefail
 # iproute2: `ip` creates and removes the taps of type='bridge' interfaces (src/qemu/net.ts).
 # ovmf: the UEFI firmware <os firmware='efi'> selects (/usr/share/OVMF). lvm2
 # and util-linux (losetup; setpriv ties every qemu-nbd we start to our life): the block-device tests build a volume group on loop
-# devices (as root; skipped otherwise).
+# devices (as root; skipped otherwise). ceph-mon ceph-osd radosgw ceph-common:
+# the single-node Ceph cluster whose S3 gateway the S3 repository's tests use
+# (scripts/ceph-test-cluster.sh).
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
-  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux)
+  libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux
+  ceph-mon ceph-osd radosgw ceph-common)
 
 virtback_missing_packages() {
   local pkg missing=()

@@ -25,4 +25,20 @@ virtback_ensure_build
 echo "== tests" >&2
 mapfile -t files < <(find test -name '*.test.ts' | sort)
 if [ "$#" -gt 0 ]; then files=("$@"); fi
-exec node --import tsx --test --test-concurrency=2 --test-timeout=600000 "${files[@]}"
+
+# One Ceph cluster (S3 gateway) for every test file that needs one
+# (test/helpers/ceph.ts): started here when the packages are there and we are
+# root, stopped at exit; the files use their own buckets.
+if [ "$(id -u)" -eq 0 ] && command -v radosgw >/dev/null && printf '%s\n' "${files[@]}" | grep -q '^test/s3/'; then
+  ceph_dir=$(mktemp -d /tmp/vb-ceph-XXXXXX)
+  trap 'scripts/ceph-test-cluster.sh stop "$ceph_dir"; rm -rf "$ceph_dir"' EXIT
+  ceph_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  echo "== ceph (S3 gateway for test/s3)" >&2
+  scripts/ceph-test-cluster.sh start "$ceph_dir" "$ceph_port"
+  # shellcheck disable=SC1091
+  source "$ceph_dir/s3.env"
+  export VIRTBACK_TEST_S3_ENDPOINT=$AWS_ENDPOINT_URL VIRTBACK_TEST_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID
+  export VIRTBACK_TEST_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY VIRTBACK_TEST_S3_REGION=$AWS_REGION VIRTBACK_TEST_CEPH_DIR=$ceph_dir
+  unset AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+fi
+node --import tsx --test --test-concurrency=2 --test-timeout=600000 "${files[@]}"

@@ -27,6 +27,8 @@ export const ErrorCode = {
   RPC: 39,
   NO_CONNECT: 5,
   NO_STORAGE_VOL: 50,
+  NO_STORAGE_POOL: 49,
+  AUTH_FAILED: 45,
 } as const;
 
 export type ErrorCodeName = keyof typeof ErrorCode;

@@ -91,7 +91,7 @@ export async function instantRestore(repo: ChunkRepository, conn: Connect, opts:
     uuid: randomUUID(),
     domain: opts.domain,
     pointId: point.id,
-    repoDir: path.resolve(opts.repoDir),
+    repoDir: /^s3:\/\//i.test(opts.repoDir) ? opts.repoDir : path.resolve(opts.repoDir), // a folder, or an s3:// URL as given
     socket,
     pidfile: path.join(dir, 'serve.pid'),
     logFile: path.join(dir, 'serve.log'),

@@ -1,10 +1,11 @@
 // Chunk repository commands (docs/repository.md): repo-init, backup-list,
-// prune, gc and verify work on the repository folder alone (no daemon
-// connection). The file-based backups of backup-pull/backup-restore/
+// prune, gc and verify work on the repository alone (no daemon connection).
+// A repository is a folder or s3://BUCKET[/PREFIX] (docs/object-storage.md);
+// every command opens it through openChunkRepository. The file-based backups of backup-pull/backup-restore/
 // backup-verify (commands/repository.ts) are a different thing and keep
 // their verbs.
 
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import fs from 'node:fs/promises';
 import { virErr } from '../../errors.js';
 import {
@@ -13,7 +14,6 @@ import {
   checkpointsReferenced,
   collectGarbage,
   DEFAULT_GC_GRACE_MS,
-  openFolderStore,
   planPrune,
   PRUNE_RULES,
   verifyRepository,
@@ -21,15 +21,44 @@ import {
   type PointRecord,
   type VerifyReport,
 } from '../../chunkstore/index.js';
+import { openObjectStore, type StoreUrlOptions } from '../../chunkstore/store-url.js';
 import { silentLogger } from '../../log.js';
 import { pruneRepoCheckpoints, repositoryId } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { formatCapacity, formatTable, json, out, usageError } from '../output.js';
 
-interface RepoOptions {
+/** Where the repository is: --repo plus the S3 options (see s3Options). */
+export interface RepoLocation {
   repo: string;
+  s3Endpoint?: string;
+  s3PathStyle?: boolean;
+}
+
+interface RepoOptions extends RepoLocation {
   encryptKey?: string;
   json?: boolean;
+}
+
+export const REPO_HELP = 'the chunk repository: a folder, or s3://BUCKET[/PREFIX]';
+
+/** --s3-endpoint and --s3-path-style, for every command that takes --repo (cmd.addOption(...s3Options())). */
+export function s3Options(): Option[] {
+  return [
+    new Option('--s3-endpoint <url>', 'S3 endpoint of an s3:// repository (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile, AWS)'),
+    new Option('--s3-path-style', 'path-style S3 addressing (default: on when an endpoint is given)'),
+  ];
+}
+
+function addS3Options(cmd: Command): Command {
+  for (const o of s3Options()) cmd.addOption(o);
+  return cmd;
+}
+
+function storeOptions(where: RepoLocation): StoreUrlOptions {
+  return {
+    ...(where.s3Endpoint !== undefined ? { s3Endpoint: where.s3Endpoint } : {}),
+    ...(where.s3PathStyle !== undefined ? { s3PathStyle: where.s3PathStyle } : {}),
+  };
 }
 
 /** The key file's bytes (the whole file is the key material). */
@@ -41,17 +70,20 @@ async function readKeyFile(file: string): Promise<Buffer> {
   }
 }
 
-/** Open the chunk repository in folder `dir`, with the key in `keyFile` when it is encrypted (also for the backup flows). */
-export async function openChunkRepository(dir: string, keyFile?: string): Promise<ChunkRepository> {
+/**
+ * Open the chunk repository at `url` (a folder or s3://BUCKET[/PREFIX]), with
+ * the key in `keyFile` when it is encrypted; `where` carries --s3-endpoint and
+ * --s3-path-style. Every command that takes --repo opens it here.
+ */
+export async function openChunkRepository(url: string, keyFile?: string, where: Partial<RepoLocation> = {}): Promise<ChunkRepository> {
   const encryptKey = keyFile === undefined ? undefined : await readKeyFile(keyFile);
-  return ChunkRepository.open(await openFolderStore(dir), encryptKey ? { encryptKey } : {});
+  const store = await openObjectStore(url, storeOptions({ ...where, repo: url }));
+  return ChunkRepository.open(store, encryptKey ? { encryptKey } : {});
 }
 
 function repoCommand(program: Command, name: string, description: string): Command {
-  return program
-    .command(name)
-    .description(description)
-    .requiredOption('--repo <dir>', 'the chunk repository folder')
+  const cmd = program.command(name).description(description).requiredOption('--repo <url>', REPO_HELP);
+  return addS3Options(cmd)
     .option('--encrypt-key <file>', "the repository's key file (an encrypted repository)")
     .option('--json', 'print the result as JSON');
 }
@@ -81,15 +113,19 @@ export function formatVerifyReport(r: VerifyReport): string[] {
 }
 
 function registerInit(program: Command): void {
-  program
+  const cmd = program
     .command('repo-init')
-    .description('Create a deduplicating chunk repository in a folder (virtback)')
-    .requiredOption('--repo <dir>', 'the folder (created when missing)')
+    .description('Create a deduplicating chunk repository in a folder or an S3 bucket (virtback)')
+    .requiredOption('--repo <url>', 'a folder (created when missing), or s3://BUCKET[/PREFIX] (the bucket must exist, or --create-bucket)');
+  addS3Options(cmd)
+    .option('--create-bucket', 'S3: create the bucket first (an existing bucket of yours is fine)')
     .option('--encrypt-key <file>', 'encrypt chunks and metadata with the key in this file (at least 16 bytes, e.g. head -c 32 /dev/urandom)')
     .option('--json', 'print the repository config as JSON')
-    .action(async (o: RepoOptions) => {
+    .action(async (o: RepoOptions & { createBucket?: boolean }) => {
       const encryptKey = o.encryptKey === undefined ? undefined : await readKeyFile(o.encryptKey);
-      const repo = await ChunkRepository.init(await openFolderStore(o.repo), encryptKey ? { encryptKey } : {});
+      // the hook for S3 Object Lock (--object-lock-days): createBucket's objectLock, then a retention on each put
+      const store = await openObjectStore(o.repo, { ...storeOptions(o), ...(o.createBucket ? { createBucket: true } : {}) });
+      const repo = await ChunkRepository.init(store, encryptKey ? { encryptKey } : {});
       if (o.json) json(repo.config);
       else out(`Chunk repository created in '${o.repo}'${repo.encrypted ? ' (encrypted)' : ''}\n`);
     });
@@ -99,7 +135,7 @@ function registerList(program: Command): void {
   repoCommand(program, 'backup-list', 'List the backup points of a chunk repository (virtback)')
     .argument('[domain]', 'only this domain')
     .action(async (domain: string | undefined, o: RepoOptions) => {
-      const points = await (await openChunkRepository(o.repo, o.encryptKey)).listPoints(domain);
+      const points = await (await openChunkRepository(o.repo, o.encryptKey, o)).listPoints(domain);
       if (o.json) {
         json(points.map((p) => ({ domain: p.domain.name, id: p.id, level: p.level, time: p.time, base: p.base, reason: p.reason, size: pointSize(p), bytesNew: pointNew(p), verify: p.verify ?? null })));
       } else {
@@ -125,7 +161,7 @@ function registerPrune(program: Command): void {
       if (typeof n === 'number') policy[rule] = n;
     }
     if (!Object.values(policy).some((n) => n! > 0)) usageError(self, 'prune needs at least one --keep-… rule above 0');
-    const repo = await openChunkRepository(o.repo, o.encryptKey);
+    const repo = await openChunkRepository(o.repo, o.encryptKey, o);
     const plan = planPrune(await repo.listPoints(domain), policy);
     if (!o.dryRun) await applyPrune(repo, plan);
     const deleted = o.checkpoints && !o.dryRun
@@ -147,7 +183,7 @@ function registerGc(program: Command): void {
   repoCommand(program, 'gc', 'Remove chunks no backup point references, older than a grace period (virtback)')
     .option('--grace <seconds>', `spare unreferenced chunks touched this recently (default ${DEFAULT_GC_GRACE_MS / 1000})`, count)
     .action(async (o: RepoOptions & { grace?: number }) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const r = await collectGarbage(repo, o.grace === undefined ? {} : { graceMs: o.grace * 1000 });
       if (o.json) {
         json(r);
@@ -164,7 +200,7 @@ function registerVerify(program: Command): void {
     .argument('[domain]', 'only this domain')
     .argument('[point]', 'only this point of the domain')
     .action(async (domain: string | undefined, point: string | undefined, o: RepoOptions) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const r = await verifyRepository(repo, { ...(domain !== undefined ? { domain } : {}), ...(point !== undefined ? { point } : {}) });
       const lines = formatVerifyReport(r);
       const verdict = lines.pop()!;

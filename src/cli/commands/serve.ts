@@ -17,7 +17,7 @@ import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { jsonLine, progressView } from '../progress.js';
-import { openChunkRepository } from './chunk-repo.js';
+import { openChunkRepository, REPO_HELP, s3Options } from './chunk-repo.js';
 
 interface ServeOptions {
   repo: string;
@@ -61,7 +61,9 @@ function registerServe(program: Command): void {
     .command('backup-serve')
     .description("Serve a point's disks as read-only NBD exports named by target (vda, sdb), until SIGINT/SIGTERM (virtback)")
     .argument('<domain>', 'the domain name the points were taken of')
-    .requiredOption('--repo <dir>', 'the chunk repository')
+    .requiredOption('--repo <url>', REPO_HELP)
+    .addOption(s3Options()[0]!)
+    .addOption(s3Options()[1]!)
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--socket <path>', 'unix socket to listen on, mode 0600 (default: a new one in the temp folder)')
     .option('--listen <addr:port>', 'TCP address to listen on instead (e.g. 127.0.0.1:10809)')
@@ -69,7 +71,7 @@ function registerServe(program: Command): void {
     .option('--pidfile <file>', 'write the process id here once serving (removed at exit)')
     .option('--json', 'print the exports as one JSON line')
     .action(async (domain: string, o: ServeOptions) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const serving = await servePoint(repo, { domain, ...(o.point === undefined ? {} : { point: o.point }), listen: listenOf(o, domain) });
       const stop = untilSignal();
       try {
@@ -121,7 +123,9 @@ function registerInstant(program: Command): void {
     .command('instant-restore')
     .description('Run a domain from a backup point at once: qcow2 overlays backed by backup-serve exports, defined under a new name and started (virtback)')
     .argument('<domain>', 'the domain name the points were taken of')
-    .requiredOption('--repo <dir>', 'the chunk repository')
+    .requiredOption('--repo <url>', REPO_HELP)
+    .addOption(s3Options()[0]!)
+    .addOption(s3Options()[1]!)
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .requiredOption('--define <name>', 'the new domain (new UUID and MAC addresses)')
     .option('--stream', 'copy the data into the overlays while the guest runs (QEMU block-stream), then stop serving')
@@ -129,8 +133,10 @@ function registerInstant(program: Command): void {
     .option('--encrypt-key <file>', 'the key file of an encrypted repository')
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display while streaming')
-    .action(async (domain: string, o: InstantOptions, cmd: Command) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+    .action(async (domain: string, o: InstantOptions & { s3Endpoint?: string }, cmd: Command) => {
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
+      // the backup-serve process it starts inherits the environment: the S3 endpoint goes there
+      if (o.s3Endpoint !== undefined) process.env.AWS_ENDPOINT_URL_S3 = o.s3Endpoint;
       // stream progress per disk on stderr, as backup and restore show theirs
       const view = progressView({ quiet: o.quiet === true }, process.stderr, (t) => process.stderr.write(t));
       const s = await withConnection(cmd, (conn) =>

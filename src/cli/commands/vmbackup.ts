@@ -9,7 +9,7 @@ import { openDaemonLogger } from '../../daemon/logger.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { backupDomain, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
-import { openChunkRepository } from './chunk-repo.js';
+import { openChunkRepository, REPO_HELP, s3Options } from './chunk-repo.js';
 import { out } from '../output.js';
 import { jsonLine, progressView, type ProgressView } from '../progress.js';
 
@@ -40,7 +40,9 @@ function registerBackup(program: Command): void {
     .command('backup')
     .description('Back up every disk of a running domain at one instant into a chunk repository (virtback)')
     .argument('<domain>', 'domain name, id or uuid')
-    .requiredOption('--repo <dir>', 'the chunk repository')
+    .requiredOption('--repo <url>', REPO_HELP)
+    .addOption(s3Options()[0]!)
+    .addOption(s3Options()[1]!)
     .addOption(new Option('--level <level>', 'full, inc (from the previous point), or auto (inc when the base is usable, else full, saying why)').choices(['full', 'inc', 'auto']).default('auto'))
     .option('--quiesce', "freeze the guest's file systems for the instant (guest agent)")
     .option('--exclude <disk>', 'a disk not to back up (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
@@ -49,7 +51,7 @@ function registerBackup(program: Command): void {
     .option('--quiet', 'no progress display')
     .option('--log-file <file>', 'append one JSON log line per run with its result')
     .action(async (ref: string, o: BackupOptions, cmd: Command) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const log: Logger & { close?(): void } = o.logFile === undefined ? silentLogger : openDaemonLogger({ level: 'info', file: o.logFile });
       const progress = diskProgress(o.quiet === true);
       try {
@@ -88,7 +90,9 @@ function registerRestore(program: Command): void {
     .command('restore')
     .description("Restore every disk of a point as standalone images, with the domain's definition pointed at them (virtback)")
     .argument('<domain>', 'the domain name the points were taken of')
-    .requiredOption('--repo <dir>', 'the chunk repository')
+    .requiredOption('--repo <url>', REPO_HELP)
+    .addOption(s3Options()[0]!)
+    .addOption(s3Options()[1]!)
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--output-dir <dir>', 'where the images and <name>.xml go', '.')
     .addOption(new Option('--format <format>', 'format of the images').choices(['qcow2', 'raw']).default('qcow2'))
@@ -97,7 +101,7 @@ function registerRestore(program: Command): void {
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display')
     .action(async (domain: string, o: RestoreOptions, cmd: Command) => {
-      const repo = await openChunkRepository(o.repo, o.encryptKey);
+      const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const progress = diskProgress(o.quiet === true);
       try {
         const opts = {

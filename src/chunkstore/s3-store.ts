@@ -1,0 +1,393 @@
+// The chunk repository's S3 backend (docs/object-storage.md): the ObjectStore
+// of object-store.ts on a bucket, through the official @aws-sdk/client-s3.
+// Keys are the repository's keys under an optional prefix
+// ('PREFIX/chunks/ab/cd/<id>'), so a bucket holds several repositories.
+//
+// What each call costs in requests (the store counts them, `requests`):
+// put 1 PUT (multipart above 64 MiB), get 1 GET, stat 1 HEAD, list 1 LIST per
+// 1000 keys, delete 1 DELETE, touch 1 COPY — S3 has no "set mtime": the object
+// is copied onto itself with new metadata, which for a chunk (one RADOS head
+// object on Ceph) rewrites its bytes server-side. putDeferred/flush overlap
+// uploads (N in flight, N buffers held at most); an S3 PUT is atomic and
+// durable once acknowledged, so a deferred object may become visible before
+// flush — what flush adds is the wait, and the error of any that failed.
+//
+// Retries: the SDK's standard strategy (5xx, throttling, timeouts, resets,
+// refused connections) for a few quick attempts, then ours with a longer
+// backoff up to a time budget, so a gateway restarting (seconds) does not fail
+// a backup; every call here is idempotent, so repeating one is safe.
+
+import {
+  CopyObjectCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isVirError, virErr, VirError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { checkKey, notFound, type ObjectInfo, type ObjectStore } from './object-store.js';
+
+export type S3RequestKind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE' | 'COPY';
+export type S3RequestCounts = Record<S3RequestKind, number>;
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix inside the bucket ('' or 'a/b'); a trailing '/' is added. */
+  prefix?: string;
+  /** e.g. http://127.0.0.1:7480; default: the SDK's (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, config files, AWS) */
+  endpoint?: string;
+  /** default: the SDK's (AWS_REGION, config files), else us-east-1 */
+  region?: string;
+  /** Path-style addressing (http://host/bucket/key), what on-site gateways need; default: on when an endpoint is given. */
+  forcePathStyle?: boolean;
+  /** default: the SDK's provider chain (environment, AWS_PROFILE, ~/.aws/credentials and config, …) */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** putDeferred uploads in flight at once (default 8): also the most chunk buffers held */
+  parallel?: number;
+  /** attempts of the SDK's own retry strategy per try of ours (default 4) */
+  sdkAttempts?: number;
+  /** how long our retries keep trying a transient failure (default 60 s; 0: only the SDK's) */
+  retryBudgetMs?: number;
+  /** per-request timeout (default 120 s) and connect timeout (default 10 s) */
+  requestTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  log?: Logger;
+}
+
+/** Objects larger than this go up as a multipart upload (lib-storage). */
+const MULTIPART_ABOVE = 64 * 1024 * 1024;
+const PART_SIZE = 16 * 1024 * 1024;
+
+const KIND_OF_COMMAND: Record<string, S3RequestKind> = {
+  PutObjectCommand: 'PUT',
+  CreateMultipartUploadCommand: 'PUT',
+  UploadPartCommand: 'PUT',
+  CompleteMultipartUploadCommand: 'PUT',
+  AbortMultipartUploadCommand: 'DELETE',
+  GetObjectCommand: 'GET',
+  HeadObjectCommand: 'HEAD',
+  HeadBucketCommand: 'HEAD',
+  ListObjectsV2Command: 'LIST',
+  DeleteObjectCommand: 'DELETE',
+  DeleteObjectsCommand: 'DELETE',
+  CopyObjectCommand: 'COPY',
+};
+
+interface SdkError {
+  name?: string;
+  code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+  $retryable?: unknown;
+}
+
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
+const TIMEOUT_NAMES = new Set(['TimeoutError', 'RequestTimeout', 'RequestTimeoutException']);
+
+function sdkError(e: unknown): SdkError {
+  return (e ?? {}) as SdkError;
+}
+
+function httpStatus(e: unknown): number | undefined {
+  return sdkError(e).$metadata?.httpStatusCode;
+}
+
+function networkCode(e: unknown): string | undefined {
+  for (let c: unknown = e, depth = 0; c && depth < 4; c = (c as { cause?: unknown }).cause, depth++) {
+    const code = (c as { code?: string }).code;
+    if (code && NETWORK_CODES.has(code)) return code;
+    const errors = (c as { errors?: unknown[] }).errors; // AggregateError of a dual-stack connect
+    const inner = errors?.map(networkCode).find((x) => x !== undefined);
+    if (inner) return inner;
+  }
+  return undefined;
+}
+
+/** Worth trying again: the gateway may be restarting, overloaded or the network may have dropped a connection. */
+export function isTransient(e: unknown): boolean {
+  const status = httpStatus(e);
+  if (status !== undefined && (status >= 500 || status === 429 || status === 408)) return true;
+  const name = sdkError(e).name ?? '';
+  return TIMEOUT_NAMES.has(name) || name === 'SlowDown' || networkCode(e) !== undefined;
+}
+
+export class S3Store implements ObjectStore {
+  /** Requests sent, per kind (every attempt, retries included). */
+  readonly requests: S3RequestCounts = { PUT: 0, GET: 0, HEAD: 0, LIST: 0, DELETE: 0, COPY: 0 };
+  readonly bucket: string;
+  /** '' or 'a/b/' */
+  readonly prefix: string;
+  /** for messages: where, and as whom */
+  readonly endpoint: string;
+  private accessKeyId = '?';
+  private readonly parallel: number;
+  private readonly retryBudgetMs: number;
+  private readonly log: Logger;
+  private inflight = new Set<Promise<void>>();
+  private deferredError: unknown = undefined;
+
+  constructor(
+    readonly client: S3Client,
+    opts: S3StoreOptions,
+  ) {
+    this.bucket = opts.bucket;
+    this.prefix = normalizePrefix(opts.prefix ?? '');
+    this.endpoint = opts.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL ?? 'AWS S3';
+    this.parallel = Math.max(1, opts.parallel ?? 8);
+    this.retryBudgetMs = opts.retryBudgetMs ?? 60_000;
+    this.log = opts.log ?? silentLogger;
+    client.middlewareStack.add(
+      (next, context) => (args) => {
+        const kind = KIND_OF_COMMAND[context.commandName ?? ''];
+        if (kind) this.requests[kind]++;
+        return next(args);
+      },
+      // inside the SDK's retry middleware: one count per attempt
+      { step: 'finalizeRequest', priority: 'low', name: 'virtbackCountRequests' },
+    );
+  }
+
+  /** Resolve the credentials (so a missing one fails now, and messages can name the key id) and check the bucket. */
+  async connect(): Promise<void> {
+    try {
+      const creds = await this.client.config.credentials();
+      this.accessKeyId = creds.accessKeyId;
+    } catch (e) {
+      throw virErr('AUTH_FAILED', 'STORAGE', `no S3 credentials for ${this.endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials (${(e as Error).message})`, e);
+    }
+    // a shorter retry budget than for data: a wrong endpoint should not take a minute to say so
+    await this.call('open', '', () => this.client.send(new HeadBucketCommand({ Bucket: this.bucket })), Math.min(this.retryBudgetMs, 15_000));
+  }
+
+  private objectKey(key: string): string {
+    checkKey(key);
+    return this.prefix + key;
+  }
+
+  /** Run one request with our retries on top of the SDK's; map what finally fails to a VirError. */
+  private async call<T>(what: string, key: string, op: () => Promise<T>, budgetMs = this.retryBudgetMs): Promise<T> {
+    const started = Date.now();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await op();
+      } catch (e) {
+        const elapsed = Date.now() - started;
+        if (!isTransient(e) || elapsed >= budgetMs) throw this.mapError(e, what, key, attempt, elapsed);
+        const delay = Math.min(8000, 500 * 2 ** (attempt - 1), budgetMs - elapsed);
+        this.log.warn({ what, key, attempt, delayMs: delay, err: describe(e) }, 'S3 request failed, retrying');
+        await sleep(delay);
+      }
+    }
+  }
+
+  private mapError(e: unknown, what: string, key: string, attempts: number, elapsedMs: number): VirError {
+    if (e instanceof VirError) return e;
+    const err = sdkError(e);
+    // a HEAD's error has no body: the SDK names it 'Unknown', 'Forbidden' or 'NotFound'
+    const name = err.name === undefined || err.name === 'Unknown' ? `HTTP ${httpStatus(e) ?? '?'}` : err.name;
+    const status = httpStatus(e);
+    const where = `S3 bucket '${this.bucket}' at ${this.endpoint}`;
+    const obj = key === '' ? where : `object '${key}' in ${where}`;
+    if (name === 'NoSuchBucket' || (key === '' && status === 404)) {
+      return virErr('NO_STORAGE_POOL', 'STORAGE', `${where}: the bucket does not exist`, e);
+    }
+    if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || (key === '' && status === 403 && name !== 'AccessDenied')) {
+      return virErr('AUTH_FAILED', 'STORAGE', `${where} refused the credentials of access key id '${this.accessKeyId}' (${name}): wrong key id or secret`, e);
+    }
+    if (name === 'AccessDenied' || status === 403) {
+      return virErr('OPERATION_DENIED', 'STORAGE', `cannot ${what} ${obj}: access denied to access key id '${this.accessKeyId}' (${name}${err.message ? `: ${err.message}` : ''})`, e);
+    }
+    const net = networkCode(e);
+    if (net) {
+      return virErr('SYSTEM_ERROR', 'STORAGE', `cannot ${what} ${obj}: cannot reach ${this.endpoint} (${net}) after ${attempts} tries in ${Math.round(elapsedMs / 1000)} s`, e);
+    }
+    if (TIMEOUT_NAMES.has(name)) {
+      return virErr('OPERATION_TIMEOUT', 'STORAGE', `cannot ${what} ${obj}: ${this.endpoint} did not answer in time (${name}) after ${attempts} tries`, e);
+    }
+    return virErr('OPERATION_FAILED', 'STORAGE', `cannot ${what} ${obj}: ${describe(e)}${status ? ` (HTTP ${status})` : ''}`, e);
+  }
+
+  async put(key: string, data: Buffer): Promise<void> {
+    const Key = this.objectKey(key);
+    await this.call('write', key, async () => {
+      if (data.length <= MULTIPART_ABOVE) {
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }));
+        return;
+      }
+      // multipart: no part is visible until Complete, so the object stays atomic
+      await new Upload({ client: this.client, params: { Bucket: this.bucket, Key, Body: data }, partSize: PART_SIZE, queueSize: 4 }).done();
+    });
+  }
+
+  async get(key: string): Promise<Buffer> {
+    const Key = this.objectKey(key);
+    return this.call('read', key, async () => {
+      try {
+        const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+        return Buffer.from(await r.Body!.transformToByteArray());
+      } catch (e) {
+        if (sdkError(e).name === 'NoSuchKey') notFound(`object '${key}'`);
+        throw e;
+      }
+    });
+  }
+
+  async stat(key: string): Promise<{ size: number; mtimeMs: number } | null> {
+    const Key = this.objectKey(key);
+    return this.call('stat', key, async () => {
+      try {
+        const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
+        return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
+      } catch (e) {
+        // HEAD has no body: a missing key and a missing bucket are both a bare 404
+        if (httpStatus(e) === 404 && sdkError(e).name !== 'NoSuchBucket') return null;
+        throw e;
+      }
+    });
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      const page = await this.call('list', prefix, () =>
+        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token, MaxKeys: 1000 })),
+      );
+      for (const o of page.Contents ?? []) {
+        const key = o.Key!.slice(this.prefix.length);
+        if (!validKey(key)) continue; // not one of ours (another tool's object in the bucket)
+        yield { key, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(key: string): Promise<void> {
+    const Key = this.objectKey(key);
+    await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })));
+  }
+
+  /** CopyObject onto itself with REPLACEd metadata: the one way S3 renews an object's Last-Modified. */
+  async touch(key: string): Promise<void> {
+    const Key = this.objectKey(key);
+    await this.call('touch', key, async () => {
+      try {
+        await this.client.send(
+          new CopyObjectCommand({
+            Bucket: this.bucket,
+            Key,
+            CopySource: `${this.bucket}/${Key.split('/').map(encodeURIComponent).join('/')}`,
+            MetadataDirective: 'REPLACE',
+            // S3 refuses a copy onto itself that changes nothing
+            Metadata: { 'virtback-touched': new Date().toISOString() },
+          }),
+        );
+      } catch (e) {
+        if (sdkError(e).name === 'NoSuchKey' || (httpStatus(e) === 404 && sdkError(e).name !== 'NoSuchBucket')) notFound(`object '${key}'`);
+        throw e;
+      }
+    });
+  }
+
+  /** Starts the upload and returns once fewer than `parallel` are in flight; throws at once after one failed. */
+  async putDeferred(key: string, data: Buffer): Promise<void> {
+    this.objectKey(key);
+    while (this.inflight.size >= this.parallel) await Promise.race(this.inflight);
+    if (this.deferredError !== undefined) throw this.deferredError;
+    const p: Promise<void> = this.put(key, data).then(
+      () => {
+        this.inflight.delete(p);
+      },
+      (e: unknown) => {
+        this.inflight.delete(p);
+        this.deferredError ??= e;
+      },
+    );
+    this.inflight.add(p);
+  }
+
+  /** Waits for every deferred upload; throws the first failure (and forgets it: the next batch starts clean). */
+  async flush(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all([...this.inflight]);
+    const e = this.deferredError;
+    this.deferredError = undefined;
+    if (e !== undefined) throw e;
+  }
+
+  /** Total requests sent so far. */
+  requestTotal(): number {
+    return Object.values(this.requests).reduce((a, b) => a + b, 0);
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+function describe(e: unknown): string {
+  const err = sdkError(e);
+  return `${err.name ?? 'Error'}: ${err.message ?? String(e)}`;
+}
+
+function validKey(key: string): boolean {
+  try {
+    checkKey(key);
+    return true;
+  } catch (e) {
+    if (isVirError(e, 'INVALID_ARG')) return false;
+    throw e;
+  }
+}
+
+function normalizePrefix(prefix: string): string {
+  const p = prefix.replace(/^\/+|\/+$/g, '');
+  if (p === '') return '';
+  checkKey(p);
+  return `${p}/`;
+}
+
+/** An S3 client as the repository wants it: the SDK's provider chain unless told, path style with an endpoint, our timeouts. */
+export function makeS3Client(opts: S3StoreOptions): S3Client {
+  const config: S3ClientConfig = {
+    forcePathStyle: opts.forcePathStyle ?? opts.endpoint !== undefined,
+    maxAttempts: opts.sdkAttempts ?? 4,
+    retryMode: 'standard',
+    // the CRC trailers newer SDKs add by default are not understood by every gateway (Ceph 16.2)
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    requestHandler: { requestTimeout: opts.requestTimeoutMs ?? 120_000, connectionTimeout: opts.connectTimeoutMs ?? 10_000 },
+  };
+  if (opts.endpoint !== undefined) config.endpoint = opts.endpoint;
+  // the SDK's region chain (AWS_REGION, the profile's config), else us-east-1 (on-site gateways do not care)
+  config.region = opts.region ?? (async () => {
+    const probe = new S3Client({});
+    try {
+      return await probe.config.region();
+    } catch {
+      return 'us-east-1';
+    } finally {
+      probe.destroy();
+    }
+  });
+  if (opts.credentials !== undefined) config.credentials = opts.credentials;
+  return new S3Client(config);
+}
+
+/** Open a bucket (and prefix) as an object store; fails now on missing credentials, wrong ones, a missing bucket or an unreachable endpoint. */
+export async function openS3Store(opts: S3StoreOptions): Promise<S3Store> {
+  const client = makeS3Client(opts);
+  const store = new S3Store(client, opts);
+  try {
+    await store.connect();
+  } catch (e) {
+    store.close();
+    throw e;
+  }
+  return store;
+}
