@@ -166,7 +166,9 @@ async function copyPhases(src: ChunkRepository, dst: ChunkRepository, w: Phases)
 export async function openSyncTarget(store: ObjectStore, src: ChunkRepository, encryptKey?: Buffer): Promise<{ repo: ChunkRepository; created: boolean }> {
   let created = false;
   if ((await store.stat(CONFIG_KEY)) === null) {
-    await store.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(src.config, null, 2)}\n`));
+    // the same chunk size and encryption; object lock is the destination's own choice (repo-init it first)
+    const { objectLock: _lock, ...config } = src.config;
+    await store.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
     created = true;
   }
   return { repo: await ChunkRepository.open(store, encryptKey ? { encryptKey } : {}), created };

@@ -5,11 +5,12 @@
 
 import { InvalidArgumentError, type Command } from 'commander';
 import fs from 'node:fs/promises';
-import { DEFAULT_SYNC_PARALLEL, openFolderStore, openSyncTarget, syncRepositories, type ObjectStore, type SyncResult } from '../../chunkstore/index.js';
+import { DEFAULT_SYNC_PARALLEL, openSyncTarget, syncRepositories, type SyncResult } from '../../chunkstore/index.js';
 import { CONFIG_KEY } from '../../chunkstore/repo.js';
+import { openObjectStore } from '../../chunkstore/store-url.js';
 import { virErr } from '../../errors.js';
 import { formatCapacity, json, out } from '../output.js';
-import { openChunkRepository } from './chunk-repo.js';
+import { openChunkRepository, s3Options, type RepoLocation } from './chunk-repo.js';
 
 async function readKey(file: string): Promise<Buffer> {
   return fs.readFile(file).catch((e: unknown) => {
@@ -17,11 +18,7 @@ async function readKey(file: string): Promise<Buffer> {
   });
 }
 
-function openStore(where: string): Promise<ObjectStore> {
-  return openFolderStore(where);
-}
-
-interface SyncCliOptions {
+interface SyncCliOptions extends Omit<RepoLocation, 'repo'> {
   from: string;
   to: string;
   encryptKey?: string;
@@ -45,8 +42,9 @@ export function formatSync(r: SyncResult, created: boolean): string {
 }
 
 export function register(program: Command): void {
-  program
-    .command('repo-sync')
+  const cmd = program.command('repo-sync');
+  for (const o of s3Options()) cmd.addOption(o);
+  cmd
     .description('Copy the backup points a chunk repository lacks from another one: only missing chunks, point records last (virtback)')
     .requiredOption('--from <repo>', 'the source repository (a folder or s3://BUCKET/PREFIX)')
     .requiredOption('--to <repo>', 'the destination (created with the source\'s config when empty)')
@@ -55,9 +53,10 @@ export function register(program: Command): void {
     .option('--dry-run', 'only print what would be copied')
     .option('--json', 'print the result as JSON')
     .action(async (o: SyncCliOptions) => {
-      const src = await openChunkRepository(o.from, o.encryptKey);
+      const where = { ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}), ...(o.s3PathStyle !== undefined ? { s3PathStyle: o.s3PathStyle } : {}) };
+      const src = await openChunkRepository(o.from, o.encryptKey, where);
       const key = o.encryptKey === undefined ? undefined : await readKey(o.encryptKey);
-      const dstStore = await openStore(o.to);
+      const dstStore = await openObjectStore(o.to, where);
       // a dry run creates nothing: against a destination without a repository it copies everything
       const { repo: dst, created } = o.dryRun && !(await dstStore.stat(CONFIG_KEY))
         ? { repo: null, created: true }
