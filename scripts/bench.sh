@@ -3,13 +3,15 @@
 # against a baseline measured in the same run; soak runs ≥ 1000 randomized
 # cycles with faults and exits 1 if a backup was lost, unrestorable or
 # something was left behind (bench/soak.ts; takes long).
-# Usage: bash scripts/bench.sh [backup|pull|scale|chunkstore|serve|soak] [options of that bench,
+# s3 measures the chunk repository on a Ceph gateway (bench/s3.ts: its own
+# cluster unless AWS_ENDPOINT_URL and keys are set; root and the Ceph packages).
+# Usage: bash scripts/bench.sh [backup|pull|scale|chunkstore|serve|s3|soak] [options of that bench,
 #        e.g. soak --seed N --cycles N --max-seconds S]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure-deps.sh"
 which=${1:-all}
 [ $# -gt 0 ] && shift
-for b in backup pull scale chunkstore serve soak; do
+for b in backup pull scale chunkstore serve s3 soak; do
   if [ "$which" = all ] || [ "$which" = "$b" ]; then
     [ -f "bench/$b.ts" ] && node --import tsx "bench/$b.ts" "$@"
   fi

@@ -1,0 +1,156 @@
+// The chunk repository on S3 (not a test): on one Ceph RADOS Gateway, the
+// SDK's raw multipart PUT and GET rate of DATA MiB of random data, then a full
+// `virtback backup` of a running QEMU domain holding the same amount of data
+// into the bucket and a `restore` from it, each printed as a ratio to the raw
+// rate measured in the same run (the issue's bar: ≥ 0.8), with the S3
+// requests per GiB. Runs are interleaved, medians reported.
+//
+//   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
+//
+// The gateway: the one the environment names (AWS_ENDPOINT_URL +
+// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`), else one
+// started here with scripts/ceph-test-cluster.sh (root, Ceph packages).
+
+import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { ChunkRepository } from '../src/chunkstore/repo.js';
+import { makeS3Client, openS3Store, type S3RequestCounts } from '../src/chunkstore/s3-store.js';
+import { QemuDriver } from '../src/qemu/driver.js';
+import { connectLocal } from '../src/sdk/connect.js';
+import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
+import { median, timed } from './timing.js';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+const runs = Number(process.argv[2] ?? 3);
+const DATA_MIB = Number(process.argv[3] ?? 1024);
+const SCRIPT = fileURLToPath(new URL('../scripts/ceph-test-cluster.sh', import.meta.url));
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+interface Gateway {
+  endpoint: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
+  stop(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function gateway(): Promise<Gateway> {
+  const e = process.env;
+  if (e.AWS_ENDPOINT_URL && e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY) {
+    return { endpoint: e.AWS_ENDPOINT_URL, credentials: { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY }, stop: async () => undefined };
+  }
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ceph-bench-'));
+  const t0 = Date.now();
+  await run(SCRIPT, ['start', dir, String(await freePort())], { timeout: 300_000 });
+  console.log(`test Ceph cluster: S3 answered ${((Date.now() - t0) / 1000).toFixed(1)} s after a cold start`);
+  const env = Object.fromEntries((await readFile(path.join(dir, 's3.env'), 'utf8')).trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
+  return {
+    endpoint: env.AWS_ENDPOINT_URL!,
+    credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY! },
+    stop: async () => {
+      await run(SCRIPT, ['stop', dir]);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const perGiB = (n: number) => (n / (DATA_MIB / 1024)).toFixed(0);
+const fmt = (r: S3RequestCounts) => Object.entries(r).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${perGiB(n)}`).join(', ');
+
+async function main(): Promise<void> {
+  const gw = await gateway();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-s3b-'));
+  const bucket = `vb-bench-${randomBytes(4).toString('hex')}`;
+  const opts = { bucket, endpoint: gw.endpoint, credentials: gw.credentials, region: 'us-east-1' };
+  const client: S3Client = makeS3Client(opts);
+  let driver: QemuDriver | null = null;
+  const uuid = '7c1e5a30-3f55-4d3a-9a0e-2b1f3c4d5e6f';
+  try {
+    await client.send(new CreateBucketCommand({ Bucket: bucket }));
+    // the disk: DATA MiB of random data (nothing to compress or deduplicate) in a qcow2 twice that size
+    const data = Buffer.concat(Array.from({ length: DATA_MIB / 64 }, () => randomBytes(64 * MiB)));
+    const rawSrc = path.join(dir, 'src.raw');
+    const fh = await open(rawSrc, 'w');
+    await fh.write(data);
+    await fh.truncate(2 * DATA_MIB * MiB);
+    await fh.close();
+    const disk = path.join(dir, 'disk.qcow2');
+    await run('qemu-img', ['convert', '-O', 'qcow2', rawSrc, disk]);
+    await rm(rawSrc);
+    driver = await QemuDriver.open({ stateDir: path.join(dir, 'state'), runDir: path.join(dir, 'run') });
+    await driver.domainDefineXML(
+      `<domain type='qemu'><name>bench</name><uuid>${uuid}</uuid><memory unit='MiB'>128</memory><vcpu>1</vcpu>` +
+        `<os><type arch='x86_64' machine='q35'>hvm</type></os><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>` +
+        `<source file='${disk}'/><target dev='sda' bus='scsi'/></disk></devices></domain>`,
+      0,
+    );
+    await driver.domainCreate(uuid, 0);
+    const dom = await connectLocal(driver).lookupByUUID(uuid);
+
+    const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[] };
+    let backupRequests: S3RequestCounts | null = null;
+    let restoreRequests: S3RequestCounts | null = null;
+    for (let r = 0; r < runs; r++) {
+      const key = `raw/${r}`;
+      res.put.push(await timed(() => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
+      res.get.push(
+        await timed(async () => {
+          const body = (await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body as Readable;
+          for await (const _ of body) void _;
+        }),
+      );
+      // a new repository per run, so that every run uploads every chunk
+      const store = await openS3Store({ ...opts, prefix: `repo${r}` });
+      const repo = await ChunkRepository.init(store);
+      let pointId = '';
+      const before = { ...store.requests };
+      res.backup.push(await timed(async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
+      backupRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - before[k as keyof S3RequestCounts]])) as S3RequestCounts;
+      const mid = { ...store.requests };
+      const out = path.join(dir, `restore${r}`);
+      res.restore.push(await timed(() => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
+      restoreRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - mid[k as keyof S3RequestCounts]])) as S3RequestCounts;
+      await rm(out, { recursive: true, force: true });
+      // a point of the previous run would make the next backup an incremental of nothing: drop the domain's checkpoints
+      for (const c of await dom.listAllCheckpoints()) await c.delete();
+      store.close();
+    }
+    const rate = (xs: number[]) => DATA_MIB / median(xs);
+    const line = (what: string, xs: number[]) => `${what}: ${rate(xs).toFixed(0)} MiB/s (median of ${runs}; ${xs.map((s) => s.toFixed(1)).join(', ')} s)`;
+    console.log(line('raw multipart PUT (SDK)', res.put));
+    console.log(line('raw GET (SDK)', res.get));
+    console.log(line('virtback backup into S3', res.backup));
+    console.log(line('virtback restore from S3', res.restore));
+    const b = rate(res.backup) / rate(res.put);
+    const g = rate(res.restore) / rate(res.get);
+    console.log(`ratio backup / raw PUT: ${b.toFixed(2)} (target >= 0.8) ${b >= 0.8 ? 'OK' : 'BELOW'}`);
+    console.log(`ratio restore / raw GET: ${g.toFixed(2)} (target >= 0.8) ${g >= 0.8 ? 'OK' : 'BELOW'}`);
+    console.log(`S3 requests per GiB, full backup: ${fmt(backupRequests!)}; restore: ${fmt(restoreRequests!)}`);
+  } finally {
+    // close() only disconnects: the QEMU of this run goes first
+    await driver?.domainDestroy(uuid, 0).catch(() => undefined);
+    await driver?.close();
+    client.destroy();
+    await rm(dir, { recursive: true, force: true });
+    await gw.stop();
+  }
+}
+
+await main();
