@@ -5,7 +5,8 @@
 // gc with a short grace period in a loop; afterwards every remaining point of
 // both hosts restores byte-exact. Also: dedup across hosts, the base's chunks
 // cost no request in an incremental, and the same domain from two hosts is
-// refused by the lease.
+// refused by the lease. Against the real Ceph gateway (test/helpers/ceph.ts);
+// on a folder where Ceph cannot run here.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,10 +16,12 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DomainLease } from '../../src/chunkstore/lease.js';
 import { openFolderStore, type ObjectStore } from '../../src/chunkstore/object-store.js';
+import { openObjectStore } from '../../src/chunkstore/store-url.js';
 import { ChunkRepository } from '../../src/chunkstore/repo.js';
 import { isVirError } from '../../src/errors.js';
 import { assertRestores, backup, checkpoints, MiB, startVm, type Vm } from '../qemu/vmbackup-helpers.js';
 import { run } from '../qemu/backup-util.js';
+import { useCeph } from '../helpers/ceph.js';
 
 /** Counts the requests a repository makes to its store, by kind, for chunk keys. */
 function counting(store: ObjectStore): { store: ObjectStore; chunkCalls: Record<string, number> } {
@@ -31,38 +34,53 @@ function counting(store: ObjectStore): { store: ObjectStore; chunkCalls: Record<
   return { store: Object.assign(Object.create(store) as ObjectStore, { put: wrap('put'), stat: wrap('stat'), touch: wrap('touch'), get: wrap('get') }), chunkCalls };
 }
 
+const ceph = useCeph();
+
 interface Location {
-  /** what the prune/gc process opens */
-  dir: string;
+  /** a folder or s3://BUCKET/PREFIX, as every process opens it */
+  url: string;
+  /** the environment that reaches it (S3 endpoint and credentials) */
+  env: Record<string, string>;
   open(): Promise<ObjectStore>;
 }
 
-async function folderLocation(dir: string): Promise<Location> {
-  await ChunkRepository.init(await openFolderStore(dir));
-  return { dir, open: () => openFolderStore(dir) };
+/** A bucket of the real Ceph gateway; a folder where Ceph cannot run here (not root, not installed). */
+async function repoLocation(t: TestContext, dir: string): Promise<Location> {
+  let loc: Location;
+  if (ceph.skip) {
+    loc = { url: dir, env: {}, open: () => openFolderStore(dir) };
+  } else {
+    const s3 = await ceph.get();
+    const url = `s3://${await ceph.bucket(t)}/fleet`;
+    const env = { AWS_ENDPOINT_URL: s3.endpoint, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region };
+    const opts = { s3Endpoint: s3.endpoint, s3: { credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey }, region: s3.region } };
+    loc = { url, env, open: () => openObjectStore(url, opts) };
+  }
+  await ChunkRepository.init(await loc.open());
+  return loc;
 }
 
-/** The third host: prune (keep the 2 newest of each domain) and gc (grace 1 s) in a loop until told to stop. */
+/** The third host: prune (keep the 2 newest of each domain) and gc (grace 3 s: above S3 timestamps' whole seconds) in a loop until told to stop. */
 function startJanitor(t: TestContext, loc: Location, domains: string[]): { stop(): Promise<Array<{ removedChunks: number; liveClaims: number; keptForRuns: number }>> } {
   const src = (f: string) => JSON.stringify(path.resolve('src/chunkstore', f));
   const script = `
-    import { openFolderStore } from ${src('object-store.ts')};
+    import { openObjectStore } from ${src('store-url.ts')};
     import { ChunkRepository } from ${src('repo.ts')};
     import { collectGarbage } from ${src('gc.ts')};
     import { planPrune, prunePoints } from ${src('prune.ts')};
-    const repo = await ChunkRepository.open(await openFolderStore(${JSON.stringify(loc.dir)}));
+    const repo = await ChunkRepository.open(await openObjectStore(${JSON.stringify(loc.url)}));
     let stopping = false;
     process.stdin.on('data', () => { stopping = true; });
     process.stdin.resume();
     while (!stopping) {
       let keptForRuns = 0;
       for (const d of ${JSON.stringify(domains)}) keptForRuns += (await prunePoints(repo, planPrune(await repo.listPoints(d), { last: 2 }))).keptForRuns.length;
-      const g = await collectGarbage(repo, { graceMs: 1000 });
+      const g = await collectGarbage(repo, { graceMs: 3000 });
       console.log(JSON.stringify({ removedChunks: g.removedChunks, liveClaims: g.liveClaims, keptForRuns }));
       await new Promise((r) => setTimeout(r, 200));
     }
     process.exit(0);`;
-  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...loc.env } });
   t.after(() => child.kill('SIGKILL'));
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString()));
@@ -95,7 +113,7 @@ test('two hosts back up into one repository at once while a third prunes and col
   const image = randomBytes(24 * MiB);
   const a = await clone(t, `fleet-a-${process.pid}`, image);
   const b = await clone(t, `fleet-b-${process.pid}`, image);
-  const loc = await folderLocation(path.join(a.env.dir, 'repo'));
+  const loc = await repoLocation(t, path.join(a.env.dir, 'repo'));
   const open = async (): Promise<{ repo: ChunkRepository; id: string; calls: Record<string, number> }> => {
     const c = counting(await loc.open());
     const repo = await ChunkRepository.open(c.store);
