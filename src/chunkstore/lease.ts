@@ -66,11 +66,15 @@ export function claimsPrefix(domain?: string): string {
   return domain === undefined ? LEASES_PREFIX : `${LEASES_PREFIX}${domainSegment(domain)}/`;
 }
 
-/** Every claim (of one domain, or all), read, with whether it is live at `nowMs` (the reader's clock). */
-export async function listClaims(store: ObjectStore, domain?: string, nowMs = Date.now()): Promise<ListedClaim[]> {
+/** Every claim (of one domain, or all), read (but `own`: listed only), with whether it is live at `nowMs` (the reader's clock). */
+export async function listClaims(store: ObjectStore, domain?: string, nowMs = Date.now(), own?: string): Promise<ListedClaim[]> {
   const out: ListedClaim[] = [];
   for await (const o of store.list(claimsPrefix(domain))) {
     if (!o.key.endsWith('.json')) continue;
+    if (o.key === own) {
+      out.push({ key: o.key, claim: null, mtimeMs: o.mtimeMs, live: true });
+      continue;
+    }
     let claim: Claim | null;
     try {
       claim = claimSchema.parse(JSON.parse((await store.get(o.key)).toString('utf8')));
@@ -82,6 +86,24 @@ export async function listClaims(store: ObjectStore, domain?: string, nowMs = Da
     out.push({ key: o.key, claim, mtimeMs: o.mtimeMs, live: o.mtimeMs >= nowMs - timeout });
   }
   return out;
+}
+
+/** Claims this process holds now: one of this host and pid not among them is a finished run's that could not remove it. */
+const held = new Set<string>();
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A live-looking claim of this very host whose run is known to be over (its process is gone, or it is ours and released). */
+function deadHere(c: ListedClaim, host: string): boolean {
+  if (!c.claim || c.claim.host !== host) return false;
+  return c.claim.pid === process.pid ? !held.has(c.key) : !pidAlive(c.claim.pid);
 }
 
 function describe(c: ListedClaim): string {
@@ -129,19 +151,22 @@ export class DomainLease {
     await store.put(key, Buffer.from(JSON.stringify(claim)));
     const lease = new DomainLease(store, key, claim, opts, log);
     try {
-      claim.firstWriteMs = (await store.stat(key))?.mtimeMs ?? Date.now();
       await opts.afterClaim?.();
-      for (const c of await listClaims(store, domain)) {
-        if (c.key === key) continue;
-        if (c.live) throw virErr('OPERATION_INVALID', 'STORAGE', `domain '${domain}' is being backed up into this repository by ${describe(c)}: its lease is live`);
+      for (const c of await listClaims(store, domain, Date.now(), key)) {
+        if (c.key === key) {
+          // the store's time of the first write, carried by later rewrites (until then gc reads it off the object)
+          claim.firstWriteMs = c.mtimeMs;
+          continue;
+        }
+        if (c.live && !deadHere(c, host)) throw virErr('OPERATION_INVALID', 'STORAGE', `domain '${domain}' is being backed up into this repository by ${describe(c)}: its lease is live`);
         await store.delete(c.key);
-        log.warn({ stale: c.key, holder: c.claim?.host, pid: c.claim?.pid }, 'took over the stale lease of a backup run that stopped renewing it');
+        log.warn({ stale: c.key, holder: c.claim?.host, pid: c.claim?.pid }, 'took over the lease of a backup run that ended without removing it');
       }
-      await lease.write();
     } catch (e) {
       await store.delete(key).catch(() => undefined);
       throw e;
     }
+    held.add(key);
     lease.timer = setInterval(() => void lease.renew(), opts.renewMs ?? DEFAULT_LEASE_RENEW_MS);
     lease.timer.unref();
     return lease;
@@ -182,15 +207,16 @@ export class DomainLease {
     }
   }
 
-  /** Stop renewing and remove the claim. */
+  /** Stop renewing and remove the claim (when the store cannot, the next run of this host takes it over at once). */
   async release(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    held.delete(this.key);
     await this.writing.catch(() => undefined);
     await this.store.delete(this.key);
   }
 
-  /** Stop renewing without removing the claim (a crash, in tests). */
+  /** Stop renewing without removing the claim (a crash, in tests: the claim still counts as held by this process). */
   abandon(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;

@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import { collectGarbage } from '../../src/chunkstore/gc.js';
 import { DomainLease, listClaims } from '../../src/chunkstore/lease.js';
 import { prunePoints } from '../../src/chunkstore/prune.js';
-import type { ChunkRepository, PointRecord } from '../../src/chunkstore/repo.js';
+import { ChunkRepository, type PointRecord } from '../../src/chunkstore/repo.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
 import { isVirError } from '../../src/errors.js';
 import { DOMAIN, filesUnder, newRepo, pattern, pointRecord, writeDisk, writePoint } from './chunkstore-fixtures.js';
@@ -230,4 +230,17 @@ test('dedup across hosts: a second domain with the same disk stores nothing new'
   assert.notEqual(first.index, second.index, 'index keys differ per domain and point');
   await a.release();
   await b.release();
+});
+
+test('lease: a run that could not remove its claim (store down at the end) does not block the next run of its host', async () => {
+  const { repo } = await newRepo({ chunkSize: CS });
+  const down = Object.assign(Object.create(repo.store) as typeof repo.store, { delete: () => Promise.reject(new Error('injected: gateway down')) });
+  const failing = await ChunkRepository.open(down);
+  const first = await DomainLease.acquire(failing, 'web', { hostId: 'hv1' });
+  await assert.rejects(first.release(), /gateway down/);
+  assert.equal((await listClaims(repo.store, 'web')).length, 1, 'the claim is still there');
+  await assert.rejects(DomainLease.acquire(repo, 'web', { hostId: 'hv2' }), /host 'hv1'/, 'another host cannot tell: it waits for the timeout');
+  const next = await DomainLease.acquire(repo, 'web', { hostId: 'hv1' });
+  assert.deepEqual((await listClaims(repo.store, 'web')).map((c) => c.key), [next.key]);
+  await next.release();
 });
