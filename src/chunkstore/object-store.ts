@@ -15,12 +15,19 @@ export interface ObjectInfo {
   mtimeMs: number;
 }
 
+/** S3 Object Lock retention for every object put from now on (repo-init --object-lock-days). */
+export interface ObjectLock {
+  mode: 'COMPLIANCE' | 'GOVERNANCE';
+  days: number;
+}
+
 export interface ObjectStore {
   /** Atomic: readers see the whole object or nothing (folder: write temp + fsync + rename). */
   put(key: string, data: Buffer): Promise<void>;
   /** Throws VirError NO_STORAGE_VOL ('not found') when absent. */
   get(key: string): Promise<Buffer>;
-  stat(key: string): Promise<{ size: number; mtimeMs: number } | null>;
+  /** `retainUntilMs`: the end of the object's lock retention, when the store has object lock (S3). */
+  stat(key: string): Promise<{ size: number; mtimeMs: number; retainUntilMs?: number } | null>;
   /** Every object whose key starts with `prefix`, streamed (no full listing in memory), in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Missing is fine. */
@@ -36,6 +43,12 @@ export interface ObjectStore {
   putDeferred?(key: string, data: Buffer): Promise<void>;
   /** Make every putDeferred before this call durable and visible. */
   flush?(): Promise<void>;
+  /**
+   * Put every object written from now on under `lock`'s retention; refuses
+   * when the store cannot (a folder; a bucket without object lock). A delete
+   * then removes the object's versions, which the store refuses while retained.
+   */
+  setObjectLock?(lock: ObjectLock): Promise<void>;
   /** Remove what interrupted puts left (folder: hidden temp files) older than `cutoffMs` (epoch ms); returns how many. */
   removeStale?(cutoffMs: number): Promise<number>;
 }

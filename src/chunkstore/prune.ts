@@ -10,7 +10,9 @@
 
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import type { ChunkRepository, PointRecord } from './repo.js';
+import { listClaims } from './lease.js';
+import { pointKey, type ChunkRepository, type PointRecord } from './repo.js';
+import { deleteUnlessRetained, RetentionTally, type RetentionReport } from './retention.js';
 
 export const PRUNE_RULES = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
 export type PruneRule = (typeof PRUNE_RULES)[number];
@@ -90,15 +92,54 @@ export function planPrune(points: PointRecord[], policy: KeepPolicy): PrunePlan 
   return plan;
 }
 
-/** Remove the plan's points (records, then their indexes); chunks stay until gc. Returns the removed ids. */
-export async function applyPrune(repo: ChunkRepository, plan: PrunePlan, log: Logger = silentLogger): Promise<string[]> {
-  const removed: string[] = [];
+export interface PruneApplied {
+  /** ids of the points removed */
+  removed: string[];
+  /** index objects of removed points kept because a running backup reuses them as its base (gc removes them later) */
+  keptForRuns: string[];
+  /** points (and indexes) the store's object lock keeps for now */
+  retained: RetentionReport;
+}
+
+export interface PruneApplyOptions {
+  log?: Logger;
+  /** Tests: after the records are deleted, before the lease claims are listed. */
+  afterRecordsDeleted?: () => Promise<void>;
+}
+
+/**
+ * Remove the plan's points: their records first, then — after listing the
+ * lease claims of running backups — their indexes, except those a live claim
+ * names as its base (docs/repository.md, "prune with several writers").
+ * Chunks stay until gc. A record under object lock stays, with its indexes.
+ */
+export async function prunePoints(repo: ChunkRepository, plan: PrunePlan, opts: PruneApplyOptions = {}): Promise<PruneApplied> {
+  const log = opts.log ?? silentLogger;
+  const tally = new RetentionTally();
+  const gone: PointRecord[] = [];
   for (const p of plan.remove) {
-    await repo.deletePoint(p.domain.name, p.id);
+    const key = pointKey(p.domain.name, p.id);
+    if (!(await deleteUnlessRetained(repo.store, key, tally))) continue;
     log.info({ domain: p.domain.name, point: p.id }, 'pruned backup point');
-    removed.push(p.id);
+    gone.push(p);
   }
-  return removed;
+  await opts.afterRecordsDeleted?.();
+  const claimed = new Set<string>();
+  if (gone.length > 0) for (const c of await listClaims(repo.store)) if (c.live) for (const k of c.claim?.base?.indexes ?? []) claimed.add(k);
+  const keptForRuns: string[] = [];
+  for (const p of gone) {
+    for (const d of p.disks) {
+      if (claimed.has(d.index)) keptForRuns.push(d.index);
+      else await deleteUnlessRetained(repo.store, d.index, tally);
+    }
+  }
+  if (keptForRuns.length > 0) log.info({ indexes: keptForRuns.length }, 'kept the indexes of pruned points that running backups reuse');
+  return { removed: gone.map((p) => p.id), keptForRuns, retained: tally.report() };
+}
+
+/** prunePoints, returning the removed ids. */
+export async function applyPrune(repo: ChunkRepository, plan: PrunePlan, log: Logger = silentLogger): Promise<string[]> {
+  return (await prunePoints(repo, plan, { log })).removed;
 }
 
 /**

@@ -7,6 +7,7 @@
 //   indexes/<domain uuid>/<point id>/<target>.idx   a disk's fixed index (disk-index.ts)
 //   points/<domain name>/<point id>.json     the point record; its presence is what makes a point exist
 //   bad/<id>                                 chunks verify set aside
+//   leases/<domain name>/<host>~<run>.json   a running backup's claim on its domain, also its in-flight record (lease.ts)
 //
 // In an encrypted repository the indexes and point records are sealed too
 // (their key is the GCM additional data); only config.json is plain.
@@ -28,7 +29,7 @@ import {
   type RepoKeys,
 } from './chunk-codec.js';
 import { decodeIndex, encodeIndex, type DiskIndex } from './disk-index.js';
-import type { ObjectStore } from './object-store.js';
+import type { ObjectLock, ObjectStore } from './object-store.js';
 
 export { ZERO_CHUNK, type ChunkId } from './chunk-codec.js';
 export type { DiskIndex } from './disk-index.js';
@@ -52,6 +53,8 @@ const configSchema = z.object({
     })
     .nullable(),
   created: z.string(),
+  /** S3 Object Lock on every object (repo-init --object-lock-days); absent in repositories without */
+  objectLock: z.object({ mode: z.enum(['COMPLIANCE', 'GOVERNANCE']), days: z.number().int().positive() }).nullable().optional(),
 });
 export type RepoConfig = z.infer<typeof configSchema>;
 
@@ -89,7 +92,7 @@ function checkName(what: string, value: string, re: RegExp): void {
 }
 
 /** A domain name as one key segment (libvirt allows almost anything in a name). */
-function domainSegment(name: string): string {
+export function domainSegment(name: string): string {
   if (name.length === 0) throw virErr('INVALID_ARG', 'STORAGE', 'empty domain name');
   return encodeURIComponent(name).replace(/^\./, '%2E');
 }
@@ -139,8 +142,12 @@ export class ChunkRepository {
   }
 
   /** Writes the repository's config object; refuses a store that already holds one. */
-  static async init(store: ObjectStore, opts: { encryptKey?: Buffer; zstdLevel?: number; chunkSize?: number } = {}): Promise<ChunkRepository> {
+  static async init(store: ObjectStore, opts: { encryptKey?: Buffer; zstdLevel?: number; chunkSize?: number; objectLock?: ObjectLock } = {}): Promise<ChunkRepository> {
     if (await store.stat(CONFIG_KEY)) throw virErr('OPERATION_INVALID', 'STORAGE', 'the repository is already initialised (it has a config.json)');
+    if (opts.objectLock) {
+      if (!store.setObjectLock) throw virErr('ARGUMENT_UNSUPPORTED', 'STORAGE', 'object lock needs an S3 repository (s3://BUCKET/PREFIX in a bucket with object lock): a folder cannot lock objects');
+      await store.setObjectLock(opts.objectLock);
+    }
     const salt = randomBytes(32);
     const keys = opts.encryptKey ? deriveKeys(opts.encryptKey, salt) : null;
     const config: RepoConfig = {
@@ -152,6 +159,7 @@ export class ChunkRepository {
         ? { cipher: 'aes-256-gcm', chunkNames: 'hmac-sha256', kdf: 'hkdf-sha256', salt: salt.toString('hex'), keyVerifier: keys.verifier }
         : null,
       created: new Date().toISOString(),
+      ...(opts.objectLock ? { objectLock: opts.objectLock } : {}),
     };
     await store.put(CONFIG_KEY, Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
     return new ChunkRepository(store, config, keys);
@@ -172,6 +180,8 @@ export class ChunkRepository {
     } catch (e) {
       throw virErr('CONFIG_UNSUPPORTED', 'STORAGE', `the repository's config.json is not a version 1 ${REPO_FORMAT} config: ${(e as Error).message}`, e);
     }
+    // a copy in a folder (repo-sync) keeps the config but cannot lock: only stores that can, do
+    if (config.objectLock && store.setObjectLock) await store.setObjectLock(config.objectLock);
     const enc = config.encryption;
     if (!enc) {
       if (opts.encryptKey) throw virErr('INVALID_ARG', 'STORAGE', 'the repository is not encrypted, but an encryption key was given');
@@ -319,9 +329,15 @@ export class ChunkRepository {
 
   /** Removes the point record and then its indexes; its chunks stay until gc. */
   async deletePoint(domainName: string, id: string): Promise<void> {
+    const p = await this.deletePointRecord(domainName, id);
+    for (const d of p.disks) await this.store.delete(d.index);
+  }
+
+  /** Removes only the point record (prune then decides about its indexes); returns what it held. */
+  async deletePointRecord(domainName: string, id: string): Promise<PointRecord> {
     const p = await this.readPoint(domainName, id);
     await this.store.delete(pointKey(domainName, id));
-    for (const d of p.disks) await this.store.delete(d.index);
+    return p;
   }
 
   private async readPointKey(key: string): Promise<PointRecord> {

@@ -21,18 +21,21 @@ import {
   CopyObjectCommand,
   DeleteObjectCommand,
   GetObjectCommand,
+  GetObjectLockConfigurationCommand,
   HeadBucketCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
+  ListObjectVersionsCommand,
   PutObjectCommand,
   S3Client,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isVirError, virErr, VirError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { checkKey, notFound, type ObjectInfo, type ObjectStore } from './object-store.js';
+import { checkKey, notFound, type ObjectInfo, type ObjectLock, type ObjectStore } from './object-store.js';
 
 export type S3RequestKind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE' | 'COPY';
 export type S3RequestCounts = Record<S3RequestKind, number>;
@@ -75,6 +78,8 @@ const KIND_OF_COMMAND: Record<string, S3RequestKind> = {
   HeadObjectCommand: 'HEAD',
   HeadBucketCommand: 'HEAD',
   ListObjectsV2Command: 'LIST',
+  ListObjectVersionsCommand: 'LIST',
+  GetObjectLockConfigurationCommand: 'GET',
   DeleteObjectCommand: 'DELETE',
   DeleteObjectsCommand: 'DELETE',
   CopyObjectCommand: 'COPY',
@@ -131,6 +136,8 @@ export class S3Store implements ObjectStore {
   private readonly retryBudgetMs: number;
   private readonly log: Logger;
   private inflight = new Set<Promise<void>>();
+  /** object lock of the repository (setObjectLock): every put and touch carries its retention */
+  private lock: ObjectLock | null = null;
   private deferredError: unknown = undefined;
 
   constructor(
@@ -218,11 +225,13 @@ export class S3Store implements ObjectStore {
     const Key = this.objectKey(key);
     await this.call('write', key, async () => {
       if (data.length <= MULTIPART_ABOVE) {
-        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }));
+        // S3 wants Content-MD5 on a PUT with object lock parameters
+        const lock = this.lock ? { ...this.retention(), ContentMD5: createHash('md5').update(data).digest('base64') } : {};
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ...lock }));
         return;
       }
       // multipart: no part is visible until Complete, so the object stays atomic
-      await new Upload({ client: this.client, params: { Bucket: this.bucket, Key, Body: data }, partSize: PART_SIZE, queueSize: 4 }).done();
+      await new Upload({ client: this.client, params: { Bucket: this.bucket, Key, Body: data, ...this.retention() }, partSize: PART_SIZE, queueSize: 4 }).done();
     });
   }
 
@@ -239,12 +248,13 @@ export class S3Store implements ObjectStore {
     });
   }
 
-  async stat(key: string): Promise<{ size: number; mtimeMs: number } | null> {
+  async stat(key: string): Promise<{ size: number; mtimeMs: number; retainUntilMs?: number } | null> {
     const Key = this.objectKey(key);
     return this.call('stat', key, async () => {
       try {
         const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
-        return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0 };
+        const until = r.ObjectLockRetainUntilDate?.getTime();
+        return { size: r.ContentLength ?? 0, mtimeMs: r.LastModified?.getTime() ?? 0, ...(until !== undefined ? { retainUntilMs: until } : {}) };
       } catch (e) {
         // HEAD has no body: a missing key and a missing bucket are both a bare 404
         if (httpStatus(e) === 404 && sdkError(e).name !== 'NoSuchBucket') return null;
@@ -270,6 +280,7 @@ export class S3Store implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     const Key = this.objectKey(key);
+    if (this.lock) return this.deleteVersions(key, Key);
     await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key })));
   }
 
@@ -284,6 +295,7 @@ export class S3Store implements ObjectStore {
             Key,
             CopySource: `${this.bucket}/${Key.split('/').map(encodeURIComponent).join('/')}`,
             MetadataDirective: 'REPLACE',
+            ...this.retention(),
             // S3 refuses a copy onto itself that changes nothing
             Metadata: { 'virtback-touched': new Date().toISOString() },
           }),
@@ -318,6 +330,47 @@ export class S3Store implements ObjectStore {
     const e = this.deferredError;
     this.deferredError = undefined;
     if (e !== undefined) throw e;
+  }
+
+  /**
+   * Object lock: check the bucket has it (it can only be enabled when the
+   * bucket is created), then put every later object under the retention.
+   */
+  async setObjectLock(lock: ObjectLock): Promise<void> {
+    let enabled = false;
+    try {
+      const r = await this.call('read the object lock configuration of', '', () => this.client.send(new GetObjectLockConfigurationCommand({ Bucket: this.bucket })));
+      enabled = r.ObjectLockConfiguration?.ObjectLockEnabled === 'Enabled';
+    } catch (e) {
+      if (!/ObjectLockConfigurationNotFound/.test(String((e as { cause?: { name?: string } }).cause?.name ?? ''))) throw e;
+    }
+    if (!enabled) throw virErr('CONFIG_UNSUPPORTED', 'STORAGE', `S3 bucket '${this.bucket}' at ${this.endpoint} has no object lock (it can only be enabled when a bucket is created: repo-init --create-bucket --object-lock-days N creates one with it)`);
+    this.lock = lock;
+  }
+
+  private retention(): { ObjectLockMode?: ObjectLock['mode']; ObjectLockRetainUntilDate?: Date } {
+    if (!this.lock) return {};
+    return { ObjectLockMode: this.lock.mode, ObjectLockRetainUntilDate: new Date(Date.now() + this.lock.days * 86_400_000) };
+  }
+
+  /**
+   * In a versioned (object-lock) bucket a plain DELETE only hides the object
+   * behind a delete marker and frees nothing: remove each version instead;
+   * the gateway refuses one still under retention (OPERATION_DENIED).
+   */
+  private async deleteVersions(key: string, Key: string): Promise<void> {
+    let keyMarker: string | undefined;
+    let versionMarker: string | undefined;
+    const versions: string[] = [];
+    do {
+      const page = await this.call('list the versions of', key, () =>
+        this.client.send(new ListObjectVersionsCommand({ Bucket: this.bucket, Prefix: Key, KeyMarker: keyMarker, VersionIdMarker: versionMarker })),
+      );
+      for (const v of [...(page.Versions ?? []), ...(page.DeleteMarkers ?? [])]) if (v.Key === Key && v.VersionId) versions.push(v.VersionId);
+      keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+      versionMarker = page.IsTruncated ? page.NextVersionIdMarker : undefined;
+    } while (keyMarker);
+    for (const VersionId of versions) await this.call('delete', key, () => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key, VersionId })));
   }
 
   /** Total requests sent so far. */

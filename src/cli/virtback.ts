@@ -13,6 +13,7 @@ import { toVirError } from '../errors.js';
 import { register as registerBackup } from './commands/backup.js';
 import { register as registerCheckpoint } from './commands/checkpoint.js';
 import { register as registerChunkRepo } from './commands/chunk-repo.js';
+import { register as registerRepoSync } from './commands/repo-sync.js';
 import { register as registerConsole } from './commands/console.js';
 import { register as registerDomain } from './commands/domain.js';
 import { register as registerEvent } from './commands/event.js';
@@ -37,6 +38,7 @@ const COMMAND_GROUPS: ((program: Command, table: EntryPointTable) => void)[] = [
   registerRepository,
   registerVmBackup,
   registerChunkRepo,
+  registerRepoSync,
   registerServe,
   registerEvent,
   registerXml,

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Domain } from '../api/public.js';
 import type { ChunkId, ChunkRepository, PointRecord } from '../chunkstore/repo.js';
-import { ZERO_CHUNK } from '../chunkstore/repo.js';
+import { withDomainLease, type DomainLease, type LeaseOptions } from '../chunkstore/lease.js';
 import { isVirError, toVirError, virErr } from '../errors.js';
 import { errField, silentLogger, type Logger } from '../log.js';
 import { NbdClient, type NbdTarget } from '../nbd/client.js';
@@ -38,6 +38,8 @@ export interface VmBackupOptions {
   log?: Logger;
   /** the run's instant (tests) */
   now?: () => Date;
+  /** this host's claim on the domain in the repository (docs/repository.md, "Several hosts") */
+  lease?: LeaseOptions;
 }
 
 export interface VmBackupResult {
@@ -83,18 +85,20 @@ async function checkpointState(dom: Domain, name: string | null): Promise<BaseCh
   }
 }
 
-/** The base point's disk indexes, after checking every chunk they name is in the repository. */
-async function baseIndexes(repo: ChunkRepository, base: PointRecord): Promise<{ indexes: Map<string, ChunkId[]>; missing: string | null }> {
+/**
+ * The base point's disk indexes, once the run's lease claim names them (so
+ * prune keeps them and gc keeps their chunks while the run lives). No request
+ * per chunk: the chunks an index names are trusted to be there (verify checks).
+ */
+async function baseIndexes(repo: ChunkRepository, base: PointRecord, lease: DomainLease): Promise<{ indexes: Map<string, ChunkId[]>; missing: string | null }> {
   const indexes = new Map<string, ChunkId[]>();
-  const seen = new Set<ChunkId>();
+  if (!(await lease.setBase(base))) return { indexes, missing: `point ${base.id} was removed (pruned) meanwhile` };
   for (const d of base.disks) {
-    const idx = await repo.readIndex(d.index);
-    indexes.set(d.target, idx.chunks);
-    for (const c of idx.chunks) {
-      if (c === ZERO_CHUNK || seen.has(c)) continue;
-      seen.add(c);
-      // claim (touch) rather than look: gc's sweep spares recently touched chunks
-      if (!(await repo.claimChunk(c))) return { indexes, missing: `chunk ${c} of point ${base.id} (disk ${d.target}) is missing from the repository` };
+    try {
+      indexes.set(d.target, (await repo.readIndex(d.index)).chunks);
+    } catch (e) {
+      if (isVirError(e, 'NO_STORAGE_VOL')) return { indexes, missing: `index ${d.index} of point ${base.id} is missing from the repository` };
+      throw e;
     }
   }
   return { indexes, missing: null };
@@ -105,14 +109,14 @@ interface Decided extends LevelDecision {
   baseIndexes: Map<string, ChunkId[]>;
 }
 
-async function decide(dom: Domain, repo: ChunkRepository, level: RequestedLevel, disks: string[]): Promise<Decided> {
+async function decide(dom: Domain, repo: ChunkRepository, level: RequestedLevel, disks: string[], lease: DomainLease): Promise<Decided> {
   const points = await repo.listPoints(dom.name);
   const last = points.at(-1) ?? null;
   const cp = await checkpointState(dom, last?.checkpoint?.name ?? null);
   const basePoint = last === null ? null : { id: last.id, domainUuid: last.domain.uuid, checkpoint: last.checkpoint?.name ?? null, disks: last.disks, verifyOk: last.verify?.ok ?? null };
   const d = decideLevel(level, dom.uuid, basePoint, cp, disks.map((target) => ({ target })));
   if (d.level === 'full' || last === null) return { ...d, basePoint: null, baseIndexes: new Map() };
-  const got = await baseIndexes(repo, last);
+  const got = await baseIndexes(repo, last, lease);
   if (got.missing === null) return { ...d, basePoint: last, baseIndexes: got.indexes };
   if (level === 'inc') throw virErr('OPERATION_INVALID', 'STORAGE', `cannot back up incrementally: ${got.missing}`);
   return { level: 'full', base: null, reason: got.missing, basePoint: null, baseIndexes: new Map() };
@@ -128,13 +132,15 @@ export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: s
   const started = Date.now();
   const at = opts.now?.() ?? new Date();
   try {
-    const open = await openForBackup(dom, log);
-    let r: VmBackupResult;
-    try {
-      r = { ...(await runBackup(dom, repo, repoId, at, opts, log)), offline: open.offline };
-    } finally {
-      await open.close();
-    }
+    // the lease first: a second host must not even start this domain paused for an offline run
+    const r = await withDomainLease(repo, dom.name, { ...opts.lease, log }, async (lease) => {
+      const open = await openForBackup(dom, log);
+      try {
+        return { ...(await runBackup(dom, repo, repoId, at, opts, log, lease)), offline: open.offline };
+      } finally {
+        await open.close();
+      }
+    });
     log.info({ point: r.pointId, level: r.level, reason: r.reason, offline: r.offline, bytesRead: r.bytesRead, bytesNew: r.bytesNew, durationMs: r.durationMs }, 'backup complete');
     return r;
   } catch (e) {
@@ -143,12 +149,12 @@ export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: s
   }
 }
 
-async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger): Promise<Omit<VmBackupResult, 'offline'>> {
+async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger, lease: DomainLease): Promise<Omit<VmBackupResult, 'offline'>> {
   const started = Date.now();
   const domainXml = await dom.getXMLDesc({ inactive: true });
   const { disks, skipped } = selectDisks(await dom.getXMLDesc(), opts.exclude ?? []);
   await endStaleJobs(dom, log);
-  const d = await decide(dom, repo, opts.level, disks);
+  const d = await decide(dom, repo, opts.level, disks, lease);
   const name = checkpointName(repoId, at);
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), RUN_DIR_PREFIX));
   await markRunDir(tmp);
@@ -163,7 +169,9 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
     jobId = await dom.backupBegin(bxml, cxml, { quiesce: opts.quiesce === true });
     created = true;
-    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, repo));
+    // the base's chunks are known to be stored: no request for them (the lease keeps them)
+    const known = new Set([...d.baseIndexes.values()].flat());
+    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, repo, known));
     const ended = await dom.backupEnd(jobId);
     jobId = 0;
     if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
@@ -176,6 +184,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     }
     const reason = pulled.reason;
     const durationMs = Date.now() - started;
+    lease.check();
     await repo.writePoint({
       id,
       domain: { name: dom.name, uuid: dom.uuid },

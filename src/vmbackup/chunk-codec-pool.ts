@@ -119,10 +119,11 @@ function startWorker(params: EncoderParams): Worker {
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
 /** writeChunk with the CPU work in the pool: encode there, store here (unless present). */
-export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
+export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
   return async (data) => {
     const e = await pool.encode(data);
-    return { id: e.id, storedBytes: e.blob === null ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
+    // `known`: chunks the base's index names, stored already: no request for them
+    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
   };
 }
 

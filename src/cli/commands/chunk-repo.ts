@@ -9,11 +9,12 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import fs from 'node:fs/promises';
 import { virErr } from '../../errors.js';
 import {
-  applyPrune,
   ChunkRepository,
   checkpointsReferenced,
   collectGarbage,
   DEFAULT_GC_GRACE_MS,
+  describeRetention,
+  prunePoints,
   planPrune,
   PRUNE_RULES,
   verifyRepository,
@@ -117,11 +118,14 @@ function registerInit(program: Command): void {
     .option('--create-bucket', 'S3: create the bucket first (an existing bucket of yours is fine)')
     .option('--encrypt-key <file>', 'encrypt chunks and metadata with the key in this file (at least 16 bytes, e.g. head -c 32 /dev/urandom)')
     .option('--json', 'print the repository config as JSON')
-    .action(async (o: RepoOptions & { createBucket?: boolean }) => {
+    .option('--object-lock-days <n>', 'S3: keep every new object undeletable for N days (S3 Object Lock; the bucket must have it, --create-bucket creates it so)', count)
+    .addOption(new Option('--object-lock-mode <mode>', 'S3 Object Lock mode: COMPLIANCE (nobody may delete early) or GOVERNANCE (special permission may)').choices(['COMPLIANCE', 'GOVERNANCE']).default('COMPLIANCE'))
+    .action(async (o: RepoOptions & { createBucket?: boolean; objectLockDays?: number; objectLockMode: 'COMPLIANCE' | 'GOVERNANCE' }, self: Command) => {
       const encryptKey = o.encryptKey === undefined ? undefined : await readKeyFile(o.encryptKey);
-      // the hook for S3 Object Lock (--object-lock-days): createBucket's objectLock, then a retention on each put
-      const store = await openObjectStore(o.repo, { ...storeOptions(o), ...(o.createBucket ? { createBucket: true } : {}) });
-      const repo = await ChunkRepository.init(store, encryptKey ? { encryptKey } : {});
+      if (o.objectLockDays === 0) usageError(self, '--object-lock-days must be at least 1');
+      const objectLock = o.objectLockDays === undefined ? undefined : { mode: o.objectLockMode, days: o.objectLockDays };
+      const store = await openObjectStore(o.repo, { ...storeOptions(o), ...(o.createBucket ? { createBucket: true, objectLock: objectLock !== undefined } : {}) });
+      const repo = await ChunkRepository.init(store, { ...(encryptKey ? { encryptKey } : {}), ...(objectLock ? { objectLock } : {}) });
       if (o.json) json(repo.config);
       else out(`Chunk repository created in '${o.repo}'${repo.encrypted ? ' (encrypted)' : ''}\n`);
     });
@@ -159,19 +163,21 @@ function registerPrune(program: Command): void {
     if (!Object.values(policy).some((n) => n! > 0)) usageError(self, 'prune needs at least one --keep-… rule above 0');
     const repo = await openChunkRepository(o.repo, o.encryptKey, o);
     const plan = planPrune(await repo.listPoints(domain), policy);
-    if (!o.dryRun) await applyPrune(repo, plan);
+    const applied = o.dryRun ? null : await prunePoints(repo, plan);
     const deleted = o.checkpoints && !o.dryRun
       ? await withConnection(self, async (conn) => pruneRepoCheckpoints(await lookupDomain(conn, domain), repo, repositoryId(repo.config), silentLogger))
       : [];
     const remaining = plan.keep.map((k) => k.point);
     if (o.json) {
-      json({ domain, dryRun: o.dryRun === true, keep: plan.keep.map((k) => ({ id: k.point.id, rule: k.rule })), remove: plan.remove.map((p) => p.id), checkpointsReferenced: [...checkpointsReferenced(remaining)], ...(o.checkpoints ? { checkpointsDeleted: deleted } : {}) });
+      const extra = applied ? { retained: applied.retained, keptForRuns: applied.keptForRuns } : {};
+      json({ domain, dryRun: o.dryRun === true, keep: plan.keep.map((k) => ({ id: k.point.id, rule: k.rule })), remove: plan.remove.map((p) => p.id), checkpointsReferenced: [...checkpointsReferenced(remaining)], ...(o.checkpoints ? { checkpointsDeleted: deleted } : {}), ...extra });
       return;
     }
     for (const name of deleted) out(`checkpoint ${name} deleted\n`);
-    const rows = [...plan.keep.map((k) => [k.point.id, 'keep', k.rule]), ...plan.remove.map((p) => [p.id, o.dryRun ? 'would remove' : 'removed', ''])];
+    const rows = [...plan.keep.map((k) => [k.point.id, 'keep', k.rule]), ...plan.remove.map((p) => [p.id, o.dryRun ? 'would remove' : applied?.removed.includes(p.id) ? 'removed' : 'locked, kept', ''])];
     rows.sort((a, b) => (a[0]! < b[0]! ? 1 : -1));
     out(formatTable(['Point', 'Action', 'Rule'], rows));
+    if (applied && applied.retained.count > 0) out(`${describeRetention(applied.retained, 'objects of removed points')}\n`);
   });
 }
 
@@ -187,6 +193,8 @@ function registerGc(program: Command): void {
       }
       out(`${r.points} points reference ${r.referencedChunks} chunks\n`);
       out(`removed ${r.removedChunks} chunks (${formatCapacity(r.removedBytes)}), ${r.removedIndexes} unreferenced indexes and ${r.removedStale} leftover temp files; ${r.pendingChunks} unreferenced chunks are within the grace period\n`);
+      if (r.liveClaims > 0) out(`${r.liveClaims} backups running (their base and new chunks were kept)\n`);
+      if (r.retained.count > 0) out(`${describeRetention(r.retained, 'unreferenced objects')}\n`);
       if (r.missingChunks.length > 0) out(`warning: ${r.missingChunks.length} referenced chunks are missing; run verify to see which points they break\n`);
     });
 }
