@@ -95,9 +95,8 @@ function parseEnv(text: string): Record<string, string> {
   return env;
 }
 
-/** Start our own cluster; stopped (and its folder removed) by `after`. */
-async function startOwn(): Promise<CephS3> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ceph-'));
+/** Start our own cluster in `dir`; useCeph's file-level `after` stops it. */
+async function startOwn(dir: string): Promise<CephS3> {
   const t0 = Date.now();
   try {
     await cluster('start', dir, String(await freePort()));
@@ -106,10 +105,6 @@ async function startOwn(): Promise<CephS3> {
     throw e;
   }
   process.stderr.write(`# test Ceph cluster: S3 answered ${((Date.now() - t0) / 1000).toFixed(1)} s after a cold start\n`);
-  after(async () => {
-    await cluster('stop', dir);
-    await rm(dir, { recursive: true, force: true });
-  });
   const env = parseEnv(await readFile(path.join(dir, 's3.env'), 'utf8'));
   return { endpoint: env.AWS_ENDPOINT_URL!, accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY!, region: env.AWS_REGION!, dir };
 }
@@ -141,6 +136,15 @@ let gatewayCounter = 0;
 export function useCeph(): CephHandle {
   const skip = cephSkipReason();
   let started: Promise<CephS3> | undefined;
+  let ownDir: string | undefined;
+  // registered here, at the file's top level: an `after` called inside the
+  // first test that starts the cluster would stop it when that test ends
+  after(async () => {
+    if (ownDir === undefined) return;
+    await started?.catch(() => undefined);
+    await cluster('stop', ownDir).catch(() => undefined);
+    await rm(ownDir, { recursive: true, force: true });
+  });
   const get = (): Promise<CephS3> => {
     const env = process.env;
     if (env.VIRTBACK_TEST_S3_ENDPOINT) {
@@ -152,7 +156,10 @@ export function useCeph(): CephHandle {
         dir: env.VIRTBACK_TEST_CEPH_DIR ?? '',
       });
     }
-    started ??= startOwn();
+    started ??= mkdtemp(path.join(os.tmpdir(), 'vb-ceph-')).then((dir) => {
+      ownDir = dir;
+      return startOwn(dir);
+    });
     return started;
   };
   return {
