@@ -115,9 +115,16 @@ export async function removeDeadExportDirs(root = exportSocketRoot()): Promise<s
 
 /** A fresh socket folder, marked as this process's. */
 async function makeSocketDir(): Promise<string> {
-  const root = await ensureSocketRoot();
-  await removeDeadExportDirs(root);
-  const dir = await fs.mkdtemp(path.join(root, 'nbd-'));
+  let dir: string | undefined;
+  for (let attempt = 0; dir === undefined; attempt++) {
+    const root = await ensureSocketRoot();
+    await removeDeadExportDirs(root);
+    // ENOENT: another process's close() removed the (then empty) root meanwhile
+    dir = await fs.mkdtemp(path.join(root, 'nbd-')).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT' || attempt >= 3) throw e;
+      return undefined;
+    });
+  }
   await fs.writeFile(path.join(dir, OWNER), JSON.stringify({ host: os.hostname(), pid: process.pid }), { mode: 0o600 });
   return dir;
 }
@@ -162,6 +169,8 @@ export async function startExport(opts: ExportOptions): Promise<NbdExport> {
         clearTimeout(t);
       }
       await fs.rm(dir, { recursive: true, force: true });
+      // the shared root goes with its last folder: nothing of ours stays in $TMPDIR
+      await fs.rmdir(path.dirname(dir)).catch(() => undefined);
       if (wasGone || (await exited) !== 0) throw failure();
     })());
   try {
@@ -181,10 +190,20 @@ export async function startExport(opts: ExportOptions): Promise<NbdExport> {
 function canConnect(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const c = net.createConnection(socketPath);
-    c.once('connect', () => {
+    // wait for the server's greeting before hanging up: a probe that resets
+    // before qemu-nbd has started its handshake can leave that client half
+    // made, and qemu-nbd then ignored the SIGTERM of close() (seen: 1 in 3)
+    const done = () => {
+      clearTimeout(timer);
       c.destroy();
       resolve(true);
+    };
+    const timer = setTimeout(done, 2000);
+    c.once('data', done);
+    c.once('end', done);
+    c.once('error', () => {
+      clearTimeout(timer);
+      resolve(false);
     });
-    c.once('error', () => resolve(false));
   });
 }

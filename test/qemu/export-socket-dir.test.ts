@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -50,4 +50,7 @@ test('the socket folder of a SIGKILLed export is removed by the next export; a l
   } finally {
     await next.close();
   }
+  // the per-user parent goes with its last folder (other processes of this user may hold folders in it)
+  const root = exportSocketRoot();
+  assert.ok(!existsSync(root) || readdirSync(root).length > 0, `an empty ${root} was left behind`);
 });
