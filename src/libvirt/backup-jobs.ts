@@ -393,7 +393,9 @@ export class BackupJobs {
         this.finish(rec, stats.success === true ? 'completed' : rec.abortRequested ? 'cancelled' : 'failed', stats.errmsg ?? null);
       }
     }
-    const id = flags & JobStatsFlags.COMPLETED ? this.lastCompleted.get(uuid) : rec && rec.end === null ? rec.id : undefined;
+    // A job whose event has come may still run in libvirt for a moment (it
+    // finishes after emitting): until backupEnd forgets it, running stats are its.
+    const id = flags & JobStatsFlags.COMPLETED ? this.lastCompleted.get(uuid) : rec ? rec.id : undefined;
     if (id !== undefined && stats.type !== JobType.NONE) stats.id = id;
     return stats;
   }
