@@ -159,11 +159,11 @@ export interface ConsoleDaemon {
 }
 
 /** virtbackd with `--web 127.0.0.1:0 …extra` on these dirs; the tokens read from their files, as an admin would. */
-export async function startConsoleDaemon(dirs: { stateDir: string; runDir: string }, extra: string[], opts: { insecure?: boolean } = {}): Promise<ConsoleDaemon> {
+export async function startConsoleDaemon(dirs: { stateDir: string; runDir: string }, extra: string[], opts: { insecure?: boolean; caFile?: string } = {}): Promise<ConsoleDaemon> {
   const daemon = await startVirtbackd(dirs, ['--web', '127.0.0.1:0', ...(opts.insecure ? ['--web-insecure-http'] : []), ...extra]);
   const url = await consoleUrl(daemon);
   const web = path.join(dirs.stateDir, 'web');
-  const ca = opts.insecure ? null : fs.readFileSync(path.join(web, 'cert.pem'));
+  const ca = opts.insecure ? null : fs.readFileSync(opts.caFile ?? path.join(web, 'cert.pem'));
   return {
     daemon,
     url,
