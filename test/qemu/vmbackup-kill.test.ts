@@ -57,7 +57,12 @@ async function filesUnder(dir: string): Promise<Map<string, number>> {
   for (const e of await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
     if (!e.isFile()) continue;
     const p = path.join(e.parentPath, e.name);
-    out.set(path.relative(dir, p), (await fs.stat(p)).size);
+    // polled while a backup writes: a temp file listed may be renamed before its stat
+    const st = await fs.stat(p).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    });
+    if (st) out.set(path.relative(dir, p), st.size);
   }
   return out;
 }
