@@ -4,6 +4,10 @@
 // on all cores (ChunkCodecPool, the CPU side). A 2 GiB qcow2 with 1 GiB of
 // mixed data (per 16 MiB: 8 random, 4 repeated text, 4 zero). Runs are
 // interleaved, medians reported; the bar: backup ≥ 0.8 × the slower limit.
+// Then, on one repository: 10 incremental points after 64 MiB of random
+// writes each (time, bytes read and bytes stored per point), and restore of the
+// full point to qcow2 against `qemu-img convert -O qcow2` of the disk itself
+// (bar ≥ 0.8), interleaved.
 //
 //   node --import tsx bench/vmbackup.ts [runs=3] [dataMiB=1024]
 
@@ -15,9 +19,12 @@ import { promisify } from 'node:util';
 import { openFolderStore } from '../src/chunkstore/object-store.js';
 import { ChunkRepository } from '../src/chunkstore/repo.js';
 import { connectLocal } from '../src/sdk/connect.js';
-import { backupDomain, repositoryId } from '../src/vmbackup/index.js';
+import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
 import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
 import { makeTestDomain, makeTestEnv } from '../test/helpers/qemu-env.js';
+import { MonitorCommandFlags } from '../src/flags.js';
+import type { QemuDriver } from '../src/qemu/driver.js';
+import type { Domain } from '../src/api/public.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -48,6 +55,50 @@ async function encodeAll(pool: ChunkCodecPool, data: Buffer): Promise<void> {
     }
   };
   await Promise.all(Array.from({ length: 2 * pool.size }, worker));
+}
+
+/** 64 MiB of random data written as 64 writes of 1 MiB at random aligned offsets (HMP qemu-io, a pattern file each). */
+async function dirty64(driver: QemuDriver, uuid: string, dir: string, round: number): Promise<void> {
+  const qdev = driver.diskNodes(uuid).find((d) => d.target === 'sda')!.qdevId;
+  const diskMiB = 2 * DATA_MIB;
+  for (let k = 0; k < 64; k++) {
+    const src = path.join(dir, `dirty-${round}-${k}.bin`);
+    await fs.writeFile(src, randomBytes(MiB));
+    const at = Math.floor(Math.random() * diskMiB) * MiB;
+    const out = await driver.qemuMonitorCommand(uuid, `qemu-io -d ${qdev} "write -s ${src} ${at} ${MiB}"`, MonitorCommandFlags.HMP);
+    if (out.trim() !== '' && !/^wrote /m.test(out)) throw new Error(`qemu-io: ${out.trim()}`);
+    await fs.rm(src);
+  }
+}
+
+/** 10 incremental points of 64 MiB written each, and restore vs qemu-img convert, on one repository. */
+async function incrementalsAndRestore(driver: QemuDriver, dom: Domain, uuid: string, disk: string, dir: string): Promise<void> {
+  const repo = await ChunkRepository.init(await openFolderStore(path.join(dir, 'repo-inc')));
+  const id = repositoryId(repo.config);
+  const full = await backupDomain(dom, repo, id, { level: 'full' });
+  console.log(`\n10 incremental points, 64 MiB of random 1 MiB writes before each (full point: ${(full.bytesNew / MiB).toFixed(0)} MiB stored):`);
+  const times: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    await dirty64(driver, uuid, dir, i);
+    let r: Awaited<ReturnType<typeof backupDomain>> | undefined;
+    times.push(await timed(async () => (r = await backupDomain(dom, repo, id, { level: 'auto' }))));
+    console.log(`  point ${String(i + 1).padStart(2)}: ${r!.level} ${times[i]!.toFixed(2)} s, read ${(r!.bytesRead / MiB).toFixed(0)} MiB, stored ${(r!.bytesNew / MiB).toFixed(1)} MiB`);
+  }
+  console.log(`  median ${median(times).toFixed(2)} s per point`);
+  const restore: number[] = [];
+  const convert: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const out = path.join(dir, `restore-${i}`);
+    const copy = path.join(dir, `convert-${i}.qcow2`);
+    convert.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'qcow2', disk, copy])));
+    await fs.rm(copy);
+    restore.push(await timed(() => restoreDomain(repo, null, { domain: dom.name, point: full.pointId, outputDir: out, format: 'qcow2' })));
+    await fs.rm(out, { recursive: true, force: true });
+  }
+  const r = median(convert) / median(restore);
+  console.log(`\nrestore of the full point to qcow2: ${median(restore).toFixed(2)} s (${restore.map((x) => x.toFixed(2)).join(', ')})`);
+  console.log(`qemu-img convert -O qcow2 of the disk: ${median(convert).toFixed(2)} s (${convert.map((x) => x.toFixed(2)).join(', ')})`);
+  console.log(`ratio restore / convert (speed): ${r.toFixed(2)} (target >= 0.8) ${r >= 0.8 ? 'OK' : 'BELOW'}`);
 }
 
 async function main(): Promise<void> {
@@ -94,6 +145,7 @@ async function main(): Promise<void> {
     console.log(`virtback backup --level full:      ${rate(t.backup).toFixed(0).padStart(5)} MiB/s (${fmt(t.backup)} s)`);
     const r = rate(t.backup) / limit;
     console.log(`ratio backup / min(nbdcopy, encode): ${r.toFixed(2)} (target >= 0.8) ${r >= 0.8 ? 'OK' : 'BELOW'}`);
+    if (process.env.VBB_SKIP_INC !== '1') await incrementalsAndRestore(driver, dom, def.uuid, def.disks[0]!.path, env.dir);
   } finally {
     await env.cleanup();
   }

@@ -275,16 +275,20 @@ export class QemuDriver implements Driver, DomainHost {
 
   /**
    * PAUSED: CPUs never started (resume starts them). AUTODESTROY: destroyed
-   * when this driver is closed; a daemon serving it ties the domain to the
-   * client connection instead (AutoDestroyTracker). BYPASS_CACHE (no save
+   * when this driver is closed, or by the next driver that reconnects to it;
+   * a daemon serving it ties the domain to the client connection instead
+   * (AutoDestroyTracker). BYPASS_CACHE (no save
    * images here) and FORCE_BOOT are refused as libvirt's
    * drivers refuse what they cannot do.
    */
   async domainCreate(uuid: string, flags: number): Promise<void> {
     checkFlags(flags, DomainCreateFlags.PAUSED | DomainCreateFlags.AUTODESTROY | DomainCreateFlags.RESET_NVRAM, 'virDomainCreateWithFlags');
     await this.withDomainLock(uuid, async (dom) => {
-      await this.lifecycle.start(dom, { paused: (flags & DomainCreateFlags.PAUSED) !== 0, resetNvram: (flags & DomainCreateFlags.RESET_NVRAM) !== 0 });
-      dom.autodestroy = (flags & DomainCreateFlags.AUTODESTROY) !== 0;
+      await this.lifecycle.start(dom, {
+        paused: (flags & DomainCreateFlags.PAUSED) !== 0,
+        resetNvram: (flags & DomainCreateFlags.RESET_NVRAM) !== 0,
+        autodestroy: (flags & DomainCreateFlags.AUTODESTROY) !== 0,
+      });
     });
   }
 

@@ -65,6 +65,8 @@ export interface StartOptions {
   paused: boolean;
   /** START_RESET_NVRAM: a fresh copy of the UEFI variable store's template */
   resetNvram?: boolean;
+  /** START_AUTODESTROY: kept in the status file, so a restarted driver destroys it (its starter is gone) */
+  autodestroy?: boolean;
 }
 
 /** libvirt's shut-off reasons as event details */
@@ -118,8 +120,9 @@ export class DomainLifecycle {
         pidFile: plan.pidFile,
         timeoutMs: this.env.startTimeoutMs,
       });
-      const run = this.newRuntime(dom, this.statusFor(dom, plan, launched));
+      const run = this.newRuntime(dom, { ...this.statusFor(dom, plan, launched), ...(opts.autodestroy ? { autodestroy: true } : {}) });
       this.becomeRunning(dom, run, plan.def);
+      dom.autodestroy = opts.autodestroy === true;
       if (plan.paused) [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.USER];
       const qmp = await run.connect().catch((e) => {
         throw qmpErrorToVirError(e, 'internal error: cannot connect to the QEMU monitor');
@@ -301,7 +304,19 @@ export class DomainLifecycle {
         this.logFor(d).warn({ ...errField(e), pid: run.pid }, 'cannot reconnect to the monitor (will retry on use)');
       }
       await this.announceRunning(d, 'reconnected');
+      if (status.autodestroy) await this.destroyOrphan(d);
     });
+  }
+
+  /**
+   * A START_AUTODESTROY domain outlived the driver (or daemon) that started it:
+   * the connection it was tied to is gone for good, so it dies now as it would
+   * have then (an offline backup's paused QEMU after a daemon kill).
+   */
+  private async destroyOrphan(dom: DomainObject): Promise<void> {
+    if (!dom.run) return;
+    this.logFor(dom).warn({ pid: dom.run.pid }, 'destroying an autodestroy domain: the connection that started it died with the previous daemon');
+    await this.destroy(dom).catch((e) => this.logFor(dom).error(errField(e), 'cannot destroy an autodestroy domain'));
   }
 
   // ------------------------------------------------------------ running

@@ -63,6 +63,8 @@ export interface DomainStatus {
   disks: DiskNodes[];
   /** ISO time the domain was started */
   startedAt: string;
+  /** started with START_AUTODESTROY: a driver that reconnects to it destroys it */
+  autodestroy?: boolean;
   /** the definition QEMU was started with (the live XML) */
   liveXml: string;
   /** room for other modules (backup jobs, checkpoints) to persist per-run data */

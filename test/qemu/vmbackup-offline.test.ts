@@ -3,8 +3,9 @@
 // power off → offline incremental → start → online incremental), a start is
 // refused while the offline run holds the images, and a bitmap left
 // inconsistent by a killed QEMU makes the offline run read in full with the
-// reason; the same through virtbackd and the CLI. Every point is restored and
-// compared with the disks rebuilt from the write log.
+// reason; the same through virtbackd and the CLI; a daemon killed during an
+// offline run leaves no paused QEMU once it is back. Every point is restored
+// and compared with the disks rebuilt from the write log.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,8 +16,10 @@ import { openFolderStore } from '../../src/chunkstore/object-store.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { DomainState } from '../../src/flags.js';
 import { cliOnQemu } from '../helpers/cli-qemu.js';
-import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
+import { makeTestDomain, qemuProcessesFor, waitFor } from '../helpers/qemu-env.js';
 import { DiskModel, run, write } from './backup-util.js';
+import { hmpWriteVia, isAlive, makeDaemonEnv } from './daemon-util.js';
+import { backupDomain, repositoryId } from '../../src/vmbackup/index.js';
 import { MiB, assertRestores, backup, checkpoints, initRepo, startVm, type Vm } from './vmbackup-helpers.js';
 
 const K64 = 64 * 1024;
@@ -154,4 +157,44 @@ test('virtback backup of a shut-off domain through virtbackd: offline point, the
   assert.deepEqual([p2.level, p2.offline, p2.base, p2.disks[0]!.chunksRead], ['inc', true, p1.pointId, 1]);
   assert.match((await cli.run('domstate', 'vbk-off')).stdout, /shut off/);
   await assertRestores(repo, 'vbk-off', p2.pointId, new Map([['sda', model.snapshot()]]), env.dir);
+});
+
+test('virtbackd SIGKILLed during an offline backup: the restarted daemon destroys the paused QEMU it left, no point is listed, the next run succeeds', { timeout: 240_000 }, async (t) => {
+  const env = await makeDaemonEnv(t);
+  await env.start();
+  let conn = await env.connect();
+  const td = await makeTestDomain(env.dir, { name: `vboffkill-${process.pid}`, sizeMiB: 64 });
+  let dom = await conn.defineXML(td.xml);
+  await dom.create();
+  const model = new DiskModel('sda', 64 * MiB);
+  await hmpWriteVia(dom, td.xml, 'sda', 0x5a, 4 * MiB, 8 * MiB);
+  model.apply(4 * MiB, 8 * MiB, 0x5a);
+  await dom.destroy();
+  const repo = await ChunkRepository.init(await openFolderStore(path.join(env.dir, 'repo')));
+  const repoId = repositoryId(repo.config);
+
+  // the offline run: killed once its paused QEMU holds the images and the job exists
+  const run = backupDomain(dom, repo, repoId, { level: 'auto' }).then(() => 'completed', (e: unknown) => `failed: ${String(e)}`);
+  await waitFor(async () => (await dom.getInfo().then((i) => i.hasBackupJob, () => false)) || null, 'the offline run\'s job', 60_000);
+  const paused = (await dom.getInfo()).id;
+  assert.equal((await dom.getInfo()).state, DomainState.PAUSED);
+  const first = env.daemons.at(-1)!;
+  first.child.kill('SIGKILL');
+  await first.exited;
+  assert.match(await run, /^failed/);
+  assert.equal(isAlive(paused), true, 'QEMU outlives the daemon');
+
+  await env.start();
+  conn = await env.connect();
+  dom = await conn.lookupByUUID(td.uuid);
+  const info = await dom.getInfo();
+  assert.equal(info.state, DomainState.SHUTOFF, 'the orphaned paused QEMU is destroyed at reconnect');
+  assert.deepEqual(await qemuProcessesFor(env.dir), [], 'no QEMU left');
+  assert.match(env.daemons.at(-1)!.stderr(), /destroying an autodestroy domain/);
+  assert.deepEqual(await repo.listPoints(td.name), [], 'no half point');
+
+  const next = await backupDomain(dom, repo, repoId, { level: 'auto' });
+  assert.deepEqual([next.offline, next.level], [true, 'full']);
+  assert.equal((await dom.getInfo()).state, DomainState.SHUTOFF);
+  await assertRestores(repo, td.name, next.pointId, new Map([['sda', model.snapshot()]]), env.dir);
 });
