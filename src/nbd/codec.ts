@@ -240,6 +240,17 @@ export class NbdDecoder {
     this.bytes.push(chunk);
   }
 
+  /**
+   * The chunks fed so far are about to be overwritten (the client reads the
+   * socket into one reused buffer): copy the undecoded rest. Messages already
+   * returned by next() may share memory with them; consume them first.
+   */
+  ownBuffered(): void {
+    this.bytes.own();
+    // a header taken while its payload is still arriving
+    if (this.pendingHeader) this.pendingHeader = Buffer.from(this.pendingHeader);
+  }
+
   /** Leave the handshake: from now on bytes are replies to requests. */
   startTransmission(setup: TransmissionSetup): void {
     if (this.phase !== 'options') throw virErr('INTERNAL_ERROR', 'NBD', `NBD decoder cannot start transmission in phase '${this.phase}'`);

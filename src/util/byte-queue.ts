@@ -54,6 +54,15 @@ export class ByteQueue {
     return this.gather(n);
   }
 
+  /**
+   * Copy what is held into memory of its own: the pushed chunks are about to be
+   * reused (a socket read into one static buffer).
+   */
+  own(): void {
+    if (this.total === 0) return;
+    this.chunks = [Buffer.concat(this.chunks, this.total)];
+  }
+
   /** Drops everything held. */
   clear(): void {
     this.chunks = [];

@@ -57,15 +57,24 @@ function norm(m: NbdMessage): unknown {
 }
 
 /** Drive a decoder the way the client does: switch to transmission right after GO's ACK. */
-function decodeAll(pieces: Buffer[], dec = new NbdDecoder()): unknown[] {
+/**
+ * `reused`: each piece is fed from one scratch buffer that is overwritten after
+ * the messages were taken and ownBuffered() was called (as the client reads its socket).
+ */
+function decodeAll(pieces: Buffer[], dec = new NbdDecoder(), reused = false): unknown[] {
   const out: unknown[] = [];
+  const scratch = Buffer.alloc(reused ? Math.max(0, ...pieces.map((p) => p.length)) : 0);
   for (const p of pieces) {
-    dec.feed(p);
+    dec.feed(reused ? scratch.subarray(0, p.copy(scratch)) : p);
     for (let m = dec.next(); m; m = dec.next()) {
       out.push(norm(m));
       if (m.kind === 'optionReply' && m.option === P.NBD_OPT_GO && m.reply === P.NBD_REP_ACK) {
         dec.startTransmission({ structuredReplies: true, simpleReplyLength: () => 0 });
       }
+    }
+    if (reused) {
+      dec.ownBuffered();
+      scratch.fill(0xa5);
     }
   }
   assert.equal(dec.buffered, 0, 'all bytes consumed');
@@ -113,6 +122,14 @@ test('split at every byte boundary gives the same messages', () => {
     const got = decodeAll([SERVER_TO_CLIENT.subarray(0, i), SERVER_TO_CLIENT.subarray(i)]);
     assert.deepEqual(got, whole, `split at ${i}`);
   }
+});
+
+test('fed from one reused buffer (ownBuffered after each read), every split gives the same messages', () => {
+  for (let i = 0; i <= SERVER_TO_CLIENT.length; i++) {
+    assert.deepEqual(decodeAll([SERVER_TO_CLIENT.subarray(0, i), SERVER_TO_CLIENT.subarray(i)], new NbdDecoder(), true), whole, `split at ${i}`);
+  }
+  const pieces = Array.from(SERVER_TO_CLIENT, (_b, i) => SERVER_TO_CLIENT.subarray(i, i + 1));
+  assert.deepEqual(decodeAll(pieces, new NbdDecoder(), true), whole, 'one byte at a time');
 });
 
 test('one byte at a time gives the same messages', () => {
