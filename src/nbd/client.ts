@@ -5,11 +5,11 @@
 
 import * as net from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { virErr } from '../errors.js';
 import { NbdDecoder, chunkTypeName, encodeRequest, type Chunk, type Extent32, type NbdMessage } from './codec.js';
 import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
 import { DEFAULT_BLOCK_SIZES, Handshake, type BlockSizes } from './handshake.js';
 import * as P from './protocol.js';
+import { checkConnectOptions, openSocket, type NbdConnectOptions } from './connect.js';
 import { describeTarget, type NbdTarget } from './target.js';
 import { checkTlsOptions, startTls, type NbdTlsOptions } from './tls.js';
 
@@ -17,18 +17,7 @@ export type { BlockSizes } from './handshake.js';
 export type { NbdTlsOptions } from './tls.js';
 
 export { describeTarget, type NbdTarget } from './target.js';
-
-export interface NbdConnectOptions {
-  exportName: string;
-  /** Exact context names to negotiate, e.g. 'base:allocation', 'qemu:dirty-bitmap:b1'. */
-  metaContexts?: string[];
-  /** Speak TLS (NBD_OPT_STARTTLS, x509) before anything else; the server must agree. */
-  tls?: NbdTlsOptions;
-  /** Requests in flight at once (default 16). */
-  maxInFlight?: number;
-  /** Give up on connect + handshake after this long (default 30 s). */
-  handshakeTimeoutMs?: number;
-}
+export type { NbdConnectOptions } from './connect.js';
 
 export interface Extent {
   offset: number;
@@ -119,23 +108,12 @@ export class NbdClient {
   static async connect(target: NbdTarget, opts: NbdConnectOptions): Promise<NbdClient> {
     const uri = describeTarget(target, opts.exportName);
     if (opts.tls) checkTlsOptions(opts.tls, uri);
-    const maxInFlight = opts.maxInFlight ?? 16;
-    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
-      throw virErr('INVALID_ARG', 'NBD', `maxInFlight must be a positive integer, got ${maxInFlight}`);
-    }
-    for (const c of opts.metaContexts ?? []) {
-      if (c.length === 0 || c.endsWith(':')) {
-        throw virErr('INVALID_ARG', 'NBD', `metadata context '${c}' must be a full context name, not a namespace query`);
-      }
-    }
-    // Plain sockets are read into one reused buffer (no 64 KiB allocation per read: at
-    // pull speed that garbage cost more main-thread time than the copy); a TLS socket,
-    // which takes the plain one over, delivers fresh buffers as 'data' events instead.
-    let client: NbdClient | undefined;
-    const onread = opts.tls ? undefined : { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array) => client!.onRead(buf, n) } satisfies net.OnReadOpts;
-    const extra = onread ? { onread } : {};
-    const socket = 'socketPath' in target ? net.createConnection({ path: target.socketPath, ...extra }) : net.createConnection({ host: target.host, port: target.port, ...extra });
-    client = new NbdClient(socket, uri, opts.exportName, maxInFlight);
+    const maxInFlight = checkConnectOptions(opts);
+    // Plain sockets are read into one reused buffer (a fresh 64 KiB one per read was garbage
+    // the collector chased at pull speed); a TLS socket, which takes the plain one over, emits 'data'.
+    const holder: { client?: NbdClient } = {};
+    const socket = openSocket(target, opts.tls ? undefined : { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n, buf) => holder.client!.onRead(buf, n) });
+    const client = (holder.client = new NbdClient(socket, uri, opts.exportName, maxInFlight));
     const timeoutMs = opts.handshakeTimeoutMs ?? 30_000;
     const timer = setTimeout(() => {
       client.fail(connectionError(`NBD handshake with ${uri} timed out after ${timeoutMs} ms`));

@@ -155,8 +155,10 @@ export class BackupMetaStore {
     return this.meta.lastJobId;
   }
 
+  /** Record finished targets; one already recorded (same job and disk: a job terminated again after a kill) is not added twice. */
   addFinished(items: FinishedTarget[]): void {
-    this.meta.finished.push(...items);
+    const known = (i: FinishedTarget) => this.meta.finished.some((f) => f.jobId === i.jobId && f.disk === i.disk && f.path === i.path);
+    this.meta.finished.push(...items.filter((i) => !known(i)));
     for (const disk of new Set(items.map((i) => i.disk))) {
       const mine = this.meta.finished.filter((f) => f.disk === disk);
       if (mine.length > KEEP_FINISHED) {

@@ -384,9 +384,10 @@ export class QemuBackups implements BackupOps {
             backingFile: d.backingFile, virtualSize: d.virtualSize,
           })),
         };
-        // recorded in meta.json (saved below, before the event) so a daemon stop cannot lose it
-        store.meta.pendingAfterPush.push(info);
-        this.queueAfterPush(store, info);
+        // recorded in meta.json (saved below, before the event) so a daemon stop cannot lose it;
+        // a driver that recovers this job after a kill terminates it again: once only
+        if (!store.meta.pendingAfterPush.some((p) => p.uuid === info.uuid && p.jobId === info.jobId)) store.meta.pendingAfterPush.push(info);
+        if (!this.afterPushDone.has(`${info.uuid}/${info.jobId}`)) this.queueAfterPush(store, info);
       }
     }
     rec.phase = 'done';
@@ -394,16 +395,17 @@ export class QemuBackups implements BackupOps {
     const stats = jobStats(rec, rec.endedAt);
     job.finalStats = stats;
     store.meta.lastCompleted = stats;
-    // two files in two folders, independent: written (and fsynced) at the same time
-    await Promise.all([
-      store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata')),
-      this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record')),
-    ]);
-    job.timeline.mark('meta and status saved (done)');
+    // meta.json (finished targets, pending manifests) is durable before the status says 'done': a driver
+    // killed in between finds the job not done and ends it again (idempotent), never done with it lost.
+    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
+    job.timeline.mark('meta saved');
     this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
     job.timeline.mark('published');
+    // after the event (the lock is still held): until it lands, recovery terminates the job again
+    await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
+    job.timeline.mark('status saved (done)');
     this.driver.log.debug({ domain: dom.uuid, jobId: rec.id, ...job.timeline.fields() }, TIMELINE_MSG);
     for (const d of rec.disks) {
       this.publish(dom, {

@@ -7,14 +7,17 @@
 // `record`: the bare record; `transaction`: the save that intends the backup
 // jobs; `running`), and `checkpoint-commit` (the checkpoint's metadata, which
 // is no status save). Every save's name is printed ("save NAME") as it lands.
-// Argument: one JSON object.
+// With `waitEnd` the child also waits for the job to end, writing manifests as
+// virtbackd does, so a kill can land in its completion ('done': the status save
+// that ends it). Argument: one JSON object.
 
 import { QemuDriver } from '../../src/qemu/driver.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
 import type { BackupJobRecord } from '../../src/qemu/backup-job.js';
 import type { CheckpointAccess, DomainHost } from '../../src/qemu/host.js';
+import { writePushManifests } from '../../src/repository/push-manifests.js';
 
-interface Args { stateDir: string; runDir: string; uuid: string; at: string; when: 'before' | 'after'; backupXml: string; checkpointXml: string | null }
+interface Args { stateDir: string; runDir: string; uuid: string; at: string; when: 'before' | 'after'; backupXml: string; checkpointXml: string | null; waitEnd?: boolean }
 
 const a = JSON.parse(process.argv[2] ?? '{}') as Args;
 
@@ -85,8 +88,11 @@ function killingCommit(cps: CheckpointAccess): CheckpointAccess {
 const driver = await QemuDriver.open({
   stateDir: a.stateDir,
   runDir: a.runDir,
-  backups: (host, cps) => new QemuBackups(killing(host), killingCommit(cps), { speed: 1024 * 1024 }),
+  backups: (host, cps) => new QemuBackups(killing(host), killingCommit(cps), a.waitEnd ? { afterPushComplete: (info) => writePushManifests(info, new Set()) } : { speed: 1024 * 1024 }),
 });
 const id = await driver.backupBegin(a.uuid, a.backupXml, a.checkpointXml, 0);
 process.stdout.write(`begun ${id}\n`);
+while (a.waitEnd && (await driver.getJobStats(a.uuid, 0)).type !== 0) {
+  await new Promise((r) => setTimeout(r, 20));
+}
 await driver.close();

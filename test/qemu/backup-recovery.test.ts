@@ -13,7 +13,10 @@ import path from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { QemuDriver } from '../../src/qemu/driver.js';
-import { makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
+import { readFile } from 'node:fs/promises';
+import { JobStatsFlags, JobType } from '../../src/flags.js';
+import { readManifest } from '../../src/repository/manifest.js';
+import { hmpWrite, makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
 import { qemuState, waitJobCompleted } from './backup-util.js';
 
 const child = path.join(path.dirname(fileURLToPath(import.meta.url)), 'backup-kill-child.ts');
@@ -119,3 +122,44 @@ for (const mode of ['push', 'pull'] as const) {
     await env.assertClean();
   });
 }
+
+// The soak found a push that restored right but had no manifest and no finished
+// record: meta.json and the 'done' status were written at the same time, and the
+// kill landed between them. meta.json now lands first; either side of the 'done'
+// save the next driver has the job's bookkeeping exactly once.
+for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${when} the status says done (after job-completed): target recorded once, manifest written, the next incremental finds it`, async (t) => {
+  const env = await makeTestEnv(t);
+  const dom = await makeTestDomain(env.dir, { sizeMiB: 16 });
+  let driver: QemuDriver = await env.openDriver();
+  const { uuid } = await driver.domainDefineXML(dom.xml, 0);
+  await driver.domainCreate(uuid, 0);
+  await hmpWrite(driver, uuid, 'sda', 0x3c, 0, 1 << 20);
+  await driver.close();
+  const full = path.join(env.dir, 'full.qcow2');
+  const r = await runChild({
+    stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'done', when, waitEnd: true,
+    backupXml: `<domainbackup><disks><disk name='sda' type='file'><driver type='qcow2'/><target file='${full}'/></disk></disks></domainbackup>`,
+    checkpointXml: '<domaincheckpoint><name>c1</name></domaincheckpoint>',
+  });
+  assert.equal(r.signal, 'SIGKILL', `killed at the done save (${r.stdout}${r.stderr})`);
+  assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['transaction', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+
+  driver = await env.openDriver();
+  const [id] = await driver.listJobIds(uuid);
+  assert.ok(id !== undefined, 'the job is known again');
+  if (when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
+  await waitFor(async () => ((await driver.getJobStats(uuid, JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED)).type === JobType.COMPLETED ? true : null), 'the job completed again');
+  await waitFor(async () => (await readManifest(full)) ?? null, 'the push manifest');
+  const meta = JSON.parse(await readFile(path.join(env.stateDir, 'backups', uuid, 'meta.json'), 'utf8')) as { finished: { jobId: number; path: string }[]; pendingAfterPush: unknown[] };
+  assert.deepEqual(meta.finished.map((f) => [f.jobId, f.path]), [[id, full]], 'recorded once');
+  assert.equal(await driver.backupEnd(uuid, id!, 0), 1);
+
+  await hmpWrite(driver, uuid, 'sda', 0x3d, 4 << 20, 65536);
+  const inc = path.join(env.dir, 'inc.qcow2');
+  const incId = await driver.backupBegin(uuid, `<domainbackup><incremental>c1</incremental><disks><disk name='sda' type='file'><driver type='qcow2'/><target file='${inc}'/></disk></disks></domainbackup>`, null, 0);
+  await waitJobCompleted(env.events, uuid, incId);
+  await driver.backupEnd(uuid, incId, 0);
+  assert.equal((await readManifest(inc))?.parentBackup, full, 'the incremental continues from the recovered full');
+  await driver.domainDestroy(uuid, 0);
+  await env.assertClean();
+});
