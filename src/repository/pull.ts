@@ -10,7 +10,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { toVirError, virErr } from '../errors.js';
 import { NbdClient, type NbdTarget, type NbdTlsOptions } from '../nbd/client.js';
-import { copyToFile, copyToSink, type CopiedRange, type CopyOptions } from '../nbd/copy.js';
+import { copyToFile, copyToSink, type CopiedRange, type CopyOptions, type CopyResult } from '../nbd/copy.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP, NBD_FLAG_CAN_MULTI_CONN } from '../nbd/protocol.js';
 import { BlockDigests, CHECKSUM_BLOCK } from './checksum.js';
 import { hashBlocks, type HashPool } from './hash-pool.js';
@@ -99,19 +99,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
       ...(dirty === undefined ? {} : { onlyDirty: dirty }),
       ...(digests ? checksumHooks(digests, opts.hashPool) : {}),
     };
-    let r;
-    if (opts.format === 'raw') {
-      r = await copyToFile(source, output, copyOpts);
-    } else {
-      const backing = opts.parentBackup === undefined ? undefined : await backingOf(source, output, opts.parentBackup, opts.exportName);
-      const sink = await Qcow2Writer.create(output, { size: source.size, ...(backing ? { backing } : {}) });
-      try {
-        // An overlay's cluster hides the parent's whole cluster, so it is read whole.
-        r = await copyToSink(source, sink, { ...copyOpts, ...(backing ? { dirtyAlignment: CLUSTER_SIZE } : {}) });
-      } finally {
-        await sink.close();
-      }
-    }
+    const r = opts.format === 'raw' ? await copyToFile(source, output, copyOpts) : await copyToQcow2(source, output, opts, copyOpts);
     await Promise.all([source, ...extra].map((c) => c.disconnect()));
     return { output, size: source.size, bytesRead: r.bytesRead, ranges: r.ranges, connections: 1 + extra.length, ...(digests ? { digests } : {}) };
   } catch (e) {
@@ -132,6 +120,21 @@ function checksumHooks(d: BlockDigests, pool?: Pick<HashPool, 'blockDigests'>): 
     onData: async (offset, data) => d.set(offset / d.blockSize, (await hash(data))[0]!),
     onZero: (offset) => d.setZero(offset / d.blockSize),
   };
+}
+
+/**
+ * A full pull's standalone qcow2, or an incremental's overlay on the parent
+ * backup. An overlay's cluster hides the parent's whole cluster, so dirty
+ * ranges are widened to whole clusters (the export holds the whole disk).
+ */
+async function copyToQcow2(source: NbdClient, output: string, opts: PullBackupOptions, copyOpts: CopyOptions): Promise<CopyResult> {
+  const backing = opts.parentBackup === undefined ? undefined : await backingOf(source, output, opts.parentBackup, opts.exportName);
+  const sink = await Qcow2Writer.create(output, { size: source.size, ...(backing ? { backing } : {}) });
+  try {
+    return await copyToSink(source, sink, { ...copyOpts, ...(backing ? { dirtyAlignment: CLUSTER_SIZE } : {}) });
+  } finally {
+    await sink.close();
+  }
 }
 
 /** The incremental's backing file: the parent backup, checked to be the same disk size. */
