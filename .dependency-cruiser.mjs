@@ -10,6 +10,7 @@
 //                                 whole-VM backups into the chunk store, side by side
 //   chunkstore/                   the deduplicating chunk repository (storage: no driver, wire or CLI)
 //   nbd/                          the NBD client, and the read-only NBD server (backup-serve)
+//   qcow2/                        the qcow2 writer of backup-pull: a copy sink for nbd/'s copy engine
 //   api/                          the contract: Driver interface, public-API checks, options
 //   xml/                          parse + align + format (pure)
 //   errors.ts flags.ts log.ts     the base
@@ -32,6 +33,8 @@ const CODECS = files([
   'remote/frame\\.ts',
   'libvirt/xdr\\.ts',
   'libvirt/packet\\.ts',
+  'qcow2/layout\\.ts',
+  'qcow2/cluster-map\\.ts',
   'util/.+',
   '.+/util/.+',
 ]);
@@ -115,6 +118,15 @@ export default {
         'it knows nothing of QEMU, the daemon, the wire or backup files.',
       from: { path: '^src/nbd/' },
       to: { path: '^src/(qemu|remote|daemon|repository|cli|sdk)/' },
+    },
+    {
+      name: 'qcow2-is-a-file-format',
+      severity: 'error',
+      comment:
+        'qcow2/ writes one file format: pure layout and cluster map, and a writer that is a sink of the NBD copy ' +
+        'engine; it knows nothing of NBD connections, QEMU, backups or the CLI.',
+      from: { path: '^src/qcow2/' },
+      to: { path: '^src/', pathNot: `${BASE}|^src/qcow2/|^src/nbd/copy\\.ts$` },
     },
     {
       name: 'qemu-below-daemon',

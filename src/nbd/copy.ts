@@ -35,6 +35,11 @@ export interface CopyProgress {
 export interface CopyOptions {
   /** Dirty-bitmap context (e.g. 'qemu:dirty-bitmap:b1'): copy only its dirty ranges. */
   onlyDirty?: string;
+  /**
+   * With onlyDirty: widen each dirty range to multiples of this many bytes (read from
+   * the export, which holds the whole disk), for a sink that stores whole clusters.
+   */
+  dirtyAlignment?: number;
   /** Allocation context used to skip holes and zeroes (default 'base:allocation' when negotiated). */
   allocationContext?: string;
   /** Reads in flight at once, over all connections (default 16). */
@@ -91,7 +96,7 @@ const ZERO_SCAN_BLOCK = 4096;
  * Both contexts are walked over the whole export with parallel windows and then
  * intersected: one query per dirty extent would cost a round trip each.
  */
-export async function planCopy(client: NbdClient, opts: Pick<CopyOptions, 'onlyDirty' | 'allocationContext'> = {}): Promise<CopiedRange[]> {
+export async function planCopy(client: NbdClient, opts: Pick<CopyOptions, 'onlyDirty' | 'dirtyAlignment' | 'allocationContext'> = {}): Promise<CopiedRange[]> {
   const alloc = opts.allocationContext ?? (client.metaContexts.has(P.CONTEXT_BASE_ALLOCATION) ? P.CONTEXT_BASE_ALLOCATION : undefined);
   const out: CopiedRange[] = [];
   const push = (r: CopiedRange) => {
@@ -109,14 +114,19 @@ export async function planCopy(client: NbdClient, opts: Pick<CopyOptions, 'onlyD
     opts.onlyDirty === undefined ? [{ offset: 0, length: client.size, flags: P.NBD_STATE_DIRTY }] : collect(opts.onlyDirty),
     alloc === undefined ? [{ offset: 0, length: client.size, flags: 0 }] : collect(alloc),
   ]);
+  const align = opts.dirtyAlignment ?? 1;
   let k = 0;
+  let done = 0;
   for (const d of dirty) {
     if (!(d.flags & P.NBD_STATE_DIRTY)) continue;
-    const end = d.offset + d.length;
-    while (k < allocation.length && allocation[k]!.offset + allocation[k]!.length <= d.offset) k++;
+    const start = Math.max(done, d.offset - (d.offset % align));
+    const end = Math.min(client.size, Math.ceil((d.offset + d.length) / align) * align);
+    if (end <= start) continue;
+    done = end;
+    while (k < allocation.length && allocation[k]!.offset + allocation[k]!.length <= start) k++;
     for (let j = k; j < allocation.length && allocation[j]!.offset < end; j++) {
       const a = allocation[j]!;
-      const s = Math.max(a.offset, d.offset);
+      const s = Math.max(a.offset, start);
       // HOLE without ZERO may read as anything: it must be read.
       push({ offset: s, length: Math.min(end, a.offset + a.length) - s, zero: (a.flags & P.NBD_STATE_ZERO) !== 0 });
     }
@@ -148,13 +158,13 @@ function isZero(buf: Buffer, start: number, end: number): boolean {
   return true;
 }
 
-/** Where copied bytes go: a file (fileSink) or a writable NBD export (the qcow2 path). */
+/** Where copied bytes go: a file (fileSink) or a qcow2 being written (src/qcow2/writer.ts). */
 export interface CopySink {
   /** Write `data` at `offset`; `data` is reused by the caller once this settles. */
   write(offset: number, data: Buffer): Promise<void>;
   /** Make a range read as zeroes; only called with `zeroFill`. */
   zero?(offset: number, length: number): Promise<void>;
-  /** Every byte written: make it durable (fdatasync / NBD flush). */
+  /** Every byte written: make it durable (fdatasync; a qcow2 writer also writes its metadata and header). */
   finish(): Promise<void>;
   /** Nothing written reads as zeroes here by itself (an incremental overlay): zero runs inside data and dirty zero ranges must be written. */
   zeroFill: boolean;

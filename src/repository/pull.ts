@@ -1,8 +1,8 @@
 // Pull-mode backup client: read a backup job's NBD export and write a backup
 // file. A full backup becomes a sparse raw file or a qcow2 without backing; an
 // incremental one becomes a qcow2 overlay on the previous backup holding exactly
-// the dirty ranges. qcow2 files are written through a writable qemu-nbd export
-// of the new image, so QEMU lays out the format and we only speak NBD. A full
+// the dirty ranges, widened to whole qcow2 clusters. qcow2 files are written by
+// our own writer (src/qcow2/), appending clusters as they arrive. A full
 // pull also checksums the content while it streams past (the manifest's
 // sha256-blocks-1MiB), so the manifest needs no second read.
 
@@ -10,11 +10,13 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { toVirError, virErr } from '../errors.js';
 import { NbdClient, type NbdTarget, type NbdTlsOptions } from '../nbd/client.js';
-import { copyToFile, copyToSink, type CopiedRange, type CopyOptions, type CopySink } from '../nbd/copy.js';
+import { copyToFile, copyToSink, type CopiedRange, type CopyOptions, type CopyResult } from '../nbd/copy.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP, NBD_FLAG_CAN_MULTI_CONN } from '../nbd/protocol.js';
 import { BlockDigests, CHECKSUM_BLOCK } from './checksum.js';
 import { hashBlocks, type HashPool } from './hash-pool.js';
-import { imageInfo, runTool, startExport } from './tools.js';
+import { CLUSTER_SIZE, type Qcow2Backing } from '../qcow2/layout.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
+import { imageInfo } from './tools.js';
 
 export interface PullProgress {
   bytesDone: number;
@@ -86,7 +88,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
     // Several connections only where the server promises they see the same data (NBD_FLAG_CAN_MULTI_CONN).
     const n = source.flags & NBD_FLAG_CAN_MULTI_CONN ? wantConnections : 1;
     for (let i = 1; i < n; i++) extra.push(await NbdClient.connect(opts.nbd, { exportName: opts.exportName, maxInFlight: 64, ...(opts.tls ? { tls: opts.tls } : {}) }));
-    // 0600 like push targets; qemu-img create and copyToFile keep the mode of the file made here.
+    // 0600 like push targets; copyToFile and the qcow2 writer keep the mode of the file made here.
     await (await fs.open(output, 'wx', 0o600)).close();
     created = true;
     const digests = dirty === undefined ? new BlockDigests(source.size, CHECKSUM_BLOCK) : undefined;
@@ -97,13 +99,7 @@ export async function pullBackup(opts: PullBackupOptions): Promise<PullBackupRes
       ...(dirty === undefined ? {} : { onlyDirty: dirty }),
       ...(digests ? checksumHooks(digests, opts.hashPool) : {}),
     };
-    let r;
-    if (opts.format === 'raw') {
-      r = await copyToFile(source, output, copyOpts);
-    } else {
-      await createImage(source, output, opts);
-      r = await copyIntoImage(source, output, copyOpts);
-    }
+    const r = opts.format === 'raw' ? await copyToFile(source, output, copyOpts) : await copyToQcow2(source, output, opts, copyOpts);
     await Promise.all([source, ...extra].map((c) => c.disconnect()));
     return { output, size: source.size, bytesRead: r.bytesRead, ranges: r.ranges, connections: 1 + extra.length, ...(digests ? { digests } : {}) };
   } catch (e) {
@@ -126,48 +122,28 @@ function checksumHooks(d: BlockDigests, pool?: Pick<HashPool, 'blockDigests'>): 
   };
 }
 
-/** The new qcow2: standalone for a full pull, an overlay on the parent backup for an incremental one. */
-async function createImage(source: NbdClient, output: string, opts: PullBackupOptions): Promise<void> {
-  const createArgs = ['create', '-q', '-f', 'qcow2'];
-  if (opts.parentBackup !== undefined) {
-    const parent = path.resolve(opts.parentBackup);
-    const info = await imageInfo(parent);
-    if (info['virtual-size'] !== source.size) {
-      throw virErr('INVALID_ARG', 'STORAGE', `parent backup '${parent}' has virtual size ${info['virtual-size']}, but export '${opts.exportName}' has ${source.size}`);
-    }
-    // Relative when side by side, so the backup folder can move as a whole.
-    const backing = path.dirname(parent) === path.dirname(output) ? path.basename(parent) : parent;
-    createArgs.push('-b', backing, '-F', info.format);
+/**
+ * A full pull's standalone qcow2, or an incremental's overlay on the parent
+ * backup. An overlay's cluster hides the parent's whole cluster, so dirty
+ * ranges are widened to whole clusters (the export holds the whole disk).
+ */
+async function copyToQcow2(source: NbdClient, output: string, opts: PullBackupOptions, copyOpts: CopyOptions): Promise<CopyResult> {
+  const backing = opts.parentBackup === undefined ? undefined : await backingOf(source, output, opts.parentBackup, opts.exportName);
+  const sink = await Qcow2Writer.create(output, { size: source.size, ...(backing ? { backing } : {}) });
+  try {
+    return await copyToSink(source, sink, { ...copyOpts, ...(backing ? { dirtyAlignment: CLUSTER_SIZE } : {}) });
+  } finally {
+    await sink.close();
   }
-  createArgs.push(output, String(source.size));
-  await runTool('qemu-img', createArgs, `creating pull backup '${output}'`);
 }
 
-/**
- * Copy the export's data (or its dirty ranges) into the new qcow2 `image`. In an
- * incremental overlay every dirty byte must be written, zeroes included, or the
- * parent's old data would show through; a full image already reads as zeroes.
- */
-async function copyIntoImage(source: NbdClient, image: string, copyOpts: CopyOptions): Promise<{ bytesRead: number; ranges: CopiedRange[] }> {
-  const exp = await startExport({ image, format: 'qcow2', readOnly: false });
-  let sink: NbdClient | undefined;
-  try {
-    sink = await NbdClient.connect({ socketPath: exp.socketPath }, { exportName: exp.exportName, maxInFlight: 64 });
-    const writer = sink;
-    const target: CopySink = {
-      zeroFill: copyOpts.onlyDirty !== undefined,
-      where: `'${image}'`,
-      write: (offset, data) => writer.write(offset, data),
-      zero: (offset, length) => writer.writeZeroes(offset, length),
-      finish: () => writer.flush(),
-    };
-    const r = await copyToSink(source, target, copyOpts);
-    await writer.disconnect();
-    sink = undefined;
-    await exp.close();
-    return { bytesRead: r.bytesRead, ranges: r.ranges };
-  } finally {
-    sink?.destroy();
-    await exp.close().catch(() => undefined);
+/** The incremental's backing file: the parent backup, checked to be the same disk size. */
+async function backingOf(source: NbdClient, output: string, parentBackup: string, exportName: string): Promise<Qcow2Backing> {
+  const parent = path.resolve(parentBackup);
+  const info = await imageInfo(parent);
+  if (info['virtual-size'] !== source.size) {
+    throw virErr('INVALID_ARG', 'STORAGE', `parent backup '${parent}' has virtual size ${info['virtual-size']}, but export '${exportName}' has ${source.size}`);
   }
+  // Relative when side by side, so the backup folder can move as a whole.
+  return { file: path.dirname(parent) === path.dirname(output) ? path.basename(parent) : parent, format: info.format };
 }
