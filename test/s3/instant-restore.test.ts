@@ -71,7 +71,11 @@ function setEnv(t: TestContext, vars: Record<string, string | undefined>): () =>
     else process.env[k] = x;
   };
   apply(vars);
-  const undo = () => apply(saved);
+  let undone = false;
+  const undo = () => {
+    if (!undone) apply(saved);
+    undone = true;
+  };
   t.after(undo);
   return undo;
 }
