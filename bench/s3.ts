@@ -3,7 +3,9 @@
 // `virtback backup` of a running QEMU domain holding the same amount of data
 // into the bucket and a `restore` from it, each printed as a ratio to the raw
 // rate measured in the same run (the issue's bar: ≥ 0.8), with the S3
-// requests per GiB. Runs are interleaved, medians reported.
+// requests per GiB and the load average. Runs are interleaved, medians
+// reported. The restore GETs 8 chunks at a time and decodes them on the chunk
+// codec pool (src/vmbackup/restore-chunks.ts).
 //
 //   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
 //
@@ -76,6 +78,8 @@ const fmt = (r: S3RequestCounts) => Object.entries(r).filter(([, n]) => n > 0).m
 
 async function main(): Promise<void> {
   const gw = await gateway();
+  // the machine is shared: the numbers mean little without its load
+  const loadAtStart = os.loadavg().map((x) => x.toFixed(1)).join(' ');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-s3b-'));
   const bucket = `vb-bench-${randomBytes(4).toString('hex')}`;
   const opts = { bucket, endpoint: gw.endpoint, credentials: gw.credentials, region: 'us-east-1' };
@@ -132,6 +136,8 @@ async function main(): Promise<void> {
       for (const c of await dom.listAllCheckpoints()) await c.delete();
       store.close();
     }
+    const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
+    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.availableParallelism()} cores)`);
     const rate = (xs: number[]) => DATA_MIB / median(xs);
     const line = (what: string, xs: number[]) => `${what}: ${rate(xs).toFixed(0)} MiB/s (median of ${runs}; ${xs.map((s) => s.toFixed(1)).join(', ')} s)`;
     console.log(line('raw multipart PUT (SDK)', res.put));
