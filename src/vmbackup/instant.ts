@@ -215,6 +215,8 @@ async function checkPointReachable(s: InstantState, dir: string): Promise<void> 
   const where = s.s3 ? `${s.repoDir}${s.s3.endpoint === undefined ? '' : ` at ${s.s3.endpoint}`}` : `'${s.repoDir}'`;
   const opts: StoreUrlOptions = s.s3 ? { s3PathStyle: s.s3.pathStyle, ...(s.s3.endpoint === undefined ? {} : { s3Endpoint: s.s3.endpoint }), ...(s.s3.region === undefined ? {} : { s3: { region: s.s3.region } }) } : {};
   try {
+    // opening a folder store creates a missing folder: a moved repository must fail instead
+    if (!s.s3 && !fs.existsSync(s.repoDir)) throw virErr('NO_STORAGE_POOL', 'STORAGE', 'the repository folder is gone');
     const store = await openObjectStore(s.repoDir, opts);
     try {
       const encryptKey = s.encryptKeyFile === undefined ? undefined : fs.readFileSync(s.encryptKeyFile);

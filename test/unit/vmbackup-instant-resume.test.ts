@@ -79,6 +79,9 @@ test('resume serves a folder repository point again at its socket; a running one
   writeState(d, { ...s, pointId: '2026-12-06T02:00:00.000Z' });
   await assert.rejects(resumeInstantServe(d, standIn(record)), (e: unknown) =>
     e instanceof VirError && e.code === ErrorCode.NO_STORAGE_VOL && e.message.includes(d) && e.message.includes('2026-12-06T02:00:00.000Z'), 'a point no longer there is named');
+  writeState(d, { ...s, repoDir: `${repoDir}.moved` });
+  await assert.rejects(resumeInstantServe(d, standIn(record)), (e: unknown) => e instanceof VirError && e.code === ErrorCode.NO_STORAGE_POOL && e.message.includes(`${repoDir}.moved`));
+  assert.equal(fs.existsSync(`${repoDir}.moved`), false, 'a missing repository folder is not created');
   writeState(d, { ...s, streamed: true });
   await assert.rejects(resumeInstantServe(d, standIn(record)), (e: unknown) => e instanceof VirError && e.code === ErrorCode.OPERATION_INVALID && /needs no serving/.test(e.message));
 });
