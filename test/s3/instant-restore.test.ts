@@ -92,8 +92,7 @@ test('host B instantly recovers host A\'s point from s3://, the bucket unchanged
   t.after(() => client.destroy());
   // credentials as the AWS tools take them; the endpoint only by --s3-endpoint (so instant.json must carry it)
   setEnv(t, { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey, AWS_REGION: s3.region, AWS_ENDPOINT_URL: undefined, AWS_ENDPOINT_URL_S3: undefined });
-  const hostA = await cliOnQemu(t);
-  const hostB = await cliOnQemu(t);
+  // a serve process left by a failed test is ours to end; registered before the hosts, whose cleanup removes the pidfiles
   const pidfiles: string[] = [];
   t.after(() => {
     for (const f of pidfiles) {
@@ -101,6 +100,8 @@ test('host B instantly recovers host A\'s point from s3://, the bucket unchanged
       if (pid !== undefined) process.kill(pid, 'SIGKILL');
     }
   });
+  const hostA = await cliOnQemu(t);
+  const hostB = await cliOnQemu(t);
   const where = ['--repo', `s3://${bucket}/fleet`, '--s3-endpoint', s3.endpoint];
 
   // host A: a running domain, backed up full then incremental

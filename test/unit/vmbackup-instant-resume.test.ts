@@ -55,7 +55,7 @@ function setEnv(t: TestContext, vars: Record<string, string | undefined>): void 
   t.after(() => apply(saved));
 }
 
-test('resume serves a folder repository point again at its socket; a running one is not started twice', async (t) => {
+test('resume serves a folder repository point again at its socket; a running one is not started twice', async () => {
   const dir = await tempDir();
   const repoDir = path.join(dir, 'repo');
   const repo = await ChunkRepository.init(await openFolderStore(repoDir), { chunkSize: 65536 });
@@ -64,8 +64,14 @@ test('resume serves a folder repository point again at its socket; a running one
   const s = state(d, { repoDir, pointId: point.id, domain: point.domain.name });
   writeState(d, s);
   const record = path.join(dir, 'argv.json');
-  t.after(() => stopServeProcess(s.pidfile, s.socket, 1000));
+  try {
+    await resumeAndRefusals(d, s, record, { repoDir, point });
+  } finally {
+    await stopServeProcess(s.pidfile, s.socket, 1000);
+  }
+});
 
+async function resumeAndRefusals(d: string, s: InstantState, record: string, { repoDir, point }: { repoDir: string; point: { id: string; domain: { name: string } } }): Promise<void> {
   const first = await resumeInstantServe(d, standIn(record));
   assert.equal(first.started, true);
   assert.equal(servingPid(s.pidfile, s.socket), first.pid);
@@ -84,7 +90,7 @@ test('resume serves a folder repository point again at its socket; a running one
   assert.equal(fs.existsSync(`${repoDir}.moved`), false, 'a missing repository folder is not created');
   writeState(d, { ...s, streamed: true });
   await assert.rejects(resumeInstantServe(d, standIn(record)), (e: unknown) => e instanceof VirError && e.code === ErrorCode.OPERATION_INVALID && /needs no serving/.test(e.message));
-});
+}
 
 test('resume over S3 without credentials in the environment is refused with AUTH_FAILED, naming folder, bucket and endpoint', async (t) => {
   const dir = await tempDir();
@@ -136,8 +142,12 @@ test('the serve process is handed the recorded S3 settings as arguments and AWS_
   fs.mkdirSync(d);
   const record = path.join(dir, 'argv.json');
   const spec = { virtbackCommand: standIn(record), repoDir: 's3://b/p', domain: 'vm1', pointId: 'P', socket: path.join(d, 'nbd.sock'), pidfile: path.join(d, 'serve.pid'), logFile: path.join(d, 'serve.log') };
-  t.after(() => stopServeProcess(spec.pidfile, spec.socket, 1000));
-  await startServeProcess({ ...spec, s3: { endpoint: 'http://gw:7480', pathStyle: false, region: 'eu-2' } });
+  // stopped here, not in an after hook: tempDir's hook, registered first, removes the pidfile's folder first
+  try {
+    await startServeProcess({ ...spec, s3: { endpoint: 'http://gw:7480', pathStyle: false, region: 'eu-2' } });
+  } finally {
+    await stopServeProcess(spec.pidfile, spec.socket, 1000);
+  }
   const got = JSON.parse(fs.readFileSync(record, 'utf8')) as { argv: string[]; region: string | null; secret: string | null };
   assert.deepEqual(got.argv.slice(-3), ['--s3-endpoint', 'http://gw:7480', '--no-s3-path-style']);
   assert.equal(got.region, 'eu-2');
