@@ -3,7 +3,9 @@
 // `virtback backup` of a running QEMU domain holding the same amount of data
 // into the bucket and a `restore` from it, each printed as a ratio to the raw
 // rate measured in the same run (the issue's bar: ≥ 0.8), with the S3
-// requests per GiB. Runs are interleaved, medians reported.
+// requests per GiB and the load average. Runs are interleaved, medians
+// reported. The restore GETs 8 chunks at a time and decodes them on the chunk
+// codec pool (src/vmbackup/restore-chunks.ts).
 //
 //   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
 //
@@ -22,11 +24,12 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ChunkRepository } from '../src/chunkstore/repo.js';
+import { chunkKey, ChunkRepository, ZERO_CHUNK } from '../src/chunkstore/repo.js';
 import { makeS3Client, openS3Store, type S3RequestCounts } from '../src/chunkstore/s3-store.js';
 import { QemuDriver } from '../src/qemu/driver.js';
 import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
+import { RESTORE_CONCURRENCY } from '../src/vmbackup/restore-chunks.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -71,11 +74,27 @@ async function gateway(): Promise<Gateway> {
   };
 }
 
+/** GET every data chunk of the point's disks RESTORE_CONCURRENCY at a time, discarding the bytes. */
+async function chunkGetsAlone(repo: ChunkRepository, pointId: string): Promise<void> {
+  const point = await repo.readPoint('bench', pointId);
+  for (const d of point.disks) {
+    const index = await repo.readIndex(d.index);
+    const ids = index.chunks.filter((id) => id !== ZERO_CHUNK);
+    let next = 0;
+    const worker = async () => {
+      while (next < ids.length) await repo.store.get(chunkKey(ids[next++]!));
+    };
+    await Promise.all(Array.from({ length: RESTORE_CONCURRENCY }, worker));
+  }
+}
+
 const perGiB = (n: number) => (n / (DATA_MIB / 1024)).toFixed(0);
 const fmt = (r: S3RequestCounts) => Object.entries(r).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${perGiB(n)}`).join(', ');
 
 async function main(): Promise<void> {
   const gw = await gateway();
+  // the machine is shared: the numbers mean little without its load
+  const loadAtStart = os.loadavg().map((x) => x.toFixed(1)).join(' ');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-s3b-'));
   const bucket = `vb-bench-${randomBytes(4).toString('hex')}`;
   const opts = { bucket, endpoint: gw.endpoint, credentials: gw.credentials, region: 'us-east-1' };
@@ -104,7 +123,7 @@ async function main(): Promise<void> {
     await driver.domainCreate(uuid, 0);
     const dom = await connectLocal(driver).lookupByUUID(uuid);
 
-    const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[] };
+    const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[], chunkGets: [] as number[] };
     let backupRequests: S3RequestCounts | null = null;
     let restoreRequests: S3RequestCounts | null = null;
     for (let r = 0; r < runs; r++) {
@@ -128,16 +147,22 @@ async function main(): Promise<void> {
       res.restore.push(await timed(() => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
       restoreRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - mid[k as keyof S3RequestCounts]])) as S3RequestCounts;
       await rm(out, { recursive: true, force: true });
+      // the same chunk objects GET alone, as the restore fetches them (8 in flight), nothing decoded or written:
+      // what the gateway gives per object, the restore's own ceiling
+      res.chunkGets.push(await timed(() => chunkGetsAlone(repo, pointId)));
       // a point of the previous run would make the next backup an incremental of nothing: drop the domain's checkpoints
       for (const c of await dom.listAllCheckpoints()) await c.delete();
       store.close();
     }
+    const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
+    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.availableParallelism()} cores)`);
     const rate = (xs: number[]) => DATA_MIB / median(xs);
     const line = (what: string, xs: number[]) => `${what}: ${rate(xs).toFixed(0)} MiB/s (median of ${runs}; ${xs.map((s) => s.toFixed(1)).join(', ')} s)`;
     console.log(line('raw multipart PUT (SDK)', res.put));
     console.log(line('raw GET (SDK)', res.get));
     console.log(line('virtback backup into S3', res.backup));
     console.log(line('virtback restore from S3', res.restore));
+    console.log(`${line('chunk objects GET alone (8 in flight)', res.chunkGets)}: ${(rate(res.chunkGets) / rate(res.get)).toFixed(2)} of the raw GET`);
     const b = rate(res.backup) / rate(res.put);
     const g = rate(res.restore) / rate(res.get);
     console.log(`ratio backup / raw PUT: ${b.toFixed(2)} (target >= 0.8) ${b >= 0.8 ? 'OK' : 'BELOW'}`);

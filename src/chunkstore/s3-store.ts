@@ -240,7 +240,9 @@ export class S3Store implements ObjectStore {
     return this.call('read', key, async () => {
       try {
         const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
-        return Buffer.from(await r.Body!.transformToByteArray());
+        const bytes = await r.Body!.transformToByteArray();
+        // a view, not a copy: the body is one new array, which a decoder thread can then take over whole
+        return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       } catch (e) {
         if (sdkError(e).name === 'NoSuchKey') notFound(`object '${key}'`);
         throw e;

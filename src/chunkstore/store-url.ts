@@ -11,7 +11,7 @@ import { isTransient, makeS3Client, openS3Store, S3Store, type S3StoreOptions } 
 export interface StoreUrlOptions {
   /** --s3-endpoint: default the SDK's (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url) */
   s3Endpoint?: string;
-  /** --s3-path-style: default on when an endpoint is given (on-site gateways), else virtual-hosted (AWS) */
+  /** --s3-path-style / --no-s3-path-style: default on when an endpoint is given (on-site gateways), else virtual-hosted (AWS) */
   s3PathStyle?: boolean;
   /** repo-init --create-bucket: create the bucket first (an existing one of ours is fine) */
   createBucket?: boolean;
@@ -44,13 +44,37 @@ export function parseS3Url(url: string): S3Location | null {
   return { bucket, prefix };
 }
 
+/**
+ * Where an s3:// repository is reached, as resolved now from the options and
+ * the environment — none of it secret: what a process started later (an
+ * instant restore's serve process, after a reboot) records and is handed,
+ * since its own environment may lack it. Credentials (keys, AWS_PROFILE) are
+ * never part of it: each process takes its own from its environment.
+ */
+export interface S3Settings {
+  endpoint?: string;
+  pathStyle: boolean;
+  /** AWS_REGION as set now (else the SDK's chain decides, as it will later) */
+  region?: string;
+}
+
+export function s3Settings(opts: Pick<StoreUrlOptions, 's3Endpoint' | 's3PathStyle'> = {}): S3Settings {
+  const env = process.env;
+  const endpoint = opts.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  return {
+    ...(endpoint !== undefined ? { endpoint } : {}),
+    pathStyle: opts.s3PathStyle ?? endpoint !== undefined,
+    ...(env.AWS_REGION ? { region: env.AWS_REGION } : {}),
+  };
+}
+
 function s3Options(loc: S3Location, opts: StoreUrlOptions): S3StoreOptions {
-  const endpoint = opts.s3Endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  const { endpoint, pathStyle } = s3Settings(opts);
   return {
     bucket: loc.bucket,
     prefix: loc.prefix,
     ...(endpoint !== undefined ? { endpoint } : {}),
-    forcePathStyle: opts.s3PathStyle ?? endpoint !== undefined,
+    forcePathStyle: pathStyle,
     ...(opts.log ? { log: opts.log } : {}),
     ...opts.s3,
   };

@@ -5,6 +5,7 @@
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import type { S3Settings } from '../chunkstore/store-url.js';
 import { virErr } from '../errors.js';
 import { pidAlive } from './pid.js';
 
@@ -18,6 +19,8 @@ export interface ServeProcessSpec {
   pidfile: string;
   logFile: string;
   encryptKeyFile?: string;
+  /** an s3:// repository: where it is reached, handed down as arguments (not the environment, which a later start may lack) */
+  s3?: S3Settings;
   /** how long to wait for the pidfile (written once the exports listen) */
   readyTimeoutMs?: number;
 }
@@ -38,10 +41,14 @@ export async function startServeProcess(s: ServeProcessSpec): Promise<number> {
   if (cmd === undefined) throw virErr('INTERNAL_ERROR', 'STORAGE', 'no command to run backup-serve with');
   const args = [...pre, 'backup-serve', '--repo', s.repoDir, s.domain, '--point', s.pointId, '--socket', s.socket, '--pidfile', s.pidfile];
   if (s.encryptKeyFile !== undefined) args.push('--encrypt-key', s.encryptKeyFile);
+  if (s.s3?.endpoint !== undefined) args.push('--s3-endpoint', s.s3.endpoint);
+  if (s.s3 !== undefined) args.push(s.s3.pathStyle ? '--s3-path-style' : '--no-s3-path-style');
+  // credentials come from the environment as for any command; never from an argument (ps shows those)
+  const env = s.s3?.region === undefined ? process.env : { ...process.env, AWS_REGION: s.s3.region };
   const log = fs.openSync(s.logFile, 'a', 0o600);
   let exited: string | undefined;
   try {
-    const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log] });
+    const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log], env });
     child.once('exit', (code, signal) => (exited = signal ?? `status ${code}`));
     child.once('error', (e) => (exited = e.message));
     child.unref();
@@ -71,6 +78,12 @@ export function readPidfile(file: string): number | undefined {
   return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
 }
 
+/** The pid of the serve process of `pidfile` when it still runs, serving `socket`. */
+export function servingPid(pidfile: string, socket: string): number | undefined {
+  const pid = readPidfile(pidfile);
+  return pid !== undefined && pidAlive(pid) && isServeProcess(pid, socket) ? pid : undefined;
+}
+
 /** True when `pid` runs backup-serve on `socket` (so a reused pid is never signalled). */
 function isServeProcess(pid: number, socket: string): boolean {
   try {
@@ -83,8 +96,8 @@ function isServeProcess(pid: number, socket: string): boolean {
 
 /** Stops the serve process of `pidfile` (SIGTERM, then SIGKILL after `graceMs`); a process already gone is fine. */
 export async function stopServeProcess(pidfile: string, socket: string, graceMs = 10_000): Promise<void> {
-  const pid = readPidfile(pidfile);
-  if (pid === undefined || !pidAlive(pid) || !isServeProcess(pid, socket)) {
+  const pid = servingPid(pidfile, socket);
+  if (pid === undefined) {
     fs.rmSync(pidfile, { force: true });
     return;
   }

@@ -6,19 +6,25 @@
 // the repository is only read. With --stream, block-stream then copies the
 // data into the overlays and the serve process is stopped: the VM no longer
 // needs the repository. Without it, `virtback instant-restore-stop` ends the
-// serving once the domain is shut off. instant.json in the folder records it all.
+// serving once the domain is shut off. instant.json in the folder records it all,
+// so that `virtback instant-restore-resume` can serve the point again later
+// (after a reboot, or a stopped serve process) from the same socket: for an
+// s3:// repository that includes where the bucket is reached (endpoint, path
+// style, region), never credentials, which the resuming command takes from
+// its own environment as every command does, or is refused (AUTH_FAILED).
 
 import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Connect, Domain } from '../api/public.js';
-import type { ChunkRepository } from '../chunkstore/repo.js';
-import { toVirError, virErr } from '../errors.js';
+import { ChunkRepository } from '../chunkstore/repo.js';
+import { closeObjectStore, openObjectStore, parseS3Url, s3Settings, type StoreUrlOptions } from '../chunkstore/store-url.js';
+import { isVirError, toVirError, virErr, type ErrorCodeName } from '../errors.js';
 import { DomainState } from '../flags.js';
 import { runTool } from '../repository/tools.js';
 import { macFromBytes, rewriteDomainXml, type RestoredDisk } from './domain-rewrite.js';
-import { startServeProcess, stopServeProcess } from './instant-process.js';
+import { servingPid, startServeProcess, stopServeProcess } from './instant-process.js';
 import { streamOverlays, type StreamProgress } from './instant-stream.js';
 import { choosePoint, nbdUri } from './serve.js';
 
@@ -33,6 +39,8 @@ export interface InstantRestoreOptions {
   overlayDir?: string;
   stream?: boolean;
   encryptKeyFile?: string;
+  /** an s3:// repository: --s3-endpoint / --s3-path-style as given (else the environment's) */
+  s3?: Pick<StoreUrlOptions, 's3Endpoint' | 's3PathStyle'>;
   /** argv that runs the virtback CLI (the serve process is `virtback backup-serve`) */
   virtbackCommand: string[];
   onStreamProgress?: (p: StreamProgress) => void;
@@ -44,6 +52,10 @@ const stateSchema = z.object({
   domain: z.string(),
   pointId: z.string(),
   repoDir: z.string(),
+  /** an s3:// repository: where its bucket is reached (no credentials) */
+  s3: z.object({ endpoint: z.string().optional(), pathStyle: z.boolean(), region: z.string().optional() }).optional(),
+  /** the key file of an encrypted repository (its path, not the key) */
+  encryptKeyFile: z.string().optional(),
   socket: z.string(),
   pidfile: z.string(),
   logFile: z.string(),
@@ -86,12 +98,15 @@ export async function instantRestore(repo: ChunkRepository, conn: Connect, opts:
   const socket = path.join(dir, 'nbd.sock');
   if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) throw virErr('INVALID_ARG', 'STORAGE', `socket path '${socket}' is too long for a unix socket; choose a shorter --overlay-dir`);
   prepareFolder(dir);
+  const s3 = parseS3Url(opts.repoDir) === null ? undefined : s3Settings(opts.s3);
   const state: InstantState = {
     name: opts.define,
     uuid: randomUUID(),
     domain: opts.domain,
     pointId: point.id,
-    repoDir: /^s3:\/\//i.test(opts.repoDir) ? opts.repoDir : path.resolve(opts.repoDir), // a folder, or an s3:// URL as given
+    repoDir: s3 ? opts.repoDir : path.resolve(opts.repoDir), // a folder, or an s3:// URL as given
+    ...(s3 ? { s3 } : {}),
+    ...(opts.encryptKeyFile === undefined ? {} : { encryptKeyFile: path.resolve(opts.encryptKeyFile) }),
     socket,
     pidfile: path.join(dir, 'serve.pid'),
     logFile: path.join(dir, 'serve.log'),
@@ -101,16 +116,7 @@ export async function instantRestore(repo: ChunkRepository, conn: Connect, opts:
   writeState(dir, state);
   let dom: Domain | undefined;
   try {
-    await startServeProcess({
-      virtbackCommand: opts.virtbackCommand,
-      repoDir: state.repoDir,
-      domain: opts.domain,
-      pointId: point.id,
-      socket,
-      pidfile: state.pidfile,
-      logFile: state.logFile,
-      ...(opts.encryptKeyFile === undefined ? {} : { encryptKeyFile: path.resolve(opts.encryptKeyFile) }),
-    });
+    await startServing(state, opts.virtbackCommand);
     for (const d of state.disks) {
       await runTool('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', d.backing, d.overlay], `creating the overlay of ${d.target}`);
       fs.chmodSync(d.overlay, 0o600);
@@ -126,6 +132,20 @@ export async function instantRestore(repo: ChunkRepository, conn: Connect, opts:
   }
   if (opts.stream) await streamAndRelease(dom, state, opts.onStreamProgress);
   return state;
+}
+
+function startServing(s: InstantState, virtbackCommand: string[]): Promise<number> {
+  return startServeProcess({
+    virtbackCommand,
+    repoDir: s.repoDir,
+    domain: s.domain,
+    pointId: s.pointId,
+    socket: s.socket,
+    pidfile: s.pidfile,
+    logFile: s.logFile,
+    ...(s.encryptKeyFile === undefined ? {} : { encryptKeyFile: s.encryptKeyFile }),
+    ...(s.s3 === undefined ? {} : { s3: s.s3 }),
+  });
 }
 
 /** A failed start leaves nothing behind but its folder (with the serve log, for the reason). */
@@ -164,4 +184,48 @@ export async function stopInstantServe(conn: Connect, dir: string): Promise<Inst
   }
   await stopServeProcess(s.pidfile, s.socket);
   return s;
+}
+
+export interface ResumeResult {
+  state: InstantState;
+  pid: number;
+  /** false: it was serving already, nothing was started */
+  started: boolean;
+}
+
+/**
+ * Serves an instant restore's point again at its socket (after a reboot, or
+ * once instant-restore-stop ended it), so its domain can start on its
+ * overlays. The repository is opened first, with the recorded S3 endpoint and
+ * this process's credentials: what cannot reach it is refused with the
+ * store's error code (AUTH_FAILED, NO_STORAGE_POOL, …) naming the folder.
+ */
+export async function resumeInstantServe(dir: string, virtbackCommand: string[]): Promise<ResumeResult> {
+  const s = readInstantState(path.resolve(dir));
+  if (s.streamed) throw virErr('OPERATION_INVALID', 'STORAGE', `instant restore '${s.name}' was streamed into its overlays: it needs no serving`);
+  const running = servingPid(s.pidfile, s.socket);
+  if (running !== undefined) return { state: s, pid: running, started: false };
+  await checkPointReachable(s, dir);
+  fs.rmSync(s.socket, { force: true }); // left by a serve process that was killed
+  return { state: s, pid: await startServing(s, virtbackCommand), started: true };
+}
+
+/** Opens the repository as the serve process will and reads the point's record; errors name the folder and where. */
+async function checkPointReachable(s: InstantState, dir: string): Promise<void> {
+  const where = s.s3 ? `${s.repoDir}${s.s3.endpoint === undefined ? '' : ` at ${s.s3.endpoint}`}` : `'${s.repoDir}'`;
+  const opts: StoreUrlOptions = s.s3 ? { s3PathStyle: s.s3.pathStyle, ...(s.s3.endpoint === undefined ? {} : { s3Endpoint: s.s3.endpoint }), ...(s.s3.region === undefined ? {} : { s3: { region: s.s3.region } }) } : {};
+  try {
+    // opening a folder store creates a missing folder: a moved repository must fail instead
+    if (!s.s3 && !fs.existsSync(s.repoDir)) throw virErr('NO_STORAGE_POOL', 'STORAGE', 'the repository folder is gone');
+    const store = await openObjectStore(s.repoDir, opts);
+    try {
+      const encryptKey = s.encryptKeyFile === undefined ? undefined : fs.readFileSync(s.encryptKeyFile);
+      await (await ChunkRepository.open(store, encryptKey ? { encryptKey } : {})).readPoint(s.domain, s.pointId);
+    } finally {
+      closeObjectStore(store);
+    }
+  } catch (e) {
+    const code: ErrorCodeName = isVirError(e) ? (e.codeName as ErrorCodeName) : 'OPERATION_FAILED';
+    throw virErr(code, 'STORAGE', `cannot serve instant restore '${path.resolve(dir)}' (point ${s.pointId} of '${s.domain}' in ${where}) again: ${(e as Error).message}`, e);
+  }
 }

@@ -13,10 +13,10 @@
 import { constants } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import type { DiskIndex, PointRecord } from '../chunkstore/repo.js';
-import { ZERO_CHUNK, type ChunkRepository } from '../chunkstore/repo.js';
+import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { virErr } from '../errors.js';
 import { runTool } from '../repository/tools.js';
-import { forEachDataChunk } from './restore-chunks.js';
+import { forEachDataChunk, type ChunkFetch } from './restore-chunks.js';
 import type { DiskProgress } from './read-disk.js';
 
 /** What `--target-dev` says: the point's disk target → the host block device it goes to. */
@@ -90,7 +90,7 @@ export interface DeviceWriteStats {
 }
 
 /** Write disk `index` onto block device `dev` (checked beforehand by checkTargetDevices). */
-export async function writeDevice(repo: ChunkRepository, index: DiskIndex, dev: string, concurrency: number, onProgress?: (p: DiskProgress) => void): Promise<DeviceWriteStats> {
+export async function writeDevice(index: DiskIndex, dev: string, fetch: ChunkFetch, onProgress?: (p: DiskProgress) => void): Promise<DeviceWriteStats> {
   // O_EXCL on a block device: refused (EBUSY) while mounted or claimed by another exclusive opener
   const fh = await fs.open(dev, constants.O_WRONLY | constants.O_EXCL).catch((e: NodeJS.ErrnoException) => {
     throw virErr(e.code === 'EBUSY' ? 'OPERATION_INVALID' : 'SYSTEM_ERROR', 'STORAGE', `cannot open '${dev}' exclusively for the restore of disk '${index.target}': ${e.message}`, e);
@@ -107,7 +107,7 @@ export async function writeDevice(repo: ChunkRepository, index: DiskIndex, dev: 
       bytesDone += length;
       onProgress?.({ bytesDone, bytesTotal });
     }
-    await forEachDataChunk(repo, index, concurrency, async (data, offset) => {
+    await forEachDataChunk(index, fetch, async (data, offset) => {
       await fh.write(data, 0, data.length, offset);
       stats.bytesWritten += data.length;
       bytesDone += data.length;

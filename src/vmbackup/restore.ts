@@ -8,14 +8,15 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Connect } from '../api/public.js';
-import type { ChunkRepository, DiskIndex, PointRecord } from '../chunkstore/repo.js';
+import type { ChunkRepository, DiskIndex } from '../chunkstore/repo.js';
 import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { toVirError, virErr } from '../errors.js';
 import { nonZeroRuns } from '../nbd/copy.js';
 import { runTool } from '../repository/tools.js';
-import { forEachDataChunk } from './restore-chunks.js';
+import { forEachDataChunk, withPooledFetch, type ChunkFetch } from './restore-chunks.js';
 import { checkTargetDevices, writeDevice, type TargetDevices } from './restore-device.js';
 import { macFromBytes, rewriteDomainXml, type RestoredDisk } from './domain-rewrite.js';
+import { choosePoint } from './serve.js';
 import type { DiskProgress } from './read-disk.js';
 
 export interface VmRestoreOptions {
@@ -28,7 +29,7 @@ export interface VmRestoreOptions {
   devices?: TargetDevices;
   /** define the restored domain under this new name (needs `conn`) */
   define?: string;
-  /** chunks in flight (default 4) */
+  /** chunks fetched and decoded at once (default RESTORE_CONCURRENCY, 8) */
   concurrency?: number;
   onProgress?: (disk: string, p: DiskProgress) => void;
 }
@@ -52,13 +53,13 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /** Write the index's chunks into a new sparse raw file `file` (must not exist). */
-async function writeRaw(repo: ChunkRepository, index: DiskIndex, file: string, concurrency: number, onProgress?: (p: DiskProgress) => void): Promise<void> {
+async function writeRaw(index: DiskIndex, file: string, fetch: ChunkFetch, onProgress?: (p: DiskProgress) => void): Promise<void> {
   const fh = await fs.open(file, 'wx', 0o600);
   try {
     await fh.truncate(index.size);
     let bytesDone = index.size - index.chunks.reduce((n, id, i) => (id === ZERO_CHUNK ? n : n + Math.min(index.chunkSize, index.size - i * index.chunkSize)), 0);
     onProgress?.({ bytesDone, bytesTotal: index.size });
-    await forEachDataChunk(repo, index, concurrency, async (data, offset) => {
+    await forEachDataChunk(index, fetch, async (data, offset) => {
       for (const [s, e] of nonZeroRuns(data)) await fh.write(data, s, e - s, offset + s);
       bytesDone += data.length;
       onProgress?.({ bytesDone, bytesTotal: index.size });
@@ -70,11 +71,11 @@ async function writeRaw(repo: ChunkRepository, index: DiskIndex, file: string, c
 }
 
 /** One disk into `final` via a temporary name; qcow2 is converted from a sparse raw (-S keeps holes). */
-async function restoreDisk(repo: ChunkRepository, index: DiskIndex, final: string, format: 'qcow2' | 'raw', concurrency: number, onProgress?: (p: DiskProgress) => void): Promise<void> {
+async function restoreDisk(index: DiskIndex, final: string, format: 'qcow2' | 'raw', fetch: ChunkFetch, onProgress?: (p: DiskProgress) => void): Promise<void> {
   const tmpRaw = `${final}.part-raw`;
   const tmpOut = `${final}.part`;
   try {
-    await writeRaw(repo, index, tmpRaw, concurrency, onProgress);
+    await writeRaw(index, tmpRaw, fetch, onProgress);
     if (format === 'raw') {
       await fs.rename(tmpRaw, final);
       return;
@@ -88,16 +89,9 @@ async function restoreDisk(repo: ChunkRepository, index: DiskIndex, final: strin
   }
 }
 
-async function findPoint(repo: ChunkRepository, domain: string, id: string | undefined): Promise<PointRecord> {
-  if (id !== undefined) return repo.readPoint(domain, id);
-  const last = (await repo.listPoints(domain)).at(-1);
-  if (last === undefined) throw virErr('NO_DOMAIN', 'STORAGE', `the repository has no point of domain '${domain}'`);
-  return last;
-}
-
 export async function restoreDomain(repo: ChunkRepository, conn: Connect | null, opts: VmRestoreOptions): Promise<VmRestoreResult> {
   if (opts.define !== undefined && conn === null) throw virErr('INVALID_ARG', 'STORAGE', 'defining the restored domain needs a connection');
-  const point = await findPoint(repo, opts.domain, opts.point);
+  const point = await choosePoint(repo, opts.domain, opts.point);
   const dir = path.resolve(opts.outputDir);
   await fs.mkdir(dir, { recursive: true });
   const base = opts.define ?? point.domain.name;
@@ -114,16 +108,18 @@ export async function restoreDomain(repo: ChunkRepository, conn: Connect | null,
   }
   const done: string[] = [];
   try {
-    for (const d of plan) {
-      const index = await repo.readIndex(d.index);
-      const progress = (p: DiskProgress) => opts.onProgress?.(d.target, p);
-      // a device's old content is gone once written to: nothing to remove on failure
-      if (d.block) await writeDevice(repo, index, d.path, opts.concurrency ?? 4, progress);
-      else {
-        await restoreDisk(repo, index, d.path, d.format, opts.concurrency ?? 4, progress);
-        done.push(d.path);
+    await withPooledFetch(repo, opts.concurrency, async (fetch) => {
+      for (const d of plan) {
+        const index = await repo.readIndex(d.index);
+        const progress = (p: DiskProgress) => opts.onProgress?.(d.target, p);
+        // a device's old content is gone once written to: nothing to remove on failure
+        if (d.block) await writeDevice(index, d.path, fetch, progress);
+        else {
+          await restoreDisk(index, d.path, d.format, fetch, progress);
+          done.push(d.path);
+        }
       }
-    }
+    });
     const restored = new Map<string, RestoredDisk>(plan.map((d) => [d.target, { path: d.path, format: d.format, block: d.block }]));
     const identity = opts.define === undefined ? null : { name: opts.define, uuid: randomUUID(), mac: () => macFromBytes(randomBytes(3)) };
     const domainXml = rewriteDomainXml(point.domainXml, restored, identity);

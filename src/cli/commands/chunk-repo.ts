@@ -46,9 +46,11 @@ export const REPO_HELP = 'the chunk repository: a folder, or s3://BUCKET[/PREFIX
 export const s3EndpointOption = (): Option =>
   new Option('--s3-endpoint <url>', 'S3 endpoint of an s3:// repository (default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile, AWS)');
 export const s3PathStyleOption = (): Option => new Option('--s3-path-style', 'path-style S3 addressing (default: on when an endpoint is given)');
+/** Added after --s3-path-style: neither given leaves s3PathStyle undefined (the default applies). */
+export const s3NoPathStyleOption = (): Option => new Option('--no-s3-path-style', 'virtual-hosted S3 addressing (http://BUCKET.host/key) even with an endpoint');
 
 function addS3Options(cmd: Command): Command {
-  return cmd.addOption(s3EndpointOption()).addOption(s3PathStyleOption());
+  return cmd.addOption(s3EndpointOption()).addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption());
 }
 
 function storeOptions(where: RepoLocation): StoreUrlOptions {

@@ -10,7 +10,7 @@ import { CONFIG_KEY } from '../../chunkstore/repo.js';
 import { openObjectStore } from '../../chunkstore/store-url.js';
 import { virErr } from '../../errors.js';
 import { formatCapacity, json, out } from '../output.js';
-import { openChunkRepository, s3EndpointOption, s3PathStyleOption, type RepoLocation } from './chunk-repo.js';
+import { openChunkRepository, s3EndpointOption, s3NoPathStyleOption, s3PathStyleOption, type RepoLocation } from './chunk-repo.js';
 
 async function readKey(file: string): Promise<Buffer> {
   return fs.readFile(file).catch((e: unknown) => {
@@ -43,7 +43,7 @@ export function formatSync(r: SyncResult, created: boolean): string {
 
 export function register(program: Command): void {
   const cmd = program.command('repo-sync');
-  cmd.addOption(s3EndpointOption()).addOption(s3PathStyleOption());
+  cmd.addOption(s3EndpointOption()).addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption());
   cmd
     .description('Copy the backup points a chunk repository lacks from another one: only missing chunks, point records last (virtback)')
     .requiredOption('--from <repo>', 'the source repository (a folder or s3://BUCKET/PREFIX)')

@@ -2,7 +2,8 @@
 // foreground until SIGINT/SIGTERM. `virtback instant-restore`: run a domain
 // from a point on qcow2 overlays backed by those exports (the serve process
 // detached, in the overlay folder), optionally streaming the data in;
-// `virtback instant-restore-stop`: end that serving once it is safe.
+// `virtback instant-restore-stop`: end that serving once it is safe;
+// `virtback instant-restore-resume`: serve it again later.
 // docs/backup-serve.md describes all three.
 
 import { type Command } from 'commander';
@@ -12,12 +13,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { virErr } from '../../errors.js';
 import type { NbdListen } from '../../nbd/server.js';
-import { instantRestore, stopInstantServe } from '../../vmbackup/instant.js';
+import { instantRestore, resumeInstantServe, stopInstantServe } from '../../vmbackup/instant.js';
 import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { jsonLine, progressView } from '../progress.js';
-import { openChunkRepository, REPO_HELP, s3EndpointOption, s3PathStyleOption } from './chunk-repo.js';
+import { openChunkRepository, REPO_HELP, s3EndpointOption, s3NoPathStyleOption, s3PathStyleOption } from './chunk-repo.js';
 
 interface ServeOptions {
   repo: string;
@@ -63,7 +64,7 @@ function registerServe(program: Command): void {
     .argument('<domain>', 'the domain name the points were taken of')
     .requiredOption('--repo <url>', REPO_HELP)
     .addOption(s3EndpointOption())
-    .addOption(s3PathStyleOption())
+    .addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption())
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--socket <path>', 'unix socket to listen on, mode 0600 (default: a new one in the temp folder)')
     .option('--listen <addr:port>', 'TCP address to listen on instead (e.g. 127.0.0.1:10809)')
@@ -125,7 +126,7 @@ function registerInstant(program: Command): void {
     .argument('<domain>', 'the domain name the points were taken of')
     .requiredOption('--repo <url>', REPO_HELP)
     .addOption(s3EndpointOption())
-    .addOption(s3PathStyleOption())
+    .addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption())
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .requiredOption('--define <name>', 'the new domain (new UUID and MAC addresses)')
     .option('--stream', 'copy the data into the overlays while the guest runs (QEMU block-stream), then stop serving')
@@ -133,10 +134,8 @@ function registerInstant(program: Command): void {
     .option('--encrypt-key <file>', 'the key file of an encrypted repository')
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display while streaming')
-    .action(async (domain: string, o: InstantOptions & { s3Endpoint?: string }, cmd: Command) => {
+    .action(async (domain: string, o: InstantOptions & { s3Endpoint?: string; s3PathStyle?: boolean }, cmd: Command) => {
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
-      // the backup-serve process it starts inherits the environment: the S3 endpoint goes there
-      if (o.s3Endpoint !== undefined) process.env.AWS_ENDPOINT_URL_S3 = o.s3Endpoint;
       // stream progress per disk on stderr, as backup and restore show theirs
       const view = progressView({ quiet: o.quiet === true }, process.stderr, (t) => process.stderr.write(t));
       const s = await withConnection(cmd, (conn) =>
@@ -146,6 +145,8 @@ function registerInstant(program: Command): void {
           define: o.define,
           stream: o.stream === true,
           virtbackCommand: virtbackCommand(),
+          // recorded in instant.json and handed to the serve process as arguments
+          s3: { ...(o.s3Endpoint === undefined ? {} : { s3Endpoint: o.s3Endpoint }), ...(o.s3PathStyle === undefined ? {} : { s3PathStyle: o.s3PathStyle }) },
           ...(o.point === undefined ? {} : { point: o.point }),
           ...(o.overlayDir === undefined ? {} : { overlayDir: o.overlayDir }),
           ...(o.encryptKey === undefined ? {} : { encryptKeyFile: o.encryptKey }),
@@ -168,6 +169,14 @@ function registerInstant(program: Command): void {
     .action(async (dir: string, _o: unknown, cmd: Command) => {
       const s = await withConnection(cmd, (conn) => stopInstantServe(conn, dir));
       out(`Stopped serving point ${s.pointId} for '${s.name}'\n`);
+    });
+  program
+    .command('instant-restore-resume')
+    .description("Serve an instant restore's point again at its socket (after a reboot or instant-restore-stop), so its domain can start (virtback)")
+    .argument('<overlay-dir>', 'the folder instant-restore used')
+    .action(async (dir: string) => {
+      const r = await resumeInstantServe(dir, virtbackCommand());
+      out(`${r.started ? 'Serving' : 'Already serving'} point ${r.state.pointId} for '${r.state.name}' (pid ${r.pid}); start the domain with: virtback start ${r.state.name}\n`);
     });
 }
 

@@ -9,7 +9,7 @@ import { openDaemonLogger } from '../../daemon/logger.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { backupDomain, parseTargetDevs, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
-import { openChunkRepository, REPO_HELP, s3EndpointOption, s3PathStyleOption } from './chunk-repo.js';
+import { openChunkRepository, REPO_HELP, s3EndpointOption, s3NoPathStyleOption, s3PathStyleOption } from './chunk-repo.js';
 import { out } from '../output.js';
 import { jsonLine, progressView, type ProgressView } from '../progress.js';
 
@@ -42,7 +42,7 @@ function registerBackup(program: Command): void {
     .argument('<domain>', 'domain name, id or uuid')
     .requiredOption('--repo <url>', REPO_HELP)
     .addOption(s3EndpointOption())
-    .addOption(s3PathStyleOption())
+    .addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption())
     .addOption(new Option('--level <level>', 'full, inc (from the previous point), or auto (inc when the base is usable, else full, saying why)').choices(['full', 'inc', 'auto']).default('auto'))
     .option('--quiesce', "freeze the guest's file systems for the instant (guest agent)")
     .option('--exclude <disk>', 'a disk not to back up (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
@@ -93,7 +93,7 @@ function registerRestore(program: Command): void {
     .argument('<domain>', 'the domain name the points were taken of')
     .requiredOption('--repo <url>', REPO_HELP)
     .addOption(s3EndpointOption())
-    .addOption(s3PathStyleOption())
+    .addOption(s3PathStyleOption()).addOption(s3NoPathStyleOption())
     .option('--point <id>', 'the point (default: the newest of the domain)')
     .option('--output-dir <dir>', 'where the images and <name>.xml go', '.')
     .addOption(new Option('--format <format>', 'format of the images').choices(['qcow2', 'raw']).default('qcow2'))
