@@ -107,13 +107,15 @@ export interface BackupMeta {
   lastCompleted: JobStats | null;
   /** finished pushes whose afterPushComplete (manifests) has not run yet: survives a daemon stop */
   pendingAfterPush: PushCompleteInfo[];
+  /** id of the last job whose end is recorded here (recordEnd): a done job above it lost its record */
+  lastEnded: number;
 }
 
 /** How many finished targets per disk are remembered. */
 const KEEP_FINISHED = 64;
 
 export class BackupMetaStore {
-  meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null, pendingAfterPush: [] };
+  meta: BackupMeta = { lastJobId: 0, finished: [], lastCompleted: null, pendingAfterPush: [], lastEnded: 0 };
   /** meta.json was missing or unreadable although the domain had backup metadata before: the ids handed out are unknown */
   lost = false;
 
@@ -135,6 +137,7 @@ export class BackupMetaStore {
         finished: Array.isArray(v.finished) ? v.finished : [],
         lastCompleted: v.lastCompleted ?? null,
         pendingAfterPush: Array.isArray(v.pendingAfterPush) ? v.pendingAfterPush : [],
+        lastEnded: typeof v.lastEnded === 'number' ? v.lastEnded : 0,
       };
     } catch (e) {
       this.lost = true;
@@ -155,7 +158,34 @@ export class BackupMetaStore {
     return this.meta.lastJobId;
   }
 
-  /** Record finished targets; one already recorded (same job and disk: a job terminated again after a kill) is not added twice. */
+  /**
+   * What a job's end leaves here: a completed push's targets and (with
+   * `manifests`) the manifests still to write, its final stats, and lastEnded.
+   * Saved together with the status file's 'done'; a driver that finds a done job
+   * above lastEnded (killed between the two writes, or meta.json lost) or a job
+   * not done calls this again: each part is recorded once. Returns the manifest
+   * work to queue, or null.
+   */
+  recordEnd(dom: { uuid: string; name: string }, rec: BackupJobRecord, stats: JobStats, manifests: boolean): PushCompleteInfo | null {
+    this.meta.lastCompleted = stats;
+    this.meta.lastEnded = Math.max(this.meta.lastEnded, rec.id);
+    if (rec.mode !== 'push' || rec.end !== 'completed') return null;
+    this.addFinished(rec.disks.map((d) => ({
+      disk: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental, jobId: rec.id, time: rec.startedAt,
+    })));
+    if (!manifests) return null;
+    const info: PushCompleteInfo = {
+      uuid: dom.uuid, name: dom.name, jobId: rec.id, time: rec.startedAt,
+      disks: rec.disks.map((d) => ({
+        target: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental,
+        backingFile: d.backingFile, virtualSize: d.virtualSize,
+      })),
+    };
+    if (!this.meta.pendingAfterPush.some((p) => p.uuid === info.uuid && p.jobId === info.jobId)) this.meta.pendingAfterPush.push(info);
+    return info;
+  }
+
+  /** Record finished targets; one already recorded (same job and disk: a job ended again after a kill) is not added twice. */
   addFinished(items: FinishedTarget[]): void {
     const known = (i: FinishedTarget) => this.meta.finished.some((f) => f.jobId === i.jobId && f.disk === i.disk && f.path === i.path);
     this.meta.finished.push(...items.filter((i) => !known(i)));

@@ -365,47 +365,26 @@ export class QemuBackups implements BackupOps {
         if (qmp === null || qmp.isClosed) rec.steps = [];
       }
     }
-    const store = this.table(dom).store;
-    if (rec.mode === 'push' && rec.end === 'completed') {
-      store.addFinished(rec.disks.map((d) => ({
-        disk: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental, jobId: rec.id, time: rec.startedAt,
-      })));
-      if (this.opts.afterPushComplete) {
-        // Manifests read the finished targets back (seconds for large disks): they run
-        // in one background queue, so job-completed is not delayed and memory stays
-        // bounded; backupEnd of the job waits for them (see afterPushDone).
-        const info: PushCompleteInfo = {
-          uuid: dom.uuid,
-          name: dom.name,
-          jobId: rec.id,
-          time: rec.startedAt,
-          disks: rec.disks.map((d) => ({
-            target: d.target, path: d.path, format: d.format, checkpoint: rec.checkpoint, incremental: d.incremental,
-            backingFile: d.backingFile, virtualSize: d.virtualSize,
-          })),
-        };
-        // recorded in meta.json (saved below, before the event) so a daemon stop cannot lose it;
-        // a driver that recovers this job after a kill terminates it again: once only
-        if (!store.meta.pendingAfterPush.some((p) => p.uuid === info.uuid && p.jobId === info.jobId)) store.meta.pendingAfterPush.push(info);
-        if (!this.afterPushDone.has(`${info.uuid}/${info.jobId}`)) this.queueAfterPush(store, info);
-      }
-    }
     rec.phase = 'done';
     rec.endedAt = Date.now();
     const stats = jobStats(rec, rec.endedAt);
     job.finalStats = stats;
-    store.meta.lastCompleted = stats;
-    // meta.json (finished targets, pending manifests) is durable before the status says 'done': a driver
-    // killed in between finds the job not done and ends it again (idempotent), never done with it lost.
-    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
-    job.timeline.mark('meta saved');
+    const store = this.table(dom).store;
+    // Manifests read the finished targets back (seconds for large disks): they run in one
+    // background queue, so job-completed is not delayed; backupEnd waits for them (afterPushDone).
+    const manifests = store.recordEnd(dom, rec, stats, this.opts.afterPushComplete !== undefined);
+    if (manifests && !this.afterPushDone.has(`${dom.uuid}/${rec.id}`)) this.queueAfterPush(store, manifests);
+    // two files in two folders, written (and fsynced) at the same time; a kill between
+    // them is healed: not done -> ended again, done above meta's lastEnded -> recorded again
+    await Promise.all([
+      store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata')),
+      this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record')),
+    ]);
+    job.timeline.mark('meta and status saved (done)');
     this.logEnd(dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
     job.timeline.mark('published');
-    // after the event (the lock is still held): until it lands, recovery terminates the job again
-    await this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record'));
-    job.timeline.mark('status saved (done)');
     this.driver.log.debug({ domain: dom.uuid, jobId: rec.id, ...job.timeline.fields() }, TIMELINE_MSG);
     for (const d of rec.disks) {
       this.publish(dom, {
@@ -474,7 +453,7 @@ export class QemuBackups implements BackupOps {
     if (!rec) return;
     const table = this.table(dom);
     table.current = rec.phase === 'starting' ? null : new BackupJob(rec);
-    if (rec.phase === 'done') return;
+    if (rec.phase === 'done') return this.healEnded(dom, rec);
     this.recovering.add(dom.uuid);
     try {
       const qmp = await this.driver.monitor(dom.uuid);
@@ -490,6 +469,16 @@ export class QemuBackups implements BackupOps {
     }
   }
 
+  /** A done job whose end meta.json does not hold (a kill between the two last writes, or meta.json lost): record it now. */
+  private async healEnded(dom: DomainObject, rec: BackupJobRecord): Promise<void> {
+    const store = this.table(dom).store;
+    if (store.meta.lastEnded >= rec.id) return;
+    this.driver.log.warn(jobFields(dom, rec), 'the end of the last backup job was not in its metadata: recorded again');
+    const manifests = store.recordEnd(dom, rec, jobStats(rec, rec.endedAt ?? Date.now()), this.opts.afterPushComplete !== undefined);
+    if (manifests && !this.afterPushDone.has(`${dom.uuid}/${rec.id}`)) this.queueAfterPush(store, manifests);
+    await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
+  }
+
   private async domainStopped(dom: DomainObject, reason: number): Promise<void> {
     this.unwatch(dom.uuid);
     const table = this.table(dom);
@@ -497,6 +486,7 @@ export class QemuBackups implements BackupOps {
     // QEMU died during an interrupted backupBegin: only the files it created are left
     if (saved?.phase === 'starting' && table.current?.record.id !== saved.id) return this.rollBack(dom, null, saved);
     if (!table.current && saved) table.current = new BackupJob(saved);
+    if (saved?.phase === 'done') await this.healEnded(dom, saved);
     const job = table.current;
     if (!job || !job.active) return;
     for (const d of job.record.disks) {

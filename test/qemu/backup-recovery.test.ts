@@ -13,7 +13,7 @@ import path from 'node:path';
 import test from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { QemuDriver } from '../../src/qemu/driver.js';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { JobStatsFlags, JobType } from '../../src/flags.js';
 import { readManifest } from '../../src/repository/manifest.js';
 import { hmpWrite, makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
@@ -124,9 +124,10 @@ for (const mode of ['push', 'pull'] as const) {
 }
 
 // The soak found a push that restored right but had no manifest and no finished
-// record: meta.json and the 'done' status were written at the same time, and the
-// kill landed between them. meta.json now lands first; either side of the 'done'
-// save the next driver has the job's bookkeeping exactly once.
+// record: meta.json and the 'done' status are written at the same time, and the
+// kill landed after the status, before meta.json. Killed before the 'done' save the
+// job is ended again; after it, with meta.json gone (as if it had not landed), its
+// end is recorded again: either way exactly once.
 for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${when} the status says done (after job-completed): target recorded once, manifest written, the next incremental finds it`, async (t) => {
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { sizeMiB: 16 });
@@ -144,13 +145,15 @@ for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${w
   assert.equal(r.signal, 'SIGKILL', `killed at the done save (${r.stdout}${r.stderr})`);
   assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['transaction', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
 
+  const metaFile = path.join(env.stateDir, 'backups', uuid, 'meta.json');
+  if (when === 'after') await rm(metaFile);
   driver = await env.openDriver();
   const [id] = await driver.listJobIds(uuid);
   assert.ok(id !== undefined, 'the job is known again');
   if (when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
   await waitFor(async () => ((await driver.getJobStats(uuid, JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED)).type === JobType.COMPLETED ? true : null), 'the job completed again');
   await waitFor(async () => (await readManifest(full)) ?? null, 'the push manifest');
-  const meta = JSON.parse(await readFile(path.join(env.stateDir, 'backups', uuid, 'meta.json'), 'utf8')) as { finished: { jobId: number; path: string }[]; pendingAfterPush: unknown[] };
+  const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { finished: { jobId: number; path: string }[]; pendingAfterPush: unknown[] };
   assert.deepEqual(meta.finished.map((f) => [f.jobId, f.path]), [[id, full]], 'recorded once');
   assert.equal(await driver.backupEnd(uuid, id!, 0), 1);
 
