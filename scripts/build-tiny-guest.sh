@@ -189,6 +189,8 @@ cat > "$IR/init" <<'INIT_EOF'
 #   tg.hook=0                        do not give qemu-ga the fsfreeze hook (default:
 #                                    /etc/qemu/fsfreeze-hook logs each freeze/thaw)
 #   tg.debug=1                       start a shell on the console at the end
+#   tg.acpi_delay=SECONDS            after the ACPI power button, wait this long before
+#                                    shutting down (a test that must act while it is pending)
 #   tg.net=dhcp                      bring eth0 (virtio-net) up with an address from
 #                                    DHCP (QEMU's user networking serves one)
 /bin/busybox --install -s /bin
@@ -397,6 +399,9 @@ mkdir -p "$IR/etc/acpi/PWRF"
 cat > "$IR/etc/acpi/PWRF/00000080" <<'PWRF_EOF'
 #!/bin/sh
 echo "tiny-guest: power button: shutting down" > /dev/console
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in tg.acpi_delay=*) sleep "${arg#*=}" ;; esac
+done
 exec /sbin/shutdown -h +0
 PWRF_EOF
 chmod 755 "$IR/etc/acpi/PWRF/00000080"
