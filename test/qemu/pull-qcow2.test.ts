@@ -9,10 +9,9 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -22,35 +21,10 @@ import { copyToSink } from '../../src/nbd/copy.js';
 import { CONTEXT_BASE_ALLOCATION } from '../../src/nbd/protocol.js';
 import { Qcow2Writer } from '../../src/qcow2/writer.js';
 import { pullBackup } from '../../src/repository/index.js';
-import { MiB, img, map, qemuIo, run } from './repository-helpers.js';
+import { MiB, img, map, qemuIo, run, serve, type Server } from './repository-helpers.js';
 
 const SIZE = 64 * MiB;
 const K64 = 64 * 1024;
-
-interface Server {
-  proc: ChildProcess;
-  socket: string;
-  exited: Promise<unknown>;
-}
-
-async function serve(dir: string, image: string, name: string, bitmap?: string): Promise<Server> {
-  const socket = path.join(dir, `${name}.sock`);
-  const proc = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=4', '--format=qcow2', `--socket=${socket}`, ...(bitmap ? [`--bitmap=${bitmap}`] : []), image], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const exited = new Promise((r) => proc.once('exit', r));
-  for (let i = 0; ; i++) {
-    if (proc.exitCode !== null) throw new Error('qemu-nbd exited');
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = net.createConnection(socket);
-      c.once('connect', () => (c.destroy(), resolve(true)));
-      c.once('error', () => resolve(false));
-    });
-    if (ok) return { proc, socket, exited };
-    if (i > 200) throw new Error('qemu-nbd did not listen');
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function stop(s: Server): Promise<void> {
   if (s.proc.exitCode === null && s.proc.signalCode === null) s.proc.kill('SIGTERM');

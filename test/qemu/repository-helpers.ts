@@ -1,9 +1,10 @@
 // Shared by the repository tests: tool runners, the checksum definition
 // recomputed independently from raw bytes, and file fingerprints.
 
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { BackupManifestInput } from '../../src/repository/index.js';
@@ -100,4 +101,31 @@ export async function copyChain(dir: string, name: string, pattern: RegExp): Pro
   await fs.mkdir(d);
   for (const f of await fs.readdir(dir)) if (pattern.test(f)) await fs.copyFile(path.join(dir, f), path.join(d, f));
   return d;
+}
+
+export interface Server {
+  proc: ChildProcess;
+  socket: string;
+  exited: Promise<unknown>;
+}
+
+/** A read-only qemu-nbd serving `image` (optionally a bitmap's dirty context) on DIR/NAME.sock, once it listens. */
+export async function serve(dir: string, image: string, name: string, bitmap?: string): Promise<Server> {
+  const socket = path.join(dir, `${name}.sock`);
+  const proc = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=4', '--format=qcow2', `--socket=${socket}`, ...(bitmap ? [`--bitmap=${bitmap}`] : []), image], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const exited = new Promise((r) => proc.once('exit', r));
+  for (let i = 0; ; i++) {
+    if (proc.exitCode !== null) throw new Error('qemu-nbd exited');
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = net.createConnection(socket);
+      c.once('connect', () => (c.destroy(), resolve(true)));
+      c.once('error', () => resolve(false));
+    });
+    if (ok) break;
+    if (i > 200) throw new Error('qemu-nbd did not listen');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return { proc, socket, exited };
 }

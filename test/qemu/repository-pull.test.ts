@@ -4,42 +4,14 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { pullBackup, restoreBackup, verifyBackup, writeManifest } from '../../src/repository/index.js';
-import { MiB, dataBytesIn, fingerprint, img, map, qemuIo, rawContent, sha } from './repository-helpers.js';
+import { MiB, dataBytesIn, fingerprint, img, map, qemuIo, rawContent, serve, sha, type Server } from './repository-helpers.js';
 
 const SIZE = 64 * MiB;
-
-interface Server {
-  proc: ChildProcess;
-  socket: string;
-  exited: Promise<unknown>;
-}
-
-async function serve(dir: string, image: string, name: string, bitmap?: string): Promise<Server> {
-  const socket = path.join(dir, `${name}.sock`);
-  const proc = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=4', '--format=qcow2', `--socket=${socket}`, ...(bitmap ? [`--bitmap=${bitmap}`] : []), image], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const exited = new Promise((r) => proc.once('exit', r));
-  for (let i = 0; ; i++) {
-    if (proc.exitCode !== null) throw new Error('qemu-nbd exited');
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = net.createConnection(socket);
-      c.once('connect', () => (c.destroy(), resolve(true)));
-      c.once('error', () => resolve(false));
-    });
-    if (ok) break;
-    if (i > 200) throw new Error('qemu-nbd did not listen');
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return { proc, socket, exited };
-}
 
 async function stop(s: Server | undefined): Promise<void> {
   if (s && s.proc.exitCode === null && s.proc.signalCode === null) {
