@@ -209,7 +209,8 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
   } finally {
     await starter.close();
   }
-  await waitFor(async () => /shut off/.test(await cli('domstate', name)) || null, 'the autodestroy domain to die with its connection', 30_000);
+  // asked while libvirtd tears the domain down, domstate may be refused ("domain is not running"): ask again
+  await waitFor(async () => /shut off/.test((await runMain(['-c', uri, 'domstate', name])).stdout) || null, 'the autodestroy domain to die with its connection', 30_000);
   const noJob = await runMain(['-c', uri, 'backup-end', name]);
   assert.deepEqual([noJob.code, noJob.stderr.trim()], [1, 'error: no domain backup job present']);
   assert.match(await cli('undefine', name, '--checkpoints-metadata'), /undefined/);
