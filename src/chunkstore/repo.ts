@@ -312,7 +312,13 @@ export class ChunkRepository {
     const prefix = domainName === undefined ? 'points/' : `points/${domainSegment(domainName)}/`;
     const points: PointRecord[] = [];
     for await (const o of this.store.list(prefix)) {
-      if (o.key.endsWith('.json')) points.push(await this.readPointKey(o.key));
+      if (!o.key.endsWith('.json')) continue;
+      // pruned by another host between the listing and the read: not a point any more
+      const p = await this.readPointKey(o.key).catch((e: unknown) => {
+        if (isVirError(e, 'NO_STORAGE_VOL')) return null;
+        throw e;
+      });
+      if (p) points.push(p);
     }
     return points.sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
