@@ -7,14 +7,16 @@
 //   - a pull export serves the disk at its instant (`nbdcopy`);
 //   - nothing is LEFT BEHIND: no QMP job, export, node or bitmap that no job
 //     owns (asked of QEMU itself), no backup file of a backup that was not
-//     reported successful, no scratch file, no export socket.
+//     reported successful, no scratch file, no export socket, no qemu-nbd
+//     of the world that the running daemon did not start.
 // Leftovers are counted once, then removed, so the run can go on.
 
-import { readdir, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Point, Tally, WriteLog } from './soak-model.js';
 import { DISK, run, type World } from './soak-world.js';
 import { qmp } from '../test/qemu/daemon-util.js';
+import { processesMentioning } from '../test/helpers/qemu-env.js';
 
 /** qemu-img compare of the expected raw image with `image`: null when equal, else what differs. */
 export async function compareImages(expected: string, image: string, format: 'raw' | 'qcow2'): Promise<string | null> {
@@ -147,6 +149,14 @@ export async function audit(w: World, t: Tally, points: Point[], cycle: number, 
     for (const [n, b] of l.bitmaps) note(`${b === '' ? 'unnamed bitmap' : `bitmap '${b}'`} on node '${n}' that is neither a checkpoint's nor a job's`);
     if (l.jobs.length + l.exports.length + l.nodes.length + l.bitmaps.length > 0) await scrubQemu(w, l);
   }
+  for (const pid of await orphanExports(w)) {
+    note(`qemu-nbd process serving a file of the world that the running daemon did not start`);
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
   const allowed = new Set<string>([w.diskFile]);
   for (const p of points) {
     allowed.add(p.file);
@@ -166,4 +176,17 @@ export async function audit(w: World, t: Tally, points: Point[], cycle: number, 
     }
   }
   return found;
+}
+
+/** qemu-nbd processes mentioning the world's folder whose parent is not the running daemon (a killed one's orphans). */
+async function orphanExports(w: World): Promise<number[]> {
+  const daemon = w.daemon?.child.pid;
+  const orphans: number[] = [];
+  for (const p of await processesMentioning(w.dirs.dir)) {
+    if (path.basename(p.argv[0] ?? '') !== 'qemu-nbd') continue;
+    const status = await readFile(`/proc/${p.pid}/status`, 'utf8').catch(() => '');
+    const ppid = Number(/^PPid:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    if (ppid !== 0 && ppid !== daemon) orphans.push(p.pid);
+  }
+  return orphans;
 }

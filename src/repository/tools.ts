@@ -129,6 +129,22 @@ async function makeSocketDir(): Promise<string> {
   return dir;
 }
 
+/** Exit status of the wrapper of orphanSafe() when its parent had already died. */
+export const ORPHANED_AT_START = 97;
+
+/**
+ * The argv that runs `cmd` so that it dies with this process: setpriv sets
+ * PR_SET_PDEATHSIG (SIGKILL: a qemu-nbd whose client is gone has nothing to
+ * flush that anyone wants, and SIGTERM could wait on a half-made client), then
+ * a shell checks that its parent is still us before exec'ing `cmd` — the
+ * kernel never sends the signal for a parent that died before the prctl (a
+ * daemon SIGKILLed right after the spawn left a qemu-nbd serving for hours).
+ */
+export function orphanSafe(cmd: string[], parentPid = process.pid): string[] {
+  const check = `while read k v; do [ "$k" = PPid: ] && break; done < /proc/$$/status; [ "$v" = "${parentPid}" ] || exit ${ORPHANED_AT_START}; exec "$@"`;
+  return ['setpriv', '--pdeathsig', 'KILL', '--', '/bin/sh', '-c', check, 'sh', ...cmd];
+}
+
 /** Serve `image` (with its backing chain) on a private unix socket with qemu-nbd. */
 export async function startExport(opts: ExportOptions): Promise<NbdExport> {
   const dir = await makeSocketDir();
@@ -143,10 +159,8 @@ export async function startExport(opts: ExportOptions): Promise<NbdExport> {
     ...(opts.allocationDepth ? ['--allocation-depth'] : []),
     opts.image,
   ];
-  // setpriv execs qemu-nbd with PR_SET_PDEATHSIG: if we are killed (a daemon
-  // SIGKILLed while writing a manifest), the kernel ends our --persistent
-  // qemu-nbd too instead of leaving it serving the image for ever
-  const proc: ChildProcess = spawn('setpriv', ['--pdeathsig', 'TERM', '--', 'qemu-nbd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const [wrapper, ...argv] = orphanSafe(['qemu-nbd', ...args]);
+  const proc: ChildProcess = spawn(wrapper!, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   proc.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => {

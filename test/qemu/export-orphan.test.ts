@@ -4,11 +4,12 @@
 
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { promisify } from 'node:util';
+import { ORPHANED_AT_START, orphanSafe } from '../../src/repository/tools.js';
 
 const run = promisify(execFile);
 
@@ -33,7 +34,7 @@ test('a qemu-nbd export ends when the process that started it is SIGKILLed', asy
   assert.match(ready, /^ready \/.+nbd\.sock/);
   const pids = await nbdPids(image);
   assert.equal(pids.length, 1, 'one qemu-nbd serves the image');
-  assert.match(await readFile(`/proc/${pids[0]}/cmdline`, 'utf8'), /^qemu-nbd\0/, 'setpriv exec()ed into qemu-nbd (same pid)');
+  assert.match(await readFile(`/proc/${pids[0]}/cmdline`, 'utf8'), /^qemu-nbd\0/, 'setpriv and its check exec()ed into qemu-nbd (same pid)');
   child.kill('SIGKILL');
   let left = pids;
   for (let i = 0; i < 100 && left.length > 0; i++) {
@@ -41,4 +42,19 @@ test('a qemu-nbd export ends when the process that started it is SIGKILLed', asy
     left = await nbdPids(image);
   }
   assert.deepEqual(left, [], 'qemu-nbd ended with its parent');
+});
+
+test('the wrapper refuses to start its command when its parent died before the death signal was armed', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-orphan-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const marker = path.join(dir, 'ran');
+  // a parent pid that is not the wrapper's parent stands for "the parent is gone" (reparented)
+  const [cmd, ...args] = orphanSafe(['touch', marker], process.pid + 1_000_000);
+  const code = await new Promise<number | null>((resolve) => spawn(cmd!, args, { stdio: 'ignore' }).once('exit', resolve));
+  assert.equal(code, ORPHANED_AT_START);
+  await assert.rejects(stat(marker), { code: 'ENOENT' }, 'the command never ran');
+  // with its real parent it runs the command (same argv, only the pid differs)
+  const [cmd2, ...args2] = orphanSafe(['touch', marker]);
+  assert.equal(await new Promise<number | null>((resolve) => spawn(cmd2!, args2, { stdio: 'ignore' }).once('exit', resolve)), 0);
+  assert.ok((await stat(marker)).isFile());
 });
