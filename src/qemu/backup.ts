@@ -373,7 +373,7 @@ export class QemuBackups implements BackupOps {
     // Manifests read the finished targets back (seconds for large disks): they run in one
     // background queue, so job-completed is not delayed; backupEnd waits for them (afterPushDone).
     const manifests = store.recordEnd(dom, rec, stats, this.opts.afterPushComplete !== undefined);
-    if (manifests && !this.afterPushDone.has(`${dom.uuid}/${rec.id}`)) this.queueAfterPush(store, manifests);
+    if (manifests) this.queueAfterPush(store, manifests);
     // two files in two folders, written (and fsynced) at the same time; a kill between
     // them is healed: not done -> ended again, done above meta's lastEnded -> recorded again
     await Promise.all([
@@ -400,11 +400,14 @@ export class QemuBackups implements BackupOps {
     job.markFinished();
   }
 
-  /** Run afterPushComplete for a finished push in the background queue, then drop it from the pending list. */
+  /**
+   * Run afterPushComplete for a finished push in the background queue, then drop it
+   * from the pending list; a push already queued (recorded again by a heal) is not queued twice.
+   */
   private queueAfterPush(store: BackupMetaStore, info: PushCompleteInfo): void {
     const hook = this.opts.afterPushComplete;
-    if (!hook) return;
     const key = `${info.uuid}/${info.jobId}`;
+    if (!hook || this.afterPushDone.has(key)) return;
     const done = this.afterPushQueue
       .then(() => hook(info))
       .catch((e) => this.driver.log.warn({ domain: { name: info.name, uuid: info.uuid }, jobId: info.jobId, ...errField(e) }, 'afterPushComplete failed'))
@@ -475,7 +478,7 @@ export class QemuBackups implements BackupOps {
     if (store.meta.lastEnded >= rec.id) return;
     this.driver.log.warn(jobFields(dom, rec), 'the end of the last backup job was not in its metadata: recorded again');
     const manifests = store.recordEnd(dom, rec, jobStats(rec, rec.endedAt ?? Date.now()), this.opts.afterPushComplete !== undefined);
-    if (manifests && !this.afterPushDone.has(`${dom.uuid}/${rec.id}`)) this.queueAfterPush(store, manifests);
+    if (manifests) this.queueAfterPush(store, manifests);
     await store.save().catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save backup metadata'));
   }
 
