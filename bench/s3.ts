@@ -17,7 +17,7 @@ import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client
 import { Upload } from '@aws-sdk/lib-storage';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +25,8 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chunkKey, ChunkRepository, ZERO_CHUNK } from '../src/chunkstore/repo.js';
-import { makeS3Client, openS3Store, type S3RequestCounts } from '../src/chunkstore/s3-store.js';
+import { makeS3Client, openS3Store, type S3RequestCounts, type S3Store } from '../src/chunkstore/s3-store.js';
+import { MonitorCommandFlags } from '../src/flags.js';
 import { QemuDriver } from '../src/qemu/driver.js';
 import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
@@ -88,8 +89,24 @@ async function chunkGetsAlone(repo: ChunkRepository, pointId: string): Promise<v
   }
 }
 
-const perGiB = (n: number) => (n / (DATA_MIB / 1024)).toFixed(0);
-const fmt = (r: S3RequestCounts) => Object.entries(r).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${perGiB(n)}`).join(', ');
+const KINDS: Array<keyof S3RequestCounts> = ['PUT', 'COPY', 'HEAD', 'GET', 'LIST', 'DELETE'];
+/** requests of each kind per GiB of `bytes` */
+const perGiB = (r: S3RequestCounts, bytes: number) => KINDS.map((k) => `${k} ${(r[k] / (bytes / 2 ** 30)).toFixed(0)}`).join(', ');
+const since = (store: S3Store, before: S3RequestCounts): S3RequestCounts =>
+  Object.fromEntries(KINDS.map((k) => [k, store.requests[k] - before[k]])) as S3RequestCounts;
+
+/** DATA/16 MiB of random data as 1 MiB writes at random aligned offsets of the data area (HMP qemu-io, a pattern file each). */
+async function dirty(driver: QemuDriver, uuid: string, dir: string): Promise<void> {
+  const qdev = driver.diskNodes(uuid).find((d) => d.target === 'sda')!.qdevId;
+  for (let k = 0; k < DATA_MIB / 16; k++) {
+    const src = path.join(dir, `dirty-${k}.bin`);
+    await writeFile(src, randomBytes(MiB));
+    const at = Math.floor(Math.random() * DATA_MIB) * MiB;
+    const out = await driver.qemuMonitorCommand(uuid, `qemu-io -d ${qdev} "write -s ${src} ${at} ${MiB}"`, MonitorCommandFlags.HMP);
+    if (out.trim() !== '' && !/^wrote /m.test(out)) throw new Error(`qemu-io: ${out.trim()}`);
+    await rm(src);
+  }
+}
 
 async function main(): Promise<void> {
   const gw = await gateway();
@@ -124,8 +141,7 @@ async function main(): Promise<void> {
     const dom = await connectLocal(driver).lookupByUUID(uuid);
 
     const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[], chunkGets: [] as number[] };
-    let backupRequests: S3RequestCounts | null = null;
-    let restoreRequests: S3RequestCounts | null = null;
+    const requests: string[] = [];
     for (let r = 0; r < runs; r++) {
       const key = `raw/${r}`;
       res.put.push(await timed(() => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
@@ -139,17 +155,27 @@ async function main(): Promise<void> {
       const store = await openS3Store({ ...opts, prefix: `repo${r}` });
       const repo = await ChunkRepository.init(store);
       let pointId = '';
-      const before = { ...store.requests };
+      let before = { ...store.requests };
       res.backup.push(await timed(async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
-      backupRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - before[k as keyof S3RequestCounts]])) as S3RequestCounts;
-      const mid = { ...store.requests };
+      requests.push(`run ${r + 1}: full backup (${DATA_MIB} MiB of data): ${perGiB(since(store, before), DATA_MIB * MiB)}`);
+      before = { ...store.requests };
       const out = path.join(dir, `restore${r}`);
       res.restore.push(await timed(() => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
-      restoreRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - mid[k as keyof S3RequestCounts]])) as S3RequestCounts;
+      requests.push(`run ${r + 1}: restore: ${perGiB(since(store, before), DATA_MIB * MiB)}`);
       await rm(out, { recursive: true, force: true });
       // the same chunk objects GET alone, as the restore fetches them (8 in flight), nothing decoded or written:
       // what the gateway gives per object, the restore's own ceiling
       res.chunkGets.push(await timed(() => chunkGetsAlone(repo, pointId)));
+      // an incremental on top: its requests per changed chunk (the issue's bound: about one PUT each)
+      await dirty(driver, uuid, dir);
+      before = { ...store.requests };
+      const inc = await backupDomain(dom, repo, repositoryId(repo.config), { level: 'auto' });
+      const changed = inc.disks.reduce((n, d) => n + d.chunksRead, 0);
+      const incReq = since(store, before);
+      requests.push(
+        `run ${r + 1}: ${inc.level} backup, ${changed} chunks changed (${DATA_MIB / 16} MiB written): ${KINDS.map((k) => `${k} ${incReq[k]}`).join(', ')} ` +
+          `= ${((incReq.PUT + incReq.COPY + incReq.HEAD + incReq.GET + incReq.LIST) / Math.max(1, changed)).toFixed(2)} requests per changed chunk`,
+      );
       // a point of the previous run would make the next backup an incremental of nothing: drop the domain's checkpoints
       for (const c of await dom.listAllCheckpoints()) await c.delete();
       store.close();
@@ -167,7 +193,8 @@ async function main(): Promise<void> {
     const g = rate(res.restore) / rate(res.get);
     console.log(`ratio backup / raw PUT: ${b.toFixed(2)} (target >= 0.8) ${b >= 0.8 ? 'OK' : 'BELOW'}`);
     console.log(`ratio restore / raw GET: ${g.toFixed(2)} (target >= 0.8) ${g >= 0.8 ? 'OK' : 'BELOW'}`);
-    console.log(`S3 requests per GiB, full backup: ${fmt(backupRequests!)}; restore: ${fmt(restoreRequests!)}`);
+    console.log('S3 requests per GiB (a first backup: at most 256 chunk PUTs per GiB; an incremental: about one per changed chunk):');
+    for (const l of requests) console.log(`  ${l}`);
   } finally {
     // close() only disconnects: the QEMU of this run goes first
     await driver?.domainDestroy(uuid, 0).catch(() => undefined);
