@@ -2,16 +2,22 @@
 // SDK's raw multipart PUT and GET rate of DATA MiB of random data, then a full
 // `virtback backup` of a running QEMU domain holding the same amount of data
 // into the bucket and a `restore` from it, each printed as a ratio to the raw
-// rate measured in the same run (the issue's bar: ≥ 0.8), with the S3
-// requests per GiB and the load average. Runs are interleaved, medians
-// reported. The restore GETs 8 chunks at a time and decodes them on the chunk
-// codec pool (src/vmbackup/restore-chunks.ts).
+// rate measured in the same run (the issue's bar: ≥ 0.8), then an
+// incremental after DATA/16 MiB of scattered writes. Printed too: the S3
+// requests per GiB by kind (full backup, restore) and per changed chunk
+// (incremental), the CPU seconds per GiB each party used (this process with
+// its worker threads, QEMU, the Ceph daemons: on a shared 2-core machine the
+// gateway and the backup compete for the same cores, and the rates follow
+// these), and the load average. Runs are interleaved, medians reported. The
+// restore GETs 8 chunks at a time and decodes them on the chunk codec pool
+// (src/vmbackup/restore-chunks.ts).
 //
 //   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
 //
 // The gateway: the one the environment names (AWS_ENDPOINT_URL +
-// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`), else one
-// started here with scripts/ceph-test-cluster.sh (root, Ceph packages).
+// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`; with
+// VIRTBACK_TEST_CEPH_DIR=DIR its daemons' CPU is counted), else one started
+// here with scripts/ceph-test-cluster.sh (root, Ceph packages).
 
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -42,6 +48,8 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 interface Gateway {
   endpoint: string;
+  /** the cluster's folder (its daemons' pid files), when known */
+  cephDir: string | undefined;
   credentials: { accessKeyId: string; secretAccessKey: string };
   stop(): Promise<void>;
 }
@@ -58,7 +66,8 @@ async function freePort(): Promise<number> {
 async function gateway(): Promise<Gateway> {
   const e = process.env;
   if (e.AWS_ENDPOINT_URL && e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY) {
-    return { endpoint: e.AWS_ENDPOINT_URL, credentials: { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY }, stop: async () => undefined };
+    const creds = { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY };
+    return { endpoint: e.AWS_ENDPOINT_URL, cephDir: e.VIRTBACK_TEST_CEPH_DIR, credentials: creds, stop: async () => undefined };
   }
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ceph-bench-'));
   const t0 = Date.now();
@@ -67,6 +76,7 @@ async function gateway(): Promise<Gateway> {
   const env = Object.fromEntries((await readFile(path.join(dir, 's3.env'), 'utf8')).trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
   return {
     endpoint: env.AWS_ENDPOINT_URL!,
+    cephDir: dir,
     credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY! },
     stop: async () => {
       await run(SCRIPT, ['stop', dir]);
@@ -108,6 +118,53 @@ async function dirty(driver: QemuDriver, uuid: string, dir: string): Promise<voi
   }
 }
 
+/** CPU seconds (user + system) a process has used; 0 when it is gone. */
+async function procCpu(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+  if (stat === null) return 0;
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/**
+ * Where the CPU goes, per party: this process (its worker threads
+ * included), the domain's QEMU, the Ceph daemons. On a shared 2-core machine
+ * the rates follow the CPU a path needs, so this is what to cut.
+ */
+class CpuMeter {
+  constructor(
+    private readonly qemuPid: () => number,
+    private readonly cephPids: number[],
+  ) {}
+
+  static async start(gw: Gateway, qemuPid: () => number): Promise<CpuMeter> {
+    const pids: number[] = [];
+    for (const d of gw.cephDir ? ['mon.a', 'osd.0', 'client.rgw.0'] : []) {
+      const pid = Number((await readFile(path.join(gw.cephDir!, `${d}.pid`), 'utf8').catch(() => '')).trim());
+      if (pid > 0) pids.push(pid);
+    }
+    return new CpuMeter(qemuPid, pids);
+  }
+
+  async sample(): Promise<{ node: number; qemu: number; ceph: number | null }> {
+    const u = process.cpuUsage();
+    let ceph = 0;
+    for (const p of this.cephPids) ceph += await procCpu(p);
+    return { node: (u.user + u.system) / 1e6, qemu: await procCpu(this.qemuPid()), ceph: this.cephPids.length > 0 ? ceph : null };
+  }
+
+  /** `fn`'s CPU seconds per GiB of `bytes`, per party, as a line. */
+  async measure(what: string, bytes: number, fn: () => Promise<unknown>): Promise<string> {
+    const a = await this.sample();
+    await fn();
+    const b = await this.sample();
+    const gib = bytes / 2 ** 30;
+    const per = (x: number) => (x / gib).toFixed(1);
+    const ceph = a.ceph === null || b.ceph === null ? 'Ceph ? (VIRTBACK_TEST_CEPH_DIR unset)' : `Ceph ${per(b.ceph - a.ceph)}`;
+    return `${what}: this process ${per(b.node - a.node)}, QEMU ${per(b.qemu - a.qemu)}, ${ceph}`;
+  }
+}
+
 async function main(): Promise<void> {
   const gw = await gateway();
   // the machine is shared: the numbers mean little without its load
@@ -142,11 +199,21 @@ async function main(): Promise<void> {
 
     const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[], chunkGets: [] as number[] };
     const requests: string[] = [];
+    const cpuLines: string[] = [];
+    const qemuPid = async () => (await driver!.domainGetInfo(uuid)).id;
+    const pid = await qemuPid();
+    const cpu = await CpuMeter.start(gw, () => pid);
+    /** seconds `fn` takes; its CPU per GiB of the data goes into cpuLines */
+    const step = async (what: string, fn: () => Promise<unknown>): Promise<number> => {
+      let secs = 0;
+      cpuLines.push(await cpu.measure(what, DATA_MIB * MiB, async () => (secs = await timed(fn))));
+      return secs;
+    };
     for (let r = 0; r < runs; r++) {
       const key = `raw/${r}`;
-      res.put.push(await timed(() => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
+      res.put.push(await step(`run ${r + 1}: raw PUT`, () => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
       res.get.push(
-        await timed(async () => {
+        await step(`run ${r + 1}: raw GET`, async () => {
           const body = (await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body as Readable;
           for await (const _ of body) void _;
         }),
@@ -156,11 +223,11 @@ async function main(): Promise<void> {
       const repo = await ChunkRepository.init(store);
       let pointId = '';
       let before = { ...store.requests };
-      res.backup.push(await timed(async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
+      res.backup.push(await step(`run ${r + 1}: backup`, async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
       requests.push(`run ${r + 1}: full backup (${DATA_MIB} MiB of data): ${perGiB(since(store, before), DATA_MIB * MiB)}`);
       before = { ...store.requests };
       const out = path.join(dir, `restore${r}`);
-      res.restore.push(await timed(() => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
+      res.restore.push(await step(`run ${r + 1}: restore`, () => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
       requests.push(`run ${r + 1}: restore: ${perGiB(since(store, before), DATA_MIB * MiB)}`);
       await rm(out, { recursive: true, force: true });
       // the same chunk objects GET alone, as the restore fetches them (8 in flight), nothing decoded or written:
@@ -195,6 +262,8 @@ async function main(): Promise<void> {
     console.log(`ratio restore / raw GET: ${g.toFixed(2)} (target >= 0.8) ${g >= 0.8 ? 'OK' : 'BELOW'}`);
     console.log('S3 requests per GiB (a first backup: at most 256 chunk PUTs per GiB; an incremental: about one per changed chunk):');
     for (const l of requests) console.log(`  ${l}`);
+    console.log('CPU seconds per GiB of data (on a loaded machine the rates follow these):');
+    for (const l of cpuLines) console.log(`  ${l}`);
   } finally {
     // close() only disconnects: the QEMU of this run goes first
     await driver?.domainDestroy(uuid, 0).catch(() => undefined);
