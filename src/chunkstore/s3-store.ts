@@ -7,7 +7,9 @@
 // put 1 PUT (multipart above 64 MiB), get 1 GET, stat 1 HEAD, list 1 LIST per
 // 1000 keys, delete 1 DELETE, touch 1 COPY — S3 has no "set mtime": the object
 // is copied onto itself with new metadata, which for a chunk (one RADOS head
-// object on Ceph) rewrites its bytes server-side. putDeferred/flush overlap
+// object on Ceph) rewrites its bytes server-side. A touch of a chunk that the
+// chunk census (s3-census.ts) knows to be absent from its listing says so
+// without a request (the caller then uploads it). putDeferred/flush overlap
 // uploads (N in flight, N buffers held at most); an S3 PUT is atomic and
 // durable once acknowledged, so a deferred object may become visible before
 // flush — what flush adds is the wait, and the error of any that failed.
