@@ -36,6 +36,7 @@ import { MonitorCommandFlags } from '../src/flags.js';
 import { QemuDriver } from '../src/qemu/driver.js';
 import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
+import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
 import { RESTORE_CONCURRENCY } from '../src/vmbackup/restore-chunks.js';
 import { median, timed } from './timing.js';
 
@@ -264,6 +265,15 @@ async function main(): Promise<void> {
     for (const l of requests) console.log(`  ${l}`);
     console.log('CPU seconds per GiB of data (on a loaded machine the rates follow these):');
     for (const l of cpuLines) console.log(`  ${l}`);
+    // each backup and restore starts a codec pool: under tsx its workers compile their sources first
+    const c0 = process.cpuUsage();
+    const poolStart = await timed(async () => {
+      const pool = ChunkCodecPool.start({ keys: null, level: 1 });
+      await pool.encode(randomBytes(4096));
+      await pool.close();
+    });
+    const c1 = process.cpuUsage(c0);
+    console.log(`  a codec pool's start and stop (once per backup and per restore): ${((c1.user + c1.system) / 1e6).toFixed(1)} CPU s, ${poolStart.toFixed(1)} s`);
   } finally {
     // close() only disconnects: the QEMU of this run goes first
     await driver?.domainDestroy(uuid, 0).catch(() => undefined);
