@@ -11,8 +11,9 @@
 // Being wrong is harmless either way: a chunk written by another host after
 // the listing passed it is uploaded again (same content, same key); one
 // deleted since is claimed, found missing and uploaded. Memory: 4 bytes per
-// listed chunk (the first 32 bits of its id: a prefix shared with another
-// chunk only costs that chunk a COPY that finds nothing).
+// listed chunk, and a set entry per chunk stored (the first 32 bits of its
+// id: a prefix shared with another chunk only costs that chunk a COPY that
+// finds nothing).
 //
 // Cost: the listing goes on only while it has made fewer LIST requests than
 // chunks were asked about (so a run never pays more than twice what probing
@@ -53,8 +54,8 @@ export class ChunkCensus {
   private pages = 0;
   private asked = 0;
   private fetching: Promise<void> | null = null;
-  /** chunks stored since the listing passed them */
-  private readonly added = new Set<string>();
+  /** id prefixes of chunks this process stored (the listing may have passed them before) */
+  private readonly added = new Set<number>();
 
   constructor(private readonly fetchPage: (token: string | undefined) => Promise<CensusPage>) {}
 
@@ -77,14 +78,15 @@ export class ChunkCensus {
     if (p === null) return null;
     this.asked++;
     this.advance();
-    if (this.added.has(key)) return 'listed';
+    if (this.added.has(p)) return 'listed';
     if (!this.done && key > this.cursor) return null;
     return this.has(p) ? 'listed' : 'absent';
   }
 
   /** The key was stored (by this process): later lookups say 'listed'. */
   noteStored(key: string): void {
-    if (ChunkCensus.covers(key)) this.added.add(key);
+    const p = ChunkCensus.covers(key) ? idPrefix(key) : null;
+    if (p !== null) this.added.add(p);
   }
 
   /** Wait for the page being listed (tests; a lookup never waits). */

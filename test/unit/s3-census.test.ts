@@ -100,3 +100,14 @@ test('a chunk stored after the listing passed it is listed', async () => {
   assert.equal(c.lookup(key(7)), 'listed');
   assert.equal(c.stale, false);
 });
+
+test('a chunk sharing its first 32 id bits with a listed one reads as listed (it is then claimed, found missing and uploaded)', async () => {
+  const listed = chunkKey(`abcdef01${'1'.repeat(56)}`);
+  const twin = chunkKey(`abcdef01${'2'.repeat(56)}`);
+  const other = chunkKey(`abcdef02${'1'.repeat(56)}`);
+  const l = lister([listed], 1000);
+  const c = new ChunkCensus(l.fetch);
+  c.lookup(other);
+  await c.settle();
+  assert.deepEqual([c.lookup(listed), c.lookup(twin), c.lookup(other)], ['listed', 'listed', 'absent']);
+});
