@@ -2,22 +2,28 @@
 // SDK's raw multipart PUT and GET rate of DATA MiB of random data, then a full
 // `virtback backup` of a running QEMU domain holding the same amount of data
 // into the bucket and a `restore` from it, each printed as a ratio to the raw
-// rate measured in the same run (the issue's bar: ≥ 0.8), with the S3
-// requests per GiB and the load average. Runs are interleaved, medians
-// reported. The restore GETs 8 chunks at a time and decodes them on the chunk
-// codec pool (src/vmbackup/restore-chunks.ts).
+// rate measured in the same run (the issue's bar: ≥ 0.8), then an
+// incremental after DATA/16 MiB of scattered writes. Printed too: the S3
+// requests per GiB by kind (full backup, restore) and per changed chunk
+// (incremental), the CPU seconds per GiB each party used (this process with
+// its worker threads, QEMU, the Ceph daemons: on a shared 2-core machine the
+// gateway and the backup compete for the same cores, and the rates follow
+// these), and the load average. Runs are interleaved, medians reported. The
+// restore GETs 8 chunks at a time and decodes them on the chunk codec pool
+// (src/vmbackup/restore-chunks.ts).
 //
 //   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
 //
 // The gateway: the one the environment names (AWS_ENDPOINT_URL +
-// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`), else one
-// started here with scripts/ceph-test-cluster.sh (root, Ceph packages).
+// AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`; with
+// VIRTBACK_TEST_CEPH_DIR=DIR its daemons' CPU is counted), else one started
+// here with scripts/ceph-test-cluster.sh (root, Ceph packages).
 
 import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,10 +31,12 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chunkKey, ChunkRepository, ZERO_CHUNK } from '../src/chunkstore/repo.js';
-import { makeS3Client, openS3Store, type S3RequestCounts } from '../src/chunkstore/s3-store.js';
+import { makeS3Client, openS3Store, type S3RequestCounts, type S3Store } from '../src/chunkstore/s3-store.js';
+import { MonitorCommandFlags } from '../src/flags.js';
 import { QemuDriver } from '../src/qemu/driver.js';
 import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
+import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
 import { RESTORE_CONCURRENCY } from '../src/vmbackup/restore-chunks.js';
 import { median, timed } from './timing.js';
 
@@ -41,6 +49,8 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 interface Gateway {
   endpoint: string;
+  /** the cluster's folder (its daemons' pid files), when known */
+  cephDir: string | undefined;
   credentials: { accessKeyId: string; secretAccessKey: string };
   stop(): Promise<void>;
 }
@@ -57,7 +67,8 @@ async function freePort(): Promise<number> {
 async function gateway(): Promise<Gateway> {
   const e = process.env;
   if (e.AWS_ENDPOINT_URL && e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY) {
-    return { endpoint: e.AWS_ENDPOINT_URL, credentials: { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY }, stop: async () => undefined };
+    const creds = { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY };
+    return { endpoint: e.AWS_ENDPOINT_URL, cephDir: e.VIRTBACK_TEST_CEPH_DIR, credentials: creds, stop: async () => undefined };
   }
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ceph-bench-'));
   const t0 = Date.now();
@@ -66,6 +77,7 @@ async function gateway(): Promise<Gateway> {
   const env = Object.fromEntries((await readFile(path.join(dir, 's3.env'), 'utf8')).trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
   return {
     endpoint: env.AWS_ENDPOINT_URL!,
+    cephDir: dir,
     credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY! },
     stop: async () => {
       await run(SCRIPT, ['stop', dir]);
@@ -88,8 +100,71 @@ async function chunkGetsAlone(repo: ChunkRepository, pointId: string): Promise<v
   }
 }
 
-const perGiB = (n: number) => (n / (DATA_MIB / 1024)).toFixed(0);
-const fmt = (r: S3RequestCounts) => Object.entries(r).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${perGiB(n)}`).join(', ');
+const KINDS: Array<keyof S3RequestCounts> = ['PUT', 'COPY', 'HEAD', 'GET', 'LIST', 'DELETE'];
+/** requests of each kind per GiB of `bytes` */
+const perGiB = (r: S3RequestCounts, bytes: number) => KINDS.map((k) => `${k} ${(r[k] / (bytes / 2 ** 30)).toFixed(0)}`).join(', ');
+const since = (store: S3Store, before: S3RequestCounts): S3RequestCounts =>
+  Object.fromEntries(KINDS.map((k) => [k, store.requests[k] - before[k]])) as S3RequestCounts;
+
+/** DATA/16 MiB of random data as 1 MiB writes at random aligned offsets of the data area (HMP qemu-io, a pattern file each). */
+async function dirty(driver: QemuDriver, uuid: string, dir: string): Promise<void> {
+  const qdev = driver.diskNodes(uuid).find((d) => d.target === 'sda')!.qdevId;
+  for (let k = 0; k < DATA_MIB / 16; k++) {
+    const src = path.join(dir, `dirty-${k}.bin`);
+    await writeFile(src, randomBytes(MiB));
+    const at = Math.floor(Math.random() * DATA_MIB) * MiB;
+    const out = await driver.qemuMonitorCommand(uuid, `qemu-io -d ${qdev} "write -s ${src} ${at} ${MiB}"`, MonitorCommandFlags.HMP);
+    if (out.trim() !== '' && !/^wrote /m.test(out)) throw new Error(`qemu-io: ${out.trim()}`);
+    await rm(src);
+  }
+}
+
+/** CPU seconds (user + system) a process has used; 0 when it is gone. */
+async function procCpu(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+  if (stat === null) return 0;
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/**
+ * Where the CPU goes, per party: this process (its worker threads
+ * included), the domain's QEMU, the Ceph daemons. On a shared 2-core machine
+ * the rates follow the CPU a path needs, so this is what to cut.
+ */
+class CpuMeter {
+  constructor(
+    private readonly qemuPid: () => number,
+    private readonly cephPids: number[],
+  ) {}
+
+  static async start(gw: Gateway, qemuPid: () => number): Promise<CpuMeter> {
+    const pids: number[] = [];
+    for (const d of gw.cephDir ? ['mon.a', 'osd.0', 'client.rgw.0'] : []) {
+      const pid = Number((await readFile(path.join(gw.cephDir!, `${d}.pid`), 'utf8').catch(() => '')).trim());
+      if (pid > 0) pids.push(pid);
+    }
+    return new CpuMeter(qemuPid, pids);
+  }
+
+  async sample(): Promise<{ node: number; qemu: number; ceph: number | null }> {
+    const u = process.cpuUsage();
+    let ceph = 0;
+    for (const p of this.cephPids) ceph += await procCpu(p);
+    return { node: (u.user + u.system) / 1e6, qemu: await procCpu(this.qemuPid()), ceph: this.cephPids.length > 0 ? ceph : null };
+  }
+
+  /** `fn`'s CPU seconds per GiB of `bytes`, per party, as a line. */
+  async measure(what: string, bytes: number, fn: () => Promise<unknown>): Promise<string> {
+    const a = await this.sample();
+    await fn();
+    const b = await this.sample();
+    const gib = bytes / 2 ** 30;
+    const per = (x: number) => (x / gib).toFixed(1);
+    const ceph = a.ceph === null || b.ceph === null ? 'Ceph ? (VIRTBACK_TEST_CEPH_DIR unset)' : `Ceph ${per(b.ceph - a.ceph)}`;
+    return `${what}: this process ${per(b.node - a.node)}, QEMU ${per(b.qemu - a.qemu)}, ${ceph}`;
+  }
+}
 
 async function main(): Promise<void> {
   const gw = await gateway();
@@ -124,13 +199,22 @@ async function main(): Promise<void> {
     const dom = await connectLocal(driver).lookupByUUID(uuid);
 
     const res = { put: [] as number[], get: [] as number[], backup: [] as number[], restore: [] as number[], chunkGets: [] as number[] };
-    let backupRequests: S3RequestCounts | null = null;
-    let restoreRequests: S3RequestCounts | null = null;
+    const requests: string[] = [];
+    const cpuLines: string[] = [];
+    const qemuPid = async () => (await driver!.domainGetInfo(uuid)).id;
+    const pid = await qemuPid();
+    const cpu = await CpuMeter.start(gw, () => pid);
+    /** seconds `fn` takes; its CPU per GiB of the data goes into cpuLines */
+    const step = async (what: string, fn: () => Promise<unknown>): Promise<number> => {
+      let secs = 0;
+      cpuLines.push(await cpu.measure(what, DATA_MIB * MiB, async () => (secs = await timed(fn))));
+      return secs;
+    };
     for (let r = 0; r < runs; r++) {
       const key = `raw/${r}`;
-      res.put.push(await timed(() => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
+      res.put.push(await step(`run ${r + 1}: raw PUT`, () => new Upload({ client, params: { Bucket: bucket, Key: key, Body: data }, partSize: 16 * MiB, queueSize: 8 }).done()));
       res.get.push(
-        await timed(async () => {
+        await step(`run ${r + 1}: raw GET`, async () => {
           const body = (await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body as Readable;
           for await (const _ of body) void _;
         }),
@@ -139,17 +223,27 @@ async function main(): Promise<void> {
       const store = await openS3Store({ ...opts, prefix: `repo${r}` });
       const repo = await ChunkRepository.init(store);
       let pointId = '';
-      const before = { ...store.requests };
-      res.backup.push(await timed(async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
-      backupRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - before[k as keyof S3RequestCounts]])) as S3RequestCounts;
-      const mid = { ...store.requests };
+      let before = { ...store.requests };
+      res.backup.push(await step(`run ${r + 1}: backup`, async () => (pointId = (await backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })).pointId)));
+      requests.push(`run ${r + 1}: full backup (${DATA_MIB} MiB of data): ${perGiB(since(store, before), DATA_MIB * MiB)}`);
+      before = { ...store.requests };
       const out = path.join(dir, `restore${r}`);
-      res.restore.push(await timed(() => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
-      restoreRequests = Object.fromEntries(Object.entries(store.requests).map(([k, n]) => [k, n - mid[k as keyof S3RequestCounts]])) as S3RequestCounts;
+      res.restore.push(await step(`run ${r + 1}: restore`, () => restoreDomain(repo, null, { domain: 'bench', point: pointId, outputDir: out, format: 'raw' })));
+      requests.push(`run ${r + 1}: restore: ${perGiB(since(store, before), DATA_MIB * MiB)}`);
       await rm(out, { recursive: true, force: true });
       // the same chunk objects GET alone, as the restore fetches them (8 in flight), nothing decoded or written:
       // what the gateway gives per object, the restore's own ceiling
       res.chunkGets.push(await timed(() => chunkGetsAlone(repo, pointId)));
+      // an incremental on top: its requests per changed chunk (the issue's bound: about one PUT each)
+      await dirty(driver, uuid, dir);
+      before = { ...store.requests };
+      const inc = await backupDomain(dom, repo, repositoryId(repo.config), { level: 'auto' });
+      const changed = inc.disks.reduce((n, d) => n + d.chunksRead, 0);
+      const incReq = since(store, before);
+      requests.push(
+        `run ${r + 1}: ${inc.level} backup, ${changed} chunks changed (${DATA_MIB / 16} MiB written): ${KINDS.map((k) => `${k} ${incReq[k]}`).join(', ')} ` +
+          `= ${((incReq.PUT + incReq.COPY + incReq.HEAD + incReq.GET + incReq.LIST) / Math.max(1, changed)).toFixed(2)} requests per changed chunk`,
+      );
       // a point of the previous run would make the next backup an incremental of nothing: drop the domain's checkpoints
       for (const c of await dom.listAllCheckpoints()) await c.delete();
       store.close();
@@ -167,7 +261,19 @@ async function main(): Promise<void> {
     const g = rate(res.restore) / rate(res.get);
     console.log(`ratio backup / raw PUT: ${b.toFixed(2)} (target >= 0.8) ${b >= 0.8 ? 'OK' : 'BELOW'}`);
     console.log(`ratio restore / raw GET: ${g.toFixed(2)} (target >= 0.8) ${g >= 0.8 ? 'OK' : 'BELOW'}`);
-    console.log(`S3 requests per GiB, full backup: ${fmt(backupRequests!)}; restore: ${fmt(restoreRequests!)}`);
+    console.log('S3 requests per GiB (a first backup: at most 256 chunk PUTs per GiB; an incremental: about one per changed chunk):');
+    for (const l of requests) console.log(`  ${l}`);
+    console.log('CPU seconds per GiB of data (on a loaded machine the rates follow these):');
+    for (const l of cpuLines) console.log(`  ${l}`);
+    // each backup and restore starts a codec pool: under tsx its workers compile their sources first
+    const c0 = process.cpuUsage();
+    const poolStart = await timed(async () => {
+      const pool = ChunkCodecPool.start({ keys: null, level: 1 });
+      await pool.encode(randomBytes(4096));
+      await pool.close();
+    });
+    const c1 = process.cpuUsage(c0);
+    console.log(`  a codec pool's start and stop (once per backup and per restore): ${((c1.user + c1.system) / 1e6).toFixed(1)} CPU s, ${poolStart.toFixed(1)} s`);
   } finally {
     // close() only disconnects: the QEMU of this run goes first
     await driver?.domainDestroy(uuid, 0).catch(() => undefined);

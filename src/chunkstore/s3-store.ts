@@ -7,7 +7,9 @@
 // put 1 PUT (multipart above 64 MiB), get 1 GET, stat 1 HEAD, list 1 LIST per
 // 1000 keys, delete 1 DELETE, touch 1 COPY — S3 has no "set mtime": the object
 // is copied onto itself with new metadata, which for a chunk (one RADOS head
-// object on Ceph) rewrites its bytes server-side. putDeferred/flush overlap
+// object on Ceph) rewrites its bytes server-side. A touch of a chunk that the
+// chunk census (s3-census.ts) knows to be absent from its listing says so
+// without a request (the caller then uploads it). putDeferred/flush overlap
 // uploads (N in flight, N buffers held at most); an S3 PUT is atomic and
 // durable once acknowledged, so a deferred object may become visible before
 // flush — what flush adds is the wait, and the error of any that failed.
@@ -36,6 +38,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { isVirError, virErr, VirError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { checkKey, notFound, type ObjectInfo, type ObjectLock, type ObjectStore } from './object-store.js';
+import { CENSUS_PREFIX, ChunkCensus } from './s3-census.js';
 
 export type S3RequestKind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE' | 'COPY';
 export type S3RequestCounts = Record<S3RequestKind, number>;
@@ -61,6 +64,8 @@ export interface S3StoreOptions {
   /** a request idle this long fails (default 60 s); connect timeout (default 10 s) */
   requestTimeoutMs?: number;
   connectTimeoutMs?: number;
+  /** Learn which chunks the bucket holds from a listing rather than one COPY per new chunk (s3-census.ts; default on). */
+  chunkCensus?: boolean;
   log?: Logger;
 }
 
@@ -139,6 +144,9 @@ export class S3Store implements ObjectStore {
   /** object lock of the repository (setObjectLock): every put and touch carries its retention */
   private lock: ObjectLock | null = null;
   private deferredError: unknown = undefined;
+  private readonly useCensus: boolean;
+  /** which chunks the bucket holds, from a listing (s3-census.ts); begun by the first touch of a chunk */
+  private census: ChunkCensus | null = null;
 
   constructor(
     readonly client: S3Client,
@@ -150,6 +158,7 @@ export class S3Store implements ObjectStore {
     this.parallel = Math.max(1, opts.parallel ?? 8);
     this.retryBudgetMs = opts.retryBudgetMs ?? 60_000;
     this.log = opts.log ?? silentLogger;
+    this.useCensus = opts.chunkCensus ?? true;
     client.middlewareStack.add(
       (next, context) => (args) => {
         const kind = KIND_OF_COMMAND[context.commandName ?? ''];
@@ -233,6 +242,7 @@ export class S3Store implements ObjectStore {
       // multipart: no part is visible until Complete, so the object stays atomic
       await new Upload({ client: this.client, params: { Bucket: this.bucket, Key, Body: data, ...this.retention() }, partSize: PART_SIZE, queueSize: 4 }).done();
     });
+    this.census?.noteStored(key);
   }
 
   async get(key: string): Promise<Buffer> {
@@ -268,16 +278,36 @@ export class S3Store implements ObjectStore {
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     let token: string | undefined;
     do {
-      const page = await this.call('list', prefix, () =>
-        this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token, MaxKeys: 1000 })),
-      );
-      for (const o of page.Contents ?? []) {
-        const key = o.Key!.slice(this.prefix.length);
-        if (!validKey(key)) continue; // not one of ours (another tool's object in the bucket)
-        yield { key, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
-      }
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+      const page = await this.listPage(prefix, token);
+      yield* page.objects;
+      token = page.next;
     } while (token);
+  }
+
+  /** One LIST of up to 1000 keys, in key order. */
+  private async listPage(prefix: string, token: string | undefined): Promise<{ objects: ObjectInfo[]; next: string | undefined }> {
+    const page = await this.call('list', prefix, () =>
+      this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token, MaxKeys: 1000 })),
+    );
+    const objects: ObjectInfo[] = [];
+    for (const o of page.Contents ?? []) {
+      const key = o.Key!.slice(this.prefix.length);
+      if (!validKey(key)) continue; // not one of ours (another tool's object in the bucket)
+      objects.push({ key, size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 });
+    }
+    return { objects, next: page.IsTruncated ? page.NextContinuationToken : undefined };
+  }
+
+  /** The census of chunk keys a touch of `key` consults (a new one when the last is stale), or null. */
+  private censusFor(key: string): ChunkCensus | null {
+    if (!this.useCensus || !ChunkCensus.covers(key)) return null;
+    if (this.census === null || this.census.stale) {
+      this.census = new ChunkCensus(async (token) => {
+        const page = await this.listPage(CENSUS_PREFIX, token);
+        return { keys: page.objects.map((o) => o.key), next: page.next };
+      });
+    }
+    return this.census;
   }
 
   async delete(key: string): Promise<void> {
@@ -289,6 +319,8 @@ export class S3Store implements ObjectStore {
   /** CopyObject onto itself with REPLACEd metadata: the one way S3 renews an object's Last-Modified. */
   async touch(key: string): Promise<void> {
     const Key = this.objectKey(key);
+    // a chunk the census's listing passed without seeing: nothing to claim, and no COPY to learn it
+    if (this.censusFor(key)?.lookup(key) === 'absent') notFound(`object '${key}'`);
     await this.call('touch', key, async () => {
       try {
         await this.client.send(

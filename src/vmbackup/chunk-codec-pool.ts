@@ -59,7 +59,8 @@ export class ChunkCodecPool {
 
   /** The chunk's id and its stored form (null for an all-zero chunk). */
   async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null }> {
-    const r = await this.call((seq) => ({ seq, op: 'encode', data }));
+    // moved, not copied, when `data` owns its memory: the caller gives the chunk up (read-disk never looks at it again)
+    const r = await this.call((seq) => ({ seq, op: 'encode', data }), ownedBuffer(data));
     if (!('id' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk encoder thread answered out of kind');
     return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob) };
   }

@@ -58,3 +58,20 @@ test('a sequential reader gets the next chunks read ahead; a random one does not
   await new Promise((r) => setImmediate(r));
   assert.deepEqual(fetched, [10], 'a jump is not read ahead');
 });
+
+test('encode moves a chunk that owns its memory to the worker, copies one that shares it; both name and store alike', async (t) => {
+  const { repo } = await newRepo({ chunkSize: 65536 });
+  const pool = ChunkCodecPool.start(repo.codecParams(), 2);
+  t.after(() => pool.close());
+  const owned = Buffer.alloc(65536, 3); // all of its ArrayBuffer
+  const expected = repo.idOf(Buffer.alloc(65536, 3));
+  const moved = await pool.encode(owned);
+  assert.equal(moved.id, expected);
+  assert.equal(owned.length, 0, 'moved, not copied: the caller gave it up');
+  const shared = Buffer.from('a small chunk in the shared pool'); // a slice of Node's pooled ArrayBuffer
+  const copied = await pool.encode(shared);
+  assert.equal(copied.id, repo.idOf(Buffer.from('a small chunk in the shared pool')));
+  assert.equal(shared.toString(), 'a small chunk in the shared pool', 'a Buffer sharing its memory is copied, never detached');
+  await repo.storeEncodedChunk(moved.id, moved.blob!);
+  assert.ok((await repo.readChunk(moved.id)).equals(Buffer.alloc(65536, 3)));
+});
