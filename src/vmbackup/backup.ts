@@ -164,6 +164,8 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let created = false;
   let ok = false;
   const pool = ChunkCodecPool.start(repo.codecParams());
+  // chunks unsynced until writePoint syncs them all at once (a point never names a chunk not yet durable)
+  const run = repo.batchedRun();
   try {
     const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
@@ -171,7 +173,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     created = true;
     // the base's chunks are known to be stored: no request for them (the lease keeps them)
     const known = new Set([...d.baseIndexes.values()].flat());
-    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, repo, known));
+    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, run, known));
     const ended = await dom.backupEnd(jobId);
     jobId = 0;
     if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
@@ -184,8 +186,9 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     }
     const reason = pulled.reason;
     const durationMs = Date.now() - started;
+    await run.flushChunks(); // before the lease check: the sync may take a while
     lease.check();
-    await repo.writePoint({
+    await run.writePoint({
       id,
       domain: { name: dom.name, uuid: dom.uuid },
       time: at.toISOString(),

@@ -8,7 +8,8 @@
 
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { chunkKey, ZERO_CHUNK, type ChunkId, type ChunkRepository } from '../chunkstore/repo.js';
 import { isVirError, virErr } from '../errors.js';
@@ -105,15 +106,31 @@ export class ChunkCodecPool {
 /**
  * The worker is a sibling file of the same kind as this one: .js when built;
  * .ts when run from the sources under tsx, whose loader hooks do not reach a
- * worker in Node 20, so the worker loads it through tsx's tsImport.
+ * worker in Node 20. Loading it through tsx's tsImport there costs every
+ * worker a loader thread of its own and ~1 s of start at load (a restore
+ * waited that long for its first chunk), so instead the worker is bundled once
+ * per process with esbuild (tsx's own compiler, a dev dependency like tsx) and
+ * started from that code, with its native module (zstd-napi) required by
+ * absolute path.
  */
 function startWorker(params: EncoderParams): Worker {
   const here = fileURLToPath(import.meta.url);
   const file = path.join(path.dirname(here), `chunk-worker${path.extname(here)}`);
   if (path.extname(here) !== '.ts') return new Worker(file, { workerData: params });
-  const api = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(pathToFileURL(file).href)}, { parentURL: ${JSON.stringify(import.meta.url)} }))`;
-  return new Worker(boot, { eval: true, workerData: params });
+  devWorkerCode ??= bundleWorker(file);
+  return new Worker(devWorkerCode, { eval: true, workerData: params });
+}
+
+let devWorkerCode: string | undefined;
+
+function bundleWorker(file: string): string {
+  const require = createRequire(import.meta.url);
+  const esbuild = require('esbuild') as typeof import('esbuild');
+  const out = esbuild.buildSync({ entryPoints: [file], bundle: true, platform: 'node', format: 'cjs', write: false, logLevel: 'silent', external: ['zstd-napi'] });
+  const code = out.outputFiles[0]!.text;
+  const call = 'require("zstd-napi")';
+  if (!code.includes(call)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'the bundled chunk worker does not require zstd-napi where expected');
+  return code.replaceAll(call, `require(${JSON.stringify(require.resolve('zstd-napi'))})`);
 }
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
