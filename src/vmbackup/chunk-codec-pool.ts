@@ -59,8 +59,9 @@ export class ChunkCodecPool {
   }
 
   /** The chunk's id and its stored form (null for an all-zero chunk). */
+  /** `data` is given up: its memory is moved to the worker when it owns it. */
   async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null }> {
-    const r = await this.call((seq) => ({ seq, op: 'encode', data }));
+    const r = await this.call((seq) => ({ seq, op: 'encode', data }), ownedBuffer(data));
     if (!('id' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk encoder thread answered out of kind');
     return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob) };
   }

@@ -24,7 +24,21 @@ parentPort!.on('message', (m: CodecRequest) => {
   } catch (e) {
     reply = { seq: m.seq, error: e instanceof Error ? e.message : String(e) };
   }
-  // a decoded chunk is moved back, not copied (4 MiB each)
-  const out = 'data' in reply ? ownedBuffer(reply.data) : null;
-  parentPort!.postMessage(reply, out === null ? [] : [out]);
+  // the chunk (decoded, or its stored form) is moved back, not copied (4 MiB each)
+  const out = 'data' in reply ? reply.data : 'blob' in reply ? reply.blob : null;
+  const request = m.op === 'decode' ? m.blob : m.data;
+  parentPort!.postMessage(reply, movable(out, request));
 });
+
+/**
+ * What of `u` can be moved: all of its memory when it owns it, or the
+ * request's memory it is a view of (a chunk stored uncompressed decodes to a
+ * view of its blob) — the request's ArrayBuffer came with the message (moved
+ * or cloned), so nothing else in this thread uses it. Never the memory of a
+ * view into this thread's Buffer pool.
+ */
+function movable(u: Uint8Array | null, request: Uint8Array): ArrayBuffer[] {
+  if (u === null) return [];
+  const own = ownedBuffer(u) ?? (u.buffer === request.buffer && u.buffer instanceof ArrayBuffer ? u.buffer : null);
+  return own === null ? [] : [own];
+}
