@@ -20,7 +20,7 @@ import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
-import { ChunkCodecPool, pooledChunkWriter } from './chunk-codec-pool.js';
+import { ChunkCodecPool, pooledChunkWriter, type ChunkWriter } from './chunk-codec-pool.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
 import { openForBackup } from './offline.js';
 import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
@@ -240,7 +240,7 @@ async function pullDisks(
   jobId: number,
   d: Decided,
   opts: VmBackupOptions,
-  writeChunk: (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }>,
+  writeChunk: ChunkWriter,
 ): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
   const job = parseBackupXML(await dom.backupGetXMLDesc(jobId), { internal: true });
   const server = job.server;

@@ -24,7 +24,8 @@ export interface EncoderParams {
 export type CodecRequest = { seq: number; op: 'encode'; data: Uint8Array } | { seq: number; op: 'decode'; id: ChunkId; blob: Uint8Array };
 
 export type CodecReply =
-  | { seq: number; id: ChunkId; blob: Uint8Array | null }
+  /** `data`: the chunk's memory handed back when it was moved in (the reader reuses it) */
+  | { seq: number; id: ChunkId; blob: Uint8Array | null; data?: Uint8Array }
   | { seq: number; data: Uint8Array }
   | { seq: number; error: string };
 
@@ -59,17 +60,21 @@ export class ChunkCodecPool {
   }
 
   /** The chunk's id and its stored form (null for an all-zero chunk). */
-  /** `data` is given up: its memory is moved to the worker when it owns it. */
-  async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null }> {
+  /**
+   * `data` is given up: when it owns its memory, that memory is moved to the
+   * worker and comes back as `spent` (for the caller's next read: no fresh
+   * 4 MiB to fault in and collect per chunk).
+   */
+  async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null; spent: Buffer | null }> {
     const r = await this.call((seq) => ({ seq, op: 'encode', data }), ownedBuffer(data));
     if (!('id' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk encoder thread answered out of kind');
-    return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob) };
+    return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob), spent: r.data === undefined ? null : asBuffer(r.data) };
   }
 
   /** The content of chunk `id` from its stored form, re-hashed (a mismatch rejects naming the chunk). */
   async decode(id: ChunkId, blob: Buffer): Promise<Buffer> {
     const r = await this.call((seq) => ({ seq, op: 'decode', id, blob }), ownedBuffer(blob));
-    if (!('data' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
+    if (!('data' in r) || 'id' in r || r.data === undefined) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
     return asBuffer(r.data);
   }
 
@@ -136,12 +141,15 @@ function bundleWorker(file: string): string {
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
+/** How a backup stores a chunk it read; `spent`: the chunk's memory, free for the next read. */
+export type ChunkWriter = (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number; spent?: Buffer | null }>;
+
 /** writeChunk with the CPU work in the pool: encode there, store here (unless present). */
-export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
+export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): ChunkWriter {
   return async (data) => {
     const e = await pool.encode(data);
     // `known`: chunks the base's index names, stored already: no request for them
-    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
+    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob), spent: e.spent };
   };
 }
 

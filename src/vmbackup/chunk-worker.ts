@@ -20,14 +20,16 @@ parentPort!.on('message', (m: CodecRequest) => {
       const data = buf(m.data);
       const id = chunkId(data, keys);
       reply = { seq: m.seq, id, blob: id === ZERO_CHUNK ? null : encodeObject(id, data, keys, params.level) };
+      // the content moved in goes back for the reader's next chunk (the blob is a copy, never a view of it)
+      if (ownedBuffer(m.data) !== null) reply.data = m.data;
     }
   } catch (e) {
     reply = { seq: m.seq, error: e instanceof Error ? e.message : String(e) };
   }
-  // the chunk (decoded, or its stored form) is moved back, not copied (4 MiB each)
-  const out = 'data' in reply ? reply.data : 'blob' in reply ? reply.blob : null;
+  // the chunk (decoded, or its stored form and its content) is moved back, not copied (4 MiB each)
   const request = m.op === 'decode' ? m.blob : m.data;
-  parentPort!.postMessage(reply, movable(out, request));
+  const out = [...('data' in reply && reply.data ? movable(reply.data, request) : []), ...('blob' in reply ? movable(reply.blob, request) : [])];
+  parentPort!.postMessage(reply, [...new Set(out)]);
 });
 
 /**
