@@ -1,9 +1,9 @@
 // One disk of a pull export into chunks of the repository: for each chunk to
-// read, ask base:allocation which parts hold data, read only those into a
-// zeroed buffer, and hand it to writeChunk (hash, compress, store unless
-// present). Several chunks are in flight at once, so reading from the export
-// overlaps hashing and compressing; chunks a run does not read keep the base
-// point's id.
+// read, look up in base:allocation (asked a window at a time) which parts
+// hold data, read only those into a zeroed buffer, and hand it to writeChunk
+// (hash, compress, store unless present). Several chunks are in flight at
+// once, so reading from the export overlaps hashing and compressing; chunks a
+// run does not read keep the base point's id.
 
 import type { ChunkId, ChunkRepository } from '../chunkstore/repo.js';
 import { ZERO_CHUNK } from '../chunkstore/repo.js';
