@@ -217,6 +217,9 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     };
   } finally {
     await pool.close();
+    // a failed run's deferred chunks are settled too, so the store it shares (a daemon's) holds no
+    // pending writes or upload error of it into the next run; they are unreferenced until gc
+    if (!ok) await run.flushChunks().catch((e: unknown) => log.warn(errField(e), 'settling the chunks of the failed run failed'));
     if (jobId !== 0) await dom.backupEnd(jobId).catch((e: unknown) => log.warn(errField(e), 'ending the backup job failed'));
     // a checkpoint no point refers to would only make the next run's bitmaps bigger
     if (created && !ok) await dom.checkpointLookupByName(name).then((c) => c.delete()).catch((e: unknown) => log.warn(errField(e), `deleting checkpoint ${name} of the failed run failed`));
