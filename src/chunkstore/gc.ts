@@ -110,7 +110,7 @@ export async function collectGarbage(repo: ChunkRepository, opts: GcOptions = {}
     referencedChunks: mark.chunks.size,
     ...swept,
     removedIndexes: await sweepIndexes(repo, mark, cutoff, retained),
-    removedStale: (await store.removeStale?.(cutoff)) ?? 0,
+    removedStale: (await store.removeStale?.(chunkCutoff)) ?? 0, // a live run's unflushed chunks are temp files
     liveClaims,
     removedClaims: 0,
     retained: retained.report(),

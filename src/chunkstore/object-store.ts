@@ -132,7 +132,12 @@ class FolderStore implements ObjectStore {
       }
     };
     await Promise.all(Array.from({ length: FLUSH_PARALLEL }, worker));
-    for (const dir of dirs) await syncDir(dir);
+    // a backup's chunks fan out into as many folders as chunks: their syncs in parallel too
+    const folders = [...dirs];
+    const syncFolders = async (): Promise<void> => {
+      while (folders.length > 0) await syncDir(folders.pop()!);
+    };
+    await Promise.all(Array.from({ length: FLUSH_PARALLEL }, syncFolders));
   }
 
   private file(key: string): string {

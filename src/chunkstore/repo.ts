@@ -134,6 +134,18 @@ export class ChunkRepository {
     this.batchSync = on && this.store.putDeferred !== undefined && this.store.flush !== undefined;
   }
 
+  /**
+   * A second handle on the same repository with batched chunk syncs
+   * (setBatchSync): what one backup run writes through, so its chunks are
+   * synced together just before its point record, while the handle it came
+   * from (a daemon's, shared by other runs) keeps syncing each chunk.
+   */
+  batchedRun(): ChunkRepository {
+    const run = new ChunkRepository(this.store, this.config, this.keys);
+    run.setBatchSync(true);
+    return run;
+  }
+
   /** Make the chunks of every writeChunk that has resolved durable and visible (a no-op without batched syncs). */
   async flushChunks(): Promise<void> {
     if (this.unflushed.size === 0) return;

@@ -17,7 +17,7 @@ export interface Extent {
 export interface PointDiskSource {
   readonly size: number;
   readonly index: DiskIndex;
-  /** Read [offset, offset+length) into a new Buffer (length ≤ 32 MiB). */
+  /** [offset, offset+length) (length ≤ 32 MiB), not to be modified: within one chunk, a view of the cached chunk (no copy). */
   read(offset: number, length: number): Promise<Buffer>;
   extents(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
@@ -95,16 +95,8 @@ export async function pointDiskSource(
     index,
     async read(offset, length) {
       checkRange(index.size, offset, length, MAX_READ);
-      const out = Buffer.alloc(length);
       const first = Math.floor(offset / cs);
       const last = length === 0 ? first - 1 : Math.floor((offset + length - 1) / cs);
-      const parts: Promise<void>[] = [];
-      for (let i = first; i <= last; i++) {
-        if (index.chunks[i] === ZERO_CHUNK) continue; // out is zero-filled already
-        const from = Math.max(offset, i * cs);
-        const to = Math.min(offset + length, (i + 1) * cs);
-        parts.push(cache.get(i, () => loadChunk(i)).then((c) => void c.copy(out, from - offset, from - i * cs, to - i * cs)));
-      }
       if (readAhead > 0 && (first === nextChunk || first === nextChunk - 1)) {
         // started, not awaited: a failure is dropped from the cache and met again by the reader that needs it
         for (let i = last + 1; i <= Math.min(last + readAhead, index.chunks.length - 1); i++) {
@@ -112,6 +104,19 @@ export async function pointDiskSource(
         }
       }
       nextChunk = last + 1;
+      if (first === last && index.chunks[first] !== ZERO_CHUNK) {
+        // the common read (an NBD client's requests are smaller than a chunk): a view, no allocation, no copy
+        const c = await cache.get(first, () => loadChunk(first));
+        return c.subarray(offset - first * cs, offset - first * cs + length);
+      }
+      const out = Buffer.alloc(length);
+      const parts: Promise<void>[] = [];
+      for (let i = first; i <= last; i++) {
+        if (index.chunks[i] === ZERO_CHUNK) continue; // out is zero-filled already
+        const from = Math.max(offset, i * cs);
+        const to = Math.min(offset + length, (i + 1) * cs);
+        parts.push(cache.get(i, () => loadChunk(i)).then((c) => void c.copy(out, from - offset, from - i * cs, to - i * cs)));
+      }
       await Promise.all(parts);
       return out;
     },

@@ -20,7 +20,7 @@ import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
 import { backupXml, checkpointName, checkpointXml, decideLevel, type BaseCheckpointState, type LevelDecision, type RequestedLevel } from './plan.js';
 import { readDisk, type DiskProgress } from './read-disk.js';
-import { ChunkCodecPool, pooledChunkWriter } from './chunk-codec-pool.js';
+import { ChunkCodecPool, pooledChunkWriter, type ChunkWriter } from './chunk-codec-pool.js';
 import { deleteRepoCheckpoints } from './checkpoints.js';
 import { openForBackup } from './offline.js';
 import { endStaleJobs, markRunDir, RUN_DIR_PREFIX } from './stale-jobs.js';
@@ -164,6 +164,8 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let created = false;
   let ok = false;
   const pool = ChunkCodecPool.start(repo.codecParams());
+  // chunks unsynced until writePoint syncs them all at once (a point never names a chunk not yet durable)
+  const run = repo.batchedRun();
   try {
     const bxml = backupXml({ checkpoint: name, incremental: d.base?.checkpoint ?? null, socket, scratch, skipped });
     const cxml = checkpointXml(name, disks, skipped, `virtback repository ${repoId}`);
@@ -171,7 +173,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     created = true;
     // the base's chunks are known to be stored: no request for them (the lease keeps them)
     const known = new Set([...d.baseIndexes.values()].flat());
-    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, repo, known));
+    const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, run, known));
     const ended = await dom.backupEnd(jobId);
     jobId = 0;
     if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
@@ -184,8 +186,9 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     }
     const reason = pulled.reason;
     const durationMs = Date.now() - started;
+    await run.flushChunks(); // before the lease check: the sync may take a while
     lease.check();
-    await repo.writePoint({
+    await run.writePoint({
       id,
       domain: { name: dom.name, uuid: dom.uuid },
       time: at.toISOString(),
@@ -214,6 +217,9 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     };
   } finally {
     await pool.close();
+    // a failed run's deferred chunks are settled too, so the store it shares (a daemon's) holds no
+    // pending writes or upload error of it into the next run; they are unreferenced until gc
+    if (!ok) await run.flushChunks().catch((e: unknown) => log.warn(errField(e), 'settling the chunks of the failed run failed'));
     if (jobId !== 0) await dom.backupEnd(jobId).catch((e: unknown) => log.warn(errField(e), 'ending the backup job failed'));
     // a checkpoint no point refers to would only make the next run's bitmaps bigger
     if (created && !ok) await dom.checkpointLookupByName(name).then((c) => c.delete()).catch((e: unknown) => log.warn(errField(e), `deleting checkpoint ${name} of the failed run failed`));
@@ -237,7 +243,7 @@ async function pullDisks(
   jobId: number,
   d: Decided,
   opts: VmBackupOptions,
-  writeChunk: (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }>,
+  writeChunk: ChunkWriter,
 ): Promise<{ disks: PulledDisk[]; level: 'full' | 'inc'; reason: string }> {
   const job = parseBackupXML(await dom.backupGetXMLDesc(jobId), { internal: true });
   const server = job.server;

@@ -8,7 +8,8 @@
 
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { chunkKey, ZERO_CHUNK, type ChunkId, type ChunkRepository } from '../chunkstore/repo.js';
 import { isVirError, virErr } from '../errors.js';
@@ -23,7 +24,8 @@ export interface EncoderParams {
 export type CodecRequest = { seq: number; op: 'encode'; data: Uint8Array } | { seq: number; op: 'decode'; id: ChunkId; blob: Uint8Array };
 
 export type CodecReply =
-  | { seq: number; id: ChunkId; blob: Uint8Array | null }
+  /** `data`: the chunk's memory handed back when it was moved in (the reader reuses it) */
+  | { seq: number; id: ChunkId; blob: Uint8Array | null; data?: Uint8Array }
   | { seq: number; data: Uint8Array }
   | { seq: number; error: string };
 
@@ -58,17 +60,21 @@ export class ChunkCodecPool {
   }
 
   /** The chunk's id and its stored form (null for an all-zero chunk). */
-  async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null }> {
-    // moved, not copied, when `data` owns its memory: the caller gives the chunk up (read-disk never looks at it again)
+  /**
+   * `data` is given up: when it owns its memory, that memory is moved to the
+   * worker and comes back as `spent` (for the caller's next read: no fresh
+   * 4 MiB to fault in and collect per chunk).
+   */
+  async encode(data: Buffer): Promise<{ id: ChunkId; blob: Buffer | null; spent: Buffer | null }> {
     const r = await this.call((seq) => ({ seq, op: 'encode', data }), ownedBuffer(data));
     if (!('id' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk encoder thread answered out of kind');
-    return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob) };
+    return { id: r.id, blob: r.blob === null ? null : asBuffer(r.blob), spent: r.data === undefined ? null : asBuffer(r.data) };
   }
 
   /** The content of chunk `id` from its stored form, re-hashed (a mismatch rejects naming the chunk). */
   async decode(id: ChunkId, blob: Buffer): Promise<Buffer> {
     const r = await this.call((seq) => ({ seq, op: 'decode', id, blob }), ownedBuffer(blob));
-    if (!('data' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
+    if (!('data' in r) || 'id' in r || r.data === undefined) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
     return asBuffer(r.data);
   }
 
@@ -106,25 +112,44 @@ export class ChunkCodecPool {
 /**
  * The worker is a sibling file of the same kind as this one: .js when built;
  * .ts when run from the sources under tsx, whose loader hooks do not reach a
- * worker in Node 20, so the worker loads it through tsx's tsImport.
+ * worker in Node 20. Loading it through tsx's tsImport there costs every
+ * worker a loader thread of its own and ~1 s of start at load (a restore
+ * waited that long for its first chunk), so instead the worker is bundled once
+ * per process with esbuild (tsx's own compiler, a dev dependency like tsx) and
+ * started from that code, with its native module (zstd-napi) required by
+ * absolute path.
  */
 function startWorker(params: EncoderParams): Worker {
   const here = fileURLToPath(import.meta.url);
   const file = path.join(path.dirname(here), `chunk-worker${path.extname(here)}`);
   if (path.extname(here) !== '.ts') return new Worker(file, { workerData: params });
-  const api = import.meta.resolve('tsx/esm/api');
-  const boot = `import(${JSON.stringify(api)}).then((m) => m.tsImport(${JSON.stringify(pathToFileURL(file).href)}, { parentURL: ${JSON.stringify(import.meta.url)} }))`;
-  return new Worker(boot, { eval: true, workerData: params });
+  devWorkerCode ??= bundleWorker(file);
+  return new Worker(devWorkerCode, { eval: true, workerData: params });
+}
+
+let devWorkerCode: string | undefined;
+
+function bundleWorker(file: string): string {
+  const require = createRequire(import.meta.url);
+  const esbuild = require('esbuild') as typeof import('esbuild');
+  const out = esbuild.buildSync({ entryPoints: [file], bundle: true, platform: 'node', format: 'cjs', write: false, logLevel: 'silent', external: ['zstd-napi'] });
+  const code = out.outputFiles[0]!.text;
+  const call = 'require("zstd-napi")';
+  if (!code.includes(call)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'the bundled chunk worker does not require zstd-napi where expected');
+  return code.replaceAll(call, `require(${JSON.stringify(require.resolve('zstd-napi'))})`);
 }
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
+/** How a backup stores a chunk it read; `spent`: the chunk's memory, free for the next read. */
+export type ChunkWriter = (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number; spent?: Buffer | null }>;
+
 /** writeChunk with the CPU work in the pool: encode there, store here (unless present). */
-export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }> {
+export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): ChunkWriter {
   return async (data) => {
     const e = await pool.encode(data);
     // `known`: chunks the base's index names, stored already: no request for them
-    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob) };
+    return { id: e.id, storedBytes: e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob), spent: e.spent };
   };
 }
 

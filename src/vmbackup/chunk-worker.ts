@@ -20,11 +20,27 @@ parentPort!.on('message', (m: CodecRequest) => {
       const data = buf(m.data);
       const id = chunkId(data, keys);
       reply = { seq: m.seq, id, blob: id === ZERO_CHUNK ? null : encodeObject(id, data, keys, params.level) };
+      // the content moved in goes back for the reader's next chunk (the blob is a copy, never a view of it)
+      if (ownedBuffer(m.data) !== null) reply.data = m.data;
     }
   } catch (e) {
     reply = { seq: m.seq, error: e instanceof Error ? e.message : String(e) };
   }
-  // a decoded chunk is moved back, not copied (4 MiB each)
-  const out = 'data' in reply ? ownedBuffer(reply.data) : null;
-  parentPort!.postMessage(reply, out === null ? [] : [out]);
+  // the chunk (decoded, or its stored form and its content) is moved back, not copied (4 MiB each)
+  const request = m.op === 'decode' ? m.blob : m.data;
+  const out = [...('data' in reply && reply.data ? movable(reply.data, request) : []), ...('blob' in reply ? movable(reply.blob, request) : [])];
+  parentPort!.postMessage(reply, [...new Set(out)]);
 });
+
+/**
+ * What of `u` can be moved: all of its memory when it owns it, or the
+ * request's memory it is a view of (a chunk stored uncompressed decodes to a
+ * view of its blob) — the request's ArrayBuffer came with the message (moved
+ * or cloned), so nothing else in this thread uses it. Never the memory of a
+ * view into this thread's Buffer pool.
+ */
+function movable(u: Uint8Array | null, request: Uint8Array): ArrayBuffer[] {
+  if (u === null) return [];
+  const own = ownedBuffer(u) ?? (u.buffer === request.buffer && u.buffer instanceof ArrayBuffer ? u.buffer : null);
+  return own === null ? [] : [own];
+}

@@ -1,9 +1,9 @@
 // One disk of a pull export into chunks of the repository: for each chunk to
-// read, ask base:allocation which parts hold data, read only those into a
-// zeroed buffer, and hand it to writeChunk (hash, compress, store unless
-// present). Several chunks are in flight at once, so reading from the export
-// overlaps hashing and compressing; chunks a run does not read keep the base
-// point's id.
+// read, look up in base:allocation (asked a window at a time) which parts
+// hold data, read only those into a zeroed buffer, and hand it to writeChunk
+// (hash, compress, store unless present). Several chunks are in flight at
+// once, so reading from the export overlaps hashing and compressing; chunks a
+// run does not read keep the base point's id.
 
 import type { ChunkId, ChunkRepository } from '../chunkstore/repo.js';
 import { ZERO_CHUNK } from '../chunkstore/repo.js';
@@ -11,6 +11,7 @@ import { toVirError, virErr } from '../errors.js';
 import type { NbdClient } from '../nbd/client.js';
 import { extents } from '../nbd/extents.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP, NBD_STATE_DIRTY, NBD_STATE_ZERO } from '../nbd/protocol.js';
+import type { ChunkWriter } from './chunk-codec-pool.js';
 import { chunksTouched } from './plan.js';
 
 export interface DiskProgress {
@@ -29,8 +30,8 @@ export interface ReadDiskInput {
   bitmap: string | null;
   /** chunks in flight (default 8) */
   concurrency?: number;
-  /** how chunks are stored (default repo.writeChunk; the backup passes its worker pool's) */
-  writeChunk?: (data: Buffer) => Promise<{ id: ChunkId; storedBytes: number }>;
+  /** how chunks are stored (default repo.writeChunk; the backup passes its worker pool's); `data` is given up */
+  writeChunk?: ChunkWriter;
   onProgress?: (p: DiskProgress) => void;
 }
 
@@ -53,18 +54,77 @@ async function chunksToRead(inp: ReadDiskInput, count: number): Promise<number[]
   return chunksTouched(dirty, inp.chunkSize);
 }
 
+/**
+ * Chunk buffers a disk's reads cycle through: the writer hands each chunk's
+ * memory back once encoded (moved to a worker and back), so a backup does not
+ * fault in and collect a fresh 4 MiB per chunk.
+ */
+class ChunkBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(private readonly chunkSize: number) {}
+
+  /** `length` bytes (a whole chunk's memory, or a fresh buffer for a short last chunk) */
+  take(length: number): Buffer {
+    if (length !== this.chunkSize) return Buffer.alloc(length);
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(length);
+  }
+
+  give(b: Buffer | null | undefined): void {
+    if (b && b.length === this.chunkSize && b.byteOffset === 0) this.free.push(b);
+  }
+}
+
+/** Bytes of the disk whose allocation one block status walk asks about (a window of 64 chunks of 4 MiB). */
+const ALLOCATION_WINDOW = 256 * 1024 * 1024;
+
+/**
+ * Where the disk holds data (base:allocation without the zero flag), asked a
+ * window at a time and shared by the chunks of that window: one round trip per
+ * 256 MiB instead of one before every chunk's read. Chunks are taken in
+ * order, so windows behind the reader are dropped.
+ */
+class AllocationMap {
+  private readonly windows = new Map<number, Promise<Array<{ offset: number; length: number }>>>();
+  private readonly window: number;
+
+  constructor(private readonly client: NbdClient, chunkSize: number) {
+    this.window = Math.max(chunkSize, Math.floor(ALLOCATION_WINDOW / chunkSize) * chunkSize);
+  }
+
+  /** The data extents within [offset, offset + length), which must lie in one window (a chunk does). */
+  async dataIn(offset: number, length: number): Promise<Array<{ offset: number; length: number }>> {
+    const w = Math.floor(offset / this.window);
+    for (const k of this.windows.keys()) if (k < w - 1) this.windows.delete(k);
+    let p = this.windows.get(w);
+    if (p === undefined) {
+      p = this.load(w * this.window, Math.min(this.window, this.client.size - w * this.window));
+      this.windows.set(w, p);
+    }
+    const out: Array<{ offset: number; length: number }> = [];
+    for (const e of await p) {
+      const s = Math.max(e.offset, offset);
+      const end = Math.min(e.offset + e.length, offset + length);
+      if (s < end) out.push({ offset: s, length: end - s });
+    }
+    return out;
+  }
+
+  private async load(offset: number, length: number): Promise<Array<{ offset: number; length: number }>> {
+    const data: Array<{ offset: number; length: number }> = [];
+    for await (const e of extents(this.client, CONTEXT_BASE_ALLOCATION, { offset, length })) {
+      if ((e.flags & NBD_STATE_ZERO) === 0) data.push({ offset: e.offset, length: e.length });
+    }
+    return data;
+  }
+}
+
 /** The chunk's bytes: its data extents read into a zeroed buffer; null when it is all holes/zeroes. */
-async function readChunkData(client: NbdClient, offset: number, length: number): Promise<{ data: Buffer | null; read: number }> {
-  const data: Array<{ offset: number; length: number }> = [];
-  for await (const e of extents(client, CONTEXT_BASE_ALLOCATION, { offset, length })) {
-    if ((e.flags & NBD_STATE_ZERO) === 0) data.push(e);
-  }
+async function readChunkData(client: NbdClient, alloc: AllocationMap, offset: number, length: number, buffers: ChunkBuffers): Promise<{ data: Buffer | null; read: number }> {
+  const data = await alloc.dataIn(offset, length);
   if (data.length === 0) return { data: null, read: 0 };
-  if (data.length === 1 && data[0]!.offset === offset && data[0]!.length === length) {
-    return { data: await client.read(offset, length), read: length };
-  }
-  const buf = Buffer.alloc(length);
-  await Promise.all(data.map(async (e) => (await client.read(e.offset, e.length)).copy(buf, e.offset - offset)));
+  const buf = buffers.take(length);
+  if (!(data.length === 1 && data[0]!.offset === offset && data[0]!.length === length)) buf.fill(0);
+  await Promise.all(data.map((e) => client.readInto(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length))));
   return { data: buf, read: data.reduce((n, e) => n + e.length, 0) };
 }
 
@@ -78,7 +138,9 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
     throw virErr('OPERATION_FAILED', 'NBD', `export ${client.uri} did not negotiate ${CONTEXT_BASE_ALLOCATION}`);
   }
   const todo = await chunksToRead(inp, count);
-  const writeChunk = inp.writeChunk ?? ((data: Buffer) => repo.writeChunk(data));
+  const writeChunk: ChunkWriter = inp.writeChunk ?? ((data: Buffer) => repo.writeChunk(data));
+  const buffers = new ChunkBuffers(chunkSize);
+  const alloc = new AllocationMap(client, chunkSize);
   const chunks: ChunkId[] = inp.base === null ? new Array<ChunkId>(count).fill(ZERO_CHUNK) : [...inp.base];
   const bytesTotal = todo.reduce((n, i) => n + Math.min(chunkSize, client.size - i * chunkSize), 0);
   let bytesDone = 0;
@@ -93,7 +155,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
       const offset = i * chunkSize;
       const length = Math.min(chunkSize, client.size - offset);
       try {
-        const got = await readChunkData(client, offset, length);
+        const got = await readChunkData(client, alloc, offset, length, buffers);
         bytesRead += got.read;
         if (got.data === null) {
           chunks[i] = ZERO_CHUNK;
@@ -101,6 +163,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
           const w = await writeChunk(got.data);
           chunks[i] = w.id;
           bytesNew += w.storedBytes;
+          buffers.give(w.spent);
         }
       } catch (e) {
         failed = true;

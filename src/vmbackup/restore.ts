@@ -12,6 +12,8 @@ import type { ChunkRepository, DiskIndex } from '../chunkstore/repo.js';
 import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { toVirError, virErr } from '../errors.js';
 import { nonZeroRuns } from '../nbd/copy.js';
+import { CLUSTER_SIZE } from '../qcow2/layout.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
 import { runTool } from '../repository/tools.js';
 import { forEachDataChunk, withPooledFetch, type ChunkFetch } from './restore-chunks.js';
 import { checkTargetDevices, writeDevice, type TargetDevices } from './restore-device.js';
@@ -70,11 +72,37 @@ async function writeRaw(index: DiskIndex, file: string, fetch: ChunkFetch, onPro
   }
 }
 
-/** One disk into `final` via a temporary name; qcow2 is converted from a sparse raw (-S keeps holes). */
+/**
+ * Write the index's chunks as a new qcow2 `file` in one pass (the qcow2
+ * writer of backup-pull): all-zero clusters are not allocated, and the file
+ * is synced before and after its header goes in.
+ */
+async function writeQcow2(index: DiskIndex, file: string, fetch: ChunkFetch, onProgress?: (p: DiskProgress) => void): Promise<void> {
+  const qcow2 = await Qcow2Writer.create(file, { size: index.size });
+  try {
+    let bytesDone = index.size - index.chunks.reduce((n, id, i) => (id === ZERO_CHUNK ? n : n + Math.min(index.chunkSize, index.size - i * index.chunkSize)), 0);
+    onProgress?.({ bytesDone, bytesTotal: index.size });
+    await forEachDataChunk(index, fetch, async (data, offset) => {
+      await Promise.all(nonZeroRuns(data, CLUSTER_SIZE).map(([s, e]) => qcow2.write(offset + s, data.subarray(s, e))));
+      bytesDone += data.length;
+      onProgress?.({ bytesDone, bytesTotal: index.size });
+    });
+    await qcow2.finish();
+  } finally {
+    await qcow2.close();
+  }
+}
+
+/** One disk into `final` via a temporary name; qcow2 directly, or converted from a sparse raw (-S keeps holes) when its size is not whole sectors. */
 async function restoreDisk(index: DiskIndex, final: string, format: 'qcow2' | 'raw', fetch: ChunkFetch, onProgress?: (p: DiskProgress) => void): Promise<void> {
   const tmpRaw = `${final}.part-raw`;
   const tmpOut = `${final}.part`;
   try {
+    if (format === 'qcow2' && index.size % 512 === 0) {
+      await writeQcow2(index, tmpOut, fetch, onProgress);
+      await fs.rename(tmpOut, final);
+      return;
+    }
     await writeRaw(index, tmpRaw, fetch, onProgress);
     if (format === 'raw') {
       await fs.rename(tmpRaw, final);

@@ -198,6 +198,26 @@ test('race: a run that starts after gc listed the claims — its new chunks are 
   await assertPointsRead(repo);
 });
 
+test("race: gc while a run's chunks wait for their batched sync — a live claim's hidden temp files stay, and its point then reads whole", async () => {
+  const { dir, repo } = await newRepo({ chunkSize: CS });
+  const p1 = await writePoint(repo, '2026-12-01T00:00:00.000Z', pattern(CS, 1));
+  const lease = await DomainLease.acquire(repo, DOMAIN.name, { hostId: 'h1' });
+  await lease.setBase(p1);
+  const run = repo.batchedRun();
+  const w = await run.writeChunk(pattern(CS, 7));
+  assert.equal(await repo.hasChunk(w.id), false, 'not visible before its sync');
+  const other = await repo.writeChunk(pattern(CS, 8));
+  assert.equal(await repo.hasChunk(other.id), true, 'the handle the run came from still syncs each chunk');
+  await new Promise((r) => setTimeout(r, 20)); // the temp file is older than gc's start
+  const gc = await collectGarbage(repo, { graceMs: 0 });
+  assert.deepEqual([gc.liveClaims, gc.removedStale], [1, 0], "grace 0, yet the live run's unsynced chunk stays");
+  assert.equal((await filesUnder(dir)).filter((f) => path.basename(f).startsWith('.')).length, 1);
+  await finishRun(run, p1, '2026-12-02T00:00:00.000Z', pattern(CS, 7));
+  assert.equal(await repo.hasChunk(w.id), true, 'synced and visible once the point is written');
+  await lease.release();
+  await assertPointsRead(repo);
+});
+
 test('race: a host dies mid-backup — its live claim protects its chunks however old; stale, it protects nothing and is removed', async () => {
   const { dir, repo } = await newRepo({ chunkSize: CS });
   const p1 = await writePoint(repo, '2026-12-01T00:00:00.000Z', pattern(CS, 1));

@@ -59,19 +59,24 @@ test('a sequential reader gets the next chunks read ahead; a random one does not
   assert.deepEqual(fetched, [10], 'a jump is not read ahead');
 });
 
-test('encode moves a chunk that owns its memory to the worker, copies one that shares it; both name and store alike', async (t) => {
+test("encode moves a chunk that owns its memory to a worker and hands the same memory back; the stored form decodes on the pool to the content", async (t) => {
   const { repo } = await newRepo({ chunkSize: 65536 });
   const pool = ChunkCodecPool.start(repo.codecParams(), 2);
   t.after(() => pool.close());
-  const owned = Buffer.alloc(65536, 3); // all of its ArrayBuffer
-  const expected = repo.idOf(Buffer.alloc(65536, 3));
-  const moved = await pool.encode(owned);
-  assert.equal(moved.id, expected);
-  assert.equal(owned.length, 0, 'moved, not copied: the caller gave it up');
-  const shared = Buffer.from('a small chunk in the shared pool'); // a slice of Node's pooled ArrayBuffer
-  const copied = await pool.encode(shared);
-  assert.equal(copied.id, repo.idOf(Buffer.from('a small chunk in the shared pool')));
-  assert.equal(shared.toString(), 'a small chunk in the shared pool', 'a Buffer sharing its memory is copied, never detached');
-  await repo.storeEncodedChunk(moved.id, moved.blob!);
-  assert.ok((await repo.readChunk(moved.id)).equals(Buffer.alloc(65536, 3)));
+  for (const content of [pattern(65536, 3), Buffer.alloc(65536, 'text line\n')]) {
+    const data = Buffer.allocUnsafeSlow(65536);
+    content.copy(data);
+    const e = await pool.encode(data);
+    assert.equal(data.length, 0, 'moved, not copied: the caller gave it up');
+    assert.ok(e.spent !== null && e.spent.equals(content), 'the same bytes come back for the next read');
+    assert.equal(e.id, repo.idOf(content));
+    assert.ok(e.blob !== null);
+    await repo.storeEncodedChunk(e.id, e.blob);
+    assert.ok((await pooledChunkReader(pool, repo)(e.id)).equals(content), 'stored uncompressed or compressed, it decodes to the content');
+  }
+  // a view into a shared pool is copied, never moved (moving would take its neighbours along)
+  const small = Buffer.from('a small chunk of a shared pool');
+  const e = await pool.encode(small);
+  assert.equal(e.spent, null);
+  assert.equal(small.toString(), 'a small chunk of a shared pool');
 });
