@@ -212,6 +212,8 @@ export class NbdDecoder {
   private failed: Error | undefined;
   private transmission: TransmissionSetup | undefined;
   private pendingHeader: Buffer | undefined;
+  /** pendingHeader is already a copy of its own (ownBuffered ran since it was taken). */
+  private headerOwned = false;
   private streaming: Streaming | undefined;
   private readonly maxOptionReply: number;
   private readonly maxData: number;
@@ -244,11 +246,18 @@ export class NbdDecoder {
    * The chunks fed so far are about to be overwritten (the client reads the
    * socket into one reused buffer): copy the undecoded rest. Messages already
    * returned by next() may share memory with them; consume them first.
+   * Returns the bytes copied: each received byte is copied at most once, however
+   * many reads a large reply (block status: up to 8 MiB) takes to arrive.
    */
-  ownBuffered(): void {
-    this.bytes.own();
-    // a header taken while its payload is still arriving
-    if (this.pendingHeader) this.pendingHeader = Buffer.from(this.pendingHeader);
+  ownBuffered(): number {
+    let copied = this.bytes.own();
+    // a header taken while its payload is still arriving (copied again only when it was still borrowed)
+    if (this.pendingHeader && !this.headerOwned) {
+      this.pendingHeader = Buffer.from(this.pendingHeader);
+      copied += this.pendingHeader.length;
+    }
+    this.headerOwned = this.pendingHeader !== undefined;
+    return copied;
   }
 
   /** Leave the handshake: from now on bytes are replies to requests. */
@@ -412,7 +421,10 @@ export class NbdDecoder {
   private header(size: number): Buffer | undefined {
     if (this.pendingHeader) return this.pendingHeader;
     const h = this.bytes.take(size);
-    if (h) this.pendingHeader = h;
+    if (h) {
+      this.pendingHeader = h;
+      this.headerOwned = false;
+    }
     return h;
   }
 }
