@@ -351,7 +351,9 @@ export class NbdClient {
     if (into.length <= max) return this.readOne(offset, into);
     const parts: Promise<void>[] = [];
     for (let o = 0; o < into.length; o += max) parts.push(this.readOne(offset + o, into.subarray(o, Math.min(into.length, o + max))));
-    await Promise.all(parts);
+    // Settled all before rejecting: once readInto settles, no reply is still landing in `into`.
+    const failed = (await Promise.allSettled(parts)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   private readOne(offset: number, into: Buffer): Promise<void> {
