@@ -4,7 +4,6 @@
 // fill new images). Wire details live in codec.ts; this file is the socket edge.
 
 import * as net from 'node:net';
-import type { TLSSocket } from 'node:tls';
 import { NbdDecoder, chunkTypeName, encodeRequest, type Chunk, type Extent32, type NbdMessage } from './codec.js';
 import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
 import { DEFAULT_BLOCK_SIZES, Handshake, type BlockSizes } from './handshake.js';
@@ -92,7 +91,9 @@ export class NbdClient {
   private async upgrade(tlsOpts: NbdTlsOptions, host: string | undefined): Promise<void> {
     const raw = this.socket;
     for (const [event, fn] of Object.entries(this.listeners)) raw.off(event, fn);
-    const secure: TLSSocket = await startTls(raw, tlsOpts, host, this.uri).catch((e: NbdError) => {
+    // cleartext into one reused buffer, as plain sockets read (else 'data' events, a fresh buffer per TLS record)
+    const onread = { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array) => this.onRead(buf, n) };
+    const { secure } = await startTls(raw, tlsOpts, host, this.uri, onread).catch((e: NbdError) => {
       raw.destroy();
       throw this.fail(e);
     });
