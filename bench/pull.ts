@@ -8,9 +8,13 @@
 //   - the same to qcow2 vs `qemu-img convert -O qcow2` from the NBD URI
 //   - over TLS (x509, client certificate) vs plain TCP
 //   - incremental: a 1 TiB sparse qcow2 with 1 GiB dirty in scattered 64 KiB
-//     extents: extent query time (planCopy) and the whole incremental pull.
+//     extents: extent query time (planCopy) and the whole incremental pull,
+//     run in a child process whose peak RSS (VmHWM) is printed.
+// Each variant also prints its CPU seconds: the main thread's, and all of the
+// pull's (our threads, or the nbdcopy / qemu-img child), the measure that
+// says where a 2-core machine's time goes.
 //
-//   node --import tsx bench/pull.ts [runs=3]
+//   node --import tsx bench/pull.ts [runs=3]     (VBP_ONLY=incremental: that part alone)
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -19,6 +23,7 @@ import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { NbdClient } from '../src/nbd/client.js';
 import { planCopy } from '../src/nbd/copy.js';
@@ -30,7 +35,7 @@ import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-const runs = Number(process.argv[2] ?? 3);
+const runs = Number(process.argv[2] === 'incremental-child' ? 0 : (process.argv[2] ?? 3));
 
 const procs: ChildProcess[] = [];
 async function serve(args: string[], probe: NbdTarget): Promise<void> {
@@ -52,6 +57,18 @@ async function serve(args: string[], probe: NbdTarget): Promise<void> {
 function mainThreadCpu(): number {
   const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** CPU seconds of all this process's threads and its waited-for children (nbdcopy, qemu-img): utime + stime + cutime + cstime. */
+function allCpu(): number {
+  const f = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+}
+
+/** Peak resident set of this process in MiB (VmHWM). */
+function peakRssMiB(): number {
+  const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return Number(m![1]) / 1024;
 }
 
 async function certs(dir: string): Promise<{ server: string; client: string }> {
@@ -102,6 +119,7 @@ async function incremental(dir: string): Promise<void> {
   await serve(['--read-only', `--socket=${sock}`, '--bitmap=b1', disk], { socketPath: sock });
   const query: number[] = [];
   const whole: number[] = [];
+  const rss: number[] = [];
   for (let i = 0; i < runs; i++) {
     const c = await NbdClient.connect({ socketPath: sock }, { exportName: '', metaContexts: ['base:allocation', 'qemu:dirty-bitmap:b1'], maxInFlight: 64 });
     let n = 0;
@@ -109,12 +127,23 @@ async function incremental(dir: string): Promise<void> {
     await c.disconnect();
     if (n < 16384) throw new Error(`only ${n} dirty ranges found`);
     const output = path.join(dir, 'inc.qcow2');
-    whole.push(await timed(() => pullBackup({ nbd: { socketPath: sock }, exportName: '', bitmap: 'b1', parentBackup: parent, output, format: 'qcow2' })));
+    // In a child of its own, so its peak RSS is the pull's alone.
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), 'incremental-child', sock, parent, output], { maxBuffer: 1 << 20 });
+    const child = JSON.parse(stdout.trim().split('\n').pop()!) as { seconds: number; peakRssMiB: number };
+    whole.push(child.seconds);
+    rss.push(child.peakRssMiB);
     await rm(output);
   }
   const q = median(query);
   const w = median(whole);
   console.log(`incremental 1 TiB / 1 GiB dirty in 64 KiB extents: extent query ${q.toFixed(2)} s (goal < 5 s); whole pull ${w.toFixed(2)} s, copy ${(1024 / (w - q)).toFixed(0)} MiB/s after the query`);
+  console.log(`incremental pull peak RSS (VmHWM of the pulling process): ${Math.max(...rss).toFixed(0)} MiB (goal <= 256 MiB)`);
+}
+
+/** The child of incremental(): one incremental pull, then its time and peak RSS as JSON. */
+async function incrementalChild(sock: string, parent: string, output: string): Promise<void> {
+  const seconds = await timed(() => pullBackup({ nbd: { socketPath: sock }, exportName: '', bitmap: 'b1', parentBackup: parent, output, format: 'qcow2' }));
+  console.log(JSON.stringify({ seconds, peakRssMiB: peakRssMiB() }));
 }
 
 async function main(): Promise<void> {
@@ -140,10 +169,14 @@ async function main(): Promise<void> {
     const uri = `nbd+unix:///?socket=${sock}`;
     const t: Record<string, number[]> = {};
     const cpu: Record<string, number[]> = {};
+    const cpuAll: Record<string, number[]> = {};
     const add = async (k: string, fn: () => Promise<unknown>) => {
+      await new Promise((r) => setTimeout(r, 2000)); // the previous variant's writeback and threads settle
       const c0 = mainThreadCpu();
+      const a0 = allCpu();
       (t[k] ??= []).push(await timed(fn));
       (cpu[k] ??= []).push(mainThreadCpu() - c0);
+      (cpuAll[k] ??= []).push(allCpu() - a0);
     };
     const rmOut = (f: string) => rm(path.join(dir, f), { force: true });
     for (let i = 0; i < (process.env.VBP_ONLY === 'incremental' ? 0 : runs); i++) {
@@ -159,7 +192,10 @@ async function main(): Promise<void> {
     if (Object.keys(t).length > 0) {
       const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]));
       const rate = (s: number) => `${(1024 / s).toFixed(0)} MiB/s`;
-      for (const [k, v] of Object.entries(m)) console.log(`${k.padEnd(28)} ${v.toFixed(2)} s  ${rate(v)} (of data)  main-thread CPU ${median(cpu[k]!).toFixed(2)} s`);
+      for (const [k, v] of Object.entries(m)) {
+        const main = k.startsWith('ours') ? `main-thread CPU ${median(cpu[k]!).toFixed(2)} s, ` : '';
+        console.log(`${k.padEnd(28)} ${v.toFixed(2)} s  ${rate(v)} (of data)  ${main}all CPU ${median(cpuAll[k]!).toFixed(2)} s`);
+      }
       console.log(`hash pool: ${(m['ours raw, main-thread hash']! / m['ours raw']!).toFixed(2)}x the main-thread hashing rate`);
       console.log(`full raw: ${(m['nbdcopy']! / m['ours raw']!).toFixed(2)}x nbdcopy, ${(m['nbdcopy --flush']! / m['ours raw']!).toFixed(2)}x nbdcopy --flush (goal >= 1.0)`);
       console.log(`full qcow2: ${(m['qemu-img convert']! / m['ours qcow2']!).toFixed(2)}x qemu-img convert (goal >= 1.0)`);
@@ -173,4 +209,5 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (process.argv[2] === 'incremental-child') await incrementalChild(process.argv[3]!, process.argv[4]!, process.argv[5]!);
+else await main();
