@@ -431,3 +431,41 @@ test('a large reply arriving over many reads from one reused buffer is copied on
   for (const i of [0, 1, 6, 7, n - 1]) assert.deepEqual(bs.chunk.descriptors[i], { length: 512 * (1 + (i % 7)), flags: i % 4 }, `extent ${i}`);
   assert.ok(got[1]!.kind === 'chunk' && got[1]!.cookie === 10n && got[1]!.done);
 });
+
+test('in-place reads: a data payload read straight into its sink, the header read alone before it', () => {
+  const sink = Buffer.alloc(4096);
+  const dec = new NbdDecoder();
+  dec.feed(SERVER_TO_CLIENT.subarray(0, 18));
+  assert.equal(dec.next()?.kind, 'greeting');
+  dec.feed(Buffer.from('0003e889045565a9000000070000000100000000', 'hex'));
+  assert.equal(dec.next()?.kind, 'optionReply');
+  dec.startTransmission({ structuredReplies: true, simpleReplyLength: () => 0, dataSink: (_c, offset, length) => (offset === 8192 && length === 4096 ? sink : undefined) });
+  const payload = randomPayload(4096);
+  const offset = Buffer.alloc(8);
+  offset.writeBigUInt64BE(8192n);
+  const wire = structured(1, P.NBD_REPLY_TYPE_OFFSET_DATA, 5n, Buffer.concat([offset, payload]));
+  assert.equal(dec.inPlaceTarget(), undefined, 'no payload under way');
+  assert.equal(dec.expectsDataHeader, false, 'no data chunk seen yet');
+  dec.feed(wire.subarray(0, 28 + 1000)); // header, offset and 1000 payload bytes through the queue
+  assert.equal(dec.next(), undefined);
+  const rest = dec.inPlaceTarget()!;
+  assert.equal(rest.length, 3096);
+  assert.equal(rest.buffer, sink.buffer, 'the sink itself');
+  wire.copy(rest, 0, 28 + 1000, 28 + 2000); // "the kernel" writes 1000 bytes in place
+  dec.filledInPlace(1000);
+  assert.equal(dec.next(), undefined);
+  assert.throws(() => dec.filledInPlace(2097), /told of 2097 bytes read in place with 2096 expected/);
+  wire.copy(dec.inPlaceTarget()!, 0, 28 + 2000);
+  dec.filledInPlace(2096);
+  const m = dec.next()!;
+  assert.ok(m.kind === 'chunk' && m.chunk.type === 'offsetData' && m.chunk.inPlace && m.done);
+  assert.deepEqual(sink, payload);
+  assert.equal(dec.expectsDataHeader, true, 'after a streamed data chunk, the next header is read alone');
+  dec.feed(structured(1, P.NBD_REPLY_TYPE_NONE, 6n, Buffer.alloc(0)));
+  assert.equal(dec.next()?.kind, 'chunk');
+  assert.equal(dec.expectsDataHeader, false);
+});
+
+function randomPayload(n: number): Buffer {
+  return Buffer.from(Array.from({ length: n }, (_v, i) => (i * 131 + 7) & 0xff));
+}
