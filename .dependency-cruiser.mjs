@@ -124,9 +124,9 @@ export default {
       severity: 'error',
       comment:
         'qcow2/ writes one file format: pure layout and cluster map, and a writer that is a sink of the NBD copy ' +
-        'engine; it knows nothing of NBD connections, QEMU, backups or the CLI.',
+        'engine (and writes through its O_DIRECT file, nbd/direct-file.ts); it knows nothing of NBD connections, QEMU, backups or the CLI.',
       from: { path: '^src/qcow2/' },
-      to: { path: '^src/', pathNot: `${BASE}|^src/qcow2/|^src/nbd/copy\\.ts$` },
+      to: { path: '^src/', pathNot: `${BASE}|^src/qcow2/|^src/nbd/(copy|direct-file)\\.ts$` },
     },
     {
       name: 'qemu-below-daemon',

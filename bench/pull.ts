@@ -4,13 +4,18 @@
 //   - backup-pull's work to a raw file, manifest checksum included (pullBackup
 //     + writeManifest, fdatasync'ed) vs `nbdcopy` (no flush) and `nbdcopy --flush`,
 //     and the same with the checksum hashed on the main thread (as before the
-//     hash pool) vs on the pool's threads
+//     hash pool) vs on the pool's threads (pullBackup's default: the pool on
+//     more than 2 cores, the main thread on 2 or fewer)
 //   - the same to qcow2 vs `qemu-img convert -O qcow2` from the NBD URI
 //   - over TLS (x509, client certificate) vs plain TCP
 //   - incremental: a 1 TiB sparse qcow2 with 1 GiB dirty in scattered 64 KiB
-//     extents: extent query time (planCopy) and the whole incremental pull.
+//     extents: extent query time (planCopy) and the whole incremental pull,
+//     run in a child process whose peak RSS (VmHWM) is printed.
+// Each variant also prints its CPU seconds: the main thread's, and all of the
+// pull's (our threads, or the nbdcopy / qemu-img child), the measure that
+// says where a 2-core machine's time goes.
 //
-//   node --import tsx bench/pull.ts [runs=3]
+//   node --import tsx bench/pull.ts [runs=3]     (VBP_ONLY=incremental: that part alone)
 
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -19,18 +24,19 @@ import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { NbdClient } from '../src/nbd/client.js';
 import { planCopy } from '../src/nbd/copy.js';
 import { loadTlsDir, type NbdTlsOptions } from '../src/nbd/tls.js';
 import type { NbdTarget } from '../src/nbd/target.js';
 import { blockDigest, pullBackup, writeManifest } from '../src/repository/index.js';
-import type { HashPool } from '../src/repository/hash-pool.js';
+import { hashBlocks, type HashPool } from '../src/repository/hash-pool.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
-const runs = Number(process.argv[2] ?? 3);
+const runs = Number(process.argv[2] === 'incremental-child' ? 0 : (process.argv[2] ?? 3));
 
 const procs: ChildProcess[] = [];
 async function serve(args: string[], probe: NbdTarget): Promise<void> {
@@ -54,6 +60,18 @@ function mainThreadCpu(): number {
   return (Number(f[11]) + Number(f[12])) / 100;
 }
 
+/** CPU seconds of all this process's threads and its waited-for children (nbdcopy, qemu-img): utime + stime + cutime + cstime. */
+function allCpu(): number {
+  const f = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+}
+
+/** Peak resident set of this process in MiB (VmHWM). */
+function peakRssMiB(): number {
+  const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return Number(m![1]) / 1024;
+}
+
 async function certs(dir: string): Promise<{ server: string; client: string }> {
   const server = path.join(dir, 'server');
   const client = path.join(dir, 'client');
@@ -73,6 +91,8 @@ async function certs(dir: string): Promise<{ server: string; client: string }> {
 
 /** The checksum as before the pool: SHA-256 of each 1 MiB window on the main thread. */
 const mainThread: Pick<HashPool, 'blockDigests'> = { blockDigests: (data) => Promise.resolve([blockDigest(data)]) };
+/** The checksum on the hash pool's threads (pullBackup's default on more than 2 cores). */
+const pool: Pick<HashPool, 'blockDigests'> = { blockDigests: (data, blockSize) => hashBlocks(data, blockSize) };
 
 async function pull(dir: string, nbd: NbdTarget, format: 'raw' | 'qcow2', tls?: NbdTlsOptions, hashPool?: Pick<HashPool, 'blockDigests'>): Promise<void> {
   const output = path.join(dir, `out.${format}`);
@@ -102,6 +122,7 @@ async function incremental(dir: string): Promise<void> {
   await serve(['--read-only', `--socket=${sock}`, '--bitmap=b1', disk], { socketPath: sock });
   const query: number[] = [];
   const whole: number[] = [];
+  const rss: number[] = [];
   for (let i = 0; i < runs; i++) {
     const c = await NbdClient.connect({ socketPath: sock }, { exportName: '', metaContexts: ['base:allocation', 'qemu:dirty-bitmap:b1'], maxInFlight: 64 });
     let n = 0;
@@ -109,12 +130,23 @@ async function incremental(dir: string): Promise<void> {
     await c.disconnect();
     if (n < 16384) throw new Error(`only ${n} dirty ranges found`);
     const output = path.join(dir, 'inc.qcow2');
-    whole.push(await timed(() => pullBackup({ nbd: { socketPath: sock }, exportName: '', bitmap: 'b1', parentBackup: parent, output, format: 'qcow2' })));
+    // In a child of its own, so its peak RSS is the pull's alone.
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), 'incremental-child', sock, parent, output], { maxBuffer: 1 << 20 });
+    const child = JSON.parse(stdout.trim().split('\n').pop()!) as { seconds: number; peakRssMiB: number };
+    whole.push(child.seconds);
+    rss.push(child.peakRssMiB);
     await rm(output);
   }
   const q = median(query);
   const w = median(whole);
   console.log(`incremental 1 TiB / 1 GiB dirty in 64 KiB extents: extent query ${q.toFixed(2)} s (goal < 5 s); whole pull ${w.toFixed(2)} s, copy ${(1024 / (w - q)).toFixed(0)} MiB/s after the query`);
+  console.log(`incremental pull peak RSS (VmHWM of the pulling process): ${Math.max(...rss).toFixed(0)} MiB (goal <= 256 MiB)`);
+}
+
+/** The child of incremental(): one incremental pull, then its time and peak RSS as JSON. */
+async function incrementalChild(sock: string, parent: string, output: string): Promise<void> {
+  const seconds = await timed(() => pullBackup({ nbd: { socketPath: sock }, exportName: '', bitmap: 'b1', parentBackup: parent, output, format: 'qcow2' }));
+  console.log(JSON.stringify({ seconds, peakRssMiB: peakRssMiB() }));
 }
 
 async function main(): Promise<void> {
@@ -140,15 +172,20 @@ async function main(): Promise<void> {
     const uri = `nbd+unix:///?socket=${sock}`;
     const t: Record<string, number[]> = {};
     const cpu: Record<string, number[]> = {};
+    const cpuAll: Record<string, number[]> = {};
     const add = async (k: string, fn: () => Promise<unknown>) => {
+      await new Promise((r) => setTimeout(r, 2000)); // the previous variant's writeback and threads settle
       const c0 = mainThreadCpu();
+      const a0 = allCpu();
       (t[k] ??= []).push(await timed(fn));
       (cpu[k] ??= []).push(mainThreadCpu() - c0);
+      (cpuAll[k] ??= []).push(allCpu() - a0);
     };
     const rmOut = (f: string) => rm(path.join(dir, f), { force: true });
     for (let i = 0; i < (process.env.VBP_ONLY === 'incremental' ? 0 : runs); i++) {
       await add('ours raw', () => pull(dir, { socketPath: sock }, 'raw'));
       await add('ours raw, main-thread hash', () => pull(dir, { socketPath: sock }, 'raw', undefined, mainThread));
+      await add('ours raw, hash pool', () => pull(dir, { socketPath: sock }, 'raw', undefined, pool));
       await add('nbdcopy', async () => (await run('nbdcopy', [uri, path.join(dir, 'n.raw')]), await rmOut('n.raw')));
       await add('nbdcopy --flush', async () => (await run('nbdcopy', ['--flush', uri, path.join(dir, 'n.raw')]), await rmOut('n.raw')));
       await add('ours qcow2', () => pull(dir, { socketPath: sock }, 'qcow2'));
@@ -159,8 +196,11 @@ async function main(): Promise<void> {
     if (Object.keys(t).length > 0) {
       const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)]));
       const rate = (s: number) => `${(1024 / s).toFixed(0)} MiB/s`;
-      for (const [k, v] of Object.entries(m)) console.log(`${k.padEnd(28)} ${v.toFixed(2)} s  ${rate(v)} (of data)  main-thread CPU ${median(cpu[k]!).toFixed(2)} s`);
-      console.log(`hash pool: ${(m['ours raw, main-thread hash']! / m['ours raw']!).toFixed(2)}x the main-thread hashing rate`);
+      for (const [k, v] of Object.entries(m)) {
+        const main = k.startsWith('ours') ? `main-thread CPU ${median(cpu[k]!).toFixed(2)} s, ` : '';
+        console.log(`${k.padEnd(28)} ${v.toFixed(2)} s  ${rate(v)} (of data)  ${main}all CPU ${median(cpuAll[k]!).toFixed(2)} s`);
+      }
+      console.log(`hash pool: ${(m['ours raw, main-thread hash']! / m['ours raw, hash pool']!).toFixed(2)}x the main-thread hashing rate (pullBackup's default here: ${os.availableParallelism() <= 2 ? 'main thread' : 'pool'})`);
       console.log(`full raw: ${(m['nbdcopy']! / m['ours raw']!).toFixed(2)}x nbdcopy, ${(m['nbdcopy --flush']! / m['ours raw']!).toFixed(2)}x nbdcopy --flush (goal >= 1.0)`);
       console.log(`full qcow2: ${(m['qemu-img convert']! / m['ours qcow2']!).toFixed(2)}x qemu-img convert (goal >= 1.0)`);
       console.log(`TLS: ${(m['ours raw tcp']! / m['ours raw tls']!).toFixed(2)}x its plain TCP rate (goal >= 0.8)`);
@@ -173,4 +213,5 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (process.argv[2] === 'incremental-child') await incrementalChild(process.argv[3]!, process.argv[4]!, process.argv[5]!);
+else await main();

@@ -4,12 +4,12 @@
 // fill new images). Wire details live in codec.ts; this file is the socket edge.
 
 import * as net from 'node:net';
-import type { TLSSocket } from 'node:tls';
-import { NbdDecoder, chunkTypeName, encodeRequest, type Chunk, type Extent32, type NbdMessage } from './codec.js';
+import { NbdDecoder, encodeRequest, type Extent32, type NbdMessage } from './codec.js';
 import { NbdError, argError, connectionError, protocolError, serverError } from './errors.js';
 import { DEFAULT_BLOCK_SIZES, Handshake, type BlockSizes } from './handshake.js';
 import * as P from './protocol.js';
 import { checkConnectOptions, openSocket, type NbdConnectOptions } from './connect.js';
+import { readReplyHandlers, type ReplyHandlers } from './read-reply.js';
 import { describeTarget, type NbdTarget } from './target.js';
 import { checkTlsOptions, startTls, type NbdTlsOptions } from './tls.js';
 
@@ -25,20 +25,20 @@ export interface Extent {
   flags: number;
 }
 
-interface Pending {
+interface Pending extends ReplyHandlers {
   command: number;
   offset: number;
   length: number;
   /** readInto's destination: OFFSET_DATA payloads are decoded straight into it. */
   into?: Buffer;
-  onChunk(msg: { done: boolean; chunk: Chunk }): void;
-  onSimple(error: number, data: Buffer | undefined): void;
   reject(e: NbdError): void;
 }
 
 const MAX_U32 = 0xffffffff;
 /** Bytes one socket read may return (plain sockets): above what a unix or TCP socket usually holds. */
 const READ_BUFFER = 256 * 1024;
+/** A structured reply header and a data chunk's offset: read alone, the payload after it can land in place. */
+const DATA_HEADER = 20 + 8;
 
 export class NbdClient {
   readonly uri: string;
@@ -54,6 +54,8 @@ export class NbdClient {
 
   private socket: net.Socket;
   private readonly decoder = new NbdDecoder();
+  /** The reused buffer socket reads land in, unless straight in a read's destination. */
+  private readonly readBuffer = Buffer.allocUnsafe(READ_BUFFER);
   private readonly maxInFlight: number;
   private readonly pending = new Map<bigint, Pending>();
   private readonly slotWaiters: Array<() => void> = [];
@@ -92,7 +94,10 @@ export class NbdClient {
   private async upgrade(tlsOpts: NbdTlsOptions, host: string | undefined): Promise<void> {
     const raw = this.socket;
     for (const [event, fn] of Object.entries(this.listeners)) raw.off(event, fn);
-    const secure: TLSSocket = await startTls(raw, tlsOpts, host, this.uri).catch((e: NbdError) => {
+    // cleartext into one reused buffer, as plain sockets read (else 'data' events, a fresh buffer per TLS record)
+    // (TLS records are decrypted in 16 KiB pieces anyway: no in-place reads, always the reused buffer)
+    const onread = { buffer: this.readBuffer, callback: (n: number, buf: Uint8Array) => this.onRead(buf, n) };
+    const { secure } = await startTls(raw, tlsOpts, host, this.uri, onread).catch((e: NbdError) => {
       raw.destroy();
       throw this.fail(e);
     });
@@ -112,7 +117,11 @@ export class NbdClient {
     // Plain sockets are read into one reused buffer (a fresh 64 KiB one per read was garbage
     // the collector chased at pull speed); a TLS socket, which takes the plain one over, emits 'data'.
     const holder: { client?: NbdClient } = {};
-    const socket = openSocket(target, opts.tls ? undefined : { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n, buf) => holder.client!.onRead(buf, n) });
+    const first = Buffer.allocUnsafe(READ_BUFFER);
+    const socket = openSocket(
+      target,
+      opts.tls ? undefined : { buffer: () => holder.client?.nextReadBuffer() ?? first, callback: (n, buf) => holder.client!.onRead(buf, n) },
+    );
     const client = (holder.client = new NbdClient(socket, uri, opts.exportName, maxInFlight));
     const timeoutMs = opts.handshakeTimeoutMs ?? 30_000;
     const timer = setTimeout(() => {
@@ -209,8 +218,33 @@ export class NbdClient {
 
   // ------------------------------------------------------------ transmission
 
+  /**
+   * Where the next plain-socket read goes: straight into readInto's destination
+   * while a data payload streams in (the kernel's copy is the only one), else
+   * the reused buffer — just a data chunk's header from it when one is likely
+   * next, so that the payload after it is read in place too.
+   */
+  private nextReadBuffer(): Buffer {
+    if (!this.transmission || this.dead) return this.readBuffer;
+    const direct = this.decoder.inPlaceTarget();
+    if (direct && direct.length > 0) return direct;
+    return this.decoder.expectsDataHeader ? this.readBuffer.subarray(0, DATA_HEADER) : this.readBuffer;
+  }
+
   /** A read into the reused buffer: replies decoded at once, the undecoded rest copied out before the next read. */
   private onRead(buf: Uint8Array, n: number): true {
+    if (this.transmission && buf.buffer !== this.readBuffer.buffer) {
+      // read in place (nextReadBuffer): nothing to copy
+      if (this.dead) return true;
+      try {
+        this.decoder.filledInPlace(n);
+      } catch (e) {
+        this.fail(protocolError(String(e), e));
+        return true;
+      }
+      this.drain();
+      return true;
+    }
     const b = Buffer.from(buf.buffer, buf.byteOffset, n);
     // the handshake takes its messages later (awaiting them): it gets bytes of its own
     if (!this.transmission) this.onData(Buffer.from(b));
@@ -351,7 +385,9 @@ export class NbdClient {
     if (into.length <= max) return this.readOne(offset, into);
     const parts: Promise<void>[] = [];
     for (let o = 0; o < into.length; o += max) parts.push(this.readOne(offset + o, into.subarray(o, Math.min(into.length, o + max))));
-    await Promise.all(parts);
+    // Settled all before rejecting: once readInto settles, no reply is still landing in `into`.
+    const failed = (await Promise.allSettled(parts)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 
   private readOne(offset: number, into: Buffer): Promise<void> {
@@ -363,54 +399,7 @@ export class NbdClient {
       0,
       offset,
       length,
-      (resolve, reject) => {
-        const pieces: Array<[number, number]> = [];
-        let failure: NbdError | undefined;
-        const within = (start: number, n: number, kind: string) => {
-          if (start < offset || start + n > offset + length) {
-            throw protocolError(`${kind} chunk ${start}+${n} lies outside the ${what}`);
-          }
-          pieces.push([start, n]);
-        };
-        return {
-          onSimple: (error, data) => {
-            if (error !== 0) return reject(this.replyError(what, error, ''));
-            if (this.structuredReplies) throw protocolError(`simple reply with data to the ${what} although structured replies were negotiated`);
-            data!.copy(into);
-            resolve();
-          },
-          onChunk: ({ done, chunk }) => {
-            switch (chunk.type) {
-              case 'offsetData':
-                within(chunk.offset, chunk.data.length, 'data');
-                if (!chunk.inPlace) chunk.data.copy(into, chunk.offset - offset);
-                break;
-              case 'offsetHole':
-                within(chunk.offset, chunk.length, 'hole');
-                into.fill(0, chunk.offset - offset, chunk.offset - offset + chunk.length); // holes read as zeroes
-                break;
-              case 'none':
-                break;
-              case 'error':
-              case 'errorOffset':
-                failure ??= this.replyError(what, chunk.error, chunk.message);
-                break;
-              default:
-                throw protocolError(`${chunkTypeName(P.NBD_REPLY_TYPE_BLOCK_STATUS)} chunk in reply to the ${what}`);
-            }
-            if (!done) return;
-            if (failure) return reject(failure);
-            pieces.sort((a, b) => a[0] - b[0]);
-            let at = offset;
-            for (const [s, n] of pieces) {
-              if (s !== at) throw protocolError(`reply to the ${what} ${s < at ? 'overlaps itself' : 'leaves a gap'} at offset ${Math.min(s, at)}`);
-              at = s + n;
-            }
-            if (at !== offset + length) throw protocolError(`reply to the ${what} ends at offset ${at}`);
-            resolve();
-          },
-        };
-      },
+      (resolve, reject) => readReplyHandlers({ what, offset, into, structuredReplies: this.structuredReplies, replyError: (e, m) => this.replyError(what, e, m) }, resolve, reject),
       undefined,
       into,
     );

@@ -212,7 +212,11 @@ export class NbdDecoder {
   private failed: Error | undefined;
   private transmission: TransmissionSetup | undefined;
   private pendingHeader: Buffer | undefined;
+  /** pendingHeader is already a copy of its own (ownBuffered ran since it was taken). */
+  private headerOwned = false;
   private streaming: Streaming | undefined;
+  /** The last message returned was an OFFSET_DATA chunk streamed into its sink. */
+  private lastStreamed = false;
   private readonly maxOptionReply: number;
   private readonly maxData: number;
   private readonly maxBlockStatus: number;
@@ -244,11 +248,45 @@ export class NbdDecoder {
    * The chunks fed so far are about to be overwritten (the client reads the
    * socket into one reused buffer): copy the undecoded rest. Messages already
    * returned by next() may share memory with them; consume them first.
+   * Returns the bytes copied: each received byte is copied at most once, however
+   * many reads a large reply (block status: up to 8 MiB) takes to arrive.
    */
-  ownBuffered(): void {
-    this.bytes.own();
-    // a header taken while its payload is still arriving
-    if (this.pendingHeader) this.pendingHeader = Buffer.from(this.pendingHeader);
+  ownBuffered(): number {
+    let copied = this.bytes.own();
+    // a header taken while its payload is still arriving (copied again only when it was still borrowed)
+    if (this.pendingHeader && !this.headerOwned) {
+      this.pendingHeader = Buffer.from(this.pendingHeader);
+      copied += this.pendingHeader.length;
+    }
+    this.headerOwned = this.pendingHeader !== undefined;
+    return copied;
+  }
+
+  /**
+   * Where the next received bytes may be read straight to: the rest of the
+   * OFFSET_DATA payload being copied into its sink, when nothing else is
+   * queued before it (no copy at all then). Report what landed with filledInPlace().
+   */
+  inPlaceTarget(): Buffer | undefined {
+    const s = this.streaming;
+    if (!s || this.bytes.length > 0 || this.failed) return undefined;
+    return s.target.subarray(s.filled);
+  }
+
+  /** `n` bytes were read straight into inPlaceTarget(). */
+  filledInPlace(n: number): void {
+    const s = this.streaming;
+    if (!s || n > s.target.length - s.filled) throw virErr('INTERNAL_ERROR', 'NBD', `NBD decoder was told of ${n} bytes read in place with ${s ? s.target.length - s.filled : 0} expected`);
+    s.filled += n;
+  }
+
+  /**
+   * Nothing queued or half-decoded, and the last reply was data streamed into
+   * its sink: the next bytes are most likely another data chunk's header, worth
+   * reading on their own so that its payload can land in place.
+   */
+  get expectsDataHeader(): boolean {
+    return this.lastStreamed && this.bytes.length === 0 && !this.pendingHeader && !this.streaming && !this.failed;
   }
 
   /** Leave the handshake: from now on bytes are replies to requests. */
@@ -261,7 +299,9 @@ export class NbdDecoder {
   next(): NbdMessage | undefined {
     if (this.failed) throw this.failed;
     try {
-      return this.decodeOne();
+      const m = this.decodeOne();
+      if (m) this.lastStreamed = m.kind === 'chunk' && m.chunk.type === 'offsetData' && m.chunk.inPlace === true;
+      return m;
     } catch (e) {
       this.failed = e as Error;
       throw e;
@@ -412,7 +452,10 @@ export class NbdDecoder {
   private header(size: number): Buffer | undefined {
     if (this.pendingHeader) return this.pendingHeader;
     const h = this.bytes.take(size);
-    if (h) this.pendingHeader = h;
+    if (h) {
+      this.pendingHeader = h;
+      this.headerOwned = false;
+    }
     return h;
   }
 }

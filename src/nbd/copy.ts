@@ -9,14 +9,13 @@ import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { toVirError, virErr } from '../errors.js';
 import type { Extent, NbdClient } from './client.js';
+import { DirectFile, alignedBuffer, releaseAlignedBuffer } from './direct-file.js';
 import { extents } from './extents.js';
 import * as P from './protocol.js';
 
-const fsOpen = promisify(fs.open);
 const fsWrite = promisify(fs.write);
 const fsFtruncate = promisify(fs.ftruncate);
 const fsFdatasync = promisify(fs.fdatasync);
-const fsClose = promisify(fs.close);
 
 export interface CopiedRange {
   offset: number;
@@ -240,10 +239,18 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
     await Promise.all(writes);
   };
   // Each worker owns one reusable buffer and one connection: no allocation per read.
-  // Shared memory so onData can hand the window to a hashing thread without a copy.
+  // Page-aligned, so a file sink writes it with O_DIRECT; shared memory, so onData
+  // can hand the window to a hashing thread without a copy.
   const worker = async (k: number) => {
     const from = clients[k % clients.length]!;
-    const buf = windows ? Buffer.from(new SharedArrayBuffer(chunk)) : Buffer.allocUnsafe(chunk);
+    const buf = alignedBuffer(chunk);
+    try {
+      await work(from, buf);
+    } finally {
+      releaseAlignedBuffer(buf);
+    }
+  };
+  const work = async (from: NbdClient, buf: Buffer) => {
     for (;;) {
       if (stop) return;
       const n = queue.next();
@@ -252,7 +259,8 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
       const view = buf.subarray(0, length);
       try {
         await from.readInto(offset, view, opts.requestSize ?? REQUEST_SIZE);
-        await Promise.all([opts.onData?.(offset, view), writeRuns(offset, view)]);
+        // Settled both before the window is reused or released: a hash or a pwrite may still read it.
+        await settledAll([Promise.resolve(opts.onData?.(offset, view)), writeRuns(offset, view)]);
       } catch (e) {
         stop = true;
         throw e;
@@ -276,16 +284,23 @@ export async function copyToSink(client: NbdClient, sink: CopySink, opts: CopyOp
   return { size: client.size, ranges, bytesRead: bytesDone, bytesWritten };
 }
 
-/** A sink writing with pwrite at the same offsets into an open fd. */
-export function fileSink(fd: number, where: string): CopySink {
+/** Like Promise.all, but rejects (with the first failure) only once every promise settled. */
+async function settledAll(all: Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(all)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+/** A sink writing with pwrite at the same offsets into an open fd, or a DirectFile (O_DIRECT where aligned). */
+export function fileSink(file: number | DirectFile, where: string): CopySink {
+  if (typeof file !== 'number') return { zeroFill: false, where, write: (offset, data) => file.write(data, offset), finish: () => file.sync() };
   return {
     zeroFill: false,
     where,
     async write(offset, data) {
       let done = 0;
-      while (done < data.length) done += (await fsWrite(fd, data, done, data.length - done, offset + done)).bytesWritten;
+      while (done < data.length) done += (await fsWrite(file, data, done, data.length - done, offset + done)).bytesWritten;
     },
-    finish: () => fsFdatasync(fd),
+    finish: () => fsFdatasync(file),
   };
 }
 
@@ -297,21 +312,21 @@ export function fileSink(fd: number, where: string): CopySink {
 export async function copyToFile(client: NbdClient, target: string | number, opts: CopyOptions = {}): Promise<CopyResult> {
   const concurrency = opts.concurrency ?? 16;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw virErr('INVALID_ARG', 'NBD', `concurrency must be a positive integer, got ${concurrency}`);
-  let fd: number;
+  let file: DirectFile;
   try {
-    fd = typeof target === 'number' ? target : await fsOpen(target, 'w');
+    file = await DirectFile.open(target, 'w');
   } catch (e) {
     throw virErr('SYSTEM_ERROR', 'NBD', `cannot create backup file '${String(target)}': ${(e as Error).message}`, e);
   }
   const where = typeof target === 'number' ? `fd ${target}` : `'${target}'`;
   try {
     try {
-      await fsFtruncate(fd, client.size);
+      await fsFtruncate(file.fd, client.size);
     } catch (e) {
       throw virErr('SYSTEM_ERROR', 'NBD', `writing backup file ${where} failed: ${(e as Error).message}`, e);
     }
-    return await copyToSink(client, fileSink(fd, where), opts);
+    return await copyToSink(client, fileSink(file, where), opts);
   } finally {
-    if (typeof target !== 'number') await fsClose(fd).catch(() => undefined);
+    await file.close().catch(() => undefined);
   }
 }

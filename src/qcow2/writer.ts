@@ -5,17 +5,11 @@
 // header is in place the file is not a qcow2 at all, so a pull killed half-way
 // never leaves a file that looks like a good backup.
 
-import * as fs from 'node:fs';
-import { promisify } from 'node:util';
 import { virErr } from '../errors.js';
 import type { CopySink } from '../nbd/copy.js';
+import { DirectFile } from '../nbd/direct-file.js';
 import { ClusterMap } from './cluster-map.js';
 import type { Qcow2Backing } from './layout.js';
-
-const fsOpen = promisify(fs.open);
-const fsWrite = promisify(fs.write);
-const fsFdatasync = promisify(fs.fdatasync);
-const fsClose = promisify(fs.close);
 
 export interface Qcow2WriterOptions {
   /** Virtual disk size in bytes. */
@@ -27,18 +21,14 @@ export interface Qcow2WriterOptions {
   backing?: Qcow2Backing;
 }
 
-async function pwriteAll(fd: number, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) done += (await fsWrite(fd, data, done, data.length - done, position + done)).bytesWritten;
-}
-
 export class Qcow2Writer implements CopySink {
   readonly zeroFill: boolean;
   readonly where: string;
   private closed = false;
 
   private constructor(
-    private readonly fd: number,
+    /** Data clusters go around the page cache (O_DIRECT) when the copy's windows allow it. */
+    private readonly file: DirectFile,
     path: string,
     private readonly map: ClusterMap,
   ) {
@@ -49,13 +39,13 @@ export class Qcow2Writer implements CopySink {
   /** Create (or truncate) `path` and write a qcow2 of `opts.size` bytes into it; close() when done. */
   static async create(path: string, opts: Qcow2WriterOptions): Promise<Qcow2Writer> {
     const map = new ClusterMap(opts); // argument errors before the file is touched
-    let fd: number;
+    let file: DirectFile;
     try {
-      fd = await fsOpen(path, 'w', 0o600);
+      file = await DirectFile.open(path, 'w', 0o600);
     } catch (e) {
       throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot create qcow2 file '${path}': ${(e as Error).message}`, e);
     }
-    return new Qcow2Writer(fd, path, map);
+    return new Qcow2Writer(file, path, map);
   }
 
   /** Touched L2 tables held in memory (32 KiB each): what the writer's memory grows with. */
@@ -66,7 +56,7 @@ export class Qcow2Writer implements CopySink {
   async write(offset: number, data: Buffer): Promise<void> {
     // Placed before the first await: concurrent writes get disjoint host clusters in call order.
     const runs = this.map.place(offset, data.length);
-    await Promise.all(runs.map((r) => pwriteAll(this.fd, data.subarray(r.from, r.from + r.length), r.host)));
+    await Promise.all(runs.map((r) => this.file.write(data.subarray(r.from, r.from + r.length), r.host)));
   }
 
   zero(offset: number, length: number): Promise<void> {
@@ -77,15 +67,15 @@ export class Qcow2Writer implements CopySink {
   /** Metadata after the data, sync, header, sync: the file becomes a qcow2 in its last write. */
   async finish(): Promise<void> {
     const { writes, header } = this.map.metadata();
-    for (const w of writes) await pwriteAll(this.fd, w.data, w.offset);
-    await fsFdatasync(this.fd);
-    await pwriteAll(this.fd, header, 0);
-    await fsFdatasync(this.fd);
+    for (const w of writes) await this.file.write(w.data, w.offset);
+    await this.file.sync();
+    await this.file.write(header, 0);
+    await this.file.sync();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await fsClose(this.fd);
+    await this.file.close();
   }
 }

@@ -6,6 +6,8 @@
 export class ByteQueue {
   private chunks: Buffer[] = [];
   private total = 0;
+  /** How many chunks at the tail were pushed since the last own() (still borrowed from the caller). */
+  private borrowed = 0;
 
   /** Bytes held. */
   get length(): number {
@@ -16,6 +18,7 @@ export class ByteQueue {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.total += chunk.length;
+    this.borrowed++;
   }
 
   /** The first n bytes without consuming them, or undefined if fewer are held. */
@@ -55,18 +58,26 @@ export class ByteQueue {
   }
 
   /**
-   * Copy what is held into memory of its own: the pushed chunks are about to be
-   * reused (a socket read into one static buffer).
+   * Copy what is held into memory of its own: the chunks pushed since the last
+   * call are about to be reused (a socket read into one static buffer). Chunks
+   * owned earlier are kept as they are, so a large message arriving over many
+   * reads is copied once, not once per read. Returns the bytes copied.
    */
-  own(): void {
-    if (this.total === 0) return;
-    this.chunks = [Buffer.concat(this.chunks, this.total)];
+  own(): number {
+    const n = Math.min(this.borrowed, this.chunks.length);
+    this.borrowed = 0;
+    if (n === 0) return 0;
+    const tail = this.chunks.splice(this.chunks.length - n, n);
+    const copy = Buffer.concat(tail);
+    this.chunks.push(copy);
+    return copy.length;
   }
 
   /** Drops everything held. */
   clear(): void {
     this.chunks = [];
     this.total = 0;
+    this.borrowed = 0;
   }
 
   /** Removes n bytes that lie in the first chunk. */

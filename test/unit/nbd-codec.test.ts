@@ -395,3 +395,77 @@ test('dataSink: OFFSET_DATA payloads land in the given buffer at every split, ot
     }
   }, (e: unknown) => e instanceof Error && /data sink gave 3 bytes for a 16-byte payload/.test(e.message));
 });
+
+test('a large reply arriving over many reads from one reused buffer is copied once, not once per read', () => {
+  // A BLOCK_STATUS reply of 2^18 extents (2 MiB + 4), as qemu-nbd sends for a fragmented
+  // bitmap, read 64 KiB at a time into one overwritten buffer (as the client reads its socket).
+  const n = 1 << 18;
+  const payload = Buffer.alloc(4 + 8 * n);
+  payload.writeUInt32BE(2, 0);
+  for (let i = 0; i < n; i++) {
+    payload.writeUInt32BE(512 * (1 + (i % 7)), 4 + 8 * i);
+    payload.writeUInt32BE(i % 4, 8 + 8 * i);
+  }
+  const wire = Buffer.concat([structured(1, P.NBD_REPLY_TYPE_BLOCK_STATUS, 9n, payload), structured(1, P.NBD_REPLY_TYPE_NONE, 10n, Buffer.alloc(0))]);
+  const dec = transmissionDecoder();
+  const read = 64 * 1024;
+  const scratch = Buffer.alloc(read);
+  const got: NbdMessage[] = [];
+  let copied = 0;
+  let reads = 0;
+  for (let at = 0; at < wire.length; at += read, reads++) {
+    dec.feed(scratch.subarray(0, wire.copy(scratch, 0, at, at + read)));
+    for (let m = dec.next(); m; m = dec.next()) got.push(m);
+    copied += dec.ownBuffered();
+    scratch.fill(0xa5);
+  }
+  assert.ok(reads >= 32, `${reads} reads`);
+  // Before the fix every read re-copied all that was queued: ~reads/2 times the reply.
+  assert.ok(copied <= wire.length, `${copied} bytes copied for a ${wire.length}-byte reply`);
+  assert.equal(dec.buffered, 0);
+  assert.equal(got.length, 2);
+  const bs = got[0]!;
+  assert.ok(bs.kind === 'chunk' && bs.chunk.type === 'blockStatus' && bs.cookie === 9n);
+  assert.equal(bs.chunk.contextId, 2);
+  assert.equal(bs.chunk.descriptors.length, n);
+  for (const i of [0, 1, 6, 7, n - 1]) assert.deepEqual(bs.chunk.descriptors[i], { length: 512 * (1 + (i % 7)), flags: i % 4 }, `extent ${i}`);
+  assert.ok(got[1]!.kind === 'chunk' && got[1]!.cookie === 10n && got[1]!.done);
+});
+
+test('in-place reads: a data payload read straight into its sink, the header read alone before it', () => {
+  const sink = Buffer.alloc(4096);
+  const dec = new NbdDecoder();
+  dec.feed(SERVER_TO_CLIENT.subarray(0, 18));
+  assert.equal(dec.next()?.kind, 'greeting');
+  dec.feed(Buffer.from('0003e889045565a9000000070000000100000000', 'hex'));
+  assert.equal(dec.next()?.kind, 'optionReply');
+  dec.startTransmission({ structuredReplies: true, simpleReplyLength: () => 0, dataSink: (_c, offset, length) => (offset === 8192 && length === 4096 ? sink : undefined) });
+  const payload = randomPayload(4096);
+  const offset = Buffer.alloc(8);
+  offset.writeBigUInt64BE(8192n);
+  const wire = structured(1, P.NBD_REPLY_TYPE_OFFSET_DATA, 5n, Buffer.concat([offset, payload]));
+  assert.equal(dec.inPlaceTarget(), undefined, 'no payload under way');
+  assert.equal(dec.expectsDataHeader, false, 'no data chunk seen yet');
+  dec.feed(wire.subarray(0, 28 + 1000)); // header, offset and 1000 payload bytes through the queue
+  assert.equal(dec.next(), undefined);
+  const rest = dec.inPlaceTarget()!;
+  assert.equal(rest.length, 3096);
+  assert.equal(rest.buffer, sink.buffer, 'the sink itself');
+  wire.copy(rest, 0, 28 + 1000, 28 + 2000); // "the kernel" writes 1000 bytes in place
+  dec.filledInPlace(1000);
+  assert.equal(dec.next(), undefined);
+  assert.throws(() => dec.filledInPlace(2097), /told of 2097 bytes read in place with 2096 expected/);
+  wire.copy(dec.inPlaceTarget()!, 0, 28 + 2000);
+  dec.filledInPlace(2096);
+  const m = dec.next()!;
+  assert.ok(m.kind === 'chunk' && m.chunk.type === 'offsetData' && m.chunk.inPlace && m.done);
+  assert.deepEqual(sink, payload);
+  assert.equal(dec.expectsDataHeader, true, 'after a streamed data chunk, the next header is read alone');
+  dec.feed(structured(1, P.NBD_REPLY_TYPE_NONE, 6n, Buffer.alloc(0)));
+  assert.equal(dec.next()?.kind, 'chunk');
+  assert.equal(dec.expectsDataHeader, false);
+});
+
+function randomPayload(n: number): Buffer {
+  return Buffer.from(Array.from({ length: n }, (_v, i) => (i * 131 + 7) & 0xff));
+}
