@@ -38,6 +38,8 @@ const MAX_RUNNING = 16;
 interface Entry {
   view: TaskView;
   lastSent: number;
+  /** a running view with bytes done was sent (the first one is never held back) */
+  moved: boolean;
   pending: NodeJS.Timeout | null;
   stop: (() => Promise<unknown>) | null;
 }
@@ -77,7 +79,7 @@ export class TaskTable {
       result: null,
       error: null,
     };
-    const e: Entry = { view, lastSent: 0, pending: null, stop: null };
+    const e: Entry = { view, lastSent: 0, moved: false, pending: null, stop: null };
     this.tasks.set(view.task, e);
     this.trim();
     const ctx: TaskContext = {
@@ -139,6 +141,8 @@ export class TaskTable {
   }
 
   private throttled(e: Entry): void {
+    // the first bytes done go out at once: a task shorter than the interval still shows it moved
+    if (!e.moved && e.view.processed > 0) return this.emitNow(e);
     if (e.pending) return;
     const wait = e.lastSent + PROGRESS_INTERVAL_MS - Date.now();
     if (wait <= 0) this.emitNow(e);
@@ -149,6 +153,7 @@ export class TaskTable {
     if (e.pending) clearTimeout(e.pending);
     e.pending = null;
     e.lastSent = Date.now();
+    if (e.view.processed > 0) e.moved = true;
     this.emit({ ...e.view });
   }
 

@@ -83,6 +83,19 @@ test('tasks: progress at most 4 a second, every state change at once, failures a
   assert.equal(ended.length, 1);
   assert.equal(tasks.get(view.task).state, 'completed');
 
+  // a task shorter than the interval: its first bytes done are sent at once, not swallowed by its end
+  const sentBefore = sent.length;
+  const short = tasks.start('backup', 'vm', async (t) => {
+    t.progress(0, 100);
+    t.progress(40, 100);
+    t.progress(100, 100);
+    await new Promise((r) => setTimeout(r, 5));
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const shortViews = sent.slice(sentBefore).filter((v) => v.task === short.task);
+  assert.ok(shortViews.some((v) => v.state === 'running' && v.processed > 0), `progress seen before the end: ${JSON.stringify(shortViews.map((v) => [v.state, v.processed]))}`);
+  assert.equal(shortViews.at(-1)?.state, 'completed');
+
   const failing = tasks.start('verify', null, () => Promise.reject(new Error('boom')));
   await new Promise((r) => setTimeout(r, 10));
   const f = tasks.get(failing.task);
