@@ -3,7 +3,8 @@
 
 import assert from 'node:assert/strict';
 import test from 'node:test';
-import { ItemProgress, parsePullJob } from '../../src/cli/commands/repository.js';
+import type { Domain } from '../../src/api/public.js';
+import { ItemProgress, jobCheckpoint, parsePullJob } from '../../src/cli/commands/repository.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { LineProgress } from '../../src/cli/progress.js';
 
@@ -64,4 +65,22 @@ test('ItemProgress: lines per whole percent, the previous item completed when th
     'inc.qcow2: 0% (0.0/1.0 MiB)',
     'inc.qcow2: failed',
   ]);
+});
+
+test("backup-pull's job checkpoint: the newest since the job began; within one second, the child over its parent", async () => {
+  const cp = (name: string, time: number, parent?: string) => ({
+    name,
+    getXMLDesc: async () =>
+      `<domaincheckpoint><name>${name}</name>${parent ? `<parent><name>${parent}</name></parent>` : ''}<creationTime>${time}</creationTime></domaincheckpoint>`,
+  });
+  const dom = (list: ReturnType<typeof cp>[]) => ({ listAllCheckpoints: async () => list }) as unknown as Domain;
+  const c0 = cp('c0', 90);
+  const c1 = cp('c1', 100, 'c0');
+  const c2 = cp('c2', 100, 'c1');
+  // a full then an incremental within one second: c1 and c2 share their creation time
+  assert.equal(await jobCheckpoint(dom([c0, c1, c2]), 100), 'c2');
+  assert.equal(await jobCheckpoint(dom([c2, c1, c0]), 100), 'c2');
+  assert.equal(await jobCheckpoint(dom([c0, c1, cp('c2', 101, 'c1')]), 101), 'c2');
+  assert.equal(await jobCheckpoint(dom([c0]), 100), null, 'nothing created since the job began');
+  assert.equal(await jobCheckpoint(dom([]), 100), null);
 });

@@ -141,14 +141,22 @@ async function findParent(dir: string, uuid: string, disk: string, checkpoint: s
 /**
  * The checkpoint the job created: given, or the newest checkpoint created no
  * earlier than the job began (the job's XML does not name it); null when none.
+ * Creation times have 1 s resolution: among checkpoints of the same second,
+ * one that is another's parent is not the newest (a quick full then
+ * incremental makes c1 and c2 within one second).
  */
-async function jobCheckpoint(dom: Domain, startSec: number): Promise<string | null> {
-  let best: { name: string; time: number } | null = null;
+export async function jobCheckpoint(dom: Domain, startSec: number): Promise<string | null> {
+  const recent: Array<{ name: string; time: number; parent: string | null }> = [];
   for (const c of await dom.listAllCheckpoints()) {
-    const time = Number(childText(parseXml(await c.getXMLDesc({ noDomain: true })), 'creationTime'));
-    if (time >= startSec - 1 && (best === null || time > best.time)) best = { name: c.name, time };
+    const xml = parseXml(await c.getXMLDesc({ noDomain: true }));
+    const time = Number(childText(xml, 'creationTime'));
+    const parent = firstChild(xml, 'parent');
+    if (time >= startSec - 1) recent.push({ name: c.name, time, parent: parent ? childText(parent, 'name') : null });
   }
-  return best?.name ?? null;
+  const newest = Math.max(...recent.map((c) => c.time));
+  const sameSecond = recent.filter((c) => c.time === newest);
+  const parents = new Set(sameSecond.map((c) => c.parent));
+  return (sameSecond.find((c) => !parents.has(c.name)) ?? sameSecond[0])?.name ?? null;
 }
 
 interface PullOptions extends OutputOptions {
