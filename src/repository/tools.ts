@@ -117,13 +117,16 @@ export async function removeDeadExportDirs(root = exportSocketRoot()): Promise<s
 async function makeSocketDir(): Promise<string> {
   let dir: string | undefined;
   for (let attempt = 0; dir === undefined; attempt++) {
-    const root = await ensureSocketRoot();
-    await removeDeadExportDirs(root);
-    // ENOENT: another process's close() removed the (then empty) root meanwhile
-    dir = await fs.mkdtemp(path.join(root, 'nbd-')).catch((e: NodeJS.ErrnoException) => {
+    // ENOENT: another process's close() removed the (then empty) root meanwhile,
+    // between our mkdir and its check, or before our mkdtemp: make it again
+    const again = (e: NodeJS.ErrnoException) => {
       if (e.code !== 'ENOENT' || attempt >= 3) throw e;
       return undefined;
-    });
+    };
+    const root = await ensureSocketRoot().catch(again);
+    if (root === undefined) continue;
+    await removeDeadExportDirs(root);
+    dir = await fs.mkdtemp(path.join(root, 'nbd-')).catch(again);
   }
   await fs.writeFile(path.join(dir, OWNER), JSON.stringify({ host: os.hostname(), pid: process.pid }), { mode: 0o600 });
   return dir;
