@@ -63,8 +63,8 @@ export interface ProcInfo {
   startTime: number;
 }
 
-/** /proc/<pid>/stat, or null when there is no such process. */
-export async function readProcStat(pid: number): Promise<ProcInfo | null> {
+/** The fields of /proc/<pid>/stat from field 3 on (field N is [N - 3]), or null when there is no such process. */
+async function procStatFields(pid: number): Promise<string[] | null> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, 'utf8');
@@ -72,8 +72,13 @@ export async function readProcStat(pid: number): Promise<ProcInfo | null> {
     return null;
   }
   // comm (field 2) may contain spaces and parentheses: split after the last ')'.
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // rest[0] is field 3, so field N is rest[N - 3]
+  return text.slice(text.lastIndexOf(')') + 2).split(' ');
+}
+
+/** /proc/<pid>/stat, or null when there is no such process. */
+export async function readProcStat(pid: number): Promise<ProcInfo | null> {
+  const rest = await procStatFields(pid);
+  if (rest === null) return null;
   const state = rest[0] ?? '';
   const startTime = Number(rest[19]);
   if (!Number.isFinite(startTime)) return null;
@@ -85,13 +90,8 @@ const CLK_TCK = 100;
 
 /** CPU time the process (all its threads) used, ns: utime + stime of /proc/PID/stat; null when it is gone. */
 export async function readProcCpuTimeNs(pid: number): Promise<number | null> {
-  let text: string;
-  try {
-    text = await readFile(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const rest = await procStatFields(pid);
+  if (rest === null) return null;
   const ticks = Number(rest[14 - 3]) + Number(rest[15 - 3]);
   return Number.isFinite(ticks) ? ticks * (1e9 / CLK_TCK) : null;
 }
