@@ -20,12 +20,12 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { freePort } from './net.js';
 
 const run = promisify(execFile);
 // the SDK's notice that it will drop Node 20 next year is noise in every test's output
@@ -69,17 +69,6 @@ export function cephSkipReason(): string | undefined {
   const missing = BINARIES.filter((b) => !existsSync(b));
   if (missing.length > 0) return `Ceph is not installed (${missing.join(', ')}): scripts/ensure-deps.sh installs it`;
   return undefined;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 async function cluster(...args: string[]): Promise<void> {

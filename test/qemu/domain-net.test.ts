@@ -17,37 +17,9 @@ import { startCliDaemon } from '../helpers/cli.js';
 import { makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 import http from 'node:http';
+import { freePort, rfbGreeting } from '../helpers/net.js';
 
 const run = promisify(execFile);
-
-/** A free TCP port on loopback (bound, read, released). */
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
-
-/** The server's first 12 bytes: an RFB server greets with its version. */
-async function rfbGreeting(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection(port, '127.0.0.1');
-    let got = Buffer.alloc(0);
-    s.on('data', (d) => {
-      got = Buffer.concat([got, d]);
-      if (got.length >= 12) {
-        s.destroy();
-        resolve(got.subarray(0, 12).toString('latin1'));
-      }
-    });
-    s.on('error', reject);
-    setTimeout(() => {
-      s.destroy();
-      reject(new Error('no RFB greeting'));
-    }, 10_000).unref();
-  });
-}
 
 function attrOf(xml: string, re: RegExp): string | null {
   return re.exec(xml)?.[1] ?? null;

@@ -9,13 +9,13 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import test from 'node:test';
 import { promisify } from 'node:util';
 import { waitFor } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
+import { rfbGreeting } from '../helpers/net.js';
 
 const run = promisify(execFile);
 const cliScript = path.resolve(import.meta.dirname, '..', '..', 'src', 'cli', 'virtback.ts');
@@ -29,26 +29,6 @@ const notRoot = process.getuid?.() === 0 ? undefined : 'making a bridge needs ro
 async function virtback(env: DaemonEnv, ...args: string[]): Promise<string> {
   const { stdout } = await run(process.execPath, ['--import', 'tsx', cliScript, '-c', env.uri, ...args]);
   return stdout;
-}
-
-/** The server's first 12 bytes: an RFB server greets with its version. */
-function rfbGreeting(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection(port, '127.0.0.1');
-    let got = Buffer.alloc(0);
-    s.on('data', (d) => {
-      got = Buffer.concat([got, d]);
-      if (got.length >= 12) {
-        s.destroy();
-        resolve(got.subarray(0, 12).toString('latin1'));
-      }
-    });
-    s.on('error', reject);
-    setTimeout(() => {
-      s.destroy();
-      reject(new Error('no RFB greeting'));
-    }, 10_000).unref();
-  });
 }
 
 /** `virtback console NAME` in a child: type `command`, wait for `expect` in its output, leave with ^]. */

@@ -16,6 +16,7 @@ import { copyToFile } from '../../src/nbd/copy.js';
 import { NbdError } from '../../src/nbd/errors.js';
 import { extents, mergeExtents } from '../../src/nbd/extents.js';
 import { CONTEXT_BASE_ALLOCATION } from '../../src/nbd/protocol.js';
+import { freePort } from '../helpers/net.js';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -72,14 +73,6 @@ async function waitListening(target: NbdTarget, s: Server): Promise<void> {
     await new Promise((r) => setTimeout(r, 25));
   }
   throw new Error('qemu-nbd did not start listening');
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
 }
 
 /** `nbdinfo --map[=context]` output as extents. */

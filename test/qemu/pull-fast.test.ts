@@ -19,6 +19,7 @@ import type { NbdTarget } from '../../src/nbd/target.js';
 import { pullBackup, restoreBackup, verifyBackup, writeManifest } from '../../src/repository/index.js';
 import { hashBlocks } from '../../src/repository/hash-pool.js';
 import { MiB, img, qemuIo, rawContent, referenceChecksum, run, sha } from './repository-helpers.js';
+import { freePort } from '../helpers/net.js';
 
 const SIZE = 48 * MiB;
 
@@ -48,14 +49,6 @@ async function makeCerts(dir: string): Promise<{ server: string; client: string;
 interface Server {
   proc: ChildProcess;
   exited: Promise<unknown>;
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 async function serve(args: string[], probe: NbdTarget): Promise<Server> {
