@@ -7,29 +7,17 @@ Usage: offline_backup.py URI NAME TARGET_DIR
 Prints one JSON object per line; test/qemu/libvirt-python.test.ts asserts them.
 """
 
-import json
 import sys
 import threading
 
 import libvirt
 
+from clientlib import out, start_event_loop
+
 URI, NAME, DIR = sys.argv[1:4]
 
 
-def out(step, **fields):
-    print(json.dumps({"step": step, **fields}), flush=True)
-
-
-libvirt.virEventRegisterDefaultImpl()
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-def run_loop():
-    while True:
-        libvirt.virEventRunDefaultImpl()
-
-
-threading.Thread(target=run_loop, daemon=True).start()
+start_event_loop()
 done = threading.Event()
 completed = {}
 

@@ -7,29 +7,17 @@ Usage: reboot_event.py URI NAME
 Prints one JSON object per line; test/qemu/domain-reboot.test.ts asserts them.
 """
 
-import json
 import sys
 import threading
 
 import libvirt
 
+from clientlib import out, start_event_loop
+
 URI, NAME = sys.argv[1:3]
 
 
-def out(step, **fields):
-    print(json.dumps({"step": step, **fields}), flush=True)
-
-
-libvirt.virEventRegisterDefaultImpl()
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-def run_loop():
-    while True:
-        libvirt.virEventRunDefaultImpl()
-
-
-threading.Thread(target=run_loop, daemon=True).start()
+start_event_loop()
 seen = threading.Event()
 reboots = []
 

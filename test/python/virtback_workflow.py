@@ -21,13 +21,11 @@ import traceback
 import libvirt
 import libvirt_qemu
 
+from clientlib import out, start_event_loop
+
 URI = sys.argv[1]
 CFG = json.loads(sys.argv[2])
 TIMEOUT = 40
-
-
-def out(step, **fields):
-    print(json.dumps({"step": step, **fields}), flush=True)
 
 
 def typed(params):
@@ -35,19 +33,7 @@ def typed(params):
     return {k: [type(v).__name__, v] for k, v in params.items()}
 
 
-# An event loop in its own thread, as the bindings' documentation says: the
-# client then negotiates keepalive and receives the domain events.
-libvirt.virEventRegisterDefaultImpl()
-# errors are asserted through the exceptions; the default handler would also print them
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-def run_loop():
-    while True:
-        libvirt.virEventRunDefaultImpl()
-
-
-threading.Thread(target=run_loop, daemon=True).start()
+start_event_loop()
 
 events = []
 events_changed = threading.Condition()
