@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -67,4 +67,10 @@ export async function waitForAgent(
       await new Promise((r) => setTimeout(r, 250));
     }
   }
+}
+
+/** How many times the guest has reached READY, from the serial console log a driver keeps in `runDir/UUID/console.log`. */
+export async function guestBoots(runDir: string, uuid: string): Promise<number> {
+  const log = await readFile(path.join(runDir, uuid, 'console.log'), 'utf8').catch(() => '');
+  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
 }

@@ -8,7 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { connect, type ConnectOptions } from '../../src/sdk/connect.js';
@@ -16,7 +16,9 @@ import type { DriverEvent } from '../../src/api/driver.js';
 import type { Connect, Domain } from '../../src/api/public.js';
 import { qdevIdForDisk } from '../../src/qemu/command-line.js';
 import { parseDomainXML } from '../../src/xml/domain.js';
-import { makeTestEnv, qemuProcessesFor, socketsUnder, waitFor, type TestEnv } from '../helpers/qemu-env.js';
+import { libvirtUri, virshOk } from '../helpers/libvirt-clients.js';
+import { makeTestDomain, makeTestEnv, qemuProcessesFor, socketsUnder, waitFor, type TestEnv } from '../helpers/qemu-env.js';
+import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const script = path.join(root, 'src', 'cli', 'virtbackd.ts');
@@ -143,6 +145,16 @@ export async function makeDaemonEnv(t: TestContext): Promise<DaemonEnv> {
   };
   t.after(() => env.cleanup());
   return env;
+}
+
+/** The tiny guest (one 16 MiB disk, no disks mounted) defined with virsh over the daemon's libvirt socket; `cmdline`: more tg.* options. */
+export async function virshDefinedGuest(env: DaemonEnv, opts: { agent: boolean; cmdline?: string }): Promise<{ name: string; uuid: string }> {
+  const guest = await tinyGuest();
+  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, agent: opts.agent, osXml: tinyGuestOsXml(guest, `tg.disks=none ${opts.cmdline ?? ''}`.trim()) });
+  const file = path.join(env.dir, 'dom.xml');
+  await writeFile(file, dom.xml);
+  await virshOk(libvirtUri(env.runDir), 'define', file);
+  return { name: dom.name, uuid: dom.uuid };
 }
 
 // ---------------------------------------------------------------- domains through the SDK

@@ -5,7 +5,7 @@
 // incremental backups keep working across all of it.
 
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
@@ -14,18 +14,12 @@ import { domainReasonString, domainStateString } from '../../src/cli/output.js';
 import type { QemuDriver } from '../../src/qemu/driver.js';
 import { refused } from '../helpers/errors.js';
 import { makeTestDomain, makeTestEnv, waitFor, type TestEnv } from '../helpers/qemu-env.js';
-import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
+import { guestBoots, tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.js';
 import { libvirtUri, virsh, virshMissing, virshOk } from '../helpers/libvirt-clients.js';
 import { makeDaemonEnv } from './daemon-util.js';
 import { assertSameContent, backingFile, DiskModel, MiB, run, scatter, waitJobCompleted, write } from './backup-util.js';
 
 const { ACPI_POWER_BTN, GUEST_AGENT } = DomainShutdownFlags;
-
-/** How many times the guest has reached READY, from its serial console. */
-async function boots(env: TestEnv, uuid: string): Promise<number> {
-  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
-  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
-}
 
 function lifecycle(env: TestEnv): [string, string][] {
   return env.events.flatMap((e) => (e.type === 'lifecycle' ? [[e.event, e.detail] as [string, string]] : []));
@@ -49,12 +43,12 @@ async function poweredGuest(t: test.TestContext, domainXml = ''): Promise<{ env:
 
 test('reboot over ACPI and over the agent boots the guest again; shutdown over ACPI ends in "shut off (shutdown)"', { timeout: 600_000 }, async (t) => {
   const { env, driver, uuid } = await poweredGuest(t);
-  assert.equal(await boots(env, uuid), 1);
+  assert.equal(await guestBoots(env.runDir, uuid), 1);
 
   // ACPI: the power button, the guest powers off, QEMU pauses, the driver resets it (libvirt's fake reboot)
   env.events.length = 0;
   await driver.domainReboot(uuid, DomainRebootFlags.ACPI_POWER_BTN);
-  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 2, 'the second boot', 120_000);
   await waitForAgent(driver, uuid);
   assert.equal(await stateWords(driver, uuid), 'running (booted)');
   assert.deepEqual(lifecycle(env), [['resumed', 'unpaused']], 'no shutdown, no stop: the domain kept running');
@@ -64,7 +58,7 @@ test('reboot over ACPI and over the agent boots the guest again; shutdown over A
 
   // agent: guest-shutdown mode=reboot; QEMU resets the guest itself (<on_reboot> restart)
   await driver.domainReboot(uuid, DomainRebootFlags.GUEST_AGENT);
-  await waitFor(async () => (await boots(env, uuid)) === 3, 'the third boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 3, 'the third boot', 120_000);
   await waitForAgent(driver, uuid);
   assert.equal((await driver.domainGetInfo(uuid)).state, DomainState.RUNNING);
 
@@ -93,7 +87,7 @@ test('shutdown over the agent; <on_poweroff>restart turns the guest powering off
   const { env, driver, uuid } = await poweredGuest(t, '  <on_poweroff>restart</on_poweroff>\n');
   env.events.length = 0;
   await driver.domainShutdown(uuid, ACPI_POWER_BTN);
-  await waitFor(async () => (await boots(env, uuid)) === 2, 'the boot after powering off', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 2, 'the boot after powering off', 120_000);
   await waitForAgent(driver, uuid);
   const info = await driver.domainGetInfo(uuid);
   assert.deepEqual([info.state, info.reason], [DomainState.RUNNING, RunningReason.BOOTED]);
@@ -141,7 +135,7 @@ test('checkpoints and incremental backups across reboot, suspend/resume and shut
 
   // reboot (ACPI, the guest resets): the bitmaps live in QEMU throughout
   await driver.domainReboot(uuid, DomainRebootFlags.ACPI_POWER_BTN);
-  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 2, 'the second boot', 120_000);
   await scatter(driver, uuid, m, 30, 5);
   await driver.domainSuspend(uuid);
   await scatter(driver, uuid, m, 10, 6); // written while paused: still dirty
@@ -176,10 +170,10 @@ test('virsh reboot --mode acpi and virsh shutdown through virtbackd\'s libvirt s
   await writeFile(file, dom.xml);
   await virshOk(uri, 'define', file);
   await virshOk(uri, 'start', dom.name);
-  await waitFor(async () => (await boots(env, dom.uuid)) === 1, 'the first boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, dom.uuid)) === 1, 'the first boot', 120_000);
   // virDomainReboot (procedure 27) with ACPI_POWER_BTN
   assert.equal((await virshOk(uri, 'reboot', dom.name, '--mode', 'acpi')).trim(), `Domain '${dom.name}' is being rebooted`);
-  await waitFor(async () => (await boots(env, dom.uuid)) === 2, 'the second boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, dom.uuid)) === 2, 'the second boot', 120_000);
   assert.equal((await virshOk(uri, 'domstate', dom.name, '--reason')).trim(), 'running (booted)');
   // virDomainShutdown (procedure 33): no agent channel, so the power button
   assert.equal((await virshOk(uri, 'shutdown', dom.name)).trim(), `Domain '${dom.name}' is being shutdown`);

@@ -4,38 +4,22 @@
 // the guest QEMU paused at its power-off.
 
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { QmpClient } from '../../src/qemu/qmp/client.js';
-import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
-import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import { waitFor } from '../helpers/qemu-env.js';
+import { guestBoots } from '../helpers/tiny-guest.js';
 import { libvirtUri, virshMissing, virshOk } from '../helpers/libvirt-clients.js';
-import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
-
-/** How many times the guest has reached READY, from its serial console. */
-async function boots(env: DaemonEnv, uuid: string): Promise<number> {
-  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
-  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
-}
-
-async function definedGuest(env: DaemonEnv, opts: { agent: boolean }): Promise<{ name: string; uuid: string }> {
-  const guest = await tinyGuest();
-  // the guest waits 5 s after the power button: the daemon is surely killed while the reboot is pending
-  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, agent: opts.agent, osXml: tinyGuestOsXml(guest, 'tg.disks=none tg.acpi_delay=5') });
-  const file = path.join(env.dir, 'dom.xml');
-  await writeFile(file, dom.xml);
-  await virshOk(libvirtUri(env.runDir), 'define', file);
-  return { name: dom.name, uuid: dom.uuid };
-}
+import { makeDaemonEnv, stopVirtbackd, virshDefinedGuest } from './daemon-util.js';
 
 test('an ACPI reboot survives a virtbackd restart: the guest powers off while no daemon runs and boots again', { skip: virshMissing(), timeout: 600_000 }, async (t) => {
   const env = await makeDaemonEnv(t);
   const first = await env.start();
   const uri = libvirtUri(env.runDir);
-  const { name, uuid } = await definedGuest(env, { agent: false });
+  const { name, uuid } = await virshDefinedGuest(env, { agent: false, cmdline: 'tg.acpi_delay=5' });
   await virshOk(uri, 'start', name);
-  await waitFor(async () => (await boots(env, uuid)) === 1, 'the first boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 1, 'the first boot', 120_000);
 
   // the power button is pressed, and virtbackd dies before the guest has powered off
   await virshOk(uri, 'reboot', name, '--mode', 'acpi');
@@ -56,11 +40,11 @@ test('an ACPI reboot survives a virtbackd restart: the guest powers off while no
   } finally {
     await qmp.close();
   }
-  assert.equal(await boots(env, uuid), 1, 'no boot while no daemon runs');
+  assert.equal(await guestBoots(env.runDir, uuid), 1, 'no boot while no daemon runs');
 
   // the restarted daemon finishes the reboot
   await env.start();
-  await waitFor(async () => (await boots(env, uuid)) === 2, 'the boot after the restart', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 2, 'the boot after the restart', 120_000);
   assert.equal((await virshOk(uri, 'domstate', name, '--reason')).trim(), 'running (booted)');
   const after = JSON.parse(await readFile(path.join(env.stateDir, 'status', `${uuid}.json`), 'utf8')) as { extra: Record<string, unknown> };
   assert.equal(after.extra.fakeReboot, undefined, 'the reboot is over');

@@ -6,33 +6,17 @@
 // domain-reboot-restart.test.ts: a fake reboot across a daemon restart.
 
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import type { RebootEvent } from '../../src/api/driver.js';
-import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
-import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import { waitFor } from '../helpers/qemu-env.js';
+import { guestBoots } from '../helpers/tiny-guest.js';
 import {
   libvirtPython, libvirtUri, parseEvents, runPythonJson, virsh, virshBackground, virshMissing, virshOk, waitOutput,
 } from '../helpers/libvirt-clients.js';
-import { makeDaemonEnv, type DaemonEnv } from './daemon-util.js';
+import { makeDaemonEnv, virshDefinedGuest } from './daemon-util.js';
 
 const script = path.resolve(import.meta.dirname, '..', 'python', 'reboot_event.py');
-
-/** How many times the guest has reached READY, from its serial console. */
-async function boots(env: DaemonEnv, uuid: string): Promise<number> {
-  const log = await readFile(path.join(env.runDir, uuid, 'console.log'), 'utf8').catch(() => '');
-  return log.split('\n').filter((l) => l.includes('tiny-guest: READY')).length;
-}
-
-async function definedGuest(env: DaemonEnv, opts: { agent: boolean }): Promise<{ name: string; uuid: string }> {
-  const guest = await tinyGuest();
-  const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 16, agent: opts.agent, osXml: tinyGuestOsXml(guest, 'tg.disks=none') });
-  const file = path.join(env.dir, 'dom.xml');
-  await writeFile(file, dom.xml);
-  await virshOk(libvirtUri(env.runDir), 'define', file);
-  return { name: dom.name, uuid: dom.uuid };
-}
 
 const whyNot = virshMissing() ?? (libvirtPython() === null ? 'python3-libvirt is not installed' : undefined);
 
@@ -40,14 +24,14 @@ test('the reboot event: SDK, virsh event --event reboot and libvirt-python see e
   const env = await makeDaemonEnv(t);
   await env.start();
   const uri = libvirtUri(env.runDir);
-  const { name, uuid } = await definedGuest(env, { agent: true });
+  const { name, uuid } = await virshDefinedGuest(env, { agent: true });
   const conn = await env.connect();
   const sdk: RebootEvent[] = [];
   conn.on('reboot', (ev) => sdk.push(ev));
   const watcher = virshBackground(uri, ['event', name, '--event', 'reboot', '--loop']);
   t.after(() => watcher.stop());
   await virshOk(uri, 'start', name);
-  await waitFor(async () => (await boots(env, uuid)) === 1, 'the first boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 1, 'the first boot', 120_000);
   assert.equal(sdk.length, 0, 'booting is no reboot');
 
   // the guest's own reboot (agent guest-shutdown mode=reboot: QEMU resets it, RESET guest=true);
@@ -57,7 +41,7 @@ test('the reboot event: SDK, virsh event --event reboot and libvirt-python see e
     return r.code === 0 ? r.stdout : undefined;
   }, 'an agent reboot', 60_000);
   assert.equal(agentReboot.trim(), `Domain '${name}' is being rebooted`);
-  await waitFor(async () => (await boots(env, uuid)) === 2, 'the second boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 2, 'the second boot', 120_000);
   await waitFor(() => sdk.length >= 1 || undefined, 'the SDK reboot event', 10_000);
   const afterAgent = sdk.length;
   const out = await waitOutput(watcher, (o) => parseEvents(o).length >= afterAgent, 'virsh\'s reboot event');
@@ -68,7 +52,7 @@ test('the reboot event: SDK, virsh event --event reboot and libvirt-python see e
   assert.equal(r.code, 0, `reboot_event.py failed: ${r.stderr}`);
   assert.deepEqual(r.lines.map((l) => l.step), ['registered', 'rebooting', 'reboot']);
   assert.equal(r.lines[2]!.domain, name);
-  await waitFor(async () => (await boots(env, uuid)) === 3, 'the third boot', 120_000);
+  await waitFor(async () => (await guestBoots(env.runDir, uuid)) === 3, 'the third boot', 120_000);
   assert.ok(sdk.length > afterAgent, 'the fake reboot\'s reset is a reboot event too');
 
   // one event per QEMU RESET, the same on every client (SeaBIOS may reset a warm-rebooted guest once more: libvirt reports that too)
