@@ -16,185 +16,7 @@ import { NbdClient } from '../../src/nbd/client.js';
 import { NbdError } from '../../src/nbd/errors.js';
 import { extents } from '../../src/nbd/extents.js';
 import * as P from '../../src/nbd/protocol.js';
-
-interface Req {
-  flags: number;
-  type: number;
-  cookie: bigint;
-  offset: number;
-  length: number;
-}
-
-interface FakeOptions {
-  structured?: boolean;
-  contexts?: Record<string, number>;
-  size?: number;
-  onRequest?: (req: Req, conn: Conn) => void;
-}
-
-/** Server side of one connection: framing helpers for replies. */
-class Conn {
-  readonly requests: Req[] = [];
-  disconnected = false;
-  constructor(readonly socket: net.Socket) {}
-
-  private chunk(flags: number, type: number, cookie: bigint, payload: Buffer): void {
-    const h = Buffer.alloc(20);
-    h.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(cookie, 8);
-    h.writeUInt32BE(payload.length, 16);
-    this.socket.write(Buffer.concat([h, payload]));
-  }
-  data(cookie: bigint, offset: number, data: Buffer, done = true): void {
-    const p = Buffer.alloc(8);
-    p.writeBigUInt64BE(BigInt(offset));
-    this.chunk(done ? 1 : 0, P.NBD_REPLY_TYPE_OFFSET_DATA, cookie, Buffer.concat([p, data]));
-  }
-  hole(cookie: bigint, offset: number, length: number, done = true): void {
-    const p = Buffer.alloc(12);
-    p.writeBigUInt64BE(BigInt(offset));
-    p.writeUInt32BE(length, 8);
-    this.chunk(done ? 1 : 0, P.NBD_REPLY_TYPE_OFFSET_HOLE, cookie, p);
-  }
-  status(cookie: bigint, contextId: number, descriptors: Array<[number, number]>, done = true): void {
-    const p = Buffer.alloc(4 + 8 * descriptors.length);
-    p.writeUInt32BE(contextId);
-    descriptors.forEach(([l, f], i) => {
-      p.writeUInt32BE(l, 4 + 8 * i);
-      p.writeUInt32BE(f, 8 + 8 * i);
-    });
-    this.chunk(done ? 1 : 0, P.NBD_REPLY_TYPE_BLOCK_STATUS, cookie, p);
-  }
-  error(cookie: bigint, error: number, message: string, done = true): void {
-    const m = Buffer.from(message);
-    const p = Buffer.alloc(6);
-    p.writeUInt32BE(error);
-    p.writeUInt16BE(m.length, 4);
-    this.chunk(done ? 1 : 0, P.NBD_REPLY_TYPE_ERROR, cookie, Buffer.concat([p, m]));
-  }
-  none(cookie: bigint): void {
-    this.chunk(1, P.NBD_REPLY_TYPE_NONE, cookie, Buffer.alloc(0));
-  }
-  simple(cookie: bigint, error: number, data = Buffer.alloc(0)): void {
-    const h = Buffer.alloc(16);
-    h.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC);
-    h.writeUInt32BE(error, 4);
-    h.writeBigUInt64BE(cookie, 8);
-    this.socket.write(Buffer.concat([h, data]));
-  }
-}
-
-function optReply(option: number, reply: number, data = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(20);
-  h.writeBigUInt64BE(P.NBD_REP_MAGIC);
-  h.writeUInt32BE(option, 8);
-  h.writeUInt32BE(reply >>> 0, 12);
-  h.writeUInt32BE(data.length, 16);
-  return Buffer.concat([h, data]);
-}
-
-/** A minimal fixed-newstyle server exporting 'disk' on a unix socket. */
-async function fakeServer(t: TestContext, opts: FakeOptions) {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-nbdfake-'));
-  const sock = path.join(dir, 's.sock');
-  const conns: Conn[] = [];
-  const size = opts.size ?? 1 << 20;
-  const server = net.createServer((socket) => {
-    const conn = new Conn(socket);
-    conns.push(conn);
-    let buf = Buffer.alloc(0);
-    let phase: 'flags' | 'options' | 'transmission' = 'flags';
-    const g = Buffer.alloc(18);
-    g.writeBigUInt64BE(P.NBD_MAGIC);
-    g.writeBigUInt64BE(P.NBD_NEW_VERSION, 8);
-    g.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
-    socket.write(g);
-    socket.on('error', () => undefined);
-    socket.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (phase === 'flags') {
-          if (buf.length < 4) return;
-          buf = buf.subarray(4);
-          phase = 'options';
-        } else if (phase === 'options') {
-          if (buf.length < 16) return;
-          const option = buf.readUInt32BE(8);
-          const len = buf.readUInt32BE(12);
-          if (buf.length < 16 + len) return;
-          const data = buf.subarray(16, 16 + len);
-          buf = buf.subarray(16 + len);
-          if (option === P.NBD_OPT_STRUCTURED_REPLY) {
-            socket.write(optReply(option, opts.structured === false ? P.NBD_REP_ERR_UNSUP : P.NBD_REP_ACK));
-          } else if (option === P.NBD_OPT_SET_META_CONTEXT) {
-            const nameLen = data.readUInt32BE(0);
-            let p = 4 + nameLen;
-            const n = data.readUInt32BE(p);
-            p += 4;
-            for (let i = 0; i < n; i++) {
-              const l = data.readUInt32BE(p);
-              const q = data.subarray(p + 4, p + 4 + l).toString();
-              p += 4 + l;
-              const id = opts.contexts?.[q];
-              if (id !== undefined) {
-                const r = Buffer.alloc(4);
-                r.writeUInt32BE(id);
-                socket.write(optReply(option, P.NBD_REP_META_CONTEXT, Buffer.concat([r, Buffer.from(q)])));
-              }
-            }
-            socket.write(optReply(option, P.NBD_REP_ACK));
-          } else if (option === P.NBD_OPT_GO) {
-            const name = data.subarray(4, 4 + data.readUInt32BE(0)).toString();
-            if (name !== 'disk') {
-              socket.write(optReply(option, P.NBD_REP_ERR_UNKNOWN, Buffer.from(`no export '${name}'`)));
-              continue;
-            }
-            const e = Buffer.alloc(12);
-            e.writeUInt16BE(P.NBD_INFO_EXPORT);
-            e.writeBigUInt64BE(BigInt(size), 2);
-            e.writeUInt16BE(P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_READ_ONLY, 10);
-            const b = Buffer.alloc(14);
-            b.writeUInt16BE(P.NBD_INFO_BLOCK_SIZE);
-            b.writeUInt32BE(512, 2);
-            b.writeUInt32BE(4096, 6);
-            b.writeUInt32BE(64 * 1024, 10);
-            socket.write(Buffer.concat([optReply(option, P.NBD_REP_INFO, e), optReply(option, P.NBD_REP_INFO, b), optReply(option, P.NBD_REP_ACK)]));
-            phase = 'transmission';
-          } else {
-            socket.write(optReply(option, P.NBD_REP_ERR_UNSUP));
-          }
-        } else {
-          if (buf.length < 28) return;
-          const req: Req = {
-            flags: buf.readUInt16BE(4),
-            type: buf.readUInt16BE(6),
-            cookie: buf.readBigUInt64BE(8),
-            offset: Number(buf.readBigUInt64BE(16)),
-            length: buf.readUInt32BE(24),
-          };
-          assert.equal(buf.readUInt32BE(0), P.NBD_REQUEST_MAGIC);
-          buf = buf.subarray(28);
-          conn.requests.push(req);
-          if (req.type === P.NBD_CMD_DISC) {
-            conn.disconnected = true;
-            socket.end();
-            return;
-          }
-          opts.onRequest?.(req, conn);
-        }
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
-  t.after(async () => {
-    for (const c of conns) c.socket.destroy();
-    await new Promise((r) => server.close(r));
-    await fs.rm(dir, { recursive: true, force: true });
-  });
-  return { sock, conns, connect: (o: { exportName?: string; metaContexts?: string[]; maxInFlight?: number } = {}) => NbdClient.connect({ socketPath: sock }, { exportName: 'disk', ...o }) };
-}
+import { scriptedNbdServer, type Conn, type Req } from '../helpers/scripted-nbd.js';
 
 /** Byte i of the fake disk. */
 const pattern = (offset: number, length: number) => Buffer.from(Array.from({ length }, (_v, i) => (offset + i) % 251));
@@ -210,7 +32,7 @@ function isNbdError(re: RegExp, usable: boolean, code: number = ErrorCode.INTERN
 }
 
 test('handshake exposes size, flags and block sizes; reads honour the maximum payload', async (t) => {
-  const srv = await fakeServer(t, {
+  const srv = await scriptedNbdServer(t, {
     size: 1 << 20,
     onRequest: (r, c) => c.data(r.cookie, r.offset, pattern(r.offset, r.length)),
   });
@@ -230,7 +52,7 @@ test('handshake exposes size, flags and block sizes; reads honour the maximum pa
 
 test('replies out of order and split into chunks are matched by cookie', async (t) => {
   let held: Req[] = [];
-  const srv = await fakeServer(t, {
+  const srv = await scriptedNbdServer(t, {
     onRequest: (r, c) => {
       held.push(r);
       if (held.length < 4) return;
@@ -256,7 +78,7 @@ test('replies out of order and split into chunks are matched by cookie', async (
 test('never more than maxInFlight requests outstanding', async (t) => {
   let outstanding = 0;
   let peak = 0;
-  const srv = await fakeServer(t, {
+  const srv = await scriptedNbdServer(t, {
     onRequest: (r, c) => {
       outstanding++;
       peak = Math.max(peak, outstanding);
@@ -274,7 +96,7 @@ test('never more than maxInFlight requests outstanding', async (t) => {
 });
 
 test('a server error fails one request and the connection stays usable', async (t) => {
-  const srv = await fakeServer(t, {
+  const srv = await scriptedNbdServer(t, {
     onRequest: (r, c) => (r.offset === 0 ? c.error(r.cookie, P.NBD_EIO, 'medium error') : c.data(r.cookie, r.offset, pattern(r.offset, r.length))),
   });
   const c = await srv.connect();
@@ -298,7 +120,7 @@ test('protocol violations kill the connection and fail every pending request', a
   ];
   for (const [name, reply, re] of cases) {
     let first = true;
-    const srv = await fakeServer(t, {
+    const srv = await scriptedNbdServer(t, {
       onRequest: (r, c) => {
         if (first) {
           first = false;
@@ -318,7 +140,7 @@ test('protocol violations kill the connection and fail every pending request', a
 });
 
 test('block status: per-context chunks, clipping, windows, and errors', async (t) => {
-  const srv = await fakeServer(t, {
+  const srv = await scriptedNbdServer(t, {
     contexts: { 'base:allocation': 7, 'qemu:dirty-bitmap:b': 9 },
     onRequest: (r, c) => {
       assert.equal(r.type, P.NBD_CMD_BLOCK_STATUS);
@@ -350,14 +172,14 @@ test('block status: per-context chunks, clipping, windows, and errors', async (t
 });
 
 test('connect failures: unknown export, missing context, no structured replies', async (t) => {
-  const srv = await fakeServer(t, { contexts: { 'base:allocation': 1 } });
+  const srv = await scriptedNbdServer(t, { contexts: { 'base:allocation': 1 } });
   await assert.rejects(srv.connect({ exportName: 'other' }), isNbdError(/export 'other' not found \(NBD_REP_ERR_UNKNOWN: no export 'other' to NBD_OPT_GO\)/, false));
   await assert.rejects(
     srv.connect({ metaContexts: ['base:allocation', 'qemu:dirty-bitmap:x'] }),
     isNbdError(/does not offer metadata context 'qemu:dirty-bitmap:x'/, false),
   );
   await assert.rejects(srv.connect({ metaContexts: ['qemu:dirty-bitmap:'] }), (e: NbdError) => e.code === ErrorCode.INVALID_ARG);
-  const plain = await fakeServer(t, { structured: false, onRequest: (r, c) => c.simple(r.cookie, r.offset === 0 ? P.NBD_EPERM : 0, r.offset === 0 ? undefined : pattern(r.offset, r.length)) });
+  const plain = await scriptedNbdServer(t, { structured: false, onRequest: (r, c) => c.simple(r.cookie, r.offset === 0 ? P.NBD_EPERM : 0, r.offset === 0 ? undefined : pattern(r.offset, r.length)) });
   await assert.rejects(plain.connect({ metaContexts: ['base:allocation'] }), isNbdError(/refused structured replies/, false));
   const c = await plain.connect();
   t.after(() => c.destroy());
@@ -367,7 +189,7 @@ test('connect failures: unknown export, missing context, no structured replies',
 });
 
 test('NBD_ESHUTDOWN makes the client disconnect softly', async (t) => {
-  const srv = await fakeServer(t, { onRequest: (r, c) => c.error(r.cookie, P.NBD_ESHUTDOWN, 'going away') });
+  const srv = await scriptedNbdServer(t, { onRequest: (r, c) => c.error(r.cookie, P.NBD_ESHUTDOWN, 'going away') });
   const c = await srv.connect();
   await assert.rejects(c.read(0, 512), isNbdError(/ESHUTDOWN: going away; the server is shutting down/, false));
   for (let i = 0; i < 100 && !srv.conns[0]!.disconnected; i++) await new Promise((r) => setTimeout(r, 5));
@@ -398,7 +220,7 @@ test('handshake timeout: a server that never greets', async (t) => {
 /** A 4 MiB export with data everywhere; `fault` may answer a read instead (return true when it did). */
 async function pullServer(t: TestContext, fault?: (r: Req, c: Conn, reads: number) => boolean) {
   let reads = 0;
-  return fakeServer(t, {
+  return scriptedNbdServer(t, {
     size: 4 << 20,
     contexts: { [P.CONTEXT_BASE_ALLOCATION]: 7 },
     onRequest: (r, c) => {

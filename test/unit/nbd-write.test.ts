@@ -3,32 +3,10 @@
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { ErrorCode } from '../../src/errors.js';
-import { NbdClient } from '../../src/nbd/client.js';
 import { NbdError } from '../../src/nbd/errors.js';
 import * as P from '../../src/nbd/protocol.js';
-
-interface Req {
-  flags: number;
-  type: number;
-  cookie: bigint;
-  offset: number;
-  length: number;
-  payload?: Buffer;
-}
-
-function optReply(option: number, reply: number, data = Buffer.alloc(0)): Buffer {
-  const h = Buffer.alloc(20);
-  h.writeBigUInt64BE(P.NBD_REP_MAGIC);
-  h.writeUInt32BE(option, 8);
-  h.writeUInt32BE(reply >>> 0, 12);
-  h.writeUInt32BE(data.length, 16);
-  return Buffer.concat([h, data]);
-}
+import { scriptedNbdServer, type Req } from '../helpers/scripted-nbd.js';
 
 function simple(cookie: bigint, error: number): Buffer {
   const h = Buffer.alloc(16);
@@ -53,71 +31,8 @@ function errorChunk(cookie: bigint, error: number, message: string): Buffer {
 
 /** Writable export 'disk' of `size` bytes, 64 KiB maximum payload; every request answered by `answer`. */
 async function writableServer(t: TestContext, exportFlags: number, answer: (r: Req) => Buffer, size = 1 << 20) {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'virtback-nbdw-'));
-  const sock = path.join(dir, 's.sock');
-  const requests: Req[] = [];
-  const sockets: net.Socket[] = [];
-  const server = net.createServer((socket) => {
-    sockets.push(socket);
-    let buf = Buffer.alloc(0);
-    let phase: 'flags' | 'options' | 'transmission' = 'flags';
-    const g = Buffer.alloc(18);
-    g.writeBigUInt64BE(P.NBD_MAGIC);
-    g.writeBigUInt64BE(P.NBD_NEW_VERSION, 8);
-    g.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
-    socket.write(g);
-    socket.on('error', () => undefined);
-    socket.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (phase === 'flags') {
-          if (buf.length < 4) return;
-          buf = buf.subarray(4);
-          phase = 'options';
-        } else if (phase === 'options') {
-          if (buf.length < 16) return;
-          const option = buf.readUInt32BE(8);
-          const len = buf.readUInt32BE(12);
-          if (buf.length < 16 + len) return;
-          buf = buf.subarray(16 + len);
-          if (option === P.NBD_OPT_STRUCTURED_REPLY) socket.write(optReply(option, P.NBD_REP_ACK));
-          else if (option === P.NBD_OPT_GO) {
-            const e = Buffer.alloc(12);
-            e.writeUInt16BE(P.NBD_INFO_EXPORT);
-            e.writeBigUInt64BE(BigInt(size), 2);
-            e.writeUInt16BE(P.NBD_FLAG_HAS_FLAGS | exportFlags, 10);
-            const b = Buffer.alloc(14);
-            b.writeUInt16BE(P.NBD_INFO_BLOCK_SIZE);
-            b.writeUInt32BE(512, 2);
-            b.writeUInt32BE(4096, 6);
-            b.writeUInt32BE(64 * 1024, 10);
-            socket.write(Buffer.concat([optReply(option, P.NBD_REP_INFO, e), optReply(option, P.NBD_REP_INFO, b), optReply(option, P.NBD_REP_ACK)]));
-            phase = 'transmission';
-          } else socket.write(optReply(option, P.NBD_REP_ERR_UNSUP));
-        } else {
-          if (buf.length < 28) return;
-          const req: Req = { flags: buf.readUInt16BE(4), type: buf.readUInt16BE(6), cookie: buf.readBigUInt64BE(8), offset: Number(buf.readBigUInt64BE(16)), length: buf.readUInt32BE(24) };
-          const body = req.type === P.NBD_CMD_WRITE ? req.length : 0;
-          if (buf.length < 28 + body) return;
-          if (body) req.payload = Buffer.from(buf.subarray(28, 28 + body));
-          buf = buf.subarray(28 + body);
-          if (req.type === P.NBD_CMD_DISC) {
-            socket.end();
-            return;
-          }
-          requests.push(req);
-          socket.write(answer(req));
-        }
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
-  t.after(async () => {
-    for (const s of sockets) s.destroy();
-    await new Promise((r) => server.close(r));
-    await fs.rm(dir, { recursive: true, force: true });
-  });
-  return { requests, connect: () => NbdClient.connect({ socketPath: sock }, { exportName: 'disk' }) };
+  const s = await scriptedNbdServer(t, { exportFlags, size, onRequest: (r, c) => c.socket.write(answer(r)) });
+  return { get requests() { return s.requests(); }, connect: () => s.connect() };
 }
 
 const ALL = P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FUA;
