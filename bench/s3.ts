@@ -46,6 +46,7 @@ const runs = Number(process.argv[2] ?? 3);
 const DATA_MIB = Number(process.argv[3] ?? 1024);
 const SCRIPT = fileURLToPath(new URL('../scripts/ceph-test-cluster.sh', import.meta.url));
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+const profiled = process.execArgv.some((a) => a.startsWith('--cpu-prof'));
 
 interface Gateway {
   endpoint: string;
@@ -207,7 +208,10 @@ async function main(): Promise<void> {
     /** seconds `fn` takes; its CPU per GiB of the data goes into cpuLines */
     const step = async (what: string, fn: () => Promise<unknown>): Promise<number> => {
       let secs = 0;
+      const t0 = process.hrtime.bigint() / 1000n;
       cpuLines.push(await cpu.measure(what, DATA_MIB * MiB, async () => (secs = await timed(fn))));
+      // under --cpu-prof: where each step lies on the profile's clock (both are CLOCK_MONOTONIC, µs)
+      if (profiled) console.error(`profile window: ${what}: ${t0} ${process.hrtime.bigint() / 1000n}`);
       return secs;
     };
     for (let r = 0; r < runs; r++) {
