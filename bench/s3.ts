@@ -12,7 +12,14 @@
 // restore GETs 8 chunks at a time and decodes them on the chunk codec pool
 // (src/vmbackup/restore-chunks.ts).
 //
-//   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024]
+//   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024] [shared|split]
+//
+// `split` (needs the gateway's pids, i.e. a cluster started here or
+// VIRTBACK_TEST_CEPH_DIR): the Ceph daemons run on CPU 0 and this process
+// (its threads, and the QEMU it starts) on the others — as when the gateway
+// has cores of its own, which on a 2-core machine shared with the gateway
+// (`shared`, the default) it does not: there every rate follows the CPU all
+// parties spend per GiB together.
 //
 // The gateway: the one the environment names (AWS_ENDPOINT_URL +
 // AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. `. DIR/s3.env`; with
@@ -44,8 +51,10 @@ const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const runs = Number(process.argv[2] ?? 3);
 const DATA_MIB = Number(process.argv[3] ?? 1024);
+const CORES = process.argv[4] ?? 'shared';
 const SCRIPT = fileURLToPath(new URL('../scripts/ceph-test-cluster.sh', import.meta.url));
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+const profiled = process.execArgv.some((a) => a.startsWith('--cpu-prof'));
 
 interface Gateway {
   endpoint: string;
@@ -100,6 +109,8 @@ async function chunkGetsAlone(repo: ChunkRepository, pointId: string): Promise<v
   }
 }
 
+const CEPH_DAEMONS = ['mon.a', 'osd.0', 'client.rgw.0'];
+
 const KINDS: Array<keyof S3RequestCounts> = ['PUT', 'COPY', 'HEAD', 'GET', 'LIST', 'DELETE'];
 /** requests of each kind per GiB of `bytes` */
 const perGiB = (r: S3RequestCounts, bytes: number) => KINDS.map((k) => `${k} ${(r[k] / (bytes / 2 ** 30)).toFixed(0)}`).join(', ');
@@ -140,7 +151,7 @@ class CpuMeter {
 
   static async start(gw: Gateway, qemuPid: () => number): Promise<CpuMeter> {
     const pids: number[] = [];
-    for (const d of gw.cephDir ? ['mon.a', 'osd.0', 'client.rgw.0'] : []) {
+    for (const d of gw.cephDir ? CEPH_DAEMONS : []) {
       const pid = Number((await readFile(path.join(gw.cephDir!, `${d}.pid`), 'utf8').catch(() => '')).trim());
       if (pid > 0) pids.push(pid);
     }
@@ -166,8 +177,29 @@ class CpuMeter {
   }
 }
 
+/** The threads of `pid` on `cpus` (taskset's list syntax). */
+async function pin(pid: number, cpus: string): Promise<void> {
+  await run('taskset', ['-a', '-p', '-c', cpus, String(pid)]);
+}
+
+/** `split`: the gateway's daemons on CPU 0, this process and what it starts on the rest; returns how to undo it. */
+async function splitCores(gw: Gateway): Promise<() => Promise<void>> {
+  const n = os.availableParallelism();
+  if (CORES !== 'split') return async () => undefined;
+  if (n < 2 || !gw.cephDir) throw new Error('split needs 2 cores or more and the gateway\'s daemons (VIRTBACK_TEST_CEPH_DIR)');
+  const daemons: number[] = [];
+  for (const d of CEPH_DAEMONS) daemons.push(Number((await readFile(path.join(gw.cephDir, `${d}.pid`), 'utf8')).trim()));
+  for (const pid of daemons) await pin(pid, '0');
+  await pin(process.pid, `1-${n - 1}`);
+  console.log(`cores split: Ceph on CPU 0, this process and its QEMU on CPU 1-${n - 1}`);
+  return async () => {
+    for (const pid of daemons) await pin(pid, `0-${n - 1}`).catch(() => undefined);
+  };
+}
+
 async function main(): Promise<void> {
   const gw = await gateway();
+  const unsplit = await splitCores(gw);
   // the machine is shared: the numbers mean little without its load
   const loadAtStart = os.loadavg().map((x) => x.toFixed(1)).join(' ');
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-s3b-'));
@@ -207,7 +239,10 @@ async function main(): Promise<void> {
     /** seconds `fn` takes; its CPU per GiB of the data goes into cpuLines */
     const step = async (what: string, fn: () => Promise<unknown>): Promise<number> => {
       let secs = 0;
+      const t0 = process.hrtime.bigint() / 1000n;
       cpuLines.push(await cpu.measure(what, DATA_MIB * MiB, async () => (secs = await timed(fn))));
+      // under --cpu-prof: where each step lies on the profile's clock (both are CLOCK_MONOTONIC, µs)
+      if (profiled) console.error(`profile window: ${what}: ${t0} ${process.hrtime.bigint() / 1000n}`);
       return secs;
     };
     for (let r = 0; r < runs; r++) {
@@ -249,7 +284,7 @@ async function main(): Promise<void> {
       store.close();
     }
     const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
-    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.availableParallelism()} cores)`);
+    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.cpus().length} cores, ${CORES})`);
     const rate = (xs: number[]) => DATA_MIB / median(xs);
     const line = (what: string, xs: number[]) => `${what}: ${rate(xs).toFixed(0)} MiB/s (median of ${runs}; ${xs.map((s) => s.toFixed(1)).join(', ')} s)`;
     console.log(line('raw multipart PUT (SDK)', res.put));
@@ -280,6 +315,7 @@ async function main(): Promise<void> {
     await driver?.close();
     client.destroy();
     await rm(dir, { recursive: true, force: true });
+    await unsplit();
     await gw.stop();
   }
 }
