@@ -22,7 +22,13 @@ import { writeFileAtomic } from './state.js';
 
 /** Something a backup step creates, undone in reverse order. */
 export type BackupResource =
-  | { kind: 'file'; path: string }
+  /**
+   * A target or scratch file, created under `temp` (a name only this job uses)
+   * and linked to `path` only if nothing is there: undo removes `path` only
+   * when it is that file (the same inode as `temp`, or `dev`/`ino` recorded
+   * once created), never a file someone else made meanwhile.
+   */
+  | { kind: 'file'; path: string; temp?: string; dev?: number; ino?: number }
   | { kind: 'node'; name: string }
   /** `checkpoint`: a bitmap of the checkpoint created with the backup (kept once its metadata exists) */
   | { kind: 'bitmap'; node: string; name: string; checkpoint?: string }

@@ -33,7 +33,7 @@ import { TARGET_WRITEBACK_PAUSE_MS, TargetWriteback } from './backup-flush.js';
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
-import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
+import { dropCreationNames, StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { DomainObject } from './domain-object.js';
 import type { BackupOps, CheckpointAccess, DomainHost } from './host.js';
@@ -243,7 +243,7 @@ export class QemuBackups implements BackupOps {
     this.watch(dom, qmp);
     const started = Date.now();
     try {
-      await this.persist(dom, rec);
+      // the record's first save holds every step's intent (StepLog.intendAll)
       await executePlan({
         qmp, plan, def: p.def, checkpoint: p.checkpoint,
         log: new StepLog(rec, () => this.persist(dom, rec)),
@@ -252,6 +252,7 @@ export class QemuBackups implements BackupOps {
       });
       rec.phase = 'running';
       await this.persist(dom, rec);
+      await dropCreationNames(rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot remove a temp name'));
       const wb = this.opts.targetWriteback === undefined ? TARGET_WRITEBACK_PAUSE_MS : this.opts.targetWriteback;
       if (rec.mode === 'push' && wb !== null) job.writeback = new TargetWriteback(rec.disks.map((d) => d.path), this.driver.log, wb);
     } catch (e) {

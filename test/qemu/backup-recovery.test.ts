@@ -37,32 +37,27 @@ async function files(env: TestEnv): Promise<string[]> {
 interface KillPoint { at: string; when: 'before' | 'after'; what: string }
 
 /**
- * The status saves of a begin on two qcow2 disks, named by the step each
- * first records (backup-kill-child.ts): the record; per disk the target (or
- * scratch) file, its storage node, its blockdev-create job and its format
- * node, each saved once as intended (done is saved with the next intent);
- * pull: the NBD server; the transaction; pull: an export per disk; 'running'.
+ * The status saves of a begin (backup-kill-child.ts names them): the record
+ * with the intent of every step (files, nodes, create jobs, pull's NBD server,
+ * the transaction's bitmaps and jobs, pull's exports), then 'running' — the
+ * steps' done marks ride with it.
  */
-function saveNames(pull: boolean): string[] {
-  return [
-    'record', 'file#1', 'node#1', 'job#1', 'node#2', 'file#2', 'node#3', 'job#2', 'node#4',
-    ...(pull ? ['nbd-server#1'] : []), 'transaction', ...(pull ? ['export#1', 'export#2'] : []), 'running',
-  ];
+function saveNames(): string[] {
+  return ['record', 'running'];
 }
 
-/** Kill points of that begin: after each intent and between each step's run and the next save. */
+/** Kill points of a begin on two qcow2 disks: between every step (QMP commands, the file creation, the checkpoint commit) and the next save. */
 function killPoints(pull: boolean): KillPoint[] {
   return [
-    { at: 'record', when: 'after', what: 'the record, nothing created yet' },
-    { at: 'file#1', when: 'after', what: 'the first target file intended' },
-    { at: 'job#1', when: 'before', what: 'a storage node added, not saved done' },
-    { at: 'job#1', when: 'after', what: 'blockdev-create intended' },
-    { at: 'node#4', when: 'before', what: "the second disk's create job dismissed, its drop not saved" },
-    ...(pull ? [{ at: 'transaction', when: 'before' as const, what: 'the NBD server started, not saved done' }] : []),
-    { at: 'transaction', when: 'after', what: 'the transaction intended' },
-    { at: 'checkpoint-commit', when: 'before', what: 'the transaction ran (jobs, bitmaps), not saved done' },
+    { at: 'record', when: 'after', what: 'every intent saved, nothing created yet' },
+    { at: 'qmp:blockdev-add#1', when: 'before', what: 'the first target file created (and its temp name), nothing in QEMU' },
+    { at: 'qmp:blockdev-create#1', when: 'before', what: 'a storage node added' },
+    { at: 'qmp:blockdev-create#1', when: 'after', what: 'the first blockdev-create job ran, not dismissed' },
+    { at: 'qmp:blockdev-add#4', when: 'before', what: "the second disk's create job dismissed" },
+    ...(pull ? [{ at: 'qmp:nbd-server-start#1', when: 'after' as const, what: 'the NBD server started' }] : []),
+    { at: 'qmp:transaction#1', when: 'after', what: 'the transaction ran (jobs, bitmaps), the checkpoint not committed' },
     { at: 'checkpoint-commit', when: 'after', what: 'the checkpoint committed, its bitmaps not yet dropped from the log' },
-    ...(pull ? [{ at: 'export#2', when: 'before' as const, what: 'the first export added, not saved done' }] : []),
+    ...(pull ? [{ at: 'qmp:block-export-add#1', when: 'after' as const, what: 'the first export added' }] : []),
     { at: 'running', when: 'before', what: "everything created, 'running' not saved" },
   ];
 }
@@ -104,7 +99,7 @@ for (const mode of ['push', 'pull'] as const) {
     const last = await runChild({ stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'running', when: 'after', backupXml,
       checkpointXml: '<domaincheckpoint><name>last</name></domaincheckpoint>' });
     assert.equal(last.signal, 'SIGKILL');
-    assert.deepEqual([...last.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]), saveNames(mode === 'pull'));
+    assert.deepEqual([...last.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]), saveNames());
     driver = await env.openDriver();
     const [running] = await driver.listJobIds(uuid);
     assert.ok(running !== undefined, 'the started job is recovered');
@@ -143,7 +138,7 @@ for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${w
     checkpointXml: '<domaincheckpoint><name>c1</name></domaincheckpoint>',
   });
   assert.equal(r.signal, 'SIGKILL', `killed at the done save (${r.stdout}${r.stderr})`);
-  assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['transaction', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+  assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['record', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
 
   const metaFile = path.join(env.stateDir, 'backups', uuid, 'meta.json');
   if (when === 'after') await rm(metaFile);
