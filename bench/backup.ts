@@ -59,7 +59,6 @@ function countingSaves(host: DomainHost, s: { twice: boolean; count: number }): 
 const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTargetOptions; writeback?: number | null }> = [
   { name: 'push full (our defaults)' },
   { name: '  no early write-back (QEMU flush alone)', writeback: null },
-  { name: '  written back at conclusion only', writeback: 0 },
   { name: '  written back every 50 ms', writeback: 50 },
   { name: '  written back every 200 ms', writeback: 200 },
   { name: 'push full (QEMU defaults)', perf: null },

@@ -5,9 +5,9 @@
 // between QEMU concluding and the event (the data of every concurrent job
 // written back at once). Here the daemon fdatasyncs the same files from its
 // own read-only descriptors (file-posix's flush is fdatasync of the same
-// inode) in a loop while the job runs, and once more, in parallel with the
-// outcome's status save, when it has concluded: QEMU's flush then finds the
-// data clean and writes only its metadata.
+// inode) once the job has concluded, in parallel with the outcome's status
+// save (and, if asked, in a loop while the job runs): QEMU's flush then finds
+// the data clean and writes only its metadata.
 //
 // Our descriptors never hide an I/O error from QEMU: since Linux 4.13 a
 // writeback error is reported to every open file description that has not
@@ -16,8 +16,14 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { errField, type Logger } from '../log.js';
 
-/** Pause between two write-backs of the same target while its job runs. */
-export const TARGET_WRITEBACK_PAUSE_MS = 50;
+/**
+ * The default: one write-back, at conclusion (0), not a loop while the job
+ * copies. Measured (docs/performance.md, "Push" and "Events"): a loop every
+ * 50 ms made one push full 1.22 -> 1.15 s, but with ten concurrent jobs their
+ * fdatasyncs (each a journal commit) slowed every status save, begin held
+ * the domain lock longer, and job-completed came later.
+ */
+export const DEFAULT_TARGET_WRITEBACK_MS = 0;
 
 export class TargetWriteback {
   private running = true;
@@ -29,7 +35,7 @@ export class TargetWriteback {
    * Start writing back `paths` (a target that cannot be opened is left to
    * QEMU's flush); `pauseMs` between two rounds, 0: only once the job concluded.
    */
-  constructor(paths: readonly string[], private readonly log: Logger, pauseMs = TARGET_WRITEBACK_PAUSE_MS) {
+  constructor(paths: readonly string[], private readonly log: Logger, pauseMs: number) {
     this.loop = this.run(paths, pauseMs);
   }
 

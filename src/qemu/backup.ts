@@ -29,7 +29,7 @@ import {
   type PushCompleteInfo,
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
-import { TARGET_WRITEBACK_PAUSE_MS, TargetWriteback } from './backup-flush.js';
+import { DEFAULT_TARGET_WRITEBACK_MS, TargetWriteback } from './backup-flush.js';
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
@@ -55,8 +55,9 @@ export interface QemuBackupsOptions {
   /** how push targets are opened and formatted (default PUSH_TARGET) */
   pushTarget?: PushTargetOptions;
   /**
-   * push targets written back by the daemon while the job copies, ms between
-   * rounds (backup-flush.ts); 0: once, at conclusion; null: never (QEMU's flush alone)
+   * push targets written back by the daemon (backup-flush.ts): ms between
+   * rounds while the job copies; 0 (the default): once, at conclusion; null:
+   * never (QEMU's flush alone)
    */
   targetWriteback?: number | null;
   /**
@@ -253,7 +254,7 @@ export class QemuBackups implements BackupOps {
       rec.phase = 'running';
       await this.persist(dom, rec);
       await dropCreationNames(rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot remove a temp name'));
-      const wb = this.opts.targetWriteback === undefined ? TARGET_WRITEBACK_PAUSE_MS : this.opts.targetWriteback;
+      const wb = this.opts.targetWriteback === undefined ? DEFAULT_TARGET_WRITEBACK_MS : this.opts.targetWriteback;
       if (rec.mode === 'push' && wb !== null) job.writeback = new TargetWriteback(rec.disks.map((d) => d.path), this.driver.log, wb);
     } catch (e) {
       const err = qmpErrorToVirError(e, 'cannot start backup');
