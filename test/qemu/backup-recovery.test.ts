@@ -122,8 +122,16 @@ for (const mode of ['push', 'pull'] as const) {
 // record: meta.json and the 'done' status are written at the same time, and the
 // kill landed after the status, before meta.json. Killed before the 'done' save the
 // job is ended again; after it, with meta.json gone (as if it had not landed), its
-// end is recorded again: either way exactly once.
-for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${when} the status says done (after job-completed): target recorded once, manifest written, the next incremental finds it`, async (t) => {
+// end is recorded again: either way exactly once. The targets are closed
+// (blockdev-del) beside the save of the outcome, while QEMU still holds the
+// concluded jobs: killed right after the close, the save may or may not have
+// landed, and either way the job completes again with its target.
+const endKills = [
+  { at: 'done', when: 'before', what: "before the status says done (after job-completed)" },
+  { at: 'done', when: 'after', what: 'after the status says done (after job-completed)' },
+  { at: 'qmp:blockdev-del#1', when: 'after', what: 'once the target was closed, beside the save of the outcome' },
+] as const;
+for (const { at, when, what } of endKills) test(`push: a daemon killed ${what}: target recorded once, manifest written, the next incremental finds it`, async (t) => {
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { sizeMiB: 16 });
   let driver: QemuDriver = await env.openDriver();
@@ -133,19 +141,21 @@ for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${w
   await driver.close();
   const full = path.join(env.dir, 'full.qcow2');
   const r = await runChild({
-    stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'done', when, waitEnd: true,
+    stateDir: env.stateDir, runDir: env.runDir, uuid, at, when, waitEnd: true,
     backupXml: `<domainbackup><disks><disk name='sda' type='file'><driver type='qcow2'/><target file='${full}'/></disk></disks></domainbackup>`,
     checkpointXml: '<domaincheckpoint><name>c1</name></domaincheckpoint>',
   });
-  assert.equal(r.signal, 'SIGKILL', `killed at the done save (${r.stdout}${r.stderr})`);
-  assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['record', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+  assert.equal(r.signal, 'SIGKILL', `killed at ${at} (${r.stdout}${r.stderr})`);
+  const saves = [...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]);
+  if (at === 'done') assert.deepEqual(saves.slice(-3), when === 'before' ? ['record', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+  else assert.ok(!saves.includes('done'), `killed before the job's end was saved (${saves.join(' ')})`);
 
   const metaFile = path.join(env.stateDir, 'backups', uuid, 'meta.json');
-  if (when === 'after') await rm(metaFile);
+  if (at === 'done' && when === 'after') await rm(metaFile);
   driver = await env.openDriver();
   const [id] = await driver.listJobIds(uuid);
   assert.ok(id !== undefined, 'the job is known again');
-  if (when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
+  if (at !== 'done' || when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
   await waitFor(async () => ((await driver.getJobStats(uuid, JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED)).type === JobType.COMPLETED ? true : null), 'the job completed again');
   await waitFor(async () => (await readManifest(full)) ?? null, 'the push manifest');
   const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { finished: { jobId: number; path: string }[]; pendingAfterPush: unknown[] };
