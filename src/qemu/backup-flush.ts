@@ -15,9 +15,6 @@
 
 import { open, type FileHandle } from 'node:fs/promises';
 import { errField, type Logger } from '../log.js';
-import type { BackupJobRecord, BackupStep } from './backup-job.js';
-import { undoSteps } from './backup-steps.js';
-import type { QmpClient } from './qmp/client.js';
 
 /**
  * The default: one write-back, at conclusion (0), not a loop while the job
@@ -90,31 +87,4 @@ export class TargetWriteback {
     if (sync) await this.syncAll(files);
     await Promise.all(files.map((f) => f.close().catch(() => {})));
   }
-}
-
-/**
- * Close a completed push's target nodes (blockdev-del: QEMU writes the qcow2
- * metadata and flushes) while its concluded jobs are still in QEMU, so that
- * this runs beside the save of the outcome: QEMU lets go of a backup job's
- * target when the job cleans up, before it concludes (checked on QEMU 7.2).
- * A recovery that finds the nodes gone takes them as closed ("not found" is
- * tolerated, and only a closed node is gone). Never throws: a node that could
- * not be closed stays in the log, and the job's end tries it again and fails
- * the backup.
- */
-async function closeTargetNodes(rec: BackupJobRecord, qmp: QmpClient, log: Logger, undone: (s: BackupStep) => void): Promise<void> {
-  await undoSteps(rec, { qmp, log, keep: (s) => s.kind !== 'node', mustClose: true, undone }).catch(() => {});
-}
-
-/**
- * All disks concluded: the job's targets written back (and with `close`, the
- * monitor of a completed push, closed), to run beside the outcome's save.
- */
-export async function finishTargets(
-  job: { record: BackupJobRecord; writeback: { finish(sync: boolean): Promise<void> } | null; timeline: { mark(step: string): void } },
-  close: QmpClient | null, log: Logger,
-): Promise<void> {
-  await job.writeback?.finish(close !== null);
-  job.timeline.mark('targets written back');
-  if (close) await closeTargetNodes(job.record, close, log, (s) => job.timeline.mark(`undo ${s.kind}`));
 }

@@ -15,6 +15,7 @@ import { JobOperation, JobType } from '../flags.js';
 import { errField, type LogFields, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
+import type { TargetWriteback } from './backup-flush.js';
 import { JobTimeline } from './backup-timeline.js';
 import type { JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
@@ -238,8 +239,8 @@ export class BackupJob {
   finalStats: JobStats | null = null;
   /** how its completion was processed (logged at debug level) */
   readonly timeline = new JobTimeline();
-  /** a push's targets written back by the daemon (backup-flush.ts's TargetWriteback); null after a recovery */
-  writeback: { finish(sync: boolean): Promise<void> } | null = null;
+  /** a push's targets written back while it copies (backup-flush.ts); null after a recovery */
+  writeback: TargetWriteback | null = null;
 
   constructor(public record: BackupJobRecord) {
     this.finished = new Promise((r) => (this.resolveFinished = r));

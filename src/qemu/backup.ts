@@ -29,7 +29,7 @@ import {
   type PushCompleteInfo,
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
-import { DEFAULT_TARGET_WRITEBACK_MS, finishTargets, TargetWriteback } from './backup-flush.js';
+import { DEFAULT_TARGET_WRITEBACK_MS, TargetWriteback } from './backup-flush.js';
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
@@ -339,9 +339,9 @@ export class QemuBackups implements BackupOps {
     }
     // The outcome is durable before the QEMU jobs are dismissed: a driver killed
     // in between must not find a finished disk's job vanished (= failed).
-    // Meanwhile a completed push's targets are written back and closed (backup-flush.ts).
+    // the targets' data written back meanwhile: QEMU's flush in blockdev-del then finds it clean
     const keep = rec.mode === 'push' && decideEnd(rec) === 'completed';
-    await Promise.all([this.persist(dom, rec), finishTargets(job, keep ? qmp : null, this.driver.log)]);
+    await Promise.all([this.persist(dom, rec), job.writeback?.finish(keep).then(() => job.timeline.mark('targets written back'))]);
     job.timeline.mark('status saved (disks)');
     const concluded = rec.disks.map((d) => d.jobId).filter((id) => jobs.some((j) => j.id === id && j.status === 'concluded'));
     // sent together: QEMU runs them in order, we wait for one round trip

@@ -122,14 +122,13 @@ for (const mode of ['push', 'pull'] as const) {
 // record: meta.json and the 'done' status are written at the same time, and the
 // kill landed after the status, before meta.json. Killed before the 'done' save the
 // job is ended again; after it, with meta.json gone (as if it had not landed), its
-// end is recorded again: either way exactly once. The targets are closed
-// (blockdev-del) beside the save of the outcome, while QEMU still holds the
-// concluded jobs: killed right after the close, the save may or may not have
-// landed, and either way the job completes again with its target.
+// end is recorded again: either way exactly once. Killed right after the
+// target was closed (blockdev-del), before 'done': the job ends again with
+// its target (the node is gone: undo's "not found" counts as closed).
 const endKills = [
   { at: 'done', when: 'before', what: "before the status says done (after job-completed)" },
   { at: 'done', when: 'after', what: 'after the status says done (after job-completed)' },
-  { at: 'qmp:blockdev-del#1', when: 'after', what: 'once the target was closed, beside the save of the outcome' },
+  { at: 'qmp:blockdev-del#1', when: 'after', what: "once the target was closed, before the status says done" },
 ] as const;
 for (const { at, when, what } of endKills) test(`push: a daemon killed ${what}: target recorded once, manifest written, the next incremental finds it`, async (t) => {
   const env = await makeTestEnv(t);
