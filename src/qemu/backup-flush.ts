@@ -1,5 +1,5 @@
-// Push targets written back while QEMU still copies, so that little is dirty
-// when the job concludes. A push target must be durable before job-completed;
+// A push's targets written back by the daemon, so that QEMU's own flush finds
+// little dirty when the job concludes. A push target must be durable before job-completed;
 // QEMU's own flush (blockdev-del: the qcow2 metadata, then fdatasync of the
 // file) stays the one that vouches for it. Waiting for it was most of the time
 // between QEMU concluding and the event (the data of every concurrent job
@@ -19,7 +19,7 @@ import { errField, type Logger } from '../log.js';
 /**
  * The default: one write-back, at conclusion (0), not a loop while the job
  * copies. Measured (docs/performance.md, "Push" and "Events"): a loop every
- * 50 ms made one push full 1.22 -> 1.15 s, but with ten concurrent jobs their
+ * 50 ms made one push full 1.21-1.22 -> 1.06-1.15 s, but with ten concurrent jobs their
  * fdatasyncs (each a journal commit) slowed every status save, begin held
  * the domain lock longer, and job-completed came later.
  */

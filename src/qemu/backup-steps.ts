@@ -141,7 +141,7 @@ export async function createFile(step: BackupStep & { kind: 'file' }, disk: stri
   }
 }
 
-/** The created files' temp names go, once a save holds their dev/ino (a temp name whose file is not the target's stays). */
+/** The created files' temp names go, once a save holds their dev/ino. */
 export async function dropCreationNames(rec: BackupJobRecord): Promise<void> {
   for (const s of rec.steps) {
     if (s.kind === 'file' && s.temp !== undefined && s.ino !== undefined) await dropTemp(s);
@@ -161,7 +161,7 @@ async function unlinkIfThere(p: string): Promise<void> {
   });
 }
 
-/** Remove a file step's temp name if it is a second name of the target (or the target was never linked). */
+/** Remove a file step's temp name (only its job uses that name: whatever is there is ours). */
 async function dropTemp(s: BackupResource & { kind: 'file' }): Promise<void> {
   if (s.temp === undefined) return;
   await unlinkIfThere(s.temp);
