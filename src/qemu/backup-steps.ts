@@ -115,6 +115,18 @@ export function creationName(file: string, jobId: number): string {
  * dropCreationNames, after the next save.
  */
 export async function createFile(step: BackupStep & { kind: 'file' }, disk: string, size: number): Promise<void> {
+  if (await createUnder(step, disk, size) === 'no links') {
+    // vfat, exFAT, some FUSE: no second name, so created at its name as before; a
+    // kill before the next save then leaves it (no temp name, no dev/ino saved)
+    delete step.temp;
+    await createUnder(step, disk, size);
+  }
+}
+
+/** link() errors of filesystems that have no hard links */
+const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+
+async function createUnder(step: BackupStep & { kind: 'file' }, disk: string, size: number): Promise<'done' | 'no links'> {
   const temp = step.temp ?? step.path;
   let fh;
   try {
@@ -131,9 +143,11 @@ export async function createFile(step: BackupStep & { kind: 'file' }, disk: stri
     if (temp !== step.path) await link(temp, step.path);
     step.dev = st.dev;
     step.ino = st.ino;
+    return 'done';
   } catch (e) {
     await unlink(temp).catch(() => {});
     const code = (e as NodeJS.ErrnoException).code;
+    if (temp !== step.path && NO_LINKS.has(code ?? '') && (e as NodeJS.ErrnoException).syscall === 'link') return 'no links';
     if (code === 'EEXIST') throw new FileCreateError(virErr('INVALID_ARG', 'QEMU', `store '${step.path}' for backup of '${disk}' exists`));
     throw new FileCreateError(virErr('SYSTEM_ERROR', 'QEMU', `failed to create image file '${step.path}': ${(e as Error).message}`, e));
   } finally {
