@@ -6,6 +6,7 @@
 //
 //   node --import tsx bench/backup.ts [runs=5]
 //   VBB_ONLY=incremental: only the default push full (the base) and the incremental
+//   VBB_ONLY=push: every push full variant and the incremental (no pull)
 //
 // The incremental is also run with every status save of the backup module
 // done twice (about what backupBegin's write-ahead log cost before it saved
@@ -36,6 +37,8 @@ const DATA_MIB = 1024;
 const INC_MIB = 64;
 const runs = Number(process.argv[2] ?? 5);
 const onlyIncremental = process.env.VBB_ONLY === 'incremental';
+/** VBB_ONLY=push: push full variants and the incremental, no pull */
+const onlyPush = process.env.VBB_ONLY === 'push';
 
 /** The driver's host with saveStatus counted, and done twice while `s.twice`. */
 function countingSaves(host: DomainHost, s: { twice: boolean; count: number }): DomainHost {
@@ -53,8 +56,11 @@ function countingSaves(host: DomainHost, s: { twice: boolean; count: number }): 
 }
 
 /** Push full variants: blockdev-backup x-perf (undefined: BACKUP_PERF; null: QEMU's) and the target's options. */
-const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTargetOptions }> = [
+const VARIANTS: Array<{ name: string; perf?: BackupPerf | null; target?: PushTargetOptions; writeback?: number | null }> = [
   { name: 'push full (our defaults)' },
+  { name: '  no early write-back (QEMU flush alone)', writeback: null },
+  { name: '  written back every 50 ms', writeback: 50 },
+  { name: '  written back every 200 ms', writeback: 200 },
   { name: 'push full (QEMU defaults)', perf: null },
   { name: '  copy-range, target cache.direct', target: { cache: { direct: true } } },
   { name: '  no copy-range, cache.direct, aio=native', perf: {}, target: { cache: { direct: true }, aio: 'native' } },
@@ -133,11 +139,13 @@ async function main(): Promise<void> {
       for (const [i, v] of [...variants.entries()].reverse()) {
         bopts.perf = v.perf;
         bopts.pushTarget = v.target;
+        bopts.targetWriteback = v.writeback;
         // the defaults go last: their checkpoint f<r> is the base of the incremental below
         res[v.name]!.push(await pushFull(i === 0 ? `f${r}` : `v${i}r${r}`, i === 0));
       }
       bopts.perf = undefined;
       bopts.pushTarget = undefined;
+      bopts.targetWriteback = undefined;
 
       // 64 MiB of random 64 KiB writes since checkpoint f<r>, then push incremental
       for (let i = 0; i < (INC_MIB * MiB) / 65536; i++) {
@@ -167,7 +175,7 @@ async function main(): Promise<void> {
 
       const sock = path.join(dir, 'nbd.sock');
       const pullOut = path.join(dir, 'pull.raw');
-      if (!onlyIncremental) res.pullFull!.push(await timed(async () => {
+      if (!onlyIncremental && !onlyPush) res.pullFull!.push(await timed(async () => {
         const id = await drv.backupBegin(uuid, `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks><disk name='sda'><scratch file='${dir}/scratch.qcow2'/></disk></disks></domainbackup>`, null, 0);
         await run('nbdcopy', [`nbd+unix:///sda?socket=${sock}`, pullOut]);
         await drv.backupEnd(uuid, id, 0);
@@ -191,7 +199,7 @@ async function main(): Promise<void> {
     console.log(line(`push incremental (${INC_MIB} MiB written)`, m.pushInc!, INC_MIB, m.convertQcow2! * INC_MIB / DATA_MIB, 'convert, scaled to 64 MiB'));
     console.log(`  of which backupBegin ${m.incBegin!.toFixed(3)} s; ${m.incSaves} status saves (goal: whole incremental <= 0.2 s)`);
     console.log(`  every save twice (${m.incTwiceSaves} saves): ${m.pushIncTwice!.toFixed(3)} s = ${(m.pushIncTwice! / m.pushInc!).toFixed(2)}x the time`);
-    if (!onlyIncremental) console.log(line('pull full, nbdcopy (begin..end)', m.pullFull!, DATA_MIB, m.convertRaw!, 'convert -O raw'));
+    if (!onlyIncremental && !onlyPush) console.log(line('pull full, nbdcopy (begin..end)', m.pullFull!, DATA_MIB, m.convertRaw!, 'convert -O raw'));
     await drv.domainDestroy(uuid, 0);
   } finally {
     await driver?.close().catch(() => {});

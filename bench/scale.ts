@@ -19,7 +19,7 @@
 //   VBS_DAEMON=wrapper.mjs: run that script as the daemon (e.g. a profiler around dist/src/cli/virtbackd.js)
 
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open as openFile, readdir, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -55,6 +55,25 @@ async function procStatusMiB(pid: number, field: 'VmHWM' | 'VmRSS'): Promise<num
 }
 const vmHWM = (pid: number): Promise<number> => procStatusMiB(pid, 'VmHWM');
 const vmRSS = (pid: number): Promise<number> => procStatusMiB(pid, 'VmRSS');
+
+/**
+ * The disk's durable write rate in the benchmark's folder, MiB/s: 256 MiB
+ * written then fdatasync'ed (what a push target costs before job-completed).
+ */
+async function durableWriteRate(dir: string): Promise<number> {
+  const file = path.join(dir, 'rate.probe');
+  const buf = Buffer.alloc(4 * 1024 * 1024, 0x5a);
+  const fh = await openFile(file, 'w');
+  const t0 = now();
+  try {
+    for (let i = 0; i < 64; i++) await fh.write(buf);
+    await fh.datasync();
+  } finally {
+    await fh.close();
+    await rm(file, { force: true });
+  }
+  return 256 / ((now() - t0) / 1000);
+}
 
 /**
  * The built daemon (dist/, as installed) when it is at least as new as every
@@ -123,7 +142,10 @@ async function main(): Promise<void> {
     /** the daemon's published -> the client received it */
     const deliverLat: number[] = [];
     const rssIdle = await vmRSS(daemon.pid);
+    const rate = await durableWriteRate(dir);
     let failures = 0;
+    /** per round: first backupBegin called -> last QEMU conclusion, and last conclusion -> last event at a client */
+    const windows: Array<{ copy: number; tail: number }> = [];
 
     for (let r = 0; r < rounds; r++) {
       const received = new Map<string, { at: number; ev: JobCompletedEvent }>();
@@ -147,6 +169,7 @@ async function main(): Promise<void> {
       });
       const targets = (td: TestDomain): string =>
         `<domainbackup><disks>${td.disks.map((d) => `<disk name='${d.target}' type='file'><target file='${path.join(dir, `r${r}-${td.name}-${d.target}.qcow2`)}'/><driver type='qcow2'/></disk>`).join('')}</disks></domainbackup>`;
+      const firstBegin = now();
       const ids = await Promise.all(ownerDoms.map(async (d, i) => {
         const t0 = now();
         const id = await d.backupBegin(targets(tds[i]!));
@@ -175,10 +198,14 @@ async function main(): Promise<void> {
         if (times.length === 0) throw new Error(`no QEMU job time logged for domain ${td.name} (${td.uuid})`);
         return Math.max(...times);
       };
+      let lastEnd = 0;
+      let lastEvent = 0;
       for (const td of tds) {
         const got = received.get(td.uuid)!;
         // the backup ends when its last disk job concluded
         const end = latest(concluded, td, got.at);
+        lastEnd = Math.max(lastEnd, end);
+        lastEvent = Math.max(lastEvent, got.at);
         const gone = latest(dismissed, td, got.at);
         eventLat.push(got.at - end);
         reconcileLat.push(gone - end);
@@ -189,6 +216,7 @@ async function main(): Promise<void> {
         const published = steps.find(([step]) => step === 'published')?.[1];
         if (published !== undefined) deliverLat.push(got.at - end - published);
       }
+      windows.push({ copy: lastEnd - firstBegin, tail: lastEvent - lastEnd });
       for (const td of tds) for (const d of td.disks) await rm(path.join(dir, `r${r}-${td.name}-${d.target}.qcow2`), { force: true });
     }
 
@@ -217,6 +245,14 @@ async function main(): Promise<void> {
     console.log(`    completion steps, ms after QEMU concluded the last disk job (cumulative; p50 / p99 over jobs):`);
     for (const [step, ms] of stepLat) console.log(`      ${step.padEnd(28)} p50 ${fmt(pct(ms, 50))}   p99 ${fmt(pct(ms, 99))}`);
     console.log(`      ${'client received'.padEnd(28)} p50 ${fmt(pct(eventLat, 50))}   p99 ${fmt(e99)}   (published -> client p50 ${fmt(pct(deliverLat, 50))}, p99 ${fmt(pct(deliverLat, 99))})`);
+    // the targets must be durable before their events: the copies outrun the disk, whose backlog is the events' wait
+    const bytesMiB = DOMAINS * 2 * DATA_MIB;
+    for (const [r, w] of windows.entries()) {
+      const all = w.copy + w.tail;
+      console.log(`  round ${r + 1}: ${bytesMiB} MiB of targets copied in ${w.copy.toFixed(0)} ms (first backupBegin -> last QEMU conclusion), ` +
+        `all durable and told ${w.tail.toFixed(0)} ms later: ${(bytesMiB / (all / 1000)).toFixed(0)} MiB/s from begin to the last event ` +
+        `(a lone 256 MiB write + fdatasync before the rounds: ${rate.toFixed(0)} MiB/s)`);
+    }
     console.log(`  daemon event-loop delay (${load.length} reports of ~5 s)  worst p99 ${fmt(maxOf('loopDelayP99'))}   max ${fmt(maxOf('loopDelayMax'))}`);
     console.log(`  daemon memory, largest reported     rss ${maxOf('rssMiB').toFixed(1)} MiB   heap used ${maxOf('heapUsedMiB').toFixed(1)} MiB   heap total ${maxOf('heapTotalMiB').toFixed(1)} MiB   external ${maxOf('externalMiB').toFixed(1)} MiB (array buffers ${maxOf('arrayBuffersMiB').toFixed(1)} MiB)`);
     if (failures > 0) console.log(`  FAILURES: ${failures} jobs did not complete successfully`);

@@ -4,9 +4,9 @@
 // that may exist. The caller undoes the log when this throws.
 
 import { formatBackupXML, type BackupDef } from '../xml/backup.js';
-import type { BackupJobDisk, BackupJobRecord, BackupResource } from './backup-job.js';
+import type { BackupJobDisk, BackupJobRecord, BackupResource, BackupStep } from './backup-job.js';
 import type { BackupPlan } from './backup-plan.js';
-import { createFile, runCreateJob, type StepLog } from './backup-steps.js';
+import { createFile, creationName, runCreateJob, type StepLog } from './backup-steps.js';
 import type { PreparedCheckpoint } from './host.js';
 import { QmpCommandError, type QmpClient } from './qmp/client.js';
 
@@ -60,8 +60,29 @@ export interface ExecuteInput {
   nextPort: (() => Promise<number>) | null;
 }
 
+/** Everything the plan creates, in the order it runs (the write-ahead log's one save of intents). */
+export function plannedSteps(plan: BackupPlan, checkpoint: PreparedCheckpoint | null, jobId: number): BackupResource[] {
+  const out: BackupResource[] = [];
+  for (const d of plan.disks) {
+    if (d.createFile) out.push(fileStep(d.path, jobId));
+    out.push({ kind: 'node', name: d.storageNode });
+    if (d.create) out.push({ kind: 'job', id: d.create.jobId });
+    out.push({ kind: 'node', name: d.formatNode });
+  }
+  if (plan.tlsCreds) out.push({ kind: 'object', id: plan.tlsCreds.id });
+  if (plan.nbdServer) out.push({ kind: 'nbd-server', socket: plan.nbdServer.addr.type === 'unix' ? plan.nbdServer.addr.data.path : null });
+  out.push(...transactionSteps(plan, checkpoint));
+  for (const d of plan.disks) if (d.export) out.push({ kind: 'export', id: d.export.id });
+  return out;
+}
+
+function fileStep(file: string, jobId: number): BackupResource {
+  return { kind: 'file', path: file, temp: creationName(file, jobId) };
+}
+
 /** Run the plan; on return every QEMU job runs and every export is up. */
 export async function executePlan(x: ExecuteInput): Promise<void> {
+  await x.log.intendAll(plannedSteps(x.plan, x.checkpoint, x.log.rec.id));
   await attachTargets(x);
   if (x.plan.tlsCreds) {
     const creds = x.plan.tlsCreds;
@@ -79,7 +100,7 @@ export async function executePlan(x: ExecuteInput): Promise<void> {
 async function attachTargets({ qmp, plan, log }: ExecuteInput): Promise<void> {
   for (const d of plan.disks) {
     if (d.createFile) {
-      await log.run([{ kind: 'file', path: d.path }], () => createFile(d.path, d.target, d.format === 'raw' ? d.virtualSize : 0));
+      await log.run([fileStep(d.path, log.rec.id)], ([s]) => createFile(s as BackupStep & { kind: 'file' }, d.target, d.format === 'raw' ? d.virtualSize : 0));
     }
     await log.run([{ kind: 'node', name: d.storageNode }], () => qmp.execute('blockdev-add', d.addStorage), atomic);
     const create = d.create;
@@ -117,7 +138,7 @@ async function startNbdServer(x: ExecuteInput): Promise<void> {
  * backup (libvirt); recovery asks the checkpoint module about a bitmap whose
  * commit it cannot tell.
  */
-async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInput): Promise<void> {
+function transactionSteps(plan: BackupPlan, checkpoint: PreparedCheckpoint | null): BackupResource[] {
   const created: BackupResource[] = [];
   for (const a of checkpoint?.actions ?? []) {
     if (a.type === 'block-dirty-bitmap-add') created.push({ kind: 'bitmap', node: a.data.node, name: a.data.name, checkpoint: checkpoint!.def.name });
@@ -127,8 +148,12 @@ async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInp
     if (d.tempBitmap && d.tempBitmap.node === d.diskNode) created.push({ kind: 'bitmap', ...d.tempBitmap });
     created.push({ kind: 'job', id: d.jobId });
   }
+  return created;
+}
+
+async function startJobs({ qmp, plan, log, checkpoint, transaction }: ExecuteInput): Promise<void> {
   // QEMU's transaction is all or nothing
-  await log.run(created, () => transaction(async () => {
+  await log.run(transactionSteps(plan, checkpoint), () => transaction(async () => {
     await qmp.execute('transaction', { actions: plan.transaction });
   }), atomic);
   if (checkpoint) {

@@ -15,13 +15,20 @@ import { JobOperation, JobType } from '../flags.js';
 import { errField, type LogFields, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
+import type { TargetWriteback } from './backup-flush.js';
 import { JobTimeline } from './backup-timeline.js';
 import type { JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
 
 /** Something a backup step creates, undone in reverse order. */
 export type BackupResource =
-  | { kind: 'file'; path: string }
+  /**
+   * A target or scratch file, created under `temp` (a name only this job uses)
+   * and linked to `path` only if nothing is there: undo removes `path` only
+   * when it is that file (the same inode as `temp`, or `dev`/`ino` recorded
+   * once created), never a file someone else made meanwhile.
+   */
+  | { kind: 'file'; path: string; temp?: string; dev?: number; ino?: number }
   | { kind: 'node'; name: string }
   /** `checkpoint`: a bitmap of the checkpoint created with the backup (kept once its metadata exists) */
   | { kind: 'bitmap'; node: string; name: string; checkpoint?: string }
@@ -232,6 +239,8 @@ export class BackupJob {
   finalStats: JobStats | null = null;
   /** how its completion was processed (logged at debug level) */
   readonly timeline = new JobTimeline();
+  /** a push's targets written back while it copies (backup-flush.ts); null after a recovery */
+  writeback: TargetWriteback | null = null;
 
   constructor(public record: BackupJobRecord) {
     this.finished = new Promise((r) => (this.resolveFinished = r));
@@ -273,6 +282,15 @@ export class BackupJobTable implements BackupJobTableLike {
 /** The fields every job log line carries. */
 export function jobFields(dom: { name: string; uuid: string }, rec: BackupJobRecord): LogFields {
   return { domain: { name: dom.name, uuid: dom.uuid }, jobId: rec.id, mode: rec.mode, disks: rec.disks.map((d) => d.target) };
+}
+
+/** One line per ended job: completed, cancelled (aborted, or a pull ended) or failed. */
+export function logJobEnd(log: Logger, dom: { name: string; uuid: string }, rec: BackupJobRecord): void {
+  const fields = { ...jobFields(dom, rec), bytes: jobBytes(rec), durationMs: (rec.endedAt ?? Date.now()) - rec.startedAt };
+  const reason = rec.stopping === 'abort' ? 'aborted' : rec.stopping === 'end' ? 'ended by the client' : undefined;
+  if (rec.end === 'failed') log.error({ ...fields, error: rec.errmsg }, 'backup job failed');
+  else if (rec.end === 'cancelled') log.info({ ...fields, reason }, 'backup job cancelled');
+  else log.info({ ...fields, reason }, 'backup job completed');
 }
 
 /** Bytes copied (push) or held in scratch files (pull) so far. */

@@ -21,18 +21,19 @@ import {
   BackupMetaStore,
   decideEnd,
   firstError,
-  jobBytes,
   jobFields,
   jobStats,
+  logJobEnd,
   readJobRecord,
   type BackupJobRecord,
   type PushCompleteInfo,
 } from './backup-job.js';
 import { executePlan, newJobRecord } from './backup-execute.js';
+import { DEFAULT_TARGET_WRITEBACK_MS, TargetWriteback } from './backup-flush.js';
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
-import { StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
+import { dropCreationNames, StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { DomainObject } from './domain-object.js';
 import type { BackupOps, CheckpointAccess, DomainHost } from './host.js';
@@ -53,6 +54,12 @@ export interface QemuBackupsOptions {
   perf?: BackupPerf | null;
   /** how push targets are opened and formatted (default PUSH_TARGET) */
   pushTarget?: PushTargetOptions;
+  /**
+   * push targets written back by the daemon (backup-flush.ts): ms between
+   * rounds while the job copies; 0 (the default): once, at conclusion; null:
+   * never (QEMU's flush alone)
+   */
+  targetWriteback?: number | null;
   /**
    * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem and
    * server-key.pem for pull exports with <server tls='yes'> (unset: refused)
@@ -231,12 +238,13 @@ export class QemuBackups implements BackupOps {
     if (a.port !== null && p.def.server) p.def.server.port = a.port;
     const rec = newJobRecord(a.id, p.def, plan, p.checkpoint?.def.name ?? null, new Map(p.disks.map((d) => [d.target, d.diskPath])));
     const previous = table.current;
-    table.current = new BackupJob(rec);
+    const job = new BackupJob(rec);
+    table.current = job;
     const qmp = await this.driver.monitor(dom.uuid);
     this.watch(dom, qmp);
     const started = Date.now();
     try {
-      await this.persist(dom, rec);
+      // the record's first save holds every step's intent (StepLog.intendAll)
       await executePlan({
         qmp, plan, def: p.def, checkpoint: p.checkpoint,
         log: new StepLog(rec, () => this.persist(dom, rec)),
@@ -245,6 +253,9 @@ export class QemuBackups implements BackupOps {
       });
       rec.phase = 'running';
       await this.persist(dom, rec);
+      await dropCreationNames(rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot remove a temp name'));
+      const wb = this.opts.targetWriteback === undefined ? DEFAULT_TARGET_WRITEBACK_MS : this.opts.targetWriteback;
+      if (rec.mode === 'push' && wb !== null) job.writeback = new TargetWriteback(rec.disks.map((d) => d.path), this.driver.log, wb);
     } catch (e) {
       const err = qmpErrorToVirError(e, 'cannot start backup');
       await undoSteps(rec, { qmp, log: this.driver.log }).catch(() => {}); // each failure is logged
@@ -328,7 +339,9 @@ export class QemuBackups implements BackupOps {
     }
     // The outcome is durable before the QEMU jobs are dismissed: a driver killed
     // in between must not find a finished disk's job vanished (= failed).
-    await this.persist(dom, rec);
+    // the targets' data written back meanwhile: QEMU's flush in blockdev-del then finds it clean
+    const keep = rec.mode === 'push' && decideEnd(rec) === 'completed';
+    await Promise.all([this.persist(dom, rec), job.writeback?.finish(keep).then(() => job.timeline.mark('targets written back'))]);
     job.timeline.mark('status saved (disks)');
     const concluded = rec.disks.map((d) => d.jobId).filter((id) => jobs.some((j) => j.id === id && j.status === 'concluded'));
     // sent together: QEMU runs them in order, we wait for one round trip
@@ -350,6 +363,7 @@ export class QemuBackups implements BackupOps {
     rec.end = forced ? 'failed' : decideEnd(rec);
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
+    await job.writeback?.finish(false);
     try {
       await undoSteps(rec, {
         qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets,
@@ -381,7 +395,7 @@ export class QemuBackups implements BackupOps {
       this.persist(dom, rec).catch((e) => this.driver.log.warn({ ...jobFields(dom, rec), ...errField(e) }, 'cannot save the backup job record')),
     ]);
     job.timeline.mark('meta and status saved (done)');
-    this.logEnd(dom, rec);
+    logJobEnd(this.driver.log, dom, rec);
     const domain = { name: dom.name, uuid: dom.uuid };
     this.publish(dom, { type: 'job-completed', domain, jobId: rec.id, stats });
     job.timeline.mark('published');
@@ -497,15 +511,6 @@ export class QemuBackups implements BackupOps {
     }
     const errmsg = `domain '${dom.name}' ${stoppedWhy(reason)} during the backup`;
     await this.terminate(dom, job, null, { errmsg });
-  }
-
-  /** One line per ended job: completed, cancelled (aborted, or a pull ended) or failed. */
-  private logEnd(dom: DomainObject, rec: BackupJobRecord): void {
-    const fields = { ...jobFields(dom, rec), bytes: jobBytes(rec), durationMs: (rec.endedAt ?? Date.now()) - rec.startedAt };
-    const reason = rec.stopping === 'abort' ? 'aborted' : rec.stopping === 'end' ? 'ended by the client' : undefined;
-    if (rec.end === 'failed') this.driver.log.error({ ...fields, error: rec.errmsg }, 'backup job failed');
-    else if (rec.end === 'cancelled') this.driver.log.info({ ...fields, reason }, 'backup job cancelled');
-    else this.driver.log.info({ ...fields, reason }, 'backup job completed');
   }
 
   // ------------------------------------------------------------------ queries and end

@@ -397,8 +397,8 @@ export class CaptureLog implements Logger {
 
 export interface FakeDisk { target: string; node: string; file: string; size: number }
 
-/** Where a "kill" strikes: at the n-th status save, before it lands or right after. */
-export interface KillPoint { save: number; when: 'before' | 'after' }
+/** Where a "kill" strikes: at the n-th status save (or mutating QMP command), before it lands or right after. */
+export type KillPoint = { save: number; when: 'before' | 'after' } | { command: number; when: 'before' | 'after' };
 
 /**
  * A DomainHost with one running domain on a ScriptedQemu. saveStatus keeps the
@@ -465,6 +465,7 @@ export class FakeHost implements DomainHost {
     if (!this.qmp || this.qmp.isClosed) {
       this.qmp = await QmpClient.connect(this.qemu.socketPath);
       this.dom.run.qmp = this.qmp;
+      this.killAtCommands(this.qmp);
     }
     return this.qmp;
   }
@@ -481,9 +482,28 @@ export class FakeHost implements DomainHost {
     if (this.dead) return new Promise(() => {});
     this.saves++;
     const k = this.kill;
-    if (k && k.save === this.saves && k.when === 'before') return this.die();
+    const here = k !== null && 'save' in k && k.save === this.saves;
+    if (here && k.when === 'before') return this.die();
     if (dom.run) this.saved = JSON.stringify(dom.run.status);
-    if (k && k.save === this.saves && k.when === 'after') return this.die();
+    if (here && k.when === 'after') return this.die();
+  }
+
+  /** mutating QMP commands sent by this host's driver */
+  commands = 0;
+
+  /** A kill at the n-th mutating command: before it is sent, or once its reply is back. */
+  private killAtCommands(qmp: QmpClient): void {
+    const execute = qmp.execute.bind(qmp) as (cmd: string, args?: unknown) => Promise<unknown>;
+    (qmp as unknown as { execute: typeof execute }).execute = async (cmd, args) => {
+      if (this.dead) return new Promise(() => {});
+      const k = this.kill;
+      const n = QUERIES.has(cmd) ? 0 : ++this.commands;
+      const here = k !== null && 'command' in k && k.command === n;
+      if (here && k.when === 'before') return this.die();
+      const out = await execute(cmd, args);
+      if (here && k.when === 'after') return this.die();
+      return out;
+    };
   }
 
   async allocateNodeIndex(): Promise<number> {

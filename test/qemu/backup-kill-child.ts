@@ -2,11 +2,13 @@
 // state/run dirs, start a backup, and SIGKILL itself at a named step of
 // backupBegin (before the step or right after it) — a daemon killed at a step
 // boundary inside backupBegin, for real. Steps are the backup module's status
-// saves, named by the write-ahead entry each one first records (`file#1`: the
-// first target file's intent, `node#3`, `job#2`, `nbd-server#1`, `export#1`;
-// `record`: the bare record; `transaction`: the save that intends the backup
-// jobs; `running`), and `checkpoint-commit` (the checkpoint's metadata, which
-// is no status save). Every save's name is printed ("save NAME") as it lands.
+// saves, named by the write-ahead entry each one first records (`record`: the
+// first save, which holds every intent; `file#1`, `node#3`, … for a step saved
+// on its own; `transaction`: a save that intends the backup jobs; `running`),
+// `checkpoint-commit` (the checkpoint's metadata, which is no status save) and
+// QMP commands (`qmp:blockdev-add#2`: the second blockdev-add; 'before' is
+// before it is sent, 'after' once its reply is back). Every save's name is
+// printed ("save NAME") as it lands.
 // With `waitEnd` the child also waits for the job to end, writing manifests as
 // virtbackd does, so a kill can land in its completion ('done': the status save
 // that ends it). Argument: one JSON object.
@@ -15,6 +17,7 @@ import { QemuDriver } from '../../src/qemu/driver.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
 import type { BackupJobRecord } from '../../src/qemu/backup-job.js';
 import type { CheckpointAccess, DomainHost } from '../../src/qemu/host.js';
+import type { QmpClient } from '../../src/qemu/qmp/client.js';
 import { writePushManifests } from '../../src/repository/push-manifests.js';
 
 interface Args { stateDir: string; runDir: string; uuid: string; at: string; when: 'before' | 'after'; backupXml: string; checkpointXml: string | null; waitEnd?: boolean }
@@ -48,7 +51,7 @@ function saveNamer(): (rec: BackupJobRecord | undefined) => string {
     if (rec.phase !== 'starting') return rec.phase;
     const fresh = rec.steps.filter((s) => !seen.has(JSON.stringify({ ...s, state: undefined })));
     for (const s of fresh) seen.add(JSON.stringify({ ...s, state: undefined }));
-    if (saves === 1 && fresh.length === 0) return 'record';
+    if (saves === 1) return 'record';
     if (fresh.some((s) => s.kind === 'job' && s.id.startsWith('backup-'))) return 'transaction';
     const first = fresh[0];
     if (first === undefined) return `again#${saves}`;
@@ -58,10 +61,29 @@ function saveNamer(): (rec: BackupJobRecord | undefined) => string {
   };
 }
 
-/** The driver's host, with a saveStatus that kills this process at the named save. */
+/** The monitor, with an execute that kills this process at the named command (`qmp:NAME#N`). */
+function killingQmp(qmp: QmpClient, counts: Map<string, number>): QmpClient {
+  return intercept(qmp, 'execute', (orig) => async (cmd: unknown, args: unknown) => {
+    const n = (counts.get(cmd as string) ?? 0) + 1;
+    counts.set(cmd as string, n);
+    killIf(`qmp:${cmd as string}#${n}`, 'before');
+    const out = await orig(cmd, args);
+    killIf(`qmp:${cmd as string}#${n}`, 'after');
+    return out;
+  });
+}
+
+/** The driver's host, with a saveStatus that kills this process at the named save, and a monitor that kills at a named command. */
 function killing(host: DomainHost): DomainHost {
   const name = saveNamer();
-  return intercept(host, 'saveStatus', (orig) => async (...args: Parameters<DomainHost['saveStatus']>) => {
+  const counts = new Map<string, number>();
+  const wrapped = new WeakMap<QmpClient, QmpClient>();
+  const monitored = intercept(host, 'monitor', (orig) => async (...args: unknown[]) => {
+    const qmp = await (orig(...args) as Promise<QmpClient>);
+    if (!wrapped.has(qmp)) wrapped.set(qmp, killingQmp(qmp, counts));
+    return wrapped.get(qmp);
+  });
+  return intercept(monitored, 'saveStatus', (orig) => async (...args: Parameters<DomainHost['saveStatus']>) => {
     const at = name(args[0].run?.status.extra.backupJob as BackupJobRecord | undefined);
     killIf(at, 'before');
     await orig(...args);

@@ -37,32 +37,27 @@ async function files(env: TestEnv): Promise<string[]> {
 interface KillPoint { at: string; when: 'before' | 'after'; what: string }
 
 /**
- * The status saves of a begin on two qcow2 disks, named by the step each
- * first records (backup-kill-child.ts): the record; per disk the target (or
- * scratch) file, its storage node, its blockdev-create job and its format
- * node, each saved once as intended (done is saved with the next intent);
- * pull: the NBD server; the transaction; pull: an export per disk; 'running'.
+ * The status saves of a begin (backup-kill-child.ts names them): the record
+ * with the intent of every step (files, nodes, create jobs, pull's NBD server,
+ * the transaction's bitmaps and jobs, pull's exports), then 'running' — the
+ * steps' done marks ride with it.
  */
-function saveNames(pull: boolean): string[] {
-  return [
-    'record', 'file#1', 'node#1', 'job#1', 'node#2', 'file#2', 'node#3', 'job#2', 'node#4',
-    ...(pull ? ['nbd-server#1'] : []), 'transaction', ...(pull ? ['export#1', 'export#2'] : []), 'running',
-  ];
+function saveNames(): string[] {
+  return ['record', 'running'];
 }
 
-/** Kill points of that begin: after each intent and between each step's run and the next save. */
+/** Kill points of a begin on two qcow2 disks: between every step (QMP commands, the file creation, the checkpoint commit) and the next save. */
 function killPoints(pull: boolean): KillPoint[] {
   return [
-    { at: 'record', when: 'after', what: 'the record, nothing created yet' },
-    { at: 'file#1', when: 'after', what: 'the first target file intended' },
-    { at: 'job#1', when: 'before', what: 'a storage node added, not saved done' },
-    { at: 'job#1', when: 'after', what: 'blockdev-create intended' },
-    { at: 'node#4', when: 'before', what: "the second disk's create job dismissed, its drop not saved" },
-    ...(pull ? [{ at: 'transaction', when: 'before' as const, what: 'the NBD server started, not saved done' }] : []),
-    { at: 'transaction', when: 'after', what: 'the transaction intended' },
-    { at: 'checkpoint-commit', when: 'before', what: 'the transaction ran (jobs, bitmaps), not saved done' },
+    { at: 'record', when: 'after', what: 'every intent saved, nothing created yet' },
+    { at: 'qmp:blockdev-add#1', when: 'before', what: 'the first target file created (and its temp name), nothing in QEMU' },
+    { at: 'qmp:blockdev-create#1', when: 'before', what: 'a storage node added' },
+    { at: 'qmp:blockdev-create#1', when: 'after', what: 'the first blockdev-create job ran, not dismissed' },
+    { at: 'qmp:blockdev-add#4', when: 'before', what: "the second disk's create job dismissed" },
+    ...(pull ? [{ at: 'qmp:nbd-server-start#1', when: 'after' as const, what: 'the NBD server started' }] : []),
+    { at: 'qmp:transaction#1', when: 'after', what: 'the transaction ran (jobs, bitmaps), the checkpoint not committed' },
     { at: 'checkpoint-commit', when: 'after', what: 'the checkpoint committed, its bitmaps not yet dropped from the log' },
-    ...(pull ? [{ at: 'export#2', when: 'before' as const, what: 'the first export added, not saved done' }] : []),
+    ...(pull ? [{ at: 'qmp:block-export-add#1', when: 'after' as const, what: 'the first export added' }] : []),
     { at: 'running', when: 'before', what: "everything created, 'running' not saved" },
   ];
 }
@@ -104,7 +99,7 @@ for (const mode of ['push', 'pull'] as const) {
     const last = await runChild({ stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'running', when: 'after', backupXml,
       checkpointXml: '<domaincheckpoint><name>last</name></domaincheckpoint>' });
     assert.equal(last.signal, 'SIGKILL');
-    assert.deepEqual([...last.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]), saveNames(mode === 'pull'));
+    assert.deepEqual([...last.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]), saveNames());
     driver = await env.openDriver();
     const [running] = await driver.listJobIds(uuid);
     assert.ok(running !== undefined, 'the started job is recovered');
@@ -127,8 +122,15 @@ for (const mode of ['push', 'pull'] as const) {
 // record: meta.json and the 'done' status are written at the same time, and the
 // kill landed after the status, before meta.json. Killed before the 'done' save the
 // job is ended again; after it, with meta.json gone (as if it had not landed), its
-// end is recorded again: either way exactly once.
-for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${when} the status says done (after job-completed): target recorded once, manifest written, the next incremental finds it`, async (t) => {
+// end is recorded again: either way exactly once. Killed right after the
+// target was closed (blockdev-del), before 'done': the job ends again with
+// its target (the node is gone: undo's "not found" counts as closed).
+const endKills = [
+  { at: 'done', when: 'before', what: "before the status says done (after job-completed)" },
+  { at: 'done', when: 'after', what: 'after the status says done (after job-completed)' },
+  { at: 'qmp:blockdev-del#1', when: 'after', what: "once the target was closed, before the status says done" },
+] as const;
+for (const { at, when, what } of endKills) test(`push: a daemon killed ${what}: target recorded once, manifest written, the next incremental finds it`, async (t) => {
   const env = await makeTestEnv(t);
   const dom = await makeTestDomain(env.dir, { sizeMiB: 16 });
   let driver: QemuDriver = await env.openDriver();
@@ -138,19 +140,21 @@ for (const when of ['before', 'after'] as const) test(`push: a daemon killed ${w
   await driver.close();
   const full = path.join(env.dir, 'full.qcow2');
   const r = await runChild({
-    stateDir: env.stateDir, runDir: env.runDir, uuid, at: 'done', when, waitEnd: true,
+    stateDir: env.stateDir, runDir: env.runDir, uuid, at, when, waitEnd: true,
     backupXml: `<domainbackup><disks><disk name='sda' type='file'><driver type='qcow2'/><target file='${full}'/></disk></disks></domainbackup>`,
     checkpointXml: '<domaincheckpoint><name>c1</name></domaincheckpoint>',
   });
-  assert.equal(r.signal, 'SIGKILL', `killed at the done save (${r.stdout}${r.stderr})`);
-  assert.deepEqual([...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]).slice(-3), when === 'before' ? ['transaction', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+  assert.equal(r.signal, 'SIGKILL', `killed at ${at} (${r.stdout}${r.stderr})`);
+  const saves = [...r.stdout.matchAll(/^save (.+)$/gm)].map((m) => m[1]);
+  if (at === 'done') assert.deepEqual(saves.slice(-3), when === 'before' ? ['record', 'running', 'running'] : ['running', 'running', 'done'], 'begun, the outcome saved (still running), then killed at the done save');
+  else assert.ok(!saves.includes('done'), `killed before the job's end was saved (${saves.join(' ')})`);
 
   const metaFile = path.join(env.stateDir, 'backups', uuid, 'meta.json');
-  if (when === 'after') await rm(metaFile);
+  if (at === 'done' && when === 'after') await rm(metaFile);
   driver = await env.openDriver();
   const [id] = await driver.listJobIds(uuid);
   assert.ok(id !== undefined, 'the job is known again');
-  if (when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
+  if (at !== 'done' || when === 'before') assert.deepEqual(await driver.listJobIds(uuid), [id], 'and ends again');
   await waitFor(async () => ((await driver.getJobStats(uuid, JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED)).type === JobType.COMPLETED ? true : null), 'the job completed again');
   await waitFor(async () => (await readManifest(full)) ?? null, 'the push manifest');
   const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { finished: { jobId: number; path: string }[]; pendingAfterPush: unknown[] };
