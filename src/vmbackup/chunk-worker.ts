@@ -14,7 +14,9 @@ const keys: RepoKeys | null = params.keys === null ? null : { idKey: buf(params.
 parentPort!.on('message', (m: CodecRequest) => {
   let reply: CodecReply;
   try {
-    if (m.op === 'decode') {
+    if (m.op === 'decode' && m.into !== undefined) {
+      reply = { seq: m.seq, length: decodeChunk(m.id, buf(m.blob), keys, buf(m.into)).length };
+    } else if (m.op === 'decode') {
       reply = { seq: m.seq, data: decodeChunk(m.id, buf(m.blob), keys) };
     } else {
       const data = buf(m.data);
