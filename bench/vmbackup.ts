@@ -72,7 +72,8 @@ function mixedData(): Buffer {
 /**
  * SHA-256 + zstd of every chunk, two per thread in flight over the pool's
  * threads. Each chunk is copied into a buffer that cycles to the worker and
- * back (as the backup's reads do): a fresh 4 MiB per chunk (Buffer.from) cost
+ * back, and so does the memory of its blob (as the backup's reads and
+ * writes do): a fresh 4 MiB per chunk (Buffer.from) cost
  * more than the codec here — page faults on the main thread held this limit
  * at 260 MiB/s where the codec itself ran 800+ MiB/s.
  */
@@ -80,11 +81,15 @@ async function encodeAll(pool: ChunkCodecPool, data: Buffer): Promise<void> {
   let next = 0;
   const worker = async () => {
     let buf: Buffer = Buffer.allocUnsafeSlow(CHUNK);
+    let spare: Buffer | null = null;
     while (next < data.length) {
       const at = next;
       next += CHUNK;
       data.copy(buf, 0, at, at + CHUNK);
-      buf = (await pool.encode(buf)).spent ?? Buffer.allocUnsafeSlow(CHUNK);
+      const e = await pool.encode(buf, spare);
+      buf = e.spent ?? Buffer.allocUnsafeSlow(CHUNK);
+      // the blob's memory back for the next blob, as the backup's writer does
+      spare = e.blob !== null && e.blob.buffer.byteLength > CHUNK && e.blob.buffer instanceof ArrayBuffer ? Buffer.from(e.blob.buffer) : null;
     }
   };
   await Promise.all(Array.from({ length: 2 * pool.size }, worker));

@@ -101,9 +101,11 @@ function pack(data: Buffer, level: number): Buffer | null {
 
 /**
  * Compress (when that saves space) and seal (when keyed) `data` as the stored
- * object called `name` (a chunk's id, or a metadata object's key).
+ * object called `name` (a chunk's id, or a metadata object's key). `out`:
+ * memory the plain blob may be written into (a view of it is returned) when
+ * it is large enough.
  */
-export function encodeObject(name: string, data: Buffer, keys: RepoKeys | null, level = DEFAULT_ZSTD_LEVEL): Buffer {
+export function encodeObject(name: string, data: Buffer, keys: RepoKeys | null, level = DEFAULT_ZSTD_LEVEL, out?: Buffer): Buffer {
   const packed = pack(data, level);
   let payload = packed ?? data;
   const header = Buffer.alloc(HEADER);
@@ -113,7 +115,7 @@ export function encodeObject(name: string, data: Buffer, keys: RepoKeys | null, 
   header.writeUInt32BE(data.length, 8);
   header.writeUInt32BE(payload.length, 12);
   if (!keys) {
-    const blob = Buffer.allocUnsafeSlow(HEADER + payload.length);
+    const blob = out !== undefined && out.length >= HEADER + payload.length ? out.subarray(0, HEADER + payload.length) : Buffer.allocUnsafeSlow(HEADER + payload.length);
     header.copy(blob, 0);
     payload.copy(blob, HEADER);
     return blob;

@@ -51,6 +51,12 @@ export interface ObjectStore {
   setObjectLock?(lock: ObjectLock): Promise<void>;
   /** Remove what interrupted puts left (folder: hidden temp files) older than `cutoffMs` (epoch ms); returns how many. */
   removeStale?(cutoffMs: number): Promise<number>;
+  /**
+   * True when put and putDeferred hold no reference to `data` once their
+   * promise settles, so the caller may reuse the memory (a folder writes the
+   * file first; S3's putDeferred returns while its upload still reads it).
+   */
+  readonly releasesData?: boolean;
 }
 
 /** The hidden temp files put and putDeferred write beside their targets. */
@@ -82,6 +88,7 @@ const FLUSH_PARALLEL = 8;
 
 /** The folder backend. Objects are files under `root`; directories are created on demand. */
 class FolderStore implements ObjectStore {
+  readonly releasesData = true;
   /** putDeferred objects not yet flushed: key → their hidden temp file. */
   private pending = new Map<string, string>();
 

@@ -157,6 +157,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
   let failed = false;
   inp.onProgress?.({ bytesDone, bytesTotal });
   const worker = async () => {
+    let spareBlob: Buffer | null = null;
     while (!failed && next < todo.length) {
       const i = todo[next++]!;
       const offset = i * chunkSize;
@@ -167,10 +168,11 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
         if (got.data === null) {
           chunks[i] = ZERO_CHUNK;
         } else {
-          const w = await writeChunk(got.data);
+          const w = await writeChunk(got.data, spareBlob);
           chunks[i] = w.id;
           bytesNew += w.storedBytes;
           buffers.give(w.spent);
+          spareBlob = w.spentBlob ?? null;
         }
       } catch (e) {
         failed = true;
