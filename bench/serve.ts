@@ -2,7 +2,8 @@
 // data (random, compressible text, zero runs) written as a chunk-repository
 // point, read whole by nbdcopy from `backup-serve`'s export, against nbdcopy
 // reading the same data as a qcow2 through `qemu-nbd`, measured in the same
-// run; runs interleaved, medians reported. The issue's bar: ratio ≥ 0.8.
+// run; runs interleaved, medians reported, and the CPU each party spent per
+// GiB (bench/cpu-parties.ts). The issue's bar: ratio ≥ 0.8.
 //
 //   node --import tsx bench/serve.ts [runs=3] [dataMiB=1024]
 
@@ -15,6 +16,7 @@ import { promisify } from 'node:util';
 import { servePoint } from '../src/vmbackup/serve.js';
 import { writeTestPoint } from '../test/qemu/serve-helpers.js';
 import { median, timed } from './timing.js';
+import { CpuParties, perGiB, type CpuSample } from './cpu-parties.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -56,10 +58,18 @@ async function main(): Promise<void> {
     const viaQemuNbd = `nbd+unix:///vda?socket=${nbdSock}`;
     const ours: number[] = [];
     const base: number[] = [];
+    // CPU per party, summed over the runs: this process (backup-serve and its codec threads), nbdcopy, qemu-nbd
+    const meter = new CpuParties(() => (qemuNbd?.pid === undefined ? [] : [qemuNbd.pid]));
+    const cpu = { ours: { ours: 0, children: 0, servers: 0 } as CpuSample, base: { ours: 0, children: 0, servers: 0 } as CpuSample };
+    const add = (k: 'ours' | 'base', c: CpuSample) => void (cpu[k] = { ours: cpu[k].ours + c.ours / runs, children: cpu[k].children + c.children / runs, servers: cpu[k].servers + c.servers / runs });
     try {
       for (let i = 0; i < runs; i++) {
-        base.push(await timed(() => run('nbdcopy', [viaQemuNbd, 'null:'])));
-        ours.push(await timed(() => run('nbdcopy', [served, 'null:'])));
+        const b = await meter.measure(() => timed(() => run('nbdcopy', [viaQemuNbd, 'null:'])));
+        base.push(b.result);
+        add('base', b.cpu);
+        const o = await meter.measure(() => timed(() => run('nbdcopy', [served, 'null:'])));
+        ours.push(o.result);
+        add('ours', o.cpu);
       }
     } finally {
       await serving.close();
@@ -69,6 +79,8 @@ async function main(): Promise<void> {
     console.log(`backup-serve read by nbdcopy: ${rate(median(ours)).toFixed(0)} MiB/s (median of ${runs}; ${ours.map((s) => s.toFixed(2)).join(', ')} s)`);
     console.log(`qemu-nbd (qcow2) read by nbdcopy: ${rate(median(base)).toFixed(0)} MiB/s (${base.map((s) => s.toFixed(2)).join(', ')} s)`);
     console.log(`ratio backup-serve / qemu-nbd: ${r.toFixed(2)} (target >= 0.8) ${r >= 0.8 ? 'OK' : 'BELOW'}`);
+    console.log(`per GiB of the disk (children: nbdcopy), backup-serve: ${perGiB(cpu.ours, DISK_MIB * MiB, 'qemu-nbd')}`);
+    console.log(`per GiB of the disk (children: nbdcopy), qemu-nbd:     ${perGiB(cpu.base, DISK_MIB * MiB, 'qemu-nbd')}`);
   } finally {
     qemuNbd?.kill('SIGTERM');
     fs.rmSync(dir, { recursive: true, force: true });

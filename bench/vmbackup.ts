@@ -8,7 +8,9 @@
 // writes each (time, bytes read and bytes stored per point), and restore of the
 // full point to qcow2 against `qemu-img convert -O qcow2` of the disk itself
 // (bar ≥ 0.8) and against the same convert made durable (-t writeback, then
-// sync of the output), interleaved.
+// sync of the output), interleaved. Each measured thing's CPU per GiB is
+// printed per party (bench/cpu-parties.ts): where a bar cannot be met on two
+// cores, that is why.
 //
 //   node --import tsx bench/vmbackup.ts [runs=3] [dataMiB=1024]
 
@@ -22,17 +24,39 @@ import { ChunkRepository } from '../src/chunkstore/repo.js';
 import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
 import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
-import { makeTestDomain, makeTestEnv } from '../test/helpers/qemu-env.js';
+import { makeTestDomain, makeTestEnv, qemuProcessesFor } from '../test/helpers/qemu-env.js';
 import { MonitorCommandFlags } from '../src/flags.js';
 import type { QemuDriver } from '../src/qemu/driver.js';
 import type { Domain } from '../src/api/public.js';
 import { median, timed } from './timing.js';
+import { CpuParties, perGiB, type CpuSample } from './cpu-parties.js';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const CHUNK = 4 * MiB;
 const runs = Number(process.argv[2] ?? 3);
 const DATA_MIB = Number(process.argv[3] ?? 1024);
+
+/** CPU per party summed over the runs of each measured thing. */
+class CpuLog {
+  private readonly sums = new Map<string, CpuSample>();
+  constructor(private readonly meter: CpuParties) {}
+
+  /** Seconds `fn` takes; its CPU goes into `what`'s sum. */
+  async timed(what: string, fn: () => Promise<unknown>): Promise<number> {
+    let secs = 0;
+    const { cpu } = await this.meter.measure(async () => (secs = await timed(fn)));
+    const s = this.sums.get(what) ?? { ours: 0, children: 0, servers: 0 };
+    this.sums.set(what, { ours: s.ours + cpu.ours, children: s.children + cpu.children, servers: s.servers + cpu.servers });
+    return secs;
+  }
+
+  print(bytes: number, runs: number): void {
+    for (const [what, c] of this.sums) {
+      console.log(`  ${what}: ${perGiB({ ours: c.ours / runs, children: c.children / runs, servers: c.servers / runs }, bytes, 'QEMU')}`);
+    }
+  }
+}
 
 /** The mixed data: per 16 MiB, 8 random, 4 of repeated text, 4 zero. */
 function mixedData(): Buffer {
@@ -45,14 +69,27 @@ function mixedData(): Buffer {
   return buf;
 }
 
-/** SHA-256 + zstd of every chunk, `inFlight` at a time over the pool's threads. */
+/**
+ * SHA-256 + zstd of every chunk, two per thread in flight over the pool's
+ * threads. Each chunk is copied into a buffer that cycles to the worker and
+ * back, and so does the memory of its blob (as the backup's reads and
+ * writes do): a fresh 4 MiB per chunk (Buffer.from) cost
+ * more than the codec here — page faults on the main thread held this limit
+ * at 260 MiB/s where the codec itself ran 800+ MiB/s.
+ */
 async function encodeAll(pool: ChunkCodecPool, data: Buffer): Promise<void> {
   let next = 0;
   const worker = async () => {
+    let buf: Buffer = Buffer.allocUnsafeSlow(CHUNK);
+    let spare: Buffer | null = null;
     while (next < data.length) {
       const at = next;
       next += CHUNK;
-      await pool.encode(Buffer.from(data.subarray(at, at + CHUNK)));
+      data.copy(buf, 0, at, at + CHUNK);
+      const e = await pool.encode(buf, spare);
+      buf = e.spent ?? Buffer.allocUnsafeSlow(CHUNK);
+      // the blob's memory back for the next blob, as the backup's writer does
+      spare = e.blob !== null && e.blob.buffer.byteLength > CHUNK && e.blob.buffer instanceof ArrayBuffer ? Buffer.from(e.blob.buffer) : null;
     }
   };
   await Promise.all(Array.from({ length: 2 * pool.size }, worker));
@@ -89,18 +126,19 @@ async function incrementalsAndRestore(driver: QemuDriver, dom: Domain, uuid: str
   const restore: number[] = [];
   const convert: number[] = [];
   const durable: number[] = [];
+  const cpu = new CpuLog(new CpuParties());
   for (let i = 0; i < runs; i++) {
     const out = path.join(dir, `restore-${i}`);
     const copy = path.join(dir, `convert-${i}.qcow2`);
-    convert.push(await timed(() => run('qemu-img', ['convert', '-U', '-O', 'qcow2', disk, copy])));
+    convert.push(await cpu.timed('qemu-img convert (unsafe)', () => run('qemu-img', ['convert', '-U', '-O', 'qcow2', disk, copy])));
     await fs.rm(copy);
     // the durable baseline: what the restore does too (its output synced before it returns)
-    durable.push(await timed(async () => {
+    durable.push(await cpu.timed('qemu-img convert -t writeback + sync', async () => {
       await run('qemu-img', ['convert', '-U', '-t', 'writeback', '-O', 'qcow2', disk, copy]);
       await run('sync', [copy]);
     }));
     await fs.rm(copy);
-    restore.push(await timed(() => restoreDomain(repo, null, { domain: dom.name, point: full.pointId, outputDir: out, format: 'qcow2' })));
+    restore.push(await cpu.timed('restore', () => restoreDomain(repo, null, { domain: dom.name, point: full.pointId, outputDir: out, format: 'qcow2' })));
     await fs.rm(out, { recursive: true, force: true });
   }
   const fmt = (xs: number[]) => `${median(xs).toFixed(2)} s (${xs.map((x) => x.toFixed(2)).join(', ')})`;
@@ -111,6 +149,7 @@ async function incrementalsAndRestore(driver: QemuDriver, dom: Domain, uuid: str
   console.log(`qemu-img convert -t writeback -O qcow2 + sync of the output: ${fmt(durable)}`);
   console.log(`ratio restore / convert (speed): ${r.toFixed(2)} (target >= 0.8) ${r >= 0.8 ? 'OK' : 'BELOW'}`);
   console.log(`ratio restore / (convert -t writeback + sync): ${rd.toFixed(2)}`);
+  cpu.print(DATA_MIB * MiB, runs);
 }
 
 async function main(): Promise<void> {
@@ -129,19 +168,21 @@ async function main(): Promise<void> {
     const dom = await connectLocal(driver).lookupByUUID(def.uuid);
     const pool = ChunkCodecPool.start({ keys: null, level: 1 });
     const t = { backup: [] as number[], nbdcopy: [] as number[], encode: [] as number[] };
+    const qemuPid = (await qemuProcessesFor(env.dir))[0]?.pid;
+    const cpu = new CpuLog(new CpuParties(() => (qemuPid === undefined ? [] : [qemuPid])));
     try {
       for (let i = 0; i < runs; i++) {
         const sock = path.join(env.dir, `pull-${i}.sock`);
-        t.nbdcopy.push(await timed(async () => {
+        t.nbdcopy.push(await cpu.timed('nbdcopy of the pull export', async () => {
           const xml = `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks><disk name='sda' backup='yes' type='file'><scratch file='${path.join(env.dir, `scratch-${i}.qcow2`)}'/></disk></disks></domainbackup>`;
           const id = await dom.backupBegin(xml);
           await run('nbdcopy', [`nbd+unix:///sda?socket=${sock}`, 'null:']);
           await dom.backupEnd(id);
         }));
-        t.encode.push(await timed(() => encodeAll(pool, data)));
+        t.encode.push(await cpu.timed('SHA-256 + zstd in memory', () => encodeAll(pool, data)));
         const repoDir = path.join(env.dir, `repo-${i}`);
         const repo = await ChunkRepository.init(await openFolderStore(repoDir));
-        t.backup.push(await timed(() => backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })));
+        t.backup.push(await cpu.timed('virtback backup --level full', () => backupDomain(dom, repo, repositoryId(repo.config), { level: 'full' })));
         await fs.rm(repoDir, { recursive: true, force: true });
         for (const c of await dom.listAllCheckpoints()) await c.delete();
       }
@@ -157,6 +198,8 @@ async function main(): Promise<void> {
     console.log(`virtback backup --level full:      ${rate(t.backup).toFixed(0).padStart(5)} MiB/s (${fmt(t.backup)} s)`);
     const r = rate(t.backup) / limit;
     console.log(`ratio backup / min(nbdcopy, encode): ${r.toFixed(2)} (target >= 0.8) ${r >= 0.8 ? 'OK' : 'BELOW'}`);
+    console.log(`CPU per GiB of data (mean of the runs; children: nbdcopy; the bench's own setup outside):`);
+    cpu.print(DATA_MIB * MiB, runs);
     if (process.env.VBB_SKIP_INC !== '1') await incrementalsAndRestore(driver, dom, def.uuid, def.disks[0]!.path, env.dir);
   } finally {
     await env.cleanup();

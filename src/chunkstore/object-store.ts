@@ -51,6 +51,12 @@ export interface ObjectStore {
   setObjectLock?(lock: ObjectLock): Promise<void>;
   /** Remove what interrupted puts left (folder: hidden temp files) older than `cutoffMs` (epoch ms); returns how many. */
   removeStale?(cutoffMs: number): Promise<number>;
+  /**
+   * True when put and putDeferred hold no reference to `data` once their
+   * promise settles, so the caller may reuse the memory (a folder writes the
+   * file first; S3's putDeferred returns while its upload still reads it).
+   */
+  readonly releasesData?: boolean;
 }
 
 /** The hidden temp files put and putDeferred write beside their targets. */
@@ -82,6 +88,7 @@ const FLUSH_PARALLEL = 8;
 
 /** The folder backend. Objects are files under `root`; directories are created on demand. */
 class FolderStore implements ObjectStore {
+  readonly releasesData = true;
   /** putDeferred objects not yet flushed: key → their hidden temp file. */
   private pending = new Map<string, string>();
 
@@ -96,8 +103,7 @@ class FolderStore implements ObjectStore {
     const file = this.file(key);
     const tmp = this.tempFor(file);
     try {
-      await fs.mkdir(path.dirname(file), { recursive: true });
-      await fs.writeFile(tmp, data, { flag: 'wx', mode: 0o600 });
+      await writeNew(tmp, data);
     } catch (e) {
       await fs.rm(tmp, { force: true });
       throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot write object '${key}': ${(e as Error).message}`, e);
@@ -168,7 +174,7 @@ class FolderStore implements ObjectStore {
 
   async get(key: string): Promise<Buffer> {
     try {
-      return await fs.readFile(this.file(key));
+      return await readWhole(this.file(key));
     } catch (e) {
       if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) notFound(`object '${key}'`);
       throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot read object '${key}': ${(e as Error).message}`, e);
@@ -263,6 +269,52 @@ class FolderStore implements ObjectStore {
       if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) notFound(`object '${key}'`);
       throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot touch object '${key}': ${(e as Error).message}`, e);
     }
+  }
+}
+
+/**
+ * A new file holding `data`: open, whole-buffer writes, close — the folder
+ * made only when missing. (fs.writeFile writes in 512 KiB pieces, each a
+ * thread-pool round trip, and a mkdir before every chunk was one more: a
+ * backup's chunk writes sat behind them.)
+ */
+async function writeNew(file: string, data: Buffer): Promise<void> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, 'wx', 0o600);
+  } catch (e) {
+    if (!isErrno(e, 'ENOENT')) throw e;
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    fh = await fs.open(file, 'wx', 0o600);
+  }
+  try {
+    let done = 0;
+    while (done < data.length) done += (await fh.write(data, done, data.length - done, done)).bytesWritten;
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * A file's bytes: open, fstat, whole-buffer reads, close (fs.readFile reads
+ * in 512 KiB pieces, each a thread-pool round trip: 8 per chunk a restore or
+ * backup-serve fetches). Objects are replaced by rename, never written in
+ * place, so the size fstat gives is the size to read.
+ */
+async function readWhole(file: string): Promise<Buffer> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const { size } = await fh.stat();
+    const buf = Buffer.allocUnsafeSlow(size);
+    let done = 0;
+    while (done < size) {
+      const { bytesRead } = await fh.read(buf, done, size - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done === size ? buf : buf.subarray(0, done);
+  } finally {
+    await fh.close();
   }
 }
 

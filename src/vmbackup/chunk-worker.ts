@@ -14,12 +14,14 @@ const keys: RepoKeys | null = params.keys === null ? null : { idKey: buf(params.
 parentPort!.on('message', (m: CodecRequest) => {
   let reply: CodecReply;
   try {
-    if (m.op === 'decode') {
+    if (m.op === 'decode' && m.into !== undefined) {
+      reply = { seq: m.seq, length: decodeChunk(m.id, buf(m.blob), keys, buf(m.into)).length };
+    } else if (m.op === 'decode') {
       reply = { seq: m.seq, data: decodeChunk(m.id, buf(m.blob), keys) };
     } else {
       const data = buf(m.data);
       const id = chunkId(data, keys);
-      reply = { seq: m.seq, id, blob: id === ZERO_CHUNK ? null : encodeObject(id, data, keys, params.level) };
+      reply = { seq: m.seq, id, blob: id === ZERO_CHUNK ? null : encodeObject(id, data, keys, params.level, m.spare ? buf(m.spare) : undefined) };
       // the content moved in goes back for the reader's next chunk (the blob is a copy, never a view of it)
       if (ownedBuffer(m.data) !== null) reply.data = m.data;
     }
@@ -28,7 +30,10 @@ parentPort!.on('message', (m: CodecRequest) => {
   }
   // the chunk (decoded, or its stored form and its content) is moved back, not copied (4 MiB each)
   const request = m.op === 'decode' ? m.blob : m.data;
-  const out = [...('data' in reply && reply.data ? movable(reply.data, request) : []), ...('blob' in reply ? movable(reply.blob, request) : [])];
+  // a blob written into the spare is a view of memory that came with the message: moved back too
+  const spare = m.op === 'encode' && m.spare ? m.spare : null;
+  const blobMoves = 'blob' in reply && reply.blob !== null && spare !== null && reply.blob.buffer === spare.buffer ? movable(spare, spare) : 'blob' in reply ? movable(reply.blob, request) : [];
+  const out = [...('data' in reply && reply.data ? movable(reply.data, request) : []), ...blobMoves];
   parentPort!.postMessage(reply, [...new Set(out)]);
 });
 

@@ -118,13 +118,20 @@ class AllocationMap {
   }
 }
 
+/**
+ * Bytes per NBD READ (a chunk is read as several pipelined requests, as
+ * nbdcopy and backup-pull do): QEMU's NBD server spent 5x the CPU per byte
+ * answering 4 MiB requests (1.35 CPU s per 512 MiB against 0.25 for nbdcopy's 256 KiB).
+ */
+const READ_REQUEST = 256 * 1024;
+
 /** The chunk's bytes: its data extents read into a zeroed buffer; null when it is all holes/zeroes. */
 async function readChunkData(client: NbdClient, alloc: AllocationMap, offset: number, length: number, buffers: ChunkBuffers): Promise<{ data: Buffer | null; read: number }> {
   const data = await alloc.dataIn(offset, length);
   if (data.length === 0) return { data: null, read: 0 };
   const buf = buffers.take(length);
   if (!(data.length === 1 && data[0]!.offset === offset && data[0]!.length === length)) buf.fill(0);
-  await Promise.all(data.map((e) => client.readInto(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length))));
+  await Promise.all(data.map((e) => client.readInto(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length), READ_REQUEST)));
   return { data: buf, read: data.reduce((n, e) => n + e.length, 0) };
 }
 
@@ -150,6 +157,7 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
   let failed = false;
   inp.onProgress?.({ bytesDone, bytesTotal });
   const worker = async () => {
+    let spareBlob: Buffer | null = null;
     while (!failed && next < todo.length) {
       const i = todo[next++]!;
       const offset = i * chunkSize;
@@ -160,10 +168,11 @@ export async function readDisk(inp: ReadDiskInput): Promise<ReadDiskResult> {
         if (got.data === null) {
           chunks[i] = ZERO_CHUNK;
         } else {
-          const w = await writeChunk(got.data);
+          const w = await writeChunk(got.data, spareBlob);
           chunks[i] = w.id;
           bytesNew += w.storedBytes;
           buffers.give(w.spent);
+          spareBlob = w.spentBlob ?? null;
         }
       } catch (e) {
         failed = true;

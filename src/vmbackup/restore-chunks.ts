@@ -7,11 +7,18 @@
 import type { ChunkId, ChunkRepository, DiskIndex } from '../chunkstore/repo.js';
 import { ZERO_CHUNK } from '../chunkstore/repo.js';
 import { virErr } from '../errors.js';
-import { ChunkCodecPool, pooledChunkReader } from './chunk-codec-pool.js';
+import { alignedBuffer, releaseAlignedBuffer } from '../nbd/direct-file.js';
+import { ChunkCodecPool, pooledChunkReader, pooledChunkReaderInto } from './chunk-codec-pool.js';
 
 /** How a restore reads chunks: `readChunk` with `concurrency` of them in flight. */
 export interface ChunkFetch {
   readChunk(id: ChunkId): Promise<Buffer>;
+  /**
+   * The chunk decoded into `into` (alignedBuffer memory, a chunk long), a view
+   * of it returned: each chunk in flight reuses one buffer instead of new
+   * memory per chunk, and its writes can go around the page cache.
+   */
+  readChunkInto?(id: ChunkId, into: Buffer): Promise<Buffer>;
   concurrency: number;
 }
 
@@ -31,7 +38,7 @@ export const RESTORE_CONCURRENCY = 8;
 export async function withPooledFetch<T>(repo: ChunkRepository, concurrency: number | undefined, body: (fetch: ChunkFetch) => Promise<T>): Promise<T> {
   const pool = ChunkCodecPool.start(repo.codecParams());
   try {
-    return await body({ readChunk: pooledChunkReader(pool, repo), concurrency: concurrency ?? RESTORE_CONCURRENCY });
+    return await body({ readChunk: pooledChunkReader(pool, repo), readChunkInto: pooledChunkReaderInto(pool, repo), concurrency: concurrency ?? RESTORE_CONCURRENCY });
   } finally {
     await pool.close();
   }
@@ -42,12 +49,21 @@ export async function forEachDataChunk(index: DiskIndex, fetch: ChunkFetch, writ
   let next = 0;
   let failed = false;
   const worker = async () => {
+    // one page-aligned buffer per chunk in flight, reused: `write` is done with it when it settles
+    const into = fetch.readChunkInto ? alignedBuffer(index.chunkSize) : null;
+    try {
+      await work(into);
+    } finally {
+      if (into) releaseAlignedBuffer(into);
+    }
+  };
+  const work = async (into: Buffer | null) => {
     while (!failed && next < todo.length) {
       const { id, i } = todo[next++]!;
       const offset = i * index.chunkSize;
       const length = Math.min(index.chunkSize, index.size - offset);
       try {
-        const data = await fetch.readChunk(id);
+        const data = into ? await fetch.readChunkInto!(id, into) : await fetch.readChunk(id);
         if (data.length !== length) throw virErr('INTERNAL_ERROR', 'STORAGE', `chunk ${id} (disk ${index.target}, chunk ${i}) holds ${data.length} bytes, the index expects ${length}`);
         await write(data, offset);
       } catch (e) {

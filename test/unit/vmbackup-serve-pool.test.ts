@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { chunkKey, type ChunkId } from '../../src/chunkstore/repo.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
-import { ChunkCodecPool, pooledChunkReader } from '../../src/vmbackup/chunk-codec-pool.js';
+import { ChunkCodecPool, pooledChunkReader, pooledChunkReaderInto } from '../../src/vmbackup/chunk-codec-pool.js';
+import { alignedBuffer } from '../../src/nbd/direct-file.js';
 import { newRepo, pattern, writePoint } from './chunkstore-fixtures.js';
 
 test('pooled reads decode exactly, plain and encrypted; a tampered blob or a missing chunk is named', async (t) => {
@@ -27,6 +28,34 @@ test('pooled reads decode exactly, plain and encrypted; a tampered blob or a mis
     await fs.writeFile(file, blob);
     await assert.rejects(read(id), (e: unknown) => e instanceof VirError && e.message.includes(`chunk ${id}`));
     await assert.rejects(read('ab'.repeat(32)), (e: unknown) => e instanceof VirError && e.code === ErrorCode.NO_STORAGE_VOL && e.message.includes('ab'.repeat(32)));
+  }
+});
+
+test('decoding into shared memory: compressed, stored plain and encrypted chunks land exactly in the buffer; a tampered one is named', async (t) => {
+  for (const encryptKey of [undefined, randomBytes(32)]) {
+    const { dir, repo } = await newRepo({ chunkSize: 65536, ...(encryptKey ? { encryptKey } : {}) });
+    const pool = ChunkCodecPool.start(repo.codecParams(), 2);
+    t.after(() => pool.close());
+    const read = pooledChunkReaderInto(pool, repo);
+    const into = alignedBuffer(65536);
+    const text = Buffer.alloc(65536, 'a line of text\n'); // compresses: stored with zstd
+    const noise = randomBytes(65536); // does not: stored as it is
+    for (const content of [text, noise]) {
+      into.fill(0xee);
+      const { id } = await repo.writeChunk(content);
+      const got = await read(id, into);
+      assert.equal(got.buffer, into.buffer, 'a view of the given memory, not a copy');
+      assert.ok(got.equals(content));
+    }
+    into.fill(0xee);
+    assert.ok((await read('0'.repeat(64), into)).equals(Buffer.alloc(65536)), 'the zero chunk reads as zeroes');
+    const { id } = await repo.writeChunk(text);
+    const file = path.join(dir, chunkKey(id));
+    const blob = await fs.readFile(file);
+    blob[blob.length - 1]! ^= 1;
+    await fs.writeFile(file, blob);
+    await assert.rejects(read(id, into), (e: unknown) => e instanceof VirError && e.message.includes(`chunk ${id}`));
+    await assert.rejects(pool.decodeInto(id, blob, Buffer.alloc(65536)), (e: unknown) => e instanceof VirError && /shared memory/.test(e.message));
   }
 });
 

@@ -1,0 +1,74 @@
+// The backup's pooled chunk writer: encoding on the codec pool, and each
+// stored blob's memory handed back for the next chunk's blob only when the
+// store is done with it (a folder store: its promise settled), never for a
+// store that keeps the buffer after putDeferred returns (S3's uploads).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { openFolderStore, type ObjectStore } from '../../src/chunkstore/object-store.js';
+import { ChunkRepository, ZERO_CHUNK } from '../../src/chunkstore/repo.js';
+import { ChunkCodecPool, pooledChunkWriter } from '../../src/vmbackup/chunk-codec-pool.js';
+import { tempDir } from './chunkstore-fixtures.js';
+
+const CS = 256 * 1024;
+
+/** Random, text (compresses), zero chunks in turn: plain blobs of both kinds and no blob. */
+function contents(n: number): Buffer[] {
+  return Array.from({ length: n }, (_, i) => (i % 3 === 0 ? randomBytes(CS) : i % 3 === 1 ? Buffer.alloc(CS, `chunk ${i} line\n`) : Buffer.alloc(CS)));
+}
+
+/** Writes every chunk through one run's writer, cycling chunk and blob memory as read-disk does; the ids and the blobs handed back. */
+async function writeAll(repo: ChunkRepository, data: Buffer[]): Promise<{ ids: string[]; handedBack: number }> {
+  const pool = ChunkCodecPool.start(repo.codecParams(), 2);
+  try {
+    const run = repo.batchedRun();
+    const write = pooledChunkWriter(pool, run);
+    const ids: string[] = [];
+    let spare: Buffer | null = null;
+    let handedBack = 0;
+    for (const d of data) {
+      const r = await write(Buffer.from(d), spare);
+      ids.push(r.id);
+      spare = r.spentBlob ?? null;
+      if (spare) handedBack++;
+    }
+    await run.flushChunks();
+    return { ids, handedBack };
+  } finally {
+    await pool.close();
+  }
+}
+
+test('a folder store: blob memory cycles to the next chunk, and every chunk reads back exact', async () => {
+  const repo = await ChunkRepository.init(await openFolderStore(await tempDir()), { chunkSize: CS });
+  const data = contents(9);
+  const { ids, handedBack } = await writeAll(repo, data);
+  assert.equal(handedBack, 6, 'every chunk with a blob hands its memory back');
+  for (const [i, id] of ids.entries()) {
+    if (i % 3 === 2) assert.equal(id, ZERO_CHUNK);
+    else assert.ok((await repo.readChunk(id)).equals(data[i]!), `chunk ${i}`);
+  }
+});
+
+test('a store that keeps the data after putDeferred (uploads later): no blob is reused, every chunk reads back exact', async () => {
+  const folder = await openFolderStore(await tempDir());
+  const later: Array<[string, Buffer]> = [];
+  const lazy: ObjectStore = {
+    put: (k, d) => folder.put(k, d),
+    get: (k) => folder.get(k),
+    stat: (k) => folder.stat(k),
+    list: (p) => folder.list(p),
+    delete: (k) => folder.delete(k),
+    touch: (k) => folder.touch(k),
+    putDeferred: async (k, d) => void later.push([k, d]),
+    flush: async () => {
+      for (const [k, d] of later.splice(0)) await folder.put(k, d);
+    },
+  };
+  const repo = await ChunkRepository.init(lazy, { chunkSize: CS });
+  const data = contents(9);
+  const { ids, handedBack } = await writeAll(repo, data);
+  assert.equal(handedBack, 0);
+  for (const [i, id] of ids.entries()) if (id !== ZERO_CHUNK) assert.ok((await repo.readChunk(id)).equals(data[i]!), `chunk ${i}`);
+});
