@@ -24,7 +24,8 @@ set -euo pipefail
 VIRTBACK_APT_PACKAGES=(qemu-system-x86 qemu-utils libnbd-bin libxml2-utils libvirt0 openssl procps
   libvirt-clients python3-libvirt libvirt-daemon-driver-qemu iproute2 ovmf lvm2 util-linux
   ceph-mon ceph-osd radosgw ceph-common
-  chromium)  # chromium: the web console's browser tests (test/web/browser-*.test.ts, playwright-core)
+  chromium strace)  # chromium: the web console's browser tests (test/web/browser-*.test.ts, playwright-core);
+  # strace: injects a filesystem's refusals into real syscalls (test/unit/backup-steps-nolinks.test.ts)
 
 virtback_missing_packages() {
   local pkg missing=()
