@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after } from 'node:test';
 import { openFolderStore } from '../../src/chunkstore/object-store.js';
-import { ChunkRepository, type PointRecord } from '../../src/chunkstore/repo.js';
+import { chunkKey, ChunkRepository, type PointRecord } from '../../src/chunkstore/repo.js';
 
 export const DOMAIN = { name: 'vm1', uuid: '11111111-2222-3333-4444-555555555555' };
 
@@ -20,6 +20,15 @@ export async function tempDir(): Promise<string> {
 export async function newRepo(opts: { encryptKey?: Buffer; chunkSize?: number } = {}): Promise<{ dir: string; repo: ChunkRepository }> {
   const dir = await tempDir();
   return { dir, repo: await ChunkRepository.init(await openFolderStore(dir), opts) };
+}
+
+/** Flip one bit of chunk `id`'s stored blob in the folder repository at `repoDir` (byte `at`, default the last); the tampered blob. */
+export async function tamperChunk(repoDir: string, id: string, at?: number): Promise<Buffer> {
+  const file = path.join(repoDir, chunkKey(id));
+  const blob = await fs.readFile(file);
+  blob[at ?? blob.length - 1]! ^= 1;
+  await fs.writeFile(file, blob);
+  return blob;
 }
 
 /** Files under `dir` (relative paths), recursively, hidden ones included. */

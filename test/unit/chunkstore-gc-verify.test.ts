@@ -10,7 +10,7 @@ import { chunkKey } from '../../src/chunkstore/repo.js';
 import { collectGarbage } from '../../src/chunkstore/gc.js';
 import { verifyRepository } from '../../src/chunkstore/verify.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
-import { DOMAIN, filesUnder, newRepo, pattern, pointRecord, writeDisk, writePoint } from './chunkstore-fixtures.js';
+import { DOMAIN, filesUnder, newRepo, pattern, pointRecord, tamperChunk, writeDisk, writePoint } from './chunkstore-fixtures.js';
 
 const CS = 4096;
 const HOUR = 3600_000;
@@ -79,10 +79,7 @@ test('verify: a corrupt chunk is named with every point it affects, set aside, a
   assert.deepEqual((await repo.listPoints()).map((p) => p.verify?.ok), [true, true, true, true]);
 
   const id = repo.idOf(shared);
-  const file = path.join(dir, ...chunkKey(id).split('/'));
-  const blob = await fs.readFile(file);
-  blob[100]! ^= 1;
-  await fs.writeFile(file, blob);
+  await tamperChunk(dir, id, 100);
 
   // verifying one domain still names every affected point, vm2's included
   const bad = await verifyRepository(repo, { domain: DOMAIN.name });

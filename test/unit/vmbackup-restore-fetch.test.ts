@@ -11,11 +11,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { openFolderStore, type ObjectStore } from '../../src/chunkstore/object-store.js';
-import { chunkKey, ChunkRepository } from '../../src/chunkstore/repo.js';
+import { ChunkRepository } from '../../src/chunkstore/repo.js';
 import { VirError } from '../../src/errors.js';
 import { restoreDomain } from '../../src/vmbackup/restore.js';
 import { RESTORE_CONCURRENCY } from '../../src/vmbackup/restore-chunks.js';
-import { pattern, pointRecord, tempDir, writeDisk } from './chunkstore-fixtures.js';
+import { pattern, pointRecord, tamperChunk, tempDir, writeDisk } from './chunkstore-fixtures.js';
 
 const CS = 65536;
 const XML = "<domain type='qemu'><name>vm1</name><uuid>11111111-2222-3333-4444-555555555555</uuid><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/old/vda.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain>";
@@ -83,10 +83,7 @@ test('a tampered chunk fails the restore naming the chunk; no image is left', as
   const disk = await writeDisk(repo, id, 'vda', data);
   await repo.writePoint(pointRecord(id, [disk], { domainXml: XML }));
   const bad = (await repo.readIndex(disk.index)).chunks[20]!;
-  const file = path.join(dir, 'repo', chunkKey(bad));
-  const blob = await fs.readFile(file);
-  blob[blob.length - 1]! ^= 1;
-  await fs.writeFile(file, blob);
+  await tamperChunk(path.join(dir, 'repo'), bad);
   const out = path.join(dir, 'out');
   await assert.rejects(restoreDomain(repo, null, { domain: 'vm1', outputDir: out, format: 'raw' }), (e: unknown) => e instanceof VirError && e.message.includes(bad));
   assert.deepEqual(await fs.readdir(out), [], 'nothing of the failed restore remains');

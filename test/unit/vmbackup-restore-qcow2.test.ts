@@ -12,10 +12,10 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { openFolderStore } from '../../src/chunkstore/object-store.js';
-import { chunkKey, ChunkRepository } from '../../src/chunkstore/repo.js';
+import { ChunkRepository } from '../../src/chunkstore/repo.js';
 import { VirError } from '../../src/errors.js';
 import { restoreDomain } from '../../src/vmbackup/restore.js';
-import { pattern, pointRecord, tempDir, writeDisk } from './chunkstore-fixtures.js';
+import { pattern, pointRecord, tamperChunk, tempDir, writeDisk } from './chunkstore-fixtures.js';
 
 const run = promisify(execFile);
 const CS = 1 << 20;
@@ -83,10 +83,7 @@ test('a tampered chunk fails the qcow2 restore naming the chunk; no image is lef
   const disk = await writeDisk(repo, id, 'vda', data);
   await repo.writePoint(pointRecord(id, [disk], { domainXml: XML }));
   const bad = (await repo.readIndex(disk.index)).chunks[5]!;
-  const file = path.join(dir, 'repo', chunkKey(bad));
-  const blob = await fs.readFile(file);
-  blob[blob.length - 1]! ^= 1;
-  await fs.writeFile(file, blob);
+  await tamperChunk(path.join(dir, 'repo'), bad);
   const out = path.join(dir, 'out');
   await assert.rejects(restoreDomain(repo, null, { domain: 'vm1', outputDir: out, format: 'qcow2' }), (e: unknown) => e instanceof VirError && e.message.includes(bad));
   assert.deepEqual(await fs.readdir(out), [], 'nothing of the failed restore remains');

@@ -3,15 +3,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { chunkKey, type ChunkId } from '../../src/chunkstore/repo.js';
+import { type ChunkId } from '../../src/chunkstore/repo.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { ChunkCodecPool, pooledChunkReader, pooledChunkReaderInto } from '../../src/vmbackup/chunk-codec-pool.js';
 import { alignedBuffer } from '../../src/nbd/direct-file.js';
-import { newRepo, pattern, writePoint } from './chunkstore-fixtures.js';
+import { newRepo, pattern, tamperChunk, writePoint } from './chunkstore-fixtures.js';
 
 test('pooled reads decode exactly, plain and encrypted; a tampered blob or a missing chunk is named', async (t) => {
   for (const encryptKey of [undefined, randomBytes(32)]) {
@@ -22,10 +20,7 @@ test('pooled reads decode exactly, plain and encrypted; a tampered blob or a mis
     const a = pattern(65536, 7);
     const { id } = await repo.writeChunk(a);
     assert.ok((await read(id)).equals(a));
-    const file = path.join(dir, chunkKey(id));
-    const blob = await fs.readFile(file);
-    blob[blob.length - 1]! ^= 1;
-    await fs.writeFile(file, blob);
+    await tamperChunk(dir, id);
     await assert.rejects(read(id), (e: unknown) => e instanceof VirError && e.message.includes(`chunk ${id}`));
     await assert.rejects(read('ab'.repeat(32)), (e: unknown) => e instanceof VirError && e.code === ErrorCode.NO_STORAGE_VOL && e.message.includes('ab'.repeat(32)));
   }
@@ -50,10 +45,7 @@ test('decoding into shared memory: compressed, stored plain and encrypted chunks
     into.fill(0xee);
     assert.ok((await read('0'.repeat(64), into)).equals(Buffer.alloc(65536)), 'the zero chunk reads as zeroes');
     const { id } = await repo.writeChunk(text);
-    const file = path.join(dir, chunkKey(id));
-    const blob = await fs.readFile(file);
-    blob[blob.length - 1]! ^= 1;
-    await fs.writeFile(file, blob);
+    const blob = await tamperChunk(dir, id);
     await assert.rejects(read(id, into), (e: unknown) => e instanceof VirError && e.message.includes(`chunk ${id}`));
     await assert.rejects(pool.decodeInto(id, blob, Buffer.alloc(65536)), (e: unknown) => e instanceof VirError && /shared memory/.test(e.message));
   }
