@@ -13,9 +13,7 @@ import { DirectFile, alignedBuffer, releaseAlignedBuffer } from './direct-file.j
 import { extents } from './extents.js';
 import * as P from './protocol.js';
 
-const fsWrite = promisify(fs.write);
 const fsFtruncate = promisify(fs.ftruncate);
-const fsFdatasync = promisify(fs.fdatasync);
 
 export interface CopiedRange {
   offset: number;
@@ -290,18 +288,9 @@ async function settledAll(all: Promise<unknown>[]): Promise<void> {
   if (failed) throw failed.reason;
 }
 
-/** A sink writing with pwrite at the same offsets into an open fd, or a DirectFile (O_DIRECT where aligned). */
-export function fileSink(file: number | DirectFile, where: string): CopySink {
-  if (typeof file !== 'number') return { zeroFill: false, where, write: (offset, data) => file.write(data, offset), finish: () => file.sync() };
-  return {
-    zeroFill: false,
-    where,
-    async write(offset, data) {
-      let done = 0;
-      while (done < data.length) done += (await fsWrite(file, data, done, data.length - done, offset + done)).bytesWritten;
-    },
-    finish: () => fsFdatasync(file),
-  };
+/** A sink writing into a DirectFile at the same offsets (O_DIRECT where aligned). */
+export function fileSink(file: DirectFile, where: string): CopySink {
+  return { zeroFill: false, where, write: (offset, data) => file.write(data, offset), finish: () => file.sync() };
 }
 
 /**
