@@ -7,11 +7,15 @@
 
 import { readFileSync } from 'node:fs';
 
-/** utime + stime (fields 14, 15) or cutime + cstime (16, 17) of /proc/PID/stat in seconds; 0 when gone. */
-function procStat(pid: number | 'self', children: boolean): number {
+/**
+ * utime + stime (fields 14, 15) or cutime + cstime (16, 17) of
+ * /proc/PROC/stat in seconds; 0 when gone. PROC: a pid, 'self', or
+ * 'self/task/TID' for one thread.
+ */
+export function procCpuSeconds(proc: number | string, children = false): number {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(`/proc/${proc}/stat`, 'utf8');
   } catch {
     return 0;
   }
@@ -32,7 +36,7 @@ export class CpuParties {
 
   sample(): CpuSample {
     const u = process.cpuUsage();
-    return { ours: (u.user + u.system) / 1e6, children: procStat('self', true), servers: this.servers().reduce((n, p) => n + procStat(p, false), 0) };
+    return { ours: (u.user + u.system) / 1e6, children: procCpuSeconds('self', true), servers: this.servers().reduce((n, p) => n + procCpuSeconds(p), 0) };
   }
 
   /** `fn`'s CPU seconds, per party, and its result. */

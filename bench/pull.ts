@@ -32,6 +32,7 @@ import { loadTlsDir, type NbdTlsOptions } from '../src/nbd/tls.js';
 import type { NbdTarget } from '../src/nbd/target.js';
 import { blockDigest, pullBackup, writeManifest } from '../src/repository/index.js';
 import { hashBlocks, type HashPool } from '../src/repository/hash-pool.js';
+import { procCpuSeconds } from './cpu-parties.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -56,14 +57,12 @@ async function serve(args: string[], probe: NbdTarget): Promise<void> {
 
 /** CPU seconds of this process's main thread alone (not the hash pool's): /proc/self/task/<pid>/stat utime + stime. */
 function mainThreadCpu(): number {
-  const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
+  return procCpuSeconds(`self/task/${process.pid}`);
 }
 
 /** CPU seconds of all this process's threads and its waited-for children (nbdcopy, qemu-img): utime + stime + cutime + cstime. */
 function allCpu(): number {
-  const f = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+  return procCpuSeconds('self') + procCpuSeconds('self', true);
 }
 
 /** Peak resident set of this process in MiB (VmHWM). */

@@ -45,6 +45,7 @@ import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
 import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
 import { RESTORE_CONCURRENCY } from '../src/vmbackup/restore-chunks.js';
+import { procCpuSeconds } from './cpu-parties.js';
 import { median, timed } from './timing.js';
 
 const run = promisify(execFile);
@@ -130,14 +131,6 @@ async function dirty(driver: QemuDriver, uuid: string, dir: string): Promise<voi
   }
 }
 
-/** CPU seconds (user + system) a process has used; 0 when it is gone. */
-async function procCpu(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  if (stat === null) return 0;
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-}
-
 /**
  * Where the CPU goes, per party: this process (its worker threads
  * included), the domain's QEMU, the Ceph daemons. On a shared 2-core machine
@@ -161,8 +154,8 @@ class CpuMeter {
   async sample(): Promise<{ node: number; qemu: number; ceph: number | null }> {
     const u = process.cpuUsage();
     let ceph = 0;
-    for (const p of this.cephPids) ceph += await procCpu(p);
-    return { node: (u.user + u.system) / 1e6, qemu: await procCpu(this.qemuPid()), ceph: this.cephPids.length > 0 ? ceph : null };
+    for (const p of this.cephPids) ceph += procCpuSeconds(p);
+    return { node: (u.user + u.system) / 1e6, qemu: procCpuSeconds(this.qemuPid()), ceph: this.cephPids.length > 0 ? ceph : null };
   }
 
   /** `fn`'s CPU seconds per GiB of `bytes`, per party, as a line. */
