@@ -6,9 +6,13 @@
 # DIR; nothing is installed or registered anywhere else. Needs root and the
 # Debian packages ceph-mon ceph-osd radosgw ceph-common (scripts/ensure-deps.sh).
 #
-#   ceph-test-cluster.sh start DIR PORT   start it; waits until an authenticated S3 request succeeds,
+#   ceph-test-cluster.sh start DIR PORT [TLSPORT]
+#                                         start it; waits until an authenticated S3 request succeeds,
 #                                         then writes DIR/s3.env (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-#                                         AWS_ENDPOINT_URL, AWS_REGION) — source it or read it
+#                                         AWS_ENDPOINT_URL, AWS_REGION) — source it or read it. With TLSPORT
+#                                         gateway 0 also serves HTTPS on 127.0.0.1:TLSPORT, with a certificate
+#                                         of a CA made for this cluster (DIR/tls/ca.pem); s3.env then also
+#                                         names S3_HTTPS_ENDPOINT and AWS_CA_BUNDLE (the CA, as the AWS tools take it)
 #   ceph-test-cluster.sh stop DIR         kill every daemon (each pid file), wait until they are gone
 #   ceph-test-cluster.sh kill-rgw DIR [N]      kill -9 gateway N (default 0; a crash)
 #   ceph-test-cluster.sh restart-rgw DIR [N]   start gateway N again (after kill-rgw, or kill and start it);
@@ -24,7 +28,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '9,22p' "$0" >&2
+  sed -n '9,26p' "$0" >&2
   exit 2
 }
 
@@ -55,7 +59,7 @@ free_port() {
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 write_conf() {
-  local fsid=$1 mon_port=$2 rgw_port=$3
+  local fsid=$1 mon_port=$2 rgw_port=$3 tls_port=$4
   cat >"$CONF" <<EOF
 [global]
 fsid = $fsid
@@ -97,29 +101,47 @@ osd memory target = 1073741824
 osd max object name len = 460
 osd max object namespace len = 64
 EOF
-  rgw_section 0 "$rgw_port"
+  local tls=''
+  [ -z "$tls_port" ] || tls=" ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$D/tls/server.pem ssl_private_key=$D/tls/server.key"
+  rgw_section 0 "$rgw_port" "$tls"
 }
 
 rgw_section() {
-  printf '\n[client.rgw.%s]\nkeyring = %s\nrgw frontends = beast endpoint=127.0.0.1:%s\nrgw data = %s\n' \
-    "$1" "$D/rgw.keyring" "$2" "$D/rgw.$1" >>"$CONF"
+  printf '\n[client.rgw.%s]\nkeyring = %s\nrgw frontends = beast endpoint=127.0.0.1:%s%s\nrgw data = %s\n' \
+    "$1" "$D/rgw.keyring" "$2" "${3:-}" "$D/rgw.$1" >>"$CONF"
 }
 
 # the port of gateway $1
-rgw_port() { sed -n "/^\[client.rgw.$1\]/,/^\[/s/^rgw frontends = beast endpoint=127.0.0.1:\([0-9]*\)$/\1/p" "$CONF"; }
+rgw_port() { sed -n "/^\[client.rgw.$1\]/,/^\[/s/^rgw frontends = beast endpoint=127.0.0.1:\([0-9]*\).*$/\1/p" "$CONF"; }
+# its HTTPS port, if it has one
+rgw_tls_port() { sed -n "/^\[client.rgw.$1\]/,/^\[/s/^rgw frontends = beast .*ssl_endpoint=127.0.0.1:\([0-9]*\).*$/\1/p" "$CONF"; }
+
+# A CA of this cluster's own and a certificate it signs for 127.0.0.1 and localhost (the gateway's TLS port).
+make_tls() {
+  local t=$D/tls
+  mkdir -p "$t"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=virtback test CA" -keyout "$t/ca.key" -out "$t/ca.pem" 2>>"$D/setup.log"
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" 2>>"$D/setup.log"
+  printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth\n' >"$t/ext.cnf"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 30 \
+    -extfile "$t/ext.cnf" -out "$t/server.pem" 2>>"$D/setup.log"
+}
 
 # Waits until an authenticated ListBuckets succeeds (the gateway answers an
 # anonymous GET / before it can serve), up to $1 seconds.
 wait_s3() {
-  local limit=$1 port start=$SECONDS
+  local limit=$1 port tls_port url ok start=$SECONDS
   port=$(rgw_port "$2")
+  tls_port=$(rgw_tls_port "$2")
   [ -n "$port" ] || die "no gateway $2 in $CONF"
   while [ $((SECONDS - start)) -lt "$limit" ]; do
-    # curl signs an empty body but sends no x-amz-content-sha256, which the gateway needs
-    if curl -sf -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:us-east-1:s3" -H "x-amz-content-sha256: $EMPTY_SHA256" \
-      --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "http://127.0.0.1:$port/"; then
-      return 0
-    fi
+    ok=1
+    for url in "http://127.0.0.1:$port/" ${tls_port:+"https://127.0.0.1:$tls_port/"}; do
+      # curl signs an empty body but sends no x-amz-content-sha256, which the gateway needs
+      curl -sf -o /dev/null --max-time 5 --cacert "$D/tls/ca.pem" --aws-sigv4 "aws:amz:us-east-1:s3" \
+        -H "x-amz-content-sha256: $EMPTY_SHA256" --user "$S3_ACCESS_KEY:$S3_SECRET_KEY" "$url" || ok=0
+    done
+    [ "$ok" = 0 ] || return 0
     sleep 0.5
   done
   die "the gateway on 127.0.0.1:$port did not answer an authenticated request within ${limit}s (see $D/client.rgw.$2.log)"
@@ -135,10 +157,10 @@ start_osd() {
 }
 
 cmd_start() {
-  local rgw_port=${1:-}
+  local rgw_port=${1:-} tls_port=${2:-}
   [ -n "$rgw_port" ] || usage
   [ "$(id -u)" -eq 0 ] || die "needs root"
-  for b in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl python3; do
+  for b in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool curl python3 ${tls_port:+openssl}; do
     command -v "$b" >/dev/null || die "'$b' is missing (Debian packages ceph-mon ceph-osd radosgw ceph-common: scripts/ensure-deps.sh)"
   done
   if [ -f "$CONF" ] && pid_alive "$D/mon.a.pid"; then die "a cluster already runs in $D"; fi
@@ -146,7 +168,8 @@ cmd_start() {
   local t0=$SECONDS fsid mon_port osd_uuid osd_secret
   fsid=$(cat /proc/sys/kernel/random/uuid)
   mon_port=$(free_port)
-  write_conf "$fsid" "$mon_port" "$rgw_port"
+  [ -z "$tls_port" ] || make_tls
+  write_conf "$fsid" "$mon_port" "$rgw_port" "$tls_port"
 
   # keys: the monitor's and the admin's in one keyring
   ceph-authtool --create-keyring "$D/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
@@ -181,7 +204,10 @@ AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 AWS_ENDPOINT_URL=http://127.0.0.1:$rgw_port
 AWS_REGION=us-east-1
 EOF
-  log "S3 on http://127.0.0.1:$rgw_port after $((SECONDS - t0))s (cluster in $D)"
+  if [ -n "$tls_port" ]; then
+    printf 'S3_HTTPS_ENDPOINT=https://127.0.0.1:%s\nAWS_CA_BUNDLE=%s\n' "$tls_port" "$D/tls/ca.pem" >>"$D/s3.env"
+  fi
+  log "S3 on http://127.0.0.1:$rgw_port${tls_port:+ and https://127.0.0.1:$tls_port} after $((SECONDS - t0))s (cluster in $D)"
 }
 
 # kill -TERM each daemon, then -KILL what is still there after 10 s
@@ -226,7 +252,7 @@ kill_daemon() {
 }
 
 case $cmd in
-  start) cmd_start "${3:-}" ;;
+  start) cmd_start "${3:-}" "${4:-}" ;;
   stop) cmd_stop ;;
   kill-rgw) kill_daemon "$D/client.rgw.${3:-0}.pid" ;;
   restart-rgw)

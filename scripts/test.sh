@@ -33,15 +33,18 @@ if [ "$#" -gt 0 ]; then files=("$@"); fi
 if [ "$(id -u)" -eq 0 ] && command -v radosgw >/dev/null && printf '%s\n' "${files[@]}" | grep -q '^test/s3/'; then
   ceph_dir=$(mktemp -d /tmp/vb-ceph-XXXXXX)
   trap 'scripts/ceph-test-cluster.sh stop "$ceph_dir"; rm -rf "$ceph_dir"' EXIT
-  ceph_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  echo "== ceph (S3 gateway for test/s3)" >&2
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  ceph_port=$(free_port)
+  ceph_tls_port=$(free_port)
+  echo "== ceph (S3 gateway for test/s3, over HTTP and HTTPS)" >&2
   # a cluster that does not come up fails the s3 tests (each then tries one of its own), not the whole run
-  if scripts/ceph-test-cluster.sh start "$ceph_dir" "$ceph_port"; then
+  if scripts/ceph-test-cluster.sh start "$ceph_dir" "$ceph_port" "$ceph_tls_port"; then
     # shellcheck disable=SC1091
     source "$ceph_dir/s3.env"
     export VIRTBACK_TEST_S3_ENDPOINT=$AWS_ENDPOINT_URL VIRTBACK_TEST_S3_ACCESS_KEY=$AWS_ACCESS_KEY_ID
     export VIRTBACK_TEST_S3_SECRET_KEY=$AWS_SECRET_ACCESS_KEY VIRTBACK_TEST_S3_REGION=$AWS_REGION VIRTBACK_TEST_CEPH_DIR=$ceph_dir
-    unset AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+    export VIRTBACK_TEST_S3_HTTPS_ENDPOINT=$S3_HTTPS_ENDPOINT VIRTBACK_TEST_S3_CA_BUNDLE=$AWS_CA_BUNDLE
+    unset AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION AWS_CA_BUNDLE S3_HTTPS_ENDPOINT
   else
     echo "warning: the test Ceph cluster did not start (logs in $ceph_dir)" >&2
     trap - EXIT

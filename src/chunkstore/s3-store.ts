@@ -40,6 +40,7 @@ import { isVirError, virErr, VirError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { checkKey, notFound, type ObjectInfo, type ObjectLock, type ObjectStore } from './object-store.js';
 import { CENSUS_PREFIX, ChunkCensus } from './s3-census.js';
+import { certificateCode, certificateError, resolveCaBundle, unsignedChunkPutsOverTls, type CaBundle } from './s3-tls.js';
 
 export type S3RequestKind = 'PUT' | 'GET' | 'HEAD' | 'LIST' | 'DELETE' | 'COPY';
 export type S3RequestCounts = Record<S3RequestKind, number>;
@@ -65,6 +66,8 @@ export interface S3StoreOptions {
   /** a request idle this long fails (default 60 s); connect timeout (default 10 s) */
   requestTimeoutMs?: number;
   connectTimeoutMs?: number;
+  /** PEM file of the CA(s) to trust over HTTPS; default AWS_CA_BUNDLE, else the profile's ca_bundle, else the system's (s3-tls.ts) */
+  caBundle?: string;
   /** Learn which chunks the bucket holds from a listing rather than one COPY per new chunk (s3-census.ts; default on). */
   chunkCensus?: boolean;
   log?: Logger;
@@ -160,6 +163,7 @@ export class S3Store implements ObjectStore {
     this.retryBudgetMs = opts.retryBudgetMs ?? 60_000;
     this.log = opts.log ?? silentLogger;
     this.useCensus = opts.chunkCensus ?? true;
+    unsignedChunkPutsOverTls(client, this.prefix + CENSUS_PREFIX);
     client.middlewareStack.add(
       (next, context) => (args) => {
         const kind = KIND_OF_COMMAND[context.commandName ?? ''];
@@ -221,6 +225,8 @@ export class S3Store implements ObjectStore {
     if (name === 'AccessDenied' || status === 403) {
       return virErr('OPERATION_DENIED', 'STORAGE', `cannot ${what} ${obj}: access denied to access key id '${this.accessKeyId}' (${name}${err.message ? `: ${err.message}` : ''})`, e);
     }
+    const cert = certificateCode(e);
+    if (cert) return certificateError(e, cert, where, CA_OF_CLIENT.get(this.client));
     const net = networkCode(e);
     if (net) {
       return virErr('SYSTEM_ERROR', 'STORAGE', `cannot ${what} ${obj}: cannot reach ${this.endpoint} (${net}) after ${attempts} tries in ${Math.round(elapsedMs / 1000)} s`, e);
@@ -475,8 +481,13 @@ function normalizePrefix(prefix: string): string {
   return `${p}/`;
 }
 
+/** The CA bundle each client of makeS3Client trusts (for the message when a certificate is not trusted). */
+const CA_OF_CLIENT = new WeakMap<S3Client, CaBundle>();
+
 /** An S3 client as the repository wants it: the SDK's provider chain unless told, path style with an endpoint, our timeouts. */
 export function makeS3Client(opts: S3StoreOptions): S3Client {
+  // the SDK for JavaScript reads neither AWS_CA_BUNDLE nor ca_bundle (the AWS CLI does): an agent that trusts it
+  const ca = resolveCaBundle(opts.caBundle);
   const config: S3ClientConfig = {
     forcePathStyle: opts.forcePathStyle ?? opts.endpoint !== undefined,
     maxAttempts: opts.sdkAttempts ?? 3,
@@ -484,7 +495,12 @@ export function makeS3Client(opts: S3StoreOptions): S3Client {
     // the CRC trailers newer SDKs add by default are not understood by every gateway (Ceph 16.2)
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    requestHandler: { requestTimeout: opts.requestTimeoutMs ?? 60_000, connectionTimeout: opts.connectTimeoutMs ?? 10_000 },
+    requestHandler: {
+      requestTimeout: opts.requestTimeoutMs ?? 60_000,
+      connectionTimeout: opts.connectTimeoutMs ?? 10_000,
+      // agent options: the handler adds its own (keep-alive, its socket limit)
+      ...(ca ? { httpsAgent: { ca: ca.pem } } : {}),
+    },
     // the SDK asks for '100 Continue' before a body of 2 MiB or more (every chunk), and the handler then
     // sends each such request on a new connection (no keep-alive) and waits a round trip before the body:
     // a TCP connection per chunk, on both sides. What it would save (not sending a body the gateway refuses) is
@@ -504,7 +520,9 @@ export function makeS3Client(opts: S3StoreOptions): S3Client {
     }
   });
   if (opts.credentials !== undefined) config.credentials = opts.credentials;
-  return new S3Client(config);
+  const client = new S3Client(config);
+  if (ca) CA_OF_CLIENT.set(client, ca);
+  return client;
 }
 
 /** Open a bucket (and prefix) as an object store; fails now on missing credentials, wrong ones, a missing bucket or an unreachable endpoint. */

@@ -9,7 +9,7 @@
 //
 // One cluster per suite run: scripts/test.sh starts one before the tests and
 // exports VIRTBACK_TEST_S3_ENDPOINT / _ACCESS_KEY / _SECRET_KEY /
-// VIRTBACK_TEST_CEPH_DIR; a file run alone starts its own (in a temp dir, on a
+// _HTTPS_ENDPOINT / _CA_BUNDLE / VIRTBACK_TEST_CEPH_DIR; a file run alone starts its own (in a temp dir, on a
 // free port) at its first get() and stops it when the file's tests end. Tests
 // never share a bucket, so files running at once do not see each other's
 // objects. A test that kills a gateway kills its own: privateGateway() starts
@@ -39,6 +39,9 @@ export interface CephS3 {
   region: string;
   /** the cluster's folder (for scripts/ceph-test-cluster.sh kill-rgw/restart-rgw) */
   dir: string;
+  /** the same gateway over HTTPS, and the PEM file of the CA its certificate is from (a cluster started without a TLS port has none) */
+  httpsEndpoint?: string;
+  caBundle?: string;
 }
 
 export interface Gateway {
@@ -88,14 +91,21 @@ function parseEnv(text: string): Record<string, string> {
 async function startOwn(dir: string): Promise<CephS3> {
   const t0 = Date.now();
   try {
-    await cluster('start', dir, String(await freePort()));
+    await cluster('start', dir, String(await freePort()), String(await freePort()));
   } catch (e) {
     await cluster('stop', dir).catch(() => undefined);
     throw e;
   }
   process.stderr.write(`# test Ceph cluster: S3 answered ${((Date.now() - t0) / 1000).toFixed(1)} s after a cold start\n`);
   const env = parseEnv(await readFile(path.join(dir, 's3.env'), 'utf8'));
-  return { endpoint: env.AWS_ENDPOINT_URL!, accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY!, region: env.AWS_REGION!, dir };
+  return {
+    endpoint: env.AWS_ENDPOINT_URL!,
+    accessKeyId: env.AWS_ACCESS_KEY_ID!,
+    secretAccessKey: env.AWS_SECRET_ACCESS_KEY!,
+    region: env.AWS_REGION!,
+    dir,
+    ...(env.S3_HTTPS_ENDPOINT && env.AWS_CA_BUNDLE ? { httpsEndpoint: env.S3_HTTPS_ENDPOINT, caBundle: env.AWS_CA_BUNDLE } : {}),
+  };
 }
 
 export function s3Client(s3: CephS3, endpoint = s3.endpoint): S3Client {
@@ -143,6 +153,9 @@ export function useCeph(): CephHandle {
         secretAccessKey: env.VIRTBACK_TEST_S3_SECRET_KEY ?? '',
         region: env.VIRTBACK_TEST_S3_REGION ?? 'us-east-1',
         dir: env.VIRTBACK_TEST_CEPH_DIR ?? '',
+        ...(env.VIRTBACK_TEST_S3_HTTPS_ENDPOINT && env.VIRTBACK_TEST_S3_CA_BUNDLE
+          ? { httpsEndpoint: env.VIRTBACK_TEST_S3_HTTPS_ENDPOINT, caBundle: env.VIRTBACK_TEST_S3_CA_BUNDLE }
+          : {}),
       });
     }
     started ??= mkdtemp(path.join(os.tmpdir(), 'vb-ceph-')).then((dir) => {
