@@ -12,7 +12,12 @@
 // restore GETs 8 chunks at a time and decodes them on the chunk codec pool
 // (src/vmbackup/restore-chunks.ts).
 //
-//   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024] [shared|split]
+//   node --import tsx bench/s3.ts [runs=3] [dataMiB=1024] [shared|split] [http|https]
+//
+// `https`: everything (the raw PUT and GET too) goes to the gateway's TLS
+// port (S3_HTTPS_ENDPOINT and its CA, AWS_CA_BUNDLE, from `DIR/s3.env` of a
+// cluster started with one; a cluster started here gets one), where chunk PUTs
+// carry an unsigned payload (src/chunkstore/s3-tls.ts).
 //
 // `split` (needs the gateway's pids, i.e. a cluster started here or
 // VIRTBACK_TEST_CEPH_DIR): the Ceph daemons run on CPU 0 and this process
@@ -53,6 +58,7 @@ const MiB = 1024 * 1024;
 const runs = Number(process.argv[2] ?? 3);
 const DATA_MIB = Number(process.argv[3] ?? 1024);
 const CORES = process.argv[4] ?? 'shared';
+const HTTPS = process.argv[5] === 'https';
 const SCRIPT = fileURLToPath(new URL('../scripts/ceph-test-cluster.sh', import.meta.url));
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const profiled = process.execArgv.some((a) => a.startsWith('--cpu-prof'));
@@ -76,17 +82,23 @@ async function freePort(): Promise<number> {
 
 async function gateway(): Promise<Gateway> {
   const e = process.env;
+  const endpointOf = (env: Record<string, string | undefined>): string => {
+    if (!HTTPS) return env.AWS_ENDPOINT_URL!;
+    if (!env.S3_HTTPS_ENDPOINT || !env.AWS_CA_BUNDLE) throw new Error('https needs S3_HTTPS_ENDPOINT and AWS_CA_BUNDLE (a cluster started with a TLS port)');
+    process.env.AWS_CA_BUNDLE = env.AWS_CA_BUNDLE;
+    return env.S3_HTTPS_ENDPOINT;
+  };
   if (e.AWS_ENDPOINT_URL && e.AWS_ACCESS_KEY_ID && e.AWS_SECRET_ACCESS_KEY) {
     const creds = { accessKeyId: e.AWS_ACCESS_KEY_ID, secretAccessKey: e.AWS_SECRET_ACCESS_KEY };
-    return { endpoint: e.AWS_ENDPOINT_URL, cephDir: e.VIRTBACK_TEST_CEPH_DIR, credentials: creds, stop: async () => undefined };
+    return { endpoint: endpointOf(e), cephDir: e.VIRTBACK_TEST_CEPH_DIR, credentials: creds, stop: async () => undefined };
   }
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ceph-bench-'));
   const t0 = Date.now();
-  await run(SCRIPT, ['start', dir, String(await freePort())], { timeout: 300_000 });
+  await run(SCRIPT, ['start', dir, String(await freePort()), String(await freePort())], { timeout: 300_000 });
   console.log(`test Ceph cluster: S3 answered ${((Date.now() - t0) / 1000).toFixed(1)} s after a cold start`);
   const env = Object.fromEntries((await readFile(path.join(dir, 's3.env'), 'utf8')).trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
   return {
-    endpoint: env.AWS_ENDPOINT_URL!,
+    endpoint: endpointOf(env),
     cephDir: dir,
     credentials: { accessKeyId: env.AWS_ACCESS_KEY_ID!, secretAccessKey: env.AWS_SECRET_ACCESS_KEY! },
     stop: async () => {
@@ -277,7 +289,7 @@ async function main(): Promise<void> {
       store.close();
     }
     const load = os.loadavg().map((x) => x.toFixed(1)).join(' ');
-    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.cpus().length} cores, ${CORES})`);
+    console.log(`load average at the start ${loadAtStart}, at the end ${load} (${os.cpus().length} cores, ${CORES}, ${gw.endpoint})`);
     const rate = (xs: number[]) => DATA_MIB / median(xs);
     const line = (what: string, xs: number[]) => `${what}: ${rate(xs).toFixed(0)} MiB/s (median of ${runs}; ${xs.map((s) => s.toFixed(1)).join(', ')} s)`;
     console.log(line('raw multipart PUT (SDK)', res.put));

@@ -57,6 +57,17 @@ export interface ObjectStore {
    * file first; S3's putDeferred returns while its upload still reads it).
    */
   readonly releasesData?: boolean;
+  /**
+   * For a store that is not releasesData: resolves once it holds no
+   * reference to `data` given to putDeferred (its upload settled), so the
+   * caller may then reuse the memory.
+   */
+  released?(data: Buffer): Promise<void>;
+  /**
+   * The caller is done with a Buffer `get` returned (and with every view of
+   * it): the store may fill its memory with a later get's body.
+   */
+  recycle?(data: Buffer): void;
 }
 
 /** The hidden temp files put and putDeferred write beside their targets. */

@@ -31,7 +31,8 @@ export type CodecReply =
   /** `data`: the chunk's memory handed back when it was moved in (the reader reuses it) */
   | { seq: number; id: ChunkId; blob: Uint8Array | null; data?: Uint8Array }
   | { seq: number; data: Uint8Array }
-  | { seq: number; length: number }
+  /** `blob`: the stored form handed back when it was moved in (the store may fill it with a later GET) */
+  | { seq: number; length: number; blob?: Uint8Array }
   | { seq: number; error: string };
 
 interface Pending {
@@ -90,10 +91,11 @@ export class ChunkCodecPool {
    * a chunk long; returns the view of the content. No fresh 4 MiB per chunk
    * to fault in, and page-aligned for a direct write.
    */
-  async decodeInto(id: ChunkId, blob: Buffer, into: Buffer): Promise<Buffer> {
+  async decodeInto(id: ChunkId, blob: Buffer, into: Buffer, blobBack?: (blob: Buffer) => void): Promise<Buffer> {
     if (!(into.buffer instanceof SharedArrayBuffer)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'decodeInto needs shared memory to decode into');
     const r = await this.call((seq) => ({ seq, op: 'decode', id, blob, into }), ownedBuffer(blob));
     if (!('length' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
+    if (r.blob !== undefined) blobBack?.(asBuffer(r.blob));
     return into.subarray(0, r.length);
   }
 
@@ -173,13 +175,20 @@ export type ChunkWriter = (data: Buffer, spare?: Buffer | null) => Promise<{ id:
  * chunk, moved from a worker, kept the main thread's collector busy (~20 %).
  */
 export function pooledChunkWriter(pool: ChunkCodecPool, repo: ChunkRepository, known?: ReadonlySet<ChunkId>): ChunkWriter {
-  const reuse = repo.store.releasesData === true && !repo.encrypted;
+  const store = repo.store;
+  const reuse = (store.releasesData === true || store.released !== undefined) && !repo.encrypted;
+  // blobs whose upload has settled since (a store that is not releasesData: S3's deferred PUTs)
+  const free: Buffer[] = [];
   return async (data, spare) => {
-    const e = await pool.encode(data, reuse ? spare : null);
+    const e = await pool.encode(data, reuse ? (spare ?? free.pop() ?? null) : null);
     // `known`: chunks the base's index names, stored already: no request for them
     const storedBytes = e.blob === null || known?.has(e.id) ? 0 : await repo.storeEncodedChunk(e.id, e.blob);
     const whole = e.blob && reuse ? Buffer.from(e.blob.buffer, 0, e.blob.buffer.byteLength) : null;
-    return { id: e.id, storedBytes, spent: e.spent, spentBlob: whole && whole.length >= data.length && ownedBuffer(whole) ? whole : null };
+    const spentBlob = whole && whole.length >= data.length && ownedBuffer(whole) ? whole : null;
+    if (spentBlob === null || store.releasesData === true || storedBytes === 0) return { id: e.id, storedBytes, spent: e.spent, spentBlob };
+    // still being sent: free for a later chunk once its upload settled
+    void store.released!(e.blob!).then(() => free.push(spentBlob));
+    return { id: e.id, storedBytes, spent: e.spent, spentBlob: null };
   };
 }
 
@@ -200,10 +209,15 @@ export function pooledChunkReader(pool: ChunkCodecPool, repo: ChunkRepository): 
   };
 }
 
-/** pooledChunkReader decoding into the caller's shared memory (ChunkCodecPool.decodeInto). */
+/**
+ * pooledChunkReader decoding into the caller's shared memory
+ * (ChunkCodecPool.decodeInto); each blob's memory goes back to the store for
+ * a later GET (a store that recycles).
+ */
 export function pooledChunkReaderInto(pool: ChunkCodecPool, repo: ChunkRepository): (id: ChunkId, into: Buffer) => Promise<Buffer> {
+  const back = repo.store.recycle ? (b: Buffer) => repo.store.recycle!(b) : undefined;
   return async (id, into) => {
     if (id === ZERO_CHUNK) return into.fill(0, 0, repo.chunkSize).subarray(0, repo.chunkSize);
-    return pool.decodeInto(id, await fetchBlob(repo, id), into);
+    return pool.decodeInto(id, await fetchBlob(repo, id), into, back);
   };
 }

@@ -1,7 +1,8 @@
 // The backup's pooled chunk writer: encoding on the codec pool, and each
-// stored blob's memory handed back for the next chunk's blob only when the
-// store is done with it (a folder store: its promise settled), never for a
-// store that keeps the buffer after putDeferred returns (S3's uploads).
+// stored blob's memory handed back for a later chunk's blob only when the
+// store is done with it (a folder store: its promise settled; S3: its upload
+// settled, which `released` tells), never for a store that keeps the buffer
+// after putDeferred returns and says nothing more.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -70,5 +71,39 @@ test('a store that keeps the data after putDeferred (uploads later): no blob is 
   const data = contents(9);
   const { ids, handedBack } = await writeAll(repo, data);
   assert.equal(handedBack, 0);
+  for (const [i, id] of ids.entries()) if (id !== ZERO_CHUNK) assert.ok((await repo.readChunk(id)).equals(data[i]!), `chunk ${i}`);
+});
+
+test('a store that sends the data after putDeferred and tells when it is done (S3): blob memory reused only after that, every chunk reads back exact', async () => {
+  const folder = await openFolderStore(await tempDir());
+  const sending = new Map<Buffer, Promise<void>>();
+  const put: Buffer[] = [];
+  let changedWhileSending = 0;
+  const s3like: ObjectStore = {
+    put: (k, d) => folder.put(k, d),
+    get: (k) => folder.get(k),
+    stat: (k) => folder.stat(k),
+    list: (p) => folder.list(p),
+    delete: (k) => folder.delete(k),
+    touch: (k) => folder.touch(k),
+    putDeferred: async (k, d) => {
+      await folder.put(k, d);
+      put.push(d);
+      const copy = Buffer.from(d);
+      // "sent" a turn of the event loop later: whoever writes into the memory before then corrupts the upload
+      sending.set(d, new Promise((resolve) => setImmediate(() => resolve(void (copy.equals(d) || changedWhileSending++)))));
+    },
+    flush: async () => void (await Promise.all(sending.values())),
+    released: async (d) => sending.get(d),
+  };
+  const repo = await ChunkRepository.init(s3like, { chunkSize: CS });
+  const data = contents(12);
+  const { ids, handedBack } = await writeAll(repo, data);
+  assert.equal(handedBack, 0, 'nothing handed back at once: the upload still reads it');
+  assert.equal(changedWhileSending, 0, 'no blob memory written while its upload was under way');
+  assert.equal(put.length, 8);
+  // memory given to the encoder again is moved to its thread: detached here
+  const reused = put.filter((d) => d.buffer.byteLength === 0).length;
+  assert.ok(reused >= 4, `blob memory reused once released: ${reused} of ${put.length}`);
   for (const [i, id] of ids.entries()) if (id !== ZERO_CHUNK) assert.ok((await repo.readChunk(id)).equals(data[i]!), `chunk ${i}`);
 });
