@@ -63,11 +63,6 @@ export interface ObjectStore {
    * caller may then reuse the memory.
    */
   released?(data: Buffer): Promise<void>;
-  /**
-   * The caller is done with a Buffer `get` returned (and with every view of
-   * it): the store may fill its memory with a later get's body.
-   */
-  recycle?(data: Buffer): void;
 }
 
 /** The hidden temp files put and putDeferred write beside their targets. */

@@ -76,8 +76,6 @@ export interface S3StoreOptions {
 /** Objects larger than this go up as a multipart upload (lib-storage). */
 const MULTIPART_ABOVE = 64 * 1024 * 1024;
 const PART_SIZE = 16 * 1024 * 1024;
-/** GET bodies kept for reuse at most (a restore has 8 GETs in flight) */
-const SPARE_BODIES = 16;
 
 const KIND_OF_COMMAND: Record<string, S3RequestKind> = {
   PutObjectCommand: 'PUT',
@@ -149,8 +147,6 @@ export class S3Store implements ObjectStore {
   private inflight = new Set<Promise<void>>();
   /** each deferred upload's promise by its body (released()) */
   private uploading = new WeakMap<Buffer, Promise<void>>();
-  /** GET bodies handed back (recycle()), filled again by GETs of the same length */
-  private readonly spareBodies: Buffer[] = [];
   /** object lock of the repository (setObjectLock): every put and touch carries its retention */
   private lock: ObjectLock | null = null;
   private deferredError: unknown = undefined;
@@ -263,7 +259,7 @@ export class S3Store implements ObjectStore {
     return this.call('read', key, async () => {
       try {
         const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
-        return await readBody(r.Body as Readable, r.ContentLength, this.spareBody(r.ContentLength));
+        return await readBody(r.Body as Readable, r.ContentLength);
       } catch (e) {
         if (sdkError(e).name === 'NoSuchKey') notFound(`object '${key}'`);
         throw e;
@@ -375,21 +371,6 @@ export class S3Store implements ObjectStore {
     await this.uploading.get(data);
   }
 
-  /**
-   * A GET body back for reuse: a restore moves each chunk's body to a decoder
-   * thread and back, and a fresh 4 MiB per GET (faulted in, then collected on
-   * the main thread) cost more CPU than the copy into it.
-   */
-  recycle(data: Buffer): void {
-    if (data.byteOffset === 0 && data.length === data.buffer.byteLength && data.length >= 65536 && this.spareBodies.length < SPARE_BODIES) this.spareBodies.push(data);
-  }
-
-  /** A recycled body of exactly `length` bytes (it goes to a decoder whole), if there is one. */
-  private spareBody(length: number | undefined): Buffer | undefined {
-    const i = length === undefined ? -1 : this.spareBodies.findIndex((b) => b.length === length);
-    return i < 0 ? undefined : this.spareBodies.splice(i, 1)[0];
-  }
-
   /** Waits for every deferred upload; throws the first failure (and forgets it: the next batch starts clean). */
   async flush(): Promise<void> {
     while (this.inflight.size > 0) await Promise.all([...this.inflight]);
@@ -455,9 +436,9 @@ export class S3Store implements ObjectStore {
  * transformToByteArray keeps every piece, then allocates a zero-filled array
  * and copies them all (~0.5 CPU s per GiB more, measured on 4 MiB chunks).
  */
-export function readBody(body: Readable, length: number | undefined, into?: Buffer): Promise<Buffer> {
+export function readBody(body: Readable, length: number | undefined): Promise<Buffer> {
   if (length === undefined) return readUnsized(body);
-  const out = into?.length === length ? into : Buffer.allocUnsafeSlow(length);
+  const out = Buffer.allocUnsafeSlow(length);
   let at = 0;
   return new Promise((resolve, reject) => {
     body.on('data', (piece: Buffer) => {

@@ -31,8 +31,7 @@ export type CodecReply =
   /** `data`: the chunk's memory handed back when it was moved in (the reader reuses it) */
   | { seq: number; id: ChunkId; blob: Uint8Array | null; data?: Uint8Array }
   | { seq: number; data: Uint8Array }
-  /** `blob`: the stored form handed back when it was moved in (the store may fill it with a later GET) */
-  | { seq: number; length: number; blob?: Uint8Array }
+  | { seq: number; length: number }
   | { seq: number; error: string };
 
 interface Pending {
@@ -91,11 +90,10 @@ export class ChunkCodecPool {
    * a chunk long; returns the view of the content. No fresh 4 MiB per chunk
    * to fault in, and page-aligned for a direct write.
    */
-  async decodeInto(id: ChunkId, blob: Buffer, into: Buffer, blobBack?: (blob: Buffer) => void): Promise<Buffer> {
+  async decodeInto(id: ChunkId, blob: Buffer, into: Buffer): Promise<Buffer> {
     if (!(into.buffer instanceof SharedArrayBuffer)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'decodeInto needs shared memory to decode into');
     const r = await this.call((seq) => ({ seq, op: 'decode', id, blob, into }), ownedBuffer(blob));
     if (!('length' in r)) throw virErr('INTERNAL_ERROR', 'STORAGE', 'chunk decoder thread answered out of kind');
-    if (r.blob !== undefined) blobBack?.(asBuffer(r.blob));
     return into.subarray(0, r.length);
   }
 
@@ -209,15 +207,10 @@ export function pooledChunkReader(pool: ChunkCodecPool, repo: ChunkRepository): 
   };
 }
 
-/**
- * pooledChunkReader decoding into the caller's shared memory
- * (ChunkCodecPool.decodeInto); each blob's memory goes back to the store for
- * a later GET (a store that recycles).
- */
+/** pooledChunkReader decoding into the caller's shared memory (ChunkCodecPool.decodeInto). */
 export function pooledChunkReaderInto(pool: ChunkCodecPool, repo: ChunkRepository): (id: ChunkId, into: Buffer) => Promise<Buffer> {
-  const back = repo.store.recycle ? (b: Buffer) => repo.store.recycle!(b) : undefined;
   return async (id, into) => {
     if (id === ZERO_CHUNK) return into.fill(0, 0, repo.chunkSize).subarray(0, repo.chunkSize);
-    return pool.decodeInto(id, await fetchBlob(repo, id), into, back);
+    return pool.decodeInto(id, await fetchBlob(repo, id), into);
   };
 }

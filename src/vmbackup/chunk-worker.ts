@@ -16,8 +16,6 @@ parentPort!.on('message', (m: CodecRequest) => {
   try {
     if (m.op === 'decode' && m.into !== undefined) {
       reply = { seq: m.seq, length: decodeChunk(m.id, buf(m.blob), keys, buf(m.into)).length };
-      // the stored form moved in goes back for the store's next GET
-      if (ownedBuffer(m.blob) !== null) reply.blob = m.blob;
     } else if (m.op === 'decode') {
       reply = { seq: m.seq, data: decodeChunk(m.id, buf(m.blob), keys) };
     } else {
@@ -34,7 +32,7 @@ parentPort!.on('message', (m: CodecRequest) => {
   const request = m.op === 'decode' ? m.blob : m.data;
   // a blob written into the spare is a view of memory that came with the message: moved back too
   const spare = m.op === 'encode' && m.spare ? m.spare : null;
-  const blobMoves = 'blob' in reply && reply.blob && spare !== null && reply.blob.buffer === spare.buffer ? movable(spare, spare) : 'blob' in reply ? movable(reply.blob ?? null, request) : [];
+  const blobMoves = 'blob' in reply && reply.blob !== null && spare !== null && reply.blob.buffer === spare.buffer ? movable(spare, spare) : 'blob' in reply ? movable(reply.blob, request) : [];
   const out = [...('data' in reply && reply.data ? movable(reply.data, request) : []), ...blobMoves];
   parentPort!.postMessage(reply, [...new Set(out)]);
 });

@@ -100,29 +100,19 @@ test('deferred puts: bounded in flight, flush waits for all; listing pages past 
   assert.equal(store.requests.PUT, n);
 });
 
-test('memory handed back: a deferred put says when its upload settled; a recycled GET body is filled by the next GET of its length', { skip: ceph.skip, timeout: 120_000 }, async (t) => {
+test('a deferred put says when its upload settled (the caller may then reuse the memory)', { skip: ceph.skip, timeout: 120_000 }, async (t) => {
   const s3 = await ceph.get();
   const bucket = await ceph.bucket(t);
   const store = await openS3Store(opts(s3, bucket, { prefix: 'm' }));
   t.after(() => store.close());
-  const [a, b, c] = [randomBytes(300_000), randomBytes(300_000), randomBytes(200_000)];
+  const a = randomBytes(300_000);
   let settled = false;
   await store.putDeferred('x/a', a);
   const released = store.released(a).then(() => (settled = true));
   assert.equal(settled, false, 'the upload is under way when putDeferred returns');
   await released;
   assert.ok((await store.get('x/a')).equals(a), 'settled: stored, and the memory is free');
-  await store.put('x/b', b);
-  await store.put('x/c', c);
-  const first = await store.get('x/a');
-  store.recycle(first);
-  const second = await store.get('x/b');
-  assert.equal(second.buffer, first.buffer, 'the recycled memory holds the next body of its length');
-  assert.ok(second.equals(b));
-  store.recycle(second);
-  const other = await store.get('x/c');
-  assert.notEqual(other.buffer, second.buffer, 'a body of another length gets memory of its own (it goes to a decoder whole)');
-  assert.ok(other.equals(c));
+  await store.released(randomBytes(10)); // never given: at once
 });
 
 test('a failing flush throws, and the next putDeferred refuses at once', { skip: ceph.skip, timeout: 120_000 }, async (t) => {

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chunkKey, type ChunkId } from '../../src/chunkstore/repo.js';
+import { type ChunkId } from '../../src/chunkstore/repo.js';
 import { pointDiskSource } from '../../src/chunkstore/source.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { ChunkCodecPool, pooledChunkReader, pooledChunkReaderInto } from '../../src/vmbackup/chunk-codec-pool.js';
@@ -49,26 +49,6 @@ test('decoding into shared memory: compressed, stored plain and encrypted chunks
     await assert.rejects(read(id, into), (e: unknown) => e instanceof VirError && e.message.includes(`chunk ${id}`));
     await assert.rejects(pool.decodeInto(id, blob, Buffer.alloc(65536)), (e: unknown) => e instanceof VirError && /shared memory/.test(e.message));
   }
-});
-
-test('decoding into shared memory hands each stored blob back to a store that recycles them (S3: the next GET fills it)', async (t) => {
-  const { repo } = await newRepo({ chunkSize: 65536 });
-  const back: Buffer[] = [];
-  Object.assign(repo.store, { recycle: (b: Buffer) => back.push(b) });
-  const pool = ChunkCodecPool.start(repo.codecParams(), 2);
-  t.after(() => pool.close());
-  const read = pooledChunkReaderInto(pool, repo);
-  const into = alignedBuffer(65536);
-  const contents = [Buffer.alloc(65536, 'text\n'), randomBytes(65536)];
-  for (const content of contents) {
-    const { id } = await repo.writeChunk(content);
-    const stored = await repo.store.get(chunkKey(id));
-    assert.ok((await read(id, into)).equals(content));
-    assert.ok(back.at(-1)?.equals(stored), 'the blob as fetched comes back, whole');
-    assert.equal(back.at(-1)!.length, back.at(-1)!.buffer.byteLength, 'all of its memory (reusable for a GET body)');
-  }
-  await read('0'.repeat(64), into);
-  assert.equal(back.length, 2, 'one per fetched blob (the zero chunk fetches none)');
 });
 
 test('a sequential reader gets the next chunks read ahead; a random one does not', async () => {
