@@ -81,7 +81,7 @@ async function cluster(...args: string[]): Promise<void> {
 function parseEnv(text: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const line of text.split('\n')) {
-    const m = /^([A-Z_]+)=(.*)$/.exec(line);
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(line);
     if (m) env[m[1]!] = m[2]!;
   }
   return env;
