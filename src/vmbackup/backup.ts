@@ -71,19 +71,20 @@ export function selectDisks(domainXml: string, exclude: readonly string[]): { di
 /** What the domain says about checkpoint `name` (null name: nothing to ask). */
 async function checkpointState(dom: Domain, name: string | null): Promise<BaseCheckpointState | null> {
   if (name === null) return null;
-  try {
-    const xml = await (await dom.checkpointLookupByName(name)).getXMLDesc({ noDomain: true });
-    const mark = firstChild(parseXml(xml), 'inconsistent');
-    // orphaned bitmaps only explain a missing checkpoint: not asked for (a QMP query) when it exists
-    return { exists: true, inconsistent: mark === null ? null : (attr(mark, 'reason') ?? 'marked inconsistent'), unknownBitmaps: [] };
-  } catch (e) {
-    if (!isVirError(e, 'NO_DOMAIN_CHECKPOINT')) throw e;
-  }
+  // asked first, also when the checkpoint exists: on QEMU this query refreshes the checkpoints'
+  // consistency from the live bitmaps, so a bitmap removed behind our back shows as inconsistent
   const unknownBitmaps = await dom.listUnknownBitmaps().then(
     (l) => l.map((b) => `${b.disk}/${b.bitmap}`),
     () => [] as string[], // a libvirt host has no such call: nothing known to be orphaned
   );
-  return { exists: false, inconsistent: null, unknownBitmaps };
+  try {
+    const xml = await (await dom.checkpointLookupByName(name)).getXMLDesc({ noDomain: true });
+    const mark = firstChild(parseXml(xml), 'inconsistent');
+    return { exists: true, inconsistent: mark === null ? null : (attr(mark, 'reason') ?? 'marked inconsistent'), unknownBitmaps };
+  } catch (e) {
+    if (isVirError(e, 'NO_DOMAIN_CHECKPOINT')) return { exists: false, inconsistent: null, unknownBitmaps };
+    throw e;
+  }
 }
 
 /**
