@@ -71,6 +71,8 @@ export function selectDisks(domainXml: string, exclude: readonly string[]): { di
 /** What the domain says about checkpoint `name` (null name: nothing to ask). */
 async function checkpointState(dom: Domain, name: string | null): Promise<BaseCheckpointState | null> {
   if (name === null) return null;
+  // asked first, also when the checkpoint exists: on QEMU this query refreshes the checkpoints'
+  // consistency from the live bitmaps, so a bitmap removed behind our back shows as inconsistent
   const unknownBitmaps = await dom.listUnknownBitmaps().then(
     (l) => l.map((b) => `${b.disk}/${b.bitmap}`),
     () => [] as string[], // a libvirt host has no such call: nothing known to be orphaned
@@ -122,6 +124,12 @@ async function decide(dom: Domain, repo: ChunkRepository, level: RequestedLevel,
   return { level: 'full', base: null, reason: got.missing, basePoint: null, baseIndexes: new Map() };
 }
 
+/** `p`, whose failure is thrown where it is awaited later, not reported as unhandled meanwhile. */
+function awaitedLater<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
 /** Sortable, unique per domain: the run's instant plus a little randomness. */
 function pointId(at: Date): string {
   return `${at.toISOString()}-${randomBytes(2).toString('hex')}`;
@@ -151,9 +159,9 @@ export async function backupDomain(dom: Domain, repo: ChunkRepository, repoId: s
 
 async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at: Date, opts: VmBackupOptions, log: Logger, lease: DomainLease): Promise<Omit<VmBackupResult, 'offline'>> {
   const started = Date.now();
-  const domainXml = await dom.getXMLDesc({ inactive: true });
-  const { disks, skipped } = selectDisks(await dom.getXMLDesc(), opts.exclude ?? []);
-  await endStaleJobs(dom, log);
+  // independent reads, one round trip each through a daemon: asked together
+  const [domainXml, liveXml] = await Promise.all([dom.getXMLDesc({ inactive: true }), dom.getXMLDesc(), endStaleJobs(dom, log)]);
+  const { disks, skipped } = selectDisks(liveXml, opts.exclude ?? []);
   const d = await decide(dom, repo, opts.level, disks, lease);
   const name = checkpointName(repoId, at);
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), RUN_DIR_PREFIX));
@@ -163,6 +171,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
   let jobId = 0;
   let created = false;
   let ok = false;
+  let closed: Promise<void> | null = null;
   const pool = ChunkCodecPool.start(repo.codecParams());
   // chunks unsynced until writePoint syncs them all at once (a point never names a chunk not yet durable)
   const run = repo.batchedRun();
@@ -174,16 +183,15 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     // the base's chunks are known to be stored: no request for them (the lease keeps them)
     const known = new Set([...d.baseIndexes.values()].flat());
     const pulled = await pullDisks(dom, repo, jobId, d, opts, pooledChunkWriter(pool, run, known));
+    // every chunk is encoded: the pool's end overlaps the job's end (a sync of the chunks here
+    // too gained nothing: its fsyncs and those of the job's end queue for the same journal)
+    closed = awaitedLater(pool.close());
     const ended = await dom.backupEnd(jobId);
     jobId = 0;
     if (ended !== 1) throw virErr('OPERATION_FAILED', 'STORAGE', `backup job of '${dom.name}' did not complete`);
     const cpXml = await (await dom.checkpointLookupByName(name)).getXMLDesc({ noDomain: true });
     const id = pointId(at);
-    const entries = [];
-    for (const p of pulled.disks) {
-      const index = await repo.writeIndex(dom.uuid, id, { target: p.target, size: p.size, chunkSize: repo.chunkSize, chunks: p.chunks });
-      entries.push({ target: p.target, size: p.size, index, bytesRead: p.bytesRead, bytesNew: p.bytesNew });
-    }
+    const entries = await writeIndexes(repo, dom.uuid, id, pulled.disks);
     const reason = pulled.reason;
     const durationMs = Date.now() - started;
     await run.flushChunks(); // before the lease check: the sync may take a while
@@ -216,7 +224,7 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
       disks: pulled.disks.map(({ target, size, bytesRead, bytesNew, chunksRead }) => ({ target, size, bytesRead, bytesNew, chunksRead })),
     };
   } finally {
-    await pool.close();
+    await (closed ?? pool.close());
     // a failed run's deferred chunks are settled too, so the store it shares (a daemon's) holds no
     // pending writes or upload error of it into the next run; they are unreferenced until gc
     if (!ok) await run.flushChunks().catch((e: unknown) => log.warn(errField(e), 'settling the chunks of the failed run failed'));
@@ -225,6 +233,14 @@ async function runBackup(dom: Domain, repo: ChunkRepository, repoId: string, at:
     if (created && !ok) await dom.checkpointLookupByName(name).then((c) => c.delete()).catch((e: unknown) => log.warn(errField(e), `deleting checkpoint ${name} of the failed run failed`));
     await fs.rm(tmp, { recursive: true, force: true });
   }
+}
+
+/** Each disk's index of point `id` (in parallel), as the point record lists them. */
+async function writeIndexes(repo: ChunkRepository, uuid: string, id: string, disks: PulledDisk[]): Promise<PointRecord['disks']> {
+  return Promise.all(disks.map(async (p) => {
+    const index = await repo.writeIndex(uuid, id, { target: p.target, size: p.size, chunkSize: repo.chunkSize, chunks: p.chunks });
+    return { target: p.target, size: p.size, index, bytesRead: p.bytesRead, bytesNew: p.bytesNew };
+  }));
 }
 
 interface PulledDisk {

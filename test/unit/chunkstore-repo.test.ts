@@ -178,3 +178,40 @@ test('chunks named and encoded elsewhere (a worker: codec params cloned) are sto
   assert.equal((await repo.writeChunk(data)).storedBytes, 0);
   await assert.rejects(repo.storeEncodedChunk('nope', blob), /not a chunk id/);
 });
+
+test('folder store: deferred objects are fsynced ahead of their flush, at most two at a time, and not again by it', async (t) => {
+  const dir = await tempDir();
+  const store = await openFolderStore(dir);
+  // count the file and folder fsyncs of this test and the most running at once
+  const fh = await fs.open(dir, 'r');
+  const proto = Object.getPrototypeOf(fh) as { sync: () => Promise<void> };
+  await fh.close();
+  const sync = proto.sync;
+  let calls = 0;
+  let running = 0;
+  let most = 0;
+  proto.sync = async function (this: unknown) {
+    calls++;
+    most = Math.max(most, ++running);
+    try {
+      return await sync.call(this);
+    } finally {
+      running--;
+    }
+  };
+  t.after(() => {
+    proto.sync = sync;
+  });
+  const keys = Array.from({ length: 6 }, (_, i) => `chunks/0${i}/aa/k${i}`);
+  await Promise.all(keys.map((k, i) => store.putDeferred!(k, pattern(4096, i))));
+  await store.putDeferred!(keys[0]!, pattern(4096, 9)); // replaced before the flush: the last data wins
+  for (let i = 0; i < 50 && calls < keys.length + 1; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls, keys.length + 1, 'every deferred file was fsynced before any flush');
+  assert.ok(most <= 2, `at most two fsyncs ahead at once (saw ${most})`);
+  assert.equal(await store.stat(keys[1]!), null, 'not visible before the flush');
+  await store.flush!();
+  assert.equal(calls, keys.length + 1 + keys.length, 'the flush fsyncs only the folders');
+  assert.ok((await store.get(keys[0]!)).equals(pattern(4096, 9)));
+  for (let i = 1; i < keys.length; i++) assert.ok((await store.get(keys[i]!)).equals(pattern(4096, i)));
+  assert.deepEqual((await filesUnder(dir)).filter((f) => path.basename(f).startsWith('.')), [], 'no temp file left');
+});
