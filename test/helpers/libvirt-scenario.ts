@@ -23,6 +23,7 @@ import { LibvirtDriver } from '../../src/libvirt/driver.js';
 import { connectUnixStream } from '../../src/libvirt/transport.js';
 import { connect } from '../../src/sdk/connect.js';
 import { runMain } from './cli.js';
+import { pidByCommandLine, throttleCpu } from './cpu-throttle.js';
 import { refused } from './errors.js';
 import { smallDomainXml } from './private-libvirtd.js';
 import { waitFor } from './qemu-env.js';
@@ -182,7 +183,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
     assert.equal(pullEnd.stats.success, true, 'an ended pull counts as success');
     // the CLI's push was another connection's job too: id 4 here
     await waitFor(() => completed.find((e) => e.jobId === 4 && e.stats.success === true), 'job-completed of the CLI push', 60_000);
-    const { id: id3, target: t3 } = await abortedPush(dom, dir, completed);
+    const { id: id3, target: t3 } = await abortedPush(dom, dir, disk, completed);
     const ev3 = await waitFor(() => completed.find((e) => e.jobId === id3), 'job-completed of the aborted job', 60_000);
     assert.equal(ev3.stats.type, JobType.CANCELLED);
     assert.ok(!existsSync(`${t3}.manifest.json`), 'no manifest for an aborted push');
@@ -219,11 +220,26 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
 
 /**
  * A push ended with ABORT while it copies: backupEnd without ABORT is refused
- * first, with ABORT it ends incomplete (0). Both come right after the begin;
- * a copy that wins the race anyway (192 MiB can copy in a fraction of a
- * second) ends complete, really finished, and another push is tried.
+ * first, with ABORT it ends incomplete (0). Both come right after the begin,
+ * with the domain's QEMU held to a tenth of a CPU where a cgroup can do that
+ * (a real libvirtd sets no copy speed, and 192 MiB can copy within one round
+ * trip through it); a copy that wins the race anyway ends complete, really
+ * finished, and another push is tried.
  */
-async function abortedPush(dom: Domain, dir: string, completed: readonly JobCompletedEvent[]): Promise<{ id: number; target: string }> {
+async function abortedPush(dom: Domain, dir: string, disk: string, completed: readonly JobCompletedEvent[]): Promise<{ id: number; target: string }> {
+  const qemu = await pidByCommandLine(disk);
+  const throttle = qemu === undefined ? 'the domain\'s QEMU was not found' : await throttleCpu(qemu, 10);
+  try {
+    return await abortedPushAttempts(dom, dir, completed);
+  } catch (e) {
+    if (typeof throttle === 'string') (e as Error).message += ` (unthrottled: ${throttle})`;
+    throw e;
+  } finally {
+    if (typeof throttle !== 'string') await throttle.release();
+  }
+}
+
+async function abortedPushAttempts(dom: Domain, dir: string, completed: readonly JobCompletedEvent[]): Promise<{ id: number; target: string }> {
   for (let attempt = 1; attempt <= 5; attempt++) {
     const target = path.join(dir, `aborted-${attempt}.qcow2`);
     const id = await dom.backupBegin(pushXml(target));
