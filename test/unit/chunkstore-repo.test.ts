@@ -205,12 +205,17 @@ test('folder store: deferred objects are fsynced ahead of their flush, at most t
   const keys = Array.from({ length: 6 }, (_, i) => `chunks/0${i}/aa/k${i}`);
   await Promise.all(keys.map((k, i) => store.putDeferred!(k, pattern(4096, i))));
   await store.putDeferred!(keys[0]!, pattern(4096, 9)); // replaced before the flush: the last data wins
-  for (let i = 0; i < 50 && calls < keys.length + 1; i++) await new Promise((r) => setTimeout(r, 10));
-  assert.equal(calls, keys.length + 1, 'every deferred file was fsynced before any flush');
+  // the replaced file's fsync ran, or (still queued when it was replaced) finds the file gone: 6 or 7
+  const settled = () => calls >= keys.length && running === 0;
+  for (let i = 0; i < 500 && !settled(); i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.ok(settled(), `every deferred file was fsynced before any flush (${calls} fsyncs, ${running} running)`);
+  const ahead = calls;
+  assert.ok(ahead === keys.length || ahead === keys.length + 1, `fsyncs ahead: ${ahead}`);
   assert.ok(most <= 2, `at most two fsyncs ahead at once (saw ${most})`);
   assert.equal(await store.stat(keys[1]!), null, 'not visible before the flush');
   await store.flush!();
-  assert.equal(calls, keys.length + 1 + keys.length, 'the flush fsyncs only the folders');
+  assert.equal(calls - ahead, keys.length, 'the flush fsyncs only the folders');
   assert.ok((await store.get(keys[0]!)).equals(pattern(4096, 9)));
   for (let i = 1; i < keys.length; i++) assert.ok((await store.get(keys[i]!)).equals(pattern(4096, i)));
   assert.deepEqual((await filesUnder(dir)).filter((f) => path.basename(f).startsWith('.')), [], 'no temp file left');

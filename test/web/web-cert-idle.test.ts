@@ -59,13 +59,21 @@ test('web console: --web-cert/--web-key are served as given; an idle tab with it
     return cpuTicks(cd.daemon.pid) - before;
   };
   await sleep(1000); // let start-up work settle
-  const without = [await window(), await window()];
-  const stream = await admin.events();
-  const withTab = [await window(), await window()];
-  stream.close();
+  // alternated, so that a change of the machine's load hits both kinds of window alike
+  const without: number[] = [];
+  const withTab: number[] = [];
+  const streams: Awaited<ReturnType<typeof admin.events>>[] = [];
+  for (let i = 0; i < 2; i++) {
+    without.push(await window());
+    const stream = await admin.events();
+    streams.push(stream);
+    await sleep(1000); // the stream's hello and first snapshot are its start, not its idle cost
+    withTab.push(await window());
+    stream.close();
+  }
   t.diagnostic(`daemon CPU ticks per 6 s: ${without.join(', ')} without a tab; ${withTab.join(', ')} with an idle tab and its event stream`);
   const cost = Math.min(...withTab) - Math.max(...without);
   // a tick is 10 ms
   assert.ok(cost <= 3, `an idle tab cost the daemon ${cost} ticks of CPU per 6 s (without: ${without.join(', ')}; with: ${withTab.join(', ')})`);
-  assert.ok(stream.events.every((e) => e.event === 'ping' || e.event === 'hello' || e.event === 'domain' || e.event === 'task'), JSON.stringify(stream.events.slice(0, 3)));
+  assert.ok(streams.flatMap((st) => st.events).every((e) => e.event === 'ping' || e.event === 'hello' || e.event === 'domain' || e.event === 'task'), JSON.stringify(streams[0]!.events.slice(0, 3)));
 });
