@@ -31,7 +31,7 @@
 // VIRTBACK_TEST_CEPH_DIR=DIR its daemons' CPU is counted), else one started
 // here with scripts/ceph-test-cluster.sh (root, Ceph packages).
 
-import { CreateBucketCommand, DeleteBucketCommand, DeleteObjectsCommand, GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -50,6 +50,7 @@ import { connectLocal } from '../src/sdk/connect.js';
 import { backupDomain, repositoryId, restoreDomain } from '../src/vmbackup/index.js';
 import { ChunkCodecPool } from '../src/vmbackup/chunk-codec-pool.js';
 import { RESTORE_CONCURRENCY } from '../src/vmbackup/restore-chunks.js';
+import { removeBucket } from '../test/helpers/ceph.js';
 import { procCpuSeconds } from './cpu-parties.js';
 import { median, timed } from './timing.js';
 
@@ -202,16 +203,6 @@ async function splitCores(gw: Gateway): Promise<() => Promise<void>> {
   };
 }
 
-async function emptyBucket(client: S3Client, bucket: string): Promise<void> {
-  for (;;) {
-    const page = await client.send(new ListObjectsV2Command({ Bucket: bucket, MaxKeys: 1000 }));
-    const keys = (page.Contents ?? []).map((o) => ({ Key: o.Key! }));
-    if (keys.length === 0) break;
-    await client.send(new DeleteObjectsCommand({ Bucket: bucket, Delete: { Objects: keys, Quiet: true } }));
-  }
-  await client.send(new DeleteBucketCommand({ Bucket: bucket }));
-}
-
 async function main(): Promise<void> {
   const gw = await gateway();
   const unsplit = await splitCores(gw);
@@ -329,7 +320,7 @@ async function main(): Promise<void> {
     await driver?.domainDestroy(uuid, 0).catch(() => undefined);
     await driver?.close();
     // every run leaves ~4× the data in the bucket: a test cluster's 40 GiB OSD fills up after a dozen runs
-    await emptyBucket(client, bucket).catch((e: unknown) => console.error(`could not remove bucket ${bucket}: ${(e as Error).message}`));
+    await removeBucket(client, bucket).catch((e: unknown) => console.error(`could not remove bucket ${bucket}: ${(e as Error).message}`));
     client.destroy();
     await rm(dir, { recursive: true, force: true });
     await unsplit();

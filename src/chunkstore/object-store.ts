@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { virErr } from '../errors.js';
+import { awaitedLater } from '../util/awaited-later.js';
 
 export interface ObjectInfo {
   key: string;
@@ -108,7 +109,7 @@ class SyncsAhead {
 
   /** fsync `file` once a slot is free; a failure is thrown where the flush awaits it. */
   start(file: string): Promise<void> {
-    const p = new Promise<void>((resolve, reject) => {
+    return awaitedLater(new Promise<void>((resolve, reject) => {
       const go = () => {
         this.running++;
         syncFile(file).then(resolve, reject).finally(() => {
@@ -118,9 +119,7 @@ class SyncsAhead {
       };
       if (this.running < SYNCS_AHEAD) go();
       else this.queue.push(go);
-    });
-    p.catch(() => {});
-    return p;
+    }));
   }
 
   /** Start every queued fsync now: a flush waits for them all. */
@@ -132,10 +131,8 @@ class SyncsAhead {
 /** The folder backend. Objects are files under `root`; directories are created on demand. */
 class FolderStore implements ObjectStore {
   readonly releasesData = true;
-  /** putDeferred objects not yet flushed: key → their hidden temp file. */
-  private pending = new Map<string, string>();
-  /** temp file → its fsync, started by putDeferred */
-  private readonly synced = new Map<string, Promise<void>>();
+  /** putDeferred objects not yet flushed: key → their hidden temp file and its fsync, started as it was written. */
+  private pending = new Map<string, { tmp: string; sync: Promise<void> }>();
   private readonly ahead = new SyncsAhead();
 
   constructor(private readonly root: string) {}
@@ -155,12 +152,8 @@ class FolderStore implements ObjectStore {
       throw virErr('SYSTEM_ERROR', 'STORAGE', `cannot write object '${key}': ${(e as Error).message}`, e);
     }
     const before = this.pending.get(key);
-    this.pending.set(key, tmp);
-    this.synced.set(tmp, this.ahead.start(tmp));
-    if (before) {
-      this.synced.delete(before);
-      await fs.rm(before, { force: true });
-    }
+    this.pending.set(key, { tmp, sync: this.ahead.start(tmp) });
+    if (before) await fs.rm(before.tmp, { force: true });
   }
 
   async flush(): Promise<void> {
@@ -171,10 +164,8 @@ class FolderStore implements ObjectStore {
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < batch.length) {
-        const [key, tmp] = batch[next++]!;
+        const [key, { tmp, sync }] = batch[next++]!;
         const file = this.file(key);
-        const sync = this.synced.get(tmp) ?? syncFile(tmp);
-        this.synced.delete(tmp);
         try {
           // a failed fsync fails the flush: never retried (a second fsync may pass with the data lost)
           await sync;

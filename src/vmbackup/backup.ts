@@ -15,6 +15,7 @@ import { isVirError, toVirError, virErr } from '../errors.js';
 import { errField, silentLogger, type Logger } from '../log.js';
 import { NbdClient, type NbdTarget } from '../nbd/client.js';
 import { CONTEXT_BASE_ALLOCATION, CONTEXT_QEMU_DIRTY_BITMAP } from '../nbd/protocol.js';
+import { awaitedLater } from '../util/awaited-later.js';
 import { parseBackupXML } from '../xml/backup.js';
 import { domainDiskRefs } from '../xml/domain.js';
 import { attr, firstChild, parseXml } from '../xml/tree.js';
@@ -122,12 +123,6 @@ async function decide(dom: Domain, repo: ChunkRepository, level: RequestedLevel,
   if (got.missing === null) return { ...d, basePoint: last, baseIndexes: got.indexes };
   if (level === 'inc') throw virErr('OPERATION_INVALID', 'STORAGE', `cannot back up incrementally: ${got.missing}`);
   return { level: 'full', base: null, reason: got.missing, basePoint: null, baseIndexes: new Map() };
-}
-
-/** `p`, whose failure is thrown where it is awaited later, not reported as unhandled meanwhile. */
-function awaitedLater<T>(p: Promise<T>): Promise<T> {
-  p.catch(() => {});
-  return p;
 }
 
 /** Sortable, unique per domain: the run's instant plus a little randomness. */
