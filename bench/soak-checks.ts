@@ -81,6 +81,37 @@ export async function checkExport(w: World, log: WriteLog, t: Tally, socket: str
   }
 }
 
+/**
+ * Read the running disk through QEMU — a pull job without a checkpoint, its
+ * export copied by nbdcopy — and compare it with the write log now. A
+ * difference is a DRIFT: QEMU's disk and the model disagree with no backup
+ * involved, so every later backup would look lost until a write covers the
+ * place. Named with the log's entries over it; then the model takes the
+ * disk's bytes so later findings measure from here. Returns the disk read,
+ * or null when no job could be begun (one is running).
+ */
+export async function checkLive(w: World, log: WriteLog, t: Tally, cycle: number, why: string): Promise<Buffer | null> {
+  const sock = path.join(w.dirs.nbd, 'live.sock');
+  const xml = `<domainbackup mode='pull'><server transport='unix' socket='${sock}'/><disks><disk name='${DISK}' type='file'/></disks></domainbackup>`;
+  const id = await w.domain.backupBegin(xml).catch(() => null);
+  if (id === null) return null;
+  const out = path.join(w.dirs.work, 'live.raw');
+  try {
+    await run('nbdcopy', [`nbd+unix:///${DISK}?socket=${sock}`, out]);
+    const actual = await readFile(out);
+    t.liveCompared++;
+    t.bytesCompared += log.size;
+    if (!actual.equals(log.contentAt(log.instant))) {
+      t.find({ what: 'drift', cycle, detail: `the live disk differs from the write log ${why}: ${log.describeDiff(actual).join('; ')}` });
+      log.resync(actual, cycle, 'drift');
+    }
+    return actual;
+  } finally {
+    await rm(out, { force: true });
+    await w.domain.backupEnd(id).catch(() => undefined);
+  }
+}
+
 interface QemuLeftovers {
   jobs: string[];
   exports: string[];

@@ -56,8 +56,8 @@ export class Rng {
 
 /** A guest write (pattern fill) or bytes the disk turned out to hold after QEMU died. */
 export type LogEntry =
-  | { kind: 'write'; offset: number; length: number; pattern: number }
-  | { kind: 'bytes'; offset: number; data: Buffer };
+  | { kind: 'write'; offset: number; length: number; pattern: number; cycle?: number }
+  | { kind: 'bytes'; offset: number; data: Buffer; cycle?: number; why?: string };
 
 /** Every change of one disk, in order; the disk at instant n is entries [0, n) applied to zeroes. */
 export class WriteLog {
@@ -99,7 +99,7 @@ export class WriteLog {
    * metadata in memory, so unflushed writes may vanish, as on real hardware).
    * Returns how many bytes differed from the log.
    */
-  resync(actual: Buffer): number {
+  resync(actual: Buffer, cycle?: number, why?: string): number {
     const model = this.contentAt(this.instant);
     const BLOCK = 4096;
     let differing = 0;
@@ -111,11 +111,41 @@ export class WriteLog {
       if (last?.kind === 'bytes' && last.offset + last.data.length === off && differing > 0) {
         last.data = Buffer.concat([last.data, Buffer.from(a)]);
       } else {
-        this.push({ kind: 'bytes', offset: off, data: Buffer.from(a) });
+        this.push({ kind: 'bytes', offset: off, data: Buffer.from(a), cycle, why });
       }
       differing += BLOCK;
     }
     return differing;
+  }
+
+  /**
+   * Where `actual` differs from the model now: up to `max` runs of differing
+   * 4 KiB blocks, each with what the disk holds and the log's last entries
+   * over its first byte (which write the disk shows instead, if any).
+   */
+  describeDiff(actual: Buffer, max = 4): string[] {
+    const model = this.contentAt(this.instant);
+    const BLOCK = 4096;
+    const runs: [number, number][] = [];
+    for (let off = 0; off < this.size; off += BLOCK) {
+      if (actual.subarray(off, off + BLOCK).equals(model.subarray(off, off + BLOCK))) continue;
+      const last = runs[runs.length - 1];
+      if (last !== undefined && last[1] === off) last[1] = off + BLOCK;
+      else runs.push([off, off + BLOCK]);
+    }
+    return runs.slice(0, max).map(([from, to]) => {
+      const covering: string[] = [];
+      for (let i = this.entries.length - 1; i >= 0 && covering.length < 4; i--) {
+        const e = this.entries[i]!;
+        const end = e.kind === 'write' ? e.offset + e.length : e.offset + e.data.length;
+        if (e.offset > from || end <= from) continue;
+        const what = e.kind === 'write' ? `write 0x${e.pattern.toString(16)} [${e.offset}, ${end})` : `${e.why ?? 'resync'} bytes [${e.offset}, ${end}) first 0x${e.data[from - e.offset]!.toString(16)}`;
+        covering.push(`#${i} cycle ${e.cycle ?? '?'} ${what}`);
+      }
+      const held = [...new Set(actual.subarray(from, to))].slice(0, 4).map((b) => `0x${b.toString(16)}`).join(',');
+      const want = [...new Set(model.subarray(from, to))].slice(0, 4).map((b) => `0x${b.toString(16)}`).join(',');
+      return `[${from}, ${to}) holds ${held}, model ${want}; newest entries over ${from}: ${covering.join(' | ') || 'none'}`;
+    }).concat(runs.length > max ? [`… ${runs.length - max} more runs`] : []);
   }
 }
 
@@ -147,7 +177,8 @@ export const FAULT_KINDS: readonly FaultKind[] = [
 
 /** One finding: what went wrong, where, and enough to replay it. */
 export interface Finding {
-  what: 'lost' | 'unrestorable' | 'left-behind' | 'anomaly';
+  /** drift: the live disk, read through QEMU, differs from the write log (the model or the disk is wrong) */
+  what: 'lost' | 'unrestorable' | 'left-behind' | 'anomaly' | 'drift';
   cycle: number;
   detail: string;
 }
@@ -161,6 +192,7 @@ export class Tally {
   backupsFailed = 0;
   restoresCompared = 0;
   exportsCompared = 0;
+  liveCompared = 0;
   bytesCompared = 0;
   crashBytesLost = 0;
   readonly findings: Finding[] = [];
@@ -184,7 +216,7 @@ export class Tally {
   }
 
   get failed(): boolean {
-    return this.total('lost') + this.total('unrestorable') + this.total('left-behind') > 0;
+    return this.total('lost') + this.total('unrestorable') + this.total('left-behind') + this.total('drift') > 0;
   }
 
   report(seed: number, seconds: number): string[] {
@@ -194,9 +226,9 @@ export class Tally {
       `operations: ${[...this.ops].map(([k, v]) => `${k} ${v}`).join(', ')}`,
       `backups reported successful ${this.backupsOk}, failed or refused ${this.backupsFailed}`,
       `faults injected ${[...this.faults.values()].reduce((a, b) => a + b, 0)}: ${faults.join(', ')}`,
-      `restores compared ${this.restoresCompared}, pull exports compared ${this.exportsCompared}, bytes compared ${this.bytesCompared}`,
+      `restores compared ${this.restoresCompared}, pull exports compared ${this.exportsCompared}, live disk compared ${this.liveCompared}, bytes compared ${this.bytesCompared}`,
       `bytes of unflushed guest writes gone with a killed QEMU (not a defect): ${this.crashBytesLost}`,
-      `lost ${this.total('lost')}, unrestorable ${this.total('unrestorable')}, left behind ${this.total('left-behind')}, anomalies ${this.total('anomaly')}`,
+      `lost ${this.total('lost')}, unrestorable ${this.total('unrestorable')}, left behind ${this.total('left-behind')}, drifts ${this.total('drift')}, anomalies ${this.total('anomaly')}`,
     ];
     for (const f of this.findings) lines.push(`  ${f.what} (cycle ${f.cycle}): ${f.detail}`);
     return lines;

@@ -26,6 +26,10 @@ export interface Ctx {
   history: Map<string, string>;
   /** cycles at which meta.json was deleted */
   metaDeleted: number[];
+  /** the daemon and QEMU the live disk was last compared under */
+  liveSeen: { daemonStarts: number; qemuPid: number };
+  /** the crashed image as the model's resync read it, to tell a drift at restart apart */
+  crashRead: Buffer | null;
   say(msg: string): void;
 }
 
@@ -48,7 +52,7 @@ export async function writes(c: Ctx, n: number): Promise<void> {
   for (let i = 0; i < n; i++) {
     const wr = c.log.randomWrite(c.rng);
     await c.w.write(wr.offset, wr.length, wr.pattern);
-    c.log.push({ kind: 'write', ...wr });
+    c.log.push({ kind: 'write', ...wr, cycle: c.cycle });
   }
 }
 

@@ -8,7 +8,7 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { qemuProcessesFor, socketsUnder } from '../test/helpers/qemu-env.js';
 import { qmp } from '../test/qemu/daemon-util.js';
-import { audit, checkPoint } from './soak-checks.js';
+import { audit, checkLive, checkPoint } from './soak-checks.js';
 import { FAULT_KINDS, Rng, Tally, WriteLog, type FaultKind } from './soak-model.js';
 import { checkpoints, deleteCheckpoint, explainBase, pullBackup, pushBackup, settleJob, writes, type BackupOpts, type BackupRun, type Ctx } from './soak-ops.js';
 import { World } from './soak-world.js';
@@ -45,7 +45,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const elapsed = () => (Date.now() - t0) / 1000;
   const t = new Tally();
   const w = await World.create(o.diskMiB);
-  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, history: new Map(), metaDeleted: [], say: o.say };
+  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, history: new Map(), metaDeleted: [], liveSeen: { daemonStarts: 0, qemuPid: 0 }, crashRead: null, say: o.say };
   o.say(`soak: seed ${o.seed}, ${o.cycles} cycles, disk ${o.diskMiB} MiB, in ${w.dirs.dir}`);
   try {
     const why = await w.mountSmall(SMALL_KIB);
@@ -93,6 +93,9 @@ async function oneCycle(c: Ctx, faultRate: number): Promise<void> {
     c.say(`  unexpected: ${msg}`);
   }
   await recover(c);
+  await liveCheck(c).catch((e: unknown) => {
+    c.t.find({ what: 'anomaly', cycle: c.cycle, detail: `the live disk could not be read: ${e instanceof Error ? e.message : String(e)}` });
+  });
   if (fault !== null || c.cycle % 10 === 0) {
     const n = await audit(c.w, c.t, c.points, c.cycle, true);
     if (n > 0) c.say(`  ${n} thing(s) left behind`);
@@ -177,10 +180,36 @@ async function recover(c: Ctx): Promise<void> {
   if (await c.w.running()) return;
   // a job of the dead QEMU is over; end it so the next backup can begin
   await settleJob(c, null).catch(() => undefined);
-  const lost = c.log.resync(await c.w.readDisk());
+  c.crashRead = await c.w.readDisk();
+  const lost = c.log.resync(c.crashRead, c.cycle, 'crash');
   c.t.crashBytesLost += lost;
   c.say(`  QEMU restarted${lost > 0 ? `; ${lost} bytes of unflushed writes were not on the disk` : ''}`);
   await c.w.startDomain();
+}
+
+/**
+ * After any daemon or QEMU restart (and every tenth cycle), the disk QEMU
+ * serves must equal the model: a drift is named at the cycle it appears, with
+ * its cause's suspects, instead of as lost backups later.
+ */
+async function liveCheck(c: Ctx): Promise<void> {
+  const seen = { daemonStarts: c.w.daemonStarts, qemuPid: await c.w.qemuPid() };
+  const qemuNew = seen.qemuPid !== c.liveSeen.qemuPid;
+  const daemonNew = seen.daemonStarts !== c.liveSeen.daemonStarts;
+  if (!qemuNew && !daemonNew && c.cycle % 10 !== 0) return;
+  const why = [qemuNew && c.crashRead !== null ? 'after a QEMU restart from a crashed image' : '', daemonNew ? 'after a daemon restart' : '', c.cycle % 10 === 0 ? '(periodic)' : '']
+    .filter((x) => x !== '').join(', ');
+  const drifts = c.t.total('drift');
+  const actual = await checkLive(c.w, c.log, c.t, c.cycle, why);
+  if (actual === null) return;
+  c.liveSeen = seen;
+  if (c.t.total('drift') > drifts && qemuNew && c.crashRead !== null) {
+    // was the crashed image read differently, or did the file change since?
+    const now = await c.w.readDisk();
+    const same = now.equals(c.crashRead) ? 'the image now (qemu-img -U) reads as the crash read did' : 'the image now (qemu-img -U) reads otherwise than the crash read';
+    c.t.find({ what: 'anomaly', cycle: c.cycle, detail: `drift after a QEMU restart: ${same}; QEMU serves ${actual.equals(now) ? 'the same as' : 'otherwise than'} the image now` });
+  }
+  c.crashRead = null;
 }
 
 /** Restore and compare every backup reported successful, while time remains; returns how many were left. */

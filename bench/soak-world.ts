@@ -42,7 +42,8 @@ export class World {
   diskNode = '';
   smallMounted = false;
   private xml = '';
-  private daemonStarts = 0;
+  /** how many daemons this world has started (a change means a restart) */
+  daemonStarts = 0;
   /** SIGKILL sent to the current daemon: it counts as dead before its exit event arrives */
   private daemonKilled = false;
 
