@@ -68,6 +68,8 @@ export interface S3StoreOptions {
   connectTimeoutMs?: number;
   /** PEM file of the CA(s) to trust over HTTPS; default AWS_CA_BUNDLE, else the profile's ca_bundle, else the system's (s3-tls.ts) */
   caBundle?: string;
+  /** what named caBundle, for its messages (default 'the caBundle option') */
+  caBundleSource?: string;
   /** Learn which chunks the bucket holds from a listing rather than one COPY per new chunk (s3-census.ts; default on). */
   chunkCensus?: boolean;
   log?: Logger;
@@ -495,7 +497,7 @@ const CA_OF_CLIENT = new WeakMap<S3Client, CaBundle>();
 /** An S3 client as the repository wants it: the SDK's provider chain unless told, path style with an endpoint, our timeouts. */
 export function makeS3Client(opts: S3StoreOptions): S3Client {
   // the SDK for JavaScript reads neither AWS_CA_BUNDLE nor ca_bundle (the AWS CLI does): an agent that trusts it
-  const ca = resolveCaBundle(opts.caBundle);
+  const ca = resolveCaBundle(opts.caBundle, opts.caBundleSource);
   const config: S3ClientConfig = {
     forcePathStyle: opts.forcePathStyle ?? opts.endpoint !== undefined,
     maxAttempts: opts.sdkAttempts ?? 3,

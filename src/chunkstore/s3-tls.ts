@@ -39,25 +39,29 @@ export function caBundleOfProfile(configText: string, profile: string): string |
   return undefined;
 }
 
-/** The CA bundle to trust: `explicit`, AWS_CA_BUNDLE, the profile's `ca_bundle`, else none (the system's roots). */
-export function resolveCaBundle(explicit?: string): CaBundle | undefined {
+/** Which CA bundle file to trust and what named it: `explicit`, AWS_CA_BUNDLE, the profile's `ca_bundle`, else none (the system's roots). */
+export function caBundleFile(explicit?: string, explicitSource = 'the caBundle option'): { file: string; source: string } | undefined {
   const env = process.env;
-  let file = explicit;
-  let source = 'the caBundle option';
-  if (file === undefined && env.AWS_CA_BUNDLE) [file, source] = [env.AWS_CA_BUNDLE, 'AWS_CA_BUNDLE'];
-  if (file === undefined) {
-    const config = env.AWS_CONFIG_FILE ?? path.join(os.homedir(), '.aws', 'config');
-    let text = '';
-    try {
-      text = readFileSync(config, 'utf8');
-    } catch {
-      // no shared config file: nothing to take from it
-    }
-    const profile = env.AWS_PROFILE ?? env.AWS_DEFAULT_PROFILE ?? 'default';
-    const named = caBundleOfProfile(text, profile);
-    if (named !== undefined) [file, source] = [named.replace(/^~(?=\/)/, os.homedir()), `ca_bundle of profile '${profile}' in ${config}`];
+  if (explicit !== undefined) return { file: explicit, source: explicitSource };
+  if (env.AWS_CA_BUNDLE) return { file: env.AWS_CA_BUNDLE, source: 'AWS_CA_BUNDLE' };
+  const config = env.AWS_CONFIG_FILE ?? path.join(os.homedir(), '.aws', 'config');
+  let text = '';
+  try {
+    text = readFileSync(config, 'utf8');
+  } catch {
+    // no shared config file: nothing to take from it
   }
-  if (file === undefined) return undefined;
+  const profile = env.AWS_PROFILE ?? env.AWS_DEFAULT_PROFILE ?? 'default';
+  const named = caBundleOfProfile(text, profile);
+  if (named === undefined) return undefined;
+  return { file: named.replace(/^~(?=\/)/, os.homedir()), source: `ca_bundle of profile '${profile}' in ${config}` };
+}
+
+/** The CA bundle to trust (caBundleFile's) with its PEM text; a file that cannot be read is INVALID_ARG naming it and what named it. */
+export function resolveCaBundle(explicit?: string, explicitSource?: string): CaBundle | undefined {
+  const named = caBundleFile(explicit, explicitSource);
+  if (named === undefined) return undefined;
+  const { file, source } = named;
   try {
     return { source: `${file} (${source})`, pem: readFileSync(file, 'utf8') };
   } catch (e) {

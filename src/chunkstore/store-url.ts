@@ -5,10 +5,12 @@
 // a third of a `virtback backup` command's start) is loaded only for an
 // s3:// URL: a folder repository never pays it.
 
+import path from 'node:path';
 import { virErr } from '../errors.js';
 import type { Logger } from '../log.js';
 import { openFolderStore, type ObjectStore } from './object-store.js';
 import type { S3StoreOptions } from './s3-store.js';
+import { caBundleFile } from './s3-tls.js';
 
 export interface StoreUrlOptions {
   /** --s3-endpoint: default the SDK's (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url) */
@@ -58,20 +60,33 @@ export interface S3Settings {
   pathStyle: boolean;
   /** AWS_REGION as set now (else the SDK's chain decides, as it will later) */
   region?: string;
+  /**
+   * The CA bundle resolved now (AWS_CA_BUNDLE, else the profile's ca_bundle),
+   * as an absolute path: a public certificate, not a secret. Absent: the
+   * system's CAs, or a plain http:// endpoint with nothing to trust.
+   */
+  caBundle?: string;
+}
+
+/** The endpoint and addressing as resolved now: the options, else the environment. */
+function s3Endpoint(opts: Pick<StoreUrlOptions, 's3Endpoint' | 's3PathStyle'>): { endpoint?: string; pathStyle: boolean } {
+  const endpoint = opts.s3Endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  return { ...(endpoint !== undefined ? { endpoint } : {}), pathStyle: opts.s3PathStyle ?? endpoint !== undefined };
 }
 
 export function s3Settings(opts: Pick<StoreUrlOptions, 's3Endpoint' | 's3PathStyle'> = {}): S3Settings {
-  const env = process.env;
-  const endpoint = opts.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+  const where = s3Endpoint(opts);
+  // over plain http:// there is no certificate to check: a bundle named in the environment is not recorded
+  const ca = where.endpoint !== undefined && /^http:/i.test(where.endpoint) ? undefined : caBundleFile();
   return {
-    ...(endpoint !== undefined ? { endpoint } : {}),
-    pathStyle: opts.s3PathStyle ?? endpoint !== undefined,
-    ...(env.AWS_REGION ? { region: env.AWS_REGION } : {}),
+    ...where,
+    ...(process.env.AWS_REGION ? { region: process.env.AWS_REGION } : {}),
+    ...(ca ? { caBundle: path.resolve(ca.file) } : {}),
   };
 }
 
 function s3Options(loc: S3Location, opts: StoreUrlOptions): S3StoreOptions {
-  const { endpoint, pathStyle } = s3Settings(opts);
+  const { endpoint, pathStyle } = s3Endpoint(opts);
   return {
     bucket: loc.bucket,
     prefix: loc.prefix,

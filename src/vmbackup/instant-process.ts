@@ -19,7 +19,7 @@ export interface ServeProcessSpec {
   pidfile: string;
   logFile: string;
   encryptKeyFile?: string;
-  /** an s3:// repository: where it is reached, handed down as arguments (not the environment, which a later start may lack) */
+  /** an s3:// repository: where it is reached, handed down as arguments and AWS_REGION/AWS_CA_BUNDLE (not left to the environment, which a later start may lack) */
   s3?: S3Settings;
   /** how long to wait for the pidfile (written once the exports listen) */
   readyTimeoutMs?: number;
@@ -44,7 +44,7 @@ export async function startServeProcess(s: ServeProcessSpec): Promise<number> {
   if (s.s3?.endpoint !== undefined) args.push('--s3-endpoint', s.s3.endpoint);
   if (s.s3 !== undefined) args.push(s.s3.pathStyle ? '--s3-path-style' : '--no-s3-path-style');
   // credentials come from the environment as for any command; never from an argument (ps shows those)
-  const env = s.s3?.region === undefined ? process.env : { ...process.env, AWS_REGION: s.s3.region };
+  const env = { ...process.env, ...serveEnv(s.s3) };
   const log = fs.openSync(s.logFile, 'a', 0o600);
   let exited: string | undefined;
   try {
@@ -65,6 +65,18 @@ export async function startServeProcess(s: ServeProcessSpec): Promise<number> {
     if (Date.now() > deadline) throw virErr('OPERATION_TIMEOUT', 'STORAGE', `backup-serve did not start serving in time: ${logTail(s.logFile)}`);
     await sleep(100);
   }
+}
+
+/**
+ * What the serve process is handed in its environment: the recorded region,
+ * and the CA bundle to trust. An AWS_CA_BUNDLE set where the serve process is
+ * started wins over the recorded one, as the AWS CLI puts the environment
+ * over its configuration: the admin who resumes says so explicitly (a
+ * renewed gateway CA); a profile's ca_bundle there does not.
+ */
+function serveEnv(s3: S3Settings | undefined): Record<string, string> {
+  const ca = process.env.AWS_CA_BUNDLE || s3?.caBundle;
+  return { ...(s3?.region === undefined ? {} : { AWS_REGION: s3.region }), ...(ca ? { AWS_CA_BUNDLE: ca } : {}) };
 }
 
 export function readPidfile(file: string): number | undefined {

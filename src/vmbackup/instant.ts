@@ -10,8 +10,9 @@
 // so that `virtback instant-restore-resume` can serve the point again later
 // (after a reboot, or a stopped serve process) from the same socket: for an
 // s3:// repository that includes where the bucket is reached (endpoint, path
-// style, region), never credentials, which the resuming command takes from
-// its own environment as every command does, or is refused (AUTH_FAILED).
+// style, region, the CA bundle trusted over HTTPS), never credentials, which
+// the resuming command takes from its own environment as every command does,
+// or is refused (AUTH_FAILED).
 
 import { randomBytes, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -53,7 +54,7 @@ const stateSchema = z.object({
   pointId: z.string(),
   repoDir: z.string(),
   /** an s3:// repository: where its bucket is reached (no credentials) */
-  s3: z.object({ endpoint: z.string().optional(), pathStyle: z.boolean(), region: z.string().optional() }).optional(),
+  s3: z.object({ endpoint: z.string().optional(), pathStyle: z.boolean(), region: z.string().optional(), caBundle: z.string().optional() }).optional(),
   /** the key file of an encrypted repository (its path, not the key) */
   encryptKeyFile: z.string().optional(),
   socket: z.string(),
@@ -210,10 +211,21 @@ export async function resumeInstantServe(dir: string, virtbackCommand: string[])
   return { state: s, pid: await startServing(s, virtbackCommand), started: true };
 }
 
+/**
+ * The recorded region and CA bundle as store options. The bundle is used as
+ * the serve process gets it (instant-process.ts): an AWS_CA_BUNDLE set now
+ * wins and the store takes it from there; else the recorded file, named in
+ * messages as instant.json's.
+ */
+function recordedS3(s3: NonNullable<InstantState['s3']>, dir: string): StoreUrlOptions['s3'] {
+  const ca = (process.env.AWS_CA_BUNDLE || s3.caBundle === undefined) ? {} : { caBundle: s3.caBundle, caBundleSource: path.resolve(dir, STATE_FILE) };
+  return { ...(s3.region === undefined ? {} : { region: s3.region }), ...ca };
+}
+
 /** Opens the repository as the serve process will and reads the point's record; errors name the folder and where. */
 async function checkPointReachable(s: InstantState, dir: string): Promise<void> {
   const where = s.s3 ? `${s.repoDir}${s.s3.endpoint === undefined ? '' : ` at ${s.s3.endpoint}`}` : `'${s.repoDir}'`;
-  const opts: StoreUrlOptions = s.s3 ? { s3PathStyle: s.s3.pathStyle, ...(s.s3.endpoint === undefined ? {} : { s3Endpoint: s.s3.endpoint }), ...(s.s3.region === undefined ? {} : { s3: { region: s.s3.region } }) } : {};
+  const opts: StoreUrlOptions = s.s3 ? { s3PathStyle: s.s3.pathStyle, ...(s.s3.endpoint === undefined ? {} : { s3Endpoint: s.s3.endpoint }), s3: recordedS3(s.s3, dir) } : {};
   try {
     // opening a folder store creates a missing folder: a moved repository must fail instead
     if (!s.s3 && !fs.existsSync(s.repoDir)) throw virErr('NO_STORAGE_POOL', 'STORAGE', 'the repository folder is gone');

@@ -1,11 +1,12 @@
 // An instant restore's serve process started again later (resumeInstantServe,
 // `virtback instant-restore-resume`): it is handed the recorded S3 endpoint,
-// addressing and region as arguments, never credentials; an environment
-// without credentials is refused with AUTH_FAILED naming the folder, the
-// bucket and the endpoint; a running one is not started twice. And
-// --no-s3-path-style on every command that takes --repo. The serve process
-// here is a stand-in (node -e) that records its argv; test/s3/instant-restore.test.ts
-// runs the real one against Ceph.
+// addressing, region and CA bundle (an AWS_CA_BUNDLE set where it starts
+// wins), never credentials; an environment without credentials is refused
+// with AUTH_FAILED naming the folder, the bucket and the endpoint, a recorded
+// CA bundle that cannot be read with INVALID_ARG naming it; a running one is
+// not started twice. And --no-s3-path-style on every command that takes
+// --repo. The serve process here is a stand-in (node -e) that records its
+// argv; test/s3/instant-restore.test.ts runs the real one against Ceph.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,12 +21,12 @@ import { servingPid, stopServeProcess } from '../../src/vmbackup/instant-process
 import { resumeInstantServe, STATE_FILE, type InstantState } from '../../src/vmbackup/instant.js';
 import { pattern, tempDir, writePoint } from './chunkstore-fixtures.js';
 
-/** A stand-in for `virtback`: records argv and AWS_REGION, writes the pidfile given, then waits to be stopped. */
+/** A stand-in for `virtback`: records argv, AWS_REGION and AWS_CA_BUNDLE, writes the pidfile given, then waits to be stopped. */
 function standIn(record: string): string[] {
   const script = `
     const fs = require('node:fs');
     const a = process.argv.slice(1);
-    fs.writeFileSync(${JSON.stringify(record)}, JSON.stringify({ argv: a, region: process.env.AWS_REGION ?? null, secret: process.env.AWS_SECRET_ACCESS_KEY ?? null }));
+    fs.writeFileSync(${JSON.stringify(record)}, JSON.stringify({ argv: a, region: process.env.AWS_REGION ?? null, ca: process.env.AWS_CA_BUNDLE ?? null, secret: process.env.AWS_SECRET_ACCESS_KEY ?? null }));
     fs.writeFileSync(a[a.indexOf('--pidfile') + 1], process.pid + '\\n');
     setInterval(() => {}, 1000);`;
   return [process.execPath, '-e', script, '--'];
@@ -112,13 +113,23 @@ test('resume over S3 without credentials in the environment is refused with AUTH
   assert.equal(fs.existsSync(record), false, 'no serve process was started');
 });
 
-test('s3Settings records endpoint, addressing and region, never credentials; --no-s3-path-style on every --repo command', (t) => {
-  setEnv(t, { AWS_ENDPOINT_URL: undefined, AWS_ENDPOINT_URL_S3: 'http://gw:7480', AWS_REGION: 'eu-1', AWS_SECRET_ACCESS_KEY: 'sekrit' });
+test('s3Settings records endpoint, addressing, region and CA bundle, never credentials; --no-s3-path-style on every --repo command', async (t) => {
+  setEnv(t, { AWS_ENDPOINT_URL: undefined, AWS_ENDPOINT_URL_S3: 'http://gw:7480', AWS_REGION: 'eu-1', AWS_SECRET_ACCESS_KEY: 'sekrit', AWS_CA_BUNDLE: undefined, AWS_CONFIG_FILE: '/nonexistent' });
   assert.deepEqual(s3Settings(), { endpoint: 'http://gw:7480', pathStyle: true, region: 'eu-1' });
   assert.deepEqual(s3Settings({ s3Endpoint: 'http://other:80', s3PathStyle: false }), { endpoint: 'http://other:80', pathStyle: false, region: 'eu-1' });
   setEnv(t, { AWS_ENDPOINT_URL_S3: undefined, AWS_REGION: undefined });
   assert.deepEqual(s3Settings(), { pathStyle: false }, 'AWS itself: virtual-hosted');
   assert.deepEqual(s3Settings({ s3PathStyle: true }), { pathStyle: true });
+
+  // the CA bundle, as an absolute path, from AWS_CA_BUNDLE or the profile's ca_bundle; over http:// none is recorded
+  const dir = await tempDir();
+  const config = path.join(dir, 'config');
+  fs.writeFileSync(config, '[profile site]\nca_bundle = /etc/site-ca.pem\n');
+  setEnv(t, { AWS_CA_BUNDLE: 'ca/gw.pem', AWS_CONFIG_FILE: config, AWS_PROFILE: 'site' });
+  assert.deepEqual(s3Settings({ s3Endpoint: 'https://gw:7443' }), { endpoint: 'https://gw:7443', pathStyle: true, caBundle: path.resolve('ca/gw.pem') });
+  assert.deepEqual(s3Settings({ s3Endpoint: 'HTTP://gw:7480' }), { endpoint: 'HTTP://gw:7480', pathStyle: true }, 'nothing to trust over plain HTTP');
+  setEnv(t, { AWS_CA_BUNDLE: undefined });
+  assert.deepEqual(s3Settings(), { pathStyle: false, caBundle: '/etc/site-ca.pem' }, "the profile's ca_bundle (AWS itself)");
 
   const withRepo = buildProgram().commands.filter((c) => c.options.some((o) => o.long === '--s3-endpoint'));
   assert.ok(withRepo.length >= 10, `commands with --s3-endpoint: ${withRepo.map((c) => c.name()).join(' ')}`);
@@ -134,23 +145,44 @@ test('s3Settings records endpoint, addressing and region, never credentials; --n
   }
 });
 
-test('the serve process is handed the recorded S3 settings as arguments and AWS_REGION, credentials only through its environment', async (t) => {
+test('the serve process is handed the recorded S3 settings as arguments, AWS_REGION and AWS_CA_BUNDLE (the environment\'s first), credentials only through its environment', async (t) => {
   const dir = await tempDir();
-  setEnv(t, { AWS_REGION: undefined, AWS_SECRET_ACCESS_KEY: 'from-env' });
+  setEnv(t, { AWS_REGION: undefined, AWS_SECRET_ACCESS_KEY: 'from-env', AWS_CA_BUNDLE: undefined });
   const { startServeProcess } = await import('../../src/vmbackup/instant-process.js');
   const d = path.join(dir, 'inst');
   fs.mkdirSync(d);
   const record = path.join(dir, 'argv.json');
   const spec = { virtbackCommand: standIn(record), repoDir: 's3://b/p', domain: 'vm1', pointId: 'P', socket: path.join(d, 'nbd.sock'), pidfile: path.join(d, 'serve.pid'), logFile: path.join(d, 'serve.log') };
   // stopped here, not in an after hook: tempDir's hook, registered first, removes the pidfile's folder first
-  try {
-    await startServeProcess({ ...spec, s3: { endpoint: 'http://gw:7480', pathStyle: false, region: 'eu-2' } });
-  } finally {
-    await stopServeProcess(spec.pidfile, spec.socket, 1000);
-  }
-  const got = JSON.parse(fs.readFileSync(record, 'utf8')) as { argv: string[]; region: string | null; secret: string | null };
+  const serve = async () => {
+    try {
+      await startServeProcess({ ...spec, s3: { endpoint: 'http://gw:7480', pathStyle: false, region: 'eu-2', caBundle: '/srv/recorded-ca.pem' } });
+    } finally {
+      await stopServeProcess(spec.pidfile, spec.socket, 1000);
+    }
+    return JSON.parse(fs.readFileSync(record, 'utf8')) as { argv: string[]; region: string | null; ca: string | null; secret: string | null };
+  };
+  const got = await serve();
   assert.deepEqual(got.argv.slice(-3), ['--s3-endpoint', 'http://gw:7480', '--no-s3-path-style']);
   assert.equal(got.region, 'eu-2');
+  assert.equal(got.ca, '/srv/recorded-ca.pem', 'the recorded CA bundle');
+  setEnv(t, { AWS_CA_BUNDLE: '/srv/renewed-ca.pem' });
+  assert.equal((await serve()).ca, '/srv/renewed-ca.pem', 'an AWS_CA_BUNDLE set where it is started wins');
   assert.equal(got.secret, 'from-env', 'credentials reach it through the environment');
   assert.ok(!got.argv.some((a) => a.includes('from-env')), 'and never as an argument');
+});
+
+test('resume with a recorded CA bundle that cannot be read is refused with INVALID_ARG naming it and instant.json, before anything starts', async (t) => {
+  const dir = await tempDir();
+  setEnv(t, { AWS_ACCESS_KEY_ID: 'id', AWS_SECRET_ACCESS_KEY: 'secret', AWS_CA_BUNDLE: undefined, AWS_ENDPOINT_URL: undefined, AWS_ENDPOINT_URL_S3: undefined });
+  const d = path.join(dir, 'inst');
+  const ca = path.join(dir, 'gone-ca.pem');
+  writeState(d, state(d, { repoDir: 's3://fleet-bucket/site-a', s3: { endpoint: 'https://127.0.0.1:9', pathStyle: true, caBundle: ca } }));
+  const record = path.join(dir, 'argv.json');
+  await assert.rejects(resumeInstantServe(d, standIn(record)), (e: unknown) => {
+    assert.ok(e instanceof VirError && e.code === ErrorCode.INVALID_ARG, String(e));
+    for (const part of [d, `cannot read the CA bundle ${ca} named by ${path.join(d, STATE_FILE)}`]) assert.ok(e.message.includes(part), `${e.message} names ${part}`);
+    return true;
+  });
+  assert.equal(fs.existsSync(record), false, 'no serve process was started');
 });
