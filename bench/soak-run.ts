@@ -21,6 +21,8 @@ export interface SoakOptions {
   diskMiB: number;
   /** probability that a cycle injects a fault */
   faultRate: number;
+  /** the fault kinds drawn from (default all) */
+  faults?: readonly FaultKind[];
   say(msg: string): void;
   /** keep the temp dir (for a post-mortem) */
   keep?: boolean;
@@ -62,7 +64,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
         break;
       }
       c.cycle = t.cycles = cycle;
-      await oneCycle(c, o.faultRate);
+      await oneCycle(c, o.faultRate, o.faults ?? FAULT_KINDS);
     }
     const unswept = await finalSweep(c, t0 + o.maxSeconds * 1000);
     await shutdown(c);
@@ -72,14 +74,15 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   }
 }
 
-function drawFault(c: Ctx, rate: number): FaultKind | null {
+function drawFault(c: Ctx, rate: number, allowed: readonly FaultKind[]): FaultKind | null {
   if (!c.rng.chance(rate)) return null;
-  const kinds = FAULT_KINDS.filter((k) => !c.t.skipped.has(k));
+  const kinds = allowed.filter((k) => !c.t.skipped.has(k));
+  if (kinds.length === 0) return null;
   return c.rng.pick(kinds);
 }
 
-async function oneCycle(c: Ctx, faultRate: number): Promise<void> {
-  const fault = drawFault(c, faultRate);
+async function oneCycle(c: Ctx, faultRate: number, faults: readonly FaultKind[]): Promise<void> {
+  const fault = drawFault(c, faultRate, faults);
   c.say(`cycle ${c.cycle}${fault ? ` [fault ${fault}]` : ''}`);
   if (fault) c.t.count(c.t.faults, fault);
   const r: BackupRun = { daemonKilled: false, qemuKilled: false };

@@ -9,7 +9,7 @@
 // unrestorable and things left behind; exits 1 unless all three are 0.
 //
 //   node --import tsx bench/soak.ts [--seed N] [--cycles N] [--max-seconds S]
-//        [--disk-mib M] [--fault-rate P] [--keep] [--quiet]
+//        [--disk-mib M] [--fault-rate P] [--faults KIND,…] [--keep] [--quiet]
 //
 // A run is replayed by its seed (printed first): the same choices in the same
 // order, as long as each fault lands the same way (a SIGKILL a few ms into a
@@ -17,6 +17,7 @@
 // root (it mounts a tiny tmpfs) and is skipped with a note otherwise.
 
 import { parseArgs } from 'node:util';
+import { FAULT_KINDS, type FaultKind } from './soak-model.js';
 import { runSoak } from './soak-run.js';
 
 const { values } = parseArgs({
@@ -26,6 +27,7 @@ const { values } = parseArgs({
     'max-seconds': { type: 'string', default: '5400' },
     'disk-mib': { type: 'string', default: '32' },
     'fault-rate': { type: 'string', default: '0.3' },
+    faults: { type: 'string' },
     keep: { type: 'boolean', default: false },
     quiet: { type: 'boolean', default: false },
   },
@@ -35,6 +37,12 @@ const t0 = Date.now();
 const say = (msg: string): void => {
   process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 };
+const faults = values.faults?.split(',').map((k) => k.trim()) as FaultKind[] | undefined;
+const unknown = faults?.filter((k) => !FAULT_KINDS.includes(k)) ?? [];
+if (unknown.length > 0) {
+  process.stderr.write(`unknown fault kind(s) ${unknown.join(', ')}; known: ${FAULT_KINDS.join(', ')}\n`);
+  process.exit(2);
+}
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 
 // Ctrl-C: finish the cycle, sweep, clean up (the tmpfs is unmounted); a second one exits at once
@@ -61,11 +69,13 @@ const result = await runSoak({
   maxSeconds: Number(values['max-seconds']),
   diskMiB: Number(values['disk-mib']),
   faultRate: Number(values['fault-rate']),
+  ...(faults ? { faults } : {}),
   keep: values.keep,
   say: values.quiet ? (m) => (m.startsWith('cycle') || m.startsWith('  ') ? undefined : say(m)) : say,
 });
 for (const text of unhandled) result.tally.find({ what: 'anomaly', cycle: -1, detail: `unhandled rejection: ${text.split('\n')[0]}` });
 for (const line of result.tally.report(seed, result.seconds)) process.stdout.write(`${line}\n`);
 if (result.unswept > 0) process.stdout.write(`not compared for lack of time: ${result.unswept} backups\n`);
-process.stdout.write(`replay: node --import tsx bench/soak.ts --seed ${seed} --cycles ${values.cycles}\n`);
+const more = `${values['fault-rate'] !== '0.3' ? ` --fault-rate ${values['fault-rate']}` : ''}${faults ? ` --faults ${faults.join(',')}` : ''}`;
+process.stdout.write(`replay: node --import tsx bench/soak.ts --seed ${seed} --cycles ${values.cycles}${more}\n`);
 process.exitCode = result.tally.failed ? 1 : 0;
