@@ -6,7 +6,8 @@
 // our back; state files deleted). Every backup reported successful is restored
 // and compared with the disk rebuilt from the write log. Prints cycles, faults
 // by kind, restores and bytes compared, and the count of backups lost,
-// unrestorable and things left behind; exits 1 unless all three are 0.
+// unrestorable, things left behind and drifts of the live disk (compared
+// through QEMU after every restart); exits 1 unless all four are 0.
 //
 //   node --import tsx bench/soak.ts [--seed N] [--cycles N] [--max-seconds S]
 //        [--disk-mib M] [--fault-rate P] [--faults KIND,…] [--keep] [--quiet]
