@@ -2,8 +2,9 @@
 // QEMU needed for these) with --web on a free loopback port over HTTPS with
 // its generated certificate. Tokens and key 0600; login wrong/right; cookie
 // flags; CSRF and Origin checks; read-only sessions refused on every
-// mutating route by the server; bounded bodies; expiry; the event stream
-// closed on logout, expiry and daemon stop; strict headers on the browser's
+// mutating route by the server; bounded bodies; expiry; event streams
+// dropped by clients leave none behind; the event stream closed on logout,
+// expiry and daemon stop; strict headers on the browser's
 // files; plain HTTP refused off loopback; token rotation; login rate limit.
 
 import { test } from 'node:test';
@@ -13,7 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeTestEnv, sleep, waitFor } from '../helpers/qemu-env.js';
 import { stopVirtbackd } from '../qemu/daemon-util.js';
-import { MUTATING_ROUTES, startConsoleDaemon, type WebClient } from './web-client.js';
+import { dropEventStream, MUTATING_ROUTES, startConsoleDaemon, type WebClient } from './web-client.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const UUID = '6f0c3c2e-8d7b-4a55-9d38-000000000001';
@@ -118,6 +119,15 @@ test('web console: tokens, login, cookies, CSRF, origins, read-only refusals, li
   assert.match((await anon.get('/app.js')).headers['content-type'] ?? '', /javascript/);
   assert.match((await anon.get('/domains/some-page')).text, /app\.js/);
   for (const p of ['/../secret.txt', '/%2e%2e/secret.txt', '/..%2fsecret.txt']) assert.ok(!(await anon.get(p)).text.includes('not for the browser'), p);
+
+  // streams dropped by their clients, every way, leave nothing behind in the
+  // daemon: its count of live streams (the hub's) comes back to 0, not to the cap
+  const streamCount = async (): Promise<number> => ((await admin.get('/api/daemon')).json as { eventStreams: number }).eventStreams;
+  const open = await Promise.all([admin.events(), admin.events()]);
+  await waitFor(async () => (await streamCount()) === 2 || null, 'two streams counted');
+  open.forEach((s) => s.close());
+  for (let i = 0; i < 120; i++) await dropEventStream(admin, (['destroy', 'half-close', 'early'] as const)[i % 3]!);
+  await waitFor(async () => (await streamCount()) === 0 || null, 'no stream left after 122 dropped', 5000);
 
   // events: a stream per session; logout closes it, expiry closes it
   const stream = await admin.events();

@@ -138,6 +138,43 @@ export class WebClient {
   }
 }
 
+/**
+ * Opens /api/events and drops it the way a client may: 'destroy' (the socket
+ * torn down after the first event), 'half-close' (the client's FIN only, then
+ * it waits for the server to close), 'early' (torn down as soon as the request
+ * is sent, possibly before the handler runs). Resolves once the client is done.
+ */
+export function dropEventStream(c: WebClient, how: 'destroy' | 'half-close' | 'early'): Promise<void> {
+  const url = new URL('/api/events', c.base);
+  const mod = url.protocol === 'https:' ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = mod.get(url, { agent: false, headers: { cookie: `vb_session=${c.cookie}` }, ...(c.ca ? { ca: c.ca } : {}) }, (res) => {
+      if (res.statusCode !== 200) {
+        reject(new Error(`events: HTTP ${res.statusCode}`));
+        res.resume();
+        return;
+      }
+      res.once('data', () => {
+        if (how !== 'half-close') {
+          req.destroy();
+          resolve();
+          return;
+        }
+        res.on('close', () => resolve());
+        res.resume();
+        req.socket!.end();
+      });
+    });
+    req.on('error', () => (how === 'destroy' ? undefined : resolve()));
+    if (how === 'early') {
+      req.once('finish', () => {
+        req.destroy();
+        resolve();
+      });
+    }
+  });
+}
+
 /** The console's URL from the daemon's log line "web console listening". */
 export async function consoleUrl(d: Virtbackd): Promise<string> {
   return waitFor(() => {
