@@ -82,6 +82,18 @@ function setEnv(t: TestContext, vars: Record<string, string | undefined>): () =>
   return undo;
 }
 
+type Host = Awaited<ReturnType<typeof cliOnQemu>>;
+
+/** A domain with one disk of `sizeMiB`, defined and started through the host's CLI, with a model of its disk. */
+async function runningDomain(host: Host, name: string, sizeMiB: number): Promise<{ def: Awaited<ReturnType<typeof makeTestDomain>>; model: DiskModel }> {
+  const def = await makeTestDomain(host.env.dir, { name, sizeMiB });
+  const xmlFile = path.join(host.env.dir, `${name}.xml`);
+  await fs.writeFile(xmlFile, def.xml);
+  assert.equal((await host.cli.run('define', xmlFile)).code, 0);
+  assert.equal((await host.cli.run('start', name)).code, 0);
+  return { def, model: new DiskModel('sda', sizeMiB * MiB) };
+}
+
 const NO_CREDENTIALS = (dir: string) => ({
   AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined, AWS_SESSION_TOKEN: undefined, AWS_PROFILE: undefined,
   AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'none'), AWS_CONFIG_FILE: path.join(dir, 'none'), AWS_EC2_METADATA_DISABLED: 'true',
@@ -107,12 +119,7 @@ test('host B instantly recovers host A\'s point from s3://, the bucket unchanged
   const where = ['--repo', `s3://${bucket}/fleet`, '--s3-endpoint', s3.endpoint];
 
   // host A: a running domain, backed up full then incremental
-  const def = await makeTestDomain(hostA.env.dir, { name: 'ir-src', sizeMiB: 64 });
-  const xmlFile = path.join(hostA.env.dir, 'ir-src.xml');
-  await fs.writeFile(xmlFile, def.xml);
-  assert.equal((await hostA.cli.run('define', xmlFile)).code, 0);
-  assert.equal((await hostA.cli.run('start', 'ir-src')).code, 0);
-  const model = new DiskModel('sda', 64 * MiB);
+  const { def, model } = await runningDomain(hostA, 'ir-src', 64);
   for (let i = 0; i < 5; i++) await write(hostA.qemu(), def.uuid, model, i * 11 * MiB + 4096, 2 * MiB, 0x41 + i);
   let r = await hostA.cli.run('repo-init', ...where);
   assert.equal(r.code, 0, r.stderr);
@@ -207,12 +214,7 @@ test('over HTTPS: instant.json records the CA bundle; resume trusts it without A
     AWS_CA_BUNDLE: ca, AWS_PROFILE: undefined, AWS_CONFIG_FILE: path.join(host.env.dir, 'none'),
   });
   const where = ['--repo', `s3://${bucket}/tls`, '--s3-endpoint', s3.httpsEndpoint];
-  const def = await makeTestDomain(host.env.dir, { name: 'ir-tls-src', sizeMiB: 32 });
-  const xmlFile = path.join(host.env.dir, 'ir-tls-src.xml');
-  await fs.writeFile(xmlFile, def.xml);
-  assert.equal((await host.cli.run('define', xmlFile)).code, 0);
-  assert.equal((await host.cli.run('start', 'ir-tls-src')).code, 0);
-  const model = new DiskModel('sda', 32 * MiB);
+  const { def, model } = await runningDomain(host, 'ir-tls-src', 32);
   await write(host.qemu(), def.uuid, model, 5 * MiB + 4096, 2 * MiB, 0x71);
   assert.equal((await host.cli.run('repo-init', ...where)).code, 0);
   let r = await host.cli.run('backup', 'ir-tls-src', ...where, '--json');

@@ -104,16 +104,9 @@ export class WebClient {
 
   /** Opens /api/events; events arrive in `events` until close() or the server ends the stream. */
   events(): Promise<{ events: SseEvent[]; ended: Promise<void>; close(): void }> {
-    const url = new URL('/api/events', this.base);
-    const mod = url.protocol === 'https:' ? https : http;
     const events: SseEvent[] = [];
     return new Promise((resolve, reject) => {
-      const req = mod.get(url, { agent: false, headers: { cookie: `vb_session=${this.cookie}` }, ...(this.ca ? { ca: this.ca } : {}) }, (res) => {
-        if (res.statusCode !== 200) {
-          reject(new Error(`events: HTTP ${res.statusCode}`));
-          res.resume();
-          return;
-        }
+      const req = getEvents(this, reject, (res) => {
         let buf = '';
         res.setEncoding('utf8');
         res.on('data', (d: string) => {
@@ -138,6 +131,20 @@ export class WebClient {
   }
 }
 
+/** GET /api/events with the client's session; `onStream` gets a 200 response, anything else rejects. */
+function getEvents(c: WebClient, reject: (e: Error) => void, onStream: (res: http.IncomingMessage) => void): http.ClientRequest {
+  const url = new URL('/api/events', c.base);
+  const mod = url.protocol === 'https:' ? https : http;
+  return mod.get(url, { agent: false, headers: { cookie: `vb_session=${c.cookie}` }, ...(c.ca ? { ca: c.ca } : {}) }, (res) => {
+    if (res.statusCode !== 200) {
+      reject(new Error(`events: HTTP ${res.statusCode}`));
+      res.resume();
+      return;
+    }
+    onStream(res);
+  });
+}
+
 /**
  * Opens /api/events and drops it the way a client may: 'destroy' (the socket
  * torn down after the first event), 'half-close' (the client's FIN only, then
@@ -145,15 +152,8 @@ export class WebClient {
  * is sent, possibly before the handler runs). Resolves once the client is done.
  */
 export function dropEventStream(c: WebClient, how: 'destroy' | 'half-close' | 'early'): Promise<void> {
-  const url = new URL('/api/events', c.base);
-  const mod = url.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
-    const req = mod.get(url, { agent: false, headers: { cookie: `vb_session=${c.cookie}` }, ...(c.ca ? { ca: c.ca } : {}) }, (res) => {
-      if (res.statusCode !== 200) {
-        reject(new Error(`events: HTTP ${res.statusCode}`));
-        res.resume();
-        return;
-      }
+    const req = getEvents(c, reject, (res) => {
       res.once('data', () => {
         if (how !== 'half-close') {
           req.destroy();
