@@ -1,7 +1,9 @@
 // Live updates for the console: one subscription to the daemon's events
 // (domain lifecycle, job completion, block jobs) plus console task progress,
 // fanned out to the open Server-Sent-Event streams. Bounded: a hostile local
-// user may open many streams, so past the cap the oldest is closed. Pings
+// user may open many streams, so past the cap the oldest is closed; one
+// session holds at most a few (its own oldest goes first), so a session that
+// opens streams in a loop churns its own, not other users' consoles. Pings
 // every 25 s keep proxies from timing a stream out; with no stream open no
 // timer runs, so an idle daemon pays nothing.
 
@@ -22,6 +24,8 @@ export interface DomainEventView {
 }
 
 export const PING_INTERVAL_MS = 25_000;
+/** streams one session keeps: a few tabs (browsers hold ~6 connections per host anyway) */
+export const STREAMS_PER_SESSION = 8;
 
 export function domainEventView(ev: DriverEvent): DomainEventView {
   const { type, domain, ...rest } = ev;
@@ -35,6 +39,7 @@ export class EventHub {
   constructor(
     private readonly max: number,
     private readonly pingMs = PING_INTERVAL_MS,
+    private readonly perSession = STREAMS_PER_SESSION,
   ) {}
 
   get size(): number {
@@ -42,6 +47,9 @@ export class EventHub {
   }
 
   add(c: SseClient): () => void {
+    // Set order is opening order: the first found is the oldest
+    const own = [...this.clients].filter((x) => x.session === c.session);
+    for (const old of own.slice(0, Math.max(0, own.length - this.perSession + 1))) this.remove(old);
     while (this.clients.size >= this.max) this.remove(this.clients.values().next().value!);
     this.clients.add(c);
     this.ping ??= setInterval(() => this.broadcast('ping', { time: new Date().toISOString() }), this.pingMs);

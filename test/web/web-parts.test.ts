@@ -122,6 +122,16 @@ test('event hub: capped, oldest closed first, closed per session, the ping timer
   const before = got.length;
   await new Promise((r) => setTimeout(r, 60));
   assert.equal(got.length, before, 'no stream: no timer');
+
+  // one session opening streams in a loop closes its own oldest, never another session's
+  const shared = new EventHub(6, 1000, 2);
+  closed.length = 0;
+  shared.add(client('other1', 's3'));
+  shared.add(client('other2', 's3'));
+  for (let i = 0; i < 5; i++) shared.add(client(`loop${i}`, 's4'));
+  assert.deepEqual(closed, ['loop0', 'loop1', 'loop2'], 'the looping session churned its own streams');
+  assert.equal(shared.size, 4);
+  shared.closeAll();
 });
 
 test('job history: results from events, backupEnd told first or after, bounded per domain', () => {
