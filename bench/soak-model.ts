@@ -118,6 +118,19 @@ export class WriteLog {
     return differing;
   }
 
+  /** Offsets of the 4 KiB blocks where `actual` differs from the model now. */
+  differingBlocks(actual: Buffer): number[] {
+    const model = this.contentAt(this.instant);
+    const out: number[] = [];
+    for (let off = 0; off < this.size; off += 4096) if (!actual.subarray(off, off + 4096).equals(model.subarray(off, off + 4096))) out.push(off);
+    return out;
+  }
+
+  /** Whether a guest write among entries [from, to) covers the block at `off`. */
+  writtenIn(off: number, from: number, to: number): boolean {
+    return this.entries.slice(from, to).some((e) => e.kind === 'write' && e.offset <= off && off < e.offset + e.length);
+  }
+
   /**
    * Where `actual` differs from the model now: up to `max` runs of differing
    * 4 KiB blocks, each with what the disk holds and the log's last entries
@@ -193,6 +206,8 @@ export class Tally {
   restoresCompared = 0;
   exportsCompared = 0;
   liveCompared = 0;
+  /** bytes of guest writes that a job with a full target made fail (QEMU's copy-before-write default) */
+  refusedBytes = 0;
   bytesCompared = 0;
   crashBytesLost = 0;
   readonly findings: Finding[] = [];
@@ -228,6 +243,7 @@ export class Tally {
       `faults injected ${[...this.faults.values()].reduce((a, b) => a + b, 0)}: ${faults.join(', ')}`,
       `restores compared ${this.restoresCompared}, pull exports compared ${this.exportsCompared}, live disk compared ${this.liveCompared}, bytes compared ${this.bytesCompared}`,
       `bytes of unflushed guest writes gone with a killed QEMU (not a defect): ${this.crashBytesLost}`,
+      `bytes of guest writes failed by a backup job whose target was full (QEMU's copy-before-write default): ${this.refusedBytes}`,
       `lost ${this.total('lost')}, unrestorable ${this.total('unrestorable')}, left behind ${this.total('left-behind')}, drifts ${this.total('drift')}, anomalies ${this.total('anomaly')}`,
     ];
     for (const f of this.findings) lines.push(`  ${f.what} (cycle ${f.cycle}): ${f.detail}`);

@@ -30,6 +30,13 @@ export interface Ctx {
   liveSeen: { daemonStarts: number; qemuPid: number };
   /** the crashed image as the model's resync read it, to tell a drift at restart apart */
   crashRead: Buffer | null;
+  /**
+   * Log entries [from, to) written while a job's target was full: QEMU 7.2's
+   * backup job fails a guest write whose old data it cannot copy out
+   * (copy-before-write's default on-cbw-error=break-guest-write), and HMP
+   * qemu-io does not say so; the live check after such a job tells them apart.
+   */
+  fullTargetWrites: { from: number; to: number } | null;
   say(msg: string): void;
 }
 
@@ -166,6 +173,13 @@ async function faultInJob(c: Ctx, fault: FaultKind | null | undefined, r: Backup
   }
 }
 
+/** faultInJob, noting the guest writes made while the target was a full filesystem. */
+async function faultInJobNoting(c: Ctx, o: BackupOpts, r: BackupRun): Promise<void> {
+  const from = c.log.instant;
+  await faultInJob(c, o.fault, r);
+  if (o.small === true && c.log.instant > from) c.fullTargetWrites = { from: c.fullTargetWrites?.from ?? from, to: c.log.instant };
+}
+
 /** Job ids must never be reused; a reuse is noted once, then counting starts again from it. */
 function noteJobId(c: Ctx, id: number): void {
   if (id <= c.maxJobId) c.t.find({ what: 'anomaly', cycle: c.cycle, detail: `backupBegin returned job id ${id}, not above the ${c.maxJobId} seen before (ids must never be reused)` });
@@ -206,7 +220,7 @@ export async function pushBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
     c.say(`  … refused: ${errText(b.err)}`);
     return;
   } else {
-    await faultInJob(c, o.fault, r);
+    await faultInJobNoting(c, o, r);
     if (r.daemonKilled) await c.w.restartDaemon();
   }
   const end = await settleJob(c, b.id);
@@ -244,7 +258,7 @@ export async function pullBackup(c: Ctx, o: BackupOpts, r: BackupRun): Promise<v
   if (r.daemonKilled) {
     await c.w.restartDaemon();
   } else {
-    await faultInJob(c, o.fault, r);
+    await faultInJobNoting(c, o, r);
     if (r.daemonKilled) await c.w.restartDaemon();
   }
   const id = b.id ?? (await c.w.domain.listJobIds())[0] ?? null;

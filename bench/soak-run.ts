@@ -47,7 +47,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   const elapsed = () => (Date.now() - t0) / 1000;
   const t = new Tally();
   const w = await World.create(o.diskMiB);
-  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, history: new Map(), metaDeleted: [], liveSeen: { daemonStarts: 0, qemuPid: 0 }, crashRead: null, say: o.say };
+  const c: Ctx = { w, log: new WriteLog(o.diskMiB * 1024 * 1024), rng: new Rng(o.seed), t, points: [], cycle: 0, seq: 1, maxJobId: 0, history: new Map(), metaDeleted: [], liveSeen: { daemonStarts: 0, qemuPid: 0 }, crashRead: null, fullTargetWrites: null, say: o.say };
   o.say(`soak: seed ${o.seed}, ${o.cycles} cycles, disk ${o.diskMiB} MiB, in ${w.dirs.dir}`);
   try {
     const why = await w.mountSmall(SMALL_KIB);
@@ -199,13 +199,15 @@ async function liveCheck(c: Ctx): Promise<void> {
   const seen = { daemonStarts: c.w.daemonStarts, qemuPid: await c.w.qemuPid() };
   const qemuNew = seen.qemuPid !== c.liveSeen.qemuPid;
   const daemonNew = seen.daemonStarts !== c.liveSeen.daemonStarts;
-  if (!qemuNew && !daemonNew && c.cycle % 10 !== 0) return;
-  const why = [qemuNew && c.crashRead !== null ? 'after a QEMU restart from a crashed image' : '', daemonNew ? 'after a daemon restart' : '', c.cycle % 10 === 0 ? '(periodic)' : '']
-    .filter((x) => x !== '').join(', ');
+  const refused = c.fullTargetWrites;
+  if (!qemuNew && !daemonNew && refused === null && c.cycle % 10 !== 0) return;
+  const why = [qemuNew && c.crashRead !== null ? 'after a QEMU restart from a crashed image' : '', daemonNew ? 'after a daemon restart' : '',
+    refused !== null ? 'after a job with a full target' : '', c.cycle % 10 === 0 ? '(periodic)' : ''].filter((x) => x !== '').join(', ');
   const drifts = c.t.total('drift');
-  const actual = await checkLive(c.w, c.log, c.t, c.cycle, why);
+  const actual = await checkLive(c.w, c.log, c.t, c.cycle, why, refused);
   if (actual === null) return;
   c.liveSeen = seen;
+  c.fullTargetWrites = null;
   if (c.t.total('drift') > drifts && qemuNew && c.crashRead !== null) {
     // was the crashed image read differently, or did the file change since?
     const now = await c.w.readDisk();

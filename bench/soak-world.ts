@@ -61,6 +61,11 @@ export class World {
     return w;
   }
 
+  /** The domain's definition as the world made it. */
+  domainXml(): string {
+    return this.xml;
+  }
+
   get uri(): string {
     return `virtback+unix:///?socket=${path.join(this.env.runDir, 'virtbackd.sock')}`;
   }
