@@ -201,7 +201,8 @@ async function liveCheck(c: Ctx): Promise<void> {
   const daemonNew = seen.daemonStarts !== c.liveSeen.daemonStarts;
   const refused = c.fullTargetWrites;
   if (!qemuNew && !daemonNew && refused === null && c.cycle % 10 !== 0) return;
-  const why = [qemuNew && c.crashRead !== null ? 'after a QEMU restart from a crashed image' : '', daemonNew ? 'after a daemon restart' : '',
+  const qemuWhy = !qemuNew || c.liveSeen.qemuPid === 0 ? '' : c.crashRead !== null ? 'after a QEMU restart from a crashed image' : 'after a QEMU restart the soak did not make';
+  const why = [qemuWhy, daemonNew ? 'after a daemon restart' : '',
     refused !== null ? 'after a job with a full target' : '', c.cycle % 10 === 0 ? '(periodic)' : ''].filter((x) => x !== '').join(', ');
   const drifts = c.t.total('drift');
   const actual = await checkLive(c.w, c.log, c.t, c.cycle, why, refused);
