@@ -174,6 +174,9 @@ export async function hmpWriteVia(dom: Domain, xml: string, target: string, patt
   const qdev = qdevIdForDisk(parseDomainXML(xml), target);
   const cmd = `qemu-io -d ${qdev} "write -P 0x${pattern.toString(16)} ${offset} ${len}"`;
   const out = await dom.qemuMonitorCommand(cmd, { hmp: true });
+  // QEMU 7.2 prints qemu-io's result ("wrote …" or "write failed: …") to its own
+  // stdout, /dev/null once daemonized: the reply is empty and a failed write
+  // goes unseen here (callers compare contents; see bench/full-target-repro.ts)
   if (out.trim() !== '' && !/^wrote /m.test(out)) throw new Error(`${cmd}: ${out.trim()}`);
 }
 
