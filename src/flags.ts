@@ -177,6 +177,8 @@ export const RunningReason = {
 export const PausedReason = {
   UNKNOWN: 0,
   USER: 1,
+  /** a disk's write error stopped the guest (its error policy: QEMU's default on ENOSPC) */
+  IOERROR: 5,
 } as const;
 
 /** virDomainShutdownReason */

@@ -294,7 +294,7 @@ export class DomainLifecycle {
         const qmp = await run.connect();
         const st = (await qmp.executeRaw('query-status')) as { status?: string; running?: boolean };
         // the reason it was paused for is not kept across a driver restart
-        if (st.running === false && st.status !== 'running') [d.state, d.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
+        if (st.running === false && st.status !== 'running') [d.state, d.reason] = [DomainState.PAUSED, st.status === 'io-error' ? PausedReason.IOERROR : PausedReason.UNKNOWN];
         await this.power.finishPowerOff(d, run, st.status);
       } catch (e) {
         if (!(await run.alive())) {
@@ -396,6 +396,12 @@ export class DomainLifecycle {
   private watchMonitor(dom: DomainObject, run: QemuRuntime, qmp: QmpClient): void {
     const { bus } = this.env;
     run.detach.push(
+      // QEMU announces the error before the STOP it requests (qemuProcessHandleIOError)
+      qmp.on('BLOCK_IO_ERROR', (ev) => {
+        if (dom.run !== run || dom.state !== DomainState.RUNNING || (ev.data as { action?: string }).action !== 'stop') return;
+        [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.IOERROR];
+        bus.emit(lifecycleEvent(dom, 'suspended', 'ioerror'));
+      }),
       qmp.on('STOP', () => {
         if (dom.run !== run || dom.state === DomainState.PAUSED || run.resetting) return;
         // not our suspend (that sets the state first): a monitor command or the guest
