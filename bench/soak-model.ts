@@ -100,12 +100,10 @@ export class WriteLog {
    * Returns how many bytes differed from the log.
    */
   resync(actual: Buffer, cycle?: number, why?: string): number {
-    const model = this.contentAt(this.instant);
     const BLOCK = 4096;
     let differing = 0;
-    for (let off = 0; off < this.size; off += BLOCK) {
+    for (const off of this.differingBlocks(actual)) {
       const a = actual.subarray(off, off + BLOCK);
-      if (a.equals(model.subarray(off, off + BLOCK))) continue;
       // merge neighbouring changed blocks into one entry
       const last = this.entries[this.entries.length - 1];
       if (last?.kind === 'bytes' && last.offset + last.data.length === off && differing > 0) {
@@ -140,8 +138,7 @@ export class WriteLog {
     const model = this.contentAt(this.instant);
     const BLOCK = 4096;
     const runs: [number, number][] = [];
-    for (let off = 0; off < this.size; off += BLOCK) {
-      if (actual.subarray(off, off + BLOCK).equals(model.subarray(off, off + BLOCK))) continue;
+    for (const off of this.differingBlocks(actual)) {
       const last = runs[runs.length - 1];
       if (last !== undefined && last[1] === off) last[1] = off + BLOCK;
       else runs.push([off, off + BLOCK]);

@@ -68,14 +68,19 @@ export async function startServeProcess(s: ServeProcessSpec): Promise<number> {
 }
 
 /**
- * What the serve process is handed in its environment: the recorded region,
- * and the CA bundle to trust. An AWS_CA_BUNDLE set where the serve process is
- * started wins over the recorded one, as the AWS CLI puts the environment
- * over its configuration: the admin who resumes says so explicitly (a
- * renewed gateway CA); a profile's ca_bundle there does not.
+ * The recorded CA bundle to use now, or undefined. An AWS_CA_BUNDLE set where
+ * the serving is (re)started wins over the recorded one, as the AWS CLI puts
+ * the environment over its configuration: the admin who resumes says so
+ * explicitly (a renewed gateway CA); a profile's ca_bundle there does not.
+ * One rule for the serve process and for resume's own check (instant.ts).
  */
+export function recordedCaBundle(s3: S3Settings | undefined): string | undefined {
+  return process.env.AWS_CA_BUNDLE ? undefined : s3?.caBundle;
+}
+
+/** What the serve process is handed in its environment beyond ours: the recorded region and CA bundle. */
 function serveEnv(s3: S3Settings | undefined): Record<string, string> {
-  const ca = process.env.AWS_CA_BUNDLE || s3?.caBundle;
+  const ca = recordedCaBundle(s3);
   return { ...(s3?.region === undefined ? {} : { AWS_REGION: s3.region }), ...(ca ? { AWS_CA_BUNDLE: ca } : {}) };
 }
 

@@ -25,7 +25,7 @@ import { isVirError, toVirError, virErr, type ErrorCodeName } from '../errors.js
 import { DomainState } from '../flags.js';
 import { runTool } from '../repository/tools.js';
 import { macFromBytes, rewriteDomainXml, type RestoredDisk } from './domain-rewrite.js';
-import { servingPid, startServeProcess, stopServeProcess } from './instant-process.js';
+import { recordedCaBundle, servingPid, startServeProcess, stopServeProcess } from './instant-process.js';
 import { streamOverlays, type StreamProgress } from './instant-stream.js';
 import { choosePoint, nbdUri } from './serve.js';
 
@@ -211,15 +211,10 @@ export async function resumeInstantServe(dir: string, virtbackCommand: string[])
   return { state: s, pid: await startServing(s, virtbackCommand), started: true };
 }
 
-/**
- * The recorded region and CA bundle as store options. The bundle is used as
- * the serve process gets it (instant-process.ts): an AWS_CA_BUNDLE set now
- * wins and the store takes it from there; else the recorded file, named in
- * messages as instant.json's.
- */
+/** The recorded region and CA bundle as store options (the bundle named in messages as instant.json's). */
 function recordedS3(s3: NonNullable<InstantState['s3']>, dir: string): StoreUrlOptions['s3'] {
-  const ca = (process.env.AWS_CA_BUNDLE || s3.caBundle === undefined) ? {} : { caBundle: s3.caBundle, caBundleSource: path.resolve(dir, STATE_FILE) };
-  return { ...(s3.region === undefined ? {} : { region: s3.region }), ...ca };
+  const caBundle = recordedCaBundle(s3);
+  return { ...(s3.region === undefined ? {} : { region: s3.region }), ...(caBundle === undefined ? {} : { caBundle, caBundleSource: path.resolve(dir, STATE_FILE) }) };
 }
 
 /** Opens the repository as the serve process will and reads the point's record; errors name the folder and where. */
