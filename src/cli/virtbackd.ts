@@ -32,6 +32,7 @@ interface Options extends WebOptions {
   backupTlsDir?: string;
   backupTlsVerify: 'yes' | 'no';
   backupSpeedLimit?: number;
+  backupSpaceCheck: 'yes' | 'no';
   driver: string;
   readyFd?: string;
 }
@@ -50,6 +51,7 @@ async function openDriver(name: string, dirs: { stateDir: string; runDir: string
     ...(o.backupTlsDir ? { backupTlsX509CertDir: path.resolve(o.backupTlsDir) } : {}),
     backupTlsX509Verify: o.backupTlsVerify === 'yes',
     ...(o.backupSpeedLimit ? { backupSpeedLimit: o.backupSpeedLimit } : {}),
+    backupSpaceCheck: o.backupSpaceCheck === 'yes',
   });
 }
 
@@ -130,6 +132,8 @@ function commandLine(): Command {
         if (!/^\d+$/.test(v)) throw new InvalidArgumentError('a number of bytes per second');
         return Number(v);
       }))
+    .addOption(new Option('--backup-space-check <yes|no>', "refuse a push backup whose targets may not fit on their filesystems (a full target fails the guest's writes)")
+      .choices(['yes', 'no']).default('yes'))
     .addOption(new Option('--driver <name>', 'driver to serve').choices(['qemu', 'test']).default(process.env.VIRTBACK_DRIVER ?? 'qemu').hideHelp())
     .addOption(new Option('--ready-fd <fd>').hideHelp())
     .exitOverride()

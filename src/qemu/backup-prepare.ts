@@ -15,6 +15,7 @@ import { alignBackupDisks, applyBackupDefaults, parseBackupXML, type BackupDef }
 import { previousBackup, type FinishedTarget } from './backup-job.js';
 import { blockDeviceSize } from './block-device.js';
 import { checkBackupDef, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
+import { checkPushSpace, pushSpaceNeed, type PushSpaceInput } from './backup-space.js';
 import type { DomainObject } from './domain-object.js';
 import type { CheckpointAccess, DomainHost, PreparedCheckpoint } from './host.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
@@ -80,6 +81,8 @@ export async function prepareBackup(
   req: {
     backupXml: string | null; checkpointXml: string | null; flags: number; tls: BackupTlsConfig;
     finished: readonly FinishedTarget[]; locate: LocatePreviousBackup | null;
+    /** refuse a push whose targets may not fit (backup-space.ts; default true) */
+    spaceCheck?: boolean;
   },
 ): Promise<PreparedBackup> {
   const live = dom.liveDef;
@@ -101,6 +104,7 @@ export async function prepareBackup(
   const qmp = await host.monitor(dom.uuid);
   const nodes = await queryNodes(qmp);
   const disks: PreparedBackup['disks'] = [];
+  const room: PushSpaceInput[] = [];
   for (const bd of def.disks) {
     if (!bd.backup) continue;
     const dn = dom.disks.find((d) => d.target === bd.name);
@@ -120,6 +124,11 @@ export async function prepareBackup(
     const prev = !pull && !reuse && incremental !== null && bd.format === 'qcow2'
       ? await chainParent(dom, req, { disk: bd.name, checkpoint: incremental, target: bd.path, source: ld.source })
       : null;
+    if (!pull && req.spaceCheck !== false) {
+      const need: PushSpaceInput = { disk: bd.name, target: bd.path as string, format: bd.format as 'qcow2' | 'raw', virtualSize, node, base };
+      if (storeSize === null) room.push(need);
+      else checkDeviceRoom(need, storeSize);
+    }
     disks.push({
       target: bd.name,
       diskNode: dn.formatNode,
@@ -131,6 +140,7 @@ export async function prepareBackup(
       storeSize,
     });
   }
+  await checkPushSpace(room, reuse);
   return {
     def,
     checkpoint,
@@ -156,6 +166,15 @@ async function checkBlockStore(dev: string, disk: string, format: string | null,
     throw virErr('INVALID_ARG', 'QEMU', `block device '${dev}' (${size} bytes) is smaller than disk '${disk}' (${virtualSize} bytes)`);
   }
   return size;
+}
+
+/** A qcow2 target on a block device has the device's size and no more. */
+function checkDeviceRoom(d: PushSpaceInput, size: number): void {
+  const need = pushSpaceNeed(d);
+  if (d.format === 'qcow2' && need > size) {
+    throw virErr('OPERATION_FAILED', 'QEMU',
+      `block device '${d.target}' (${size} bytes) may be too small for the backup of disk '${d.disk}': it may need up to ${need} bytes`);
+  }
 }
 
 /**

@@ -50,6 +50,8 @@ export interface QemuBackupsOptions {
   locatePreviousBackup?: LocatePreviousBackup;
   /** initial rate limit of every push disk job, bytes/s (default none; tests slow jobs down with it) */
   speed?: number;
+  /** refuse a push whose targets may not fit on their filesystems (backup-space.ts; default true) */
+  spaceCheck?: boolean;
   /** blockdev-backup x-perf options (default BACKUP_PERF; null = QEMU's defaults) */
   perf?: BackupPerf | null;
   /** how push targets are opened and formatted (default PUSH_TARGET) */
@@ -225,6 +227,7 @@ export class QemuBackups implements BackupOps {
     if (stale?.phase === 'starting') await this.rollBack(dom, await this.driver.monitor(dom.uuid), stale);
     const p = await prepareBackup(this.driver, this.checkpoints, dom, {
       backupXml, checkpointXml, flags, finished: table.store.meta.finished, locate: this.opts.locatePreviousBackup ?? null,
+      spaceCheck: this.opts.spaceCheck ?? true,
       tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },
     });
     const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId(this.jobIdFloor(dom, table.store)));

@@ -81,6 +81,8 @@ export interface QemuDriverOptions {
   backupTlsX509Verify?: boolean;
   /** bandwidth limit of every push backup disk job, bytes/s (default: none); QMP block-job-set-speed changes it per job */
   backupSpeedLimit?: number;
+  /** refuse a push whose targets may not fit on their filesystems (default true; backup-space.ts) */
+  backupSpaceCheck?: boolean;
   /**
    * Work after a push completed and its targets are closed (virtbackd writes
    * manifests here); runs in one background queue, backupEnd waits for it.
@@ -148,6 +150,7 @@ export class QemuDriver implements Driver, DomainHost {
       tlsX509CertDir: opts.backupTlsX509CertDir ?? null,
       tlsX509Verify: opts.backupTlsX509Verify ?? true,
       ...(opts.backupSpeedLimit ? { speed: opts.backupSpeedLimit } : {}),
+      ...(opts.backupSpaceCheck === false ? { spaceCheck: false } : {}),
       ...(afterPush ? { afterPushComplete: (info: PushCompleteInfo) => afterPush(info, d.liveSources(info.uuid)) } : {}),
       ...(opts.locatePreviousBackup ? { locatePreviousBackup: opts.locatePreviousBackup } : {}),
     })))(d, checkpoints);

@@ -1,0 +1,110 @@
+// Room for a push backup, checked before anything is created. QEMU's backup
+// job copies a block's old data into the target before a guest write may
+// change it (its internal copy-before-write filter, on-cbw-error
+// break-guest-write in 7.2): a target that fills up while the job runs makes
+// the GUEST's writes fail, and a real guest pauses on ENOSPC (docs/
+// troubleshooting.md). So a push whose targets might not fit is refused up
+// front, with the numbers. The estimate is an upper bound: what the disk can
+// hold (full) or what its checkpoint bitmap marks dirty (incremental), plus
+// qcow2 metadata.
+
+import { lstat, stat, statfs } from 'node:fs/promises';
+import path from 'node:path';
+import { virErr } from '../errors.js';
+import { TARGET_CLUSTER_SIZE } from './backup-plan.js';
+import type { BlockDeviceInfo, ImageInfo } from './qmp/commands.js';
+
+/** What the estimate needs to know of one disk pushed into a file target. */
+export interface PushSpaceInput {
+  disk: string;
+  /** the target file (its folder's filesystem is the one checked) */
+  target: string;
+  format: 'qcow2' | 'raw';
+  virtualSize: number;
+  /** the disk's format node, as query-named-block-nodes shows it */
+  node: Pick<BlockDeviceInfo, 'image' | 'dirty-bitmaps'>;
+  /** incremental: the checkpoint bitmap the job copies from */
+  base: { bitmap: string; granularity: number } | null;
+}
+
+/** qcow2 metadata beyond L2 and refcount blocks: header, L1 table, refcount table, slack. */
+const QCOW2_FIXED = 1 << 20;
+/** Data one L2 table maps (64 KiB clusters, 8-byte entries); a refcount block counts (16-bit refcounts). */
+const L2_SPAN = (TARGET_CLUSTER_SIZE / 8) * TARGET_CLUSTER_SIZE;
+const REFCOUNT_SPAN = (TARGET_CLUSTER_SIZE / 2) * TARGET_CLUSTER_SIZE;
+
+/** The most data the disk can hold: the allocation of every image in its chain, at most its size. */
+export function diskDataBound(image: ImageInfo, virtualSize: number): number {
+  let sum = 0;
+  for (let i: ImageInfo | undefined = image; i !== undefined; i = i['backing-image']) {
+    const actual = i['actual-size'];
+    // an image QEMU cannot measure (a block device, a network disk) may hold all of it
+    if (actual === undefined) return virtualSize;
+    sum += actual;
+  }
+  return Math.min(sum, virtualSize);
+}
+
+const ceilDiv = (a: number, b: number): number => Math.ceil(a / b);
+
+/** Upper bound of the bytes one push target takes on its filesystem. */
+export function pushSpaceNeed(d: PushSpaceInput): number {
+  let data = diskDataBound(d.node.image, d.virtualSize);
+  if (d.base !== null) {
+    const bm = d.node['dirty-bitmaps']?.find((b) => b.name === d.base?.bitmap);
+    // a dirty bit finer than a target cluster still allocates a whole cluster
+    const widen = Math.max(1, TARGET_CLUSTER_SIZE / d.base.granularity);
+    if (bm !== undefined) data = Math.min(data, bm.count * widen);
+  }
+  if (d.format === 'raw') return data;
+  const clusters = ceilDiv(data, TARGET_CLUSTER_SIZE);
+  // scattered data needs one L2 table per region it touches, never more than the disk has
+  const l2 = Math.min(clusters, ceilDiv(d.virtualSize, L2_SPAN)) * TARGET_CLUSTER_SIZE;
+  const refcounts = (ceilDiv(data + l2, REFCOUNT_SPAN) + 1) * TARGET_CLUSTER_SIZE;
+  return clusters * TARGET_CLUSTER_SIZE + l2 + refcounts + QCOW2_FIXED;
+}
+
+/** One filesystem's share of a backup: the folder it was measured at, free bytes, needed bytes, the disks. */
+interface FsShare {
+  folder: string;
+  free: number;
+  need: number;
+  disks: string[];
+}
+
+/** Bytes a reused target already holds (they are rewritten in place, so they count as room). */
+async function allocatedBytes(file: string): Promise<number> {
+  const st = await lstat(file).catch(() => null);
+  return st !== null && st.isFile() ? st.blocks * 512 : 0;
+}
+
+/**
+ * Refuse (OPERATION_FAILED, nothing created) a push whose file targets may
+ * not fit on their filesystems; targets sharing a filesystem add up. A
+ * filesystem that cannot be measured is not checked.
+ */
+export async function checkPushSpace(disks: PushSpaceInput[], reuseExternal: boolean): Promise<void> {
+  const shares = new Map<number, FsShare>();
+  for (const d of disks) {
+    const folder = path.dirname(path.resolve(d.target));
+    const dev = await stat(folder).then((s) => s.dev, () => null);
+    if (dev === null) continue; // the begin itself reports a missing folder
+    let share = shares.get(dev);
+    if (share === undefined) {
+      const fs = await statfs(folder).catch(() => null);
+      if (fs === null) continue;
+      share = { folder, free: fs.bavail * fs.bsize, need: 0, disks: [] };
+      shares.set(dev, share);
+    }
+    share.need += pushSpaceNeed(d);
+    if (reuseExternal) share.free += await allocatedBytes(d.target);
+    share.disks.push(d.disk);
+  }
+  for (const s of shares.values()) {
+    if (s.need <= s.free) continue;
+    const which = s.disks.length === 1 ? `disk '${s.disks[0]}'` : `disks ${s.disks.map((x) => `'${x}'`).join(', ')}`;
+    throw virErr('OPERATION_FAILED', 'QEMU',
+      `not enough free space for the backup of ${which} in '${s.folder}': it may need up to ${s.need} bytes, ` +
+      `${s.free} are free (a target that fills up while the job runs would make the guest's writes fail)`);
+  }
+}

@@ -1,0 +1,83 @@
+// A push whose target filesystem may not hold it is refused before anything
+// is created (a target that fills up while QEMU's job runs fails the guest's
+// writes: docs/troubleshooting.md); one that fits runs; the daemon option
+// turns the check off. Real QEMU, a real (small) tmpfs.
+
+import assert from 'node:assert/strict';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import test from 'node:test';
+import { ErrorCode } from '../../src/errors.js';
+import { BackupEndFlags } from '../../src/flags.js';
+import { QemuBackups } from '../../src/qemu/backup.js';
+import { hmpWrite, makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
+import { MiB, qemuState, run, waitJobCompleted } from './backup-util.js';
+
+const root = process.getuid?.() === 0;
+
+test('push backups and the free space of their target filesystem', { skip: root ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
+  const env = await makeTestEnv(t);
+  const small = path.join(env.dir, 'small');
+  await mkdir(small);
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'vbt-space', small]);
+  try {
+    await spaceChecked(env, small);
+  } finally {
+    // before the test env's own cleanup removes its folder (after hooks run in order)
+    await run('umount', ['-l', small]).catch(() => undefined);
+  }
+});
+
+async function spaceChecked(env: TestEnv, small: string): Promise<void> {
+  const dom = await makeTestDomain(env.dir, { disks: 2, sizeMiB: 64 });
+  const driver = await env.openDriver();
+  const { uuid } = await driver.domainDefineXML(dom.xml, 0);
+  await driver.domainCreate(uuid, 0);
+  // 24 MiB of data on sda: more than the 16 MiB tmpfs holds; 1 MiB on sdb
+  await hmpWrite(driver, uuid, 'sda', 0x5a, 0, 24 * MiB);
+  await hmpWrite(driver, uuid, 'sdb', 0x5b, 0, MiB);
+  await driver.checkpointCreateXML(uuid, '<domaincheckpoint><name>c0</name></domaincheckpoint>', 0);
+  const baseline = await qemuState(driver, uuid);
+  const target = (disk: string, file: string, format = 'qcow2'): string =>
+    `<disk name='${disk}' type='file'><driver type='${format}'/><target file='${path.join(small, file)}'/></disk>`;
+  const refused = async (what: string, xml: string, msg: RegExp): Promise<void> => {
+    await assert.rejects(driver.backupBegin(uuid, xml, '<domaincheckpoint><name>c1</name></domaincheckpoint>', 0), (e: { code: number; message: string }) => {
+      assert.equal(e.code, ErrorCode.OPERATION_FAILED, `${what}: ${e.message}`);
+      assert.match(e.message, msg, what);
+      return true;
+    });
+    assert.deepEqual(await qemuState(driver, uuid), baseline, `${what}: QEMU state unchanged`);
+    assert.deepEqual(await readdir(small), [], `${what}: nothing created`);
+    assert.deepEqual(await driver.listAllCheckpoints(uuid, 0), ['c0'], `${what}: no checkpoint`);
+    assert.deepEqual(await driver.listJobIds(uuid), [], `${what}: no job`);
+  };
+
+  await refused('full push of sda', `<domainbackup><disks>${target('sda', 'a.qcow2')}<disk name='sdb' backup='no'/></disks></domainbackup>`,
+    new RegExp(`not enough free space for the backup of disk 'sda' in '${small}': it may need up to \\d+ bytes, \\d+ are free`));
+  // 8 + 10 MiB dirty since c0: each fits alone, not both (targets on one filesystem add up)
+  const inc = 8 * MiB;
+  await hmpWrite(driver, uuid, 'sda', 0x6a, 4 * MiB, inc);
+  await hmpWrite(driver, uuid, 'sdb', 0x5c, 2 * MiB, 10 * MiB);
+  await refused('two incrementals on one filesystem',
+    `<domainbackup><incremental>c0</incremental><disks>${target('sda', 'a.raw', 'raw')}${target('sdb', 'b.raw', 'raw')}</disks></domainbackup>`,
+    /not enough free space .* of disks 'sda', 'sdb' in/);
+
+  // an incremental of sda alone needs its 8 MiB dirty: it runs, and holds exactly that data
+  const id = await driver.backupBegin(uuid,
+    `<domainbackup><incremental>c0</incremental><disks>${target('sda', 'a.raw', 'raw')}<disk name='sdb' backup='no'/></disks></domainbackup>`, null, 0);
+  await waitJobCompleted(env.events, uuid, id);
+  assert.equal(await driver.backupEnd(uuid, id, 0), 1);
+  const got = await readFile(path.join(small, 'a.raw'));
+  assert.equal(got.length, 64 * MiB);
+  assert.ok(got.subarray(4 * MiB, 4 * MiB + inc).every((b) => b === 0x6a), 'the dirty data');
+  assert.ok(got.subarray(0, 4 * MiB).every((b) => b === 0) && got.subarray(4 * MiB + inc).every((b) => b === 0), 'nothing else');
+
+  // --backup-space-check no (a daemon restarted with it): the same full push is accepted (and aborted here)
+  await driver.close();
+  const unchecked = await env.openDriver({ backups: (d, cps) => new QemuBackups(d, cps, { spaceCheck: false, speed: MiB }) });
+  const forced = await unchecked.backupBegin(uuid, `<domainbackup><disks>${target('sda', 'f.qcow2')}<disk name='sdb' backup='no'/></disks></domainbackup>`, null, 0);
+  await unchecked.backupEnd(uuid, forced, BackupEndFlags.ABORT);
+  assert.deepEqual((await readdir(small)).sort(), ['a.raw', 'a.raw.manifest.json'], 'the aborted push left nothing');
+  await unchecked.domainDestroy(uuid, 0);
+  await env.assertClean();
+}

@@ -1,0 +1,66 @@
+// The push space estimate (an upper bound) and its check, on a real folder.
+
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import test from 'node:test';
+import { ErrorCode } from '../../src/errors.js';
+import { checkPushSpace, diskDataBound, pushSpaceNeed, type PushSpaceInput } from '../../src/qemu/backup-space.js';
+import type { ImageInfo } from '../../src/qemu/qmp/commands.js';
+
+const K64 = 65536;
+const MiB = 1 << 20;
+const image = (actual: number | undefined, backing?: ImageInfo): ImageInfo =>
+  ({ filename: 'x', format: 'qcow2', 'virtual-size': 64 * MiB, ...(actual !== undefined ? { 'actual-size': actual } : {}), ...(backing ? { 'backing-image': backing } : {}) });
+const disk = (over: Partial<PushSpaceInput>): PushSpaceInput =>
+  ({ disk: 'vda', target: '/nowhere/t.qcow2', format: 'qcow2', virtualSize: 64 * MiB, node: { image: image(10 * MiB) }, base: null, ...over });
+
+test('the data a disk can hold: its chain\'s allocation, at most its size; unmeasured: its size', () => {
+  assert.equal(diskDataBound(image(10 * MiB, image(30 * MiB)), 64 * MiB), 40 * MiB);
+  assert.equal(diskDataBound(image(10 * MiB, image(90 * MiB)), 64 * MiB), 64 * MiB);
+  assert.equal(diskDataBound(image(10 * MiB, image(undefined)), 64 * MiB), 64 * MiB);
+});
+
+test('a full qcow2 target: data, one L2 table per 512 MiB region, refcount blocks, fixed metadata', () => {
+  const need = pushSpaceNeed(disk({ node: { image: image(10 * MiB, image(30 * MiB)) } }));
+  assert.equal(need, 40 * MiB + K64 + 2 * K64 + MiB);
+  // 1 TiB virtual, 1 GiB data: at most one L2 table per data cluster, never more than the disk has
+  const big = pushSpaceNeed(disk({ virtualSize: 2 ** 40, node: { image: image(1 << 30) } }));
+  assert.equal(big, (1 << 30) + 2048 * K64 + 2 * K64 + MiB);
+});
+
+test('an incremental needs what the bitmap marks dirty; a raw target only the data', () => {
+  const dirty = (count: number, granularity: number): PushSpaceInput['node'] =>
+    ({ image: image(40 * MiB), 'dirty-bitmaps': [{ name: 'c1', count, granularity, recording: true, busy: false, persistent: true }] });
+  assert.equal(pushSpaceNeed(disk({ format: 'raw', node: dirty(3 * MiB, K64), base: { bitmap: 'c1', granularity: K64 } })), 3 * MiB);
+  // 4 KiB dirty bits: each may allocate a whole 64 KiB cluster of the target
+  assert.equal(pushSpaceNeed(disk({ format: 'raw', node: dirty(MiB, 4096), base: { bitmap: 'c1', granularity: 4096 } })), 16 * MiB);
+  assert.equal(pushSpaceNeed(disk({ format: 'raw', node: dirty(4 * MiB, 4096), base: { bitmap: 'c1', granularity: 4096 } })), 40 * MiB);
+  // a bitmap QEMU does not show: the whole data
+  assert.equal(pushSpaceNeed(disk({ format: 'raw', node: dirty(MiB, K64), base: { bitmap: 'other', granularity: K64 } })), 40 * MiB);
+});
+
+test('checkPushSpace: refused with the numbers when the folder\'s filesystem is too small; a reused target counts as room', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-space-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const target = path.join(dir, 't.raw');
+  await checkPushSpace([disk({ target, format: 'raw', node: { image: image(MiB) } })], false);
+  const huge = 2 ** 50; // 1 PiB: more than any test machine has free
+  const tooBig = [disk({ target, format: 'raw', virtualSize: huge, node: { image: image(huge) } })];
+  await assert.rejects(checkPushSpace(tooBig, false), (e: { code: number; message: string }) => {
+    assert.equal(e.code, ErrorCode.OPERATION_FAILED);
+    assert.match(e.message, new RegExp(`^.*not enough free space for the backup of disk 'vda' in '${dir}': it may need up to ${huge} bytes, \\d+ are free`));
+    return true;
+  });
+  // two targets in one folder add up: each fits, the pair does not
+  const share = await import('node:fs/promises').then((fs) => fs.statfs(dir));
+  const half = Math.floor((share.bavail * share.bsize) / 2) + MiB;
+  const pair = ['vda', 'vdb'].map((n) => disk({ disk: n, target: path.join(dir, `${n}.raw`), format: 'raw', virtualSize: 2 ** 50, node: { image: image(half) } }));
+  await checkPushSpace([pair[0]!], false);
+  await assert.rejects(checkPushSpace(pair, false), /disks 'vda', 'vdb'/);
+  // REUSE_EXTERNAL: the target's own allocation is rewritten in place
+  await writeFile(path.join(dir, 'vdb.raw'), Buffer.alloc(4 * MiB, 1));
+  const fits = [disk({ disk: 'vdb', target: path.join(dir, 'vdb.raw'), format: 'raw', node: { image: image(4 * MiB) } })];
+  await checkPushSpace(fits, true);
+});
