@@ -17,7 +17,7 @@ import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
 import type { TargetWriteback } from './backup-flush.js';
 import { JobTimeline } from './backup-timeline.js';
-import type { JobInfo } from './qmp/commands.js';
+import type { BlockDeviceInfo, JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
 
 /** Something a backup step creates, undone in reverse order. */
@@ -36,7 +36,11 @@ export type BackupResource =
   /** a QOM object (the tls-creds-x509 of a pull over TLS): object-del */
   | { kind: 'object'; id: string }
   | { kind: 'export'; id: string }
-  | { kind: 'job'; id: string };
+  | { kind: 'job'; id: string }
+  /** a pull's guest device moved onto its copy-before-write filter `filter`: undo moves it back onto `node` */
+  | { kind: 'device'; path: string; node: string; filter: string }
+  /** the vCPUs paused by us around a pull's instant: undo resumes them if still paused */
+  | { kind: 'pause' };
 
 /**
  * A write-ahead log entry: saved as 'intended' (in the status file) before the
@@ -61,6 +65,12 @@ export interface BackupJobDisk {
   virtualSize: number;
   /** we created the file (not REUSE_EXTERNAL): we may delete it */
   createdFile: boolean;
+  /**
+   * A pull's frozen view (copy-before-write filter + snapshot-access; the
+   * export reads `snapNode`): no QEMU job runs for this disk. Absent: a QEMU
+   * backup job `jobId` (every push; a pull begun by a version before).
+   */
+  snapshot?: { cbwNode: string; snapNode: string };
   state: BackupDiskState;
   current: number;
   total: number;
@@ -296,6 +306,47 @@ export function logJobEnd(log: Logger, dom: { name: string; uuid: string }, rec:
 /** Bytes copied (push) or held in scratch files (pull) so far. */
 export function jobBytes(rec: BackupJobRecord): number {
   return rec.disks.reduce((n, d) => n + d.current, 0);
+}
+
+/**
+ * A pull's frozen view has no QEMU job whose progress says how much the
+ * scratch holds (libvirt's temp_used/temp_total): its scratch image's
+ * allocation and the disk's size stand in, kept in the record's disks.
+ */
+export async function measureScratch(qmp: { execute(cmd: 'query-named-block-nodes', args: { flat: boolean }): Promise<BlockDeviceInfo[]> }, rec: BackupJobRecord): Promise<void> {
+  if (!rec.disks.some((d) => d.snapshot)) return;
+  const nodes = await qmp.execute('query-named-block-nodes', { flat: true });
+  for (const d of rec.disks) {
+    const n = d.snapshot ? nodes.find((x) => x['node-name'] === d.formatNode) : undefined;
+    if (!n) continue;
+    d.current = n.image['actual-size'] ?? 0;
+    d.total = d.virtualSize;
+  }
+}
+
+/**
+ * The disks' states in step with QEMU's jobs: a concluded job gives its
+ * outcome and progress, a vanished one fails the disk (or ends its cancel).
+ * A pull's frozen view has no job: it runs until its end is asked.
+ */
+export function applyQemuJobs(rec: BackupJobRecord, jobs: readonly JobInfo[]): void {
+  for (const d of rec.disks) {
+    if (d.state !== 'running' && d.state !== 'cancelling') continue;
+    if (d.snapshot && d.state === 'running') continue;
+    const q = jobs.find((j) => j.id === d.jobId);
+    if (!q) {
+      d.state = d.state === 'cancelling' ? 'cancelled' : 'failed';
+      if (d.state === 'failed') d.error ??= `QEMU job '${d.jobId}' vanished`;
+    } else if (q.status === 'concluded') {
+      d.current = q['current-progress'];
+      d.total = q['total-progress'];
+      if (d.state === 'cancelling') d.state = 'cancelled';
+      else if (q.error !== undefined) {
+        d.state = /cancel/i.test(q.error) ? 'cancelled' : 'failed';
+        d.error = q.error;
+      } else d.state = 'complete';
+    }
+  }
 }
 
 /** libvirt's qemuBackupJobTerminate decision from the disks' states. */

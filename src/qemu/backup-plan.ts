@@ -6,11 +6,27 @@
 // Sequence (libvirt's qemuBackupBegin, QEMU-NOTES "The QMP that libvirt sends"):
 //   per disk: [create file] -> blockdev-add file node -> [blockdev-create qcow2]
 //             -> blockdev-add format node (backing null | disk node)
+//   pull:     + copy-before-write filter over the disk (target: the scratch)
 //   pull:     [object-add tls-creds-x509] -> nbd-server-start [tls-creds]
-//   ONE transaction: checkpoint bitmap-adds, then per disk
+//   push: ONE transaction: checkpoint bitmap-adds, then per disk
 //             [temp bitmap add (disabled, non-persistent) + merge from the
 //             checkpoint bitmap] + blockdev-backup
-//   pull:     block-export-add per disk
+//   pull: the instant (vCPUs paused around it when several disks take part):
+//             checkpoint bitmap-adds, then each device moves onto its filter
+//             (qom-set drive); then a snapshot-access node over each filter
+//             and the temp bitmaps on them
+//   pull:     block-export-add per disk (of the snapshot-access node)
+//
+// Why a pull differs from libvirt's (blockdev-backup sync=none into the
+// scratch): that job's internal filter fails the GUEST's write when the
+// scratch is full (on-cbw-error break-guest-write, not settable through
+// blockdev-backup in QEMU 7.2); our own filter has on-cbw-error
+// break-snapshot, so a full scratch fails the export's reads instead.
+// A device moves onto its filter one at a time (qom-set), not in a
+// transaction: with several disks the vCPUs are paused around the moves so
+// they share one instant. A push keeps QEMU's job on the disk itself: read
+// through snapshot-access it loses copy offload (about 3x slower), and the
+// free-space check (backup-space.ts) covers its target instead.
 
 import path from 'node:path';
 import { virErr } from '../errors.js';
@@ -58,6 +74,8 @@ export interface PlanDiskInput {
   virtualSize: number;
   /** N for the new libvirt-N-storage / libvirt-N-format nodes */
   nodeIndex: number;
+  /** the guest device's qdev id (a pull moves it onto its copy-before-write filter) */
+  qdevId: string;
   /** for incremental disks: the checkpoint's bitmap on diskNode and its granularity */
   base: { bitmap: string; granularity: number } | null;
   /**
@@ -120,6 +138,18 @@ export interface PlannedDisk {
   backingFile: string | null;
   incremental: string | null;
   export: BlockExportOptionsNbd | null;
+  /** pull: the frozen view the export reads; null for a push */
+  snapshot: PlannedSnapshot | null;
+}
+
+/** A pull's frozen view of one disk: a copy-before-write filter above it, and snapshot-access on the filter. */
+export interface PlannedSnapshot {
+  /** QOM path of the guest device, moved onto the filter at the instant and back at the end */
+  device: string;
+  cbwNode: string;
+  snapNode: string;
+  addCbw: BlockdevOptions;
+  addSnap: BlockdevOptions;
 }
 
 export interface BackupPlan {
@@ -129,7 +159,12 @@ export interface BackupPlan {
   nbdServer: { addr: SocketAddressLegacy; 'tls-creds'?: string } | null;
   /** object-add before nbd-server-start (pull over TLS) */
   tlsCreds: ObjectAddArgs | null;
+  /** push: checkpoint bitmaps, temp bitmaps, jobs; pull: the checkpoint bitmaps only */
   transaction: TransactionAction[];
+  /** pull: after the devices moved onto their filters, the temp bitmaps on the snapshot-access nodes */
+  afterInstant: TransactionAction[];
+  /** pull with more than one disk: the vCPUs are paused around the devices' moves (one instant for all) */
+  pauseAtInstant: boolean;
 }
 
 function tcpAddr(server: BackupServerDef, port: number | null): SocketAddressLegacy {
@@ -193,7 +228,13 @@ export function planBackup(input: PlanInput): BackupPlan {
     perDiskActions.push(...diskActions(input, planned, d));
   }
   const { nbdServer, tlsCreds } = planServer(input);
-  return { mode: def.mode, disks, nbdServer, tlsCreds, transaction: [...input.checkpointActions, ...perDiskActions] };
+  const pull = def.mode === 'pull';
+  return {
+    mode: def.mode, disks, nbdServer, tlsCreds,
+    transaction: [...input.checkpointActions, ...(pull ? [] : perDiskActions)],
+    afterInstant: pull ? perDiskActions : [],
+    pauseAtInstant: pull && disks.length > 1,
+  };
 }
 
 /** One disk's target (push) or scratch (pull): file, nodes, format job, temporary bitmap, export. */
@@ -241,7 +282,9 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
       : { driver: 'raw', 'node-name': formatNode, 'read-only': false, file: storageNode, ...rawWindow(d) };
   const bitmapName = pull ? bd.exportbitmap : backupBitmapName(bd.name);
   if (incremental !== null && bitmapName === null) throw virErr('INTERNAL_ERROR', 'QEMU', `no export bitmap for disk '${bd.name}'`);
-  const tempBitmap = incremental !== null && bitmapName !== null ? { node: pull ? formatNode : d.diskNode, name: bitmapName } : null;
+  const snapshot = pull ? planSnapshot(d, formatNode) : null;
+  // pull: the export's bitmap must be on the node it reads (QEMU looks through filters, not snapshot-access)
+  const tempBitmap = incremental !== null && bitmapName !== null ? { node: snapshot ? snapshot.snapNode : d.diskNode, name: bitmapName } : null;
   return {
     target: bd.name,
     diskNode: d.diskNode,
@@ -261,16 +304,36 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
     tempBitmap,
     backingFile,
     incremental,
-    export: pull
+    snapshot,
+    export: snapshot
       ? {
           type: 'nbd',
           id: `virtback-nbd-${formatNode}`,
-          'node-name': formatNode,
+          'node-name': snapshot.snapNode,
           writable: false,
           name: bd.exportname ?? '',
           ...(tempBitmap !== null ? { bitmaps: [tempBitmap.name] } : {}),
         }
       : null,
+  };
+}
+
+/**
+ * The frozen view of a pull: a copy-before-write filter above the disk whose
+ * target is the scratch (old data of each block the guest rewrites goes
+ * there first), with break-snapshot so a scratch that cannot take it fails
+ * the snapshot's reads, never the guest's write; snapshot-access reads the
+ * disk as it was when the device moved onto the filter.
+ */
+function planSnapshot(d: PlanDiskInput, scratchNode: string): PlannedSnapshot {
+  const cbwNode = `virtback-${d.nodeIndex}-cbw`;
+  const snapNode = `virtback-${d.nodeIndex}-snapshot`;
+  return {
+    device: `/machine/peripheral/${d.qdevId}`,
+    cbwNode,
+    snapNode,
+    addCbw: { driver: 'copy-before-write', 'node-name': cbwNode, file: d.diskNode, target: scratchNode, 'on-cbw-error': 'break-snapshot' },
+    addSnap: { driver: 'snapshot-access', 'node-name': snapNode, file: cbwNode },
   };
 }
 
@@ -282,7 +345,7 @@ function rawWindow(d: PlanDiskInput): { size?: number } {
   return d.storeSize != null && d.storeSize > d.virtualSize ? { size: d.virtualSize } : {};
 }
 
-/** The disk's part of the transaction: [temporary bitmap + merge from the checkpoint's] + blockdev-backup. */
+/** The disk's actions: [temporary bitmap + merge from the checkpoint's] + blockdev-backup (push) / after the instant (pull). */
 function diskActions(input: PlanInput, p: PlannedDisk, d: PlanDiskInput): TransactionAction[] {
   const pull = input.def.mode === 'pull';
   const out: TransactionAction[] = [];
@@ -299,6 +362,7 @@ function diskActions(input: PlanInput, p: PlannedDisk, d: PlanDiskInput): Transa
       },
     );
   }
+  if (pull) return out; // the filter holds the instant: no QEMU job
   const perf = input.perf === undefined ? BACKUP_PERF : input.perf;
   out.push({
     type: 'blockdev-backup',
@@ -307,11 +371,11 @@ function diskActions(input: PlanInput, p: PlannedDisk, d: PlanDiskInput): Transa
       'job-id': p.jobId,
       target: p.formatNode,
       // never sync against the checkpoint bitmap itself: that would clear it on success
-      sync: pull ? 'none' : tempBitmap !== null ? 'incremental' : 'full',
-      ...(!pull && tempBitmap !== null ? { bitmap: tempBitmap.name } : {}),
+      sync: tempBitmap !== null ? 'incremental' : 'full',
+      ...(tempBitmap !== null ? { bitmap: tempBitmap.name } : {}),
       'auto-finalize': true,
       'auto-dismiss': false,
-      ...(!pull && perf ? { 'x-perf': perf } : {}),
+      ...(perf ? { 'x-perf': perf } : {}),
       ...(input.speed ? { speed: input.speed } : {}),
     },
   });

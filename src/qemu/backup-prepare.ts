@@ -132,6 +132,7 @@ export async function prepareBackup(
     disks.push({
       target: bd.name,
       diskNode: dn.formatNode,
+      qdevId: dn.qdevId,
       diskPath: ld.source,
       diskFormat: ld.format,
       virtualSize,

@@ -294,7 +294,22 @@ async function undoOne(qmp: QmpClient | null, r: BackupResource, mustClose: bool
       return tolerant(live.execute('block-dirty-bitmap-remove', { node: r.node, name: r.name }));
     case 'node':
       return tolerant(live.execute('blockdev-del', { 'node-name': r.name }));
+    case 'device':
+      return moveBack(live, r);
+    case 'pause':
+      return resumeIfPaused(live);
   }
+}
+
+/** A guest device still on the pull's filter goes back onto its disk node (before the filter is deleted). */
+async function moveBack(qmp: QmpClient, r: BackupResource & { kind: 'device' }): Promise<void> {
+  const onFilter = (await qmp.execute('query-block')).some((b) => b.inserted?.['node-name'] === r.filter);
+  if (onFilter) await tolerant(qmp.execute('qom-set', { path: r.path, property: 'drive', value: r.node }));
+}
+
+/** The vCPUs we paused for a pull's instant run again (a driver killed in between left them paused). */
+async function resumeIfPaused(qmp: QmpClient): Promise<void> {
+  if ((await qmp.execute('query-status')).status === 'paused') await qmp.execute('cont');
 }
 
 async function deleteExport(qmp: QmpClient, id: string): Promise<void> {

@@ -16,6 +16,7 @@ import { toVirError, virErr } from '../errors.js';
 import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType, ShutoffReason } from '../flags.js';
 import { errField } from '../log.js';
 import {
+  applyQemuJobs,
   BackupJob,
   BackupJobTable,
   BackupMetaStore,
@@ -24,6 +25,7 @@ import {
   jobFields,
   jobStats,
   logJobEnd,
+  measureScratch,
   readJobRecord,
   type BackupJobRecord,
   type PushCompleteInfo,
@@ -253,6 +255,9 @@ export class QemuBackups implements BackupOps {
         log: new StepLog(rec, () => this.persist(dom, rec)),
         transaction: (run) => (p.quiesce ? this.checkpoints.quiesced(dom, run) : run()),
         nextPort: p.autoPort ? () => freePort(p.def.server?.name ?? 'localhost') : null,
+        instantPause: (on) => {
+          if (dom.run) dom.run.instantPause = on;
+        },
       });
       rec.phase = 'running';
       await this.persist(dom, rec);
@@ -308,26 +313,15 @@ export class QemuBackups implements BackupOps {
     const jobs = await qmp.execute('query-jobs');
     job.timeline.mark('query-jobs');
     let cancelling = false;
-    for (const d of rec.disks) {
-      if (d.state !== 'running' && d.state !== 'cancelling') continue;
-      const q = jobs.find((j) => j.id === d.jobId);
-      if (!q) {
-        d.state = d.state === 'cancelling' ? 'cancelled' : 'failed';
-        if (d.state === 'failed') d.error ??= `QEMU job '${d.jobId}' vanished`;
-      } else if (q.status === 'concluded') {
-        d.current = q['current-progress'];
-        d.total = q['total-progress'];
-        if (d.state === 'cancelling') d.state = 'cancelled';
-        else if (q.error !== undefined) {
-          d.state = /cancel/i.test(q.error) ? 'cancelled' : 'failed';
-          d.error = q.error;
-        } else d.state = 'complete';
-      }
-    }
+    applyQemuJobs(rec, jobs);
     // one disk failed or was cancelled: the others are cancelled too (libvirt)
     if (rec.disks.some((d) => d.state === 'failed' || d.state === 'cancelled')) {
       for (const d of rec.disks) {
         if (d.state !== 'running') continue;
+        if (d.snapshot) {
+          d.state = 'cancelled';
+          continue;
+        }
         await qmp.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => {});
         d.state = 'cancelling';
         cancelling = true;
@@ -367,6 +361,7 @@ export class QemuBackups implements BackupOps {
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
     await job.writeback?.finish(false);
+    if (qmp !== null && !qmp.isClosed) await measureScratch(qmp, rec).catch(() => {});
     try {
       await undoSteps(rec, {
         qmp, log: this.driver.log, keep: (r) => keepTargets && r.kind === 'file', mustClose: keepTargets,
@@ -449,7 +444,7 @@ export class QemuBackups implements BackupOps {
       for (const d of rec.disks) {
         if (d.state !== 'running') continue;
         try {
-          await qmp.execute('block-job-cancel', { device: d.jobId, force: true });
+          if (!d.snapshot) await qmp.execute('block-job-cancel', { device: d.jobId, force: true });
         } catch {
           // concluded meanwhile: reconcile picks it up
         }
@@ -583,7 +578,9 @@ export class QemuBackups implements BackupOps {
     if (!job || !job.active) return { type: JobType.NONE };
     let live: JobInfo[] = [];
     try {
-      live = await (await this.driver.monitor(uuid)).execute('query-jobs');
+      const qmp = await this.driver.monitor(uuid);
+      live = await qmp.execute('query-jobs');
+      await measureScratch(qmp, job.record);
     } catch {
       // no live numbers: the recorded ones are still right
     }

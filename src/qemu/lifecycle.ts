@@ -403,7 +403,7 @@ export class DomainLifecycle {
         bus.emit(lifecycleEvent(dom, 'suspended', 'ioerror'));
       }),
       qmp.on('STOP', () => {
-        if (dom.run !== run || dom.state === DomainState.PAUSED || run.resetting) return;
+        if (dom.run !== run || dom.state === DomainState.PAUSED || run.resetting || run.instantPause) return;
         // not our suspend (that sets the state first): a monitor command or the guest
         [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.UNKNOWN];
         bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));

@@ -44,6 +44,8 @@ export class QemuRuntime {
   shutdownSeen = false;
   /** a powered-off guest is being reset: QEMU's STOP and RESUME are not the user's */
   resetting = false;
+  /** a pull's devices are moving onto their filters with the vCPUs paused (milliseconds): that STOP and RESUME are no state change */
+  instantPause = false;
   /** unsubscribe functions for monitor listeners */
   readonly detach: (() => void)[] = [];
   /** qemu-ga serves one client at a time: sessions queue here (not on the domain lock, which a backup may hold while quiescing) */

@@ -34,13 +34,17 @@ interface FakeJob { type: string; status: string; error?: string; device: string
 class QmpFail extends Error {}
 
 /** Commands that only read state; everything else counts for failure injection. */
-const QUERIES = new Set(['qmp_capabilities', 'query-named-block-nodes', 'query-jobs', 'query-block-exports', 'query-status']);
+const QUERIES = new Set(['qmp_capabilities', 'query-named-block-nodes', 'query-jobs', 'query-block-exports', 'query-status', 'query-block']);
 
 export class ScriptedQemu {
   readonly nodes = new Map<string, FakeNode>();
   readonly jobs = new Map<string, FakeJob>();
   readonly exports = new Map<string, { node: string; name: string }>();
   readonly objects = new Set<string>();
+  /** guest devices (QOM path) -> the node they write to (qom-set drive moves them) */
+  readonly devices = new Map<string, string>();
+  /** the vCPUs run (stop/cont) */
+  running = true;
   nbdServer: { addr: Args; listener: net.Server | null } | null = null;
   /** every command received, in order */
   readonly received: { cmd: string; args: Args }[] = [];
@@ -55,13 +59,14 @@ export class ScriptedQemu {
   private constructor(readonly socketPath: string, private readonly server: net.Server) {}
 
   /** Listen on `socketPath`; `disks` are the domain's format nodes (with their bitmaps) over file nodes. */
-  static async start(socketPath: string, disks: { node: string; file: string; size: number; bitmaps?: string[] }[]): Promise<ScriptedQemu> {
+  static async start(socketPath: string, disks: { node: string; file: string; size: number; bitmaps?: string[]; device?: string }[]): Promise<ScriptedQemu> {
     const server = net.createServer();
     const q = new ScriptedQemu(socketPath, server);
     for (const d of disks) {
       q.nodes.set(`${d.node}-storage`, { driver: 'file', file: null, backing: null, filename: d.file, size: d.size, bitmaps: new Map() });
       const bitmaps = new Map((d.bitmaps ?? []).map((b) => [b, { granularity: 65536, persistent: true, disabled: false }]));
       q.nodes.set(d.node, { driver: 'qcow2', file: `${d.node}-storage`, backing: null, filename: d.file, size: d.size, bitmaps });
+      if (d.device) q.devices.set(d.device, d.node);
     }
     q.baseline = JSON.stringify(q.describe());
     server.on('connection', (s) => q.serve(s));
@@ -89,7 +94,9 @@ export class ScriptedQemu {
     for (const id of this.jobs.keys()) out.push(`job ${id}`);
     for (const id of this.exports.keys()) out.push(`export ${id}`);
     for (const id of this.objects) out.push(`object ${id}`);
+    for (const [dev, node] of this.devices) out.push(`device ${dev} on ${node}`);
     if (this.nbdServer) out.push('nbd-server');
+    if (!this.running) out.push('paused');
     return out.sort();
   }
 
@@ -179,7 +186,11 @@ export class ScriptedQemu {
   private command(cmd: string, a: Args): unknown {
     switch (cmd) {
       case 'qmp_capabilities': return {};
-      case 'query-status': return { running: true, status: 'running' };
+      case 'query-status': return { running: this.running, status: this.running ? 'running' : 'paused' };
+      case 'query-block': return [...this.devices].map(([qdev, node]) => ({ device: '', qdev, type: 'unknown', removable: false, locked: false, inserted: { 'node-name': node } }));
+      case 'stop': return this.setRunning(false);
+      case 'cont': return this.setRunning(true);
+      case 'qom-set': return this.qomSet(a);
       case 'query-named-block-nodes': return this.queryNodes();
       case 'query-jobs':
         return [...this.jobs].map(([id, j]) => ({
@@ -231,8 +242,25 @@ export class ScriptedQemu {
       return {};
     }
     const file = this.node(a.file);
-    if (a.backing) this.node(a.backing);
-    this.nodes.set(name, { driver: a.driver, file: a.file, backing: a.backing ?? null, filename: file.filename, size: file.size, bitmaps: new Map() });
+    // a copy-before-write filter's target is held as a backing would be (it cannot go first)
+    const backing = (a.backing ?? a.target ?? null) as string | null;
+    if (backing) this.node(backing);
+    this.nodes.set(name, { driver: a.driver, file: a.file, backing, filename: file.filename, size: file.size, bitmaps: new Map() });
+    return {};
+  }
+
+  private setRunning(on: boolean): object {
+    if (this.running !== on) this.emit(on ? 'RESUME' : 'STOP', {});
+    this.running = on;
+    return {};
+  }
+
+  /** qom-set of a device's 'drive': the device writes to another node from now on. */
+  private qomSet(a: Args): object {
+    if (!this.devices.has(a.path)) throw new QmpFail(`Device '${a.path}' not found`);
+    if (a.property !== 'drive') throw new QmpFail(`Property '${a.property}' not modelled`);
+    this.node(a.value);
+    this.devices.set(a.path, a.value);
     return {};
   }
 
@@ -242,6 +270,7 @@ export class ScriptedQemu {
     for (const [n, v] of this.nodes) if (v.file === name || v.backing === name) out.push(`node ${n}`);
     for (const [id, j] of this.jobs) if (j.status !== 'concluded' && (j.device === name || j.target === name)) out.push(`job ${id}`);
     for (const [id, e] of this.exports) if (e.node === name) out.push(`export ${id}`);
+    for (const [dev, node] of this.devices) if (node === name) out.push(`device ${dev}`);
     return out;
   }
 

@@ -38,7 +38,7 @@ async function world(): Promise<World> {
   await writeFile(path.join(dir, 'previous', 'sda.qcow2.c1'), 'previous backup');
   const dirs = { stateDir: path.join(dir, 'state'), runDir: path.join(dir, 'run') };
   await mkdir(dirs.runDir, { recursive: true });
-  const qemu = await ScriptedQemu.start(path.join(dir, 'qmp.sock'), disks.map((d) => ({ node: d.node, file: d.file, size: d.size, bitmaps: ['c1'] })));
+  const qemu = await ScriptedQemu.start(path.join(dir, 'qmp.sock'), disks.map((d) => ({ node: d.node, file: d.file, size: d.size, bitmaps: ['c1'], device: `/machine/peripheral/${d.target}` })));
   return { dir, qemu, disks, dirs, committed: new Set(['c1']), hosts: [] };
 }
 

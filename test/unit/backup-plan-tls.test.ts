@@ -9,7 +9,7 @@ import { alignBackupDisks, applyBackupDefaults, parseBackupXML } from '../../src
 const domain = { disks: [{ target: 'sda', source: '/v/a.qcow2', readonly: false, type: 'file' }] };
 
 const sda: PlanDiskInput = {
-  target: 'sda', diskNode: 'libvirt-1-format', diskPath: '/v/a.qcow2', diskFormat: 'qcow2',
+  target: 'sda', diskNode: 'libvirt-1-format', qdevId: 'scsi0-0-0-0', diskPath: '/v/a.qcow2', diskFormat: 'qcow2',
   virtualSize: 64 << 20, nodeIndex: 3, base: null, previous: null,
 };
 

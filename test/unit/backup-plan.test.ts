@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { backingFileName, BACKUP_PERF, planBackup, type PlanDiskInput } from '../../src/qemu/backup-plan.js';
-import { previousBackup, jobStats, decideEnd, type BackupJobRecord, type FinishedTarget } from '../../src/qemu/backup-job.js';
+import { applyQemuJobs, previousBackup, jobStats, decideEnd, type BackupJobRecord, type FinishedTarget } from '../../src/qemu/backup-job.js';
 import { alignBackupDisks, applyBackupDefaults, parseBackupXML } from '../../src/xml/backup.js';
 import type { TransactionAction } from '../../src/qemu/qmp/commands.js';
 
@@ -16,6 +16,7 @@ function disk(target: string, nodeIndex: number, extra: Partial<PlanDiskInput> =
   return {
     target,
     diskNode: target === 'sda' ? 'libvirt-2-format' : 'libvirt-1-format',
+    qdevId: target === 'sda' ? 'scsi0-0-0-0' : 'scsi0-0-0-1',
     diskPath: `/v/${target === 'sda' ? 'a' : 'b'}.qcow2`,
     diskFormat: 'qcow2',
     virtualSize: 64 << 20,
@@ -89,26 +90,36 @@ test('push raw and REUSE_EXTERNAL: no format step', () => {
   assert.deepEqual(reuse.disks.map((d) => [d.createFile, d.create]), [[false, null], [false, null]]);
 });
 
-test('pull incremental: scratch backed by the disk, bitmap on the scratch node (cross-node merge), export with the bitmap', () => {
+test('pull incremental: scratch backed by the disk, copy-before-write filter onto it, snapshot-access exported with the bitmap (merged after the instant)', () => {
   const def = aligned("<domainbackup mode='pull'><incremental>c1</incremental><server name='localhost'/><disks><disk name='sda' exportname='e' exportbitmap='bm'/></disks></domainbackup>");
   const plan = planBackup({ def, disks: [disk('sda', 7, { base: { bitmap: 'c1', granularity: 131072 } })], checkpointActions: cpAdd, reuseExternal: false, port: 10900 });
   assert.deepEqual(plan.nbdServer, { addr: { type: 'inet', data: { host: 'localhost', port: '10900' } } });
   const a = plan.disks[0]!;
   assert.equal(a.create!.options['backing-file'], 'a.qcow2', 'scratch next to the disk: relative');
   assert.equal((a.addFormat as { backing: string }).backing, 'libvirt-2-format');
-  assert.deepEqual(a.export, { type: 'nbd', id: 'virtback-nbd-libvirt-7-format', 'node-name': 'libvirt-7-format', writable: false, name: 'e', bitmaps: ['bm'] });
-  assert.deepEqual(plan.transaction.slice(1), [
-    { type: 'block-dirty-bitmap-add', data: { node: 'libvirt-7-format', name: 'bm', persistent: false, disabled: true, granularity: 131072 } },
-    { type: 'block-dirty-bitmap-merge', data: { node: 'libvirt-7-format', target: 'bm', bitmaps: [{ node: 'libvirt-2-format', name: 'c1' }] } },
-    { type: 'blockdev-backup', data: { device: 'libvirt-2-format', 'job-id': 'backup-sda-libvirt-2-format', target: 'libvirt-7-format', sync: 'none', 'auto-finalize': true, 'auto-dismiss': false } },
+  assert.deepEqual(a.snapshot, {
+    device: '/machine/peripheral/scsi0-0-0-0',
+    cbwNode: 'virtback-7-cbw',
+    snapNode: 'virtback-7-snapshot',
+    addCbw: { driver: 'copy-before-write', 'node-name': 'virtback-7-cbw', file: 'libvirt-2-format', target: 'libvirt-7-format', 'on-cbw-error': 'break-snapshot' },
+    addSnap: { driver: 'snapshot-access', 'node-name': 'virtback-7-snapshot', file: 'virtback-7-cbw' },
+  });
+  assert.deepEqual(a.export, { type: 'nbd', id: 'virtback-nbd-libvirt-7-format', 'node-name': 'virtback-7-snapshot', writable: false, name: 'e', bitmaps: ['bm'] });
+  // no QEMU job: the filter holds the instant; the checkpoint's bitmap is made before it, the export's after
+  assert.deepEqual(plan.transaction, [cpAdd[0]]);
+  assert.deepEqual(plan.afterInstant, [
+    { type: 'block-dirty-bitmap-add', data: { node: 'virtback-7-snapshot', name: 'bm', persistent: false, disabled: true, granularity: 131072 } },
+    { type: 'block-dirty-bitmap-merge', data: { node: 'virtback-7-snapshot', target: 'bm', bitmaps: [{ node: 'libvirt-2-format', name: 'c1' }] } },
   ]);
-  assert.equal(plan.transaction[0], cpAdd[0]);
+  assert.equal(plan.pauseAtInstant, false, 'one disk: no pause');
 });
 
 test('pull over unix; tcp without a port; no disks', () => {
   const unix = planBackup({ def: aligned("<domainbackup mode='pull'><server transport='unix' socket='/r/s'/></domainbackup>"), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: [], reuseExternal: false, port: null });
   assert.deepEqual(unix.nbdServer, { addr: { type: 'unix', data: { path: '/r/s' } } });
   assert.deepEqual(unix.disks.map((d) => d.export!.name), ['sda', 'sdb']);
+  assert.equal(unix.pauseAtInstant, true, 'two disks move onto their filters at one instant');
+  assert.deepEqual(unix.transaction, [], 'no checkpoint, no QEMU job: nothing in a transaction');
   assert.throws(() => planBackup({ def: aligned("<domainbackup mode='pull'><server name='localhost'/></domainbackup>"), disks: [disk('sda', 3), disk('sdb', 4)], checkpointActions: [], reuseExternal: false, port: null }),
     { code: 84, message: '<domainbackup> must specify TCP port for now' });
   assert.throws(() => planBackup({ def: aligned("<domainbackup><disks><disk name='sda' backup='no'/><disk name='sdb' backup='no'/></disks></domainbackup>"), disks: [], checkpointActions: [], reuseExternal: false, port: null }),
@@ -139,6 +150,16 @@ test('backing file names, previous backup lookup, end decision, stats', () => {
   assert.deepEqual(live, { type: 2, operation: 9, id: 3, time_elapsed: 500, disk_total: 200, disk_processed: 110, disk_remaining: 90 });
   const pull = jobStats(rec('pull', ['running']), 1200);
   assert.deepEqual(pull, { type: 2, operation: 9, id: 3, time_elapsed: 200, disk_temp_used: 40, disk_temp_total: 100 });
+  // QEMU's jobs: a concluded one gives its outcome, a vanished push job fails; a pull's frozen view has none and runs on
+  const both = rec('push', ['running', 'running']);
+  applyQemuJobs(both, [{ id: 'j0', type: 'backup', status: 'concluded', 'current-progress': 100, 'total-progress': 100 }]);
+  assert.deepEqual(both.disks.map((d) => [d.state, d.error]), [['complete', null], ['failed', "QEMU job 'j1' vanished"]]);
+  const frozen = rec('pull', ['running', 'running']);
+  frozen.disks[0]!.snapshot = { cbwNode: 'virtback-1-cbw', snapNode: 'virtback-1-snapshot' };
+  frozen.disks[1]!.snapshot = { cbwNode: 'virtback-2-cbw', snapNode: 'virtback-2-snapshot' };
+  frozen.disks[1]!.state = 'cancelling';
+  applyQemuJobs(frozen, []);
+  assert.deepEqual(frozen.disks.map((d) => d.state), ['running', 'cancelled']);
   const done = { ...rec('push', ['failed']), phase: 'done' as const, end: 'failed' as const, errmsg: 'EIO', endedAt: 3000 };
   assert.deepEqual(jobStats(done, 9999), { type: 4, operation: 9, id: 3, time_elapsed: 2000, disk_total: 100, disk_processed: 40, disk_remaining: 60, success: false, errmsg: 'EIO' });
 });

@@ -331,6 +331,8 @@ export interface QmpCommands {
   'human-monitor-command': Cmd<{ 'command-line': string; 'cpu-index'?: number }, string>;
   'object-add': Cmd<ObjectAddArgs, Empty>;
   'object-del': Cmd<{ id: string }, Empty>;
+  /** a device's property; 'drive' of a running disk device moves it onto another block node (a pull's copy-before-write filter) */
+  'qom-set': Cmd<{ path: string; property: string; value: string | number | boolean }, Empty>;
 
   'blockdev-add': Cmd<BlockdevOptions, Empty>;
   'blockdev-del': Cmd<{ 'node-name': string }, Empty>;
