@@ -62,12 +62,7 @@ function holdsFile(pid: number, dev: number, ino: number): boolean | null {
 }
 
 function alive(owner: LockOwner, file: string): boolean {
-  if (!Number.isInteger(owner.pid) || owner.pid <= 0) return false;
-  try {
-    process.kill(owner.pid, 0);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
+  if (!Number.isInteger(owner.pid) || owner.pid <= 0 || !processExists(owner.pid)) return false;
   if (isZombie(owner.pid)) return false;
   if (owner.start !== null) {
     const now = processStartTime(owner.pid);
@@ -97,6 +92,41 @@ function readOrNull(file: string): string | null {
   }
 }
 
+/**
+ * Remove the temp files (`.<lock>.<pid>.tmp`) of starts SIGKILLed inside
+ * acquire: nobody else removes them. Another start may be trying at this
+ * moment (it will be refused), so only those of a pid that is gone. Best
+ * effort: a leftover must not stop the daemon.
+ */
+function removeDeadTemps(file: string): void {
+  const dir = path.dirname(file);
+  const prefix = `.${path.basename(file)}.`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = name.startsWith(prefix) && name.endsWith('.tmp') ? name.slice(prefix.length, -'.tmp'.length) : '';
+    if (!/^\d+$/.test(pid) || processExists(Number(pid))) continue;
+    try {
+      fs.rmSync(path.join(dir, name), { force: true });
+    } catch {
+      // left for the next start
+    }
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // someone else's
+  }
+}
+
 export class PidLock {
   private constructor(
     readonly file: string,
@@ -121,6 +151,7 @@ export class PidLock {
         try {
           fs.linkSync(tmp, file);
           taken = true;
+          removeDeadTemps(file);
           return new PidLock(file, content, fd);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;

@@ -5,7 +5,7 @@
 // the QEMU arguments that map both as pflash, and the NVRAM's end at undefine
 // (libvirt's UNDEFINE_NVRAM / UNDEFINE_KEEP_NVRAM).
 
-import { chmod, copyFile, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { virErr } from '../errors.js';
 import { UndefineFlags } from '../flags.js';
@@ -71,6 +71,7 @@ export async function prepareNvram(files: FirmwareFiles, opts: { reset: boolean 
   }
   await mkdir(path.dirname(files.vars), { recursive: true, mode: 0o700 });
   const tmp = `${files.vars}.tmp-${process.pid}`;
+  await removeStaleCopies(files.vars);
   try {
     await copyFile(files.template, tmp);
     await chmod(tmp, 0o600);
@@ -78,6 +79,21 @@ export async function prepareNvram(files: FirmwareFiles, opts: { reset: boolean 
   } catch (e) {
     await rm(tmp, { force: true });
     throw virErr('SYSTEM_ERROR', 'QEMU', `cannot create NVRAM '${files.vars}' from '${files.template}': ${(e as Error).message}`, e);
+  }
+}
+
+/**
+ * Remove the copies (`<vars>.tmp-<pid>`) that starts SIGKILLed before their
+ * rename left: the next start copies under its own pid's name, and the state
+ * directory's sweep matches neither this name nor an NVRAM path set in the
+ * XML. One daemon owns a domain, so another pid's copy is nobody's.
+ */
+async function removeStaleCopies(vars: string): Promise<void> {
+  const dir = path.dirname(vars);
+  const prefix = `${path.basename(vars)}.tmp-`;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const pid = name.startsWith(prefix) ? name.slice(prefix.length) : '';
+    if (/^\d+$/.test(pid) && Number(pid) !== process.pid) await rm(path.join(dir, name), { force: true }).catch(() => {});
   }
 }
 

@@ -140,8 +140,31 @@ export async function writeManifest(input: BackupManifestInput, opts: WriteManif
   return file;
 }
 
+/** `.<manifest name>.<pid>.tmp`: where process `pid` writes the manifest `file` before its rename. */
+function tempName(file: string, pid: number): string {
+  return `.${path.basename(file)}.${pid}.tmp`;
+}
+
+/**
+ * Remove what earlier writers of `file` left when SIGKILLed between write and
+ * rename: the next daemon writes under its own pid's name and would never
+ * touch theirs. One daemon owns a target at a time, so another pid's temp
+ * file is nobody's. The pid part must be digits only: anything looser would
+ * match the temp file of another target's manifest (of a target named
+ * `<this manifest's name>.x`). Best effort: a leftover must not fail a backup.
+ */
+async function removeStaleTemps(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  const prefix = `.${path.basename(file)}.`;
+  const ours = tempName(file, process.pid);
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (name === ours || !name.startsWith(prefix) || !name.endsWith('.tmp')) continue;
+    if (/^\d+$/.test(name.slice(prefix.length, -'.tmp'.length))) await fs.rm(path.join(dir, name), { force: true }).catch(() => {});
+  }
+}
+
 async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
+  const tmp = path.join(path.dirname(file), tempName(file, process.pid));
   try {
     // 0600 like the backups: a digest of every MiB tells a lot about the disk.
     const fh = await fs.open(tmp, 'w', 0o600);
@@ -152,7 +175,8 @@ async function writeFileAtomic(file: string, text: string): Promise<void> {
       await fh.close();
     }
     await fs.rename(tmp, file);
-    // The rename itself must survive a crash too.
+    await removeStaleTemps(file);
+    // The rename itself (and the removals) must survive a crash too.
     const dir = await fs.open(path.dirname(file), 'r');
     await dir.sync().finally(() => dir.close());
   } catch (e) {

@@ -96,6 +96,7 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     // A new output reads as zeroes, so zero areas are not written and stay sparse.
     // unique per call: two restores to one name in one process must not share it
     const tmp = path.join(path.dirname(output), `.${path.basename(output)}.restore-${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
+    await removeDeadRestoreTemps(output);
     try {
       await createImage(tmp, opts.format, top.virtualSize);
       const bad = await writeChecked({ ...copy, output: tmp, zeroFill: false });
@@ -108,6 +109,32 @@ export async function restoreBackup(opts: RestoreOptions): Promise<RestoreResult
     }
   }
   return { output, format: opts.format, virtualSize: top.virtualSize, chain: links.map((l: ChainLink) => l.file), checkedAgainst };
+}
+
+/**
+ * Remove the temp images that restores to `output` left when SIGKILLed (a whole
+ * disk each, hidden): `.<name>.restore-<pid>-<8 hex>.tmp` of a pid that is gone.
+ * Restores to one name may run side by side in several processes, so a live
+ * pid's is kept (and one whose pid was reused, until it ends). Best effort:
+ * a leftover must not fail the restore.
+ */
+async function removeDeadRestoreTemps(output: string): Promise<void> {
+  const dir = path.dirname(output);
+  const prefix = `.${path.basename(output)}.restore-`;
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix)) continue;
+    const m = /^(\d+)-[0-9a-f]{8}\.tmp$/.exec(name.slice(prefix.length));
+    if (m && !processExists(Number(m[1]))) await fs.rm(path.join(dir, name), { force: true }).catch(() => {});
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // someone else's
+  }
 }
 
 /** Every block's entry from the target's manifest, or null when it has none. */

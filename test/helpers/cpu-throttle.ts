@@ -5,7 +5,7 @@
 // cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us); root only. Where neither can
 // be set up, `throttleCpu` says why and the caller goes on unthrottled.
 
-import { mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 const ROOT = '/sys/fs/cgroup';
@@ -68,16 +68,4 @@ export async function throttleCpu(pid: number, percent: number): Promise<Throttl
       await rmdir(group.dir).catch(() => undefined);
     },
   };
-}
-
-/** The pid of the process whose command line contains `needle` (e.g. a QEMU by its disk's unique path). */
-export async function pidByCommandLine(needle: string): Promise<number | undefined> {
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.startsWith('qemu') || cmdline.includes('/qemu-system')) {
-      if (cmdline.includes(needle)) return Number(entry);
-    }
-  }
-  return undefined;
 }

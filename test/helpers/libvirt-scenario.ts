@@ -23,10 +23,10 @@ import { LibvirtDriver } from '../../src/libvirt/driver.js';
 import { connectUnixStream } from '../../src/libvirt/transport.js';
 import { connect } from '../../src/sdk/connect.js';
 import { runMain } from './cli.js';
-import { pidByCommandLine, throttleCpu } from './cpu-throttle.js';
+import { throttleCpu } from './cpu-throttle.js';
 import { refused } from './errors.js';
 import { smallDomainXml } from './private-libvirtd.js';
-import { waitFor } from './qemu-env.js';
+import { qemuProcessesFor, waitFor } from './qemu-env.js';
 
 const run = promisify(execFile);
 
@@ -227,7 +227,7 @@ export async function libvirtClientScenario(target: ScenarioTarget): Promise<voi
  * finished, and another push is tried.
  */
 async function abortedPush(dom: Domain, dir: string, disk: string, completed: readonly JobCompletedEvent[]): Promise<{ id: number; target: string }> {
-  const qemu = await pidByCommandLine(disk);
+  const qemu = (await qemuProcessesFor(disk))[0]?.pid;
   const throttle = qemu === undefined ? 'the domain\'s QEMU was not found' : await throttleCpu(qemu, 10);
   try {
     return await abortedPushAttempts(dom, dir, completed);

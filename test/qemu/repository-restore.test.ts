@@ -2,6 +2,8 @@
 // backup and two incrementals with relative backing files, built with qemu-io
 // from known patterns alongside a "live" disk that receives the same writes.
 
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
@@ -23,6 +25,13 @@ function rejectsWith(code: number, re: RegExp) {
     assert.match(e.message, re);
     return true;
   };
+}
+
+/** The pid of a process that has ended (and was reaped). */
+async function exitedPid(): Promise<number> {
+  const child = spawn('true', { stdio: 'ignore' });
+  await once(child, 'exit');
+  return child.pid!;
 }
 
 describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, () => {
@@ -133,6 +142,23 @@ describe('backup repository: manifests, restore, verify', { timeout: 90_000 }, (
     await img('create', '-q', '-f', 'raw', small, String(SIZE / 2));
     await assert.rejects(restoreBackup({ target: inc2, output: small, format: 'raw', inPlace: true }), rejectsWith(ErrorCode.INVALID_ARG, /small\.raw' has 33554432 bytes, less than/));
     await assert.rejects(restoreBackup({ target: inc2, output: path.join(dir, 'nope.raw'), format: 'raw', inPlace: true }), rejectsWith(ErrorCode.INVALID_ARG, /nope\.raw' does not exist/));
+  });
+
+  test('a restore removes the temp images that killed restores to its output left, no live one', async () => {
+    const sub = await fs.mkdtemp(path.join(dir, 'temps-'));
+    const dead = await exitedPid();
+    const stale = `.out.raw.restore-${dead}-0a1b2c3d.tmp`;
+    const kept = [
+      `.out.raw.restore-${process.pid}-0a1b2c3d.tmp`, // a restore running beside this one
+      `.out.raw.restore-${dead}-0a1b2c3.tmp`,
+      `.out.raw.restore-${dead}-0a1b2c3d.tmp.keep`,
+      `.out.raw.manifest.json.${dead}.tmp`,
+      `.other.raw.restore-${dead}-0a1b2c3d.tmp`,
+    ];
+    for (const name of [stale, ...kept]) await fs.writeFile(path.join(sub, name), 'x');
+    await restoreBackup({ target: inc1, output: path.join(sub, 'out.raw'), format: 'raw' });
+    assert.equal(sha(await fs.readFile(path.join(sub, 'out.raw'))), sha(refs[1]!));
+    assert.deepEqual((await fs.readdir(sub)).sort(), ['out.raw', ...kept].sort());
   });
 
   test('restore refuses to overwrite an existing file or a backup of the chain', async () => {

@@ -1,6 +1,7 @@
 // PidLock: a second owner is refused while the first runs; a killed owner's
 // lock is taken over at once, even before its parent reaps it (zombie), and a
 // lock file naming a live process that does not hold it is stale.
+// Taking it removes the temp files of starts killed inside acquire (their pid gone).
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -89,6 +90,30 @@ test('a lock file naming a live process that does not hold it open is stale', as
     lock.release();
   } finally {
     other.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("taking the lock removes the temp files of starts killed inside acquire, not a live one's", async () => {
+  const dir = tmpdir();
+  const file = path.join(dir, 'virtbackd.pid');
+  const live = spawn('sleep', ['120'], { stdio: 'ignore' });
+  const gone = spawn('true', { stdio: 'ignore' });
+  await new Promise((r) => gone.once('exit', r));
+  try {
+    const stale = `.virtbackd.pid.${gone.pid}.tmp`;
+    const kept = [
+      `.virtbackd.pid.${live.pid}.tmp`, // a start trying right now
+      `.virtbackd.pid.x${gone.pid}.tmp`,
+      `.virtbackd.pid.${gone.pid}.tmp.keep`,
+      `.virtbackd.lock.${gone.pid}.tmp`,
+    ];
+    for (const name of [stale, ...kept]) fs.writeFileSync(path.join(dir, name), 'x');
+    const lock = PidLock.acquire(file, 'the test dir');
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['virtbackd.pid', ...kept].sort());
+    lock.release();
+  } finally {
+    live.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
