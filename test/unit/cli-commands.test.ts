@@ -291,7 +291,7 @@ test('event: lifecycle, block-job and job-completed lines, --loop, --timeout, --
   onEventLoopReady(() => void env.driver.domainDestroy(UUID, 0));
   assert.equal((await env.run('event', 'vm2', '--event', 'lifecycle', '--timeout', '1')).stdout, 'event loop timed out\nevents received: 0\n');
   onEventLoopReady(null);
-  assert.equal((await env.run('event', '--list')).stdout, 'lifecycle\nreboot\nblock-job\njob-completed\n');
+  assert.equal((await env.run('event', '--list')).stdout, 'lifecycle\nreboot\nio-error\nio-error-reason\nblock-job\njob-completed\n');
   assert.equal((await env.run('event', 'vm1')).code, 2);
   assert.equal((await env.run('event', '--event', 'nope')).code, 2);
 });
