@@ -62,6 +62,8 @@ test('domain commands: define, list, start, dominfo, domstate, dumpxml, domblkli
 
   assert.equal((await env.run('dumpxml', 'vm1')).stdout, `${DOMAIN_XML}\n`);
   assert.equal((await env.run('domblklist', 'vm1')).stdout, ' Target   Source\n------------------------------\n sda      /img/vm1-sda.qcow2\n');
+  assert.deepEqual(await env.run('domblkerror', 'vm1'), { code: 0, stdout: 'No errors found\n', stderr: '' });
+  assert.equal((await env.run('domblkerror', 'vm1', '--json')).stdout, '[]\n');
   assert.match((await env.run('domblklist', 'vm1', '--details')).stdout, /^ Type {3}Device {3}Target {3}Source\n-+\n file {3}disk {5}sda {6}\/img\/vm1-sda.qcow2\n$/);
   assert.deepEqual(JSON.parse((await env.run('domblklist', 'vm1', '--json')).stdout), [
     { type: 'file', device: 'disk', target: 'sda', source: '/img/vm1-sda.qcow2' },
