@@ -14,7 +14,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdir, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import type { DriverEvent, IoErrorEvent } from '../../src/api/driver.js';
 import type { Connect } from '../../src/api/public.js';
@@ -29,18 +29,31 @@ const run = promisify(execFile);
 const root = process.getuid?.() === 0;
 const whyNot = !root ? 'mounting a tmpfs needs root' : virshMissing();
 
-test('a guest write that meets a full host filesystem: paused (I/O error), io-error events and domblkerror; resumed once there is room, no error left', { skip: whyNot ?? false, timeout: 300_000 }, async (t) => {
+/** A daemon (`extra`: its options) and a tmpfs of `sizeMiB` at `<dir>/small` while `fn` runs. */
+async function onSmallTmpfs(t: TestContext, extra: string[], fn: (env: DaemonEnv, small: string) => Promise<void>): Promise<void> {
   const env = await makeDaemonEnv(t);
-  await env.start();
+  await env.start(extra);
   const small = path.join(env.dir, 'small');
   await mkdir(small);
   await run('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'vbt-ioerror', small]);
   try {
-    await pausedAndResumed(env, small);
+    await fn(env, small);
   } finally {
     // before the test env's own cleanup removes its folder (after hooks run in order)
     await run('umount', ['-l', small]).catch(() => undefined);
   }
+}
+
+/** Fills the filesystem of `dir` but for `leave` bytes; returns the filler. */
+async function fill(dir: string, leave: number): Promise<string> {
+  const fs = await statfs(dir);
+  const filler = path.join(dir, 'filler');
+  await writeFile(filler, Buffer.alloc(fs.bavail * fs.bsize - leave, 1));
+  return filler;
+}
+
+test('a guest write that meets a full host filesystem: paused (I/O error), io-error events and domblkerror; resumed once there is room, no error left', { skip: whyNot ?? false, timeout: 300_000 }, async (t) => {
+  await onSmallTmpfs(t, [], pausedAndResumed);
 });
 
 /** The domain's events as the SDK sees them over virtbackd's socket. */
@@ -64,9 +77,7 @@ async function pausedAndResumed(env: DaemonEnv, small: string): Promise<void> {
   const events = recordEvents(conn, dom.uuid);
   const watchers = ['io-error', 'io-error-reason'].map((e) => virshBackground(uri, ['event', dom.name, '--event', e, '--loop']));
   try {
-    const fs = await statfs(small);
-    const filler = path.join(small, 'filler');
-    await writeFile(filler, Buffer.alloc(fs.bavail * fs.bsize - 256 * 1024, 1));
+    const filler = await fill(small, 256 * 1024);
     await virshOk(uri, 'start', dom.name);
 
     await waitFor(async () => (await virshOk(uri, 'domstate', dom.name, '--reason')).trim() === 'paused (I/O error)' || undefined,
@@ -118,3 +129,36 @@ async function pausedAndResumed(env: DaemonEnv, small: string): Promise<void> {
     await Promise.all(watchers.map((w) => w.stop()));
   }
 }
+
+// The troubleshooting case: the guest's disk has room, but a push backup's
+// target fills up. QEMU's backup filter copies a block's old data out before
+// a guest write changes it; that copy fails with ENOSPC, the guest's write
+// with it, and the guest pauses. BLOCK_IO_ERROR then names the filter's node,
+// not the disk's: the driver finds the disk through query-block.
+test('a push target that fills up pauses a writing guest: the io-error under the backup filter names its disk', { skip: whyNot ?? false, timeout: 300_000 }, async (t) => {
+  // one 64 KiB chunk a minute: the job itself takes the first chunk, then the guest's writes are first to need room
+  await onSmallTmpfs(t, ['--backup-speed-limit', '1024'], async (env, small) => {
+    const guest = await tinyGuest();
+    const dom = await makeTestDomain(env.dir, { disks: 1, sizeMiB: 64, bus: 'virtio', osXml: tinyGuestOsXml(guest, 'tg.writer=/mnt/vda tg.writer_interval=0.2') });
+    const disk = dom.disks[0]!;
+    const conn = await env.connect();
+    const events = recordEvents(conn, dom.uuid);
+    const sdkDom = await conn.defineXML(dom.xml);
+    await sdkDom.create();
+    await waitFor(async () => (await guestBoots(env.runDir, dom.uuid)) === 1 || undefined, 'the guest writing', 120_000);
+
+    const target = path.join(small, 'push-vda.qcow2');
+    await sdkDom.backupBegin(`<domainbackup><disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks></domainbackup>`);
+    await fill(small, 16 * 1024);
+    await waitFor(async () => (await sdkDom.getInfo()).reason === PausedReason.IOERROR || undefined, 'the guest paused by its failed write', 120_000);
+    await waitFor(() => events.some((e) => e.type === 'lifecycle' && e.event === 'suspended') || undefined, "the SDK's suspended event", 10_000);
+    const ioErrors = events.filter((e): e is IoErrorEvent => e.type === 'io-error');
+    assert.ok(ioErrors.length >= 1);
+    assert.deepEqual({ ...ioErrors[0]!, domain: ioErrors[0]!.domain.name }, {
+      type: 'io-error', domain: dom.name, disk: 'vda', srcPath: disk.path, devAlias: 'virtio-disk0', action: IoErrorAction.PAUSE, reason: 'enospc',
+    }, 'the disk under the filter, found by query-block');
+    assert.ok(events.indexOf(ioErrors[0]!) < events.findIndex((e) => e.type === 'lifecycle' && e.event === 'suspended'), 'still before the suspended event');
+    assert.deepEqual(await sdkDom.getDiskErrors(), [{ disk: 'vda', error: DiskErrorCode.NO_SPACE }]);
+    await sdkDom.destroy();
+  });
+});
