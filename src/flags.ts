@@ -198,9 +198,28 @@ export const ShutoffReason = {
 export const EventId = {
   LIFECYCLE: 0,
   REBOOT: 1,
+  IO_ERROR: 4,
+  IO_ERROR_REASON: 6,
   BLOCK_JOB: 8,
   BLOCK_JOB_2: 16,
   JOB_COMPLETED: 21,
+} as const;
+
+/** virDomainEventIOErrorAction: what QEMU did about a disk's I/O error (its werror/rerror policy) */
+export const IoErrorAction = {
+  /** 'ignore': the error was ignored */
+  NONE: 0,
+  /** 'stop': the guest was paused */
+  PAUSE: 1,
+  /** 'report': the guest saw the error */
+  REPORT: 2,
+} as const;
+
+/** virDomainDiskErrorCode: a disk's last I/O error that stopped the guest (virDomainGetDiskErrors) */
+export const DiskErrorCode = {
+  NONE: 0,
+  UNSPEC: 1,
+  NO_SPACE: 2,
 } as const;
 
 /** libvirt's virCheckFlags: INVALID_ARG when `flags` has bits outside `allowed`. */

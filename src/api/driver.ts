@@ -65,6 +65,14 @@ export interface JobStats {
   errmsg?: string;
 }
 
+/** virDomainDiskError: a disk whose I/O error stopped the guest (cleared when it resumes). */
+export interface DiskError {
+  /** disk target, e.g. 'vda' */
+  disk: string;
+  /** flags.DiskErrorCode: NO_SPACE, or UNSPEC for any other error */
+  error: number;
+}
+
 /** A dirty bitmap in a disk image that no checkpoint's metadata describes. */
 export interface UnknownBitmap {
   /** disk target, e.g. 'sda' */
@@ -129,7 +137,27 @@ export interface RebootEvent {
   domain: DomainRef;
 }
 
-export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent | RebootEvent;
+/**
+ * A disk's I/O error as QEMU reported it (BLOCK_IO_ERROR), whatever its
+ * policy did about it: libvirt's VIR_DOMAIN_EVENT_ID_IO_ERROR and
+ * IO_ERROR_REASON, which libvirt sends both for every error.
+ */
+export interface IoErrorEvent {
+  type: 'io-error';
+  domain: DomainRef;
+  /** disk target, e.g. 'vda' ('' when QEMU named no disk of the domain) */
+  disk: string;
+  /** the disk's source path ('' when unknown or the disk has none) */
+  srcPath: string;
+  /** the guest device's alias, e.g. 'virtio-disk0' ('' when unknown) */
+  devAlias: string;
+  /** flags.IoErrorAction: NONE (ignored), PAUSE (the guest stopped), REPORT (the guest saw it) */
+  action: number;
+  /** 'enospc' when the host ran out of space, else '' (libvirt's reasons) */
+  reason: string;
+}
+
+export type DriverEvent = JobCompletedEvent | BlockJobEvent | LifecycleEvent | RebootEvent | IoErrorEvent;
 
 export type EventListener = (event: DriverEvent) => void;
 
@@ -157,6 +185,8 @@ export interface Driver {
   domainSetAutostart(uuid: string, autostart: boolean): Promise<void>;
   /** virDomainUpdateDeviceFlags: a CD-ROM drive's medium changed or ejected (virsh change-media). */
   domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void>;
+  /** virDomainGetDiskErrors: every disk whose I/O error paused the guest; OPERATION_INVALID when shut off. */
+  domainGetDiskErrors(uuid: string, flags: number): Promise<DiskError[]>;
   /** `disk` is a target ('sda') or a source path; INVALID_ARG when the domain has no such disk. */
   domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo>;
   domainLookupByName(name: string): Promise<DomainRef>;

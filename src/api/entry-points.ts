@@ -13,7 +13,7 @@
 // what every driver can do. Adding an entry point: a row here, the method in
 // api/driver.ts and in the drivers, tests.
 
-import type { BlockJobInfo, DomainRef, DomainSummary, Driver, JobStats, UnknownBitmap } from './driver.js';
+import type { BlockJobInfo, DiskError, DomainRef, DomainSummary, Driver, JobStats, UnknownBitmap } from './driver.js';
 import {
   BackupBeginFlags,
   BackupEndFlags,
@@ -89,6 +89,7 @@ export interface ResultTypes {
   unknownBitmaps: UnknownBitmap[];
   boolean: boolean;
   blockJobInfo: BlockJobInfo;
+  diskErrors: DiskError[];
 }
 export type ResultKind = keyof ResultTypes;
 
@@ -291,6 +292,15 @@ export const entryPoints = {
     flagPrefix: 'VIR_DOMAIN_XML_',
     mutates: false,
     secure: 'SECURE',
+  }),
+  domainGetDiskErrors: entry({
+    libvirt: 'virDomainGetDiskErrors',
+    errorDomain: 'DOMAIN',
+    args: [uuid, flags],
+    result: 'diskErrors',
+    flags: NoFlags,
+    mutates: false,
+    doc: "every disk whose I/O error paused the guest, until it resumes (QEMU's io-status)",
   }),
   domainGetBlockJobInfo: entry({
     libvirt: 'virDomainGetBlockJobInfo',

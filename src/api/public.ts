@@ -8,12 +8,14 @@
 import type {
   BlockJobEvent,
   BlockJobInfo,
+  DiskError,
   DomainRef,
   DomainSummary,
   Driver,
   DriverEvent,
   JobCompletedEvent,
   JobStats,
+  IoErrorEvent,
   LifecycleEvent,
   RebootEvent,
   UnknownBitmap,
@@ -48,6 +50,7 @@ export interface EventMap {
   'block-job': BlockJobEvent;
   lifecycle: LifecycleEvent;
   reboot: RebootEvent;
+  'io-error': IoErrorEvent;
 }
 export type EventName = keyof EventMap;
 export type EventCallback<K extends EventName> = (event: EventMap[K], domain: Domain) => void;
@@ -262,6 +265,11 @@ export class Domain {
   /** The block job of a disk (target or source path); `found` false when it has none. */
   async getBlockJobInfo(disk: string, flags?: BlockJobInfoOptions): Promise<BlockJobInfo> {
     return this.driver.domainGetBlockJobInfo(this.uuid, disk, this.driver.flagsOf('domainGetBlockJobInfo', flags));
+  }
+
+  /** virDomainGetDiskErrors: the disks whose I/O error paused the guest (none once it resumed). */
+  async getDiskErrors(flags?: NoOptions): Promise<DiskError[]> {
+    return this.driver.domainGetDiskErrors(this.uuid, this.driver.flagsOf('domainGetDiskErrors', flags));
   }
 
   async undefine(flags?: UndefineOptions): Promise<void> {

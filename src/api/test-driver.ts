@@ -5,7 +5,7 @@
 // test`). It does not parse XML beyond <name> and <uuid>.
 
 import { randomUUID } from 'node:crypto';
-import type { BlockJobInfo, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from './driver.js';
+import type { BlockJobInfo, DiskError, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from './driver.js';
 import { virErr } from '../errors.js';
 import {
   BackupBeginFlags,
@@ -256,6 +256,13 @@ export class TestDriver implements Driver {
     checkFlags(flags, 0, 'virDomainUpdateDeviceFlags');
     this.dom(uuid);
     throw virErr('NO_SUPPORT', 'DOMAIN', 'this function is not supported by the connection driver: virDomainUpdateDeviceFlags');
+  }
+
+  /** No disk of a test domain ever fails. */
+  async domainGetDiskErrors(uuid: string, flags: number): Promise<DiskError[]> {
+    checkFlags(flags, 0, 'virDomainGetDiskErrors');
+    this.requireActive(this.dom(uuid));
+    return [];
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {

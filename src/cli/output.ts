@@ -123,6 +123,13 @@ export function domainReasonString(state: number, reason: number): string {
   return table[reason] ?? 'unknown';
 }
 
+/** virshDomainIOError: virDomainDiskErrorCode as virsh domblkerror says it */
+const DISK_ERRORS = ['no error', 'unspecified error', 'no space'];
+
+export function diskErrorString(code: number): string {
+  return DISK_ERRORS[code] ?? 'unknown';
+}
+
 const JOB_TYPES: Record<number, string> = {
   [JobType.NONE]: 'None',
   [JobType.BOUNDED]: 'Bounded',

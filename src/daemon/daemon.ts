@@ -201,6 +201,7 @@ function eventFields(ev: DriverEvent): Record<string, unknown> {
   const fields: Record<string, unknown> = { event: ev.type, domain: ev.domain.name, uuid: ev.domain.uuid };
   if (ev.type === 'job-completed') Object.assign(fields, { job: ev.jobId, success: ev.stats.success });
   if (ev.type === 'block-job') Object.assign(fields, { disk: ev.disk, status: ev.status });
+  if (ev.type === 'io-error') Object.assign(fields, { disk: ev.disk, action: ev.action, reason: ev.reason });
   return fields;
 }
 
@@ -214,5 +215,7 @@ function describeEvent(ev: DriverEvent): string {
       return `lifecycle ${ev.event}/${ev.detail} of domain '${ev.domain.name}'`;
     case 'reboot':
       return `reboot of domain '${ev.domain.name}'`;
+    case 'io-error':
+      return `io-error of disk '${ev.disk}' of domain '${ev.domain.name}' (action ${ev.action}${ev.reason ? `, ${ev.reason}` : ''})`;
   }
 }

@@ -6,14 +6,14 @@
 // The original design's extras are emulated per connection in
 // backup-jobs.ts; what cannot be emulated is refused with NO_SUPPORT.
 
-import type { BlockJobInfo, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
+import type { BlockJobInfo, DiskError, DomainRef, DomainSummary, Driver, DriverEvent, EventListener, JobStats, UnknownBitmap } from '../api/driver.js';
 import { virErr } from '../errors.js';
 import { EventId, JobType, ListDomainsFlags } from '../flags.js';
 import { errField, silentLogger, type Logger } from '../log.js';
 import { BackupJobs, type BackupJobHooks } from './backup-jobs.js';
 import { LibvirtClient, type LibvirtClientOptions } from './client.js';
 import { Program } from './packet.js';
-import { qemuProcedures, remoteEvents, type WireCheckpoint, type WireDomain } from './procedures.js';
+import { REMOTE, qemuProcedures, remoteEvents, type WireCheckpoint, type WireDomain } from './procedures.js';
 import { bytesToUuid, lifecycleFromWire, uuidToBytes } from './semantics.js';
 import type { LibvirtStream } from './transport.js';
 import { decode } from './xdr.js';
@@ -31,7 +31,8 @@ export interface LibvirtDriverOptions extends BackupJobHooks, Omit<LibvirtClient
 const CLIENT_SIDE_FILTERS = ListDomainsFlags.HAS_BACKUP_JOB | ListDomainsFlags.NO_BACKUP_JOB;
 
 /** The events a listener gets: registered for all domains when the first listener subscribes. */
-const LISTENED_EVENTS = [EventId.LIFECYCLE, EventId.REBOOT, EventId.BLOCK_JOB, EventId.JOB_COMPLETED] as const;
+// (IO_ERROR_REASON carries everything IO_ERROR does, and its reason)
+const LISTENED_EVENTS = [EventId.LIFECYCLE, EventId.REBOOT, EventId.IO_ERROR_REASON, EventId.BLOCK_JOB, EventId.JOB_COMPLETED] as const;
 
 function noSupport(what: string): Error {
   return virErr('NO_SUPPORT', 'DOMAIN', `this function is not supported by the connection driver: ${what}`);
@@ -148,6 +149,15 @@ export class LibvirtDriver implements Driver {
 
   async domainUpdateDevice(uuid: string, xml: string, flags: number): Promise<void> {
     await this.client.call('domainUpdateDeviceFlags', { dom: await this.wireDomain(uuid), xml, flags });
+  }
+
+  /** As libvirt's clients call it: how many to ask for (maxerrors 0), then that many. */
+  async domainGetDiskErrors(uuid: string, flags: number): Promise<DiskError[]> {
+    const dom = await this.wireDomain(uuid);
+    const { nerrors } = await this.client.call('domainGetDiskErrors', { dom, maxerrors: 0, flags });
+    if (nerrors <= 0) return [];
+    const r = await this.client.call('domainGetDiskErrors', { dom, maxerrors: Math.min(nerrors, REMOTE.DOMAIN_DISK_ERRORS_MAX), flags });
+    return r.errors.slice(0, Math.max(r.nerrors, 0)).map((e) => ({ disk: e.disk, error: e.error }));
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {
@@ -343,6 +353,11 @@ export class LibvirtDriver implements Driver {
       const m = decode(remoteEvents.reboot.body, payload, 'reboot event');
       if (!this.ours(m.callbackID, EventId.REBOOT)) return;
       event = { type: 'reboot', domain: this.remember(m.dom) };
+    } else if (proc === remoteEvents.ioErrorReason.proc) {
+      const m = decode(remoteEvents.ioErrorReason.body, payload, 'io-error-reason event');
+      if (!this.ours(m.callbackID, EventId.IO_ERROR_REASON)) return;
+      // libvirt's event names the disk by path and alias only: its target stays unknown here
+      event = { type: 'io-error', domain: this.remember(m.dom), disk: '', srcPath: m.srcPath, devAlias: m.devAlias, action: m.action, reason: m.reason };
     } else if (proc === remoteEvents.blockJob.proc) {
       const m = decode(remoteEvents.blockJob.body, payload, 'block-job event');
       if (!this.ours(m.callbackID, EventId.BLOCK_JOB)) return;

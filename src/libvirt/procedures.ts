@@ -36,6 +36,7 @@ export const REMOTE = {
   AUTH_TYPE_LIST_MAX: 20,
   FSFREEZE_MOUNTPOINTS_MAX: 256,
   DOMAIN_MESSAGES_MAX: 2048,
+  DOMAIN_DISK_ERRORS_MAX: 256,
   UUID_BYTES: 16,
 } as const;
 
@@ -123,6 +124,9 @@ const jobInfo = struct({
   fileRemaining: uhyper,
 });
 
+/** remote_domain_disk_error: a disk target and its virDomainDiskErrorCode */
+const diskError = struct({ disk: nonnullString, error: int });
+
 // ---- the procedure table --------------------------------------------------
 
 /**
@@ -197,6 +201,14 @@ export const remoteProcedures = {
   domainUndefineFlags: p(231, 'virDomainUndefineFlags', domFlags, none, via('domainUndefine')),
   domainDestroyFlags: p(234, 'virDomainDestroyFlags', domFlags, none, via('domainDestroy')),
   domainShutdownFlags: p(258, 'virDomainShutdownFlags', domFlags, none, via('domainShutdown')),
+  domainGetDiskErrors: p(
+    263,
+    'virDomainGetDiskErrors',
+    struct({ dom: domain, maxerrors: uint, flags: uint }),
+    // nerrors: the errors returned, or with maxerrors 0 the size to ask for
+    struct({ errors: array(diskError, REMOTE.DOMAIN_DISK_ERRORS_MAX), nerrors: int }),
+    via('domainGetDiskErrors'),
+  ),
   domainGetBlockJobInfo: p(
     238,
     'virDomainGetBlockJobInfo',
@@ -293,6 +305,11 @@ export const qemuProcedures = {
 export const remoteEvents = {
   lifecycle: { proc: 318, body: struct({ callbackID: int, dom: domain, event: int, detail: int }) },
   reboot: { proc: 319, body: struct({ callbackID: int, dom: domain }) },
+  ioError: { proc: 322, body: struct({ callbackID: int, dom: domain, srcPath: nonnullString, devAlias: nonnullString, action: int }) },
+  ioErrorReason: {
+    proc: 324,
+    body: struct({ callbackID: int, dom: domain, srcPath: nonnullString, devAlias: nonnullString, action: int, reason: nonnullString }),
+  },
   blockJob: { proc: 326, body: struct({ callbackID: int, dom: domain, path: nonnullString, type: int, status: int }) },
   blockJob2: { proc: 339, body: struct({ callbackID: int, dom: domain, dst: nonnullString, type: int, status: int }) },
   connectionClosed: { proc: 362, body: struct({ reason: int }) },
@@ -306,6 +323,8 @@ export type EventBody<N extends RemoteEventName> = Infer<(typeof remoteEvents)[N
 export const DomainEventId = {
   LIFECYCLE: 0,
   REBOOT: 1,
+  IO_ERROR: 4,
+  IO_ERROR_REASON: 6,
   BLOCK_JOB: 8,
   BLOCK_JOB_2: 16,
   JOB_COMPLETED: 21,

@@ -22,7 +22,7 @@ interface EventForm {
   payload(callbackID: number, dom: WireDomain): Buffer;
 }
 
-/** A driver event as the wire forms it can take (a block job is both BLOCK_JOB and BLOCK_JOB_2). */
+/** A driver event as the wire forms it can take (a block job is both BLOCK_JOB and BLOCK_JOB_2, an I/O error IO_ERROR and IO_ERROR_REASON). */
 export interface WireEvent {
   uuid: string;
   forms: EventForm[];
@@ -42,6 +42,19 @@ export function toWireEvent(ev: DriverEvent): WireEvent {
     case 'reboot': {
       const { proc, body } = remoteEvents.reboot;
       forms.push({ eventID: DomainEventId.REBOOT, proc, payload: (callbackID, dom) => encode(body, { callbackID, dom }) });
+      break;
+    }
+    case 'io-error': {
+      // libvirt sends both for every error: IO_ERROR without the reason, IO_ERROR_REASON with it
+      const io = { srcPath: ev.srcPath, devAlias: ev.devAlias, action: ev.action };
+      const one = remoteEvents.ioError;
+      const two = remoteEvents.ioErrorReason;
+      forms.push({ eventID: DomainEventId.IO_ERROR, proc: one.proc, payload: (callbackID, dom) => encode(one.body, { callbackID, dom, ...io }) });
+      forms.push({
+        eventID: DomainEventId.IO_ERROR_REASON,
+        proc: two.proc,
+        payload: (callbackID, dom) => encode(two.body, { callbackID, dom, ...io, reason: ev.reason }),
+      });
       break;
     }
     case 'job-completed': {

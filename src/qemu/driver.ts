@@ -11,6 +11,7 @@
 import path from 'node:path';
 import type {
   BlockJobInfo,
+  DiskError,
   Driver,
   DomainRef,
   DomainSummary,
@@ -40,6 +41,7 @@ import { QEMU_BINARY, type DiskNodes } from './command-line.js';
 import { DomainDefinitions } from './definitions.js';
 import type { DomainObject } from './domain-object.js';
 import { blockJobInfo } from './block-job-info.js';
+import { diskErrorList } from './io-errors.js';
 import { domainInfo, filterDomains, LIST_DOMAINS_FLAGS, summarize } from './domain-list.js';
 import { EventBus } from './event-bus.js';
 import { HookSet } from './hook-set.js';
@@ -348,6 +350,13 @@ export class QemuDriver implements Driver, DomainHost {
       return def;
     });
     if (persistent !== null) await this.definitions.define(persistent);
+  }
+
+  /** qemuDomainGetDiskErrors: each disk's error that stopped the guest, until it runs again (io-errors.ts). */
+  async domainGetDiskErrors(uuid: string, flags: number): Promise<DiskError[]> {
+    checkFlags(flags, 0, 'virDomainGetDiskErrors');
+    const run = this.running(uuid);
+    return diskErrorList(run.disks, run.diskErrors);
   }
 
   async domainGetBlockJobInfo(uuid: string, disk: string, flags: number): Promise<BlockJobInfo> {

@@ -10,13 +10,14 @@ import { isVirError, virErr } from '../errors.js';
 import { DomainState, PausedReason, RunningReason, ShutoffReason } from '../flags.js';
 import { errField, type Logger } from '../log.js';
 import { formatDomainXML, parseDomainXML, type DomainDef } from '../xml/domain.js';
-import { buildCommandLine, type QemuCommandLine } from './command-line.js';
+import { buildCommandLine, type DiskNodes, type QemuCommandLine } from './command-line.js';
 import { withLiveConsoles } from './console.js';
 import { bridgeTaps, prepareTaps, removeTaps } from './net.js';
 import { DomainObject } from './domain-object.js';
 import { prepareNvram, resolveFirmware, withFirmwareFiles } from './firmware.js';
 import { lifecycleEvent, type EventBus } from './event-bus.js';
 import type { HookSet } from './hook-set.js';
+import { diskErrorCode, diskOfNode, diskOfRootNode, ioErrorEvent, ioStatusErrors, type BlockIoErrorData } from './io-errors.js';
 import {
   checkDiskSources,
   findLiveQemu,
@@ -295,6 +296,8 @@ export class DomainLifecycle {
         const st = (await qmp.executeRaw('query-status')) as { status?: string; running?: boolean };
         // the reason it was paused for is not kept across a driver restart
         if (st.running === false && st.status !== 'running') [d.state, d.reason] = [DomainState.PAUSED, st.status === 'io-error' ? PausedReason.IOERROR : PausedReason.UNKNOWN];
+        // the disks' errors of that stop, which the driver keeps only while it runs
+        if (st.status === 'io-error') for (const [k, v] of ioStatusErrors(run.disks, await qmp.execute('query-block'))) run.diskErrors.set(k, v);
         await this.power.finishPowerOff(d, run, st.status);
       } catch (e) {
         if (!(await run.alive())) {
@@ -376,6 +379,8 @@ export class DomainLifecycle {
     if (!run) throw notRunning();
     if (dom.state !== DomainState.PAUSED) return;
     await this.switchCpus(dom, run, 'cont', [DomainState.RUNNING, RunningReason.UNPAUSED], ['resumed', 'unpaused']);
+    // (QEMU's RESUME, which comes before cont's reply, has cleared them already)
+    run.diskErrors.clear();
   }
 
   private async switchCpus(
@@ -396,12 +401,7 @@ export class DomainLifecycle {
   private watchMonitor(dom: DomainObject, run: QemuRuntime, qmp: QmpClient): void {
     const { bus } = this.env;
     run.detach.push(
-      // QEMU announces the error before the STOP it requests (qemuProcessHandleIOError)
-      qmp.on('BLOCK_IO_ERROR', (ev) => {
-        if (dom.run !== run || dom.state !== DomainState.RUNNING || (ev.data as { action?: string }).action !== 'stop') return;
-        [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.IOERROR];
-        bus.emit(lifecycleEvent(dom, 'suspended', 'ioerror'));
-      }),
+      qmp.on('BLOCK_IO_ERROR', (ev) => this.onIoError(dom, run, ev.data as BlockIoErrorData)),
       qmp.on('STOP', () => {
         if (dom.run !== run || dom.state === DomainState.PAUSED || run.resetting || run.instantPause) return;
         // not our suspend (that sets the state first): a monitor command or the guest
@@ -409,6 +409,8 @@ export class DomainLifecycle {
         bus.emit(lifecycleEvent(dom, 'suspended', 'paused'));
       }),
       qmp.on('RESUME', () => {
+        // QEMU's cont: the disks' errors are history (as io-status would be, were it reset for -blockdev devices)
+        if (dom.run === run) run.diskErrors.clear();
         if (dom.run !== run || dom.state !== DomainState.PAUSED) return;
         [dom.state, dom.reason] = [DomainState.RUNNING, RunningReason.UNPAUSED];
         bus.emit(lifecycleEvent(dom, 'resumed', 'unpaused'));
@@ -426,6 +428,40 @@ export class DomainLifecycle {
         });
       }),
     );
+  }
+
+  /**
+   * QEMU's BLOCK_IO_ERROR, as qemuProcessHandleIOError: the io-error event
+   * for every error, and with action stop, paused (I/O error) and its
+   * 'suspended' event after it. QEMU announces the error before the STOP it
+   * requests, so the state changes at once; the events wait only when the
+   * error names a node that is not a disk's own (a backup's filter above it):
+   * query-block says whose device it is.
+   */
+  private onIoError(dom: DomainObject, run: QemuRuntime, data: BlockIoErrorData): void {
+    if (dom.run !== run) return;
+    const pause = data.action === 'stop' && dom.state === DomainState.RUNNING;
+    if (pause) [dom.state, dom.reason] = [DomainState.PAUSED, PausedReason.IOERROR];
+    const publish = (disk: DiskNodes | undefined): void => {
+      // QEMU's io-status keeps a disk's first stopping error until cont (a late answer after a resume is not one)
+      if (data.action === 'stop' && disk !== undefined && dom.run === run && dom.state === DomainState.PAUSED && !run.diskErrors.has(disk.target)) {
+        run.diskErrors.set(disk.target, diskErrorCode(data));
+      }
+      this.env.bus.emit(ioErrorEvent(dom, disk, (dom.liveDef ?? dom.def).disks, data));
+      if (pause) this.env.bus.emit(lifecycleEvent(dom, 'suspended', 'ioerror'));
+    };
+    const node = data['node-name'];
+    const disks = run.disks;
+    const disk = diskOfNode(disks, node);
+    if (disk !== undefined || node === undefined || node === '') {
+      publish(disk);
+      return;
+    }
+    run.monitor()
+      .then((qmp) => qmp.execute('query-block'))
+      .then((blocks) => diskOfRootNode(disks, blocks, node), () => undefined)
+      .then(publish)
+      .catch((e) => this.logFor(dom).warn(errField(e), 'io-error event not published'));
   }
 
   // ------------------------------------------------------------ stop

@@ -48,6 +48,13 @@ export class QemuRuntime {
   instantPause = false;
   /** unsubscribe functions for monitor listeners */
   readonly detach: (() => void)[] = [];
+  /**
+   * disk target -> flags.DiskErrorCode of the I/O error that stopped the
+   * guest, until it runs again (virDomainGetDiskErrors; io-errors.ts). QEMU
+   * keeps the same as query-block's io-status, but `cont` clears that only
+   * for -drive devices, never for ours on -blockdev nodes.
+   */
+  readonly diskErrors = new Map<string, number>();
   /** qemu-ga serves one client at a time: sessions queue here (not on the domain lock, which a backup may hold while quiescing) */
   private readonly agentLock = new AsyncMutex();
   private connecting: Promise<QmpClient> | null = null;

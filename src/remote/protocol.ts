@@ -84,6 +84,8 @@ export const BlockJobInfoSchema = z.object({
   end: Count,
 });
 
+export const DiskErrorSchema = z.object({ disk: Name, error: Int });
+
 export const JobStatsSchema = z.object({
   type: Int,
   operation: Int.optional(),
@@ -111,6 +113,15 @@ export const DriverEventSchema = z.discriminatedUnion('type', [
   }),
   z.object({ type: z.literal('lifecycle'), domain: DomainRefSchema, event: Name, detail: Name }),
   z.object({ type: z.literal('reboot'), domain: DomainRefSchema }),
+  z.object({
+    type: z.literal('io-error'),
+    domain: DomainRefSchema,
+    disk: Name,
+    srcPath: Path,
+    devAlias: Name,
+    action: Int,
+    reason: Name,
+  }),
 ]);
 
 export const VirErrorSchema = z.object({
@@ -214,6 +225,8 @@ const RESULT_SCHEMAS = {
   unknownBitmaps: z.array(z.object({ disk: Name, bitmap: Name })).max(LIMITS.listEntries),
   boolean: z.boolean(),
   blockJobInfo: BlockJobInfoSchema,
+  // one per disk at most, and a domain's disks are bounded by its XML
+  diskErrors: z.array(DiskErrorSchema).max(LIMITS.listEntries),
 } satisfies { [K in ResultKind]: z.ZodType };
 
 type WireResult<K extends ResultKind> = K extends 'void' ? undefined : ResultTypes[K];
@@ -331,6 +344,7 @@ const resultsAgree: { [K in ResultKind]: Same<z.infer<(typeof RESULT_SCHEMAS)[K]
   unknownBitmaps: true,
   boolean: true,
   blockJobInfo: true,
+  diskErrors: true,
 };
 void argsAgree;
 void resultsAgree;

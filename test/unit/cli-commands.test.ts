@@ -62,6 +62,8 @@ test('domain commands: define, list, start, dominfo, domstate, dumpxml, domblkli
 
   assert.equal((await env.run('dumpxml', 'vm1')).stdout, `${DOMAIN_XML}\n`);
   assert.equal((await env.run('domblklist', 'vm1')).stdout, ' Target   Source\n------------------------------\n sda      /img/vm1-sda.qcow2\n');
+  assert.deepEqual(await env.run('domblkerror', 'vm1'), { code: 0, stdout: 'No errors found\n', stderr: '' });
+  assert.equal((await env.run('domblkerror', 'vm1', '--json')).stdout, '[]\n');
   assert.match((await env.run('domblklist', 'vm1', '--details')).stdout, /^ Type {3}Device {3}Target {3}Source\n-+\n file {3}disk {5}sda {6}\/img\/vm1-sda.qcow2\n$/);
   assert.deepEqual(JSON.parse((await env.run('domblklist', 'vm1', '--json')).stdout), [
     { type: 'file', device: 'disk', target: 'sda', source: '/img/vm1-sda.qcow2' },
@@ -291,7 +293,7 @@ test('event: lifecycle, block-job and job-completed lines, --loop, --timeout, --
   onEventLoopReady(() => void env.driver.domainDestroy(UUID, 0));
   assert.equal((await env.run('event', 'vm2', '--event', 'lifecycle', '--timeout', '1')).stdout, 'event loop timed out\nevents received: 0\n');
   onEventLoopReady(null);
-  assert.equal((await env.run('event', '--list')).stdout, 'lifecycle\nreboot\nblock-job\njob-completed\n');
+  assert.equal((await env.run('event', '--list')).stdout, 'lifecycle\nreboot\nio-error\nio-error-reason\nblock-job\njob-completed\n');
   assert.equal((await env.run('event', 'vm1')).code, 2);
   assert.equal((await env.run('event', '--event', 'nope')).code, 2);
 });

@@ -139,6 +139,12 @@ test('event lines as virsh prints them', () => {
     formatEvent({ type: 'job-completed', domain, jobId: 1, stats: { type: 3, operation: 9, time_elapsed: 5, success: true } }),
     "event 'job-completed' for domain 'vm1':\n\toperation: 9\n\ttime_elapsed: 5\n\tsuccess: yes\n",
   );
+  // virsh's two lines of one I/O error: io-error without the reason, io-error-reason with it
+  const io = { type: 'io-error', domain, disk: 'vda', srcPath: '/i/a.qcow2', devAlias: 'virtio-disk0', action: 1, reason: 'enospc' } as const;
+  assert.equal(formatEvent(io), "event 'io-error' for domain 'vm1': /i/a.qcow2 (virtio-disk0) pause\n");
+  assert.equal(formatEvent(io, 'io-error-reason'), "event 'io-error-reason' for domain 'vm1': /i/a.qcow2 (virtio-disk0) pause due to enospc\n");
+  assert.equal(formatEvent({ ...io, action: 2, reason: '' }, 'io-error-reason'), "event 'io-error-reason' for domain 'vm1': /i/a.qcow2 (virtio-disk0) report due to \n");
+  assert.equal(formatEvent({ ...io, action: 0 }), "event 'io-error' for domain 'vm1': /i/a.qcow2 (virtio-disk0) none\n");
 });
 
 test('domblklist reads disks in order, "-" for an empty drive', () => {

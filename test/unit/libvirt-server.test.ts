@@ -171,6 +171,7 @@ function sampleArgs(dom: WireDomain): { [N in RemoteProcedureName]: ProcArgs<N> 
     domainDestroyFlags: { dom, flags: 0 },
     domainShutdownFlags: { dom, flags: 0 },
     domainGetBlockJobInfo: { dom, path: 'vda', flags: 0 },
+    domainGetDiskErrors: { dom, maxerrors: 0, flags: 0 },
     connectListAllDomains: { need_results: 1, flags: 0 },
     domainGetJobStats: { dom, flags: 0 },
     connectDomainEventCallbackRegisterAny: { eventID: 0, dom: null },

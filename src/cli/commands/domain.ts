@@ -1,6 +1,6 @@
 // Domain commands as in virsh: define, undefine, start, destroy, suspend,
 // resume, autostart, list, dominfo, domstate, dumpxml, domblklist,
-// qemu-monitor-command, domfsfreeze, domfsthaw.
+// domblkerror, qemu-monitor-command, domfsfreeze, domfsthaw.
 
 import type { Command } from 'commander';
 import type { DomainSummary } from '../../api/driver.js';
@@ -14,6 +14,7 @@ import { registerPower } from './domain-power.js';
 import { registerDomxmlCheck } from './domxml-check.js';
 import { registerChangeMedia } from './media.js';
 import {
+  diskErrorString,
   domainReasonString,
   domainStateString,
   exclusive,
@@ -339,6 +340,19 @@ function registerDomainXml(program: Command, table: EntryPointTable): void {
         const rows = domainDisks(await (await lookupDomain(conn, ref)).getXMLDesc(flags));
         if (o.json) json(rows.map((r) => ({ ...r, source: r.source === '-' ? null : r.source })));
         else out(formatDiskList(rows, o.details === true));
+      });
+    });
+
+  program
+    .command('domblkerror')
+    .description('Show errors on block devices')
+    .argument('<domain>', 'domain name, id or uuid')
+    .option('--json', 'print the errors as JSON')
+    .action(async (ref: string, o: JsonOpt, cmd: Command) => {
+      await withConnection(cmd, async (conn) => {
+        const errors = await (await lookupDomain(conn, ref)).getDiskErrors();
+        if (o.json) json(errors.map((e) => ({ disk: e.disk, error: diskErrorString(e.error) })));
+        else out(errors.length === 0 ? 'No errors found\n' : errors.map((e) => `${e.disk}: ${diskErrorString(e.error)}\n`).join(''));
       });
     });
 }

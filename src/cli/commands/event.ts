@@ -1,6 +1,7 @@
 // `event [DOM] --event NAME [--loop] [--timeout S] [--timestamp]`: virsh's
 // event watcher for the events we deliver: job-completed, block-job,
-// lifecycle and reboot. Without --loop it ends after the first event; it ends with
+// lifecycle, reboot, io-error and io-error-reason (virsh's two names for the
+// one io-error event, which carries the reason). Without --loop it ends after the first event; it ends with
 // "events received: N", except with --json: then stdout holds only the
 // events, one JSON object per line.
 
@@ -12,16 +13,33 @@ import { lookupDomain, withConnection } from '../connection.js';
 import { blockJobStatusString, blockJobTypeString, capitalise, formatTimestamp, out, usageError } from '../output.js';
 import { jsonLine } from '../progress.js';
 
-export const EVENT_NAMES = ['lifecycle', 'reboot', 'block-job', 'job-completed'] as const;
+export const EVENT_NAMES = ['lifecycle', 'reboot', 'io-error', 'io-error-reason', 'block-job', 'job-completed'] as const;
 type EventName = (typeof EVENT_NAMES)[number];
+
+/** The driver event each name prints. */
+const DRIVER_TYPE: Record<EventName, DriverEvent['type']> = {
+  lifecycle: 'lifecycle',
+  reboot: 'reboot',
+  'io-error': 'io-error',
+  'block-job': 'block-job',
+  'io-error-reason': 'io-error',
+  'job-completed': 'job-completed',
+};
+
+/** virshEventIOErrorAction */
+const IO_ERROR_ACTIONS = ['none', 'pause', 'report'];
 
 /** The raw (typed-parameter) form of job-completed stats, in libvirt's order. */
 const JOB_KEYS = ['operation', 'time_elapsed', 'disk_total', 'disk_processed', 'disk_remaining', 'disk_temp_used', 'disk_temp_total', 'success', 'errmsg'] as const;
 
-/** One event as virsh prints it (without the timestamp). */
-export function formatEvent(ev: DriverEvent): string {
-  const head = `event '${ev.type}' for domain '${ev.domain.name}'`;
+/** One event as virsh prints it (without the timestamp); `name` picks virsh's io-error or io-error-reason line. */
+export function formatEvent(ev: DriverEvent, name: EventName = ev.type): string {
+  const head = `event '${name}' for domain '${ev.domain.name}'`;
   switch (ev.type) {
+    case 'io-error': {
+      const line = `${head}: ${ev.srcPath} (${ev.devAlias}) ${IO_ERROR_ACTIONS[ev.action] ?? 'unknown'}`;
+      return name === 'io-error-reason' ? `${line} due to ${ev.reason}\n` : `${line}\n`;
+    }
     case 'lifecycle':
       return `${head}: ${capitalise(ev.event)} ${capitalise(ev.detail)}\n`;
     case 'reboot':
@@ -92,16 +110,20 @@ export function register(program: Command): void {
         let count = 0;
         let finish = (): void => {};
         const outcome = await new Promise<'done' | 'timeout' | 'interrupt'>((resolve) => {
-          const print = (ev: DriverEvent): void => {
+          const print = (ev: DriverEvent, names: EventName[]): void => {
             if (uuid !== null && ev.domain.uuid !== uuid) return;
-            if (!o.loop && count > 0) return;
-            count++;
-            const stamp = o.timestamp ? `${formatTimestamp(new Date())}: ` : '';
-            if (o.json) out(jsonLine({ ...(o.timestamp ? { timestamp: new Date().toISOString() } : {}), ...ev }));
-            else out(stamp + formatEvent(ev));
-            if (!o.loop) resolve('done');
+            // JSON has one line per driver event; virsh's text one per name (io-error and io-error-reason)
+            for (const name of o.json ? names.slice(0, 1) : names) {
+              if (!o.loop && count > 0) return;
+              count++;
+              const stamp = o.timestamp ? `${formatTimestamp(new Date())}: ` : '';
+              if (o.json) out(jsonLine({ ...(o.timestamp ? { timestamp: new Date().toISOString() } : {}), ...ev }));
+              else out(stamp + formatEvent(ev, name));
+              if (!o.loop) resolve('done');
+            }
           };
-          const offs = types.map((t) => conn.on(t, (ev) => print(ev as DriverEvent)));
+          const driverTypes = [...new Set(types.map((t) => DRIVER_TYPE[t]))];
+          const offs = driverTypes.map((d) => conn.on(d, (ev) => print(ev as DriverEvent, types.filter((t) => DRIVER_TYPE[t] === d))));
           const timer = timeoutMs === null ? null : setTimeout(() => resolve('timeout'), timeoutMs);
           const onSigint = (): void => resolve('interrupt');
           process.once('SIGINT', onSigint);
