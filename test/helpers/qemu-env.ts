@@ -19,7 +19,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
@@ -307,4 +307,23 @@ export async function imageSha256(file: string): Promise<string> {
 /** Whether a path exists. */
 export async function exists(p: string): Promise<boolean> {
   return stat(p).then(() => true, () => false);
+}
+
+/** Whether this process may mount a tmpfs (tests of full filesystems need one). */
+export const canMountTmpfs = process.getuid?.() === 0;
+
+/**
+ * A tmpfs of `sizeMiB` at `<dir>/small` while `fn` runs (root only): a real
+ * filesystem that fills up. Unmounted before the test env's cleanup removes
+ * `dir` (after hooks run in order, so not with one).
+ */
+export async function withSmallTmpfs<T>(dir: string, sizeMiB: number, fn: (small: string) => Promise<T>): Promise<T> {
+  const small = path.join(dir, 'small');
+  await mkdir(small);
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}m`, 'vbt-small', small]);
+  try {
+    return await fn(small);
+  } finally {
+    await run('umount', ['-l', small]).catch(() => undefined);
+  }
 }

@@ -6,28 +6,19 @@
 // instant leave no suspended/resumed event. Real QEMU, a real (small) tmpfs.
 
 import assert from 'node:assert/strict';
-import { mkdir, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { DomainState } from '../../src/flags.js';
 import { pullBackup } from '../../src/repository/index.js';
-import { exists, makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
+import { canMountTmpfs, exists, makeTestDomain, makeTestEnv, type TestEnv, withSmallTmpfs } from '../helpers/qemu-env.js';
 import { assertSameContent, DiskModel, MiB, qemuState, run, write } from './backup-util.js';
 
-const root = process.getuid?.() === 0;
 const SIZE = 64 * MiB;
 
-test('pull: a full scratch fails the export, not the guest; two disks share the instant without a pause event', { skip: root ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
+test('pull: a full scratch fails the export, not the guest; two disks share the instant without a pause event', { skip: canMountTmpfs ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
   const env = await makeTestEnv(t);
-  const small = path.join(env.dir, 'small');
-  await mkdir(small);
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'vbt-scratch', small]);
-  try {
-    await fullScratch(env, small);
-  } finally {
-    // before the test env's own cleanup removes its folder (after hooks run in order)
-    await run('umount', ['-l', small]).catch(() => undefined);
-  }
+  await withSmallTmpfs(env.dir, 4, (small) => fullScratch(env, small));
 });
 
 async function fullScratch(env: TestEnv, small: string): Promise<void> {

@@ -4,28 +4,19 @@
 // turns the check off. Real QEMU, a real (small) tmpfs.
 
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
 import { BackupEndFlags } from '../../src/flags.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
-import { hmpWrite, makeTestDomain, makeTestEnv, type TestEnv } from '../helpers/qemu-env.js';
-import { MiB, qemuState, run, waitJobCompleted } from './backup-util.js';
+import { canMountTmpfs, hmpWrite, makeTestDomain, makeTestEnv, type TestEnv, withSmallTmpfs } from '../helpers/qemu-env.js';
+import { MiB, qemuState, waitJobCompleted } from './backup-util.js';
 
-const root = process.getuid?.() === 0;
 
-test('push backups and the free space of their target filesystem', { skip: root ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
+test('push backups and the free space of their target filesystem', { skip: canMountTmpfs ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
   const env = await makeTestEnv(t);
-  const small = path.join(env.dir, 'small');
-  await mkdir(small);
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'vbt-space', small]);
-  try {
-    await spaceChecked(env, small);
-  } finally {
-    // before the test env's own cleanup removes its folder (after hooks run in order)
-    await run('umount', ['-l', small]).catch(() => undefined);
-  }
+  await withSmallTmpfs(env.dir, 16, (small) => spaceChecked(env, small));
 });
 
 async function spaceChecked(env: TestEnv, small: string): Promise<void> {

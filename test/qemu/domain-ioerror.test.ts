@@ -12,37 +12,25 @@
 // guest: see docs/troubleshooting.md.)
 
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdir, rm, statfs, writeFile } from 'node:fs/promises';
+import { rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test, { type TestContext } from 'node:test';
-import { promisify } from 'node:util';
 import type { DriverEvent, IoErrorEvent } from '../../src/api/driver.js';
 import type { Connect } from '../../src/api/public.js';
 import { DiskErrorCode, DomainState, IoErrorAction, PausedReason, RunningReason } from '../../src/flags.js';
 import { runMain } from '../helpers/cli.js';
 import { libvirtUri, parseEvents, virshBackground, virshMissing, virshOk, waitOutput } from '../helpers/libvirt-clients.js';
-import { makeTestDomain, waitFor } from '../helpers/qemu-env.js';
+import { canMountTmpfs, makeTestDomain, waitFor, withSmallTmpfs } from '../helpers/qemu-env.js';
 import { guestBoots, tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
 
-const run = promisify(execFile);
-const root = process.getuid?.() === 0;
-const whyNot = !root ? 'mounting a tmpfs needs root' : virshMissing();
+const whyNot = !canMountTmpfs ? 'mounting a tmpfs needs root' : virshMissing();
 
 /** A daemon (`extra`: its options) and a tmpfs of `sizeMiB` at `<dir>/small` while `fn` runs. */
 async function onSmallTmpfs(t: TestContext, extra: string[], fn: (env: DaemonEnv, small: string) => Promise<void>): Promise<void> {
   const env = await makeDaemonEnv(t);
   await env.start(extra);
-  const small = path.join(env.dir, 'small');
-  await mkdir(small);
-  await run('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'vbt-ioerror', small]);
-  try {
-    await fn(env, small);
-  } finally {
-    // before the test env's own cleanup removes its folder (after hooks run in order)
-    await run('umount', ['-l', small]).catch(() => undefined);
-  }
+  await withSmallTmpfs(env.dir, 24, (small) => fn(env, small));
 }
 
 /** Fills the filesystem of `dir` but for `leave` bytes; returns the filler. */
