@@ -138,6 +138,19 @@ export class BackupMetaStore {
 
   constructor(readonly dir: string, private readonly log: Logger) {}
 
+  /**
+   * Job ids are never reused, even when meta.json (which counts them) is
+   * lost: the running domain's status file keeps the last id too
+   * (`inStatus`), and a domain whose meta.json vanished from its folder (or
+   * is unreadable) continues above the seconds since 2020 — above every id
+   * it can have handed out, and within an int until 2088.
+   */
+  idFloor(inStatus: unknown): number {
+    // the status file's id is the newest ever handed out (each one was above all before it)
+    if (typeof inStatus === 'number' && inStatus > 0) return inStatus;
+    return this.lost ? Math.floor((Date.now() - Date.UTC(2020, 0, 1)) / 1000) : 0;
+  }
+
   get file(): string {
     return path.join(this.dir, 'meta.json');
   }
@@ -251,6 +264,8 @@ export class BackupJob {
   readonly timeline = new JobTimeline();
   /** a push's targets written back while it copies (backup-flush.ts); null after a recovery */
   writeback: TargetWriteback | null = null;
+  /** the room its push targets hold for other pushes' checks (backup-space.ts); null after a recovery */
+  space: { release(): void } | null = null;
 
   constructor(public record: BackupJobRecord) {
     this.finished = new Promise((r) => (this.resolveFinished = r));

@@ -15,7 +15,7 @@ import { alignBackupDisks, applyBackupDefaults, parseBackupXML, type BackupDef }
 import { previousBackup, type FinishedTarget } from './backup-job.js';
 import { blockDeviceSize } from './block-device.js';
 import { checkBackupDef, type BackupTlsInput, type PlanDiskInput } from './backup-plan.js';
-import { checkPushSpace, pushSpaceNeed, type PushSpaceInput } from './backup-space.js';
+import { pushSpaceNeed, type PushSpaceInput, type SpaceHolding, type SpaceLedger } from './backup-space.js';
 import type { DomainObject } from './domain-object.js';
 import type { CheckpointAccess, DomainHost, PreparedCheckpoint } from './host.js';
 import { qmpErrorToVirError, type QmpClient } from './qmp/client.js';
@@ -81,8 +81,8 @@ export async function prepareBackup(
   req: {
     backupXml: string | null; checkpointXml: string | null; flags: number; tls: BackupTlsConfig;
     finished: readonly FinishedTarget[]; locate: LocatePreviousBackup | null;
-    /** refuse a push whose targets may not fit (backup-space.ts; default true) */
-    spaceCheck?: boolean;
+    /** refuse a push whose targets may not fit, and hold their room in `holding` (backup-space.ts); absent: no check */
+    space?: { ledger: SpaceLedger; holding: SpaceHolding } | null;
   },
 ): Promise<PreparedBackup> {
   const live = dom.liveDef;
@@ -124,7 +124,7 @@ export async function prepareBackup(
     const prev = !pull && !reuse && incremental !== null && bd.format === 'qcow2'
       ? await chainParent(dom, req, { disk: bd.name, checkpoint: incremental, target: bd.path, source: ld.source })
       : null;
-    if (!pull && req.spaceCheck !== false) {
+    if (!pull && req.space) {
       const need: PushSpaceInput = { disk: bd.name, target: bd.path as string, format: bd.format as 'qcow2' | 'raw', virtualSize, node, base };
       if (storeSize === null) room.push(need);
       else checkDeviceRoom(need, storeSize);
@@ -141,7 +141,7 @@ export async function prepareBackup(
       storeSize,
     });
   }
-  await checkPushSpace(room, reuse);
+  if (req.space) await req.space.ledger.check(req.space.holding, room, reuse);
   return {
     def,
     checkpoint,

@@ -6,12 +6,14 @@
 // troubleshooting.md). So a push whose targets might not fit is refused up
 // front, with the numbers. The estimate is an upper bound: what the disk can
 // hold (full) or what its checkpoint bitmap marks dirty (incremental), plus
-// qcow2 metadata.
+// qcow2 metadata. Running pushes hold their room (SpaceLedger) until their
+// job ends, so backups of several domains onto one store add up.
 
 import { lstat, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { virErr } from '../errors.js';
 import { TARGET_CLUSTER_SIZE } from './backup-plan.js';
+import { AsyncMutex } from './mutex.js';
 import type { BlockDeviceInfo, ImageInfo } from './qmp/commands.js';
 
 /** What the estimate needs to know of one disk pushed into a file target. */
@@ -64,10 +66,11 @@ export function pushSpaceNeed(d: PushSpaceInput): number {
   return clusters * TARGET_CLUSTER_SIZE + l2 + refcounts + QCOW2_FIXED;
 }
 
-/** One filesystem's share of a backup: the folder it was measured at, free bytes, needed bytes, the disks. */
+/** One filesystem's share of a backup: the folder it was measured at, free bytes (less `taken` by running pushes), needed bytes, the disks. */
 interface FsShare {
   folder: string;
   free: number;
+  taken: number;
   need: number;
   disks: string[];
 }
@@ -78,13 +81,74 @@ async function allocatedBytes(file: string): Promise<number> {
   return st !== null && st.isFile() ? st.blocks * 512 : 0;
 }
 
+/** Room a running push may still take: one target's bound on its filesystem. */
+interface Reservation {
+  dev: number;
+  target: string;
+  need: number;
+}
+
+/** The room one backup holds from its check until its job ends (or its begin fails). */
+export class SpaceHolding {
+  reservations: Reservation[] = [];
+
+  constructor(private readonly ledger: SpaceLedger) {}
+
+  release(): void {
+    this.ledger.drop(this);
+  }
+}
+
+/**
+ * The push backups of this daemon that hold room, so that pushes of several
+ * domains onto one filesystem add up: each target counts with its bound less
+ * what it holds already. Checks run one at a time, so two begins never both
+ * count on the same free bytes.
+ */
+export class SpaceLedger {
+  private readonly holdings = new Set<SpaceHolding>();
+  private readonly lock = new AsyncMutex();
+
+  /** A new, empty holding (released when its begin fails or its job ends). */
+  holding(): SpaceHolding {
+    const h = new SpaceHolding(this);
+    this.holdings.add(h);
+    return h;
+  }
+
+  drop(h: SpaceHolding): void {
+    this.holdings.delete(h);
+  }
+
+  /** checkPushSpace with the others' holdings counted; what passes is held by `h`. */
+  check(h: SpaceHolding, disks: PushSpaceInput[], reuseExternal: boolean): Promise<void> {
+    return this.lock.run(async () => {
+      h.reservations = await checkPushSpace(disks, reuseExternal, (dev) => this.pending(dev, h));
+    });
+  }
+
+  /** Bytes the other holdings' targets on `dev` may still write. */
+  private async pending(dev: number, except: SpaceHolding): Promise<number> {
+    let sum = 0;
+    for (const h of this.holdings) {
+      if (h === except) continue;
+      for (const r of h.reservations) if (r.dev === dev) sum += Math.max(0, r.need - (await allocatedBytes(r.target)));
+    }
+    return sum;
+  }
+}
+
 /**
  * Refuse (OPERATION_FAILED, nothing created) a push whose file targets may
- * not fit on their filesystems; targets sharing a filesystem add up. A
- * filesystem that cannot be measured is not checked.
+ * not fit on their filesystems; targets sharing a filesystem add up, and
+ * `held(dev)` bytes there are taken already (running pushes). A filesystem
+ * that cannot be measured is not checked. Returns what the targets hold.
  */
-export async function checkPushSpace(disks: PushSpaceInput[], reuseExternal: boolean): Promise<void> {
+export async function checkPushSpace(
+  disks: PushSpaceInput[], reuseExternal: boolean, held: (dev: number) => Promise<number> = async () => 0,
+): Promise<Reservation[]> {
   const shares = new Map<number, FsShare>();
+  const out: Reservation[] = [];
   for (const d of disks) {
     const folder = path.dirname(path.resolve(d.target));
     const dev = await stat(folder).then((s) => s.dev, () => null);
@@ -93,18 +157,23 @@ export async function checkPushSpace(disks: PushSpaceInput[], reuseExternal: boo
     if (share === undefined) {
       const fs = await statfs(folder).catch(() => null);
       if (fs === null) continue;
-      share = { folder, free: fs.bavail * fs.bsize, need: 0, disks: [] };
+      const taken = await held(dev);
+      share = { folder, free: fs.bavail * fs.bsize - taken, taken, need: 0, disks: [] };
       shares.set(dev, share);
     }
-    share.need += pushSpaceNeed(d);
+    const need = pushSpaceNeed(d);
+    share.need += need;
     if (reuseExternal) share.free += await allocatedBytes(d.target);
     share.disks.push(d.disk);
+    out.push({ dev, target: d.target, need });
   }
   for (const s of shares.values()) {
     if (s.need <= s.free) continue;
     const which = s.disks.length === 1 ? `disk '${s.disks[0]}'` : `disks ${s.disks.map((x) => `'${x}'`).join(', ')}`;
+    const others = s.taken > 0 ? ` after ${s.taken} that running backups may still write` : '';
     throw virErr('OPERATION_FAILED', 'QEMU',
       `not enough free space for the backup of ${which} in '${s.folder}': it may need up to ${s.need} bytes, ` +
-      `${s.free} are free (a target that fills up while the job runs would make the guest's writes fail)`);
+      `${Math.max(0, s.free)} are free${others} (a target that fills up while the job runs would make the guest's writes fail)`);
   }
+  return out;
 }

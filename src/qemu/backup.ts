@@ -35,6 +35,7 @@ import { DEFAULT_TARGET_WRITEBACK_MS, TargetWriteback } from './backup-flush.js'
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
+import { SpaceLedger, type SpaceHolding } from './backup-space.js';
 import { dropCreationNames, StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
 import type { DomainObject } from './domain-object.js';
@@ -93,6 +94,8 @@ export class QemuBackups implements BackupOps {
   private readonly afterPushDone = new Map<string, Promise<void>>();
   /** domains this instance saw running (started or reconnected); a stop of any other one was found by open() */
   private readonly seenLive = new Set<string>();
+  /** room held by running pushes (their targets' bounds), counted by every later push's check */
+  private readonly space = new SpaceLedger();
 
   constructor(
     private readonly driver: DomainHost,
@@ -149,21 +152,6 @@ export class QemuBackups implements BackupOps {
     return t;
   }
 
-  /**
-   * Job ids are never reused, even when meta.json (which counts them) is
-   * lost: the running domain's status file keeps the last id too, and a
-   * domain whose meta.json vanished from its folder (or is unreadable)
-   * continues above the seconds since 2020 — above every id it can have
-   * handed out, and within an int until 2088.
-   */
-  private jobIdFloor(dom: DomainObject, store: BackupMetaStore): number {
-    const inStatus = dom.run?.status.extra[LAST_JOB_ID_KEY];
-    const fromStatus = typeof inStatus === 'number' ? inStatus : 0;
-    // the status file's id is the newest ever handed out (each one was above all before it)
-    if (fromStatus > 0) return fromStatus;
-    return store.lost ? Math.floor((Date.now() - Date.UTC(2020, 0, 1)) / 1000) : 0;
-  }
-
   private publish(dom: DomainObject, ev: DriverEvent): void {
     if (this.recovering.has(dom.uuid)) this.recoveredList.push(ev);
     this.driver.emit(ev);
@@ -213,11 +201,20 @@ export class QemuBackups implements BackupOps {
   async backupBegin(uuid: string, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
     // what this driver can do; the public API's rules (NO_METADATA needs checkpointXml, …) are the entry-point table's
     checkFlags(flags, BackupBeginFlags.NO_METADATA | BackupBeginFlags.QUIESCE | BackupBeginFlags.REUSE_EXTERNAL, 'virDomainBackupBegin');
-    return this.driver.withDomainLock(uuid, (dom) => this.begin(dom, backupXml, checkpointXml, flags));
+    return this.driver.withDomainLock(uuid, async (dom) => {
+      // the room its push targets may take, held until the job ends
+      const holding = this.space.holding();
+      try {
+        return await this.begin(dom, backupXml, checkpointXml, flags, holding);
+      } catch (e) {
+        holding.release();
+        throw e;
+      }
+    });
   }
 
   /** prepare -> allocate -> plan -> execute (write-ahead logged) -> undo on failure. Lock held. */
-  private async begin(dom: DomainObject, backupXml: string | null, checkpointXml: string | null, flags: number): Promise<number> {
+  private async begin(dom: DomainObject, backupXml: string | null, checkpointXml: string | null, flags: number, holding: SpaceHolding): Promise<number> {
     if (!dom.active || dom.liveDef === null) {
       throw virErr('OPERATION_UNSUPPORTED', 'QEMU', 'cannot perform disk backup for inactive domain');
     }
@@ -229,10 +226,10 @@ export class QemuBackups implements BackupOps {
     if (stale?.phase === 'starting') await this.rollBack(dom, await this.driver.monitor(dom.uuid), stale);
     const p = await prepareBackup(this.driver, this.checkpoints, dom, {
       backupXml, checkpointXml, flags, finished: table.store.meta.finished, locate: this.opts.locatePreviousBackup ?? null,
-      spaceCheck: this.opts.spaceCheck ?? true,
+      space: this.opts.spaceCheck === false ? null : { ledger: this.space, holding },
       tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true },
     });
-    const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId(this.jobIdFloor(dom, table.store)));
+    const a = await allocateBackup(this.driver, dom, p, () => table.store.nextJobId(table.store.idFloor(dom.run?.status.extra[LAST_JOB_ID_KEY])));
     if (dom.run) dom.run.status.extra[LAST_JOB_ID_KEY] = a.id; // saved with the write-ahead log's first entry
     const plan = planBackup({
       def: p.def, disks: a.disks, checkpointActions: p.checkpoint?.actions ?? [], reuseExternal: p.reuseExternal,
@@ -244,6 +241,7 @@ export class QemuBackups implements BackupOps {
     const rec = newJobRecord(a.id, p.def, plan, p.checkpoint?.def.name ?? null, new Map(p.disks.map((d) => [d.target, d.diskPath])));
     const previous = table.current;
     const job = new BackupJob(rec);
+    job.space = holding;
     table.current = job;
     const qmp = await this.driver.monitor(dom.uuid);
     this.watch(dom, qmp);
@@ -360,6 +358,7 @@ export class QemuBackups implements BackupOps {
     rec.end = forced ? 'failed' : decideEnd(rec);
     rec.errmsg = forced ? forced.errmsg : firstError(rec);
     const keepTargets = rec.mode === 'push' && rec.end === 'completed';
+    job.space?.release();
     await job.writeback?.finish(false);
     if (qmp !== null && !qmp.isClosed) await measureScratch(qmp, rec).catch(() => {});
     try {

@@ -1,7 +1,8 @@
 // A push whose target filesystem may not hold it is refused before anything
 // is created (a target that fills up while QEMU's job runs fails the guest's
 // writes: docs/troubleshooting.md); one that fits runs; the daemon option
-// turns the check off. Real QEMU, a real (small) tmpfs.
+// turns the check off; pushes of two domains onto one filesystem add up while
+// the first runs. Real QEMU, a real (small) tmpfs.
 
 import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
@@ -12,7 +13,6 @@ import { BackupEndFlags } from '../../src/flags.js';
 import { QemuBackups } from '../../src/qemu/backup.js';
 import { canMountTmpfs, hmpWrite, makeTestDomain, makeTestEnv, type TestEnv, withSmallTmpfs } from '../helpers/qemu-env.js';
 import { MiB, qemuState, waitJobCompleted } from './backup-util.js';
-
 
 test('push backups and the free space of their target filesystem', { skip: canMountTmpfs ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
   const env = await makeTestEnv(t);
@@ -72,3 +72,33 @@ async function spaceChecked(env: TestEnv, small: string): Promise<void> {
   await unchecked.domainDestroy(uuid, 0);
   await env.assertClean();
 }
+
+test('pushes of two domains onto one filesystem: the running one\'s room counts until it ends', { skip: canMountTmpfs ? false : 'mounting a tmpfs needs root', timeout: 300_000 }, async (t) => {
+  const env = await makeTestEnv(t);
+  // a slow job (1 MiB/s), so that the first push still runs when the second begins
+  const driver = await env.openDriver({ backups: (d, cps) => new QemuBackups(d, cps, { speed: MiB }) });
+  const doms = [await makeTestDomain(env.dir, { name: 'first', sizeMiB: 64 }), await makeTestDomain(env.dir, { name: 'second', sizeMiB: 64 })];
+  for (const d of doms) {
+    await driver.domainDefineXML(d.xml, 0);
+    await driver.domainCreate(d.uuid, 0);
+    // 9 MiB each: one fits the 16 MiB tmpfs, both do not
+    await hmpWrite(driver, d.uuid, 'sda', 0x33, 0, 9 * MiB);
+  }
+  await withSmallTmpfs(env.dir, 16, async (small) => {
+    const push = (i: number): Promise<number> => driver.backupBegin(doms[i]!.uuid,
+      `<domainbackup><disks><disk name='sda' type='file'><driver type='raw'/><target file='${path.join(small, `${i}.raw`)}'/></disk></disks></domainbackup>`, null, 0);
+    const first = await push(0);
+    await assert.rejects(push(1), (e: { code: number; message: string }) => {
+      assert.equal(e.code, ErrorCode.OPERATION_FAILED);
+      assert.match(e.message, /are free after \d+ that running backups may still write/);
+      return true;
+    });
+    assert.deepEqual((await readdir(small)).sort(), ['0.raw'], 'the refused push created nothing');
+    await driver.backupEnd(doms[0]!.uuid, first, BackupEndFlags.ABORT);
+    // the first job ended: its room is free again (its target deleted with the abort)
+    const second = await push(1);
+    await driver.backupEnd(doms[1]!.uuid, second, BackupEndFlags.ABORT);
+  });
+  for (const d of doms) await driver.domainDestroy(d.uuid, 0);
+  await env.assertClean();
+});

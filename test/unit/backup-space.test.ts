@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
-import { checkPushSpace, diskDataBound, pushSpaceNeed, type PushSpaceInput } from '../../src/qemu/backup-space.js';
+import { checkPushSpace, diskDataBound, pushSpaceNeed, SpaceLedger, type PushSpaceInput } from '../../src/qemu/backup-space.js';
 import type { ImageInfo } from '../../src/qemu/qmp/commands.js';
 
 const K64 = 65536;
@@ -63,4 +63,27 @@ test('checkPushSpace: refused with the numbers when the folder\'s filesystem is 
   await writeFile(path.join(dir, 'vdb.raw'), Buffer.alloc(4 * MiB, 1));
   const fits = [disk({ disk: 'vdb', target: path.join(dir, 'vdb.raw'), format: 'raw', node: { image: image(4 * MiB) } })];
   await checkPushSpace(fits, true);
+});
+
+test('the ledger: a running push\'s room counts for the next check (less what its target holds already), until it is released', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ledger-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const fs = await import('node:fs/promises').then((m) => m.statfs(dir));
+  const sixTenths = Math.floor(fs.bavail * fs.bsize * 0.6);
+  const push = (name: string): PushSpaceInput[] =>
+    [disk({ disk: name, target: path.join(dir, `${name}.raw`), format: 'raw', virtualSize: 2 ** 50, node: { image: image(sixTenths) } })];
+  const ledger = new SpaceLedger();
+  const a = ledger.holding();
+  await ledger.check(a, push('vda'), false);
+  const b = ledger.holding();
+  await assert.rejects(ledger.check(b, push('vdb'), false), (e: { code: number; message: string }) => {
+    assert.equal(e.code, ErrorCode.OPERATION_FAILED);
+    assert.match(e.message, new RegExp(`it may need up to ${sixTenths} bytes, \\d+ are free after ${sixTenths} that running backups may still write`));
+    return true;
+  });
+  // what vda's target holds already is no longer pending
+  await writeFile(path.join(dir, 'vda.raw'), Buffer.alloc(MiB, 1));
+  await assert.rejects(ledger.check(b, push('vdb'), false), new RegExp(`after ${sixTenths - MiB} that running`));
+  a.release();
+  await ledger.check(b, push('vdb'), false);
 });
