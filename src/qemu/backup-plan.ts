@@ -319,6 +319,14 @@ function planDisk(input: PlanInput, bd: BackupDiskDef, d: PlanDiskInput): Planne
 }
 
 /**
+ * A guest write waits for its block's old data to reach the scratch: a
+ * scratch that hangs (a stuck network filesystem) would hang the guest's
+ * writes with it. After this long the copy counts as failed, which breaks
+ * the snapshot (the backup) and lets the write through.
+ */
+export const CBW_TIMEOUT_S = 60;
+
+/**
  * The frozen view of a pull: a copy-before-write filter above the disk whose
  * target is the scratch (old data of each block the guest rewrites goes
  * there first), with break-snapshot so a scratch that cannot take it fails
@@ -332,7 +340,10 @@ function planSnapshot(d: PlanDiskInput, scratchNode: string): PlannedSnapshot {
     device: `/machine/peripheral/${d.qdevId}`,
     cbwNode,
     snapNode,
-    addCbw: { driver: 'copy-before-write', 'node-name': cbwNode, file: d.diskNode, target: scratchNode, 'on-cbw-error': 'break-snapshot' },
+    addCbw: {
+      driver: 'copy-before-write', 'node-name': cbwNode, file: d.diskNode, target: scratchNode,
+      'on-cbw-error': 'break-snapshot', 'cbw-timeout': CBW_TIMEOUT_S,
+    },
     addSnap: { driver: 'snapshot-access', 'node-name': snapNode, file: cbwNode },
   };
 }

@@ -101,7 +101,10 @@ test('pull incremental: scratch backed by the disk, copy-before-write filter ont
     device: '/machine/peripheral/scsi0-0-0-0',
     cbwNode: 'virtback-7-cbw',
     snapNode: 'virtback-7-snapshot',
-    addCbw: { driver: 'copy-before-write', 'node-name': 'virtback-7-cbw', file: 'libvirt-2-format', target: 'libvirt-7-format', 'on-cbw-error': 'break-snapshot' },
+    addCbw: {
+      driver: 'copy-before-write', 'node-name': 'virtback-7-cbw', file: 'libvirt-2-format', target: 'libvirt-7-format',
+      'on-cbw-error': 'break-snapshot', 'cbw-timeout': 60,
+    },
     addSnap: { driver: 'snapshot-access', 'node-name': 'virtback-7-snapshot', file: 'virtback-7-cbw' },
   });
   assert.deepEqual(a.export, { type: 'nbd', id: 'virtback-nbd-libvirt-7-format', 'node-name': 'virtback-7-snapshot', writable: false, name: 'e', bitmaps: ['bm'] });
