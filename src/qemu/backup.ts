@@ -35,6 +35,7 @@ import { DEFAULT_TARGET_WRITEBACK_MS, TargetWriteback } from './backup-flush.js'
 import { TIMELINE_MSG } from './backup-timeline.js';
 import { planBackup, type PushTargetOptions } from './backup-plan.js';
 import { allocateBackup, freePort, prepareBackup, type LocatePreviousBackup } from './backup-prepare.js';
+import { failBrokenSnapshots } from './backup-probe.js';
 import { SpaceLedger, type SpaceHolding } from './backup-space.js';
 import { dropCreationNames, StepLog, undoSteps, type UndoOptions } from './backup-steps.js';
 import type { BackupPerf } from './qmp/commands.js';
@@ -439,6 +440,8 @@ export class QemuBackups implements BackupOps {
       const rec = job.record;
       if (rec.phase !== 'running') return;
       rec.stopping = how;
+      // a pull whose frozen view broke ends failed (QEMU says nothing of it)
+      if (how === 'end') await failBrokenSnapshots(rec);
       const qmp = await this.driver.monitor(uuid);
       for (const d of rec.disks) {
         if (d.state !== 'running') continue;

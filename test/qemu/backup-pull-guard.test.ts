@@ -1,18 +1,19 @@
 // A pull's scratch that fills up breaks the backup, never the guest: every
 // guest write reaches the disk (QEMU's own fleecing job would fail the writes
 // whose old data it cannot copy out: bench/full-target-repro.ts), the export
-// of that disk refuses its reads instead of serving wrong data, and another
-// disk's export still serves the shared instant. The vCPUs paused for that
+// of that disk refuses its reads instead of serving wrong data, the job ends
+// failed, and another disk's export still serves the shared instant. The vCPUs paused for that
 // instant leave no suspended/resumed event. Real QEMU, a real (small) tmpfs.
 
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
+import { ErrorCode } from '../../src/errors.js';
 import { DomainState } from '../../src/flags.js';
 import { pullBackup } from '../../src/repository/index.js';
 import { canMountTmpfs, exists, makeTestDomain, makeTestEnv, type TestEnv, withSmallTmpfs } from '../helpers/qemu-env.js';
-import { assertSameContent, DiskModel, MiB, qemuState, run, write } from './backup-util.js';
+import { assertSameContent, DiskModel, MiB, qemuState, run, waitJobCompleted, write } from './backup-util.js';
 
 const SIZE = 64 * MiB;
 
@@ -58,7 +59,14 @@ async function fullScratch(env: TestEnv, small: string): Promise<void> {
   });
   assert.equal(await exists(ours), false, 'no output left');
 
-  await driver.backupEnd(uuid, id, 0);
+  // QEMU said nothing of the break: the end finds it, and the job failed
+  await assert.rejects(driver.backupEnd(uuid, id, 0), (e: { code: number; message: string }) => {
+    assert.equal(e.code, ErrorCode.OPERATION_FAILED);
+    assert.match(e.message, new RegExp(`^backup job ${id} failed: the backup's view of disk 'sda' broke while the job ran: its scratch '${small}/sda.scratch' could not keep`));
+    return true;
+  });
+  const ended = await waitJobCompleted(env.events, uuid, id);
+  assert.equal(ended.stats.success, false);
   assert.deepEqual(await readdir(small), [], 'scratch removed');
   assert.deepEqual(await qemuState(driver, uuid), before, 'filters, snapshot nodes, exports gone; devices back on their disks');
   // every guest write is on the disks, including those made while the scratch was full
