@@ -3,14 +3,15 @@
 // of another pid) go; files with similar names stay.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { prepareNvram } from '../../src/qemu/firmware.js';
 
-test('a new NVRAM is the template, 0600, and stale copies of it are removed', async () => {
+test('a new NVRAM is the template, 0600, and stale copies of it are removed', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-nvram-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
   const code = path.join(dir, 'CODE.fd');
   const template = path.join(dir, 'VARS.fd');
   await writeFile(code, 'code');

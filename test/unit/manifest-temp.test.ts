@@ -4,14 +4,15 @@
 // writers' patterns) stay.
 
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { manifestPath, readManifest, writeManifest } from '../../src/repository/manifest.js';
 
-test('writing a manifest removes stale temp files of that manifest, nothing else', async () => {
+test('writing a manifest removes stale temp files of that manifest, nothing else', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-manifest-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
   const target = path.join(dir, 'soak-sda.c215.qcow2');
   const m = path.basename(manifestPath(target));
   const stale = [`.${m}.29774.tmp`, `.${m}.1.tmp`];

@@ -2,14 +2,15 @@
 // next driver start; our own (this pid's) and other files are not.
 
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { removeStaleTempFiles } from '../../src/qemu/state.js';
 
-test('removeStaleTempFiles removes dead writers\' temp files one level deep, nothing else', async () => {
+test('removeStaleTempFiles removes dead writers\' temp files one level deep, nothing else', async (t) => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-tmp-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
   const sub = path.join(dir, '5b2c0f62-5d0e-4a7e-9c6f-1f2d3c4b5a69');
   await mkdir(sub);
   const files = {
