@@ -12,7 +12,7 @@
 // guest: see docs/troubleshooting.md.)
 
 import assert from 'node:assert/strict';
-import { rm, statfs, writeFile } from 'node:fs/promises';
+import { open, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import test, { type TestContext } from 'node:test';
 import type { DriverEvent, IoErrorEvent } from '../../src/api/driver.js';
@@ -33,11 +33,23 @@ async function onSmallTmpfs(t: TestContext, extra: string[], fn: (env: DaemonEnv
   await withSmallTmpfs(env.dir, 24, (small) => fn(env, small));
 }
 
-/** Fills the filesystem of `dir` but for `leave` bytes; returns the filler. */
+/**
+ * Fills the filesystem of `dir` but for `leave` bytes; returns the filler. A
+ * running job may take room meanwhile (a push copies blocks out while the
+ * guest writes), so meeting ENOSPC first is a full filesystem too.
+ */
 async function fill(dir: string, leave: number): Promise<string> {
   const fs = await statfs(dir);
   const filler = path.join(dir, 'filler');
-  await writeFile(filler, Buffer.alloc(fs.bavail * fs.bsize - leave, 1));
+  const file = await open(filler, 'w');
+  try {
+    const bytes = Buffer.alloc(fs.bavail * fs.bsize - leave, 1);
+    for (let done = 0; done < bytes.length;) done += (await file.write(bytes, done)).bytesWritten;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOSPC') throw e;
+  } finally {
+    await file.close();
+  }
   return filler;
 }
 
