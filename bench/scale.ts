@@ -19,7 +19,7 @@
 //   VBS_DAEMON=wrapper.mjs: run that script as the daemon (e.g. a profiler around dist/src/cli/virtbackd.js)
 
 import { execFile } from 'node:child_process';
-import { mkdtemp, open as openFile, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open as openFile, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -29,6 +29,7 @@ import type { JobCompletedEvent } from '../src/api/driver.js';
 import type { Connect, Domain } from '../src/api/public.js';
 import { killQemuFor, makeTestDomain, type TestDomain } from '../test/helpers/qemu-env.js';
 import { startVirtbackd, stopVirtbackd, type Virtbackd } from '../test/qemu/daemon-util.js';
+import { builtIsFresh, programFile } from '../test/helpers/entry.js';
 import { jobTimelines, logRecords, statusTimes } from './job-log.js';
 
 const run = promisify(execFile);
@@ -75,22 +76,6 @@ async function durableWriteRate(dir: string): Promise<number> {
   return 256 / ((now() - t0) / 1000);
 }
 
-/**
- * The built daemon (dist/, as installed) when it is at least as new as every
- * source file; else null and the sources run through tsx, whose in-process
- * compiler costs some 180 MiB of RSS on its own.
- */
-async function builtDaemon(): Promise<string | null> {
-  const root = path.resolve(import.meta.dirname, '..');
-  const built = path.join(root, 'dist', 'src', 'cli', 'virtbackd.js');
-  const builtAt = await stat(built).then((s) => s.mtimeMs, () => null);
-  if (builtAt === null) return null;
-  for (const e of await readdir(path.join(root, 'src'), { recursive: true, withFileTypes: true })) {
-    if (e.isFile() && e.name.endsWith('.ts') && (await stat(path.join(e.parentPath, e.name))).mtimeMs > builtAt) return null;
-  }
-  return built;
-}
-
 async function main(): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vbs-'));
   const stateDir = path.join(dir, 'state');
@@ -108,7 +93,7 @@ async function main(): Promise<void> {
       }
       tds.push(td);
     }
-    const compiled = process.env.VBS_DAEMON ?? await builtDaemon();
+    const compiled = process.env.VBS_DAEMON ?? (builtIsFresh() ? programFile('cli/virtbackd') : null);
     daemon = await startVirtbackd({ stateDir, runDir }, ['--log-level', 'debug', '--log-file', logFile], compiled ? { compiled } : {});
     const uri = `virtback+unix:///?socket=${path.join(runDir, 'virtbackd.sock')}`;
     const open = async (): Promise<Connect> => {

@@ -9,16 +9,15 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { writeManifest, type BackupManifestInput } from '../../src/repository/index.js';
 import type { QemuDriver } from '../../src/qemu/driver.js';
 import { runMain, startCliDaemon } from '../helpers/cli.js';
 import { hmpWrite, imageHasPattern, makeTestDomain, makeTestEnv, waitFor } from '../helpers/qemu-env.js';
 import { MiB, copyChain, fingerprint, img, manifestInput, map, qemuIo, rawContent, sha } from './repository-helpers.js';
+import { programCommand } from '../helpers/entry.js';
 
 const SIZE = 64 * MiB;
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /**
  * main(argv) with the CLI's output captured. Unlike test/helpers/cli.ts's
@@ -160,7 +159,7 @@ describe('virtback backup-restore / backup-verify', { timeout: 90_000 }, () => {
 
   test('on a terminal: progress bars (run under script(1))', async () => {
     const out = path.join(dir, 'tty.qcow2');
-    const cmd = `node --import ${JSON.stringify(import.meta.resolve('tsx'))} ${path.join(REPO, 'src/cli/virtback.ts')} backup-restore ${inc} ${out}`;
+    const cmd = `${programCommand('cli/virtback')} backup-restore ${inc} ${out}`;
     const { stdout } = await promisify(execFile)('script', ['-qec', cmd, '/dev/null'], { env: { ...process.env, COLUMNS: '120' } });
     assert.match(stdout, /tty\.qcow2 \[[█░]+\] 100% \| 64\.0\/64\.0 MiB \| completed/);
     assert.match(stdout, /restored to '.*tty\.qcow2'/);

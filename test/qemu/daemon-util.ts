@@ -19,9 +19,8 @@ import { parseDomainXML } from '../../src/xml/domain.js';
 import { libvirtUri, virshOk } from '../helpers/libvirt-clients.js';
 import { makeTestDomain, makeTestEnv, qemuProcessesFor, socketsUnder, waitFor, type TestEnv } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
+import { programArgs, ROOT } from '../helpers/entry.js';
 
-const root = path.resolve(import.meta.dirname, '..', '..');
-const script = path.join(root, 'src', 'cli', 'virtbackd.ts');
 
 export interface Virtbackd {
   pid: number;
@@ -42,7 +41,7 @@ export function isAlive(pid: number): boolean {
 }
 
 /**
- * Starts `node --import tsx src/cli/virtbackd.ts --state-dir S --run-dir R`
+ * Starts virtbackd (test/helpers/entry.ts: the build, else the sources) with `--state-dir S --run-dir R`
  * and resolves once it reported ready on its readiness pipe (fd 3).
  */
 export async function startVirtbackd(
@@ -50,12 +49,12 @@ export async function startVirtbackd(
   extra: string[] = [],
   opts: { compiled?: string } = {},
 ): Promise<Virtbackd> {
-  // `compiled`: run this built virtbackd.js instead of the sources through tsx
-  const entry = opts.compiled ? [opts.compiled] : ['--import', 'tsx', script];
+  // `compiled`: run this virtbackd.js instead
+  const entry = opts.compiled ? [opts.compiled] : programArgs('cli/virtbackd');
   const child = spawn(
     process.execPath,
     [...entry, '--state-dir', dirs.stateDir, '--run-dir', dirs.runDir, '--ready-fd', '3', ...extra],
-    { cwd: root, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] },
+    { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe', 'pipe'] },
   );
   let err = '';
   child.stderr!.setEncoding('utf8');

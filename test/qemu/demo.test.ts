@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import test from 'node:test';
+import { programArgs } from '../helpers/entry.js';
 
 const run = promisify(execFile);
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -16,7 +17,7 @@ test('the demo backs up, restores and verifies byte-exact, then leaves nothing b
   // the demo works in a folder under TMPDIR: give it one of its own, so leftovers are its own
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'vb-demo-'));
   t.after(() => rm(tmp, { recursive: true, force: true }));
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', path.join(repo, 'src', 'demo.ts')], {
+  const { stdout } = await run(process.execPath, programArgs('demo'), {
     cwd: repo, maxBuffer: 1 << 24, env: { ...process.env, TMPDIR: tmp },
   });
   const checks = stdout.split('\n').filter((l) => l.includes('✔'));

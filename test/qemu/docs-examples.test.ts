@@ -48,6 +48,7 @@ import { fileURLToPath } from 'node:url';
 import { main } from '../../src/cli/virtback.js';
 import { onEventLoopReady } from '../../src/cli/commands/event.js';
 import { killQemuFor, processesMentioning, sleep } from '../helpers/qemu-env.js';
+import { programCommand, programFile } from '../helpers/entry.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const TSX = import.meta.resolve('tsx');
@@ -234,12 +235,12 @@ function runProcess(
   });
 }
 
-/** A bin folder with `virtback` and `virtbackd` running this checkout's CLI from source. */
+/** A bin folder with `virtback` and `virtbackd` running this checkout's CLI (test/helpers/entry.ts). */
 async function makeShims(dir: string): Promise<string> {
   const bin = path.join(dir, 'bin');
   await fs.mkdir(bin, { recursive: true });
-  for (const name of ['virtback', 'virtbackd']) {
-    const script = `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} --import ${JSON.stringify(TSX)} ${JSON.stringify(path.join(REPO, 'src/cli', `${name}.ts`))} "$@"\n`;
+  for (const name of ['virtback', 'virtbackd'] as const) {
+    const script = `#!/bin/sh\nexec ${programCommand(`cli/${name}`)} "$@"\n`;
     await fs.writeFile(path.join(bin, name), script, { mode: 0o755 });
   }
   return bin;
@@ -333,7 +334,7 @@ describe('documentation examples', { timeout: 400_000, concurrency: true }, () =
     const pidFile = path.join(runDir, 'virtback', 'virtbackd.pid');
     const daemonPid = Number((await fs.readFile(pidFile, 'utf8')).trim().split(/\s+/)[0]);
     assert.ok(alive(daemonPid), 'the session daemon is running');
-    assert.ok((await fs.readFile(`/proc/${daemonPid}/cmdline`, 'utf8')).includes(path.join(REPO, 'src/cli/virtbackd.ts')), 'the daemon runs this checkout');
+    assert.ok((await fs.readFile(`/proc/${daemonPid}/cmdline`, 'utf8')).includes(programFile('cli/virtbackd')), 'the daemon runs this checkout');
 
     assert.match(r.stdout, /Backup job 1 completed\n/, shown);
     assert.match(r.stdout, /Backup job 2 completed\n/, shown);

@@ -19,8 +19,8 @@ import { connect } from '../../src/sdk/connect.js';
 import { waitFor } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 import { makeDaemonEnv } from './daemon-util.js';
+import { programArgs } from '../helpers/entry.js';
 
-const cli = path.resolve(import.meta.dirname, '..', '..', 'src', 'cli', 'virtback.ts');
 
 function openConsole(conn: Connect, uuid: string, flags = 0): Promise<ConsoleStream> {
   const driver = (conn.rawDriver as CheckedDriver).inner;
@@ -52,7 +52,7 @@ test('virtback console over the daemon socket: a command typed runs in the guest
   await waitFor(async () => (await readFile(log, 'utf8').catch(() => '')).includes('tiny-guest: READY'), 'the guest to boot', 240_000);
   assert.match(await readFile(log, 'utf8'), /Linux version \d+\.\d+/);
 
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, '-c', env.uri, 'console', name], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...programArgs('cli/virtback'), '-c', env.uri, 'console', name], { stdio: ['pipe', 'pipe', 'pipe'] });
   t.after(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

@@ -16,9 +16,9 @@ import { waitFor } from '../helpers/qemu-env.js';
 import { tinyGuest, tinyGuestOsXml } from '../helpers/tiny-guest.js';
 import { makeDaemonEnv, stopVirtbackd, type DaemonEnv } from './daemon-util.js';
 import { rfbGreeting } from '../helpers/net.js';
+import { programArgs } from '../helpers/entry.js';
 
 const run = promisify(execFile);
-const cliScript = path.resolve(import.meta.dirname, '..', '..', 'src', 'cli', 'virtback.ts');
 
 function ip(...args: string[]): Promise<string> {
   return run('ip', args).then((r) => r.stdout);
@@ -27,13 +27,13 @@ function ip(...args: string[]): Promise<string> {
 const notRoot = process.getuid?.() === 0 ? undefined : 'making a bridge needs root';
 
 async function virtback(env: DaemonEnv, ...args: string[]): Promise<string> {
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', cliScript, '-c', env.uri, ...args]);
+  const { stdout } = await run(process.execPath, [...programArgs('cli/virtback'), '-c', env.uri, ...args]);
   return stdout;
 }
 
 /** `virtback console NAME` in a child: type `command`, wait for `expect` in its output, leave with ^]. */
 async function throughConsole(t: test.TestContext, env: DaemonEnv, name: string, command: string, expect: string): Promise<void> {
-  const child = spawn(process.execPath, ['--import', 'tsx', cliScript, '-c', env.uri, 'console', name], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...programArgs('cli/virtback'), '-c', env.uri, 'console', name], { stdio: ['pipe', 'pipe', 'pipe'] });
   t.after(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

@@ -15,6 +15,7 @@ import { openFileBlockSource } from '../../src/nbd/block-source.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { nbdUri } from '../../src/vmbackup/serve.js';
 import { writeTestPoint } from './serve-helpers.js';
+import { programArgs } from '../helpers/entry.js';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -96,7 +97,7 @@ describe('NBD server with real clients', () => {
   test('TCP on loopback; a chunk-store point through `virtback backup-serve` equals the disk byte for byte', async () => {
     const { repoDir, point } = await writeTestPoint(dir, 'guest', [{ target: 'vda', file }]);
     const pidfile = path.join(dir, 'serve.pid');
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/virtback.ts', 'backup-serve', '--repo', repoDir, 'guest', '--point', point.id, '--listen', '127.0.0.1:0', '--pidfile', pidfile, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...programArgs('cli/virtback'), 'backup-serve', '--repo', repoDir, 'guest', '--point', point.id, '--listen', '127.0.0.1:0', '--pidfile', pidfile, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
@@ -131,7 +132,7 @@ describe('NBD server with real clients', () => {
     const keyFile = path.join(dir, 'repo.key');
     fs.writeFileSync(keyFile, key, { mode: 0o600 });
     const { repoDir, point } = await writeTestPoint(dir, 'secret', [{ target: 'sdb', file }], { repoDir: path.join(dir, 'enc-repo'), encryptKey: key });
-    const cli = ['--import', 'tsx', 'src/cli/virtback.ts', 'backup-serve', '--repo', repoDir, 'secret', '--point', point.id];
+    const cli = [...programArgs('cli/virtback'), 'backup-serve', '--repo', repoDir, 'secret', '--point', point.id];
     const refused = await run(process.execPath, [...cli, '--socket', path.join(dir, 'no.sock')]).then(
       () => assert.fail('served an encrypted repository without its key'),
       (e: { code: number; stderr: string }) => e,

@@ -19,6 +19,7 @@ import { tinyGuest, tinyGuestOsXml, waitForAgent } from '../helpers/tiny-guest.j
 import { DiskModel, run, write } from './backup-util.js';
 import { checkpointName, repositoryId } from '../../src/vmbackup/index.js';
 import { MiB, assertRestores, sha } from './vmbackup-helpers.js';
+import { programArgs } from '../helpers/entry.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -29,7 +30,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
  * `early`; resolves when it is gone (or ended by itself).
  */
 function killedBackup(uri: string, name: string, repo: string, logFile: string, ms: number, early: boolean): Promise<{ killed: boolean; code: number | null }> {
-  const args = ['--import', 'tsx', path.join(ROOT, 'src/cli/virtback.ts'), '-c', uri, 'backup', name, '--repo', repo, '--level', 'full', '--log-file', logFile];
+  const args = [...programArgs('cli/virtback'), '-c', uri, 'backup', name, '--repo', repo, '--level', 'full', '--log-file', logFile];
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   let timer: NodeJS.Timeout | undefined;
   const arm = () => (timer ??= setTimeout(() => child.kill('SIGKILL'), ms));

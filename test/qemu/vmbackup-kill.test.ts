@@ -21,6 +21,7 @@ import { makeTestDomain, type TestDomain } from '../helpers/qemu-env.js';
 import { DiskModel } from './backup-util.js';
 import { hmpWriteVia, makeDaemonEnv, type DaemonEnv } from './daemon-util.js';
 import { MiB, assertRestores } from './vmbackup-helpers.js';
+import { programArgs } from '../helpers/entry.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 
@@ -43,7 +44,7 @@ interface Run {
 
 /** `virtback backup` as a child process, as a timer runs it. */
 function spawnBackup(uri: string, name: string, repo: string): Run {
-  const args = ['--import', 'tsx', path.join(ROOT, 'src/cli/virtback.ts'), '-c', uri, 'backup', name, '--repo', repo, '--level', 'full', '--quiet'];
+  const args = [...programArgs('cli/virtback'), '-c', uri, 'backup', name, '--repo', repo, '--level', 'full', '--quiet'];
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: 'ignore' });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return { exited, kill: () => child.kill('SIGKILL') };

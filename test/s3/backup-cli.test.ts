@@ -20,6 +20,7 @@ import { useCeph } from '../helpers/ceph.js';
 import { makeTestDomain } from '../helpers/qemu-env.js';
 import { DiskModel, write } from '../qemu/backup-util.js';
 import { assertRestores, MiB, sha } from '../qemu/vmbackup-helpers.js';
+import { programArgs } from '../helpers/entry.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -96,7 +97,7 @@ test('virtback backup into s3://: full then auto inc, list, verify, restore exac
 
   // backup-serve over the bucket: nbdinfo sees the disk, nbdcopy reads it exact
   const pidfile = path.join(env.dir, 'serve.pid');
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/virtback.ts', 'backup-serve', ...where, 'vbk-s3', '--point', full.pointId, '--listen', '127.0.0.1:0', '--pidfile', pidfile, '--json'], {
+  const child = spawn(process.execPath, [...programArgs('cli/virtback'), 'backup-serve', ...where, 'vbk-s3', '--point', full.pointId, '--listen', '127.0.0.1:0', '--pidfile', pidfile, '--json'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

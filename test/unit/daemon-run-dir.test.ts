@@ -11,6 +11,7 @@ import path from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { prepareRunDir, sessionRunDir } from '../../src/daemon/paths.js';
 import { isVirError } from '../../src/errors.js';
+import { programArgs } from '../helpers/entry.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const me = process.getuid!();
@@ -65,7 +66,7 @@ test('virtbackd refuses a run dir another user created, and puts no socket in it
   const run = path.join(dir, 'run');
   fs.mkdirSync(run, { mode: 0o700 });
   fs.chownSync(run, NOBODY, NOBODY);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'src/cli/virtbackd.ts'), '--driver', 'test', '--state-dir', path.join(dir, 'state'), '--run-dir', run], {
+  const r = spawnSync(process.execPath, [...programArgs('cli/virtbackd'), '--driver', 'test', '--state-dir', path.join(dir, 'state'), '--run-dir', run], {
     cwd: root,
     encoding: 'utf8',
     timeout: 30_000,

@@ -11,10 +11,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect } from '../../src/sdk/connect.js';
 import { VirError } from '../../src/errors.js';
+import { programArgs } from '../helpers/entry.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
-const script = path.join(root, 'src', 'cli', 'virtbackd.ts');
-const nodeArgs = ['--import', 'tsx', script];
+const nodeArgs = programArgs('cli/virtbackd');
 
 function tmp(t: TestContext): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'virtbackd-test-'));

@@ -9,12 +9,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { main } from '../../src/cli/virtback.js';
 import { REPO_ROOT, fixturePath } from './xml-helpers.js';
+import { programArgs } from '../helpers/entry.js';
 
-const TSX = path.join(REPO_ROOT, 'node_modules', '.bin', 'tsx');
-const CLI = path.join(REPO_ROOT, 'src', 'cli', 'virtback.ts');
 
 function run(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(TSX, [CLI, ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(process.execPath, [...programArgs('cli/virtback'), ...args], { cwd: REPO_ROOT, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

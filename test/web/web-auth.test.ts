@@ -15,6 +15,7 @@ import path from 'node:path';
 import { makeTestEnv, sleep, waitFor } from '../helpers/qemu-env.js';
 import { stopVirtbackd } from '../qemu/daemon-util.js';
 import { dropEventStream, MUTATING_ROUTES, startConsoleDaemon, type WebClient } from './web-client.js';
+import { programArgs } from '../helpers/entry.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 const UUID = '6f0c3c2e-8d7b-4a55-9d38-000000000001';
@@ -33,7 +34,7 @@ async function loggedIn(c: WebClient, token: string): Promise<WebClient> {
 }
 
 function virtbackd(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/virtbackd.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...programArgs('cli/virtbackd'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
