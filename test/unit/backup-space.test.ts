@@ -55,8 +55,9 @@ test('checkPushSpace: refused with the numbers when the folder\'s filesystem is 
   });
   // two targets in one folder add up: each fits, the pair does not
   const share = await import('node:fs/promises').then((fs) => fs.statfs(dir));
-  const half = Math.floor((share.bavail * share.bsize) / 2) + MiB;
-  const pair = ['vda', 'vdb'].map((n) => disk({ disk: n, target: path.join(dir, `${n}.raw`), format: 'raw', virtualSize: 2 ** 50, node: { image: image(half) } }));
+  // 0.6 of what is free: other tests beside this one may free or take room meanwhile, not a fifth of the disk
+  const sixTenths = Math.floor(share.bavail * share.bsize * 0.6);
+  const pair = ['vda', 'vdb'].map((n) => disk({ disk: n, target: path.join(dir, `${n}.raw`), format: 'raw', virtualSize: 2 ** 50, node: { image: image(sixTenths) } }));
   await checkPushSpace([pair[0]!], false);
   await assert.rejects(checkPushSpace(pair, false), /disks 'vda', 'vdb'/);
   // REUSE_EXTERNAL: the target's own allocation is rewritten in place
