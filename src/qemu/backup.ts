@@ -441,7 +441,7 @@ export class QemuBackups implements BackupOps {
       if (rec.phase !== 'running') return;
       rec.stopping = how;
       // a pull whose frozen view broke ends failed (QEMU says nothing of it)
-      if (how === 'end') await failBrokenSnapshots(rec);
+      if (how === 'end') await failBrokenSnapshots(rec, { tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true }, log: this.driver.log });
       const qmp = await this.driver.monitor(uuid);
       for (const d of rec.disks) {
         if (d.state !== 'running') continue;
