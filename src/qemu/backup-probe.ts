@@ -56,7 +56,7 @@ async function probeTarget(rec: BackupJobRecord, opts: ProbeOptions): Promise<Pr
   const target = def.server === null ? null : backupServerTarget(def.server);
   if (target === null) return null;
   let tls: NbdTlsOptions | null = null;
-  if (def.server!.tls === true) {
+  if (def.server?.tls === true) {
     const creds = await probeTls(opts.tls);
     if (typeof creds === 'string') {
       opts.log.warn({ jobId: rec.id }, `the frozen view of TLS pull job ${rec.id} cannot be checked at its end: ${creds}`);
