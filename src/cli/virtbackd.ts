@@ -123,7 +123,7 @@ function commandLine(): Command {
     .option('--tls-cert <file>', 'server certificate (PEM)')
     .option('--tls-key <file>', 'server private key (PEM)')
     .option('--tls-ca <file>', 'CA certificate that signs accepted client certificates (PEM)')
-    .addOption(new Option('--backup-tls-dir <dir>', "x509 directory (ca-cert.pem, server-cert.pem, server-key.pem) for pull backups with <server tls='yes'>")
+    .addOption(new Option('--backup-tls-dir <dir>', "x509 directory (ca-cert.pem, server-cert.pem, server-key.pem; client-cert.pem, client-key.pem to check a pull's frozen view at its end) for pull backups with <server tls='yes'>")
       .env('VIRTBACK_BACKUP_TLS_DIR'))
     .addOption(new Option('--backup-tls-verify <yes|no>', 'NBD clients of TLS pull backups must present a certificate signed by the CA')
       .choices(['yes', 'no']).default('yes'))

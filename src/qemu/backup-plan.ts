@@ -30,6 +30,7 @@
 
 import path from 'node:path';
 import { virErr } from '../errors.js';
+import { backupServerTarget } from '../nbd/target.js';
 import { backupBitmapName, type BackupDef, type BackupDiskDef, type BackupServerDef } from '../xml/backup.js';
 import type {
   BackupPerf,
@@ -167,10 +168,11 @@ export interface BackupPlan {
   pauseAtInstant: boolean;
 }
 
+/** QEMU listens where clients will connect (backupServerTarget: the same rule as the probe's and backup-pull's). */
 function tcpAddr(server: BackupServerDef, port: number | null): SocketAddressLegacy {
-  const p = server.port ?? port;
-  if (p === null || p === 0) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
-  return { type: 'inet', data: { host: server.name ?? 'localhost', port: String(p) } };
+  const t = backupServerTarget({ ...server, transport: 'tcp', port: server.port ?? port });
+  if (t === null || !('host' in t)) throw virErr('OPERATION_UNSUPPORTED', 'QEMU', '<domainbackup> must specify TCP port for now');
+  return { type: 'inet', data: { host: t.host, port: String(t.port) } };
 }
 
 /**

@@ -67,8 +67,8 @@ export interface QemuBackupsOptions {
    */
   targetWriteback?: number | null;
   /**
-   * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem and
-   * server-key.pem for pull exports with <server tls='yes'> (unset: refused)
+   * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-*.pem for pull exports with <server tls='yes'>
+   * (unset: refused); client-*.pem: the end's probe of the frozen view (backup-probe.ts)
    */
   tlsX509CertDir?: string | null;
   /** qemu.conf backup_tls_x509_verify: clients must present a certificate signed by the CA (default true) */
@@ -441,7 +441,7 @@ export class QemuBackups implements BackupOps {
       if (rec.phase !== 'running') return;
       rec.stopping = how;
       // a pull whose frozen view broke ends failed (QEMU says nothing of it)
-      if (how === 'end') await failBrokenSnapshots(rec);
+      if (how === 'end') await failBrokenSnapshots(rec, { tls: { dir: this.opts.tlsX509CertDir ?? null, verify: this.opts.tlsX509Verify ?? true }, log: this.driver.log });
       const qmp = await this.driver.monitor(uuid);
       for (const d of rec.disks) {
         if (d.state !== 'running') continue;

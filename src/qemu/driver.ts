@@ -76,7 +76,8 @@ export interface QemuDriverOptions {
   listener?: EventListener;
   /**
    * qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem,
-   * server-key.pem for pull backups with <server tls='yes'> (unset: refused)
+   * server-key.pem for pull backups with <server tls='yes'> (unset: refused);
+   * with client-cert.pem, client-key.pem the end of such a pull checks its frozen view
    */
   backupTlsX509CertDir?: string;
   /** qemu.conf backup_tls_x509_verify: NBD clients need a certificate signed by the CA (default true) */

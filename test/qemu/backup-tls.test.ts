@@ -6,42 +6,15 @@
 // job is refused as libvirt refuses it, and unusable credentials leave nothing.
 
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import test from 'node:test';
 import type { QemuDriver } from '../../src/qemu/driver.js';
 import { exists, makeTestDomain, makeTestEnv } from '../helpers/qemu-env.js';
+import { makeCerts } from '../helpers/tls-certs.js';
 import { assertSameContent, DiskModel, MiB, qemuState, qmp, run, waitJobCompleted, write } from './backup-util.js';
 
 const SIZE = 64 * MiB;
-
-/** A CA, a server certificate for localhost/127.0.0.1 and a client certificate, in the layouts QEMU and libnbd read. */
-async function makeCerts(dir: string): Promise<{ server: string; client: string; caOnly: string; empty: string }> {
-  const ca = path.join(dir, 'ca');
-  const server = path.join(dir, 'server');
-  const client = path.join(dir, 'client');
-  const caOnly = path.join(dir, 'ca-only');
-  const empty = path.join(dir, 'empty');
-  for (const d of [ca, server, client, caOnly, empty]) await mkdir(d, { recursive: true });
-  const caCert = path.join(ca, 'ca-cert.pem');
-  const caKey = path.join(ca, 'ca-key.pem');
-  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', caKey, '-out', caCert, '-days', '2',
-    '-subj', '/CN=virtback test CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  const leaf = async (out: string, name: 'server' | 'client', cn: string, ext: string): Promise<void> => {
-    const key = path.join(out, `${name}-key.pem`);
-    const csr = path.join(ca, `${name}.csr`);
-    const extFile = path.join(ca, `${name}.ext`);
-    await writeFile(extFile, `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n${ext}\n`);
-    await run('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${cn}`]);
-    await run('openssl', ['x509', '-req', '-in', csr, '-CA', caCert, '-CAkey', caKey, '-CAcreateserial', '-days', '2',
-      '-out', path.join(out, `${name}-cert.pem`), '-extfile', extFile]);
-    await run('cp', [caCert, path.join(out, 'ca-cert.pem')]);
-  };
-  await leaf(server, 'server', 'localhost', 'extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1');
-  await leaf(client, 'client', 'virtback-test-client', 'extendedKeyUsage=clientAuth');
-  await run('cp', [caCert, path.join(caOnly, 'ca-cert.pem')]);
-  return { server, client, caOnly, empty };
-}
 
 async function objects(driver: QemuDriver, uuid: string): Promise<string[]> {
   const list = (await qmp(driver, uuid, 'qom-list', { path: '/objects' })) as { name: string }[];

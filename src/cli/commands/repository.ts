@@ -8,7 +8,7 @@ import { Option, type Command } from 'commander';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Domain } from '../../api/public.js';
-import type { NbdTarget } from '../../nbd/client.js';
+import { backupServerTarget, type NbdTarget } from '../../nbd/target.js';
 import { loadTlsDir } from '../../nbd/tls.js';
 import { formatVerifyResult, pullBackup, readManifest, restoreBackup, verifyBackup, writeManifest, type BackupManifest } from '../../repository/index.js';
 import { toVirError, virErr } from '../../errors.js';
@@ -91,18 +91,14 @@ export function parsePullJob(xml: string, id: number): PullJob {
   const server = firstChild(root, 'server');
   if (server === null) throw virErr('INTERNAL_ERROR', 'NONE', `backup job ${id} has no <server>`);
   const transport = attr(server, 'transport') ?? 'tcp';
-  let nbd: NbdTarget;
-  if (transport === 'unix') {
-    const socketPath = attr(server, 'socket');
-    if (!socketPath) throw virErr('INTERNAL_ERROR', 'NONE', `backup job ${id}: <server transport='unix'> has no socket`);
-    nbd = { socketPath };
-  } else if (transport === 'tcp') {
-    const host = attr(server, 'name');
-    const port = Number(attr(server, 'port'));
-    if (!host || !Number.isInteger(port) || port <= 0) throw virErr('INTERNAL_ERROR', 'NONE', `backup job ${id}: <server transport='tcp'> has no name and port`);
-    nbd = { host, port };
-  } else {
+  if (transport !== 'unix' && transport !== 'tcp') {
     throw virErr('CONFIG_UNSUPPORTED', 'NONE', `backup job ${id} exports over transport '${transport}', which backup-pull cannot reach`);
+  }
+  const port = attr(server, 'port');
+  // the address rule QEMU listens by (and the driver's own probe connects by)
+  const nbd = backupServerTarget({ transport, socket: attr(server, 'socket'), name: attr(server, 'name'), port: port === null ? null : Number(port) });
+  if (nbd === null) {
+    throw virErr('INTERNAL_ERROR', 'NONE', `backup job ${id}: <server transport='${transport}'> has no ${transport === 'unix' ? 'socket' : 'port'}`);
   }
   const top = childText(root, 'incremental');
   const disksEl = firstChild(root, 'disks');
