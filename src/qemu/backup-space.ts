@@ -7,7 +7,8 @@
 // front, with the numbers. The estimate is an upper bound: what the disk can
 // hold (full) or what its checkpoint bitmap marks dirty (incremental), plus
 // qcow2 metadata. Running pushes hold their room (SpaceLedger) until their
-// job ends, so backups of several domains onto one store add up.
+// job ends, so backups of several domains onto one store add up; the room is
+// saved with the job record, so a restarted daemon holds it again.
 
 import { lstat, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
@@ -88,11 +89,25 @@ interface Reservation {
   need: number;
 }
 
+/**
+ * A reservation as the job record keeps it: no device number (the target's
+ * folder is stat'ed again when a restarted daemon restores it).
+ */
+export interface SavedReservation {
+  target: string;
+  need: number;
+}
+
 /** The room one backup holds from its check until its job ends (or its begin fails). */
 export class SpaceHolding {
   reservations: Reservation[] = [];
 
   constructor(private readonly ledger: SpaceLedger) {}
+
+  /** What the job record keeps of it. */
+  saved(): SavedReservation[] {
+    return this.reservations.map((r) => ({ target: r.target, need: r.need }));
+  }
 
   release(): void {
     this.ledger.drop(this);
@@ -125,6 +140,26 @@ export class SpaceLedger {
     return this.lock.run(async () => {
       h.reservations = await checkPushSpace(disks, reuseExternal, (dev) => this.pending(dev, h));
     });
+  }
+
+  /**
+   * A holding of the reservations a running push saved before a daemon
+   * restart (its job record's `space`), released when that job ends. Filled
+   * under the checks' lock, so no check counts it half restored; each
+   * target's folder is stat'ed again (a device number need not survive a
+   * reboot); one whose folder is gone holds nothing (its job cannot write there).
+   */
+  async recovered(saved: readonly SavedReservation[]): Promise<SpaceHolding> {
+    const h = this.holding();
+    await this.lock.run(async () => {
+      const out: Reservation[] = [];
+      for (const r of saved) {
+        const dev = await stat(path.dirname(path.resolve(r.target))).then((s) => s.dev, () => null);
+        if (dev !== null) out.push({ dev, target: r.target, need: r.need });
+      }
+      h.reservations = out;
+    });
+    return h;
   }
 
   /** Bytes the other holdings' targets on `dev` may still write. */

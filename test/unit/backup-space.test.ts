@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import test from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
+import { readJobRecord, type BackupJobRecord } from '../../src/qemu/backup-job.js';
 import { checkPushSpace, diskDataBound, pushSpaceNeed, SpaceLedger, type PushSpaceInput } from '../../src/qemu/backup-space.js';
 import type { ImageInfo } from '../../src/qemu/qmp/commands.js';
 
@@ -86,4 +87,47 @@ test('the ledger: a running push\'s room counts for the next check (less what it
   await assert.rejects(ledger.check(b, push('vdb'), false), new RegExp(`after ${sixTenths - MiB} that running`));
   a.release();
   await ledger.check(b, push('vdb'), false);
+});
+
+test('the job record keeps a push\'s room through its status file; an earlier version\'s record holds none', () => {
+  const rec = { id: 7, mode: 'push', phase: 'running', steps: [], disks: [], space: [{ target: '/b/a.raw', need: 9 * MiB }, { target: '/b/b.qcow2', need: 3 * MiB }] };
+  const back = readJobRecord(JSON.parse(JSON.stringify(rec)) as unknown);
+  assert.deepEqual(back?.space, rec.space);
+  const { space: _, ...old } = rec;
+  assert.equal(readJobRecord(JSON.parse(JSON.stringify(old)) as unknown)?.space, undefined);
+  // a damaged entry is dropped, not trusted
+  const bad = readJobRecord({ ...rec, space: [{ target: '/b/a.raw' }, null, { target: 3, need: 1 }, { target: '/b/c.raw', need: MiB }] });
+  assert.deepEqual(bad?.space, [{ target: '/b/c.raw', need: MiB }]);
+  assert.equal(readJobRecord({ ...rec, space: 'x' })?.space, undefined);
+});
+
+test('a restarted daemon\'s ledger: the recovered push\'s saved room counts for the next check until it is released', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ledger-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const fs = await import('node:fs/promises').then((m) => m.statfs(dir));
+  const sixTenths = Math.floor(fs.bavail * fs.bsize * 0.6);
+  const push = (name: string): PushSpaceInput[] =>
+    [disk({ disk: name, target: path.join(dir, `${name}.raw`), format: 'raw', virtualSize: 2 ** 50, node: { image: image(sixTenths) } })];
+  const before = new SpaceLedger();
+  const a = before.holding();
+  await before.check(a, push('vda'), false);
+  // what begin puts in the record, through the status file's JSON
+  const rec = readJobRecord(JSON.parse(JSON.stringify({ id: 1, steps: [], space: a.saved() })) as unknown) as BackupJobRecord;
+  assert.deepEqual(rec.space, [{ target: path.join(dir, 'vda.raw'), need: sixTenths }]);
+
+  const after = new SpaceLedger();
+  const b = after.holding();
+  await after.check(b, push('vdb'), false); // nothing held yet: the old daemon's defect
+  const restored = await after.recovered(rec.space ?? []);
+  await assert.rejects(after.check(b, push('vdb'), false), (e: { code: number; message: string }) => {
+    assert.equal(e.code, ErrorCode.OPERATION_FAILED);
+    assert.match(e.message, new RegExp(`not enough free space for the backup of disk 'vdb' in '${dir}': it may need up to ${sixTenths} bytes, \\d+ are free after ${sixTenths} that running backups may still write`));
+    return true;
+  });
+  restored.release();
+  await after.check(b, push('vdb'), false);
+  // a saved target whose folder is gone holds nothing
+  const gone = await after.recovered([{ target: path.join(dir, 'no', 'such', 'x.raw'), need: sixTenths }]);
+  assert.deepEqual(gone.reservations, []);
+  await after.check(b, push('vdb'), false);
 });
