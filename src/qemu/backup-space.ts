@@ -50,16 +50,22 @@ export function diskDataBound(image: ImageInfo, virtualSize: number): number {
 
 const ceilDiv = (a: number, b: number): number => Math.ceil(a / b);
 
+/** Bytes an incremental's job copies: its bitmap's dirty bytes, widened to target clusters; null: a full, or a bitmap QEMU does not show. */
+function copiedBound(d: PushSpaceInput): number | null {
+  const bm = d.base === null ? undefined : d.node['dirty-bitmaps']?.find((b) => b.name === d.base?.bitmap);
+  if (d.base === null || bm === undefined) return null;
+  // a dirty bit finer than a target cluster still allocates a whole cluster
+  return bm.count * Math.max(1, TARGET_CLUSTER_SIZE / d.base.granularity);
+}
+
 /** Upper bound of the bytes one push target takes on its filesystem. */
 export function pushSpaceNeed(d: PushSpaceInput): number {
-  let data = diskDataBound(d.node.image, d.virtualSize);
-  if (d.base !== null) {
-    const bm = d.node['dirty-bitmaps']?.find((b) => b.name === d.base?.bitmap);
-    // a dirty bit finer than a target cluster still allocates a whole cluster
-    const widen = Math.max(1, TARGET_CLUSTER_SIZE / d.base.granularity);
-    if (bm !== undefined) data = Math.min(data, bm.count * widen);
-  }
-  if (d.format === 'raw') return data;
+  const copied = copiedBound(d);
+  // The job writes what it copies from an unallocated block as zeroes, which a raw
+  // file allocates (write-zeroes without unmap: measured on ext4 and tmpfs, a full
+  // push of 9 MiB data on a 64 MiB disk took 64 MiB), and a qcow2 one does not.
+  if (d.format === 'raw') return Math.min(d.virtualSize, copied ?? d.virtualSize);
+  const data = Math.min(diskDataBound(d.node.image, d.virtualSize), copied ?? Infinity);
   const clusters = ceilDiv(data, TARGET_CLUSTER_SIZE);
   // scattered data needs one L2 table per region it touches, never more than the disk has
   const l2 = Math.min(clusters, ceilDiv(d.virtualSize, L2_SPAN)) * TARGET_CLUSTER_SIZE;
