@@ -6,7 +6,8 @@
 // troubleshooting.md). So a push whose targets might not fit is refused up
 // front, with the numbers. The estimate is an upper bound: what the disk can
 // hold (full) or what its checkpoint bitmap marks dirty (incremental), plus
-// qcow2 metadata. Running pushes hold their room (SpaceLedger) until their
+// qcow2 metadata; a raw file target takes every block the job copies, zeroes
+// too (a full: the whole disk). Running pushes hold their room (SpaceLedger) until their
 // job ends, so backups of several domains onto one store add up; the room is
 // saved with the job record, so a restarted daemon holds it again.
 
