@@ -6,6 +6,7 @@
 import { formatBackupXML, type BackupDef } from '../xml/backup.js';
 import type { BackupJobDisk, BackupJobRecord, BackupResource, BackupStep } from './backup-job.js';
 import type { BackupPlan } from './backup-plan.js';
+import type { SavedReservation } from './backup-space.js';
 import { createFile, creationName, runCreateJob, type StepLog } from './backup-steps.js';
 import type { PreparedCheckpoint } from './host.js';
 import { QmpCommandError, type QmpClient } from './qmp/client.js';
@@ -14,7 +15,9 @@ import { QmpCommandError, type QmpClient } from './qmp/client.js';
 const atomic = { atomic: true };
 
 /** The job's record before its first step: phase 'starting', an empty log. */
-export function newJobRecord(id: number, def: BackupDef, plan: BackupPlan, checkpoint: string | null, sources: Map<string, string>): BackupJobRecord {
+export function newJobRecord(
+  id: number, def: BackupDef, plan: BackupPlan, checkpoint: string | null, sources: Map<string, string>, space: SavedReservation[] = [],
+): BackupJobRecord {
   return {
     id,
     mode: def.mode,
@@ -46,6 +49,8 @@ export function newJobRecord(id: number, def: BackupDef, plan: BackupPlan, check
     stopping: null,
     end: null,
     errmsg: null,
+    // saved with the record's first save: a restarted daemon holds it again (QemuBackups.recover)
+    ...(space.length > 0 ? { space } : {}),
   };
 }
 

@@ -11,11 +11,12 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { FinishedPush, JobStats } from '../api/driver.js';
-import { JobOperation, JobType } from '../flags.js';
+import { JobOperation, JobType, ShutoffReason } from '../flags.js';
 import { errField, type LogFields, type Logger } from '../log.js';
 import type { BackupDiskState } from '../xml/backup.js';
 import type { BackupJobTableLike } from './domain-object.js';
 import type { TargetWriteback } from './backup-flush.js';
+import type { SavedReservation } from './backup-space.js';
 import { JobTimeline } from './backup-timeline.js';
 import type { BlockDeviceInfo, JobInfo } from './qmp/commands.js';
 import { writeFileAtomic } from './state.js';
@@ -99,6 +100,12 @@ export interface BackupJobRecord {
   stopping: 'abort' | 'end' | null;
   end: JobEnd | null;
   errmsg: string | null;
+  /**
+   * A push's room on its targets' filesystems (backup-space.ts), held again
+   * by a daemon that recovers the running job. Absent in records of earlier
+   * versions (and of pushes not checked): such a job holds no room.
+   */
+  space?: SavedReservation[];
 }
 
 /** A finished push target, to find "the previous backup of the same chain". */
@@ -244,12 +251,19 @@ export function previousBackup(
   return null;
 }
 
-/** A job record read back from a status file (records before the write-ahead log listed `created`). */
+/**
+ * A job record read back from a status file (records before the write-ahead
+ * log listed `created`; records before the saved room have no `space`: the
+ * job then holds no room, as every recovered job did before).
+ */
 export function readJobRecord(raw: unknown): BackupJobRecord | null {
   if (typeof raw !== 'object' || raw === null || typeof (raw as { id?: unknown }).id !== 'number') return null;
   const rec = structuredClone(raw) as BackupJobRecord & { created?: BackupResource[] };
   if (!Array.isArray(rec.steps)) rec.steps = (rec.created ?? []).map((r) => ({ ...r, state: 'done' as const }));
   delete rec.created;
+  const space: unknown = rec.space;
+  if (Array.isArray(space)) rec.space = space.filter((r: Partial<SavedReservation> | null) => typeof r?.target === 'string' && typeof r.need === 'number');
+  else delete rec.space;
   return rec;
 }
 
@@ -264,7 +278,7 @@ export class BackupJob {
   readonly timeline = new JobTimeline();
   /** a push's targets written back while it copies (backup-flush.ts); null after a recovery */
   writeback: TargetWriteback | null = null;
-  /** the room its push targets hold for other pushes' checks (backup-space.ts); null after a recovery */
+  /** the room its push targets hold for other pushes' checks (backup-space.ts); restored from the record after a recovery */
   space: { release(): void } | null = null;
 
   constructor(public record: BackupJobRecord) {
@@ -303,6 +317,10 @@ export class BackupJobTable implements BackupJobTableLike {
     return disk?.jobId ?? null;
   }
 }
+
+const STOPPED_WHY: Record<number, string> = { [ShutoffReason.CRASHED]: 'crashed', [ShutoffReason.DESTROYED]: 'was destroyed', [ShutoffReason.SHUTDOWN]: 'shut down' };
+/** Why a job failed with its domain, in its error message: the domain `stoppedWhy` during the backup. */
+export const stoppedWhy = (reason: number): string => STOPPED_WHY[reason] ?? 'stopped';
 
 /** The fields every job log line carries. */
 export function jobFields(dom: { name: string; uuid: string }, rec: BackupJobRecord): LogFields {

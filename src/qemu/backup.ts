@@ -13,7 +13,7 @@ import { rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import { toVirError, virErr } from '../errors.js';
-import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType, ShutoffReason } from '../flags.js';
+import { BackupBeginFlags, BackupEndFlags, BlockJobStatus, BlockJobType, checkFlags, JobStatsFlags, JobType } from '../flags.js';
 import { errField } from '../log.js';
 import {
   applyQemuJobs,
@@ -27,6 +27,7 @@ import {
   logJobEnd,
   measureScratch,
   readJobRecord,
+  stoppedWhy,
   type BackupJobRecord,
   type PushCompleteInfo,
 } from './backup-job.js';
@@ -80,9 +81,6 @@ const EXTRA_KEY = 'backupJob';
 const LAST_JOB_ID_KEY = 'lastBackupJobId';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-const STOPPED_WHY: Record<number, string> = { [ShutoffReason.CRASHED]: 'crashed', [ShutoffReason.DESTROYED]: 'was destroyed', [ShutoffReason.SHUTDOWN]: 'shut down' };
-const stoppedWhy = (reason: number): string => STOPPED_WHY[reason] ?? 'stopped';
 
 export class QemuBackups implements BackupOps {
   private readonly watchers = new Map<string, { qmp: QmpClient; off: () => void }>();
@@ -239,7 +237,7 @@ export class QemuBackups implements BackupOps {
     p.def.id = a.id;
     p.def.tlsAlias = a.tls?.id ?? null;
     if (a.port !== null && p.def.server) p.def.server.port = a.port;
-    const rec = newJobRecord(a.id, p.def, plan, p.checkpoint?.def.name ?? null, new Map(p.disks.map((d) => [d.target, d.diskPath])));
+    const rec = newJobRecord(a.id, p.def, plan, p.checkpoint?.def.name ?? null, new Map(p.disks.map((d) => [d.target, d.diskPath])), holding.saved());
     const previous = table.current;
     const job = new BackupJob(rec);
     job.space = holding;
@@ -473,6 +471,8 @@ export class QemuBackups implements BackupOps {
     if (rec.phase === 'done') return this.healEnded(dom, rec);
     this.recovering.add(dom.uuid);
     try {
+      // a running push holds its saved room again (lock held: released in terminate, as any job's)
+      if (table.current && rec.space) table.current.space = await this.space.recovered(rec.space);
       const qmp = await this.driver.monitor(dom.uuid);
       this.watch(dom, qmp);
       // the driver stopped in the middle of backupBegin: nobody got the job id, undo its log

@@ -45,6 +45,9 @@ async function spaceChecked(env: TestEnv, small: string): Promise<void> {
 
   await refused('full push of sda', `<domainbackup><disks>${target('sda', 'a.qcow2')}<disk name='sdb' backup='no'/></disks></domainbackup>`,
     new RegExp(`not enough free space for the backup of disk 'sda' in '${small}': it may need up to \\d+ bytes, \\d+ are free`));
+  // 1 MiB of data on sdb, but a raw file allocates the zeroes the job writes for the rest: the whole 64 MiB disk
+  await refused('full push of sdb into a raw file', `<domainbackup><disks><disk name='sda' backup='no'/>${target('sdb', 'b.raw', 'raw')}</disks></domainbackup>`,
+    new RegExp(`not enough free space for the backup of disk 'sdb' in '${small}': it may need up to ${64 * MiB} bytes`));
   // 8 + 10 MiB dirty since c0: each fits alone, not both (targets on one filesystem add up)
   const inc = 8 * MiB;
   await hmpWrite(driver, uuid, 'sda', 0x6a, 4 * MiB, inc);
@@ -81,19 +84,19 @@ test('pushes of two domains onto one filesystem: the running one\'s room counts 
   for (const d of doms) {
     await driver.domainDefineXML(d.xml, 0);
     await driver.domainCreate(d.uuid, 0);
-    // 9 MiB each: one fits the 16 MiB tmpfs, both do not
+    // 9 MiB each (a qcow2 target's bound: ~10.2 MiB; a raw one would need the whole 64 MiB disk): one fits the 16 MiB tmpfs, both do not
     await hmpWrite(driver, d.uuid, 'sda', 0x33, 0, 9 * MiB);
   }
   await withSmallTmpfs(env.dir, 16, async (small) => {
     const push = (i: number): Promise<number> => driver.backupBegin(doms[i]!.uuid,
-      `<domainbackup><disks><disk name='sda' type='file'><driver type='raw'/><target file='${path.join(small, `${i}.raw`)}'/></disk></disks></domainbackup>`, null, 0);
+      `<domainbackup><disks><disk name='sda' type='file'><driver type='qcow2'/><target file='${path.join(small, `${i}.qcow2`)}'/></disk></disks></domainbackup>`, null, 0);
     const first = await push(0);
     await assert.rejects(push(1), (e: { code: number; message: string }) => {
       assert.equal(e.code, ErrorCode.OPERATION_FAILED);
       assert.match(e.message, /are free after \d+ that running backups may still write/);
       return true;
     });
-    assert.deepEqual((await readdir(small)).sort(), ['0.raw'], 'the refused push created nothing');
+    assert.deepEqual((await readdir(small)).sort(), ['0.qcow2'], 'the refused push created nothing');
     await driver.backupEnd(doms[0]!.uuid, first, BackupEndFlags.ABORT);
     // the first job ended: its room is free again (its target deleted with the abort)
     const second = await push(1);
