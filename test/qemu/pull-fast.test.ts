@@ -18,33 +18,11 @@ import { loadTlsDir, type NbdTlsOptions } from '../../src/nbd/tls.js';
 import type { NbdTarget } from '../../src/nbd/target.js';
 import { pullBackup, restoreBackup, verifyBackup, writeManifest } from '../../src/repository/index.js';
 import { hashBlocks } from '../../src/repository/hash-pool.js';
-import { MiB, img, qemuIo, rawContent, referenceChecksum, run, sha } from './repository-helpers.js';
+import { MiB, img, qemuIo, rawContent, referenceChecksum, sha } from './repository-helpers.js';
 import { freePort } from '../helpers/net.js';
+import { makeCerts } from '../helpers/tls-certs.js';
 
 const SIZE = 48 * MiB;
-
-async function makeCerts(dir: string): Promise<{ server: string; client: string; caOnly: string }> {
-  const server = path.join(dir, 'server');
-  const client = path.join(dir, 'client');
-  const caOnly = path.join(dir, 'ca-only');
-  for (const d of [server, client, caOnly]) await fs.mkdir(d, { recursive: true });
-  const caCert = path.join(dir, 'ca-cert.pem');
-  const caKey = path.join(dir, 'ca-key.pem');
-  await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', caKey, '-out', caCert, '-days', '2', '-subj', '/CN=pull test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  const leaf = async (out: string, name: string, ext: string) => {
-    const csr = path.join(dir, `${name}.csr`);
-    const extFile = path.join(dir, `${name}.ext`);
-    await fs.writeFile(extFile, `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n${ext}\n`);
-    await run('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', path.join(out, `${name}-key.pem`), '-out', csr, '-subj', `/CN=${name}`]);
-    await run('openssl', ['x509', '-req', '-in', csr, '-CA', caCert, '-CAkey', caKey, '-CAcreateserial', '-days', '2', '-out', path.join(out, `${name}-cert.pem`), '-extfile', extFile]);
-    await fs.copyFile(caCert, path.join(out, 'ca-cert.pem'));
-  };
-  await leaf(server, 'server', 'extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1');
-  await leaf(client, 'client', 'extendedKeyUsage=clientAuth');
-  await fs.copyFile(caCert, path.join(caOnly, 'ca-cert.pem'));
-  return { server, client, caOnly };
-}
 
 interface Server {
   proc: ChildProcess;
