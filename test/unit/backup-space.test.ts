@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import test from 'node:test';
+import test, { type TestContext } from 'node:test';
 import { ErrorCode } from '../../src/errors.js';
 import { readJobRecord, type BackupJobRecord } from '../../src/qemu/backup-job.js';
 import { checkPushSpace, diskDataBound, pushSpaceNeed, SpaceLedger, type PushSpaceInput } from '../../src/qemu/backup-space.js';
@@ -76,13 +76,19 @@ test('checkPushSpace: refused with the numbers when the folder\'s filesystem is 
   await checkPushSpace(fits, true);
 });
 
-test('the ledger: a running push\'s room counts for the next check (less what its target holds already), until it is released', async (t) => {
+/** A temp folder and a raw push into it whose bound is 0.6 of the free space: one fits, two do not. */
+async function sixTenthsPushes(t: TestContext): Promise<{ dir: string; sixTenths: number; push: (name: string) => PushSpaceInput[] }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ledger-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const fs = await import('node:fs/promises').then((m) => m.statfs(dir));
   const sixTenths = Math.floor(fs.bavail * fs.bsize * 0.6);
   const push = (name: string): PushSpaceInput[] =>
     [disk({ disk: name, target: path.join(dir, `${name}.raw`), format: 'raw', virtualSize: sixTenths, node: { image: image(sixTenths) } })];
+  return { dir, sixTenths, push };
+}
+
+test('the ledger: a running push\'s room counts for the next check (less what its target holds already), until it is released', async (t) => {
+  const { dir, sixTenths, push } = await sixTenthsPushes(t);
   const ledger = new SpaceLedger();
   const a = ledger.holding();
   await ledger.check(a, push('vda'), false);
@@ -112,12 +118,7 @@ test('the job record keeps a push\'s room through its status file; an earlier ve
 });
 
 test('a restarted daemon\'s ledger: the recovered push\'s saved room counts for the next check until it is released', async (t) => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'vb-ledger-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const fs = await import('node:fs/promises').then((m) => m.statfs(dir));
-  const sixTenths = Math.floor(fs.bavail * fs.bsize * 0.6);
-  const push = (name: string): PushSpaceInput[] =>
-    [disk({ disk: name, target: path.join(dir, `${name}.raw`), format: 'raw', virtualSize: sixTenths, node: { image: image(sixTenths) } })];
+  const { dir, sixTenths, push } = await sixTenthsPushes(t);
   const before = new SpaceLedger();
   const a = before.holding();
   await before.check(a, push('vda'), false);
