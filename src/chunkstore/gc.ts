@@ -18,7 +18,9 @@ import { listClaims } from './lease.js';
 import { chunkKey, ZERO_CHUNK, type ChunkRepository } from './repo.js';
 import { deleteUnlessRetained, RetentionTally, type RetentionReport } from './retention.js';
 
-export const DEFAULT_GC_GRACE_MS = 24 * 3600 * 1000;
+import { DEFAULT_GC_GRACE_MS } from './defaults.js';
+
+export { DEFAULT_GC_GRACE_MS };
 
 export interface GcOptions {
   /** Unreferenced chunks younger than this (before the mark started) stay. Default 24 h. */

@@ -14,7 +14,9 @@ import { listClaims } from './lease.js';
 import { pointKey, type ChunkRepository, type PointRecord } from './repo.js';
 import { deleteUnlessRetained, RetentionTally, type RetentionReport } from './retention.js';
 
-export const PRUNE_RULES = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
+import { PRUNE_RULES } from './defaults.js';
+
+export { PRUNE_RULES };
 export type PruneRule = (typeof PRUNE_RULES)[number];
 export type KeepPolicy = Partial<Record<PruneRule, number>>;
 

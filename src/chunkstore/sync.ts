@@ -14,7 +14,9 @@ import { isChunkId, type ChunkId } from './chunk-codec.js';
 import type { ObjectStore } from './object-store.js';
 import { ChunkRepository, chunkKey, CONFIG_KEY, pointKey, ZERO_CHUNK, type PointRecord, type RepoConfig } from './repo.js';
 
-export const DEFAULT_SYNC_PARALLEL = 8;
+import { DEFAULT_SYNC_PARALLEL } from './defaults.js';
+
+export { DEFAULT_SYNC_PARALLEL };
 
 export interface SyncOptions {
   /** only count what would be copied */

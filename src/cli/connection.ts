@@ -6,7 +6,6 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { canonicalUUID } from '../api/checked-driver.js';
-import { connect } from '../sdk/connect.js';
 import type { Connect, Domain } from '../api/public.js';
 import { isVirError, virErr } from '../errors.js';
 
@@ -25,6 +24,8 @@ export function addGlobalOptions(program: Command): void {
 /** Open the connection the global options ask for, run `fn`, close it. */
 export async function withConnection<T>(cmd: Command, fn: (conn: Connect) => Promise<T>): Promise<T> {
   const g = cmd.optsWithGlobals<GlobalOptions>();
+  // The SDK (wire protocol, zod schemas) loads only for a command that connects.
+  const { connect } = await import('../sdk/connect.js');
   const conn = await connect(g.connect, { readOnly: g.readonly === true });
   try {
     return await fn(conn);

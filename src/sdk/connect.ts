@@ -22,10 +22,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Driver } from '../api/driver.js';
 import { Connect } from '../api/public.js';
-import { RemoteDriver } from '../remote/client.js';
-import { LibvirtDriver } from '../libvirt/driver.js';
-import { connectSshStream, connectUnixStream, type SshTarget } from '../libvirt/transport.js';
-import { findPushBackup, writePushManifests } from '../repository/push-manifests.js';
+import type { RemoteDriver } from '../remote/client.js';
+import type { LibvirtDriver } from '../libvirt/driver.js';
+import type { SshTarget } from '../libvirt/transport.js';
 import { VirError, virErr } from '../errors.js';
 import { RO_SOCKET_NAME, SOCKET_NAME, sessionRunDir, sessionStateDir, systemRunDir, type Env } from '../daemon/paths.js';
 
@@ -205,6 +204,12 @@ function isAbsent(e: unknown): boolean {
  * backup files are ours to read: pushes get virtbackd's chain and manifests.
  */
 async function connectLibvirt(target: ResolvedLibvirtURI): Promise<LibvirtDriver> {
+  // Loaded here, not at the top: a command on a virtback:// URI never needs the libvirt driver.
+  const [{ LibvirtDriver }, { connectSshStream, connectUnixStream }, { findPushBackup, writePushManifests }] = await Promise.all([
+    import('../libvirt/driver.js'),
+    import('../libvirt/transport.js'),
+    import('../repository/push-manifests.js'),
+  ]);
   const t = target.transport;
   const stream = t.type === 'unix' ? await connectUnixStream(t.socket) : await connectSshStream(t);
   const files = t.type === 'unix' ? { afterPushComplete: writePushManifests, locatePreviousBackup: findPushBackup } : {};
@@ -215,6 +220,7 @@ async function connectLibvirt(target: ResolvedLibvirtURI): Promise<LibvirtDriver
 export async function connect(uri?: string, opts: ConnectOptions = {}): Promise<Connect> {
   const target = resolveURI(uri ?? defaultURI(), opts);
   if (target.kind === 'libvirt') return new Connect(await connectLibvirt(target), target.readOnly);
+  const { RemoteDriver } = await import('../remote/client.js');
   let driver: RemoteDriver;
   if (target.kind === 'tls') {
     const read = (f: string): Buffer => {

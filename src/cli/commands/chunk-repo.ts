@@ -8,25 +8,16 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import fs from 'node:fs/promises';
 import { virErr } from '../../errors.js';
-import {
-  ChunkRepository,
-  checkpointsReferenced,
-  collectGarbage,
-  DEFAULT_GC_GRACE_MS,
-  describeRetention,
-  prunePoints,
-  planPrune,
-  PRUNE_RULES,
-  verifyRepository,
-  type KeepPolicy,
-  type PointRecord,
-  type VerifyReport,
-} from '../../chunkstore/index.js';
-import { openObjectStore, type StoreUrlOptions } from '../../chunkstore/store-url.js';
+import type { ChunkRepository, KeepPolicy, PointRecord, VerifyReport } from '../../chunkstore/index.js';
+import { DEFAULT_GC_GRACE_MS, PRUNE_RULES } from '../../chunkstore/defaults.js';
+import type { StoreUrlOptions } from '../../chunkstore/store-url.js';
 import { silentLogger } from '../../log.js';
-import { pruneRepoCheckpoints, repositoryId } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { formatCapacity, formatTable, json, out, usageError } from '../output.js';
+
+// The store (zod schemas, zstd, the S3 client) loads when a command runs, not for --help or other commands.
+const chunkstore = () => import('../../chunkstore/index.js');
+const storeUrl = () => import('../../chunkstore/store-url.js');
 
 /** Where the repository is: --repo plus --s3-endpoint / --s3-path-style. */
 export interface RepoLocation {
@@ -76,6 +67,7 @@ async function readKeyFile(file: string): Promise<Buffer> {
  */
 export async function openChunkRepository(url: string, keyFile?: string, where: Partial<RepoLocation> = {}): Promise<ChunkRepository> {
   const encryptKey = keyFile === undefined ? undefined : await readKeyFile(keyFile);
+  const [{ ChunkRepository }, { openObjectStore }] = await Promise.all([chunkstore(), storeUrl()]);
   const store = await openObjectStore(url, storeOptions({ ...where, repo: url }));
   return ChunkRepository.open(store, encryptKey ? { encryptKey } : {});
 }
@@ -126,6 +118,7 @@ function registerInit(program: Command): void {
       const encryptKey = o.encryptKey === undefined ? undefined : await readKeyFile(o.encryptKey);
       if (o.objectLockDays === 0) usageError(self, '--object-lock-days must be at least 1');
       const objectLock = o.objectLockDays === undefined ? undefined : { mode: o.objectLockMode, days: o.objectLockDays };
+      const [{ ChunkRepository }, { openObjectStore }] = await Promise.all([chunkstore(), storeUrl()]);
       const store = await openObjectStore(o.repo, { ...storeOptions(o), ...(o.createBucket ? { createBucket: true, objectLock: objectLock !== undefined } : {}) });
       const repo = await ChunkRepository.init(store, { ...(encryptKey ? { encryptKey } : {}), ...(objectLock ? { objectLock } : {}) });
       if (o.json) json(repo.config);
@@ -164,6 +157,8 @@ function registerPrune(program: Command): void {
     }
     if (!Object.values(policy).some((n) => n! > 0)) usageError(self, 'prune needs at least one --keep-… rule above 0');
     const repo = await openChunkRepository(o.repo, o.encryptKey, o);
+    const { checkpointsReferenced, describeRetention, planPrune, prunePoints } = await chunkstore();
+    const { pruneRepoCheckpoints, repositoryId } = await import('../../vmbackup/index.js');
     const plan = planPrune(await repo.listPoints(domain), policy);
     const applied = o.dryRun ? null : await prunePoints(repo, plan);
     const deleted = o.checkpoints && !o.dryRun
@@ -188,6 +183,7 @@ function registerGc(program: Command): void {
     .option('--grace <seconds>', `spare unreferenced chunks touched this recently (default ${DEFAULT_GC_GRACE_MS / 1000})`, count)
     .action(async (o: RepoOptions & { grace?: number }) => {
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
+      const { collectGarbage, describeRetention } = await chunkstore();
       const r = await collectGarbage(repo, o.grace === undefined ? {} : { graceMs: o.grace * 1000 });
       if (o.json) {
         json(r);
@@ -207,6 +203,7 @@ function registerVerify(program: Command): void {
     .argument('[point]', 'only this point of the domain')
     .action(async (domain: string | undefined, point: string | undefined, o: RepoOptions) => {
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
+      const { verifyRepository } = await chunkstore();
       const r = await verifyRepository(repo, { ...(domain !== undefined ? { domain } : {}), ...(point !== undefined ? { point } : {}) });
       const lines = formatVerifyReport(r);
       const verdict = lines.pop()!;

@@ -5,9 +5,8 @@
 
 import { InvalidArgumentError, type Command } from 'commander';
 import fs from 'node:fs/promises';
-import { DEFAULT_SYNC_PARALLEL, openSyncTarget, syncRepositories, type SyncResult } from '../../chunkstore/index.js';
-import { CONFIG_KEY } from '../../chunkstore/repo.js';
-import { openObjectStore } from '../../chunkstore/store-url.js';
+import type { SyncResult } from '../../chunkstore/index.js';
+import { DEFAULT_SYNC_PARALLEL } from '../../chunkstore/defaults.js';
 import { virErr } from '../../errors.js';
 import { formatCapacity, json, out } from '../output.js';
 import { openChunkRepository, s3EndpointOption, s3NoPathStyleOption, s3PathStyleOption, type RepoLocation } from './chunk-repo.js';
@@ -56,6 +55,10 @@ export function register(program: Command): void {
       const where = { ...(o.s3Endpoint !== undefined ? { s3Endpoint: o.s3Endpoint } : {}), ...(o.s3PathStyle !== undefined ? { s3PathStyle: o.s3PathStyle } : {}) };
       const src = await openChunkRepository(o.from, o.encryptKey, where);
       const key = o.encryptKey === undefined ? undefined : await readKey(o.encryptKey);
+      // loaded here, not at start: the store is for this command only
+      const [{ openSyncTarget, syncRepositories }, { CONFIG_KEY }, { openObjectStore }] = await Promise.all([
+        import('../../chunkstore/index.js'), import('../../chunkstore/repo.js'), import('../../chunkstore/store-url.js'),
+      ]);
       const dstStore = await openObjectStore(o.to, where);
       // a dry run creates nothing: against a destination without a repository it copies everything
       const { repo: dst, created } = o.dryRun && !(await dstStore.stat(CONFIG_KEY))

@@ -10,13 +10,16 @@ import path from 'node:path';
 import type { Domain } from '../../api/public.js';
 import { backupServerTarget, type NbdTarget } from '../../nbd/target.js';
 import { loadTlsDir } from '../../nbd/tls.js';
-import { formatVerifyResult, pullBackup, readManifest, restoreBackup, verifyBackup, writeManifest, type BackupManifest } from '../../repository/index.js';
+import type { BackupManifest } from '../../repository/index.js';
 import { toVirError, virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
 import { attr, childElements, childText, firstChild, parseXml } from '../../xml/tree.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { parseJobId } from './backup.js';
+
+// The backup-file code (manifest schemas, qcow2, the NBD copy engine) loads when a command runs.
+const repository = () => import('../../repository/index.js');
 import { jsonLine, progressView, type DiskState, type ProgressView } from '../progress.js';
 
 const MiB = 1024 * 1024;
@@ -123,7 +126,7 @@ async function findParent(dir: string, uuid: string, disk: string, checkpoint: s
     const file = path.join(dir, f.slice(0, -'.manifest.json'.length));
     let m: BackupManifest | null;
     try {
-      m = await readManifest(file);
+      m = await (await repository()).readManifest(file);
     } catch {
       continue; // not ours to judge here; backup-verify names broken manifests
     }
@@ -207,6 +210,7 @@ function registerPull(program: Command): void {
       const dir = path.resolve(o.output);
       const st = await fs.stat(dir).catch(() => null);
       if (st === null || !st.isDirectory()) throw virErr('INVALID_ARG', 'STORAGE', `backup-pull output '${dir}' is not a folder`);
+      const { pullBackup, writeManifest } = await repository();
       await withConnection(cmd, async (conn) => {
         const dom = await lookupDomain(conn, ref);
         const id = given !== 0 ? given : ((await dom.listJobIds())[0] ?? 0);
@@ -283,6 +287,7 @@ export function register(program: Command): void {
       const progress = new ItemProgress(stdoutProgress(o));
       const label = path.basename(output);
       let ok = false;
+      const { restoreBackup } = await repository();
       try {
         const r = await restoreBackup({
           target,
@@ -309,6 +314,7 @@ export function register(program: Command): void {
     .action(async (target: string, o: OutputOptions) => {
       // --json prints the result alone: one JSON document on one line
       const progress = new ItemProgress(stdoutProgress({ quiet: o.quiet === true || o.json === true }));
+      const { formatVerifyResult, verifyBackup } = await repository();
       let r;
       try {
         r = await verifyBackup({ target, onProgress: (p) => progress.update(path.basename(p.file), p.bytesDone, p.bytesTotal) });

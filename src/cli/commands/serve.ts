@@ -13,8 +13,6 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { virErr } from '../../errors.js';
 import type { NbdListen } from '../../nbd/server.js';
-import { instantRestore, resumeInstantServe, stopInstantServe } from '../../vmbackup/instant.js';
-import { servePoint } from '../../vmbackup/serve.js';
 import { withConnection } from '../connection.js';
 import { out } from '../output.js';
 import { jsonLine, progressView } from '../progress.js';
@@ -72,6 +70,8 @@ function registerServe(program: Command): void {
     .option('--pidfile <file>', 'write the process id here once serving (removed at exit)')
     .option('--json', 'print the exports as one JSON line')
     .action(async (domain: string, o: ServeOptions) => {
+      // loaded when the command runs, not for every virtback start
+      const { servePoint } = await import('../../vmbackup/serve.js');
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       const serving = await servePoint(repo, { domain, ...(o.point === undefined ? {} : { point: o.point }), listen: listenOf(o, domain) });
       const stop = untilSignal();
@@ -135,6 +135,7 @@ function registerInstant(program: Command): void {
     .option('--json', 'print the result as one JSON line')
     .option('--quiet', 'no progress display while streaming')
     .action(async (domain: string, o: InstantOptions & { s3Endpoint?: string; s3PathStyle?: boolean }, cmd: Command) => {
+      const { instantRestore } = await import('../../vmbackup/instant.js');
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
       // stream progress per disk on stderr, as backup and restore show theirs
       const view = progressView({ quiet: o.quiet === true }, process.stderr, (t) => process.stderr.write(t));
@@ -167,6 +168,7 @@ function registerInstant(program: Command): void {
     .description('Stop serving an instant restore (refused while its domain runs on the served point) (virtback)')
     .argument('<overlay-dir>', 'the folder instant-restore used')
     .action(async (dir: string, _o: unknown, cmd: Command) => {
+      const { stopInstantServe } = await import('../../vmbackup/instant.js');
       const s = await withConnection(cmd, (conn) => stopInstantServe(conn, dir));
       out(`Stopped serving point ${s.pointId} for '${s.name}'\n`);
     });
@@ -175,6 +177,7 @@ function registerInstant(program: Command): void {
     .description("Serve an instant restore's point again at its socket (after a reboot or instant-restore-stop), so its domain can start (virtback)")
     .argument('<overlay-dir>', 'the folder instant-restore used')
     .action(async (dir: string) => {
+      const { resumeInstantServe } = await import('../../vmbackup/instant.js');
       const r = await resumeInstantServe(dir, virtbackCommand());
       out(`${r.started ? 'Serving' : 'Already serving'} point ${r.state.pointId} for '${r.state.name}' (pid ${r.pid}); start the domain with: virtback start ${r.state.name}\n`);
     });

@@ -5,9 +5,8 @@
 // appends one JSON log line per run with its result (for timers).
 
 import { Option, type Command } from 'commander';
-import { openDaemonLogger } from '../../daemon/logger.js';
 import { silentLogger, type Logger } from '../../log.js';
-import { backupDomain, parseTargetDevs, repositoryId, restoreDomain, type RequestedLevel } from '../../vmbackup/index.js';
+import type { RequestedLevel } from '../../vmbackup/index.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { openChunkRepository, REPO_HELP, s3EndpointOption, s3NoPathStyleOption, s3PathStyleOption } from './chunk-repo.js';
 import { out } from '../output.js';
@@ -52,7 +51,10 @@ function registerBackup(program: Command): void {
     .option('--log-file <file>', 'append one JSON log line per run with its result')
     .action(async (ref: string, o: BackupOptions, cmd: Command) => {
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
-      const log: Logger & { close?(): void } = o.logFile === undefined ? silentLogger : openDaemonLogger({ level: 'info', file: o.logFile });
+      // loaded when the command runs, not for every virtback start
+      const { backupDomain, repositoryId } = await import('../../vmbackup/index.js');
+      const { openDaemonLogger } = o.logFile === undefined ? { openDaemonLogger: null } : await import('../../daemon/logger.js');
+      const log: Logger & { close?(): void } = o.logFile === undefined ? silentLogger : openDaemonLogger!({ level: 'info', file: o.logFile });
       const progress = diskProgress(o.quiet === true);
       try {
         const r = await withConnection(cmd, async (conn) =>
@@ -104,6 +106,7 @@ function registerRestore(program: Command): void {
     .option('--quiet', 'no progress display')
     .action(async (domain: string, o: RestoreOptions, cmd: Command) => {
       const repo = await openChunkRepository(o.repo, o.encryptKey, o);
+      const { parseTargetDevs, restoreDomain } = await import('../../vmbackup/index.js');
       const progress = diskProgress(o.quiet === true);
       try {
         const opts = {
