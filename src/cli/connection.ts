@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { canonicalUUID } from '../api/checked-driver.js';
 import type { Connect, Domain } from '../api/public.js';
 import { isVirError, virErr } from '../errors.js';
+import { loadXml } from './xml-parser.js';
 
 export interface GlobalOptions {
   connect?: string;
@@ -24,8 +25,9 @@ export function addGlobalOptions(program: Command): void {
 /** Open the connection the global options ask for, run `fn`, close it. */
 export async function withConnection<T>(cmd: Command, fn: (conn: Connect) => Promise<T>): Promise<T> {
   const g = cmd.optsWithGlobals<GlobalOptions>();
-  // The SDK (wire protocol, zod schemas) loads only for a command that connects.
-  const { connect } = await import('../sdk/connect.js');
+  // The SDK (wire protocol, zod schemas) and the XML parser (for the daemon's
+  // documents) load only for a command that connects.
+  const [{ connect }] = await Promise.all([import('../sdk/connect.js'), loadXml()]);
   const conn = await connect(g.connect, { readOnly: g.readonly === true });
   try {
     return await fn(conn);

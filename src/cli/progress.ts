@@ -14,7 +14,8 @@ import cliProgress from 'cli-progress';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import type { Domain } from '../api/public.js';
 import { BlockJobStatus, JobStatsFlags, JobType } from '../flags.js';
-import { attr, childElements, firstChild, parseXml } from '../xml/tree.js';
+import { attr, childElements, firstChild } from '../xml/node.js';
+import { parseXml } from './xml-parser.js';
 
 /** Per-disk figures a driver may add to JobStats (not part of the Driver interface today). */
 export interface DiskStats {

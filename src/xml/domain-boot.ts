@@ -17,8 +17,8 @@
 import { virErr } from '../errors.js';
 import { checkPath } from './limits.js';
 import { unexpectedAttr, unsupported } from './domain-support.js';
-import { attr, childElements, element, textContent } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, element, textContent } from './node.js';
+import type { XmlElement } from './node.js';
 
 export interface FirmwareDef {
   /** <os firmware='efi'>: the runtime picks what <loader>/<nvram> leave open */

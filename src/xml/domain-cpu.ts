@@ -15,8 +15,8 @@
 //   start); <feature policy=require|force> turns a flag on, disable|forbid off.
 
 import { clip } from './limits.js';
-import { attr, childElements, textContent } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, textContent } from './node.js';
+import type { XmlElement } from './node.js';
 
 export type CpuMode = 'host-passthrough' | 'host-model' | 'custom';
 

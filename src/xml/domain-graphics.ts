@@ -10,8 +10,8 @@
 import { virErr } from '../errors.js';
 import { clip } from './limits.js';
 import { unexpectedAttr, unsupported } from './domain-support.js';
-import { attr, childElements, element, firstChild } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, element, firstChild } from './node.js';
+import type { XmlElement } from './node.js';
 
 export interface VncDef {
   /** null = the first free port from 5900 (autoport) */

@@ -16,8 +16,8 @@ import { randomBytes } from 'node:crypto';
 import { virErr } from '../errors.js';
 import { clip } from './limits.js';
 import { unexpectedAttr, unsupported } from './domain-support.js';
-import { attr, childElements, element, firstChild } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, element, firstChild } from './node.js';
+import type { XmlElement } from './node.js';
 
 export type InterfaceType = 'user' | 'bridge' | 'ethernet';
 export const NIC_MODELS = ['virtio', 'e1000', 'rtl8139'] as const;

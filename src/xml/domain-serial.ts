@@ -12,8 +12,8 @@
 import { virErr } from '../errors.js';
 import { checkPath, clip } from './limits.js';
 import { unexpectedAttr, unsupported } from './domain-support.js';
-import { attr, childElements, cloneElement, element, firstChild } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, cloneElement, element, firstChild } from './node.js';
+import type { XmlElement } from './node.js';
 
 export interface SerialDef {
   type: 'pty' | 'file';

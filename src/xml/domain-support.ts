@@ -18,8 +18,8 @@
 import { virErr, type VirError } from '../errors.js';
 import { checkCpu } from './domain-cpu.js';
 import { clip } from './limits.js';
-import { attr, childElements, element, firstChild, textContent } from './tree.js';
-import type { XmlElement } from './tree.js';
+import { attr, childElements, element, firstChild, textContent } from './node.js';
+import type { XmlElement } from './node.js';
 
 export type Handling = 'honoured' | 'metadata' | 'default' | 'dropped' | 'refused';
 

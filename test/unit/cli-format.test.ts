@@ -12,6 +12,10 @@ import { LineProgress, backupDisks, percent } from '../../src/cli/progress.js';
 import { BlockJobStatus, BlockJobType, DomainState, JobOperation, JobType } from '../../src/flags.js';
 import { parseXml } from '../../src/xml/tree.js';
 import { isVirError } from '../../src/errors.js';
+import { loadXml } from '../../src/cli/xml-parser.js';
+
+// the commands load libxml2 when they connect; these call their XML helpers directly
+await loadXml();
 
 test('formatTable lays out cells as vshTable does', () => {
   // vshTablePrint: the dashed line is sum(column width + 3) long (2+8+7 + 9 = 26)

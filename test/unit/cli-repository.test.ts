@@ -7,6 +7,10 @@ import type { Domain } from '../../src/api/public.js';
 import { ItemProgress, jobCheckpoint, parsePullJob } from '../../src/cli/commands/repository.js';
 import { ErrorCode, VirError } from '../../src/errors.js';
 import { LineProgress } from '../../src/cli/progress.js';
+import { loadXml } from '../../src/cli/xml-parser.js';
+
+// the commands load libxml2 when they connect; these call their XML helpers directly
+await loadXml();
 
 const code = (c: number) => (e: unknown) => e instanceof VirError && e.code === c;
 

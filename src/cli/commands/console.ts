@@ -10,7 +10,8 @@ import { ConsoleFlags, type ConsoleStream } from '../../api/console-stream.js';
 import { virErr } from '../../errors.js';
 import { interfacesOf } from '../../xml/domain-net.js';
 import { VNC_BASE_PORT } from '../../xml/domain-graphics.js';
-import { attr, childElements, firstChild, parseXml, type XmlElement } from '../../xml/tree.js';
+import { attr, childElements, firstChild, type XmlElement } from '../../xml/node.js';
+import { parseXml } from '../xml-parser.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { formatTable, out } from '../output.js';
 

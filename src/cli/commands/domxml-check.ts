@@ -5,7 +5,6 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { virErr } from '../../errors.js';
-import { checkDomainXML, formatDomainCheck } from '../../xml/domain-check.js';
 import { json, out } from '../output.js';
 
 function readDefinition(file: string): string {
@@ -22,8 +21,11 @@ export function registerDomxmlCheck(program: Command): void {
     .description('list what of a <domain> definition (e.g. virsh dumpxml of a libvirt VM) virtback would refuse or change')
     .argument('<file>', "domain XML file ('-' for standard input)")
     .option('--json', 'the findings as JSON')
-    .action((file: string, o: { json?: boolean }) => {
-      const findings = checkDomainXML(readDefinition(file));
+    .action(async (file: string, o: { json?: boolean }) => {
+      const text = readDefinition(file);
+      // the domain parser and schema (libxml2-wasm) load only for this command
+      const { checkDomainXML, formatDomainCheck } = await import('../../xml/domain-check.js');
+      const findings = checkDomainXML(text);
       if (o.json) json(findings);
       else out(formatDomainCheck(findings));
       // what virtback changes by itself (dropped addresses, a clamped currentMemory) needs no edit

@@ -5,7 +5,8 @@
 
 import type { Command } from 'commander';
 import type { EntryPointTable } from '../../api/entry-points.js';
-import { attr, childElements, element, firstChild, formatXml, parseXml, type XmlElement } from '../../xml/tree.js';
+import { attr, childElements, element, firstChild, formatXml, type XmlElement } from '../../xml/node.js';
+import { parseXml } from '../xml-parser.js';
 import { lookupDomain, withConnection } from '../connection.js';
 import { CliFlagOptions } from '../flag-options.js';
 import { out, usageError } from '../output.js';
