@@ -10,7 +10,8 @@
 // says it is done. A driver that also returns per-disk figures as
 // `stats.disks` (see DiskStats) gets exact per-disk bars.
 
-import cliProgress from 'cli-progress';
+import type cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
 import type { DriverEvent, JobStats } from '../api/driver.js';
 import type { Domain } from '../api/public.js';
 import { BlockJobStatus, JobStatsFlags, JobType } from '../flags.js';
@@ -142,13 +143,18 @@ export function progressView(o: { json?: boolean; quiet?: boolean }, stream: Nod
   return stream.isTTY === true ? new BarProgress(stream) : new LineProgress(write);
 }
 
+// cli-progress (CommonJS, with its string-width dependencies) is required only
+// when bars are drawn on a terminal, not at every virtback start.
+const require = createRequire(import.meta.url);
+
 /** cli-progress bars, one per disk, on the terminal. */
 export class BarProgress implements ProgressView {
   private readonly multi: cliProgress.MultiBar;
   private readonly bars = new Map<string, cliProgress.SingleBar>();
 
   constructor(stream: NodeJS.WriteStream) {
-    this.multi = new cliProgress.MultiBar(
+    const bars = require('cli-progress') as typeof cliProgress;
+    this.multi = new bars.MultiBar(
       {
         stream,
         format: '{disk} [{bar}] {percentage}% | {done}/{size} MiB | {state}',
@@ -156,7 +162,7 @@ export class BarProgress implements ProgressView {
         clearOnComplete: false,
         barsize: 30,
       },
-      cliProgress.Presets.shades_classic,
+      bars.Presets.shades_classic,
     );
   }
 

@@ -9,7 +9,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Domain } from '../../api/public.js';
 import { backupServerTarget, type NbdTarget } from '../../nbd/target.js';
-import { loadTlsDir } from '../../nbd/tls.js';
 import type { BackupManifest } from '../../repository/index.js';
 import { toVirError, virErr } from '../../errors.js';
 import { JobType } from '../../flags.js';
@@ -217,7 +216,7 @@ function registerPull(program: Command): void {
         const id = given !== 0 ? given : ((await dom.listJobIds())[0] ?? 0);
         const job = parsePullJob(await dom.backupGetXMLDesc(id), id);
         if (job.tls && o.tlsCerts === undefined) throw virErr('INVALID_ARG', 'NONE', `backup job ${id} exports over TLS: give its client credentials with --tls-certs <dir>`);
-        const tls = job.tls ? await loadTlsDir(path.resolve(o.tlsCerts!)) : undefined;
+        const tls = job.tls ? await (await import('../../nbd/tls.js')).loadTlsDir(path.resolve(o.tlsCerts!)) : undefined;
         const connections = o.connections === undefined ? undefined : Number(o.connections);
         const stats = await dom.getJobStats();
         const running = (stats.type === JobType.UNBOUNDED || stats.type === JobType.BOUNDED) && (stats.id === undefined || stats.id === id);
