@@ -22,12 +22,15 @@ export function addGlobalOptions(program: Command): void {
     .option('-r, --readonly', 'connect read-only');
 }
 
-/** Open the connection the global options ask for, run `fn`, close it. */
-export async function withConnection<T>(cmd: Command, fn: (conn: Connect) => Promise<T>): Promise<T> {
+/**
+ * Open the connection the global options ask for, run `fn`, close it.
+ * `xml: false` for a command that parses no XML (saves loading libxml2).
+ */
+export async function withConnection<T>(cmd: Command, fn: (conn: Connect) => Promise<T>, opts: { xml?: boolean } = {}): Promise<T> {
   const g = cmd.optsWithGlobals<GlobalOptions>();
   // The SDK (wire protocol, zod schemas) and the XML parser (for the daemon's
   // documents) load only for a command that connects.
-  const [{ connect }] = await Promise.all([import('../sdk/connect.js'), loadXml()]);
+  const [{ connect }] = await Promise.all([import('../sdk/connect.js'), opts.xml === false ? null : loadXml()]);
   const conn = await connect(g.connect, { readOnly: g.readonly === true });
   try {
     return await fn(conn);

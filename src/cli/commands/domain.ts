@@ -243,7 +243,7 @@ function registerDomainList(program: Command, table: EntryPointTable): void {
         else if (o.name) out(list.map((s) => `${s.name}\n`).join(''));
         else if (o.uuid) out(list.map((s) => `${s.uuid}\n`).join(''));
         else out(formatDomainList(list));
-      });
+      }, { xml: false });
     });
 }
 
