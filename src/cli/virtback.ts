@@ -4,6 +4,8 @@
 // Errors are handled here, once: a VirError prints `error: <message>` and
 // exits 1; bad usage (unknown command/option, missing or invalid argument)
 // exits 2.
+// Every run registers every group, so a group imports at top level only what
+// registering needs and loads its implementation in the action (docs/xml.md).
 
 import fs from 'node:fs';
 import { pathToFileURL } from 'node:url';
