@@ -1,4 +1,4 @@
-// `virtback xml-validate`: run as a real process through tsx (exit codes,
+// `virtback xml-validate`: run as a real process (exit codes,
 // output), plus in-process calls of main() for the other cases.
 
 import { test, before, after } from 'node:test';
@@ -7,9 +7,9 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { main } from '../../src/cli/virtback.js';
 import { REPO_ROOT, fixturePath } from './xml-helpers.js';
 import { programArgs } from '../helpers/entry.js';
+import { runMain } from '../helpers/cli.js';
 
 
 function run(...args: string[]): { code: number | null; stdout: string; stderr: string } {
@@ -17,23 +17,14 @@ function run(...args: string[]): { code: number | null; stdout: string; stderr: 
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** main() in this process, with stderr captured. */
+/**
+ * main() in this process, its stderr captured (test/helpers/cli.ts: the test
+ * runner's own reports pass through; a stub of process.stdout.write that
+ * swallowed them made this file's other tests vanish from the run's count).
+ */
 async function runInProcess(...args: string[]): Promise<{ code: number; stderr: string }> {
-  let stderr = '';
-  const write = process.stderr.write.bind(process.stderr);
-  const stdoutWrite = process.stdout.write.bind(process.stdout);
-  process.stderr.write = ((chunk: string | Uint8Array) => {
-    stderr += String(chunk);
-    return true;
-  }) as typeof process.stderr.write;
-  process.stdout.write = ((_chunk: string | Uint8Array) => true) as typeof process.stdout.write;
-  try {
-    const code = await main(args);
-    return { code, stderr };
-  } finally {
-    process.stderr.write = write;
-    process.stdout.write = stdoutWrite;
-  }
+  const { code, stderr } = await runMain(args);
+  return { code, stderr };
 }
 
 let tmp = '';
