@@ -12,6 +12,9 @@ import { waitFor } from '../helpers/qemu-env.js';
 const UUID = '6f0c3c2e-8d7b-4a55-9d38-000000000001';
 
 /** Every mutating route of the API (docs/web-console.md ## API), with a plausible body. */
+
+/** Bodies from this size on wait for an early answer before they are sent (see request). */
+const BODY_AFTER_ANSWER = 1024 * 1024;
 export const MUTATING_ROUTES: Array<[string, unknown]> = [
   [`/api/domains/${UUID}/backup`, { repo: '0', level: 'auto', quiesce: false }],
   [`/api/domains/${UUID}/jobs`, { backupXml: "<domainbackup mode='pull'/>" }],
@@ -83,8 +86,17 @@ export class WebClient {
         });
       });
       req.on('error', reject);
-      if (payload !== undefined) req.write(payload);
-      req.end();
+      if (payload === undefined || Buffer.byteLength(payload) < BODY_AFTER_ANSWER) {
+        if (payload !== undefined) req.write(payload);
+        req.end();
+        return;
+      }
+      // A body over the server's limit is refused from its headers, and the server closes the
+      // connection: writing it meanwhile races that close (EPIPE). Send the headers, and the
+      // body only if no answer came first.
+      req.flushHeaders();
+      const timer = setTimeout(() => req.end(payload), 2000);
+      req.once('response', () => clearTimeout(timer));
     });
   }
 
